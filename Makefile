@@ -1,0 +1,36 @@
+# Two commands work on a fresh machine: `make demo` and `make test`.
+PY ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench models venv clean
+
+$(STAMP): requirements.txt requirements-test.txt pyproject.toml
+	test -x $(VPY) || $(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -r requirements-test.txt
+	$(VPY) -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+$(VENV)/.train: $(STAMP) requirements-train.txt
+	$(VPY) -m pip install -q -r requirements-train.txt
+	touch $(VENV)/.train
+
+demo: $(STAMP)
+	$(VPY) -m xmm_enhance.demo --outdir demo_output
+
+test: $(STAMP)
+	MPLBACKEND=Agg $(VPY) -m pytest -q
+
+bench: $(STAMP)
+	$(VPY) benchmarks/bench_inference.py
+
+models: $(VENV)/.train
+	$(VPY) -m xmm_enhance.training.train --task DN --out models/
+	$(VPY) -m xmm_enhance.training.train --task SR --out models/
+
+clean:
+	rm -rf demo_output .pytest_cache

@@ -1,0 +1,1 @@
+"""Simulators: sky model, image-level instrument (training), event-level PPS (tests, demo)."""

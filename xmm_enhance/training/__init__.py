@@ -1,0 +1,1 @@
+"""Training of the SR and DN networks (needs torch: requirements-train.txt)."""
