@@ -17,7 +17,6 @@ from . import detector
 __all__ = [
     "ARCSEC_PER_DET", "SKY_KEYS", "cd_from_pa", "approx_sky_wcs", "wcs_to_header",
     "strip_celestial_wcs", "pad_wcs", "crop_offset", "upscale_wcs", "has_sky_wcs",
-    "BORESIGHT_PIX",
 ]
 
 ARCSEC_PER_DET = 0.05
@@ -31,7 +30,6 @@ _STRAY = ("CDELT1", "CDELT2", "CROTA1", "CROTA2", "CROT2", "PC1_1", "PC1_2", "PC
 #: FITS pixel (x, y) of the RA_PNT/DEC_PNT position on the binsize-80 grid (measured, reference
 #: sheet §4: DET ~ (-1050, +1480)); used only for the approximate WCS.
 BORESIGHT_DET = (-1050.0, 1480.0)
-BORESIGHT_PIX = None  # computed per grid, see _det_to_pix
 
 
 def _det_to_pix(detx, dety, binsize=detector.PN_BINSIZE, scale=1):

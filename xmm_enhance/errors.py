@@ -1,0 +1,40 @@
+"""Exceptions that the command-line entry points turn into one-line messages and exit codes.
+
+Every message says what went wrong, which file or OBS_ID, and what to do about it.
+Exit codes (design §4.6): 0 success, 1 run-time failure, 2 usage error.
+"""
+
+__all__ = ["XmmEnhanceError", "UsageError", "InputError", "ArchiveError", "ModelError",
+           "PPSError", "OutputError"]
+
+
+class XmmEnhanceError(RuntimeError):
+    """Base class; ``exit_code`` is what the command-line tools exit with."""
+
+    exit_code = 1
+
+
+class UsageError(XmmEnhanceError):
+    """Bad command-line arguments (exit 2)."""
+
+    exit_code = 2
+
+
+class InputError(XmmEnhanceError):
+    """An input file is missing, unreadable or not what the tool needs."""
+
+
+class PPSError(InputError):
+    """A PPS folder lacks a product or holds a corrupt one."""
+
+
+class ArchiveError(XmmEnhanceError):
+    """The XMM archive could not deliver the data (after retries)."""
+
+
+class ModelError(XmmEnhanceError):
+    """A model file is missing, corrupt or carries the wrong metadata."""
+
+
+class OutputError(XmmEnhanceError):
+    """An output cannot be written (folder not writable, exists without --overwrite)."""
