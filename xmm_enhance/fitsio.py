@@ -9,7 +9,20 @@ from astropy.io import fits
 
 from .errors import OutputError
 
-__all__ = ["atomic_write_hdul", "check_writable_dir"]
+__all__ = ["atomic_write_hdul", "check_writable_dir", "remove_stale_temporaries"]
+
+
+def remove_stale_temporaries(path: Path) -> int:
+    """Delete temporaries a killed writer of ``path`` left behind; return how many."""
+    path = Path(path)
+    n = 0
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        try:
+            tmp.unlink()
+            n += 1
+        except OSError:
+            pass
+    return n
 
 
 def check_writable_dir(folder: Path) -> None:
@@ -18,9 +31,14 @@ def check_writable_dir(folder: Path) -> None:
     if not folder.is_dir():
         raise OutputError(f"{folder}: output folder does not exist; create it or pass another "
                           "--outdir")
-    if not os.access(folder, os.W_OK | os.X_OK):
+    # os.access says yes to root even on read-only file systems: really try.
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".xmm_enhance_probe.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError:
         raise OutputError(f"{folder}: output folder is not writable; fix its permissions or "
-                          "pass another --outdir")
+                          "pass another --outdir") from None
 
 
 def atomic_write_hdul(hdul: fits.HDUList, path: Path, *, overwrite: bool = False) -> Path:
@@ -33,6 +51,7 @@ def atomic_write_hdul(hdul: fits.HDUList, path: Path, *, overwrite: bool = False
     if path.exists() and not overwrite:
         raise OutputError(f"{path}: exists; pass --overwrite to replace it")
     check_writable_dir(path.parent)
+    remove_stale_temporaries(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:

@@ -1,0 +1,56 @@
+"""Tiny ONNX graphs for plumbing tests: exact, known transforms of the input rate."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+
+def _model(nodes, inputs, outputs, inits=(), meta=None):
+    import onnx
+    from onnx import TensorProto, helper
+
+    def vi(name):
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", 1, "H", "W"])
+
+    graph = helper.make_graph(nodes, "plumbing", [vi(n) for n in inputs],
+                              [vi(o) for o in outputs], initializer=list(inits))
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    for k, v in (meta or {}).items():
+        e = m.metadata_props.add()
+        e.key, e.value = k, v if isinstance(v, str) else json.dumps(v)
+    onnx.checker.check_model(m)
+    return m
+
+
+def meta_for(task, **over):
+    meta = {"task": task, "scale": "2" if task == "SR" else "1", "version": "test-0",
+            "input_exposure_ks": "20", "target_exposure_ks": "20" if task == "SR" else "50",
+            "input_pixel_arcsec": "4", "output_pixel_arcsec": "2" if task == "SR" else "4",
+            "band_kev": "0.5-2.0"}
+    meta.update(over)
+    return meta
+
+
+def identity_dn(path, *, with_mask=True, **meta_over):
+    """DN stand-in: output = input rate."""
+    from onnx import helper
+    inputs = ["rate", "mask"] if with_mask else ["rate"]
+    nodes = [helper.make_node("Identity", ["rate"], ["out"])]
+    m = _model(nodes, inputs, ["out"], meta=meta_for("DN", **meta_over))
+    path.write_bytes(m.SerializeToString())
+    return path
+
+
+def replicate_sr(path, **meta_over):
+    """SR stand-in: each input pixel replicated 2x2 and divided by 4 (flux conserving)."""
+    from onnx import helper, numpy_helper
+    scales = numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")
+    quarter = numpy_helper.from_array(np.array(0.25, np.float32), "quarter")
+    nodes = [helper.make_node("Resize", ["rate", "", "scales"], ["up"], mode="nearest"),
+             helper.make_node("Mul", ["up", "quarter"], ["out"])]
+    m = _model(nodes, ["rate", "mask"], ["out"], inits=[scales, quarter],
+               meta=meta_for("SR", **meta_over))
+    path.write_bytes(m.SerializeToString())
+    return path
