@@ -399,7 +399,7 @@ def _header(res: EnhanceResult, *, wcs, exposure, pixel_arcsec, what) -> fits.He
                                         "exposure the prediction emulates"))
     h["INEXPO"] = (img.exposure, "[s] exposure of the input image")
     h["PADTOP"] = (res.pad[0], "rows added below the input grid (neg: cropped)")
-    h["PADLEFT"] = (res.pad[1], "columns added left of the input grid (neg: cropped)")
+    h["PADLEFT"] = (res.pad[1], "columns added left of input grid (neg: cropped)")
     h["TASK"] = (res.task, "SR: super-resolution, DN: de-noising")
     h["CONTENT"] = ("masked padded input rate" if what == "input" else f"{res.task} prediction")
     h["MODEL"] = (model.path.name, "ONNX model file")
