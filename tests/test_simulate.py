@@ -1,0 +1,87 @@
+"""Tests of the image-level simulator (xmm_enhance.simulate)."""
+import numpy as np
+import pytest
+
+from xmm_enhance import detector
+from xmm_enhance.simulate import psf, sky
+from xmm_enhance.simulate.instrument import SIM_VERSION, simulate_observation, vignetting
+
+
+@pytest.fixture(scope="module")
+def obs():
+    return simulate_observation(np.random.default_rng(3), exposure=20e3)
+
+
+def test_shapes_and_types(obs):
+    assert obs.counts.shape == (411, 403) and obs.counts.dtype == np.float32
+    assert obs.dn_target.shape == (411, 403) and obs.dn_target.dtype == np.float32
+    assert obs.bkg_rate.shape == (411, 403) and obs.bkg_rate.dtype == np.float32
+    assert obs.sr_target.shape == (822, 806) and obs.sr_target.dtype == np.float32
+    assert obs.mask.dtype == bool and obs.exposure == 20e3
+    assert isinstance(SIM_VERSION, str)
+
+
+def test_zero_outside_mask(obs):
+    m2 = np.repeat(np.repeat(obs.mask, 2, 0), 2, 1)
+    assert not obs.counts[~obs.mask].any()
+    assert not obs.dn_target[~obs.mask].any()
+    assert not obs.sr_target[~m2].any()
+    assert (obs.dn_target[obs.mask] > 0).all(), "every live pixel has background"
+
+
+def test_mask_only_removes_bad_columns(obs):
+    full = detector.detector_mask(corners=True)
+    assert not (obs.mask & ~full).any()
+    removed = full & ~obs.mask & detector.fov_mask()
+    # whatever is removed inside the FoV lies in bad columns
+    cols = {c + k for _, c, w in obs.meta["bad_columns"] for k in range(w)}
+    assert set(np.flatnonzero(removed.any(axis=0))) <= cols
+
+
+def test_reproducible():
+    a = simulate_observation(np.random.default_rng(7), sr=False)
+    b = simulate_observation(np.random.default_rng(7), sr=False)
+    assert np.array_equal(a.counts, b.counts) and a.sr_target is None
+
+
+def test_flux_consistency():
+    # without bad columns and edges, SR and DN source fluxes agree (same vignetting and sky)
+    for seed in range(3):
+        o = simulate_observation(np.random.default_rng(seed), kind="cluster")
+        src = (o.dn_target - o.bkg_rate).sum()
+        assert abs(o.sr_target.sum() / src - 1) < 0.03
+
+
+def test_counts_are_poisson_of_target():
+    o = simulate_observation(np.random.default_rng(11), exposure=50e3, sr=False, kind="blank")
+    mu = o.dn_target[o.mask] * o.exposure
+    assert abs(o.counts[o.mask].sum() / mu.sum() - 1) < 0.02
+
+
+@pytest.mark.parametrize("kind", sorted(sky.FIELD_KINDS))
+def test_kinds(kind):
+    o = simulate_observation(np.random.default_rng(5), kind=kind, sr=False)
+    assert o.meta["kind"] == kind and np.isfinite(o.dn_target).all()
+
+
+def test_background_levels():
+    o = simulate_observation(np.random.default_rng(2), kind="blank", sr=False)
+    fov = detector.fov_mask() & o.mask
+    b = o.bkg_rate[fov]
+    assert 3e-6 < np.median(b) < 1e-4
+
+
+def test_psf_kernel():
+    k = psf.king_kernel(2.7, 1.55, 32)
+    assert abs(k.sum() - 1) < 1e-9 and k.argmax() == k.size // 2
+    assert abs(psf.king_fwhm(5.4, 1.55) - 8.1) < 0.15
+
+
+def test_vignetting_monotone():
+    v = vignetting(np.linspace(0, 18, 50))
+    assert v[0] == 1 and (np.diff(v) <= 0).all()
+
+
+def test_logn_logs():
+    n = sky.moretti_n_above(np.array([1e-15, 1e-14, 1e-13]))
+    assert np.allclose(n, [782, 126, 4.5], rtol=0.05)

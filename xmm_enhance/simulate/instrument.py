@@ -1,0 +1,280 @@
+"""Image-level EPIC-pn simulator: training pairs for the SR and DN networks.
+
+``simulate_observation`` draws a sky (``sky.draw_sky``), applies vignetting and the King PSF
+(widening off axis, three radial zones blended linearly), the CCD mask with random bad columns,
+particle / cosmic / soft-proton background, out-of-time streaks and Poisson noise, and returns
+the noisy 1x counts together with the noise-free DN target (rate with background, 1x) and the
+SR target (background-free rate, PSF half as wide, 2x grid).
+
+The sky is rendered once on the 2x grid (2"/pixel); the full-PSF image is computed there and summed
+2x2 onto the 1x grid, so that the 1x and 2x images hold exactly the same source flux.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import fft as sfft
+
+from .. import detector
+from . import psf as _psf
+from .sky import FIELD_KINDS, draw_sky
+
+__all__ = [
+    "SIM_VERSION", "SimulatedObservation", "simulate_observation", "vignetting",
+    "VIGNETTING_TABLE", "OOT_FRACTION", "PARTICLE_RATE", "COSMIC_RATE",
+]
+
+SIM_VERSION = "0.1.0"
+
+#: Vignetting (0.5-2 keV) versus off-axis angle (arcmin) about detector.OPTICAL_AXIS_DET
+#: (reference sheet section 5, measured with eexpmap); extrapolated linearly beyond 15'.
+VIGNETTING_TABLE = (
+    (0.0, 2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 14.0, 15.0, 20.0),
+    (1.00, 0.95, 0.86, 0.75, 0.63, 0.52, 0.43, 0.35, 0.32, 0.20),
+)
+#: Out-of-time event fraction in full-frame mode.
+OOT_FRACTION = 0.063
+#: Particle (not vignetted) background, counts/s per 4" pixel (filter-wheel-closed level).
+PARTICLE_RATE = 4.9e-6
+#: Diffuse sky background (Galactic foreground + unresolved CXB below 1e-16 cgs), counts/s per
+#: 4" pixel on axis, before vignetting. Point sources above 1e-16 are simulated individually.
+COSMIC_RATE = 7.0e-6
+
+_ZONES_ARCMIN = (3.0, 9.0, 15.0)
+_KERNEL_RADIUS = 64  # 2x pixels (128")
+
+
+def vignetting(theta_arcmin):
+    """Vignetting factor at off-axis angle(s) ``theta_arcmin`` (0.5-2 keV)."""
+    t, v = VIGNETTING_TABLE
+    return np.interp(theta_arcmin, t, v).astype(np.float32)
+
+
+@dataclass
+class SimulatedObservation:
+    """One simulated EPIC-pn observation and its targets (see module docstring).
+
+    Attributes
+    ----------
+    counts : ndarray, float32 [411, 403]
+        Poisson counts at ``exposure``, zero outside ``mask``.
+    exposure : float
+        Exposure time (s).
+    mask : ndarray, bool [411, 403]
+        Detector pixels of this observation (CCD mask, corners or not, bad columns).
+    dn_target : ndarray, float32 [411, 403]
+        Expected count rate (counts/s/pixel) including all background, zero outside ``mask``.
+    sr_target : ndarray, float32 [822, 806]
+        Expected background-free rate per 2" pixel, PSF half as wide, zero outside the 2x mask.
+        None when ``sr=False``.
+    bkg_rate : ndarray, float32 [411, 403]
+        The background part of ``dn_target`` (particle, sky, soft protons, out-of-time events).
+    meta : dict
+        Field kind, background levels, PSF, bad columns, drawn components and bright sources.
+    """
+
+    counts: np.ndarray
+    exposure: float
+    mask: np.ndarray
+    dn_target: np.ndarray
+    sr_target: np.ndarray | None
+    bkg_rate: np.ndarray
+    meta: dict = field(default_factory=dict)
+
+
+@functools.lru_cache(maxsize=1)
+def _geometry():
+    g1, g2 = detector.pn_grid(), detector.pn_grid(scale=2)
+    ny2, nx2 = g2.shape
+    theta2 = detector.radius_arcmin(g2).astype(np.float32)
+    theta1 = detector.radius_arcmin(g1).astype(np.float32)
+    fov2 = detector.fov_mask(g2)
+    fov1 = detector.fov_mask(g1)
+    live1 = detector.live_mask(g1)
+    # hat weights for the PSF zones
+    z = np.asarray(_ZONES_ARCMIN, np.float32)
+    w = np.empty((len(z), ny2, nx2), np.float32)
+    t = np.clip(theta2, z[0], z[-1])
+    for k in range(len(z)):
+        lo = z[k - 1] if k > 0 else z[k] - 1.0
+        hi = z[k + 1] if k < len(z) - 1 else z[k] + 1.0
+        up = (t - lo) / (z[k] - lo)
+        dn = (hi - t) / (hi - z[k])
+        w[k] = np.clip(np.minimum(up, dn), 0.0, 1.0)
+    w /= w.sum(axis=0, keepdims=True)
+    pad = (sfft.next_fast_len(ny2 + _KERNEL_RADIUS + 1, real=True),
+           sfft.next_fast_len(nx2 + _KERNEL_RADIUS + 1, real=True))
+    full_k, half_k, params = [], [], []
+    pix2 = detector.pixel_size_arcsec(scale=2)
+    for zk in z:
+        rc, alpha = _psf.king_params(zk)
+        params.append((float(rc), float(alpha)))
+        for lst, scale in ((full_k, 1.0), (half_k, 0.5)):
+            k = _psf.king_kernel(rc * scale / pix2, alpha, _KERNEL_RADIUS)
+            kp = np.zeros(pad, np.float32)
+            r = _KERNEL_RADIUS
+            kp[:2 * r + 1, :2 * r + 1] = k
+            kp = np.roll(kp, (-r, -r), axis=(0, 1))
+            lst.append(sfft.rfft2(kp).astype(np.complex64))
+    # rows of the two CCD halves (for out-of-time streaks)
+    _, yc = g1.centres()
+    halves = [(yc >= lo) & (yc < hi) for lo, hi in detector._HALF_Y.values()]
+    return {
+        "theta1": theta1, "theta2": theta2, "fov1": fov1, "fov2": fov2, "live1": live1,
+        "vig1": vignetting(theta1), "vig2": vignetting(theta2), "zones": w, "pad": pad,
+        "full_k": full_k, "half_k": half_k, "psf_params": params, "halves": halves,
+        "mask_corners": detector.detector_mask(g1, corners=True),
+        "mask_nocorners": detector.detector_mask(g1, corners=False),
+        "corner1": detector.corner_mask(g1),
+    }
+
+
+def _deposit_points(img, yx, rate):
+    """Cloud-in-cell deposit of point sources (2x pixel coordinates) into ``img``."""
+    ny, nx = img.shape
+    y, x = yx[:, 0], yx[:, 1]
+    iy, ix = np.floor(y).astype(int), np.floor(x).astype(int)
+    fy, fx = y - iy, x - ix
+    for dy, wy in ((0, 1 - fy), (1, fy)):
+        for dx, wx in ((0, 1 - fx), (1, fx)):
+            jy, jx = iy + dy, ix + dx
+            ok = (jy >= 0) & (jy < ny) & (jx >= 0) & (jx < nx)
+            np.add.at(img, (jy[ok], jx[ok]), (rate * wy * wx)[ok].astype(np.float32))
+
+
+def _convolve(geo, img2, want_half):
+    """Zone-blended PSF convolution of the 2x sky: (full PSF image, half PSF image or None)."""
+    ny, nx = img2.shape
+    pad = geo["pad"]
+    acc_f = None
+    acc_h = None
+    for k, wk in enumerate(geo["zones"]):
+        zk = img2 * wk
+        if not zk.any():
+            continue
+        f = sfft.rfft2(zk, s=pad, workers=1)
+        acc_f = f * geo["full_k"][k] if acc_f is None else acc_f + f * geo["full_k"][k]
+        if want_half:
+            h = f * geo["half_k"][k]
+            acc_h = h if acc_h is None else acc_h + h
+    if acc_f is None:
+        z = np.zeros_like(img2)
+        return z, (z.copy() if want_half else None)
+    full = sfft.irfft2(acc_f, s=pad, workers=1)[:ny, :nx]
+    np.maximum(full, 0, out=full)
+    half = None
+    if want_half:
+        half = sfft.irfft2(acc_h, s=pad, workers=1)[:ny, :nx]
+        np.maximum(half, 0, out=half)
+    return full.astype(np.float32), (half.astype(np.float32) if want_half else None)
+
+
+def _rebin2(a):
+    ny, nx = a.shape
+    return a.reshape(ny // 2, 2, nx // 2, 2).sum(axis=(1, 3))
+
+
+def _bad_columns(rng, geo):
+    """Random observation-specific bad columns: (half index, first column, width) tuples."""
+    out = []
+    live = geo["live1"]
+    for _ in range(min(rng.poisson(1.5), 5)):
+        h = int(rng.integers(0, 2))
+        rows = geo["halves"][h]
+        cols = np.flatnonzero(live[rows].any(axis=0))
+        c = int(rng.choice(cols))
+        out.append((h, c, 1 if rng.random() < 0.7 else 2))
+    return out
+
+
+def simulate_observation(rng, *, exposure=20e3, sr=True, dn=True, kind=None):
+    """Simulate one EPIC-pn 0.5-2 keV observation on the 411 x 403 DETX/DETY grid.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        The only source of randomness.
+    exposure : float
+        Exposure time in seconds of the noisy ``counts`` image.
+    sr : bool
+        Compute the 2x super-resolution target (costs one more inverse FFT).
+    dn : bool
+        Accepted for symmetry; the DN target is always computed (it is needed for the counts).
+    kind : str, optional
+        Field kind (see ``sky.FIELD_KINDS``); random if None.
+
+    Returns
+    -------
+    SimulatedObservation
+    """
+    if exposure <= 0:
+        raise ValueError(f"exposure must be > 0 s, got {exposure}")
+    if kind is not None and kind not in FIELD_KINDS:
+        raise ValueError(f"kind must be one of {sorted(FIELD_KINDS)}, got {kind!r}")
+    geo = _geometry()
+    sky = draw_sky(rng, kind)
+
+    # --- sky through the telescope (2x grid)
+    img2 = sky.image.copy()
+    _deposit_points(img2, sky.points_yx, sky.points_rate)
+    img2 *= geo["vig2"]
+    full2, half2 = _convolve(geo, img2, sr)
+    full2 *= geo["fov2"]
+    src1 = _rebin2(full2)
+
+    # --- mask: CCDs, corners or not, bad columns
+    corners = bool(rng.random() < 0.8)
+    mask = (geo["mask_corners"] if corners else geo["mask_nocorners"]).copy()
+    badcols = _bad_columns(rng, geo)
+    for h, c, wdt in badcols:
+        mask[geo["halves"][h], c:c + wdt] = False
+
+    # --- out-of-time events: a fraction of each column's source counts spread along the CCD
+    oot = np.zeros_like(src1)
+    for rows in geo["halves"]:
+        colsum = src1[rows].sum(axis=0)
+        oot[rows] += (OOT_FRACTION * colsum / rows.sum())[None, :]
+    oot *= geo["live1"]
+
+    # --- background (counts/s per 4" pixel)
+    p_fac = float(np.exp(rng.uniform(np.log(0.5), np.log(3.0))))
+    particle = PARTICLE_RATE * p_fac
+    cosmic = COSMIC_RATE * float(np.exp(rng.normal(0.0, 0.3)))
+    sp = PARTICLE_RATE * float(rng.exponential(0.4)) if rng.random() < 0.6 else 0.0
+    fov1 = geo["fov1"]
+    vig1 = geo["vig1"]
+    vig_sp = 0.4 + 0.6 * vig1  # soft protons: flatter than the photon vignetting
+    bkg_sky = (cosmic * vig1 + sp * vig_sp) * fov1
+    infield_mean = float(particle + bkg_sky[fov1 & mask].mean())
+    corner_ratio = float(rng.uniform(0.6, 1.0))
+    corner_level = max(corner_ratio * infield_mean, particle)
+    bkg = np.where(fov1, particle + bkg_sky, corner_level).astype(np.float32)
+    bkg *= geo["live1"]
+    bkg_rate = ((bkg + oot) * mask).astype(np.float32)
+
+    dn_target = ((src1 + oot + bkg) * mask).astype(np.float32)
+    counts = rng.poisson(dn_target.astype(np.float64) * exposure).astype(np.float32)
+
+    sr_target = None
+    if sr:
+        mask2 = np.repeat(np.repeat(mask, 2, axis=0), 2, axis=1)
+        sr_target = (half2 * geo["fov2"] * mask2).astype(np.float32)
+
+    bright = np.flatnonzero(sky.points_rate * exposure > 200)
+    meta = {
+        "sim_version": SIM_VERSION, "kind": sky.kind, "exposure": float(exposure),
+        "particle_rate": particle, "cosmic_rate": cosmic, "soft_proton_rate": sp,
+        "corner_rate": corner_level, "corner_ratio": corner_ratio, "infield_bkg_mean": infield_mean,
+        "corners": corners, "bad_columns": badcols, "psf_zones_arcmin": _ZONES_ARCMIN,
+        "psf_params": geo["psf_params"], "n_points": int(sky.points_rate.size),
+        "components": sky.meta["components"], "agn_norm": sky.meta["agn_norm"],
+        # bright point sources: 1x pixel coordinates (0-based y, x) and on-axis rate
+        "sources": [{"y": (sky.points_yx[i, 0] + 0.5) / 2 - 0.5,
+                     "x": (sky.points_yx[i, 1] + 0.5) / 2 - 0.5,
+                     "rate": float(sky.points_rate[i])} for i in bright],
+    }
+    return SimulatedObservation(counts=counts, exposure=float(exposure), mask=mask,
+                                dn_target=dn_target, sr_target=sr_target, bkg_rate=bkg_rate,
+                                meta=meta)
