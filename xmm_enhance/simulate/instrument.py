@@ -23,17 +23,37 @@ from .sky import FIELD_KINDS, draw_sky
 
 __all__ = [
     "SIM_VERSION", "SimulatedObservation", "simulate_observation", "vignetting",
-    "VIGNETTING_TABLE", "OOT_FRACTION", "PARTICLE_RATE", "COSMIC_RATE",
+    "VIGNETTING_TABLE", "OOT_FRACTION", "PARTICLE_RATE", "COSMIC_RATE", "PARTIAL_COLUMNS",
+    "PARTIAL_ROWS", "coverage_map",
 ]
 
-SIM_VERSION = "0.1.0"
+SIM_VERSION = "0.2.0"
 
-#: Vignetting (0.5-2 keV) versus off-axis angle (arcmin) about detector.OPTICAL_AXIS_DET
-#: (reference sheet section 5, measured with eexpmap); extrapolated linearly beyond 15'.
+#: Vignetting (0.5-2 keV) versus off-axis angle (arcmin) about detector.OPTICAL_AXIS_DET:
+#: upper quartile in 1' annuli of the eexpmap exposure map of obs 0723801301
+#: (shared/data/reference, withvignetting=yes), divided by its on-axis value. It flattens at
+#: ~0.31 beyond 15'.
 VIGNETTING_TABLE = (
-    (0.0, 2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 14.0, 15.0, 20.0),
-    (1.00, 0.95, 0.86, 0.75, 0.63, 0.52, 0.43, 0.35, 0.32, 0.20),
+    (0.0, 0.5, 1.5, 2.5, 3.5, 4.5, 5.5, 6.5, 7.5, 8.5, 9.5, 10.5, 11.5, 12.5, 13.5, 14.5, 15.5,
+     16.5, 17.5, 20.0),
+    (1.0, 0.997, 0.979, 0.937, 0.895, 0.842, 0.793, 0.733, 0.669, 0.612, 0.557, 0.51, 0.465,
+     0.42, 0.379, 0.348, 0.315, 0.306, 0.305, 0.30),
 )
+#: Fractional coverage of DET columns next to CCD gaps and edges, per row of CCDs ("lower":
+#: 0-based rows 10-203, "upper": 206-399), 0-based column -> fraction of a full column's events.
+#: The 4.1" raw pixels only partly overlap these 4" DET bins. Measured as the median along each
+#: column of the eexpmap exposure map of obs 0723801301 divided by the vignetting (geometric,
+#: the same for every observation: the real images show the same dips).
+PARTIAL_COLUMNS = {
+    "lower": {0: 0.47, 64: 0.48, 67: 0.1, 92: 0.65, 95: 0.23, 128: 0.77, 135: 0.7, 150: 0.74,
+              153: 0.14, 193: 0.91, 195: 0.13, 202: 0.2, 234: 0.77, 237: 0.12, 265: 0.73,
+              270: 0.81, 334: 0.15, 337: 0.44, 401: 0.53},
+    "upper": {0: 0.47, 64: 0.49, 67: 0.1, 131: 0.86, 135: 0.71, 179: 0.64, 182: 0.25, 199: 0.25,
+              202: 0.2, 266: 0.76, 270: 0.81, 271: 0.2, 274: 0.68, 288: 0.73, 291: 0.15,
+              322: 0.78, 325: 0.1, 334: 0.15, 337: 0.44, 369: 0.52, 372: 0.35, 401: 0.52},
+}
+#: Same for rows (0-based row -> fraction), measured the same way.
+PARTIAL_ROWS = {11: 0.12, 203: 0.8, 206: 0.15, 398: 0.75}
 #: Out-of-time event fraction in full-frame mode.
 OOT_FRACTION = 0.063
 #: Particle (not vignetted) background, counts/s per 4" pixel (filter-wheel-closed level).
@@ -67,8 +87,9 @@ class SimulatedObservation:
     dn_target : ndarray, float32 [411, 403]
         Expected count rate (counts/s/pixel) including all background, zero outside ``mask``.
     sr_target : ndarray, float32 [822, 806]
-        Expected background-free rate per 2" pixel, PSF half as wide, zero outside the 2x mask.
-        None when ``sr=False``.
+        Expected background-free rate per 2" pixel, PSF half as wide, zero outside the 2x mask;
+        the partial coverage of the 1x pixel next to a CCD gap applies to its four 2x pixels, so
+        that source fluxes agree with ``dn_target``. None when ``sr=False``.
     bkg_rate : ndarray, float32 [411, 403]
         The background part of ``dn_target`` (particle, sky, soft protons, out-of-time events).
     meta : dict
@@ -82,6 +103,24 @@ class SimulatedObservation:
     sr_target: np.ndarray | None
     bkg_rate: np.ndarray
     meta: dict = field(default_factory=dict)
+
+
+def coverage_map():
+    """Fraction of a full pixel's events collected by each 1x pixel, float32 [411, 403].
+
+    1 everywhere except the partially covered DET columns and rows next to CCD gaps and edges
+    (``PARTIAL_COLUMNS``, ``PARTIAL_ROWS``).
+    """
+    g = detector.pn_grid()
+    _, yc = g.centres()
+    cov = np.ones(g.shape, np.float32)
+    for half, (lo, hi) in detector._HALF_Y.items():
+        rows = (yc >= lo) & (yc < hi)
+        for c, f in PARTIAL_COLUMNS[half].items():
+            cov[rows, c] *= f
+    for r, f in PARTIAL_ROWS.items():
+        cov[r] *= f
+    return cov
 
 
 @functools.lru_cache(maxsize=1)
@@ -127,7 +166,7 @@ def _geometry():
         "full_k": full_k, "half_k": half_k, "psf_params": params, "halves": halves,
         "mask_corners": detector.detector_mask(g1, corners=True),
         "mask_nocorners": detector.detector_mask(g1, corners=False),
-        "corner1": detector.corner_mask(g1),
+        "corner1": detector.corner_mask(g1), "coverage": coverage_map(),
     }
 
 
@@ -252,15 +291,17 @@ def simulate_observation(rng, *, exposure=20e3, sr=True, dn=True, kind=None):
     corner_level = max(corner_ratio * infield_mean, particle)
     bkg = np.where(fov1, particle + bkg_sky, corner_level).astype(np.float32)
     bkg *= geo["live1"]
-    bkg_rate = ((bkg + oot) * mask).astype(np.float32)
+    # partially covered columns/rows next to CCD gaps collect fewer events of every kind
+    cov = geo["coverage"] * mask
+    bkg_rate = ((bkg + oot) * cov).astype(np.float32)
 
-    dn_target = ((src1 + oot + bkg) * mask).astype(np.float32)
+    dn_target = ((src1 + oot + bkg) * cov).astype(np.float32)
     counts = rng.poisson(dn_target.astype(np.float64) * exposure).astype(np.float32)
 
     sr_target = None
     if sr:
-        mask2 = np.repeat(np.repeat(mask, 2, axis=0), 2, axis=1)
-        sr_target = (half2 * geo["fov2"] * mask2).astype(np.float32)
+        cov2 = np.repeat(np.repeat(cov, 2, axis=0), 2, axis=1)  # mask and partial coverage
+        sr_target = (half2 * geo["fov2"] * cov2).astype(np.float32)
 
     bright = np.flatnonzero(sky.points_rate * exposure > 200)
     meta = {
