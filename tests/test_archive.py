@@ -1,0 +1,522 @@
+"""Tests of xmm_enhance.archive: OBS_ID checks, PPS discovery, and the download path.
+
+The download tests run astroquery's real ``XMMNewton.download_data`` against a small XSA
+imitation on 127.0.0.1 (no other network): it answers HEAD and GET on the data-action-aio URL,
+serves the requested products of a fake PPS folder as an XSA-style tar (members
+``<OBSID>/pps/<file>``) or as bare files, and can fail, truncate or serve hostile tars on demand.
+"""
+from __future__ import annotations
+
+import http.server
+import io
+import logging
+import os
+import tarfile
+import threading
+import time
+import traceback
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from xmm_enhance import archive
+from xmm_enhance.archive import (MARKER_NAME, PPSFiles, download_pps, find_pps_files,
+                                 pps_folder_is_complete, validate_obsid)
+from xmm_enhance.errors import ArchiveError, PPSError, UsageError
+
+OBSID = "0123456789"
+
+
+# --------------------------------------------------------------------------------------------
+# A local imitation of the XSA data-action-aio servlet
+# --------------------------------------------------------------------------------------------
+class FakeXSA:
+    """State of the local archive; tests change the attributes to script its behaviour."""
+
+    def __init__(self, src: Path, obsid: str = OBSID):
+        self.src = src
+        self.obsid = obsid
+        self.mode = "tar"              # or "bare": a single matching file is sent as is
+        self.fail = []                 # HTTP codes returned (one per request) before serving
+        self.truncate = 0              # number of GET answers cut in half (consistent length)
+        self.short = 0                 # number of GET answers shorter than Content-Length
+        self.hostile = None            # callable(obsid) -> tar bytes served instead
+        self.creds = None              # (user, password) required when set
+        self.hits = []                 # (method, query dict)
+        self.lock = threading.Lock()
+
+    def gets(self):
+        return [q for m, q in self.hits if m == "GET"]
+
+    def payload(self, q):
+        """(status, body, filename, content type) for a query."""
+        obsid = q.get("obsno", "")
+        if self.creds is not None and (q.get("AIOUSER"), q.get("AIOPWD")) != self.creds:
+            return 401, None, None, None
+        if obsid != self.obsid:
+            return 404, None, None, None
+        if self.hostile is not None:
+            return 200, self.hostile(obsid), f"GUEST{obsid}.tar", "application/x-tar"
+        name, inst = q.get("name", ""), q.get("instname", "")
+        files = sorted(p for p in self.src.iterdir()
+                       if name.upper() in p.name.upper()
+                       and (not inst or p.name.upper()[11:13] == inst.upper()))
+        if not files:
+            return 404, None, None, None
+        if self.mode == "bare" and len(files) == 1:
+            return 200, files[0].read_bytes(), files[0].name, "application/octet-stream"
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            for f in files:
+                tar.add(f, arcname=f"{obsid}/pps/{f.name}")
+        return 200, buf.getvalue(), f"GUEST{obsid}.tar", "application/x-tar"
+
+
+def _handler(state: FakeXSA):
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):  # keep test output clean
+            pass
+
+        def _serve(self, head: bool):
+            q = {k: v[0] for k, v in parse_qs(urlsplit(self.path).query).items()}
+            with state.lock:
+                state.hits.append(("HEAD" if head else "GET", q))
+                failing = state.fail.pop(0) if state.fail else None
+            if failing:
+                self.send_error(failing)
+                return
+            status, body, fname, ctype = state.payload(q)
+            if status != 200:
+                self.send_error(status)
+                return
+            length = len(body)
+            if not head:
+                with state.lock:
+                    if state.truncate:
+                        state.truncate -= 1
+                        body = body[: len(body) // 2]
+                        length = len(body)
+                    elif state.short:
+                        state.short -= 1
+                        body = body[: len(body) // 2]   # Content-Length still says full size
+            self.send_response(200)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Disposition", f'attachment; filename="{fname}"')
+            self.send_header("Content-Length", str(length))
+            self.end_headers()
+            if not head:
+                self.wfile.write(body)
+
+        def do_HEAD(self):
+            self._serve(True)
+
+        def do_GET(self):
+            self._serve(False)
+
+    return Handler
+
+
+@pytest.fixture
+def xsa(tmp_path_factory, monkeypatch, fake_pps):
+    """A running fake archive serving a fake PPS of OBSID; astroquery points at it."""
+    from astroquery.esa.xmm_newton import conf
+
+    src = fake_pps(tmp_path_factory.mktemp("archive_src"), OBSID,
+                   exposures=(("S003", 40000.0), ("U002", 1000.0)))
+    state = FakeXSA(src)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    url = f"http://127.0.0.1:{server.server_address[1]}/nxsa-sl/servlet/data-action-aio?"
+    try:
+        with conf.set_temp("DATA_ACTION_AIO", url):
+            yield state
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def sleeps(monkeypatch):
+    """Record back-off delays instead of sleeping."""
+    calls = []
+    monkeypatch.setattr(archive.time, "sleep", calls.append)
+    return calls
+
+
+def _leftovers(save_dir: Path):
+    """Files and folders under save_dir (relative paths)."""
+    return sorted(str(p.relative_to(save_dir)) for p in save_dir.rglob("*"))
+
+
+# --------------------------------------------------------------------------------------------
+# validate_obsid
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("good", ["0123456789", " 0884250101\n", "9999999999"])
+def test_validate_obsid_accepts_ten_digits(good):
+    assert validate_obsid(good) == good.strip()
+
+
+@pytest.mark.parametrize("bad", ["012345678", "01234567890", "012345678a", "", "0123 45678",
+                                 "../0123456", 123456789, None])
+def test_validate_obsid_rejects(bad):
+    with pytest.raises(UsageError) as err:
+        validate_obsid(bad)
+    assert err.value.exit_code == 2
+    assert "10 digits" in str(err.value) and "\n" not in str(err.value)
+
+
+# --------------------------------------------------------------------------------------------
+# find_pps_files
+# --------------------------------------------------------------------------------------------
+def test_find_picks_largest_ontime_and_its_fbktsr(tmp_path, fake_pps, caplog):
+    folder = fake_pps(tmp_path / "pps", OBSID,
+                      exposures=(("S001", 1000.0), ("U002", 52000.0), ("S003", 40000.0)))
+    with caplog.at_level(logging.WARNING):
+        found = find_pps_files(folder)
+    assert isinstance(found, PPSFiles)
+    assert found.expid == "U002" and found.ontime == 52000.0
+    assert found.events.name == f"P{OBSID}PNU002PIEVLI0000.FTZ"
+    assert found.fbktsr.name == f"P{OBSID}PNU002FBKTSR0000.FTZ"
+    assert found.attitude.name.endswith("ATTTSR0000.FTZ")
+    assert found.calind.name.endswith("CALIND0000.FTZ")
+    assert found.obsid == OBSID and found.folder == folder
+    assert found.submode == "PrimeFullWindow"
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_find_ontime_falls_back_to_gti_tables(tmp_path, fake_pps):
+    folder = fake_pps(tmp_path / "pps", OBSID, exposures=(("S003", 30000.0), ("S004", 31000.0)),
+                      ontime_keyword=False)
+    found = find_pps_files(folder, OBSID)
+    assert found.expid == "S004"
+    assert found.ontime == pytest.approx(31000.0)
+
+
+def test_find_accepts_uncompressed_lower_case_and_pps_subfolder(tmp_path, fake_pps):
+    folder = fake_pps(tmp_path / OBSID / "pps", OBSID, ext="fits")
+    for p in list(folder.iterdir()):
+        p.rename(p.with_name(p.name.lower()))
+    found = find_pps_files(tmp_path / OBSID)    # the parent: descends into pps/
+    assert found.events.name == f"p{OBSID}pns003pievli0000.fits"
+    assert found.fbktsr is not None and found.expid == "S003"
+
+
+def test_find_warns_for_untrained_submode(tmp_path, fake_pps, caplog):
+    folder = fake_pps(tmp_path / "pps", OBSID, exposures=(("S003", 40000.0, "PrimeLargeWindow"),))
+    with caplog.at_level(logging.WARNING, logger="xmm_enhance.archive"):
+        found = find_pps_files(folder)
+    assert found.submode == "PrimeLargeWindow"
+    warn = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warn) == 1 and "PrimeLargeWindow" in warn[0] and OBSID in warn[0]
+
+
+def test_find_missing_and_empty_folder(tmp_path):
+    with pytest.raises(PPSError, match="does not exist"):
+        find_pps_files(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("hello")
+    with pytest.raises(PPSError, match="no PPS files") as err:
+        find_pps_files(tmp_path / "empty")
+    assert err.value.exit_code == 1
+
+
+def test_find_without_event_list(tmp_path, fake_pps):
+    folder = fake_pps(tmp_path / "pps", OBSID)
+    (folder / f"P{OBSID}PNS003PIEVLI0000.FTZ").unlink()
+    with pytest.raises(PPSError, match="PIEVLI") as err:
+        find_pps_files(folder)
+    assert OBSID in str(err.value)
+
+
+def test_find_timing_only_says_so(tmp_path, fake_pps):
+    folder = fake_pps(tmp_path / "pps", OBSID)
+    ev = folder / f"P{OBSID}PNS003PIEVLI0000.FTZ"
+    ev.rename(folder / f"P{OBSID}PNS003TIEVLI0000.FTZ")
+    with pytest.raises(PPSError, match="timing"):
+        find_pps_files(folder)
+
+
+def test_find_without_fbktsr_names_the_exposure(tmp_path, fake_pps):
+    # FBKTSR only for the short exposure; the chosen (longest) one has none.
+    folder = fake_pps(tmp_path / "pps", OBSID, exposures=(("S001", 2000.0), ("U002", 45000.0)),
+                      with_fbktsr={"S001"})
+    with pytest.raises(PPSError) as err:
+        find_pps_files(folder)
+    msg = str(err.value)
+    assert "FBKTSR" in msg and "U002" in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_find_corrupt_ftz(tmp_path, fake_pps, damage):
+    folder = fake_pps(tmp_path / "pps", OBSID)
+    ev = folder / f"P{OBSID}PNS003PIEVLI0000.FTZ"
+    data = ev.read_bytes()
+    ev.write_bytes(b"\x1f\x8b\x08\x00garbage" * 10 if damage == "garbage" else data[:60])
+    with pytest.raises(PPSError) as err:
+        find_pps_files(folder)
+    msg = str(err.value)
+    assert ev.name in msg and "delete it" in msg
+
+
+def test_find_obsid_mismatch_and_mixed_folders(tmp_path, fake_pps):
+    folder = fake_pps(tmp_path / "pps", OBSID)
+    with pytest.raises(PPSError, match=OBSID):
+        find_pps_files(folder, "0999999999")
+    fake_pps(folder, "0888888888")
+    with pytest.raises(PPSError, match="several OBS_IDs"):
+        find_pps_files(folder)
+    assert find_pps_files(folder, "0888888888").obsid == "0888888888"
+    with pytest.raises(UsageError):
+        find_pps_files(folder, "12345")
+
+
+# --------------------------------------------------------------------------------------------
+# download_pps against the local archive
+# --------------------------------------------------------------------------------------------
+def _expected_names():
+    return {f"P{OBSID}PNS003PIEVLI0000.FTZ", f"P{OBSID}PNU002PIEVLI0000.FTZ",
+            f"P{OBSID}PNS003FBKTSR0000.FTZ", f"P{OBSID}PNU002FBKTSR0000.FTZ",
+            f"P{OBSID}OBX000ATTTSR0000.FTZ", f"P{OBSID}OBX000CALIND0000.FTZ"}
+
+
+def test_download_tar_flattens_and_asks_only_for_pn_products(xsa, tmp_path, sleeps):
+    save = tmp_path / "save"
+    pps = download_pps(OBSID, save, backoff_s=0.01)
+    assert pps == save / OBSID / "pps"
+    names = {p.name for p in pps.iterdir()}
+    assert names == _expected_names() | {MARKER_NAME}
+    # byte-identical to what the archive holds
+    for n in _expected_names():
+        assert (pps / n).read_bytes() == (xsa.src / n).read_bytes()
+    # only the staging-free result is left
+    assert _leftovers(save) == sorted([OBSID, f"{OBSID}/pps"]
+                                      + [f"{OBSID}/pps/{n}" for n in names])
+    queries = xsa.gets()
+    assert [q["name"] for q in queries] == ["PIEVLI", "FBKTSR", "ATTTSR", "CALIND"]
+    assert all(q["level"] == "PPS" and q["extension"] == "FTZ" and q["obsno"] == OBSID
+               for q in queries)
+    assert [q.get("instname") for q in queries] == ["PN", "PN", None, None]
+    assert sleeps == []
+    found = find_pps_files(pps, OBSID)
+    assert found.expid == "S003" and found.ontime == 40000.0
+
+
+def test_download_bare_files(xsa, tmp_path):
+    xsa.mode = "bare"
+    # one exposure only, so every request matches a single file
+    for n in (f"P{OBSID}PNU002PIEVLI0000.FTZ", f"P{OBSID}PNU002FBKTSR0000.FTZ"):
+        (xsa.src / n).unlink()
+    pps = download_pps(OBSID, tmp_path, backoff_s=0.01)
+    assert {p.name for p in pps.iterdir()} == {
+        f"P{OBSID}PNS003PIEVLI0000.FTZ", f"P{OBSID}PNS003FBKTSR0000.FTZ",
+        f"P{OBSID}OBX000ATTTSR0000.FTZ", f"P{OBSID}OBX000CALIND0000.FTZ", MARKER_NAME}
+    assert find_pps_files(pps).fbktsr.read_bytes() == \
+        (xsa.src / f"P{OBSID}PNS003FBKTSR0000.FTZ").read_bytes()
+
+
+def test_download_retries_503_twice_then_succeeds(xsa, tmp_path, sleeps):
+    xsa.fail = [503, 503]
+    pps = download_pps(OBSID, tmp_path, retries=3, backoff_s=0.01)
+    assert {p.name for p in pps.iterdir()} == _expected_names() | {MARKER_NAME}
+    assert sleeps == pytest.approx([0.01, 0.02])       # exponential back-off
+    assert len(xsa.gets()) == 4                         # one successful GET per product
+
+
+def test_download_gives_up_after_retries(xsa, tmp_path, sleeps):
+    xsa.fail = [503] * 20
+    with pytest.raises(ArchiveError) as err:
+        download_pps(OBSID, tmp_path, retries=2, backoff_s=0.01)
+    msg = str(err.value)
+    assert OBSID in msg and "3 attempts" in msg and "503" in msg
+    assert sleeps == pytest.approx([0.01, 0.02])
+    assert len(xsa.hits) == 3
+    assert _leftovers(tmp_path) == []                    # no pps, no staging, no OBS_ID folder
+
+
+@pytest.mark.parametrize("how", ["truncate", "short"])
+def test_download_truncated_then_ok(xsa, tmp_path, sleeps, how):
+    setattr(xsa, how, 1)
+    pps = download_pps(OBSID, tmp_path, backoff_s=0.01)
+    assert {p.name for p in pps.iterdir()} == _expected_names() | {MARKER_NAME}
+    assert len(sleeps) == 1
+    for n in _expected_names():
+        assert (pps / n).read_bytes() == (xsa.src / n).read_bytes()
+    assert not [p for p in (tmp_path / OBSID).iterdir() if p.name != "pps"]
+
+
+def test_download_always_truncated_leaves_nothing(xsa, tmp_path, sleeps):
+    xsa.truncate = 100
+    with pytest.raises(ArchiveError, match="2 attempts") as err:
+        download_pps(OBSID, tmp_path, retries=1, backoff_s=0.01)
+    assert "PIEVLI" in str(err.value)
+    assert _leftovers(tmp_path) == []
+
+
+def test_download_keeps_existing_folder_untouched_on_failure(xsa, tmp_path, sleeps):
+    old = tmp_path / OBSID / "pps"
+    old.mkdir(parents=True)
+    (old / "keep.txt").write_text("mine")
+    xsa.truncate = 100
+    with pytest.raises(ArchiveError):
+        download_pps(OBSID, tmp_path, retries=1, backoff_s=0.01)
+    assert _leftovers(tmp_path) == [OBSID, f"{OBSID}/pps", f"{OBSID}/pps/keep.txt"]
+
+
+def test_download_unknown_obsid_is_quick_404(xsa, tmp_path, sleeps):
+    t0 = time.monotonic()
+    with pytest.raises(ArchiveError) as err:
+        download_pps("0999999999", tmp_path, retries=5, backoff_s=10.0)
+    assert time.monotonic() - t0 < 5.0
+    msg = str(err.value)
+    assert "0999999999" in msg and "404" in msg and "\n" not in msg
+    assert sleeps == [] and len(xsa.hits) == 1          # no retry
+    assert _leftovers(tmp_path) == []
+
+
+def test_download_missing_optional_products_is_fine(xsa, tmp_path, sleeps, caplog):
+    for n in (f"P{OBSID}OBX000ATTTSR0000.FTZ", f"P{OBSID}OBX000CALIND0000.FTZ"):
+        (xsa.src / n).unlink()
+    with caplog.at_level(logging.WARNING, logger="xmm_enhance.archive"):
+        pps = download_pps(OBSID, tmp_path, backoff_s=0.01)
+    assert sum("ATTTSR" in r.getMessage() or "CALIND" in r.getMessage()
+               for r in caplog.records) == 2
+    found = find_pps_files(pps)
+    assert found.attitude is None and found.calind is None
+    n_hits = len(xsa.hits)
+    download_pps(OBSID, tmp_path, backoff_s=0.01)       # the marker makes it reusable
+    assert len(xsa.hits) == n_hits
+
+
+def test_download_missing_fbktsr_is_an_error(xsa, tmp_path, sleeps):
+    for p in list(xsa.src.glob("*FBKTSR*")):
+        p.unlink()
+    with pytest.raises(ArchiveError, match="FBKTSR"):
+        download_pps(OBSID, tmp_path, backoff_s=0.01)
+    assert sleeps == [] and _leftovers(tmp_path) == []
+
+
+def _tar_with(member: tarfile.TarInfo, data: bytes | None = None) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        ok = tarfile.TarInfo(f"{OBSID}/pps/README.txt")
+        ok.size = 2
+        tar.addfile(ok, io.BytesIO(b"hi"))
+        tar.addfile(member, io.BytesIO(data) if data is not None else None)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("kind", ["dotdot", "absolute", "symlink", "hardlink"])
+def test_download_refuses_escaping_tar(xsa, tmp_path, sleeps, kind):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    if kind == "dotdot":
+        m = tarfile.TarInfo(f"{OBSID}/pps/../../../../outside/evil.txt")
+    elif kind == "absolute":
+        m = tarfile.TarInfo(str(outside / "evil.txt"))
+    elif kind == "symlink":
+        m = tarfile.TarInfo(f"{OBSID}/pps/P{OBSID}PNS003PIEVLI0000.FTZ")
+        m.type, m.linkname = tarfile.SYMTYPE, str(outside / "evil.txt")
+    else:
+        m = tarfile.TarInfo(f"{OBSID}/pps/P{OBSID}PNS003PIEVLI0000.FTZ")
+        m.type, m.linkname = tarfile.LNKTYPE, "../../../outside/evil.txt"
+    data = None
+    if m.isfile():
+        data = b"evil"
+        m.size = len(data)
+    xsa.hostile = lambda obsid: _tar_with(m, data)
+    save = tmp_path / "save"
+    with pytest.raises(ArchiveError, match="unsafe") as err:
+        download_pps(OBSID, save, backoff_s=0.01)
+    assert OBSID in str(err.value)
+    assert list(outside.iterdir()) == []
+    assert not list(tmp_path.rglob("evil.txt"))
+    assert _leftovers(save) == []
+    assert sleeps == []                                 # refused at once, not retried
+
+
+def test_download_reuses_complete_folder(xsa, tmp_path):
+    pps = download_pps(OBSID, tmp_path, backoff_s=0.01)
+    n_hits = len(xsa.hits)
+    assert pps_folder_is_complete(pps, OBSID)
+    mtimes = {p.name: p.stat().st_mtime_ns for p in pps.iterdir()}
+    assert download_pps(OBSID, tmp_path, backoff_s=0.01) == pps
+    assert len(xsa.hits) == n_hits                      # server not contacted again
+    assert {p.name: p.stat().st_mtime_ns for p in pps.iterdir()} == mtimes
+    # a file that went missing makes the folder incomplete: downloaded again
+    (pps / f"P{OBSID}PNS003FBKTSR0000.FTZ").unlink()
+    assert not pps_folder_is_complete(pps, OBSID)
+    download_pps(OBSID, tmp_path, backoff_s=0.01)
+    assert len(xsa.hits) > n_hits and pps_folder_is_complete(pps, OBSID)
+
+
+def test_download_reuses_folder_made_elsewhere(xsa, tmp_path, fake_pps):
+    fake_pps(tmp_path / OBSID / "pps", OBSID)           # e.g. copied by hand, no marker
+    xsa.fail = [500] * 50                                # any request would fail
+    pps = download_pps(OBSID, tmp_path, retries=0, backoff_s=0.01)
+    assert pps == tmp_path / OBSID / "pps" and xsa.hits == []
+
+
+def _credentials(tmp_path, user="alice_the_observer", password="s3cr3t-Pa55word"):
+    f = tmp_path / "creds.ini"
+    f.write_text(f"[xmm_newton]\nusername = {user}\npassword = {password}\n")
+    return f, user, password
+
+
+def _everything_said(err, caplog, capsys):
+    text = caplog.text + "".join(r.getMessage() for r in caplog.records)
+    out = capsys.readouterr()
+    text += out.out + out.err
+    if err is not None:
+        text += str(err.value) + "".join(traceback.format_exception(err.value))
+    return text
+
+
+def test_credentials_are_sent_but_never_shown(xsa, tmp_path, caplog, capsys):
+    cred, user, password = _credentials(tmp_path)
+    xsa.creds = (user, password)
+    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="astroquery")
+    pps = download_pps(OBSID, tmp_path / "save", credentials_file=cred, backoff_s=0.01)
+    assert find_pps_files(pps).expid == "S003"
+    assert all(q.get("AIOUSER") == user for _, q in xsa.hits)   # they did reach the archive
+    said = _everything_said(None, caplog, capsys)
+    assert OBSID in said                                         # logging did happen
+    assert user not in said and password not in said
+
+
+@pytest.mark.parametrize("failure", ["wrong", "503"])
+def test_credentials_absent_from_errors(xsa, tmp_path, caplog, capsys, sleeps, failure):
+    cred, user, password = _credentials(tmp_path)
+    xsa.creds = (user, "another-password") if failure == "wrong" else (user, password)
+    if failure == "503":
+        xsa.fail = [503] * 10
+    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="astroquery")
+    with pytest.raises(ArchiveError) as err:
+        download_pps(OBSID, tmp_path / "save", credentials_file=cred, retries=1,
+                     backoff_s=0.01)
+    if failure == "wrong":
+        assert "credentials" in str(err.value) and len(xsa.hits) == 1   # not retried
+    said = _everything_said(err, caplog, capsys)
+    assert user not in said and password not in said
+    assert _leftovers(tmp_path / "save") == []
+
+
+def test_bad_credentials_file_is_usage_error(xsa, tmp_path):
+    with pytest.raises(UsageError, match="not found"):
+        download_pps(OBSID, tmp_path, credentials_file=tmp_path / "none.ini")
+    bad = tmp_path / "bad.ini"
+    bad.write_text("[other]\nusername = x\n")
+    with pytest.raises(UsageError, match=r"\[xmm_newton\]"):
+        download_pps(OBSID, tmp_path, credentials_file=bad)
+    assert xsa.hits == []
+
+
+def test_download_validates_obsid_before_network(xsa, tmp_path):
+    with pytest.raises(UsageError):
+        download_pps("12345", tmp_path)
+    assert xsa.hits == [] and not os.listdir(tmp_path)

@@ -1,0 +1,875 @@
+"""OBS_ID validation, PPS download from the XMM-Newton Science Archive, PPS folder discovery.
+
+Three jobs, each usable on its own:
+
+* :func:`validate_obsid` checks that an OBS_ID is ten digits.
+* :func:`download_pps` fetches only the EPIC-pn products the image needs (pn imaging event
+  lists ``PIEVLI``, flaring-background time series ``FBKTSR``, attitude ``ATTTSR``, calibration
+  index ``CALIND``) through ``astroquery.esa.xmm_newton`` into ``<save_dir>/<OBS_ID>/pps``.
+  Transient failures are retried with exponential back-off, a truncated or corrupt download is
+  removed and fetched again, archives are extracted with tarfile's ``data`` filter and flattened,
+  and nothing reaches the ``pps`` folder until every required product arrived intact.
+* :func:`find_pps_files` picks, in a PPS folder, the pn imaging exposure with the largest
+  ``ONTIME`` and its ``FBKTSR``.
+
+PPS file names follow the XMM Data Files Handbook (reference sheet §1), e.g.
+``P0123456789PNS003PIEVLI0000.FTZ``: ``P`` + OBS_ID + instrument + exposure flag and number +
+product type + data subset + source number + extension. ``.FTZ`` is gzipped FITS; uncompressed
+``.FIT``/``.FITS`` (and ``.gz`` variants, lower case) are accepted as well.
+
+The archive URL is astroquery's configuration item
+``astroquery.esa.xmm_newton.conf.DATA_ACTION_AIO``, read at each call, so a mirror (or a test
+server) can be set with ``conf.set_temp``.
+"""
+from __future__ import annotations
+
+import configparser
+import contextlib
+import gzip
+import json
+import logging
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from astropy.io import fits
+
+from .errors import ArchiveError, PPSError, UsageError
+
+__all__ = [
+    "PPSFiles", "SUPPORTED_SUBMODES", "validate_obsid", "pps_filename", "parse_pps_filename",
+    "find_pps_files", "download_pps", "pps_folder_is_complete",
+]
+
+log = logging.getLogger(__name__)
+
+#: pn imaging modes the models were trained on (reference sheet §1).
+SUPPORTED_SUBMODES = ("PrimeFullWindow", "PrimeFullWindowExtended")
+
+#: Marker written into a PPS folder once a download completed; lists the files and their sizes.
+MARKER_NAME = ".xmm_enhance_download.json"
+
+#: (connect, read) timeouts in seconds for every archive request; astroquery sets none itself.
+HTTP_TIMEOUT_S = (30.0, 300.0)
+
+_OBSID_RE = re.compile(r"\d{10}")
+_PPS_RE = re.compile(
+    r"^P(?P<obsid>\d{10})(?P<inst>[A-Z0-9]{2})(?P<expflag>[SUX])(?P<expno>\d{3})"
+    r"(?P<product>[A-Z0-9]{6})(?P<subset>[0-9A-Z])(?P<source>[0-9A-F]{3})"
+    r"\.(?P<ext>FTZ|FIT|FITS|FTZ\.GZ|FIT\.GZ|FITS\.GZ)$",
+    re.IGNORECASE,
+)
+_SAFE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")
+_CRED_RE = re.compile(r"(AIOUSER|AIOPWD)=[^&\s'\"]*", re.IGNORECASE)
+
+# The products download_pps asks for: (product type, extra query parameters, required).
+_PRODUCTS = (
+    ("PIEVLI", {"instname": "PN"}, True),
+    ("FBKTSR", {"instname": "PN"}, True),
+    ("ATTTSR", {}, False),
+    ("CALIND", {}, False),
+)
+
+
+# --------------------------------------------------------------------------------------------
+# OBS_ID and file names
+# --------------------------------------------------------------------------------------------
+def validate_obsid(obsid: str) -> str:
+    """Return ``obsid`` stripped of surrounding blanks if it is a ten-digit XMM OBS_ID.
+
+    Parameters
+    ----------
+    obsid : str
+        The observation identifier, e.g. ``"0123456789"``. Integers are refused because they
+        lose the leading zeros most OBS_IDs have.
+
+    Returns
+    -------
+    str
+        The ten-digit OBS_ID.
+
+    Raises
+    ------
+    UsageError
+        If ``obsid`` is not a string of exactly ten digits (exit code 2).
+
+    Examples
+    --------
+    >>> validate_obsid(" 0123456789 ")
+    '0123456789'
+    """
+    if not isinstance(obsid, str):
+        raise UsageError(f"OBS_ID {obsid!r}: must be given as a string of 10 digits "
+                         "(e.g. '0123456789'; quote it to keep leading zeros)")
+    text = obsid.strip()
+    if not _OBSID_RE.fullmatch(text):
+        raise UsageError(f"OBS_ID {obsid!r}: must be exactly 10 digits, e.g. 0123456789")
+    return text
+
+
+def pps_filename(obsid: str, product: str, *, inst: str = "PN", expid: str = "S003",
+                 subset: str = "0", source: str = "000", ext: str = "FTZ") -> str:
+    """Build a PPS file name such as ``P0123456789PNS003PIEVLI0000.FTZ``.
+
+    Parameters
+    ----------
+    obsid : str
+        Ten-digit OBS_ID.
+    product : str
+        Six-character product type (``PIEVLI``, ``FBKTSR``, ``ATTTSR``, ``CALIND``...).
+    inst : str, optional
+        Two-character instrument code; ``OB`` for observation-level products.
+    expid : str, optional
+        Exposure flag and number, e.g. ``'S003'``, ``'U002'``, ``'X000'``.
+    subset, source : str, optional
+        Data-subset digit and three-hex-digit source number.
+    ext : str, optional
+        File extension without the dot.
+
+    Returns
+    -------
+    str
+    """
+    name = f"P{validate_obsid(obsid)}{inst}{expid}{product}{subset}{source}.{ext}"
+    if not _PPS_RE.match(name):
+        raise UsageError(f"{name}: not a valid PPS file name; check inst, expid and product")
+    return name
+
+
+def parse_pps_filename(name: str) -> dict | None:
+    """Split a PPS file name into its fields, or return None if it is not one.
+
+    Parameters
+    ----------
+    name : str
+        A file name (not a path), any case.
+
+    Returns
+    -------
+    dict or None
+        Keys ``obsid``, ``inst``, ``expid`` (e.g. ``'S003'``), ``product``, ``subset``,
+        ``source``, ``ext``; letters upper-cased.
+    """
+    m = _PPS_RE.match(name)
+    if m is None:
+        return None
+    d = {k: v.upper() for k, v in m.groupdict().items()}
+    d["expid"] = d.pop("expflag") + d.pop("expno")
+    return d
+
+
+# --------------------------------------------------------------------------------------------
+# PPS folder discovery
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PPSFiles:
+    """The PPS products of one observation that the image needs.
+
+    Attributes
+    ----------
+    obsid : str
+        Ten-digit OBS_ID.
+    folder : Path
+        The folder holding the files.
+    events : Path
+        pn imaging event list (``PIEVLI``) of the chosen exposure.
+    fbktsr : Path or None
+        Flaring-background time series of the same exposure (never None from
+        :func:`find_pps_files`, which raises instead).
+    attitude : Path or None
+        Attitude time series (``ATTTSR``), if present.
+    calind : Path or None
+        Calibration index (``CALIND``), if present.
+    expid : str
+        Exposure flag and number, e.g. ``'S003'``.
+    submode : str
+        ``SUBMODE`` of the event list (``''`` if the keyword is missing).
+    ontime : float
+        ``ONTIME`` of the event list in s (see :func:`find_pps_files` for the fallbacks).
+    """
+
+    obsid: str
+    folder: Path
+    events: Path
+    fbktsr: Path | None
+    attitude: Path | None
+    calind: Path | None
+    expid: str
+    submode: str
+    ontime: float
+
+
+def _corrupt(path: Path, exc: BaseException) -> PPSError:
+    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return PPSError(f"{path}: corrupt or truncated FITS file ({reason}); delete it and run again "
+                    "to download it anew")
+
+
+_READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, IndexError, TypeError)
+
+
+def _gti_time(hdul) -> float | None:
+    """Largest total of STOP-START over the GTI tables (``STDGTInn``, ``GTI``) of ``hdul``."""
+    best = None
+    for hdu in hdul[1:]:
+        name = hdu.name.upper()
+        if not (name.startswith("STDGTI") or name in ("GTI", "STDGTI")):
+            continue
+        data = hdu.data
+        if data is None or "START" not in data.names or "STOP" not in data.names:
+            continue
+        total = float((data["STOP"] - data["START"]).sum())
+        best = total if best is None else max(best, total)
+    return best
+
+
+def _event_list_info(path: Path) -> tuple[float, str]:
+    """(ONTIME in s, SUBMODE) of a pn event list; PPSError if it cannot be read."""
+    try:
+        with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
+            try:
+                hdr = hdul["EVENTS"].header
+            except KeyError:
+                raise PPSError(f"{path}: has no EVENTS extension, so it is not a pn event list; "
+                               "remove it or download the PPS again") from None
+            submode = str(hdr.get("SUBMODE", hdul[0].header.get("SUBMODE", ""))).strip()
+            ontime = hdr.get("ONTIME")
+            if ontime is None:
+                per_ccd = [float(v) for k, v in hdr.items()
+                           if re.fullmatch(r"ONTIME\d\d", k) and v is not None]
+                if per_ccd:
+                    ontime = max(per_ccd)
+                    log.debug("%s: no ONTIME keyword; using max(ONTIMEnn) = %.1f s",
+                              path.name, ontime)
+            if ontime is None:
+                ontime = _gti_time(hdul)
+                if ontime is not None:
+                    log.debug("%s: no ONTIME keyword; using the GTI tables: %.1f s",
+                              path.name, ontime)
+            if ontime is None:
+                tstart, tstop = hdr.get("TSTART"), hdr.get("TSTOP")
+                if tstart is None or tstop is None:
+                    raise PPSError(f"{path}: no ONTIME, GTI tables or TSTART/TSTOP to measure its "
+                                   "exposure; download the PPS again")
+                ontime = float(tstop) - float(tstart)
+                log.warning("%s: no ONTIME keyword or GTI table; using TSTOP-TSTART = %.1f s",
+                            path.name, ontime)
+            return float(ontime), submode
+    except PPSError:
+        raise
+    except _READ_ERRORS as exc:
+        raise _corrupt(path, exc) from None
+
+
+def _check_readable(path: Path, extname: str | None = None) -> None:
+    """Open ``path`` (and its ``extname`` header) or raise a PPSError saying it is corrupt."""
+    try:
+        with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
+            if extname is not None:
+                try:
+                    hdul[extname].header
+                except KeyError:
+                    raise PPSError(f"{path}: has no {extname} extension; delete it and run again "
+                                   "to download it anew") from None
+            else:
+                hdul[0].header
+    except PPSError:
+        raise
+    except _READ_ERRORS as exc:
+        raise _corrupt(path, exc) from None
+
+
+def _scan(folder: Path) -> list[tuple[Path, dict]]:
+    return sorted(((p, info) for p in folder.iterdir()
+                   if p.is_file() and (info := parse_pps_filename(p.name)) is not None),
+                  key=lambda t: t[0].name)
+
+
+def find_pps_files(folder, obsid: str | None = None) -> PPSFiles:
+    """Find the pn imaging exposure and its companions in a PPS folder.
+
+    The event list (``PIEVLI``, instrument ``PN``) with the largest ``ONTIME`` is chosen
+    (``S`` and ``U`` exposures alike). ``ONTIME`` is read from the ``EVENTS`` header; if it is
+    missing, the largest ``ONTIMEnn``, then the largest per-CCD sum of ``STDGTInn`` intervals,
+    then ``TSTOP - TSTART`` is used. If ``folder`` holds no PPS file but has a ``pps``
+    sub-folder, that sub-folder is searched.
+
+    Parameters
+    ----------
+    folder : str or Path
+        Folder with PPS files (flat, as :func:`download_pps` leaves them).
+    obsid : str, optional
+        Only consider files of this OBS_ID; by default the single OBS_ID found in the folder.
+
+    Returns
+    -------
+    PPSFiles
+
+    Raises
+    ------
+    PPSError
+        The folder is missing or holds no PPS file; it has no pn imaging event list (for the
+        OBS_ID); the chosen exposure has no ``FBKTSR``; a file cannot be opened (corrupt or
+        truncated); it mixes several OBS_IDs and ``obsid`` was not given.
+    UsageError
+        ``obsid`` is malformed.
+
+    Notes
+    -----
+    A ``SUBMODE`` other than ``PrimeFullWindow``/``PrimeFullWindowExtended`` is logged as a
+    warning: the models were trained on full-frame images only.
+    """
+    folder = Path(folder)
+    if obsid is not None:
+        obsid = validate_obsid(obsid)
+    if not folder.is_dir():
+        raise PPSError(f"{folder}: PPS folder does not exist; pass the folder holding the "
+                       "P<OBSID>...FTZ files, or leave --pps_dir out to download them")
+    files = _scan(folder)
+    if not files and (folder / "pps").is_dir():
+        folder = folder / "pps"
+        files = _scan(folder)
+    if not files:
+        raise PPSError(f"{folder}: no PPS files (P<OBSID>PN...PIEVLI0000.FTZ etc.) in this folder; "
+                       "pass the right --pps_dir, or leave it out to download the PPS")
+    if obsid is None:
+        found = sorted({i["obsid"] for _, i in files if i["product"] == "PIEVLI"}
+                       or {i["obsid"] for _, i in files})
+        if len(found) > 1:
+            raise PPSError(f"{folder}: holds PPS files of several OBS_IDs ({', '.join(found)}); "
+                           "pass the OBS_ID to use")
+        obsid = found[0]
+    mine = [(p, i) for p, i in files if i["obsid"] == obsid]
+    events = [(p, i) for p, i in mine if i["inst"] == "PN" and i["product"] == "PIEVLI"]
+    if not events:
+        others = sorted({i["obsid"] for _, i in files} - {obsid})
+        timing = [p.name for p, i in mine if i["inst"] == "PN" and i["product"] == "TIEVLI"]
+        hint = ("only pn timing-mode event lists (TIEVLI) are present; this tool needs imaging "
+                "mode" if timing else
+                f"files of OBS_ID {', '.join(others)} are present" if others else
+                "download the PPS again (leave --pps_dir out) or check the folder")
+        raise PPSError(f"{folder}: no EPIC-pn imaging event list (P{obsid}PN...PIEVLI0000.FTZ) "
+                       f"for OBS_ID {obsid}; {hint}")
+
+    candidates = []
+    for path, info in events:
+        ontime, submode = _event_list_info(path)
+        log.debug("%s: exposure %s, ONTIME %.1f s, SUBMODE %r", path.name, info["expid"],
+                  ontime, submode)
+        candidates.append((ontime, path, info, submode))
+    # Largest ONTIME wins; max() keeps the first of equal values, i.e. the first file name.
+    ontime, events_path, info, submode = max(candidates, key=lambda c: c[0])
+    expid = info["expid"]
+
+    fbk = [p for p, i in mine if i["inst"] == "PN" and i["product"] == "FBKTSR"
+           and i["expid"] == expid]
+    if not fbk:
+        raise PPSError(f"{folder}: no flaring-background time series "
+                       f"P{obsid}PN{expid}FBKTSR0000.FTZ for pn exposure {expid} (the one with the "
+                       "largest ONTIME); download the PPS again or add that file")
+    if len(fbk) > 1:
+        log.warning("%s: several FBKTSR files for exposure %s; using %s", folder, expid,
+                    fbk[0].name)
+    fbktsr = fbk[0]
+    _check_readable(fbktsr, "RATE")
+
+    def first(product):
+        hits = [p for p, i in mine if i["product"] == product]
+        if not hits:
+            return None
+        _check_readable(hits[0])
+        return hits[0]
+
+    attitude, calind = first("ATTTSR"), first("CALIND")
+    if attitude is None:
+        log.info("%s: no attitude file (ATTTSR) for OBS_ID %s", folder, obsid)
+    if calind is None:
+        log.info("%s: no calibration index (CALIND) for OBS_ID %s", folder, obsid)
+
+    if submode not in SUPPORTED_SUBMODES:
+        log.warning("OBS_ID %s exposure %s: pn SUBMODE %r is not one the models were trained on "
+                    "(%s); the image may be partial and the enhancement unreliable",
+                    obsid, expid, submode or "missing", " or ".join(SUPPORTED_SUBMODES))
+    log.info("OBS_ID %s: using pn exposure %s (%s, ONTIME %.0f s) from %s", obsid, expid,
+             submode or "SUBMODE missing", ontime, folder)
+    return PPSFiles(obsid=obsid, folder=folder, events=events_path, fbktsr=fbktsr,
+                    attitude=attitude, calind=calind, expid=expid, submode=submode,
+                    ontime=ontime)
+
+
+# --------------------------------------------------------------------------------------------
+# Download
+# --------------------------------------------------------------------------------------------
+class _Transient(Exception):
+    """A failure worth retrying (HTTP 5xx, connection trouble, a truncated download)."""
+
+
+class _Permanent(Exception):
+    """A failure that retrying cannot fix (404, bad credentials, unsafe tar)."""
+
+    def __init__(self, message: str, *, missing: bool = False):
+        super().__init__(message)
+        self.missing = missing
+
+
+def _scrub(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """Remove credentials (URL parameters and the literal values) from ``text``."""
+    text = _CRED_RE.sub(lambda m: f"{m.group(1)}=***", text)
+    for s in secrets:
+        if s and len(s) >= 3:
+            text = text.replace(s, "***")
+    return text
+
+
+def _read_credentials(credentials_file) -> tuple[str, str]:
+    """(username, password) from an astroquery-style ini file, checked before any request."""
+    path = Path(credentials_file)
+    if not path.is_file():
+        raise UsageError(f"{path}: credentials file not found; pass an ini file with a "
+                         "[xmm_newton] section holding username and password")
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read(path)
+        return parser.get("xmm_newton", "username"), parser.get("xmm_newton", "password")
+    except (configparser.Error, UnicodeDecodeError, OSError):
+        raise UsageError(f"{path}: credentials file must have a [xmm_newton] section with "
+                         "'username' and 'password' entries") from None
+
+
+def _make_client(target_dir: Path):
+    """An astroquery XMMNewton client that writes downloads into ``target_dir``.
+
+    astroquery's ``download_data`` keeps only the base name of ``filename`` and writes into the
+    current directory; this subclass sends the file to ``target_dir`` instead (so no ``chdir``
+    is needed) and remembers the file name the server announced.
+    """
+    from astroquery.esa import xmm_newton
+    from requests.adapters import HTTPAdapter
+
+    class _TimeoutAdapter(HTTPAdapter):
+        def send(self, request, **kwargs):
+            if kwargs.get("timeout") is None:
+                kwargs["timeout"] = HTTP_TIMEOUT_S
+            return super().send(request, **kwargs)
+
+    class _Client(xmm_newton.XMMNewtonClass):
+        def __init__(self):
+            # A placeholder TAP handler: only the data URL is used, so no TAP service is set up.
+            super().__init__(tap_handler=object())
+            self.data_aio_url = xmm_newton.conf.DATA_ACTION_AIO
+            self.written: Path | None = None
+            self.server_filename: str | None = None
+            adapter = _TimeoutAdapter()
+            self._session.mount("http://", adapter)
+            self._session.mount("https://", adapter)
+
+        def _request_link(self, link, cache):
+            params = super()._request_link(link, cache)
+            self.server_filename = params.get("filename")
+            return params
+
+        def _create_filename(self, filename, observation_id, suffixes):
+            suffix = re.sub(r"[^A-Za-z0-9.]", "", "".join(suffixes))[-16:]
+            self.written = target_dir / f"download{suffix}"
+            return str(self.written)
+
+    return _Client()
+
+
+@contextlib.contextmanager
+def _quiet_astroquery():
+    """Keep astroquery's own log, which may show the request URL, at ERROR or above."""
+    from astroquery import log as aq_log
+    previous = aq_log.level
+    aq_log.setLevel(max(logging.ERROR, previous))
+    try:
+        yield
+    finally:
+        aq_log.setLevel(previous)
+
+
+def _classify(exc: BaseException) -> type[Exception]:
+    import requests
+    from astroquery.exceptions import LoginError
+
+    if isinstance(exc, LoginError):
+        return _Permanent
+    if isinstance(exc, requests.HTTPError):
+        code = exc.response.status_code if exc.response is not None else None
+        return _Transient if code is None or code >= 500 or code in (408, 429) else _Permanent
+    if isinstance(exc, (requests.ConnectionError, requests.Timeout,
+                        requests.exceptions.ChunkedEncodingError,
+                        requests.exceptions.ContentDecodingError, ConnectionError, TimeoutError)):
+        return _Transient
+    return _Permanent
+
+
+def _fetch_once(obsid: str, product: str, query: dict, raw_dir: Path, secrets) -> tuple[Path, str]:
+    """One download attempt; returns (local file, server file name)."""
+    import requests
+    from astroquery.exceptions import LoginError
+
+    for old in raw_dir.iterdir():  # never let astroquery append to a previous partial file
+        old.unlink()
+    client = _make_client(raw_dir)
+    kwargs = dict(level="PPS", name=product, extension="FTZ", **query)
+    what = f"OBS_ID {obsid} {query.get('instname', '')} {product}".replace("  ", " ")
+    prop = bool(secrets)
+    try:
+        with _quiet_astroquery(), _scrub_http_logs(secrets[:2]):
+            if prop:
+                client.download_data(obsid, filename="download", verbose=False, cache=False,
+                                     prop=True, credentials_file=secrets[2], **kwargs)
+            else:
+                client.download_data(obsid, filename="download", verbose=False, cache=False,
+                                     **kwargs)
+    except (requests.RequestException, LoginError, ConnectionError, TimeoutError) as exc:
+        kind = _classify(exc)
+        code = getattr(getattr(exc, "response", None), "status_code", None)
+        if isinstance(exc, LoginError) or code in (401, 403):
+            msg = (f"{what}: the archive refused the credentials or the data are proprietary; "
+                   "check --credentials_file (section [xmm_newton], username, password)")
+        elif code == 404:
+            msg = (f"{what}: not found in the XMM archive (HTTP 404); check the OBS_ID and "
+                   "that the observation has EPIC-pn imaging data")
+            raise _Permanent(msg, missing=True) from None
+        elif code is not None:
+            msg = f"{what}: the XMM archive answered HTTP {code}"
+        else:
+            msg = f"{what}: {type(exc).__name__}: {_scrub(str(exc), secrets[:2])}"
+        raise kind(_scrub(msg, secrets[:2])) from None
+    except (UnboundLocalError, KeyError):
+        # astroquery's _request_link leaves `params` unset when the archive answers 200 with a
+        # text page (no file) or without a Content-Disposition header.
+        raise _Permanent(f"{what}: the XMM archive sent no file; check that the OBS_ID exists "
+                         "and is public (or pass --credentials_file)", missing=True) from None
+    except Exception as exc:  # anything else astroquery raises: report it without credentials
+        raise _Permanent(f"{what}: {type(exc).__name__}: "
+                         f"{_scrub(str(exc), secrets[:2])}") from None
+    path = client.written
+    if path is None or not path.is_file():
+        raise _Permanent(f"{what}: astroquery reported success but wrote no file into "
+                         f"{raw_dir}; check the installed astroquery version")
+    return path, client.server_filename or ""
+
+
+def _check_gzip_fits(path: Path) -> None:
+    """Raise _Transient unless ``path`` is complete FITS (gzipped or not): read it to the end."""
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(2)
+        if magic == b"\x1f\x8b":
+            with gzip.open(path, "rb") as fh:
+                head = fh.read(6)
+                while fh.read(1 << 22):
+                    pass
+        else:
+            with open(path, "rb") as fh:
+                head = fh.read(6)
+            if path.stat().st_size % 2880:
+                raise OSError("size is not a multiple of 2880 bytes")
+    except (OSError, EOFError, zlib.error) as exc:
+        raise _Transient(f"{path.name}: corrupt or truncated ({exc})") from None
+    if head != b"SIMPLE":
+        raise _Transient(f"{path.name}: not a FITS file")
+
+
+def _member_is_safe(member: tarfile.TarInfo, dest: Path) -> bool:
+    """tarfile's ``data`` filter, made strict: a name it would rewrite is refused too."""
+    name = member.name
+    if name.startswith(("/", "\\")) or os.path.isabs(name) or ".." in Path(name).parts:
+        return False
+    if member.islnk() or member.issym():
+        target = Path(member.linkname)
+        if target.is_absolute() or ".." in target.parts:
+            return False
+    if hasattr(tarfile, "data_filter"):
+        try:
+            filtered = tarfile.data_filter(member, str(dest))
+        except tarfile.FilterError:
+            return False
+        return filtered is not None and filtered.name == member.name
+    return member.isfile() or member.isdir() or member.issym() or member.islnk()
+
+
+class _ScrubFilter(logging.Filter):
+    """Rewrites log records of HTTP libraries so that no credential leaves the process."""
+
+    def __init__(self, secrets):
+        super().__init__()
+        self.secrets = secrets
+
+    def filter(self, record):
+        try:
+            text = record.getMessage()
+        except Exception:  # a malformed record: drop its arguments rather than fail
+            text = str(record.msg)
+        clean = _scrub(text, self.secrets)
+        if clean != text:
+            record.msg, record.args = clean, ()
+        return True
+
+
+@contextlib.contextmanager
+def _scrub_http_logs(secrets):
+    """While active, scrub credentials from the records of urllib3, requests and astroquery."""
+    if not secrets:
+        yield
+        return
+    filt = _ScrubFilter(secrets)
+    names = {"urllib3", "urllib3.connectionpool", "urllib3.connection", "urllib3.response",
+             "urllib3.util.retry", "requests", "astroquery"}
+    names |= {n for n in logging.root.manager.loggerDict
+              if n.split(".")[0] in ("urllib3", "requests", "astroquery")}
+    loggers = [logging.getLogger(n) for n in sorted(names)]
+    for lg in loggers:
+        lg.addFilter(filt)
+    try:
+        yield
+    finally:
+        for lg in loggers:
+            lg.removeFilter(filt)
+
+
+def _extract_flat(archive: Path, dest: Path, obsid: str) -> list[Path]:
+    """Extract the regular files of ``archive`` into ``dest`` without their folders.
+
+    Every member is first checked with tarfile's ``data`` filter (no absolute path, no ``..``,
+    no link leaving the folder, no device); one unsafe member refuses the whole archive.
+    """
+    out = []
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            members = tar.getmembers()  # reads the whole index: a truncated tar fails here
+            bad = [m.name for m in members if not _member_is_safe(m, dest)]
+            if bad:
+                raise _Permanent(f"OBS_ID {obsid}: the archive's tar holds unsafe member(s) "
+                                 f"{bad[:3]} (absolute path, '..' or a link leaving the folder); "
+                                 "refused, nothing extracted")
+            for m in members:
+                if not m.isfile():
+                    continue
+                name = Path(m.name).name
+                if not _SAFE_NAME_RE.match(name):
+                    raise _Permanent(f"OBS_ID {obsid}: the archive's tar holds an odd file name "
+                                     f"{name!r}; refused")
+                target = dest / name
+                if target.exists():
+                    log.warning("OBS_ID %s: tar member %s repeats the name %s; keeping the last",
+                                obsid, m.name, name)
+                src = tar.extractfile(m)
+                with src, open(target, "wb") as fh:
+                    shutil.copyfileobj(src, fh, 1 << 20)
+                if m.size != target.stat().st_size:
+                    raise _Transient(f"{name}: truncated in the tar")
+                if target not in out:
+                    out.append(target)
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+        raise _Transient(f"corrupt or truncated tar ({exc})") from None
+    return out
+
+
+def _unpack(path: Path, server_name: str, product: str, flat: Path, obsid: str) -> list[Path]:
+    """Turn one downloaded file (tar or bare FTZ) into verified PPS files in ``flat``."""
+    if tarfile.is_tarfile(path):
+        kept = []
+        for f in _extract_flat(path, flat, obsid):
+            if parse_pps_filename(f.name) is None:
+                log.debug("OBS_ID %s: ignoring %s (not a PPS product)", obsid, f.name)
+                f.unlink()
+            else:
+                _check_gzip_fits(f)
+                kept.append(f)
+        return kept
+    _check_gzip_fits(path)
+    name = Path(server_name).name
+    if parse_pps_filename(name) is None:
+        # The archive did not say which PPS file this is: build the name from the header.
+        with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
+            expid = str(hdul[0].header.get("EXPIDSTR", "")).strip()
+        if product in ("ATTTSR", "CALIND"):
+            name = pps_filename(obsid, product, inst="OB", expid="X000")
+        elif re.fullmatch(r"[SUX]\d{3}", expid):
+            name = pps_filename(obsid, product, inst="PN", expid=expid)
+        else:
+            raise _Permanent(f"OBS_ID {obsid} {product}: the archive sent a bare file named "
+                             f"{server_name!r} without EXPIDSTR; cannot name it")
+    target = flat / name
+    os.replace(path, target)
+    return [target]
+
+
+def _fetch_product(obsid, product, query, stage: Path, secrets, retries, backoff_s) -> list[Path]:
+    raw = stage / "raw"
+    flat = stage / "flat"
+    attempts = retries + 1
+    last = ""
+    for attempt in range(1, attempts + 1):
+        raw.mkdir(exist_ok=True)
+        outcome = None
+        try:
+            path, server_name = _fetch_once(obsid, product, query, raw, secrets)
+            files = _unpack(path, server_name, product, flat, obsid)
+            outcome = [f for f in files if (i := parse_pps_filename(f.name)) is not None
+                       and i["product"] == product]
+        except _Transient as exc:
+            last = str(exc)
+        finally:
+            shutil.rmtree(raw, ignore_errors=True)
+        if outcome is not None:
+            if not outcome:
+                raise _Permanent(f"OBS_ID {obsid}: the archive's answer holds no {product} file",
+                                 missing=True)
+            log.info("OBS_ID %s: downloaded %s", obsid, ", ".join(f.name for f in outcome))
+            return outcome
+        if attempt < attempts:
+            delay = backoff_s * 2 ** (attempt - 1)
+            log.warning("OBS_ID %s %s: attempt %d/%d failed (%s); retrying in %.3g s", obsid,
+                        product, attempt, attempts, last, delay)
+            time.sleep(delay)
+    raise ArchiveError(f"OBS_ID {obsid} {product}: download failed after {attempts} attempts "
+                       f"({last}); try again later or check the network")
+
+
+def _marker_ok(pps: Path) -> bool:
+    try:
+        info = json.loads((pps / MARKER_NAME).read_text())
+        files = info["files"]
+        return bool(files) and all((pps / n).is_file() and (pps / n).stat().st_size == s
+                                   for n, s in files.items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def pps_folder_is_complete(pps, obsid: str) -> bool:
+    """Whether ``pps`` holds what :func:`download_pps` would fetch, so it can be reused.
+
+    True if the download marker lists files that are all present with their recorded sizes,
+    or (for folders made otherwise) if :func:`find_pps_files` succeeds and the attitude and
+    calibration index files are present.
+    """
+    pps = Path(pps)
+    if not pps.is_dir():
+        return False
+    if (pps / MARKER_NAME).exists():
+        return _marker_ok(pps)
+    try:
+        found = find_pps_files(pps, obsid)
+    except PPSError:
+        return False
+    return found.attitude is not None and found.calind is not None
+
+
+def download_pps(obsid: str, save_dir, *, credentials_file=None, retries: int = 3,
+                 backoff_s: float = 1.0) -> Path:
+    """Download the EPIC-pn PPS products of ``obsid`` into ``<save_dir>/<obsid>/pps``.
+
+    Asks the XMM archive (through astroquery's real ``XMMNewton.download_data``) for the pn
+    imaging event lists and flaring-background time series (``instname='PN'``), the attitude
+    and the calibration index, all as ``FTZ``. An answer may be a tar (members
+    ``<OBSID>/pps/<file>``, flattened) or a bare file. Files are collected in a hidden staging
+    folder beside ``pps`` and moved into ``pps`` only when the event lists and FBKTSR arrived
+    complete; a marker file then records the file sizes so the next call reuses the folder
+    without contacting the archive.
+
+    Parameters
+    ----------
+    obsid : str
+        Ten-digit OBS_ID.
+    save_dir : str or Path
+        Parent folder; created if missing.
+    credentials_file : str or Path, optional
+        astroquery-style ini file (``[xmm_newton]`` with ``username`` and ``password``) for
+        proprietary data; passed to astroquery with ``prop=True``. Its contents are never
+        logged nor put into error messages.
+    retries : int, optional
+        Retries after the first attempt for transient failures (HTTP 5xx, 408, 429, connection
+        errors, time-outs, truncated or corrupt downloads).
+    backoff_s : float, optional
+        First back-off delay in s; doubled after each failed attempt.
+
+    Returns
+    -------
+    Path
+        ``<save_dir>/<obsid>/pps``.
+
+    Raises
+    ------
+    UsageError
+        Malformed OBS_ID, or an unreadable credentials file.
+    ArchiveError
+        Unknown OBS_ID or missing pn product (HTTP 404, at once), refused credentials, an
+        unsafe tar, or transient failures that outlasted the retries. Nothing is left in
+        ``pps`` then (an existing folder is untouched).
+
+    Notes
+    -----
+    The attitude and calibration index are optional: if the archive has none, a warning is
+    logged and the download still succeeds.
+    """
+    obsid = validate_obsid(obsid)
+    if retries < 0 or backoff_s < 0:
+        raise UsageError(f"retries={retries}, backoff_s={backoff_s}: must not be negative")
+    secrets: tuple = ()
+    if credentials_file is not None:
+        user, password = _read_credentials(credentials_file)
+        secrets = (user, password, str(credentials_file))
+    obs_dir = Path(save_dir) / obsid
+    pps = obs_dir / "pps"
+    if pps_folder_is_complete(pps, obsid):
+        log.info("OBS_ID %s: reusing the complete PPS folder %s", obsid, pps)
+        return pps
+
+    created_obs_dir = not obs_dir.exists()
+    try:
+        obs_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ArchiveError(f"{obs_dir}: cannot create the download folder ({exc.strerror}); "
+                           "pass a writable --save_dir") from None
+    stage = Path(tempfile.mkdtemp(prefix=".pps-download-", dir=obs_dir))
+    (stage / "flat").mkdir()
+    failure = None
+    try:
+        log.info("OBS_ID %s: downloading the pn PPS products into %s", obsid, pps)
+        for product, query, required in _PRODUCTS:
+            try:
+                _fetch_product(obsid, product, query, stage, secrets, retries, backoff_s)
+            except _Permanent as exc:
+                if required or not exc.missing:
+                    failure = str(exc)
+                    break
+                log.warning("OBS_ID %s: the archive has no %s (%s); continuing without it",
+                            obsid, product, exc)
+        if failure is None:
+            flat = stage / "flat"
+            try:
+                find_pps_files(flat, obsid)
+            except PPSError as exc:
+                failure = (f"OBS_ID {obsid}: the downloaded products are incomplete "
+                           f"({str(exc).split(': ', 1)[-1]})")
+        if failure is None:
+            pps.mkdir(exist_ok=True)
+            sizes = {}
+            for f in sorted(flat.iterdir()):
+                sizes[f.name] = f.stat().st_size
+                os.replace(f, pps / f.name)
+            tmp = pps / f".{MARKER_NAME}.tmp"
+            tmp.write_text(json.dumps({"obsid": obsid, "files": sizes,
+                                       "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+                                      indent=1))
+            os.replace(tmp, pps / MARKER_NAME)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+        if created_obs_dir and (failure is not None or not pps.exists()):
+            with contextlib.suppress(OSError):
+                obs_dir.rmdir()
+    if failure is not None:
+        raise ArchiveError(_scrub(failure, secrets[:2]))
+    log.info("OBS_ID %s: PPS products ready in %s", obsid, pps)
+    return pps
