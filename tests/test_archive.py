@@ -43,6 +43,7 @@ class FakeXSA:
         self.short = 0                 # number of GET answers shorter than Content-Length
         self.hostile = None            # callable(obsid) -> tar bytes served instead
         self.creds = None              # (user, password) required when set
+        self.unknown = 404             # answer to an unknown OBS_ID; "text" = 200 + HTML page
         self.hits = []                 # (method, query dict)
         self.lock = threading.Lock()
 
@@ -55,6 +56,8 @@ class FakeXSA:
         if self.creds is not None and (q.get("AIOUSER"), q.get("AIOPWD")) != self.creds:
             return 401, None, None, None
         if obsid != self.obsid:
+            if self.unknown == "text":
+                return 200, b"<html>No data found</html>", None, "text/html"
             return 404, None, None, None
         if self.hostile is not None:
             return 200, self.hostile(obsid), f"GUEST{obsid}.tar", "application/x-tar"
@@ -102,7 +105,8 @@ def _handler(state: FakeXSA):
                         body = body[: len(body) // 2]   # Content-Length still says full size
             self.send_response(200)
             self.send_header("Content-Type", ctype)
-            self.send_header("Content-Disposition", f'attachment; filename="{fname}"')
+            if fname:
+                self.send_header("Content-Disposition", f'attachment; filename="{fname}"')
             self.send_header("Content-Length", str(length))
             self.end_headers()
             if not head:
@@ -366,13 +370,16 @@ def test_download_keeps_existing_folder_untouched_on_failure(xsa, tmp_path, slee
     assert _leftovers(tmp_path) == [OBSID, f"{OBSID}/pps", f"{OBSID}/pps/keep.txt"]
 
 
-def test_download_unknown_obsid_is_quick_404(xsa, tmp_path, sleeps):
+@pytest.mark.parametrize("answer", [404, "text"])
+def test_download_unknown_obsid_is_quick_error(xsa, tmp_path, sleeps, answer):
+    xsa.unknown = answer
     t0 = time.monotonic()
     with pytest.raises(ArchiveError) as err:
         download_pps("0999999999", tmp_path, retries=5, backoff_s=10.0)
     assert time.monotonic() - t0 < 5.0
     msg = str(err.value)
-    assert "0999999999" in msg and "404" in msg and "\n" not in msg
+    assert "0999999999" in msg and "\n" not in msg
+    assert ("404" in msg) if answer == 404 else ("no file" in msg)
     assert sleeps == [] and len(xsa.hits) == 1          # no retry
     assert _leftovers(tmp_path) == []
 
@@ -453,6 +460,18 @@ def test_download_reuses_complete_folder(xsa, tmp_path):
     assert len(xsa.hits) > n_hits and pps_folder_is_complete(pps, OBSID)
 
 
+def test_download_removes_stale_staging_folder(xsa, tmp_path):
+    stale = tmp_path / OBSID / ".pps-download-old"
+    stale.mkdir(parents=True)
+    (stale / "junk").write_bytes(b"x")
+    fresh = tmp_path / OBSID / ".pps-download-running"
+    fresh.mkdir()
+    old = time.time() - 3 * 86400
+    os.utime(stale, (old, old))
+    download_pps(OBSID, tmp_path, backoff_s=0.01)
+    assert not stale.exists() and fresh.exists()        # a recent one may belong to another run
+
+
 def test_download_reuses_folder_made_elsewhere(xsa, tmp_path, fake_pps):
     fake_pps(tmp_path / OBSID / "pps", OBSID)           # e.g. copied by hand, no marker
     xsa.fail = [500] * 50                                # any request would fail
@@ -520,3 +539,20 @@ def test_download_validates_obsid_before_network(xsa, tmp_path):
     with pytest.raises(UsageError):
         download_pps("12345", tmp_path)
     assert xsa.hits == [] and not os.listdir(tmp_path)
+
+
+def test_download_connection_refused_is_retried(tmp_path, sleeps, monkeypatch):
+    import socket
+
+    from astroquery.esa.xmm_newton import conf
+
+    with socket.socket() as sock:       # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    with conf.set_temp("DATA_ACTION_AIO", f"http://127.0.0.1:{port}/data-action-aio?"):
+        with pytest.raises(ArchiveError) as err:
+            download_pps(OBSID, tmp_path, retries=2, backoff_s=0.01)
+    assert "3 attempts" in str(err.value) and "Connection" in str(err.value)
+    assert len(str(err.value)) < 400 and "\n" not in str(err.value)
+    assert sleeps == pytest.approx([0.01, 0.02]) and _leftovers(tmp_path) == []

@@ -219,7 +219,7 @@ def _gti_time(hdul) -> float | None:
     best = None
     for hdu in hdul[1:]:
         name = hdu.name.upper()
-        if not (name.startswith("STDGTI") or name in ("GTI", "STDGTI")):
+        if not (name.startswith("STDGTI") or name == "GTI"):
             continue
         data = hdu.data
         if data is None or "START" not in data.names or "STOP" not in data.names:
@@ -325,6 +325,11 @@ def find_pps_files(folder, obsid: str | None = None) -> PPSFiles:
     A ``SUBMODE`` other than ``PrimeFullWindow``/``PrimeFullWindowExtended`` is logged as a
     warning: the models were trained on full-frame images only.
     """
+    return _find(folder, obsid, report=True)
+
+
+def _find(folder, obsid, *, report):
+    """:func:`find_pps_files`; with ``report=False`` it logs no choice and no mode warning."""
     folder = Path(folder)
     if obsid is not None:
         obsid = validate_obsid(obsid)
@@ -387,20 +392,22 @@ def find_pps_files(folder, obsid: str | None = None) -> PPSFiles:
         return hits[0]
 
     attitude, calind = first("ATTTSR"), first("CALIND")
+    found = PPSFiles(obsid=obsid, folder=folder, events=events_path, fbktsr=fbktsr,
+                     attitude=attitude, calind=calind, expid=expid, submode=submode,
+                     ontime=ontime)
+    if not report:
+        return found
     if attitude is None:
         log.info("%s: no attitude file (ATTTSR) for OBS_ID %s", folder, obsid)
     if calind is None:
         log.info("%s: no calibration index (CALIND) for OBS_ID %s", folder, obsid)
-
     if submode not in SUPPORTED_SUBMODES:
         log.warning("OBS_ID %s exposure %s: pn SUBMODE %r is not one the models were trained on "
                     "(%s); the image may be partial and the enhancement unreliable",
                     obsid, expid, submode or "missing", " or ".join(SUPPORTED_SUBMODES))
     log.info("OBS_ID %s: using pn exposure %s (%s, ONTIME %.0f s) from %s", obsid, expid,
              submode or "SUBMODE missing", ontime, folder)
-    return PPSFiles(obsid=obsid, folder=folder, events=events_path, fbktsr=fbktsr,
-                    attitude=attitude, calind=calind, expid=expid, submode=submode,
-                    ontime=ontime)
+    return found
 
 
 # --------------------------------------------------------------------------------------------
@@ -425,6 +432,11 @@ def _scrub(text: str, secrets: tuple[str, ...] = ()) -> str:
         if s and len(s) >= 3:
             text = text.replace(s, "***")
     return text
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _read_credentials(credentials_file) -> tuple[str, str]:
@@ -542,7 +554,7 @@ def _fetch_once(obsid: str, product: str, query: dict, raw_dir: Path, secrets) -
         elif code is not None:
             msg = f"{what}: the XMM archive answered HTTP {code}"
         else:
-            msg = f"{what}: {type(exc).__name__}: {_scrub(str(exc), secrets[:2])}"
+            msg = f"{what}: {type(exc).__name__}: {_one_line(_scrub(str(exc), secrets[:2]))}"
         raise kind(_scrub(msg, secrets[:2])) from None
     except (UnboundLocalError, KeyError):
         # astroquery's _request_link leaves `params` unset when the archive answers 200 with a
@@ -551,7 +563,9 @@ def _fetch_once(obsid: str, product: str, query: dict, raw_dir: Path, secrets) -
                          "and is public (or pass --credentials_file)", missing=True) from None
     except Exception as exc:  # anything else astroquery raises: report it without credentials
         raise _Permanent(f"{what}: {type(exc).__name__}: "
-                         f"{_scrub(str(exc), secrets[:2])}") from None
+                         f"{_one_line(_scrub(str(exc), secrets[:2]))}") from None
+    finally:
+        client._session.close()
     path = client.written
     if path is None or not path.is_file():
         raise _Permanent(f"{what}: astroquery reported success but wrote no file into "
@@ -747,6 +761,16 @@ def _marker_ok(pps: Path) -> bool:
         return False
 
 
+def _remove_stale_stages(obs_dir: Path, max_age_s: float = 86400.0) -> None:
+    """Remove staging folders a killed run left behind (older than ``max_age_s``)."""
+    now = time.time()
+    for d in obs_dir.glob(".pps-download-*"):
+        with contextlib.suppress(OSError):
+            if d.is_dir() and now - d.stat().st_mtime > max_age_s:
+                log.debug("removing the stale download folder %s", d)
+                shutil.rmtree(d, ignore_errors=True)
+
+
 def pps_folder_is_complete(pps, obsid: str) -> bool:
     """Whether ``pps`` holds what :func:`download_pps` would fetch, so it can be reused.
 
@@ -760,7 +784,7 @@ def pps_folder_is_complete(pps, obsid: str) -> bool:
     if (pps / MARKER_NAME).exists():
         return _marker_ok(pps)
     try:
-        found = find_pps_files(pps, obsid)
+        found = _find(pps, obsid, report=False)
     except PPSError:
         return False
     return found.attitude is not None and found.calind is not None
@@ -832,6 +856,7 @@ def download_pps(obsid: str, save_dir, *, credentials_file=None, retries: int = 
     except OSError as exc:
         raise ArchiveError(f"{obs_dir}: cannot create the download folder ({exc.strerror}); "
                            "pass a writable --save_dir") from None
+    _remove_stale_stages(obs_dir)
     stage = Path(tempfile.mkdtemp(prefix=".pps-download-", dir=obs_dir))
     (stage / "flat").mkdir()
     failure = None
@@ -849,12 +874,13 @@ def download_pps(obsid: str, save_dir, *, credentials_file=None, retries: int = 
         if failure is None:
             flat = stage / "flat"
             try:
-                find_pps_files(flat, obsid)
+                _find(flat, obsid, report=False)
             except PPSError as exc:
                 failure = (f"OBS_ID {obsid}: the downloaded products are incomplete "
                            f"({str(exc).split(': ', 1)[-1]})")
         if failure is None:
             pps.mkdir(exist_ok=True)
+            (pps / MARKER_NAME).unlink(missing_ok=True)   # the folder is in flux from here on
             sizes = {}
             for f in sorted(flat.iterdir()):
                 sizes[f.name] = f.stat().st_size
