@@ -130,7 +130,7 @@ def xsa(tmp_path_factory, monkeypatch, fake_pps):
                    exposures=(("S003", 40000.0), ("U002", 1000.0)))
     state = FakeXSA(src)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
@@ -556,3 +556,28 @@ def test_download_connection_refused_is_retried(tmp_path, sleeps, monkeypatch):
     assert "3 attempts" in str(err.value) and "Connection" in str(err.value)
     assert len(str(err.value)) < 400 and "\n" not in str(err.value)
     assert sleeps == pytest.approx([0.01, 0.02]) and _leftovers(tmp_path) == []
+
+
+def test_download_of_simulated_pps_round_trip(tmp_path_factory, tmp_path, monkeypatch):
+    """The simulator's PPS folder, served as an XSA tar, comes back byte-identical."""
+    pps_sim = pytest.importorskip("xmm_enhance.simulate.pps")
+    from astroquery.esa.xmm_newton import conf
+
+    src = tmp_path_factory.mktemp("sim_src")
+    pps_sim.write_pps(src, OBSID, n_events=20000, seed=3)
+    state = FakeXSA(src)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    url = f"http://127.0.0.1:{server.server_address[1]}/nxsa-sl/servlet/data-action-aio?"
+    try:
+        with conf.set_temp("DATA_ACTION_AIO", url):
+            pps = download_pps(OBSID, tmp_path, backoff_s=0.01)
+    finally:
+        server.shutdown()
+        server.server_close()
+    got, want = find_pps_files(pps), find_pps_files(src)
+    assert (got.expid, got.ontime, got.submode) == (want.expid, want.ontime, want.submode)
+    for a, b in ((got.events, want.events), (got.fbktsr, want.fbktsr),
+                 (got.attitude, want.attitude), (got.calind, want.calind)):
+        assert a.name == b.name and a.read_bytes() == b.read_bytes()
