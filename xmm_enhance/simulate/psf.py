@@ -2,7 +2,9 @@
 
 The King profile ``[1 + (r/rc)^2]^(-alpha)`` with rc ~ 5.4", alpha ~ 1.55 (FWHM ~ 8.1") was
 measured on bright isolated sources in the real images (reference sheet section 5). Off axis the
-core widens slowly; ``king_params`` gives the on-sky parameters at off-axis angle ``theta``.
+core widens slowly (rc = RC0 + RC_SLOPE theta, an assumption: the real sources measured span
+4-14'); ``king_params`` gives the on-sky parameters at off-axis angle ``theta``. RC0 is set so that
+pixel-integrated King fits to simulated sources at 4-14' give rc ~ 5.4" as on the real ones.
 """
 from __future__ import annotations
 

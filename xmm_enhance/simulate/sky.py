@@ -231,7 +231,7 @@ def add_cluster(rng, img, rate=None, centre=None, small=False):
     Returns a dict of the drawn parameters.
     """
     if rate is None:
-        rate = float(np.clip(10 ** rng.normal(0.2, 0.75), 0.03, 150.0))
+        rate = float(np.clip(10 ** rng.normal(0.5, 0.75), 0.03, 150.0))
     cy, cx = centre if centre is not None else _near_aim(rng, 4.0 if rng.random() < 0.8 else 11.0)
     rc = _loguniform(rng, 8.0, 40.0) if small else _loguniform(rng, 15.0, 240.0)  # arcsec
     beta = rng.uniform(0.5, 0.9)
@@ -281,7 +281,7 @@ def add_cluster(rng, img, rate=None, centre=None, small=False):
 def add_galaxy(rng, img, rate=None, centre=None, large=False):
     """Galaxy: Sersic body (exponential disc to de Vaucouleurs), clumps, nucleus handled by caller."""
     if rate is None:
-        rate = _loguniform(rng, 0.01, 3.0) if large else _loguniform(rng, 0.002, 0.3)
+        rate = _loguniform(rng, 0.03, 8.0) if large else _loguniform(rng, 0.002, 0.3)
     cy, cx = centre if centre is not None else _near_aim(rng, 3.0 if large else 13.0)
     re = _loguniform(rng, 30.0, 150.0) if large else _loguniform(rng, 4.0, 30.0)
     n = rng.uniform(0.7, 4.0)
@@ -304,7 +304,7 @@ def add_galaxy(rng, img, rate=None, centre=None, large=False):
 def add_snr(rng, img, rate=None, centre=None):
     """Supernova remnant: (partial) limb-brightened shell with filaments, or centre-filled."""
     if rate is None:
-        rate = float(np.clip(10 ** rng.normal(0.3, 0.6), 0.1, 100.0))
+        rate = float(np.clip(10 ** rng.normal(0.5, 0.6), 0.1, 150.0))
     cy, cx = centre if centre is not None else _near_aim(rng, 3.0)
     radius = _arcsec(_loguniform(rng, 40.0, 600.0))
     q = rng.uniform(0.7, 1.0)
