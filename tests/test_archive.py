@@ -287,9 +287,11 @@ def _expected_names():
             f"P{OBSID}OBX000ATTTSR0000.FTZ", f"P{OBSID}OBX000CALIND0000.FTZ"}
 
 
-def test_download_tar_flattens_and_asks_only_for_pn_products(xsa, tmp_path, sleeps):
+def test_download_tar_flattens_and_asks_only_for_pn_products(xsa, tmp_path, sleeps, capsys):
     save = tmp_path / "save"
     pps = download_pps(OBSID, save, backoff_s=0.01)
+    out = capsys.readouterr()
+    assert out.out == "" and out.err == ""              # no progress bars or prints
     assert pps == save / OBSID / "pps"
     names = {p.name for p in pps.iterdir()}
     assert names == _expected_names() | {MARKER_NAME}
