@@ -1,0 +1,130 @@
+"""ONNX export of :class:`~xmm_enhance.training.net.EnhanceNet` with the design §4.4 contract.
+
+Graph inputs ``rate`` and ``mask`` (float32 [N, 1, H, W], counts/s per 4" pixel and 1 = detector
+pixel), one output ``rate_out`` [N, 1, sH, sW] (counts/s per output pixel; ONNX names must be
+unique, so it cannot also be called ``rate``); N, H, W dynamic (H, W multiples of the network stride).
+All normalisation is inside the graph. ``metadata_props`` carry task, scale, exposures, pixel
+sizes, band, version, training recipe and commit, simulator version and metrics (JSON).
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["MODEL_NAMES", "export_onnx", "update_metadata", "read_metadata", "git_commit"]
+
+#: File names of the bundled models per task.
+MODEL_NAMES = {"DN": "XMM-DeNoise.onnx", "SR": "XMM-SuperRes.onnx"}
+
+
+class _RenameOutput(torch.nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, rate, mask):
+        return self.net(rate, mask)
+
+
+def git_commit(repo=None) -> str:
+    """Current commit of the repository (``unknown`` outside git)."""
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo or Path(__file__).parent,
+                              capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def export_onnx(net, path, *, metadata: dict, opset=17, check=True):
+    """Export ``net`` (eval mode, CPU) to ``path`` and attach ``metadata`` as metadata_props.
+
+    Parameters
+    ----------
+    net : EnhanceNet
+    path : path-like
+        Written atomically (temporary name, then renamed).
+    metadata : dict
+        Values are stored as strings (dicts/lists as JSON).
+    opset : int
+    check : bool
+        Run the exported graph in onnxruntime on a 416 x 416 input and compare with torch.
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    import onnx
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    net = net.eval().cpu()
+    s = net.stride
+    rate = torch.full((1, 1, 4 * s, 4 * s), 2e-5)
+    mask = torch.ones_like(rate)
+    with torch.no_grad():
+        torch.onnx.export(_RenameOutput(net), (rate, mask), str(tmp), dynamo=False,
+                          input_names=["rate", "mask"], output_names=["rate_out"],
+                          dynamic_axes={"rate": {0: "N", 2: "H", 3: "W"},
+                                        "mask": {0: "N", 2: "H", 3: "W"},
+                                        "rate_out": {0: "N", 2: "sH", 3: "sW"}},
+                          opset_version=opset, do_constant_folding=True)
+    model = onnx.load(str(tmp))
+    onnx.checker.check_model(model)
+    _set_props(model, metadata)
+    onnx.save(model, str(tmp))
+    if check:
+        _check(net, tmp)
+    tmp.replace(path)
+    return path
+
+
+def _set_props(model, metadata):
+    del model.metadata_props[:]
+    for k, v in metadata.items():
+        e = model.metadata_props.add()
+        e.key = str(k)
+        e.value = v if isinstance(v, str) else json.dumps(v)
+
+
+def _check(net, path):
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    h = w = 416 if net.stride <= 416 and 416 % net.stride == 0 else 8 * net.stride
+    rate = (rng.poisson(0.5, (1, 1, h, w)) / net.exposure).astype(np.float32)
+    mask = np.ones_like(rate)
+    mask[..., :, 100:103] = 0
+    got = sess.run(None, {"rate": rate, "mask": mask})[0]
+    with torch.no_grad():
+        want = net(torch.from_numpy(rate), torch.from_numpy(mask)).numpy()
+    if got.shape != want.shape or not np.allclose(got, want, rtol=1e-3, atol=1e-9):
+        raise RuntimeError(f"ONNX export of {path} differs from torch "
+                           f"(max abs diff {np.abs(got - want).max():.3g})")
+
+
+def update_metadata(path, updates: dict):
+    """Merge ``updates`` into the metadata_props of an ONNX file (rewritten atomically)."""
+    import onnx
+
+    path = Path(path)
+    model = onnx.load(str(path))
+    meta = {p.key: p.value for p in model.metadata_props}
+    for k, v in updates.items():
+        meta[k] = v if isinstance(v, str) else json.dumps(v)
+    _set_props(model, meta)
+    tmp = path.with_name(path.name + ".tmp")
+    onnx.save(model, str(tmp))
+    tmp.replace(path)
+
+
+def read_metadata(path) -> dict:
+    """metadata_props of an ONNX file as a dict of strings."""
+    import onnx
+
+    return {p.key: p.value for p in onnx.load(str(path)).metadata_props}

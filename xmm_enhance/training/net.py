@@ -1,0 +1,154 @@
+"""U-Net for DN and SR of pn count-rate images, with all normalisation inside the module.
+
+The module takes the count rate itself (counts/s per 4" pixel) and the detector mask, as the ONNX
+contract of design §4.4 asks, and returns a count rate:
+
+* input features (computed in the graph): Anscombe-stretched counts at the input exposure, the
+  mask, and the logs of three mask-aware Gaussian smoothings (sigma 1.5, 4 and 12 px) of the counts
+  (normalised convolution, so chip gaps, bad columns and crop borders do not bias them);
+* the network output is a log-rate *residual* on top of the sigma-1.5 smoothing (zero-initialised
+  last layer): training starts from the classical Gaussian baseline and only learns corrections;
+* output rate = ``exp(log baseline + residual)``, so it is positive everywhere, also in masked
+  pixels (gaps, bad columns) where photons may still arrive in other observations.
+
+For SR a PixelShuffle head predicts the 2x residual on top of the nearest-neighbour 2x baseline
+(rate per 2" pixel, i.e. the 1x baseline / 4).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = ["GaussianSmooth", "UNet", "EnhanceNet", "count_parameters"]
+
+#: Floor (counts per input pixel at the input exposure) under the log of the baselines.
+COUNT_FLOOR = 1e-3
+
+
+class GaussianSmooth(nn.Module):
+    """Separable Gaussian convolution with zero padding (fixed weights, exported as Conv)."""
+
+    def __init__(self, sigma: float):
+        super().__init__()
+        r = int(math.ceil(4 * sigma))
+        x = torch.arange(-r, r + 1, dtype=torch.float32)
+        k = torch.exp(-x * x / (2 * sigma * sigma))
+        k = k / k.sum()
+        self.register_buffer("kx", k.view(1, 1, 1, -1), persistent=False)
+        self.register_buffer("ky", k.view(1, 1, -1, 1), persistent=False)
+        self.r = r
+
+    def forward(self, x):
+        """Smooth a [N, 1, H, W] tensor."""
+        x = F.conv2d(x, self.kx, padding=(0, self.r))
+        return F.conv2d(x, self.ky, padding=(self.r, 0))
+
+
+def _block(cin, cout):
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.LeakyReLU(0.1),
+                         nn.Conv2d(cout, cout, 3, padding=1), nn.LeakyReLU(0.1))
+
+
+class UNet(nn.Module):
+    """Plain U-Net: ``len(channels)`` levels, stride ``2**(len(channels)-1)``."""
+
+    def __init__(self, cin: int, channels=(16, 32, 64, 96)):
+        super().__init__()
+        self.channels = tuple(channels)
+        self.enc = nn.ModuleList()
+        c = cin
+        for ch in channels:
+            self.enc.append(_block(c, ch))
+            c = ch
+        self.up = nn.ModuleList()
+        self.dec = nn.ModuleList()
+        for lo, hi in zip(reversed(channels[:-1]), reversed(channels[1:])):
+            self.up.append(nn.Conv2d(hi, lo, 1))
+            self.dec.append(_block(2 * lo, lo))
+
+    @property
+    def stride(self):
+        """Input sizes must be multiples of this."""
+        return 2 ** (len(self.channels) - 1)
+
+    def forward(self, x):
+        """Features [N, channels[0], H, W] of an input [N, cin, H, W]."""
+        skips = []
+        for i, enc in enumerate(self.enc):
+            if i:
+                x = F.avg_pool2d(x, 2)
+            x = enc(x)
+            skips.append(x)
+        for up, dec, skip in zip(self.up, self.dec, reversed(skips[:-1])):
+            x = F.interpolate(up(x), scale_factor=2.0, mode="nearest")
+            x = dec(torch.cat([x, skip], dim=1))
+        return x
+
+
+class EnhanceNet(nn.Module):
+    """Rate in, rate out: DN (``scale=1``) or SR (``scale=2``) network.
+
+    Parameters
+    ----------
+    scale : int
+        1 (DN, same grid) or 2 (SR, 2x grid, rate per 2" pixel).
+    exposure : float
+        Input exposure (s) the network was trained for: turns the rate into counts.
+    channels : tuple of int
+        U-Net widths per level.
+    """
+
+    def __init__(self, scale: int = 1, exposure: float = 20e3, channels=(16, 32, 64, 96)):
+        super().__init__()
+        if scale not in (1, 2):
+            raise ValueError(f"scale must be 1 or 2, got {scale}")
+        self.scale = scale
+        self.exposure = float(exposure)
+        self.smooth = nn.ModuleList([GaussianSmooth(s) for s in (1.5, 4.0, 12.0)])
+        self.unet = UNet(5, channels)
+        c0 = channels[0]
+        self.head = nn.Conv2d(c0, scale * scale, 3, padding=1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    @property
+    def stride(self):
+        """Input sizes must be multiples of this."""
+        return self.unet.stride
+
+    def baselines(self, counts, mask):
+        """Mask-aware smoothings of the counts: list of [N, 1, H, W] (counts per pixel)."""
+        out = []
+        for sm in self.smooth:
+            num = sm(counts * mask)
+            den = sm(mask)
+            out.append(num / (den + 1e-4))
+        return out
+
+    def forward(self, rate, mask):
+        """Predicted rate [N, 1, sH, sW] (counts/s per output pixel) from rate and mask [N,1,H,W]."""
+        m = (mask > 0.5).to(rate.dtype)
+        counts = torch.clamp(rate, min=0.0) * self.exposure * m
+        b1, b4, b12 = self.baselines(counts, m)
+        lb1 = torch.log(b1 + COUNT_FLOOR)
+        feats = torch.cat([
+            (2.0 * torch.sqrt(counts + 0.375) - 1.2247) * m * 0.25,
+            m,
+            lb1 * 0.25,
+            torch.log(b4 + COUNT_FLOOR) * 0.25,
+            torch.log(b12 + COUNT_FLOOR) * 0.25,
+        ], dim=1)
+        res = self.head(self.unet(feats))
+        if self.scale == 2:
+            res = F.pixel_shuffle(res, 2)
+            lb1 = F.interpolate(lb1, scale_factor=2.0, mode="nearest") - math.log(4.0)
+        logc = torch.clamp(lb1 + res, min=-25.0, max=25.0)
+        return torch.exp(logc) / self.exposure
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

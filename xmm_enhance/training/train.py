@@ -1,0 +1,295 @@
+"""Train the DN or SR network on the simulator; resumable; exports ONNX at the end.
+
+Usage::
+
+    python -m xmm_enhance.training.train --task DN --out models/ [--minutes 60] [--fresh]
+
+* checkpoints every ``--ckpt-minutes`` (default 3) to ``<ckpt-dir>/<task>_last.pt`` (weights,
+  optimiser, EMA weights, step, RNG state of the buffer, best validation score) and, when the EMA
+  weights score best so far on the fixed simulated validation set, ``<task>_best.pt`` (EMA weights);
+* starts from ``<task>_last.pt`` when it exists (``--fresh`` ignores it);
+* logs to ``runs/<task>.log``;
+* on the end of ``--minutes``/``--steps`` or on SIGTERM/SIGINT: final checkpoint, then the best EMA
+  weights are exported to ``<out>/XMM-DeNoise.onnx`` or ``<out>/XMM-SuperRes.onnx``.
+
+Checkpoints are chosen on simulated validation frames only (never on real data).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import data as D
+from .export import MODEL_NAMES, export_onnx, git_commit
+from .losses import dn_loss, poisson_kl, sr_loss
+from .net import EnhanceNet, count_parameters
+
+log = logging.getLogger("xmm_enhance.training")
+
+RECIPE_VERSION = "1"
+DEFAULTS = {
+    "channels": (16, 32, 64, 96), "batch": 8, "crop": 128, "lr": 1e-3, "lr_min": 1e-4,
+    "warmup": 200, "total_steps": 30000, "ema": 0.999, "buffer": 48, "refresh": 1,
+    "val_frames": 24, "grad_clip": 1.0, "weight_decay": 1e-5, "exposure": 20e3,
+    "dn_loss_exposure": 50e3,
+}
+
+
+def recipe_string(task, cfg):
+    """One-line description of the training recipe (stored in the ONNX metadata)."""
+    loss = ("crop-weighted expected Poisson deviance at 50 ks vs noise-free target" if task == "DN"
+            else "crop-weighted expected Poisson deviance at 20 ks on the 2x target + 8\" "
+                 "block-sum deviance (flux)")
+    return (f"recipe v{RECIPE_VERSION}: U-Net {cfg['channels']} on sqrt/log-smoothed counts + mask, "
+            f"log-residual on a mask-aware sigma-1.5 smoothing; loss {loss}; AdamW lr "
+            f"{cfg['lr']} cosine to {cfg['lr_min']} over {cfg['total_steps']} steps, batch "
+            f"{cfg['batch']}x{cfg['crop']}^2 crops, EMA {cfg['ema']}, fresh Poisson noise per crop,"
+            f" D4 augmentation; checkpoint chosen on {cfg['val_frames']} simulated validation "
+            f"frames")
+
+
+def make_net(task, cfg):
+    """The network for ``task`` (DN: scale 1, SR: scale 2)."""
+    return EnhanceNet(scale=2 if task == "SR" else 1, exposure=cfg["exposure"],
+                      channels=tuple(cfg["channels"]))
+
+
+def predict_full(net, rate, mask):
+    """Run ``net`` on full 2-D frames (numpy), padding to its stride; returns numpy rate."""
+    s = net.stride
+    rp, (top, left) = D.pad_to_multiple(rate, s)
+    mp, _ = D.pad_to_multiple(mask.astype(np.float32), s)
+    with torch.no_grad():
+        out = net(torch.from_numpy(rp[None, None].astype(np.float32)),
+                  torch.from_numpy(mp[None, None].astype(np.float32)))[0, 0].numpy()
+    k = net.scale
+    h, w = rate.shape
+    return out[k * top:k * (top + h), k * left:k * (left + w)]
+
+
+def validate(net, frames, task, cfg):
+    """Mean over validation frames of the per-frame mean expected deviance (and PSNR for SR).
+
+    DN: ``2 KL(target, pred)`` at ``dn_loss_exposure`` over the frame's mask (the expected
+    held-out deviance minus its noise floor). SR: the same at 20 ks on the 2x grid.
+    """
+    from ..evaluation import SR_RATE_MAX, sqrt_psnr
+
+    net.eval()
+    devs, psnrs = [], []
+    for f in frames:
+        rate = f.counts / f.exposure
+        pred = predict_full(net, rate, f.mask)
+        if task == "DN":
+            t, m, T = f.dn_target, f.mask, cfg["dn_loss_exposure"]
+        else:
+            t, m, T = f.sr_target, np.repeat(np.repeat(f.mask, 2, 0), 2, 1), cfg["exposure"]
+            psnrs.append(sqrt_psnr(pred, t, rate_max=SR_RATE_MAX, select=m))
+        kl = poisson_kl(torch.from_numpy(t.astype(np.float64) * T),
+                        torch.from_numpy(pred.astype(np.float64) * T)).numpy()
+        devs.append(float(2 * kl[m].mean()))
+    net.train()
+    out = {"val_dev": float(np.mean(devs))}
+    if psnrs:
+        out["val_psnr"] = float(np.mean(psnrs))
+    return out
+
+
+def _lr(step, cfg):
+    if step < cfg["warmup"]:
+        return cfg["lr"] * (step + 1) / cfg["warmup"]
+    p = min(1.0, (step - cfg["warmup"]) / max(1, cfg["total_steps"] - cfg["warmup"]))
+    return cfg["lr_min"] + 0.5 * (cfg["lr"] - cfg["lr_min"]) * (1 + math.cos(math.pi * p))
+
+
+def _save(path, obj):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def export_task(task, cfg, ckpt_dir, out_dir, *, extra_metrics=None, which="best"):
+    """Export the ``best`` (or ``last`` EMA) weights of ``task`` to ``out_dir``; returns the path."""
+    ckpt_dir = Path(ckpt_dir)
+    st = torch.load(ckpt_dir / f"{task}_{which}.pt", map_location="cpu", weights_only=False)
+    cfg = {**cfg, **st.get("cfg", {})}
+    net = make_net(task, cfg)
+    net.load_state_dict(st["ema"])
+    from ..simulate.instrument import SIM_VERSION
+
+    metrics = {"simulated_validation": st.get("val", {}), "step": st.get("step")}
+    if extra_metrics:
+        metrics.update(extra_metrics)
+    scale = net.scale
+    meta = {
+        "task": task, "scale": str(scale), "input_exposure_ks": f"{cfg['exposure'] / 1e3:g}",
+        "target_exposure_ks": "50" if task == "DN" else "inf (noise-free, background-free)",
+        "input_pixel_arcsec": "4", "output_pixel_arcsec": "4" if scale == 1 else "2",
+        "band_kev": "0.5-2", "version": f"{RECIPE_VERSION}.{st.get('step', 0)}",
+        "training_recipe": recipe_string(task, cfg), "training_commit": st.get("commit", "unknown"),
+        "simulator_version": SIM_VERSION, "metrics": metrics, "stride": str(net.stride),
+    }
+    return export_onnx(net, Path(out_dir) / MODEL_NAMES[task], metadata=meta)
+
+
+def train(task, *, out="models", ckpt_dir="models/checkpoints", minutes=None, steps=None,
+          fresh=False, ckpt_minutes=3.0, sim="instrument", cfg_overrides=None, seed=None,
+          export=True, log_dir="runs"):
+    """Train ``task`` (``"DN"`` or ``"SR"``); see the module docstring. Returns the last val dict."""
+    if task not in ("DN", "SR"):
+        raise ValueError(f"task must be 'DN' or 'SR', got {task!r}")
+    cfg = {**DEFAULTS, **(cfg_overrides or {})}
+    ckpt_dir = Path(ckpt_dir)
+    last_path, best_path = ckpt_dir / f"{task}_last.pt", ckpt_dir / f"{task}_best.pt"
+    simulate = D.simulator(sim)
+
+    net = make_net(task, cfg)
+    ema = copy.deepcopy(net)
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    step, best, commit = 0, float("inf"), git_commit()
+    rng_state = None
+    if last_path.exists() and not fresh:
+        st = torch.load(last_path, map_location="cpu", weights_only=False)
+        net.load_state_dict(st["model"])
+        ema.load_state_dict(st["ema"])
+        opt.load_state_dict(st["opt"])
+        step, best = int(st["step"]), float(st.get("best", float("inf")))
+        rng_state = st.get("rng")
+        commit = st.get("commit", commit)
+        log.info("resumed %s at step %d (best val %.4f)", last_path, step, best)
+    else:
+        log.info("fresh start: %s, %d parameters", task, count_parameters(net))
+    rng = np.random.default_rng(seed if seed is not None else [20261128, step])
+    if rng_state is not None:
+        rng.bit_generator.state = rng_state
+    buf = D.FrameBuffer(simulate, rng, task=task, size=cfg["buffer"], exposure=cfg["exposure"])
+    val_frames = D.validation_frames(simulate, n=cfg["val_frames"], task=task,
+                                     exposure=cfg["exposure"])
+    if step == 0:
+        v0 = validate(ema, val_frames, task, cfg)
+        log.info("step 0 (sigma-1.5 smoothing baseline) val %s", json.dumps(v0))
+
+    stop = {"flag": False}
+
+    def _handler(signum, _frame):
+        log.info("signal %d: stopping after this step", signum)
+        stop["flag"] = True
+
+    old = {s: signal.signal(s, _handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    t_start = time.time()
+    t_ckpt = time.time()
+    losses, t_log = [], time.time()
+    last_val = {}
+
+    def checkpoint():
+        nonlocal best, last_val
+        last_val = validate(ema, val_frames, task, cfg)
+        improved = last_val["val_dev"] < best
+        if improved:
+            best = last_val["val_dev"]
+            _save(best_path, {"ema": ema.state_dict(), "step": step, "val": last_val,
+                              "cfg": cfg, "commit": commit})
+        _save(last_path, {"model": net.state_dict(), "ema": ema.state_dict(),
+                          "opt": opt.state_dict(), "step": step, "best": best, "cfg": cfg,
+                          "rng": rng.bit_generator.state, "commit": commit, "val": last_val})
+        log.info("checkpoint step %d val %s%s", step, json.dumps(last_val),
+                 " (best)" if improved else "")
+
+    lossf = dn_loss if task == "DN" else sr_loss
+    try:
+        while not stop["flag"]:
+            if minutes is not None and time.time() - t_start > 60 * minutes:
+                break
+            if steps is not None and step >= steps:
+                break
+            for g in opt.param_groups:
+                g["lr"] = _lr(step, cfg)
+            buf.refresh(cfg["refresh"])
+            rate, mask, target, tmask = (torch.from_numpy(a) for a in buf.sample(
+                cfg["batch"], cfg["crop"]))
+            pred = net(rate, mask)
+            if task == "DN":
+                loss = lossf(pred, target, tmask, exposure=cfg["dn_loss_exposure"])
+            else:
+                loss = lossf(pred, target, tmask, exposure=cfg["exposure"])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg["grad_clip"])
+            opt.step()
+            step += 1
+            with torch.no_grad():
+                d = min(cfg["ema"], (1 + step) / (10 + step))
+                for pe, p in zip(ema.parameters(), net.parameters()):
+                    pe.mul_(d).add_(p.detach(), alpha=1 - d)
+            losses.append(float(loss.detach()))
+            if step % 50 == 0:
+                dt = time.time() - t_log
+                log.info("step %d loss %.4f lr %.2e %.2f s/step", step, float(np.mean(losses)),
+                         _lr(step, cfg), dt / len(losses))
+                losses, t_log = [], time.time()
+            if time.time() - t_ckpt > 60 * ckpt_minutes:
+                checkpoint()
+                t_ckpt = time.time()
+        checkpoint()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    if export:
+        path = export_task(task, cfg, ckpt_dir, out)
+        log.info("exported %s", path)
+    return last_val
+
+
+def main(argv=None):
+    """Command line entry point; returns the exit status."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--task", choices=("DN", "SR"), required=True)
+    ap.add_argument("--out", default="models", help="folder of the exported ONNX file")
+    ap.add_argument("--ckpt-dir", default="models/checkpoints")
+    ap.add_argument("--log-dir", default="runs")
+    ap.add_argument("--resume", action="store_true", default=True,
+                    help="resume from <ckpt-dir>/<task>_last.pt if present (default)")
+    ap.add_argument("--fresh", action="store_true", help="ignore existing checkpoints")
+    ap.add_argument("--minutes", type=float, default=None, help="wall-clock budget")
+    ap.add_argument("--steps", type=int, default=None, help="stop at this global step")
+    ap.add_argument("--ckpt-minutes", type=float, default=3.0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--total-steps", type=int, default=None,
+                    help="length of the cosine learning-rate schedule (default %d)"
+                    % DEFAULTS["total_steps"])
+    ap.add_argument("--sim", choices=("instrument", "toy"), default="instrument")
+    ap.add_argument("--no-export", action="store_true")
+    ap.add_argument("--export-only", action="store_true",
+                    help="export the best checkpoint and exit")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    Path(a.log_dir).mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
+                        handlers=[logging.FileHandler(Path(a.log_dir) / f"{a.task}.log"),
+                                  logging.StreamHandler(sys.stderr)])
+    if a.export_only:
+        print(export_task(a.task, DEFAULTS, a.ckpt_dir, a.out))
+        return 0
+    train(a.task, out=a.out, ckpt_dir=a.ckpt_dir, minutes=a.minutes, steps=a.steps,
+          fresh=a.fresh, ckpt_minutes=a.ckpt_minutes, sim=a.sim, export=not a.no_export,
+          log_dir=a.log_dir,
+          cfg_overrides={"total_steps": a.total_steps} if a.total_steps else None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
