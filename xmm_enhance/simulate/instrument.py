@@ -24,10 +24,10 @@ from .sky import FIELD_KINDS, draw_sky
 __all__ = [
     "SIM_VERSION", "SimulatedObservation", "simulate_observation", "vignetting",
     "VIGNETTING_TABLE", "OOT_FRACTION", "PARTICLE_RATE", "COSMIC_RATE", "PARTIAL_COLUMNS",
-    "PARTIAL_ROWS", "coverage_map",
+    "PARTIAL_ROWS", "coverage_map", "PILEUP_RATE",
 ]
 
-SIM_VERSION = "0.3.0"
+SIM_VERSION = "0.4.0"
 
 #: Vignetting (0.5-2 keV) versus off-axis angle (arcmin) about detector.OPTICAL_AXIS_DET:
 #: upper quartile in 1' annuli of the eexpmap exposure map of obs 0723801301
@@ -56,6 +56,8 @@ PARTIAL_COLUMNS = {
 PARTIAL_ROWS = {11: 0.12, 203: 0.8, 206: 0.15, 398: 0.75}
 #: Out-of-time event fraction in full-frame mode.
 OOT_FRACTION = 0.063
+#: Observed 0.5-2 keV rate (counts/s) above which a point source is piled up.
+PILEUP_RATE = 3.0
 #: Particle (not vignetted) background, counts/s per 4" pixel (filter-wheel-closed level).
 PARTICLE_RATE = 4.9e-6
 #: Diffuse sky background (Galactic foreground + unresolved CXB below 1e-16 cgs), counts/s per
@@ -145,13 +147,14 @@ def _geometry():
     w /= w.sum(axis=0, keepdims=True)
     pad = (sfft.next_fast_len(ny2 + _KERNEL_RADIUS + 1, real=True),
            sfft.next_fast_len(nx2 + _KERNEL_RADIUS + 1, real=True))
-    full_k, half_k, params = [], [], []
+    full_k, half_k, params, spatial = [], [], [], []
     pix2 = detector.pixel_size_arcsec(scale=2)
     for zk in z:
         rc, alpha = _psf.king_params(zk)
         params.append((float(rc), float(alpha)))
         for lst, scale in ((full_k, 1.0), (half_k, 0.5)):
             k = _psf.king_kernel(rc * scale / pix2, alpha, _KERNEL_RADIUS)
+            spatial.append(k.astype(np.float32))
             kp = np.zeros(pad, np.float32)
             r = _KERNEL_RADIUS
             kp[:2 * r + 1, :2 * r + 1] = k
@@ -164,6 +167,7 @@ def _geometry():
         "theta1": theta1, "theta2": theta2, "fov1": fov1, "fov2": fov2, "live1": live1,
         "vig1": vignetting(theta1), "vig2": vignetting(theta2), "zones": w, "pad": pad,
         "full_k": full_k, "half_k": half_k, "psf_params": params, "halves": halves,
+        "spatial_k": spatial,  # [zone0 full, zone0 half, zone1 full, ...]
         "mask_corners": detector.detector_mask(g1, corners=True),
         "mask_nocorners": detector.detector_mask(g1, corners=False),
         "corner1": detector.corner_mask(g1), "coverage": coverage_map(),
@@ -181,6 +185,48 @@ def _deposit_points(img, yx, rate):
     ix = np.rint(yx[:, 1]).astype(int)
     ok = (iy >= 0) & (iy < ny) & (ix >= 0) & (ix < nx)
     np.add.at(img, (iy[ok], ix[ok]), rate[ok].astype(np.float32))
+
+
+def _add_stamp(img, iy, ix, k):
+    """Add kernel ``k`` (odd square) centred on pixel (iy, ix) of ``img``, clipped at the edges."""
+    r = k.shape[0] // 2
+    ny, nx = img.shape
+    y0, y1, x0, x1 = iy - r, iy + r + 1, ix - r, ix + r + 1
+    ky0, kx0 = max(0, -y0), max(0, -x0)
+    ky1, kx1 = k.shape[0] - max(0, y1 - ny), k.shape[1] - max(0, x1 - nx)
+    if ky1 <= ky0 or kx1 <= kx0:
+        return
+    img[max(y0, 0):min(y1, ny), max(x0, 0):min(x1, nx)] += k[ky0:ky1, kx0:kx1]
+
+
+def _piled_sources(geo, yx, rate, full2, half2):
+    """Add piled-up point sources: core events lost, SR target scaled to the observed flux.
+
+    Pile-up in full-frame mode removes events from the PSF core of sources brighter than
+    ``PILEUP_RATE`` counts/s (0.5-2 keV, after vignetting): the core is multiplied by
+    ``1 - p exp(-r^2 / 2 s^2)`` (s = 5"), p = min(0.9, 0.35 sqrt(rate / PILEUP_RATE)).
+    """
+    out = []
+    r = _KERNEL_RADIUS
+    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+    core = np.exp(-(yy ** 2 + xx ** 2) / (2 * 2.5 ** 2)).astype(np.float32)
+    zc = np.asarray(_ZONES_ARCMIN)
+    for (y, x), rt in zip(yx, rate):
+        iy, ix = int(np.rint(y)), int(np.rint(x))
+        if not (0 <= iy < full2.shape[0] and 0 <= ix < full2.shape[1]):
+            continue
+        v = float(geo["vig2"][iy, ix])
+        obs = rt * v
+        z = int(np.argmin(np.abs(zc - geo["theta2"][iy, ix])))
+        p = min(0.9, 0.35 * np.sqrt(obs / PILEUP_RATE))
+        kf = geo["spatial_k"][2 * z] * (1 - p * core)
+        kept = float(kf.sum())
+        _add_stamp(full2, iy, ix, np.float32(obs) * kf)
+        if half2 is not None:
+            _add_stamp(half2, iy, ix, np.float32(obs * kept) * geo["spatial_k"][2 * z + 1])
+        out.append({"y2": iy, "x2": ix, "rate": float(rt), "peak_loss": float(p),
+                    "flux_kept": kept})
+    return out
 
 
 def _convolve(geo, img2, want_half):
@@ -257,9 +303,13 @@ def simulate_observation(rng, *, exposure=20e3, sr=True, dn=True, kind=None):
 
     # --- sky through the telescope (2x grid)
     img2 = sky.image.copy()
-    _deposit_points(img2, sky.points_yx, sky.points_rate)
+    iy = np.clip(np.rint(sky.points_yx[:, 0]).astype(int), 0, img2.shape[0] - 1)
+    ix = np.clip(np.rint(sky.points_yx[:, 1]).astype(int), 0, img2.shape[1] - 1)
+    piled = sky.points_rate * geo["vig2"][iy, ix] > PILEUP_RATE
+    _deposit_points(img2, sky.points_yx[~piled], sky.points_rate[~piled])
     img2 *= geo["vig2"]
     full2, half2 = _convolve(geo, img2, sr)
+    pile = _piled_sources(geo, sky.points_yx[piled], sky.points_rate[piled], full2, half2)
     full2 *= geo["fov2"]
     src1 = _rebin2(full2)
 
@@ -310,7 +360,7 @@ def simulate_observation(rng, *, exposure=20e3, sr=True, dn=True, kind=None):
         "corner_rate": corner_level, "corner_ratio": corner_ratio, "infield_bkg_mean": infield_mean,
         "corners": corners, "bad_columns": badcols, "psf_zones_arcmin": _ZONES_ARCMIN,
         "psf_params": geo["psf_params"], "n_points": int(sky.points_rate.size),
-        "components": sky.meta["components"], "agn_norm": sky.meta["agn_norm"],
+        "components": sky.meta["components"], "piled_up": pile, "agn_norm": sky.meta["agn_norm"],
         # bright point sources: 1x pixel coordinates (0-based y, x) and on-axis rate
         "sources": [{"y": (np.rint(sky.points_yx[i, 0]) + 0.5) / 2 - 0.5,
                      "x": (np.rint(sky.points_yx[i, 1]) + 0.5) / 2 - 0.5,
