@@ -301,18 +301,21 @@ def gaussian_baseline(rate, mask, sigma=1.5):
 # --------------------------------------------------------------------------------------------
 # SR baselines
 # --------------------------------------------------------------------------------------------
-def background_level(rate, mask, *, iterations=5, kappa=3.0):
-    """Sigma-clipped mean of a rate image over its mask: a flat background estimate.
+def background_level(rate, mask, *, iterations=10, kappa=3.0, smooth_px=2.0):
+    """Flat background estimate of a rate image: mean over its mask after clipping sources.
 
-    The clipping uses the Poisson-like spread ``sqrt(mean)`` scaled to the rate, so it works on
-    images with few counts per pixel.
+    Sources are clipped on a mask-aware Gaussian smoothing (``smooth_px``), whose noise is small,
+    and the mean is taken of the unsmoothed pixels that are kept, so Poisson images with few
+    counts per pixel are not biased low by clipping their upper tail.
     """
-    v = np.asarray(rate, np.float64)[np.asarray(mask, bool)]
+    r = np.asarray(rate, np.float64)
+    m = np.asarray(mask, bool)
+    sm = gaussian_baseline(r * m, m, smooth_px)[m]
+    v = r[m]
     keep = np.ones(v.shape, bool)
     for _ in range(iterations):
-        mean = v[keep].mean()
-        sd = max(v[keep].std(), 1e-30)
-        new = v < mean + kappa * sd
+        mean, sd = sm[keep].mean(), max(sm[keep].std(), 1e-30)
+        new = sm < mean + kappa * sd
         if new.sum() == keep.sum():
             break
         keep = new

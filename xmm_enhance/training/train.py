@@ -164,6 +164,8 @@ def train(task, *, out="models", ckpt_dir="models/checkpoints", minutes=None, st
     rng_state = None
     if last_path.exists() and not fresh:
         st = torch.load(last_path, map_location="cpu", weights_only=False)
+        # the checkpoint's recipe wins, except what the caller overrides explicitly
+        cfg = {**DEFAULTS, **st.get("cfg", {}), **(cfg_overrides or {})}
         net.load_state_dict(st["model"])
         ema.load_state_dict(st["ema"])
         opt.load_state_dict(st["opt"])

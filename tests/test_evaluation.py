@@ -1,0 +1,101 @@
+"""Tests of xmm_enhance.evaluation on tiny arrays (and the real images when present)."""
+import numpy as np
+import pytest
+
+from xmm_enhance import evaluation as ev
+
+
+def _obs(c20, cfull, e20=20e3, efull=60e3):
+    shape = c20.shape
+    return ev.RealObservation("0000000000", "toy", c20, e20, c20 * 2.5, 50e3, cfull, efull,
+                              np.ones(shape, bool))
+
+
+def test_poisson_deviance_zero_at_truth_and_zero_counts():
+    k = np.array([0.0, 1.0, 5.0])
+    assert np.allclose(ev.poisson_deviance(k[1:], k[1:]), 0.0)
+    assert ev.poisson_deviance(np.array([0.0]), np.array([0.3]))[0] == pytest.approx(0.6)
+
+
+def test_heldout_deviance_prefers_the_true_rate():
+    rng = np.random.default_rng(1)
+    rate = np.full((40, 40), 5e-5)
+    c20 = rng.poisson(rate * 20e3).astype(float)
+    cfull = c20 + rng.poisson(rate * 40e3)
+    obs = _obs(c20, cfull)
+    d_true = ev.heldout_deviance(rate, obs)
+    d_raw = ev.heldout_deviance(obs.rate20, obs)
+    assert d_true < d_raw
+    # the expected deviance of Poisson counts at their own mean is about 1 for mean 2 counts
+    assert 0.5 < d_true < 1.5
+
+
+def test_sqrt_psnr_and_gain():
+    a = np.zeros((10, 10))
+    b = np.full((10, 10), ev.LR_RATE_MAX)  # stretched difference 1 -> 0 dB
+    assert ev.sqrt_psnr(a, b) == pytest.approx(0.0)
+    assert ev.sqrt_psnr(a, a) == np.inf
+    rng = np.random.default_rng(2)
+    rate = np.full((30, 30), 1e-4)
+    c20 = rng.poisson(rate * 20e3).astype(float)
+    obs = _obs(c20, c20 + rng.poisson(rate * 40e3))
+    assert ev.psnr_gain(rate, obs) > 0.1
+    with pytest.raises(ValueError, match="reference"):
+        ev.psnr_gain(rate, obs, reference="bad")
+
+
+def test_gaussian_baseline_is_unbiased_next_to_gaps():
+    rate = np.full((32, 32), 3.0)
+    mask = np.ones((32, 32), bool)
+    mask[:, 10:13] = False
+    out = ev.gaussian_baseline(rate * mask, mask, 1.5)
+    assert np.allclose(out, 3.0)  # also inside the gap
+
+
+def _gauss(shape, y, x, sigma, flux):
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    return flux * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * sigma ** 2)) / (2 * np.pi * sigma ** 2)
+
+
+def test_fit_fwhm_and_aperture_flux():
+    img = _gauss((41, 41), 20, 20, 2.0, 1000.0) + 0.1
+    assert ev.fit_fwhm(img, 20, 20, half_width=10) == pytest.approx(2.3548 * 2.0, rel=0.02)
+    assert ev.aperture_flux(img, 20, 20, 10.0, background=0.1) == pytest.approx(1000.0, rel=0.01)
+
+
+def test_find_point_sources_and_sr_metrics():
+    mask = np.ones((64, 64), bool)
+    counts = _gauss((64, 64), 30, 34, 1.2, 400.0) + 0.2
+    src = ev.find_point_sources(counts, mask, min_counts=100, aperture_px=6, isolation_px=10)
+    assert [(y, x) for y, x, _ in src] == [(30, 34)]
+    # a perfect SR: same source with half the width on the 2x grid (rate per 2" pixel)
+    truth2 = _gauss((128, 128), 60.5, 68.5, 1.2, 400.0) / 20e3
+    rows = ev.evaluate_sr_sources(counts / 20e3, mask, truth2, sources=[(30, 34)],
+                                  truth_2x=truth2)
+    assert rows[0]["fwhm_ratio"] == pytest.approx(0.5, abs=0.08)
+    assert rows[0]["flux_ratio"] == pytest.approx(1.0, abs=0.05)
+    assert rows[0]["flux_ratio_truth"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_sr_baselines_conserve_flux():
+    rng = np.random.default_rng(3)
+    mask = np.ones((48, 48), bool)
+    rate = (_gauss((48, 48), 24, 24, 1.5, 500.0) + 1.0) / 20e3
+    up = ev.bicubic_upsample(rate, mask)
+    assert up.shape == (96, 96)
+    assert up.sum() == pytest.approx(500.0 / 20e3, rel=0.05)
+    rl = ev.richardson_lucy_2x(rng.poisson(rate * 20e3) / 20e3, mask, iterations=10)
+    assert rl.shape == (96, 96) and np.all(rl >= 0)
+    # RL keeps the source flux (it also turns background noise into positive flux elsewhere)
+    assert ev.aperture_flux(rl * 20e3, 48, 48, 10.0) == pytest.approx(500.0, rel=0.15)
+    assert ev.max_aperture_counts(np.zeros((50, 50))) == 0.0
+
+
+@pytest.mark.skipif(not ev.default_real_dir().is_dir(), reason="shared/data/real-pn not present")
+def test_issue_numbers_on_real_images():
+    obs = ev.load_real_observations()
+    assert len(obs) == 4
+    raw = np.mean([ev.heldout_deviance(o.rate20, o) for o in obs])
+    assert raw == pytest.approx(22.94, abs=0.01)
+    g = ev.evaluate_dn(lambda r, m: ev.gaussian_baseline(r, m, 1.5), obs)
+    assert g["deviance"] == pytest.approx(1.418, abs=0.001)

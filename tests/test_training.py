@@ -1,0 +1,100 @@
+"""Tiny tests of the training code: shapes, baseline start, losses, a few steps, ONNX round trip."""
+import functools
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+from xmm_enhance import evaluation as ev  # noqa: E402
+from xmm_enhance.training import data as D  # noqa: E402
+from xmm_enhance.training.export import export_onnx, read_metadata, update_metadata  # noqa: E402
+from xmm_enhance.training.losses import dn_loss, poisson_kl, sr_loss  # noqa: E402
+from xmm_enhance.training.net import EnhanceNet  # noqa: E402
+
+CH = (4, 8)  # tiny U-Net, stride 2
+
+
+def _inputs(n=2, h=64, w=64, seed=0):
+    rng = np.random.default_rng(seed)
+    rate = (rng.poisson(0.5, (n, 1, h, w)) / 20e3).astype(np.float32)
+    mask = np.ones_like(rate)
+    mask[..., :, 20:23] = 0
+    return torch.from_numpy(rate * mask), torch.from_numpy(mask)
+
+
+@pytest.mark.parametrize("scale", [1, 2])
+def test_shapes_and_positive_everywhere(scale):
+    net = EnhanceNet(scale, channels=CH)
+    rate, mask = _inputs()
+    out = net(rate, mask)
+    assert out.shape == (2, 1, 64 * scale, 64 * scale)
+    assert torch.all(out > 0)  # also in the masked columns
+
+
+def test_untrained_dn_equals_mask_aware_smoothing():
+    torch.manual_seed(0)
+    net = EnhanceNet(1, channels=CH)
+    rate, mask = _inputs(n=1)
+    out = net(rate, mask)[0, 0].detach().numpy()
+    ref = ev.gaussian_baseline(rate[0, 0].numpy(), mask[0, 0].numpy() > 0, 1.5)
+    inner = (slice(10, -10), slice(10, -10))
+    assert np.allclose(out[inner], ref[inner], rtol=0.02, atol=1e-7)
+
+
+def test_losses_vanish_at_the_target():
+    t = torch.full((2, 1, 16, 16), 3e-5)
+    m = torch.ones_like(t)
+    assert float(poisson_kl(t * 5e4, t * 5e4).abs().max()) < 1e-6
+    assert float(dn_loss(t, t, m)) == pytest.approx(0.0, abs=1e-6)
+    assert float(dn_loss(1.2 * t, t, m)) > 0
+    t2 = torch.zeros(2, 1, 32, 32)
+    t2[..., 10, 10] = 1e-3
+    assert float(sr_loss(t2 + 1e-12, t2, torch.ones_like(t2))) == pytest.approx(0.0, abs=1e-4)
+
+
+def test_buffer_crops_and_padding():
+    sim = functools.partial(D.toy_simulate, shape=(80, 72))
+    buf = D.FrameBuffer(sim, np.random.default_rng(0), task="SR", size=2)
+    rate, mask, target, tmask = buf.sample(batch=3, crop=32)
+    assert rate.shape == (3, 1, 32, 32) and target.shape == (3, 1, 64, 64)
+    assert tmask.shape == target.shape
+    a, (top, left) = D.pad_to_multiple(np.ones((411, 403)), 8)
+    assert a.shape == (416, 408) and (top, left) == (2, 2)
+    b, (t2, l2) = D.pad_to_multiple(np.ones((822, 806)), 8, scale=2)
+    assert b.shape == (832, 816) and (t2, l2) == (2 * top, 2 * left)
+
+
+def test_a_few_steps_reduce_the_loss_and_export_round_trip(tmp_path):
+    torch.manual_seed(1)
+    sim = functools.partial(D.toy_simulate, shape=(64, 64))
+    buf = D.FrameBuffer(sim, np.random.default_rng(1), task="DN", size=2)
+    net = EnhanceNet(1, channels=CH)
+    opt = torch.optim.Adam(net.parameters(), 3e-3)
+    batch = [torch.from_numpy(a) for a in buf.sample(batch=4, crop=64)]
+    first = None
+    for _ in range(15):
+        loss = dn_loss(net(batch[0], batch[1]), batch[2], batch[3])
+        first = float(loss) if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss) < first
+
+    import onnxruntime as ort
+
+    path = export_onnx(net.eval(), tmp_path / "m.onnx", metadata={"task": "DN", "scale": "1",
+                                                                  "metrics": {"a": 1}})
+    meta = read_metadata(path)
+    assert meta["task"] == "DN" and meta["metrics"] == '{"a": 1}'
+    update_metadata(path, {"version": "x"})
+    assert read_metadata(path)["version"] == "x"
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["rate", "mask"]
+    for h, w in ((64, 64), (32, 48)):
+        rate, mask = _inputs(n=2, h=h, w=w)
+        got = sess.run(None, {"rate": rate.numpy(), "mask": mask.numpy()})[0]
+        with torch.no_grad():
+            want = net(rate, mask).numpy()
+        assert np.allclose(got, want, rtol=1e-3, atol=1e-10)
