@@ -85,3 +85,40 @@ def test_vignetting_monotone():
 def test_logn_logs():
     n = sky.moretti_n_above(np.array([1e-15, 1e-14, 1e-13]))
     assert np.allclose(n, [782, 126, 4.5], rtol=0.05)
+
+
+def test_partial_columns_have_fewer_counts():
+    from xmm_enhance.simulate.instrument import PARTIAL_COLUMNS, coverage_map
+    cov = coverage_map()
+    assert cov.shape == (411, 403) and cov.max() == 1.0
+    o = simulate_observation(np.random.default_rng(4), exposure=1e6, sr=False, kind="blank")
+    col = 67  # 10 % coverage in both rows of CCDs
+    assert PARTIAL_COLUMNS["lower"][col] == 0.1
+    r = o.bkg_rate[:, col][o.mask[:, col]].mean() / o.bkg_rate[:, col + 3][o.mask[:, col + 3]].mean()
+    assert 0.05 < r < 0.2
+
+
+def test_oot_streak_along_column():
+    # a bright source puts ~6.3 % of its counts along its CCD column
+    rng = np.random.default_rng(21)
+    o = simulate_observation(rng, kind="bright_point", sr=False)
+    src = max(o.meta["sources"], key=lambda s: s["rate"])
+    x = int(round(src["x"]))
+    y = int(round(src["y"]))
+    rows = slice(207, 399) if y > 205 else slice(12, 203)
+    far = [r for r in range(rows.start, rows.stop) if abs(r - y) > 40]
+    col_bkg = o.bkg_rate[far, x].mean()
+    ref_bkg = o.bkg_rate[far, x + 30].mean()
+    assert col_bkg > 1.5 * ref_bkg
+
+
+def test_pileup_keeps_flux_consistency():
+    for seed in range(40):
+        o = simulate_observation(np.random.default_rng(seed), kind="bright_point")
+        if o.meta["piled_up"]:
+            p = o.meta["piled_up"][0]
+            assert 0 < p["flux_kept"] < 1
+            src = (o.dn_target - o.bkg_rate).sum()
+            assert abs(o.sr_target.sum() / src - 1) < 0.15
+            return
+    pytest.skip("no piled-up source drawn")
