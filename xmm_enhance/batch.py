@@ -1,0 +1,900 @@
+"""Batch engine: many OBS_IDs through image -> SR -> DN -> PNGs, resumable and parallel.
+
+One task function, :func:`process_observation`, does everything for one OBS_ID; it is a plain
+picklable function of ``(obsid, config)`` returning a plain :class:`ObsResult`, so the same task
+runs in-process (``jobs=1``), in a local process pool (``jobs=N``) or on a ``dask.distributed``
+cluster (``scheduler=ADDRESS``). :func:`run_batch` drives it and :func:`write_report` writes the
+CSV/JSON report.
+
+What makes it safe to run from cron over and over (design §7):
+
+* **Idempotent.** A step is skipped when its outputs are *complete and valid*: every FITS file
+  opens, every HDU carries CHECKSUM/DATASUM and they verify (:func:`fits_is_valid`), every PNG
+  has its signature and final ``IEND`` chunk (:func:`png_is_valid`), and no output is older
+  than the image it was made from. Anything else is redone (``overwrite``), so a file damaged
+  on disk heals on the next run.
+* **Locked.** Each observation is worked on under an exclusive ``fcntl.flock`` on
+  ``<save_dir>/<OBS_ID>/.xmm_enhance.lock``. The kernel drops the lock when its process dies,
+  so a lock left by a killed run (``kill -9``, OOM killer, reboot) is never stale; the file
+  itself records who held it last (pid, host, UTC). A batch that finds an observation locked
+  reports it as ``busy`` and moves on; it is not a failure.
+* **No partial files.** Every writer of the package writes a temporary and renames it; the
+  temporaries a killed run leaves (``.<name>.*.tmp``, ``.pps-download-*``) are removed under the
+  lock before the observation is worked on again.
+* **Logged.** Each observation appends to ``<save_dir>/<OBS_ID>/xmm_enhance_batch.log``: one
+  header line per attempt, what each step did (``step image: ran in 3.1 s``) and any warning
+  or error.
+* **Failure-isolated.** An observation that fails (archive unreachable after the download's
+  retries with back-off, corrupt PPS file, model error...) is marked ``failed`` with a one-line
+  message; the batch goes on.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import sys
+import threading
+import time
+import traceback
+import warnings
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from .errors import UsageError, XmmEnhanceError
+
+__all__ = [
+    "STEPS", "LOCK_NAME", "LOG_NAME", "BatchConfig", "ObsResult", "ObservationLock",
+    "read_obsid_list", "fits_is_valid", "png_is_valid", "observation_state",
+    "process_observation", "run_batch", "write_report", "summary_table", "REPORT_FIELDS",
+]
+
+log = logging.getLogger(__name__)
+
+#: Steps of one observation, in order. ``download`` only runs without ``pps_root``.
+STEPS = ("download", "image", "SR", "DN")
+LOCK_NAME = ".xmm_enhance.lock"
+LOG_NAME = "xmm_enhance_batch.log"
+_PNG_SIG = b"\x89PNG\r\n\x1a\n"
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+_TMP_RE = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")
+#: Threads working on an observation right now (the CLI keeps their records off the console).
+_OBS_THREADS: set = set()
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration and results
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BatchConfig:
+    """Everything a task needs besides the OBS_ID; picklable, so it travels to workers.
+
+    Parameters
+    ----------
+    save_dir : Path
+        Root of the outputs: ``<save_dir>/<OBS_ID>/`` holds the PPS download, the image, the
+        predictions, the lock and the log. On a Dask cluster it must be a shared file system.
+    pps_root : Path, optional
+        Local PPS trees instead of downloading: ``<pps_root>/<OBS_ID>/pps`` or
+        ``<pps_root>/<OBS_ID>``.
+    low_pi, high_pi : int
+        PI band in eV, ``[low_pi, high_pi)``.
+    expo_time_ks : float
+        Exposure of the image (ks).
+    binsize : int
+        Image bin size in DET units (0.05 arcsec).
+    backend : str
+        Image maker backend (``auto``, ``native``, ``sas``).
+    which : tuple of str
+        Predictions to make, a subset of ``("SR", "DN")`` in that order.
+    png : bool
+        Also write a quick-look PNG per prediction.
+    overwrite : bool
+        Redo every step even when its outputs are complete and valid.
+    sr_model, dn_model : Path, optional
+        ONNX models (default: the bundled ones).
+    threads : int, optional
+        onnxruntime threads per task (default: onnxruntime's choice).
+    credentials_file : Path, optional
+        XSA credentials for proprietary data.
+    retries : int
+        Download retries after the first attempt for transient archive errors.
+    backoff_s : float
+        First back-off delay (s), doubled after each failed attempt.
+    archive_url : str, optional
+        XSA ``data-action-aio`` URL (a mirror; default: astroquery's configuration).
+    """
+
+    save_dir: Path
+    pps_root: Path | None = None
+    low_pi: int = 500
+    high_pi: int = 2000
+    expo_time_ks: float = 20.0
+    binsize: int = 80
+    backend: str = "auto"
+    which: tuple = ("SR", "DN")
+    png: bool = False
+    overwrite: bool = False
+    sr_model: Path | None = None
+    dn_model: Path | None = None
+    threads: int | None = None
+    credentials_file: Path | None = None
+    retries: int = 3
+    backoff_s: float = 2.0
+    archive_url: str | None = None
+
+    def model_path(self, which: str) -> Path | None:
+        return self.sr_model if which == "SR" else self.dn_model
+
+
+#: Columns of the CSV report, in order.
+REPORT_FIELDS = ("obsid", "status", "steps", "download_s", "image_s", "sr_s", "dn_s", "png_s",
+                 "total_s", "exposure_s", "counts", "image", "error", "log", "host", "pid",
+                 "peak_rss_mb", "started_utc")
+
+
+@dataclass
+class ObsResult:
+    """The outcome of one observation (one row of the report).
+
+    ``status`` is ``done`` (every requested output is complete and valid), ``failed`` (see
+    ``error``) or ``busy`` (another batch held its lock; nothing was done). ``steps`` says what
+    each step did, e.g. ``download:skipped image:ran SR:ran DN:ran``. Times are seconds of
+    wall clock per step (0 when skipped); ``png_s`` is the quick-look PNGs' share.
+    """
+
+    obsid: str
+    status: str = "failed"
+    steps: str = ""
+    download_s: float = 0.0
+    image_s: float = 0.0
+    sr_s: float = 0.0
+    dn_s: float = 0.0
+    png_s: float = 0.0
+    total_s: float = 0.0
+    exposure_s: float | None = None
+    counts: float | None = None
+    image: str = ""
+    error: str = ""
+    log: str = ""
+    host: str = ""
+    pid: int = 0
+    peak_rss_mb: float | None = None
+    started_utc: str = ""
+    outputs: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("done", "busy")
+
+
+# --------------------------------------------------------------------------------------------
+# OBS_ID lists
+# --------------------------------------------------------------------------------------------
+def read_obsid_list(items) -> list[str]:
+    """OBS_IDs from command-line items: ten-digit ids and/or list files (``-`` is stdin).
+
+    A list file has one OBS_ID a line; ``#`` starts a comment; blank lines are ignored.
+    Duplicates are dropped (first occurrence kept, with a warning).
+
+    Raises
+    ------
+    UsageError
+        A malformed OBS_ID (naming the file and line) or a missing list file.
+    """
+    from .archive import validate_obsid
+
+    out: list[str] = []
+    for item in items:
+        item = str(item)
+        if re.fullmatch(r"\s*\d{10}\s*", item):
+            out.append(item.strip())
+            continue
+        if item == "-":
+            text, where = sys.stdin.read(), "stdin"
+        else:
+            path = Path(item)
+            if not path.is_file():
+                raise UsageError(f"{item}: neither a ten-digit OBS_ID nor an OBS_ID list file; "
+                                 "pass ids like 0123456789 or a file with one id a line")
+            try:
+                text = path.read_text()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise UsageError(f"{path}: cannot read the OBS_ID list ({exc}); pass a text "
+                                 "file with one id a line") from None
+            where = str(path)
+        for n, line in enumerate(text.splitlines(), 1):
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            try:
+                out.append(validate_obsid(line))
+            except UsageError:
+                raise UsageError(f"{where} line {n}: {line!r} is not a ten-digit OBS_ID; fix "
+                                 "or comment it out with #") from None
+    seen, unique = set(), []
+    for o in out:
+        if o in seen:
+            log.warning("OBS_ID %s is listed more than once; processing it once", o)
+            continue
+        seen.add(o)
+        unique.append(o)
+    return unique
+
+
+# --------------------------------------------------------------------------------------------
+# Integrity checks
+# --------------------------------------------------------------------------------------------
+def fits_is_valid(path) -> tuple[bool, str]:
+    """Whether ``path`` is a complete FITS file whose checksums verify.
+
+    Every HDU must carry ``CHECKSUM`` and ``DATASUM``, its data must read to the end (gzip
+    included), and astropy's verification must not warn.
+
+    Returns
+    -------
+    (bool, str)
+        Validity and, when invalid, the reason.
+    """
+    from astropy.io import fits
+
+    path = Path(path)
+    if not path.is_file():
+        return False, "missing"
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with fits.open(path, checksum=True, memmap=False) as hdul:
+                for i, hdu in enumerate(hdul):
+                    if "CHECKSUM" not in hdu.header or "DATASUM" not in hdu.header:
+                        return False, f"HDU {i} has no CHECKSUM/DATASUM"
+                    _ = hdu.data
+    except Exception as exc:  # astropy raises OSError, EOFError, ValueError, zlib.error...
+        return False, f"unreadable ({type(exc).__name__}: {str(exc).strip()[:80]})"
+    for w in caught:
+        text = str(w.message).lower()
+        if "verification failed" in text or "truncat" in text or "corrupt" in text:
+            return False, str(w.message).strip().splitlines()[0]
+    return True, ""
+
+
+def png_is_valid(path) -> tuple[bool, str]:
+    """Whether ``path`` is a complete PNG (signature at the start, ``IEND`` chunk at the end)."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            fh.seek(max(0, size - 12))
+            tail = fh.read(12)
+    except OSError:
+        return False, "missing"
+    if head != _PNG_SIG or tail != _PNG_END:
+        return False, "not a complete PNG"
+    return True, ""
+
+
+def _valid(path: Path) -> tuple[bool, str]:
+    return png_is_valid(path) if path.suffix.lower() == ".png" else fits_is_valid(path)
+
+
+# --------------------------------------------------------------------------------------------
+# Locks
+# --------------------------------------------------------------------------------------------
+class ObservationLock:
+    """Exclusive, non-blocking lock on one observation (``fcntl.flock`` on a lock file).
+
+    The lock belongs to the open file, so the kernel releases it when the holding process
+    exits or is killed: a killed batch never leaves a stale lock. The file stays in place
+    (deleting it would race with a second locker) and holds ``pid host utc`` of the last
+    holder, for humans. Works across hosts on file systems where ``flock`` is honoured by all
+    clients (local disks, NFSv4 on Linux; not every network file system).
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        """Take the lock if free; return whether it was taken (never waits)."""
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        stamp = f"{os.getpid()} {socket.gethostname()} {_utc()}\n".encode()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, stamp, 0)
+        return True
+
+    def is_free(self) -> bool:
+        """Whether nobody holds the lock now (probes without taking it or writing)."""
+        import fcntl
+
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return True
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+        finally:
+            os.close(fd)  # closing drops the probe's shared lock
+
+    def holder(self) -> str:
+        """``pid host utc`` of the current or last holder ("" if unknown)."""
+        try:
+            return self.path.read_text().strip()
+        except OSError:
+            return ""
+
+    def release(self) -> None:
+        if self._fd is not None:
+            import fcntl
+
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+# --------------------------------------------------------------------------------------------
+# One observation
+# --------------------------------------------------------------------------------------------
+def _utc() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _peak_rss_mb() -> float | None:
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not POSIX
+        return None
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(rss / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, XmmEnhanceError):
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+_MODELS: dict = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def _model(which: str, cfg: BatchConfig):
+    """The model for ``which``, loaded once per worker process and kept."""
+    from .inference import load_model
+
+    path = cfg.model_path(which)
+    key = (which, str(path) if path else None, cfg.threads)
+    with _MODELS_LOCK:
+        if key not in _MODELS:
+            _MODELS[key] = load_model(which, path, threads=cfg.threads)
+        return _MODELS[key]
+
+
+def _obs_dir(cfg: BatchConfig, obsid: str) -> Path:
+    return Path(cfg.save_dir) / obsid
+
+
+def _local_pps(cfg: BatchConfig, obsid: str) -> Path:
+    """The PPS folder of ``obsid`` under ``cfg.pps_root``."""
+    from .errors import PPSError
+
+    root = Path(cfg.pps_root)
+    for cand in (root / obsid / "pps", root / obsid):
+        if cand.is_dir():
+            return cand
+    raise PPSError(f"OBS_ID {obsid}: no PPS folder {root / obsid}/pps or {root / obsid}; "
+                   "put the PPS files there or drop --pps_dir to download them")
+
+
+def _image_path(cfg: BatchConfig, obsid: str) -> Path:
+    """Where the image maker writes the image of ``obsid`` with ``cfg``'s options."""
+    from .pipeline import output_name
+
+    return _obs_dir(cfg, obsid) / output_name(cfg.expo_time_ks, cfg.low_pi, cfg.high_pi,
+                                              cfg.binsize)
+
+
+def _pred_outputs(image: Path, which: str, png: bool) -> list[Path]:
+    from .inference import output_paths
+
+    p_in, p_pred = output_paths(image, which)
+    out = [p_in, p_pred]
+    if png:
+        out.append(_png_path(p_pred))
+    return out
+
+
+def _png_path(p_pred: Path) -> Path:
+    return p_pred.with_name(p_pred.name.replace(".fits.gz", ".png"))
+
+
+def _outputs_ok(paths, *, newer_than: Path | None = None) -> tuple[bool, str]:
+    """All ``paths`` complete and valid and not older than ``newer_than``."""
+    ref = newer_than.stat().st_mtime if newer_than is not None and newer_than.exists() else None
+    for p in paths:
+        ok, why = _valid(p)
+        if not ok:
+            return False, f"{p.name}: {why}"
+        if ref is not None and p.stat().st_mtime < ref:
+            return False, f"{p.name}: older than the image"
+    return True, ""
+
+
+def observation_state(obsid: str, cfg: BatchConfig) -> dict:
+    """What a run would do for ``obsid``, without locking or writing: ``{step: action}``.
+
+    Actions are ``skip`` (outputs complete and valid), ``run`` or ``redo`` (outputs present
+    but incomplete, invalid or stale). Used by ``--dry-run``.
+    """
+    plan: dict = {}
+    image = _image_path(cfg, obsid)
+    if cfg.pps_root is None:
+        from .archive import pps_folder_is_complete
+        done = pps_folder_is_complete(_obs_dir(cfg, obsid) / "pps", obsid)
+        plan["download"] = "skip" if done and not cfg.overwrite else "run"
+    ok, _ = fits_is_valid(image)
+    plan["image"] = "skip" if ok and not cfg.overwrite else ("redo" if image.exists() else "run")
+    upstream_runs = plan["image"] != "skip"
+    for which in cfg.which:
+        paths = _pred_outputs(image, which, cfg.png)
+        ok, _ = _outputs_ok(paths, newer_than=image)
+        if ok and not upstream_runs and not cfg.overwrite:
+            plan[which] = "skip"
+        else:
+            plan[which] = "redo" if any(p.exists() for p in paths) else "run"
+    return plan
+
+
+def _clean_temporaries(obs_dir: Path) -> int:
+    """Remove what killed writers left under ``obs_dir`` (we hold its lock). Returns count."""
+    n = 0
+    if not obs_dir.is_dir():
+        return 0
+    for p in sorted(obs_dir.rglob(".*")):
+        try:
+            if p.is_dir() and p.name.startswith(".pps-download-"):
+                shutil.rmtree(p, ignore_errors=True)
+                n += 1
+            elif p.is_file() and _TMP_RE.match(p.name):
+                p.unlink()
+                n += 1
+        except OSError:
+            pass
+    return n
+
+
+class _ObsLogHandler(logging.FileHandler):
+    """Per-observation log file; only records from the thread that works on it."""
+
+    def __init__(self, path: Path):
+        super().__init__(path, mode="a", encoding="utf-8", delay=False)
+        self.thread = threading.get_ident()
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
+                                            "%Y-%m-%dT%H:%M:%S"))
+        self.addFilter(lambda r: r.thread == self.thread)
+
+
+@contextlib.contextmanager
+def _observation_log(path: Path):
+    """Send the package's log records (INFO and up) to ``path`` while the block runs."""
+    pkg = logging.getLogger("xmm_enhance")
+    handler = _ObsLogHandler(path)
+    handler.setLevel(logging.INFO)
+    previous = pkg.level
+    if pkg.getEffectiveLevel() > logging.INFO:
+        pkg.setLevel(logging.INFO)
+    pkg.addHandler(handler)
+    _OBS_THREADS.add(handler.thread)
+    try:
+        yield
+    finally:
+        _OBS_THREADS.discard(handler.thread)
+        pkg.removeHandler(handler)
+        pkg.setLevel(previous)
+        handler.close()
+
+
+@contextlib.contextmanager
+def _warnings_to_log(obsid: str):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            for w in caught:
+                log.warning("OBS_ID %s: %s", obsid, str(w.message).strip().splitlines()[0])
+
+
+@contextlib.contextmanager
+def _archive_url(url: str | None):
+    if not url:
+        yield
+        return
+    from astroquery.esa.xmm_newton import conf
+
+    with conf.set_temp("DATA_ACTION_AIO", url):
+        yield
+
+
+def process_observation(obsid: str, cfg: BatchConfig) -> ObsResult:
+    """Run image -> SR -> DN (-> PNGs) for one observation; never raises for its failures.
+
+    Takes the observation's lock (returns status ``busy`` at once if another batch holds it),
+    removes temporaries left by killed runs, skips every step whose outputs are complete and
+    valid, and appends what it did to ``<save_dir>/<OBS_ID>/xmm_enhance_batch.log``.
+
+    Parameters
+    ----------
+    obsid : str
+        Ten-digit OBS_ID.
+    cfg : BatchConfig
+
+    Returns
+    -------
+    ObsResult
+    """
+    t0 = time.perf_counter()
+    res = ObsResult(obsid=obsid, host=socket.gethostname(), pid=os.getpid(),
+                    started_utc=_utc())
+    obs_dir = _obs_dir(cfg, obsid)
+    try:
+        obs_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        res.error = (f"{obs_dir}: cannot create the observation folder ({exc.strerror}); "
+                     "pass a writable --save_dir")
+        return res
+    log_path = obs_dir / LOG_NAME
+    res.log = str(log_path)
+    lock = ObservationLock(obs_dir / LOCK_NAME)
+    if not lock.acquire():
+        res.status = "busy"
+        res.error = f"locked by another batch ({lock.holder() or 'unknown holder'})"
+        res.total_s = round(time.perf_counter() - t0, 3)
+        return res
+    try:
+        with _observation_log(log_path):
+            log.info("=== OBS_ID %s: batch attempt by pid %d on %s", obsid, res.pid, res.host)
+            try:
+                removed = _clean_temporaries(obs_dir)
+                if removed:
+                    log.info("OBS_ID %s: removed %d temporary file(s) left by a killed run",
+                             obsid, removed)
+                with _warnings_to_log(obsid), _archive_url(cfg.archive_url):
+                    _run_steps(obsid, cfg, res)
+                res.status = "done"
+                log.info("OBS_ID %s: done (%s) in %.1f s", obsid, res.steps,
+                         time.perf_counter() - t0)
+            except XmmEnhanceError as exc:
+                res.error = _one_line(exc)
+                log.error("OBS_ID %s: failed: %s", obsid, res.error)
+            except Exception as exc:  # a bug or an unexpected library error: keep the batch
+                res.error = _one_line(exc)
+                log.error("OBS_ID %s: failed: %s\n%s", obsid, res.error,
+                          traceback.format_exc().rstrip())
+    finally:
+        lock.release()
+        res.total_s = round(time.perf_counter() - t0, 3)
+        res.peak_rss_mb = _peak_rss_mb()
+    return res
+
+
+def _step(res: ObsResult, name: str, action: str, seconds: float = 0.0) -> None:
+    res.steps = (res.steps + f" {name}:{action}").strip()
+    if action == "ran":
+        log.info("step %s: ran in %.2f s", name, seconds)
+    else:
+        log.info("step %s: %s", name, action)
+
+
+def _run_steps(obsid: str, cfg: BatchConfig, res: ObsResult) -> None:
+    from .pipeline import make_image
+
+    image = _image_path(cfg, obsid)
+    res.image = str(image)
+    image_ok, why = fits_is_valid(image)
+    if image_ok and not cfg.overwrite:
+        if cfg.pps_root is None:
+            _step(res, "download", "skipped")
+        _step(res, "image", "skipped")
+        image_ran = False
+    else:
+        if image.exists():
+            log.info("OBS_ID %s: image %s will be remade (%s)", obsid, image.name,
+                     why or "--overwrite")
+        if cfg.pps_root is None:
+            from .archive import download_pps
+
+            t = time.perf_counter()
+            pps = download_pps(obsid, cfg.save_dir, credentials_file=cfg.credentials_file,
+                               retries=cfg.retries, backoff_s=cfg.backoff_s)
+            res.download_s = round(time.perf_counter() - t, 3)
+            _step(res, "download", "ran", res.download_s)
+        else:
+            pps = _local_pps(cfg, obsid)
+        t = time.perf_counter()
+        made = make_image(obsid, low_pi=cfg.low_pi, high_pi=cfg.high_pi,
+                          expo_time_ks=cfg.expo_time_ks, binsize=cfg.binsize,
+                          save_dir=cfg.save_dir, pps_dir=pps, backend=cfg.backend,
+                          overwrite=True, credentials_file=cfg.credentials_file, output=image)
+        res.image_s = round(time.perf_counter() - t, 3)
+        if Path(made.path) != image:
+            log.warning("OBS_ID %s: the image maker wrote %s, expected %s", obsid, made.path,
+                        image)
+            image = Path(made.path)
+            res.image = str(image)
+        ok, why = fits_is_valid(image)
+        if not ok:
+            from .errors import OutputError
+            raise OutputError(f"OBS_ID {obsid}: the image {image} just written is not valid "
+                              f"({why}); check the disk and rerun")
+        _step(res, "image", "ran", res.image_s)
+        image_ran = True
+    res.exposure_s, res.counts = _image_summary(image)
+    res.outputs["image"] = str(image)
+
+    from .inference import enhance_file
+
+    for which in cfg.which:
+        paths = _pred_outputs(image, which, cfg.png)
+        ok, why = _outputs_ok(paths, newer_than=image)
+        if ok and not image_ran and not cfg.overwrite:
+            _step(res, which, "skipped")
+        else:
+            if any(p.exists() for p in paths) and why:
+                log.info("OBS_ID %s: %s outputs will be remade (%s)", obsid, which, why)
+            model = _model(which, cfg)
+            t = time.perf_counter()
+            out = enhance_file(image, which, model=model, overwrite=True, png=False)
+            dt = time.perf_counter() - t
+            if cfg.png:
+                from .display import quicklook_png
+
+                t = time.perf_counter()
+                quicklook_png(out["result"], _png_path(out["predict"]), overwrite=True)
+                res.png_s = round(res.png_s + time.perf_counter() - t, 3)
+            del out
+            ok, why = _outputs_ok(paths, newer_than=image)
+            if not ok:
+                from .errors import OutputError
+                raise OutputError(f"OBS_ID {obsid}: {which} output not valid after writing "
+                                  f"({why}); check the disk and rerun")
+            setattr(res, "sr_s" if which == "SR" else "dn_s", round(dt, 3))
+            _step(res, which, "ran", dt)
+        res.outputs[which] = [str(p) for p in paths]
+
+
+def _image_summary(image: Path) -> tuple[float | None, float | None]:
+    """(EXPOSURE in s, total counts) of an image file."""
+    import numpy as np
+    from astropy.io import fits
+
+    with fits.open(image, memmap=False) as hdul:
+        for hdu in hdul:
+            if hdu.is_image and hdu.data is not None and hdu.data.size:
+                expo = hdu.header.get("EXPOSURE", hdul[0].header.get("EXPOSURE"))
+                return (float(expo) if expo is not None else None,
+                        float(np.asarray(hdu.data, dtype=np.float64).sum()))
+    return None, None
+
+
+# --------------------------------------------------------------------------------------------
+# Many observations
+# --------------------------------------------------------------------------------------------
+def _failed(obsid: str, message: str) -> ObsResult:
+    return ObsResult(obsid=obsid, status="failed", error=message, host=socket.gethostname(),
+                     started_utc=_utc())
+
+
+def _worker_init() -> None:  # pragma: no cover - runs in pool workers
+    # Worker processes only report through their results and observation logs; keep the
+    # console quiet from them (the parent prints progress).
+    logging.getLogger().setLevel(logging.WARNING)
+
+
+def run_batch(obsids, cfg: BatchConfig, *, jobs: int = 1, scheduler: str | None = None,
+              on_result=None) -> list[ObsResult]:
+    """Process ``obsids``; return one :class:`ObsResult` each, in the order of ``obsids``.
+
+    Parameters
+    ----------
+    obsids : sequence of str
+    cfg : BatchConfig
+    jobs : int
+        Observations in parallel: 1 runs them in this process, N > 1 in a pool of N worker
+        processes. Ignored with ``scheduler``.
+    scheduler : str, optional
+        Address of a running ``dask.distributed`` scheduler (``tcp://host:8786``): the tasks
+        go to its workers instead (which must see ``save_dir`` at the same path).
+    on_result : callable, optional
+        Called as ``on_result(result)`` in this process as each observation finishes.
+
+    Raises
+    ------
+    UsageError
+        ``jobs < 1``, or dask.distributed missing / the scheduler unreachable.
+    KeyboardInterrupt
+        Passed on after pending tasks are cancelled; ``on_result`` has seen the finished ones.
+    """
+    obsids = list(obsids)
+    if jobs < 1:
+        raise UsageError(f"--jobs must be >= 1, got {jobs}")
+    results: dict[str, ObsResult] = {}
+
+    def record(r: ObsResult) -> None:
+        results[r.obsid] = r
+        if on_result is not None:
+            on_result(r)
+
+    if scheduler:
+        _run_dask(obsids, cfg, scheduler, record)
+    elif jobs == 1 or len(obsids) <= 1:
+        for o in obsids:
+            record(process_observation(o, cfg))
+    else:
+        _run_pool(obsids, cfg, jobs, record)
+    return [results[o] for o in obsids if o in results]
+
+
+def _run_pool(obsids, cfg, jobs, record) -> None:
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    ctx = multiprocessing.get_context("spawn")  # no fork of a threaded parent
+    ex = ProcessPoolExecutor(max_workers=min(jobs, len(obsids)), mp_context=ctx,
+                             initializer=_worker_init)
+    futures = {}
+    try:
+        futures = {ex.submit(process_observation, o, cfg): o for o in obsids}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for f in done:
+                o = futures[f]
+                try:
+                    record(f.result())
+                except BrokenProcessPool:
+                    record(_failed(o, f"OBS_ID {o}: its worker process died (killed or out of "
+                                      "memory); rerun the batch, or lower --jobs"))
+                except Exception as exc:  # pickling trouble and the like
+                    record(_failed(o, f"OBS_ID {o}: {_one_line(exc)}"))
+    except BaseException:
+        for f in futures:
+            f.cancel()
+        ex.shutdown(wait=False, cancel_futures=True)
+        raise
+    ex.shutdown(wait=True)
+
+
+def _run_dask(obsids, cfg, address, record) -> None:
+    try:
+        from distributed import Client, as_completed
+    except ImportError:
+        raise UsageError("--dask-scheduler needs dask.distributed; install it with "
+                         "pip install 'xmm-enhance[batch]'") from None
+    try:
+        client = Client(address, timeout="20s", set_as_default=False)
+    except (OSError, TimeoutError) as exc:
+        raise UsageError(f"--dask-scheduler {address}: cannot connect ({_one_line(exc)}); "
+                         "check the address and that the scheduler runs") from None
+    futures = []
+    try:
+        token = f"{os.getpid()}-{time.time_ns()}"
+        futures = [client.submit(process_observation, o, cfg, key=f"xmm-enhance-{o}-{token}",
+                                 pure=False, retries=0) for o in obsids]
+        by_key = {f.key: o for f, o in zip(futures, obsids)}
+        with client.as_current():
+            for f in as_completed(futures):
+                o = by_key[f.key]
+                try:
+                    record(f.result())
+                except Exception as exc:  # KilledWorker, CommClosedError, ...
+                    record(_failed(o, f"OBS_ID {o}: the Dask task failed ({_one_line(exc)}); "
+                                      "rerun the batch"))
+    except BaseException:
+        with contextlib.suppress(Exception):
+            client.cancel(futures)
+        raise
+    finally:
+        with contextlib.suppress(Exception):
+            client.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------
+def _row(r: ObsResult) -> dict:
+    d = asdict(r)
+    return {k: ("" if d[k] is None else d[k]) for k in REPORT_FIELDS}
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_report(results, path, *, meta: dict | None = None) -> tuple[Path, Path]:
+    """Write the report as ``<path>.csv`` and ``<path>.json`` (atomically); return both paths.
+
+    ``path`` may end in ``.csv`` or ``.json`` (the other is written beside it) or have no such
+    suffix. The JSON holds ``meta`` (command, start, end...), the counts per status and one
+    object per observation with the CSV's columns plus ``outputs``.
+    """
+    path = Path(path)
+    base = path.with_suffix("") if path.suffix.lower() in (".csv", ".json") else path
+    p_csv, p_json = Path(f"{base}.csv"), Path(f"{base}.json")
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=REPORT_FIELDS, lineterminator="\n")
+    w.writeheader()
+    for r in results:
+        w.writerow(_row(r))
+    _atomic_text(p_csv, buf.getvalue())
+    counts: dict = {}
+    for r in results:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    doc = {"meta": meta or {}, "counts": counts,
+           "observations": [dict(_row(r), outputs=r.outputs) for r in results]}
+    _atomic_text(p_json, json.dumps(doc, indent=1, default=str) + "\n")
+    return p_csv, p_json
+
+
+def summary_table(results, *, max_rows: int = 40) -> str:
+    """A plain-text table of the results: one row per observation (failures first when the
+    list is long), then the totals."""
+    results = list(results)
+    head = (f"{'OBS_ID':10s}  {'status':6s}  {'image':>7s}  {'SR':>7s}  {'DN':>7s}  "
+            f"{'total':>7s}  {'expo ks':>7s}  {'counts':>8s}  error")
+    lines = [head, "-" * len(head)]
+    ordered = sorted(results, key=lambda r: (r.status == "done", r.status == "busy"))
+    for r in (results if len(results) <= max_rows else ordered[:max_rows]):
+        expo = f"{r.exposure_s / 1e3:.1f}" if r.exposure_s else "-"
+        cnt = f"{r.counts:.0f}" if r.counts is not None else "-"
+        err = r.error if len(r.error) <= 90 else r.error[:87] + "..."
+        lines.append(f"{r.obsid:10s}  {r.status:6s}  {r.download_s + r.image_s:7.1f}  "
+                     f"{r.sr_s:7.1f}  {r.dn_s:7.1f}  {r.total_s:7.1f}  {expo:>7s}  {cnt:>8s}  "
+                     f"{err}")
+    if len(results) > max_rows:
+        lines.append(f"... {len(results) - max_rows} more rows in the report")
+    n = {s: sum(r.status == s for r in results) for s in ("done", "failed", "busy")}
+    lines.append("-" * len(head))
+    lines.append(f"{len(results)} observations: {n['done']} done, {n['failed']} failed, "
+                 f"{n['busy']} busy (locked by another batch)")
+    return "\n".join(lines)

@@ -1,0 +1,272 @@
+"""``xmm-enhance batch``: many OBS_IDs through image -> SR -> DN (-> PNGs), cron-safe.
+
+Examples::
+
+    xmm-enhance batch obsids.txt --save_dir /data/xmm --png --jobs 2
+    xmm-enhance batch 0852030101 0852030201 --which DN --pps_dir /archive/pps
+    xmm-enhance batch obsids.txt --save_dir /shared/xmm --dask-scheduler tcp://head:8786
+
+Exit status: 0 when every observation is done (or busy in another batch), 1 when any failed,
+2 on usage errors, 130 when interrupted (the report then lists what finished).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from .. import __version__
+from ..errors import UsageError, XmmEnhanceError
+from .common import add_verbosity, report_error, setup_logging
+
+log = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="xmm-enhance batch",
+        description="Make images and SR/DN predictions for many OBS_IDs; resumable (finished, "
+                    "valid outputs are skipped), locked per observation, parallel.",
+        epilog="Per observation everything lands in SAVE_DIR/<OBS_ID>/, with its log in "
+               "xmm_enhance_batch.log; the report goes to SAVE_DIR/reports/ unless --report. "
+               "Exit 0 all done, 1 some failed, 2 usage error.")
+    p.add_argument("obsids", nargs="+", metavar="OBSID_OR_FILE",
+                   help="ten-digit OBS_IDs and/or files with one OBS_ID a line (# comments); "
+                        "'-' reads the list from stdin")
+    g = p.add_argument_group("image maker (as make_detxy_pn_image_pps.py)")
+    g.add_argument("--save_dir", type=Path, default=Path("."),
+                   help="output root: SAVE_DIR/<OBS_ID>/ (default: current folder)")
+    g.add_argument("--pps_dir", type=Path,
+                   help="local PPS trees PPS_DIR/<OBS_ID>/pps or PPS_DIR/<OBS_ID> (no download)")
+    g.add_argument("--low_pi", type=int, default=500, help="lowest PI, eV (default 500)")
+    g.add_argument("--high_pi", type=int, default=2000, help="highest PI, eV (default 2000)")
+    g.add_argument("--expo_time", type=float, default=20.0,
+                   help="image exposure, ks (default 20; <= 0 keeps all good time)")
+    g.add_argument("--binSize", type=int, default=80, help="bin size, 0.05\" units (default 80)")
+    g.add_argument("--backend", choices=("auto", "native", "sas"), default="auto")
+    g.add_argument("--credentials_file", type=Path, help="XSA credentials (proprietary data)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="redo every step even when its outputs are complete and valid")
+    m = p.add_argument_group("predictions")
+    m.add_argument("--which", default="SR,DN",
+                   help="comma list of SR, DN, or 'none' for images only (default SR,DN)")
+    m.add_argument("--png", action="store_true", help="quick-look PNG per prediction")
+    m.add_argument("--sr-model", type=Path, help="SR ONNX model (default: bundled)")
+    m.add_argument("--dn-model", type=Path, help="DN ONNX model (default: bundled)")
+    m.add_argument("--threads", type=int,
+                   help="onnxruntime threads per observation (default: CPUs / --jobs)")
+    r = p.add_argument_group("running")
+    r.add_argument("--jobs", type=int, default=1,
+                   help="observations in parallel, in worker processes (default 1)")
+    r.add_argument("--dask-scheduler", metavar="ADDRESS",
+                   help="submit to a running dask.distributed scheduler (tcp://host:8786); "
+                        "SAVE_DIR must be shared with its workers")
+    r.add_argument("--report", type=Path,
+                   help="report path; FILE.csv and FILE.json are written (default "
+                        "SAVE_DIR/reports/batch_<UTC>_<pid>)")
+    r.add_argument("--dry-run", action="store_true", help="list what would run, do nothing")
+    r.add_argument("--retries", type=int, default=3,
+                   help="download retries for transient archive errors (default 3)")
+    r.add_argument("--backoff", type=float, default=2.0,
+                   help="first retry delay in s, doubled each time (default 2)")
+    r.add_argument("--archive-url", help="XSA data-action-aio URL (a mirror)")
+    r.add_argument("--progress", choices=("auto", "bar", "lines"), default="auto",
+                   help="progress bar on a terminal, log lines otherwise (default auto)")
+    p.add_argument("--version", action="version", version=f"xmm_enhance {__version__}")
+    add_verbosity(p)
+    return p
+
+
+def _which(text: str) -> tuple:
+    if text.strip().lower() in ("none", ""):
+        return ()
+    items = [w.strip().upper() for w in text.split(",") if w.strip()]
+    bad = [w for w in items if w not in ("SR", "DN")]
+    if bad:
+        raise UsageError(f"--which {text!r}: unknown {', '.join(bad)}; use SR, DN, SR,DN or "
+                         "none")
+    return tuple(w for w in ("SR", "DN") if w in items)
+
+
+def _config(args):
+    from ..batch import BatchConfig
+
+    if args.jobs < 1:
+        raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {args.threads}")
+    if args.retries < 0 or args.backoff < 0:
+        raise UsageError("--retries and --backoff must not be negative")
+    if args.low_pi >= args.high_pi:
+        raise UsageError(f"--low_pi {args.low_pi} must be below --high_pi {args.high_pi}")
+    if args.pps_dir is not None and not args.pps_dir.is_dir():
+        raise UsageError(f"--pps_dir {args.pps_dir}: no such folder; pass the folder holding "
+                         "<OBS_ID>/pps trees")
+    for opt, path in (("--sr-model", args.sr_model), ("--dn-model", args.dn_model),
+                      ("--credentials_file", args.credentials_file)):
+        if path is not None and not path.is_file():
+            raise UsageError(f"{opt} {path}: no such file")
+    threads = args.threads
+    if threads is None and not args.dask_scheduler:
+        threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    return BatchConfig(
+        save_dir=args.save_dir.resolve(),
+        pps_root=args.pps_dir.resolve() if args.pps_dir else None,
+        low_pi=args.low_pi, high_pi=args.high_pi, expo_time_ks=args.expo_time,
+        binsize=args.binSize, backend=args.backend, which=_which(args.which), png=args.png,
+        overwrite=args.overwrite,
+        sr_model=args.sr_model.resolve() if args.sr_model else None,
+        dn_model=args.dn_model.resolve() if args.dn_model else None,
+        threads=threads,
+        credentials_file=args.credentials_file.resolve() if args.credentials_file else None,
+        retries=args.retries, backoff_s=args.backoff, archive_url=args.archive_url)
+
+
+def _quiet_console(verbose: bool) -> None:
+    """Keep per-observation detail (it is in each observation's log) off the console."""
+    from .. import batch
+
+    def keep(record):
+        return verbose or record.thread not in batch._OBS_THREADS
+
+    for h in logging.getLogger().handlers:
+        h.addFilter(keep)
+
+
+def _dry_run(obsids, cfg) -> int:
+    from ..batch import LOCK_NAME, ObservationLock, observation_state
+
+    steps = (["download"] if cfg.pps_root is None else []) + ["image", *cfg.which]
+    head = f"{'OBS_ID':10s}  " + "  ".join(f"{s:8s}" for s in steps) + "  lock"
+    print(head)
+    print("-" * len(head))
+    todo = 0
+    for o in obsids:
+        try:
+            plan = observation_state(o, cfg)
+        except XmmEnhanceError as exc:
+            print(f"{o:10s}  error: {exc}")
+            continue
+        lk = ObservationLock(cfg.save_dir / o / LOCK_NAME)
+        state = "free" if lk.is_free() else f"busy ({lk.holder()})"
+        todo += any(a != "skip" for a in plan.values())
+        print(f"{o:10s}  " + "  ".join(f"{plan.get(s, '-'):8s}" for s in steps) + f"  {state}")
+    print(f"{len(obsids)} observations, {todo} with work to do (dry run: nothing was done)")
+    return 0
+
+
+def _on_sigterm(signum, frame):  # cron / batch systems stop jobs with SIGTERM
+    raise KeyboardInterrupt
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    # astroquery must create its logger (astropy's class) before setup_logging touches the
+    # "astroquery" logger name, or importing it later fails (AttributeError _set_defaults).
+    with contextlib.suppress(ImportError):
+        import astroquery  # noqa: F401
+    setup_logging(args)
+    _quiet_console(args.verbose)
+    try:
+        from ..batch import read_obsid_list
+        cfg = _config(args)
+        obsids = read_obsid_list(args.obsids)
+        if not obsids:
+            raise UsageError("no OBS_IDs given (the list is empty or all comments)")
+        if args.dry_run:
+            return _dry_run(obsids, cfg)
+        cfg.save_dir.mkdir(parents=True, exist_ok=True)
+        from ..fitsio import check_writable_dir
+        check_writable_dir(cfg.save_dir)
+    except XmmEnhanceError as exc:
+        return report_error(exc)
+
+    from ..batch import run_batch, summary_table, write_report
+
+    started = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    report = args.report or cfg.save_dir / "reports" / f"batch_{started}_{os.getpid()}"
+    where = (f"Dask scheduler {args.dask_scheduler}" if args.dask_scheduler
+             else f"{args.jobs} worker process(es)" if args.jobs > 1 else "this process")
+    log.info("batch: %d observation(s), steps image%s%s, in %s; outputs in %s", len(obsids),
+             "".join(f"+{w}" for w in cfg.which), "+PNG" if cfg.png else "", where,
+             cfg.save_dir)
+
+    use_bar = args.progress == "bar" or (args.progress == "auto" and sys.stderr.isatty()
+                                         and not args.quiet)
+    bar = None
+    if use_bar:
+        from tqdm import tqdm
+        bar = tqdm(total=len(obsids), unit="obs", file=sys.stderr, dynamic_ncols=True)
+    finished = []
+
+    def on_result(r):
+        finished.append(r)
+        line = (f"[{len(finished):{len(str(len(obsids)))}d}/{len(obsids)}] {r.obsid} {r.status}"
+                f" in {r.total_s:.1f} s ({r.steps or '-'})" + (f": {r.error}" if r.error else ""))
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix_str(f"last {r.obsid} {r.status}")
+            if r.status == "failed":
+                bar.write(line, file=sys.stderr)
+        elif r.status == "failed":
+            log.error("%s", line)
+        else:
+            log.info("%s", line)
+
+    meta = {"command": "xmm-enhance batch " + " ".join(sys.argv[1:] if argv is None
+                                                       else map(str, argv)),
+            "version": __version__, "started_utc": started, "jobs": args.jobs,
+            "dask_scheduler": args.dask_scheduler, "save_dir": str(cfg.save_dir)}
+    previous = signal.getsignal(signal.SIGTERM)
+    in_main = _is_main_thread()
+    if in_main:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    interrupted = False
+    try:
+        run_batch(obsids, cfg, jobs=args.jobs, scheduler=args.dask_scheduler,
+                  on_result=on_result)
+    except KeyboardInterrupt:
+        interrupted = True
+    except XmmEnhanceError as exc:
+        if bar is not None:
+            bar.close()
+        return report_error(exc)
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
+        if bar is not None:
+            bar.close()
+
+    order = {o: i for i, o in enumerate(obsids)}
+    results = sorted(finished, key=lambda r: order.get(r.obsid, 0))
+    meta["ended_utc"] = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    meta["interrupted"] = interrupted
+    p_csv, p_json = write_report(results, report, meta=meta)
+    if not args.quiet:
+        print(summary_table(results), file=sys.stderr)
+    log.info("report: %s and %s", p_csv, p_json)
+    if interrupted:
+        print(f"error: interrupted after {len(results)} of {len(obsids)} observations; "
+              "rerun the same command to finish (finished ones are skipped)", file=sys.stderr)
+        return 130
+    failed = [r.obsid for r in results if r.status == "failed"]
+    if failed:
+        print(f"error: {len(failed)} of {len(obsids)} observations failed "
+              f"({', '.join(failed[:10])}{'...' if len(failed) > 10 else ''}); see {p_csv}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def _is_main_thread() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
