@@ -201,6 +201,18 @@ def partial_column_ratio(images):
     return np.array(model), np.array(meas)
 
 
+def edge_ratios(counts, mask):
+    """Mean counts of source-free pixels 1-4 px (taxicab) from the mask edge / those 5-8 px away."""
+    w = ndimage.gaussian_filter(mask.astype(float), 3)
+    sm = ndimage.gaussian_filter(np.where(mask, counts, 0.0), 3) / np.maximum(w, 1e-3)
+    fov = mask & FOV
+    med = np.median(sm[fov])
+    free = fov & ~ndimage.binary_dilation(sm > 1.5 * med + 1.0 / 28, iterations=3)
+    dist = ndimage.distance_transform_cdt(mask, metric="taxicab")
+    ref = counts[free & (dist >= 5) & (dist <= 8)].mean()
+    return np.array([counts[free & (dist == d)].mean() / ref for d in (1, 2, 3, 4)])
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=60, help="simulated 20 ks observations")
@@ -286,6 +298,14 @@ def main(argv=None):
     print(f"\npartial DET columns next to gaps: {model.size} columns, real/model rate ratio "
           f"median {np.median(meas / model):.2f}, |real - model| median "
           f"{np.median(np.abs(meas - model)):.2f} (model coverage median {np.median(model):.2f})")
+    print("source-free rate of pixels 1/2/3/4 px from a gap or edge relative to 5-8 px away:")
+    for obs, obj, img, exp in realfull[1:]:
+        r = edge_ratios(img, detector.detector_mask() & (img >= 0))
+        print(f"  real {obj:10s} " + " ".join(f"{v:.3f}" for v in r))
+    r = np.mean([edge_ratios(s.counts, s.mask) for s in
+                 (simulate_observation(rng, exposure=100e3, sr=False, kind="blank")
+                  for _ in range(6))], axis=0)
+    print("  sim blank 100 ks (6) " + " ".join(f"{v:.3f}" for v in r))
     print(f"simulation loop for the tables took {time.perf_counter() - t:.0f} s")
 
 

@@ -233,7 +233,9 @@ def add_cluster(rng, img, rate=None, centre=None, small=False):
     if rate is None:
         rate = float(np.clip(10 ** rng.normal(0.5, 0.75), 0.03, 150.0))
     cy, cx = centre if centre is not None else _near_aim(rng, 4.0 if rng.random() < 0.8 else 11.0)
-    rc = _loguniform(rng, 8.0, 40.0) if small else _loguniform(rng, 15.0, 240.0)  # arcsec
+    # brighter clusters are nearer, hence larger: core radius grows with the count rate
+    grow = max(1.0, rate / 2.0) ** 0.3
+    rc = _loguniform(rng, 8.0, 40.0) if small else min(_loguniform(rng, 15.0, 150.0) * grow, 400.0)
     beta = rng.uniform(0.5, 0.9)
     q = rng.uniform(0.6, 1.0)
     th = rng.uniform(0, math.pi)
@@ -264,7 +266,7 @@ def add_cluster(rng, img, rate=None, centre=None, small=False):
             p = beta_model(yy, xx, rcp, beta, q, th) * mod[sl]
             img[sl] += p * np.float32(main / p.sum())
     if f_cc > 0:
-        rcc = rcp * rng.uniform(0.1, 0.35)
+        rcc = max(rcp * rng.uniform(0.1, 0.35), _arcsec(8.0 * grow))
         bcc = rng.uniform(0.6, 0.9)
         _add_component(img, cy, cx, min(rcc * 20, 300),
                        lambda y, x: beta_model(y, x, rcc, bcc, q, th), rate * f_cc)
