@@ -385,6 +385,8 @@ def draw_sky(rng, kind=None):
     img = np.zeros(SHAPE2, np.float32)
     comps = []
     norm = float(np.exp(rng.normal(0, 0.2)))
+    if rng.random() < 0.15:  # Galactic-plane field: extragalactic sources absorbed (cf. W49B)
+        norm *= rng.uniform(0.1, 0.5)
     yx, rate = _field_points(rng, norm)
     pts_yx, pts_rate = [yx], [rate]
 
