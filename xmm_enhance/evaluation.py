@@ -42,7 +42,7 @@ __all__ = [
     "scored_pixels", "poisson_deviance", "heldout_deviance", "sqrt_psnr", "psnr_gain",
     "evaluate_dn", "gaussian_baseline", "background_level", "bicubic_upsample",
     "gaussian_psf", "richardson_lucy_2x", "find_point_sources", "fit_fwhm", "aperture_flux",
-    "max_aperture_counts", "evaluate_sr_sources",
+    "max_aperture_counts", "evaluate_sr_sources", "onnx_predictor",
 ]
 
 log = logging.getLogger(__name__)
@@ -360,8 +360,8 @@ def gaussian_psf(fwhm_px, size=None):
     return k / k.sum()
 
 
-def richardson_lucy_2x(rate, mask, *, exposure=20e3, psf=None, kernel_fwhm_arcsec=6.0,
-                       iterations=30):
+def richardson_lucy_2x(rate, mask, *, exposure=20e3, psf=None, kernel_fwhm_arcsec=7.0,
+                       iterations=30, reconvolve=None):
     """Richardson-Lucy deconvolution of a 1x image onto the 2x grid (background modelled).
 
     The data are the 1x counts, the model is ``bin2x2(K * f) + b`` where ``f`` is the
@@ -378,8 +378,11 @@ def richardson_lucy_2x(rate, mask, *, exposure=20e3, psf=None, kernel_fwhm_arcse
     psf : ndarray, optional
         Kernel on the 2x grid; default a Gaussian of ``kernel_fwhm_arcsec`` (2" pixels).
     kernel_fwhm_arcsec : float
-        FWHM of the default kernel: for a Gaussian PSF of FWHM F halved, ``F sqrt(3)/2``.
+        FWHM of the default kernel: for a Gaussian PSF of FWHM F halved, ``F sqrt(3)/2``
+        (7" for the pn's ~8.1").
     iterations : int
+    reconvolve : ndarray, optional
+        Kernel (2x grid) applied to the result, e.g. the half PSF when ``psf`` is the full one.
 
     Returns
     -------
@@ -407,6 +410,8 @@ def richardson_lucy_2x(rate, mask, *, exposure=20e3, psf=None, kernel_fwhm_arcse
         model = fwd(f) + b
         ratio = np.where(m > 0, d / np.maximum(model, 1e-12), 0.0)
         f = f * adj(ratio) / norm
+    if reconvolve is not None:
+        f = np.maximum(signal.fftconvolve(f, reconvolve, mode="same"), 0.0)
     return f / exposure
 
 
@@ -605,3 +610,30 @@ def evaluate_sr_sources(rate_in, mask_in, rate_sr, *, sources=None, exposure=20e
             row["flux_ratio_truth"] = fp / ft if ft > 0 else float("nan")
         rows.append(row)
     return rows
+
+
+def onnx_predictor(path, *, size=416, threads=None):
+    """``predict(rate, mask)`` running an ONNX model of the design §4.4 contract on one frame.
+
+    The frame is zero-padded centrally to ``size`` x ``size`` (design §4.3) and the output cropped
+    back (on the 2x grid for SR).
+    """
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = threads
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+    def predict(rate, mask):
+        h, w = rate.shape
+        top, left = (size - h) // 2, (size - w) // 2
+        rp = np.zeros((1, 1, size, size), np.float32)
+        mp = np.zeros_like(rp)
+        rp[0, 0, top:top + h, left:left + w] = rate
+        mp[0, 0, top:top + h, left:left + w] = mask
+        out = sess.run(None, {"rate": rp, "mask": mp})[0][0, 0]
+        s = out.shape[0] // size
+        return out[s * top:s * (top + h), s * left:s * (left + w)].astype(np.float64)
+
+    return predict
