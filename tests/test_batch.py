@@ -222,12 +222,14 @@ def test_corrupt_observation_fails_alone(tmp_path, pps_root, models, capsys):
     ev = next((root / ids[1] / "pps").glob("*PIEVLI*"))
     ev.write_bytes(ev.read_bytes()[: ev.stat().st_size // 2])
     rep = tmp_path / "rep.csv"
-    code = main(_args(tmp_path / "out", models, *ids, "--report", rep, pps_root=root))
+    code = main(_args(tmp_path / "out", models, *ids, "--report", rep, "--jobs", "2",
+                      pps_root=root))
     assert code == 1
     err = capsys.readouterr().err
     assert f"1 of 3 observations failed ({ids[1]})" in err
     r = _report(tmp_path / "rep")
     assert [r[o]["status"] for o in ids] == ["done", "failed", "done"]
+    assert os.getpid() not in {r[o]["pid"] for o in ids}      # ran in the worker processes
     assert ev.name in r[ids[1]]["error"]
     assert "\n" not in r[ids[1]]["error"]
     rows = {row["obsid"]: row for row in csv.DictReader(open(rep))}
@@ -312,6 +314,32 @@ def test_sigkill_mid_run_then_rerun_resumes(tmp_path, pps_root, models):
         assert len(products) == 7
         assert all((png_is_valid(p) if p.suffix == ".png" else fits_is_valid(p))[0]
                    for p in products)
+    assert _leftovers(out) == []
+
+
+def test_sigterm_stops_cleanly_with_a_partial_report(tmp_path, pps_root, models):
+    ids = OBSIDS[:4]
+    out = tmp_path / "out"
+    proc = _cli(out, models, ids, pps_root, tmp_path / "partial")
+    try:
+        first_log = out / ids[0] / LOG_NAME
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            if first_log.exists() and ": done (" in first_log.read_text():
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted after" in err and "rerun the same command" in err
+    doc = json.loads(Path(f"{tmp_path / 'partial'}.json").read_text())
+    assert doc["meta"]["interrupted"] is True
+    done = [o["obsid"] for o in doc["observations"]]
+    assert ids[0] in done and len(done) < len(ids)
+    assert all(ObservationLock(out / o / batch.LOCK_NAME).is_free() for o in ids)
     assert _leftovers(out) == []
 
 

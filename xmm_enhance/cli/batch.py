@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--sr-model", type=Path, help="SR ONNX model (default: bundled)")
     m.add_argument("--dn-model", type=Path, help="DN ONNX model (default: bundled)")
     m.add_argument("--threads", type=int,
-                   help="onnxruntime threads per observation (default: CPUs / --jobs)")
+                   help="onnxruntime threads per observation (default: CPUs / --jobs; "
+                        "1 with --dask-scheduler)")
     r = p.add_argument_group("running")
     r.add_argument("--jobs", type=int, default=1,
                    help="observations in parallel, in worker processes (default 1)")
@@ -112,8 +113,10 @@ def _config(args):
         if path is not None and not path.is_file():
             raise UsageError(f"{opt} {path}: no such file")
     threads = args.threads
-    if threads is None and not args.dask_scheduler:
-        threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    if threads is None:
+        # Locally the CPUs are shared by the --jobs workers; on Dask, one core per task
+        # (run one single-threaded worker process per core: dask worker --nthreads 1).
+        threads = 1 if args.dask_scheduler else max(1, (os.cpu_count() or 1) // args.jobs)
     return BatchConfig(
         save_dir=args.save_dir.resolve(),
         pps_root=args.pps_dir.resolve() if args.pps_dir else None,
@@ -166,10 +169,12 @@ def _on_sigterm(signum, frame):  # cron / batch systems stop jobs with SIGTERM
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    # astroquery must create its logger (astropy's class) before setup_logging touches the
-    # "astroquery" logger name, or importing it later fails (AttributeError _set_defaults).
-    with contextlib.suppress(ImportError):
-        import astroquery  # noqa: F401
+    if args.pps_dir is None and args.jobs == 1 and not args.dask_scheduler:
+        # Downloads in this process: astroquery must create its logger (astropy's class)
+        # before setup_logging touches the "astroquery" logger name, or importing it later
+        # fails (AttributeError _set_defaults).
+        with contextlib.suppress(ImportError):
+            import astroquery  # noqa: F401
     setup_logging(args)
     _quiet_console(args.verbose)
     try:
