@@ -24,10 +24,10 @@ from .sky import FIELD_KINDS, draw_sky
 __all__ = [
     "SIM_VERSION", "SimulatedObservation", "simulate_observation", "vignetting",
     "VIGNETTING_TABLE", "OOT_FRACTION", "PARTICLE_RATE", "COSMIC_RATE", "PARTIAL_COLUMNS",
-    "PARTIAL_ROWS", "coverage_map", "PILEUP_RATE",
+    "PARTIAL_ROWS", "coverage_map", "PILEUP_RATE", "PSF_SCALES",
 ]
 
-SIM_VERSION = "0.5.1"
+SIM_VERSION = "0.6.0"
 
 #: Vignetting (0.5-2 keV) versus off-axis angle (arcmin) about detector.OPTICAL_AXIS_DET:
 #: upper quartile in 1' annuli of the eexpmap exposure map of obs 0723801301
@@ -65,6 +65,10 @@ PARTICLE_RATE = 4.9e-6
 COSMIC_RATE = 7.0e-6
 
 _ZONES_ARCMIN = (3.0, 9.0, 15.0)
+#: Per-observation PSF core-radius scalings (drawn with PSF_SCALE_P); the real sources measured
+#: span rc 4.3-6.3" (reference sheet), so the networks must not rely on one exact PSF.
+PSF_SCALES = (0.9, 1.0, 1.1)
+PSF_SCALE_P = (0.25, 0.5, 0.25)
 _KERNEL_RADIUS = 64  # 2x pixels (128")
 
 
@@ -147,31 +151,40 @@ def _geometry():
     w /= w.sum(axis=0, keepdims=True)
     pad = (sfft.next_fast_len(ny2 + _KERNEL_RADIUS + 1, real=True),
            sfft.next_fast_len(nx2 + _KERNEL_RADIUS + 1, real=True))
-    full_k, half_k, params, spatial = [], [], [], []
-    pix2 = detector.pixel_size_arcsec(scale=2)
-    for zk in z:
-        rc, alpha = _psf.king_params(zk)
-        params.append((float(rc), float(alpha)))
-        for lst, scale in ((full_k, 1.0), (half_k, 0.5)):
-            k = _psf.king_kernel(rc * scale / pix2, alpha, _KERNEL_RADIUS)
-            spatial.append(k.astype(np.float32))
-            kp = np.zeros(pad, np.float32)
-            r = _KERNEL_RADIUS
-            kp[:2 * r + 1, :2 * r + 1] = k
-            kp = np.roll(kp, (-r, -r), axis=(0, 1))
-            lst.append(sfft.rfft2(kp).astype(np.complex64))
     # rows of the two CCD halves (for out-of-time streaks)
     _, yc = g1.centres()
     halves = [(yc >= lo) & (yc < hi) for lo, hi in detector._HALF_Y.values()]
     return {
         "theta1": theta1, "theta2": theta2, "fov1": fov1, "fov2": fov2, "live1": live1,
         "vig1": vignetting(theta1), "vig2": vignetting(theta2), "zones": w, "pad": pad,
-        "full_k": full_k, "half_k": half_k, "psf_params": params, "halves": halves,
-        "spatial_k": spatial,  # [zone0 full, zone0 half, zone1 full, ...]
+        "halves": halves,
         "mask_corners": detector.detector_mask(g1, corners=True),
         "mask_nocorners": detector.detector_mask(g1, corners=False),
         "corner1": detector.corner_mask(g1), "coverage": coverage_map(),
     }
+
+
+@functools.lru_cache(maxsize=len(PSF_SCALES))
+def _kernels(variant):
+    """PSF kernels of variant ``variant`` (index into ``PSF_SCALES``): FFTs and spatial stamps."""
+    geo = _geometry()
+    pad = geo["pad"]
+    full_k, half_k, params, spatial = [], [], [], []
+    pix2 = detector.pixel_size_arcsec(scale=2)
+    r = _KERNEL_RADIUS
+    for zk in _ZONES_ARCMIN:
+        rc, alpha = _psf.king_params(zk)
+        rc *= PSF_SCALES[variant]
+        params.append((float(rc), float(alpha)))
+        for lst, scale in ((full_k, 1.0), (half_k, 0.5)):
+            k = _psf.king_kernel(rc * scale / pix2, alpha, r)
+            spatial.append(k.astype(np.float32))
+            kp = np.zeros(pad, np.float32)
+            kp[:2 * r + 1, :2 * r + 1] = k
+            kp = np.roll(kp, (-r, -r), axis=(0, 1))
+            lst.append(sfft.rfft2(kp).astype(np.complex64))
+    # spatial_k: [zone0 full, zone0 half, zone1 full, ...]
+    return {"full_k": full_k, "half_k": half_k, "psf_params": params, "spatial_k": spatial}
 
 
 def _deposit_points(img, yx, rate):
@@ -199,7 +212,7 @@ def _add_stamp(img, iy, ix, k):
     img[max(y0, 0):min(y1, ny), max(x0, 0):min(x1, nx)] += k[ky0:ky1, kx0:kx1]
 
 
-def _piled_sources(geo, yx, rate, full2, half2):
+def _piled_sources(geo, ker, yx, rate, full2, half2):
     """Add piled-up point sources: core events lost, SR target scaled to the observed flux.
 
     Pile-up in full-frame mode removes events from the PSF core of sources brighter than
@@ -219,17 +232,17 @@ def _piled_sources(geo, yx, rate, full2, half2):
         obs = rt * v
         z = int(np.argmin(np.abs(zc - geo["theta2"][iy, ix])))
         p = min(0.9, 0.35 * np.sqrt(obs / PILEUP_RATE))
-        kf = geo["spatial_k"][2 * z] * (1 - p * core)
+        kf = ker["spatial_k"][2 * z] * (1 - p * core)
         kept = float(kf.sum())
         _add_stamp(full2, iy, ix, np.float32(obs) * kf)
         if half2 is not None:
-            _add_stamp(half2, iy, ix, np.float32(obs * kept) * geo["spatial_k"][2 * z + 1])
+            _add_stamp(half2, iy, ix, np.float32(obs * kept) * ker["spatial_k"][2 * z + 1])
         out.append({"y2": iy, "x2": ix, "rate": float(rt), "peak_loss": float(p),
                     "flux_kept": kept})
     return out
 
 
-def _convolve(geo, img2, want_half):
+def _convolve(geo, ker, img2, want_half):
     """Zone-blended PSF convolution of the 2x sky: (full PSF image, half PSF image or None)."""
     ny, nx = img2.shape
     pad = geo["pad"]
@@ -240,9 +253,9 @@ def _convolve(geo, img2, want_half):
         if not zk.any():
             continue
         f = sfft.rfft2(zk, s=pad, workers=1)
-        acc_f = f * geo["full_k"][k] if acc_f is None else acc_f + f * geo["full_k"][k]
+        acc_f = f * ker["full_k"][k] if acc_f is None else acc_f + f * ker["full_k"][k]
         if want_half:
-            h = f * geo["half_k"][k]
+            h = f * ker["half_k"][k]
             acc_h = h if acc_h is None else acc_h + h
     if acc_f is None:
         z = np.zeros_like(img2)
@@ -308,8 +321,10 @@ def simulate_observation(rng, *, exposure=20e3, sr=True, dn=True, kind=None):
     piled = sky.points_rate * geo["vig2"][iy, ix] > PILEUP_RATE
     _deposit_points(img2, sky.points_yx[~piled], sky.points_rate[~piled])
     img2 *= geo["vig2"]
-    full2, half2 = _convolve(geo, img2, sr)
-    pile = _piled_sources(geo, sky.points_yx[piled], sky.points_rate[piled], full2, half2)
+    variant = int(rng.choice(len(PSF_SCALES), p=PSF_SCALE_P))
+    ker = _kernels(variant)
+    full2, half2 = _convolve(geo, ker, img2, sr)
+    pile = _piled_sources(geo, ker, sky.points_yx[piled], sky.points_rate[piled], full2, half2)
     full2 *= geo["fov2"]
     src1 = _rebin2(full2)
 
@@ -359,7 +374,8 @@ def simulate_observation(rng, *, exposure=20e3, sr=True, dn=True, kind=None):
         "particle_rate": particle, "cosmic_rate": cosmic, "soft_proton_rate": sp,
         "corner_rate": corner_level, "corner_ratio": corner_ratio, "infield_bkg_mean": infield_mean,
         "corners": corners, "bad_columns": badcols, "psf_zones_arcmin": _ZONES_ARCMIN,
-        "psf_params": geo["psf_params"], "n_points": int(sky.points_rate.size),
+        "psf_params": ker["psf_params"], "psf_scale": PSF_SCALES[variant],
+        "n_points": int(sky.points_rate.size),
         "components": sky.meta["components"], "piled_up": pile, "agn_norm": sky.meta["agn_norm"],
         # bright point sources: 1x pixel coordinates (0-based y, x) and on-axis rate
         "sources": [{"y": (np.rint(sky.points_yx[i, 0]) + 0.5) / 2 - 0.5,
