@@ -84,7 +84,7 @@ class BatchConfig:
         Local PPS trees instead of downloading: ``<pps_root>/<OBS_ID>/pps`` or
         ``<pps_root>/<OBS_ID>``.
     low_pi, high_pi : int
-        PI band in eV, ``[low_pi, high_pi)``.
+        PI band in eV, both ends included (as the image maker).
     expo_time_ks : float
         Exposure of the image (ks).
     binsize : int
@@ -587,6 +587,9 @@ def process_observation(obsid: str, cfg: BatchConfig) -> ObsResult:
                 if removed:
                     log.info("OBS_ID %s: removed %d temporary file(s) left by a killed run",
                              obsid, removed)
+                # astropy replaces warnings.showwarning when first imported: import it before
+                # the warnings are caught, or the first observation's warnings escape.
+                import astropy.io.fits  # noqa: F401
                 with _warnings_to_log(obsid), _archive_url(cfg.archive_url):
                     _run_steps(obsid, cfg, res)
                 res.status = "done"
