@@ -87,8 +87,9 @@ def find_point_sources(counts, mask, min_net=600, r_ap=15, isolation=30):
     """Bright isolated point-like sources: list of dicts with fitted King parameters (arcsec).
 
     Peaks of a difference-of-Gaussians image (point-like excess over the local level); local
-    background = clipped mean in a 25-38 px annulus, at most 3x the field's median level; the source must be compact (>= 30 % of its 60"
-    net counts within 12"), isolated, and fit by a King profile with rc < 16", alpha < 4.
+    background = clipped mean in a 25-38 px annulus, at most 3x the field's median level; the
+    source must be compact (>= 30 % of its 60" net counts within 12"), isolated, and fit by a
+    King profile with rc < 16", alpha < 4.
     """
     m = mask.copy()
     mf = m.astype(float)
@@ -150,8 +151,8 @@ def find_point_sources(counts, mask, min_net=600, r_ap=15, isolation=30):
         f = optimize.minimize(nll, p0, method="Nelder-Mead",
                               options={"maxiter": 3000, "xatol": 1e-3, "fatol": 1e-3})
         y0, x0, rc, alpha, amp, bf = f.x
-        if not (0.3 < rc < 4.0 and 0.8 < alpha < 4.0 and abs(y0) < 2 and abs(x0) < 2):  # not point-like
-            continue
+        if not (0.3 < rc < 4.0 and 0.8 < alpha < 4.0 and abs(y0) < 2 and abs(x0) < 2):
+            continue  # not point-like
         # empirical EEF(15")/EEF(60") with the fitted background and centre
         rr = np.hypot(yy - (y + y0), xx - (x + x0))
         fine = lambda rad: counts[(rr <= rad) & m].sum() - b * ((rr <= rad) & m).sum()
@@ -167,8 +168,9 @@ def psf_table(srcs):
         return "none"
     a = {k: np.array([s[k] for s in srcs]) for k in ("fwhm", "rc", "alpha", "eef15", "eef30",
                                                      "theta", "net")}
-    return (f"n={len(srcs):3d}  FWHM {np.median(a['fwhm']):5.2f}\" [{np.percentile(a['fwhm'], 16):.1f}-"
-            f"{np.percentile(a['fwhm'], 84):.1f}]  rc {np.median(a['rc']):4.2f}\"  "
+    lo, hi = np.percentile(a["fwhm"], [16, 84])
+    return (f"n={len(srcs):3d}  FWHM {np.median(a['fwhm']):5.2f}\" [{lo:.1f}-{hi:.1f}]  "
+            f"rc {np.median(a['rc']):4.2f}\"  "
             f"alpha {np.median(a['alpha']):4.2f}  EEF15/60 {np.median(a['eef15']):.3f}  "
             f"EEF30/60 {np.median(a['eef30']):.3f}  theta {np.median(a['theta']):4.1f}'  "
             f"net {np.median(a['net']):6.0f}")

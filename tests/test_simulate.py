@@ -94,7 +94,8 @@ def test_partial_columns_have_fewer_counts():
     o = simulate_observation(np.random.default_rng(4), exposure=1e6, sr=False, kind="blank")
     col = 67  # 10 % coverage in both rows of CCDs
     assert PARTIAL_COLUMNS["lower"][col] == 0.1
-    r = o.bkg_rate[:, col][o.mask[:, col]].mean() / o.bkg_rate[:, col + 3][o.mask[:, col + 3]].mean()
+    b = o.bkg_rate
+    r = b[:, col][o.mask[:, col]].mean() / b[:, col + 3][o.mask[:, col + 3]].mean()
     assert 0.05 < r < 0.2
 
 

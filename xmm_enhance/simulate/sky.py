@@ -197,7 +197,8 @@ def gaussian_random_field(rng, shape, slope, coarse=4):
     k = np.sqrt(ky ** 2 + kx ** 2)
     k[0, 0] = np.inf
     amp = k ** (-slope / 2.0)
-    noise = rng.standard_normal((cs[0], kx.shape[1])) + 1j * rng.standard_normal((cs[0], kx.shape[1]))
+    nshape = (cs[0], kx.shape[1])
+    noise = rng.standard_normal(nshape) + 1j * rng.standard_normal(nshape)
     f = np.fft.irfft2(noise * amp, s=cs)
     f = (f - f.mean()) / (f.std() + 1e-12)
     z = ndimage.zoom(f.astype(np.float32), (shape[0] / cs[0], shape[1] / cs[1]), order=1)
@@ -281,7 +282,10 @@ def add_cluster(rng, img, rate=None, centre=None, small=False):
 
 
 def add_galaxy(rng, img, rate=None, centre=None, large=False):
-    """Galaxy: Sersic body (exponential disc to de Vaucouleurs), clumps, nucleus handled by caller."""
+    """Galaxy: Sersic body (exponential disc to de Vaucouleurs), clumpy when large.
+
+    Point-like parts (nucleus, X-ray binaries) are added by the caller. Returns the parameters.
+    """
     if rate is None:
         rate = _loguniform(rng, 0.03, 8.0) if large else _loguniform(rng, 0.002, 0.3)
     cy, cx = centre if centre is not None else _near_aim(rng, 3.0 if large else 13.0)
