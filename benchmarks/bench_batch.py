@@ -63,6 +63,7 @@ def _run(ids, pps_root: Path, out: Path, models, workers: int, png: bool) -> dic
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
+    load = os.getloadavg()[0]
     if proc.returncode != 0:
         raise SystemExit(f"batch with {workers} worker(s) failed:\n{proc.stderr[-3000:]}")
     obs = json.loads(Path(f"{report}.json").read_text())["observations"]
@@ -71,6 +72,7 @@ def _run(ids, pps_root: Path, out: Path, models, workers: int, png: bool) -> dic
         rss[o["pid"]] = max(rss.get(o["pid"], 0.0), float(o["peak_rss_mb"] or 0.0))
     return {"workers": workers, "wall": wall, "per_obs": statistics.median(
         float(o["total_s"]) for o in obs), "rss": max(rss.values()), "n_pids": len(rss),
+        "cpu": statistics.median(float(o["cpu_s"]) for o in obs), "load": load,
         "steps": {k: statistics.median(float(o[k]) for o in obs)
                   for k in ("image_s", "sr_s", "dn_s", "png_s")}}
 
@@ -103,16 +105,18 @@ def main(argv=None) -> int:
           f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     head = (f"{'workers':>7s}  {'wall s':>7s}  {'obs/hour':>8s}  {'speed-up':>8s}  "
             f"{'s/obs':>6s}  {'image':>6s}  {'SR':>5s}  {'DN':>5s}  {'PNGs':>5s}  "
-            f"{'peak RSS/worker MB':>18s}")
+            f"{'CPU s/obs':>9s}  {'peak RSS/worker MB':>18s}  {'load 1m':>7s}")
     print(head)
     print("-" * len(head))
     for r in rows:
         s = r["steps"]
         print(f"{r['workers']:7d}  {r['wall']:7.1f}  {args.n_obs / r['wall'] * 3600:8.0f}  "
               f"{base / r['wall']:7.2f}x  {r['per_obs']:6.2f}  {s['image_s']:6.2f}  "
-              f"{s['sr_s']:5.2f}  {s['dn_s']:5.2f}  {s['png_s']:5.2f}  {r['rss']:18.0f}")
-    print("s/obs and the step columns are medians per observation inside a worker; "
-          "wall includes process and worker start-up.")
+              f"{s['sr_s']:5.2f}  {s['dn_s']:5.2f}  {s['png_s']:5.2f}  {r['cpu']:9.2f}  "
+              f"{r['rss']:18.0f}  {r['load']:7.1f}")
+    print("s/obs, the step columns and CPU s/obs are medians per observation inside a worker; "
+          "wall includes process and worker start-up; load 1m is the load average at the end "
+          "(other processes on the machine inflate wall times).")
     if len(rows) > 1 and rows[0]["workers"] == 1 and rows[1]["workers"] == 2:
         ratio = base / rows[1]["wall"]
         print(f"target 2 workers >= 1.70x of 1: {ratio:.2f}x "

@@ -435,9 +435,12 @@ def test_downloads_from_local_archive_with_unreachable_observation(tmp_path, pps
         # Rerun: finished observations do not touch the archive again.
         n_before = len(server.gets)
         server.always_503.clear()
+        image = Path(r[good[1]]["image"])               # a truncated image is remade from the
+        image.write_bytes(image.read_bytes()[:5000])    # PPS already downloaded
         assert main(_args(out, models, *good, down, *common, "--report", tmp_path / "rep2")) == 0
         r2 = _report(tmp_path / "rep2")
         assert r2[good[0]]["steps"] == "download:skipped image:skipped DN:skipped"
+        assert r2[good[1]]["steps"] == "download:skipped image:ran DN:ran"
         assert r2[down]["steps"] == "download:ran image:ran DN:ran"
         assert {o for o, _ in server.gets[n_before:]} == {down}
     finally:

@@ -135,8 +135,8 @@ class BatchConfig:
 
 #: Columns of the CSV report, in order.
 REPORT_FIELDS = ("obsid", "status", "steps", "download_s", "image_s", "sr_s", "dn_s", "png_s",
-                 "total_s", "exposure_s", "counts", "image", "error", "log", "host", "pid",
-                 "peak_rss_mb", "started_utc")
+                 "total_s", "cpu_s", "exposure_s", "counts", "image", "error", "log", "host",
+                 "pid", "peak_rss_mb", "started_utc")
 
 
 @dataclass
@@ -146,7 +146,9 @@ class ObsResult:
     ``status`` is ``done`` (every requested output is complete and valid), ``failed`` (see
     ``error``) or ``busy`` (another batch held its lock; nothing was done). ``steps`` says what
     each step did, e.g. ``download:skipped image:ran SR:ran DN:ran``. Times are seconds of
-    wall clock per step (0 when skipped); ``png_s`` is the quick-look PNGs' share.
+    wall clock per step (0 when skipped); ``png_s`` is the quick-look PNGs' share; ``cpu_s`` is
+    the CPU time (all threads) the worker spent on the observation; ``peak_rss_mb`` is the
+    worker process's peak resident memory so far.
     """
 
     obsid: str
@@ -158,6 +160,7 @@ class ObsResult:
     dn_s: float = 0.0
     png_s: float = 0.0
     total_s: float = 0.0
+    cpu_s: float = 0.0
     exposure_s: float | None = None
     counts: float | None = None
     image: str = ""
@@ -561,7 +564,7 @@ def process_observation(obsid: str, cfg: BatchConfig) -> ObsResult:
     -------
     ObsResult
     """
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     res = ObsResult(obsid=obsid, host=socket.gethostname(), pid=os.getpid(),
                     started_utc=_utc())
     obs_dir = _obs_dir(cfg, obsid)
@@ -605,6 +608,7 @@ def process_observation(obsid: str, cfg: BatchConfig) -> ObsResult:
     finally:
         lock.release()
         res.total_s = round(time.perf_counter() - t0, 3)
+        res.cpu_s = round(time.process_time() - c0, 3)
         res.peak_rss_mb = _peak_rss_mb()
     return res
 
@@ -633,13 +637,18 @@ def _run_steps(obsid: str, cfg: BatchConfig, res: ObsResult) -> None:
             log.info("OBS_ID %s: image %s will be remade (%s)", obsid, image.name,
                      why or "--overwrite")
         if cfg.pps_root is None:
-            from .archive import download_pps
+            from .archive import download_pps, pps_folder_is_complete
 
+            had = pps_folder_is_complete(_obs_dir(cfg, obsid) / "pps", obsid)
             t = time.perf_counter()
             pps = download_pps(obsid, cfg.save_dir, credentials_file=cfg.credentials_file,
                                retries=cfg.retries, backoff_s=cfg.backoff_s)
             res.download_s = round(time.perf_counter() - t, 3)
-            _step(res, "download", "ran", res.download_s)
+            if had:
+                res.download_s = 0.0
+                _step(res, "download", "skipped")
+            else:
+                _step(res, "download", "ran", res.download_s)
         else:
             pps = _local_pps(cfg, obsid)
         t = time.perf_counter()
