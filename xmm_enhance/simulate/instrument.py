@@ -24,10 +24,10 @@ from .sky import FIELD_KINDS, draw_sky
 __all__ = [
     "SIM_VERSION", "SimulatedObservation", "simulate_observation", "vignetting",
     "VIGNETTING_TABLE", "OOT_FRACTION", "PARTICLE_RATE", "COSMIC_RATE", "PARTIAL_COLUMNS",
-    "PARTIAL_ROWS", "coverage_map", "PILEUP_RATE", "PSF_SCALES",
+    "PARTIAL_ROWS", "coverage_map", "PILEUP_RATE", "PSF_VARIANTS",
 ]
 
-SIM_VERSION = "0.6.0"
+SIM_VERSION = "0.7.0"
 
 #: Vignetting (0.5-2 keV) versus off-axis angle (arcmin) about detector.OPTICAL_AXIS_DET:
 #: upper quartile in 1' annuli of the eexpmap exposure map of obs 0723801301
@@ -65,10 +65,11 @@ PARTICLE_RATE = 4.9e-6
 COSMIC_RATE = 7.0e-6
 
 _ZONES_ARCMIN = (3.0, 9.0, 15.0)
-#: Per-observation PSF core-radius scalings (drawn with PSF_SCALE_P); the real sources measured
-#: span rc 4.3-6.3" (reference sheet), so the networks must not rely on one exact PSF.
-PSF_SCALES = (0.9, 1.0, 1.1)
-PSF_SCALE_P = (0.25, 0.5, 0.25)
+#: Per-observation PSF variants (core-radius scaling, King alpha), drawn with PSF_VARIANT_P: the
+#: real sources measured span rc 4.3-6.3", alpha 1.19-1.76 (reference sheet), so the networks
+#: must not rely on one exact PSF.
+PSF_VARIANTS = ((1.0, 1.55), (0.9, 1.55), (1.1, 1.55), (0.85, 1.4), (1.15, 1.7))
+PSF_VARIANT_P = (0.4, 0.15, 0.15, 0.15, 0.15)
 _KERNEL_RADIUS = 64  # 2x pixels (128")
 
 
@@ -164,17 +165,18 @@ def _geometry():
     }
 
 
-@functools.lru_cache(maxsize=len(PSF_SCALES))
+@functools.lru_cache(maxsize=len(PSF_VARIANTS))
 def _kernels(variant):
-    """PSF kernels of variant ``variant`` (index into ``PSF_SCALES``): FFTs and spatial stamps."""
+    """PSF kernels of variant ``variant`` (index into ``PSF_VARIANTS``): FFTs and stamps."""
     geo = _geometry()
     pad = geo["pad"]
     full_k, half_k, params, spatial = [], [], [], []
     pix2 = detector.pixel_size_arcsec(scale=2)
     r = _KERNEL_RADIUS
     for zk in _ZONES_ARCMIN:
-        rc, alpha = _psf.king_params(zk)
-        rc *= PSF_SCALES[variant]
+        rc, _ = _psf.king_params(zk)
+        rc *= PSF_VARIANTS[variant][0]
+        alpha = PSF_VARIANTS[variant][1]
         params.append((float(rc), float(alpha)))
         for lst, scale in ((full_k, 1.0), (half_k, 0.5)):
             k = _psf.king_kernel(rc * scale / pix2, alpha, r)
@@ -321,7 +323,7 @@ def simulate_observation(rng, *, exposure=20e3, sr=True, dn=True, kind=None):
     piled = sky.points_rate * geo["vig2"][iy, ix] > PILEUP_RATE
     _deposit_points(img2, sky.points_yx[~piled], sky.points_rate[~piled])
     img2 *= geo["vig2"]
-    variant = int(rng.choice(len(PSF_SCALES), p=PSF_SCALE_P))
+    variant = int(rng.choice(len(PSF_VARIANTS), p=PSF_VARIANT_P))
     ker = _kernels(variant)
     full2, half2 = _convolve(geo, ker, img2, sr)
     pile = _piled_sources(geo, ker, sky.points_yx[piled], sky.points_rate[piled], full2, half2)
@@ -374,7 +376,7 @@ def simulate_observation(rng, *, exposure=20e3, sr=True, dn=True, kind=None):
         "particle_rate": particle, "cosmic_rate": cosmic, "soft_proton_rate": sp,
         "corner_rate": corner_level, "corner_ratio": corner_ratio, "infield_bkg_mean": infield_mean,
         "corners": corners, "bad_columns": badcols, "psf_zones_arcmin": _ZONES_ARCMIN,
-        "psf_params": ker["psf_params"], "psf_scale": PSF_SCALES[variant],
+        "psf_params": ker["psf_params"], "psf_variant": PSF_VARIANTS[variant],
         "n_points": int(sky.points_rate.size),
         "components": sky.meta["components"], "piled_up": pile, "agn_norm": sky.meta["agn_norm"],
         # bright point sources: 1x pixel coordinates (0-based y, x) and on-axis rate
