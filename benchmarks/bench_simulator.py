@@ -232,6 +232,28 @@ def count_sources(counts, mask, thresholds=(30, 100, 300)):
     return [int((nets >= t).sum()) for t in thresholds]
 
 
+def _fov_distance():
+    g = detector.pn_grid()
+    x, y = g.centres()
+    cx, cy = detector.FOV_CENTRE_DET
+    return (detector.FOV_RADIUS_DET - np.hypot(x[None, :] - cx, y[:, None] - cy)) / g.step
+
+
+FOV_DIST = _fov_distance()  # pixels, positive inside the field-of-view circle
+
+
+def fov_edge_profile(counts, mask):
+    """Source-free rate in 1-px bins of distance to the FoV circle (-6..+5 px, negative =
+    corners), relative to the corners more than 8 px outside."""
+    w = ndimage.gaussian_filter(mask.astype(float), 3)
+    sm = ndimage.gaussian_filter(np.where(mask, counts, 0.0), 3) / np.maximum(w, 1e-3)
+    med = np.median(sm[mask & FOV])
+    free = mask & ~ndimage.binary_dilation(sm > 1.5 * med + 1.0 / 28, iterations=3)
+    far = counts[free & (FOV_DIST < -8)].mean()
+    return np.array([counts[free & (FOV_DIST >= lo) & (FOV_DIST < lo + 1)].mean() / far
+                     for lo in range(-6, 6)])
+
+
 def edge_ratios(counts, mask):
     """Mean counts of source-free pixels 1-4 px (taxicab) from the mask edge / those 5-8 px away."""
     w = ndimage.gaussian_filter(mask.astype(float), 3)
@@ -347,6 +369,15 @@ def main(argv=None):
                  (simulate_observation(rng, exposure=100e3, sr=False, kind="blank")
                   for _ in range(6))], axis=0)
     print("  sim blank 100 ks (6) " + " ".join(f"{v:.3f}" for v in r))
+    print("source-free rate vs distance to the FoV circle (px, <0 = corners) / far corners:")
+    print("  distance          " + " ".join(f"{d:5d}" for d in range(-6, 6)))
+    for obs, obj, img, exp in realfull[1:]:
+        r = fov_edge_profile(img, detector.detector_mask() & (img >= 0))
+        print(f"  real {obj:12s} " + " ".join(f"{v:5.2f}" for v in r))
+    sims_c = [s for s in (simulate_observation(rng, exposure=100e3, sr=False, kind="blank")
+                          for _ in range(8)) if s.meta["corners"]]
+    r = np.mean([fov_edge_profile(s.counts, s.mask) for s in sims_c], axis=0)
+    print(f"  sim blank ({len(sims_c)})    " + " ".join(f"{v:5.2f}" for v in r))
     print(f"simulation loop for the tables took {time.perf_counter() - t:.0f} s")
 
 

@@ -27,7 +27,7 @@ __all__ = [
     "PARTIAL_ROWS", "coverage_map", "PILEUP_RATE", "PSF_VARIANTS",
 ]
 
-SIM_VERSION = "0.7.0"
+SIM_VERSION = "0.8.0"
 
 #: Vignetting (0.5-2 keV) versus off-axis angle (arcmin) about detector.OPTICAL_AXIS_DET:
 #: upper quartile in 1' annuli of the eexpmap exposure map of obs 0723801301
@@ -56,6 +56,8 @@ PARTIAL_COLUMNS = {
 PARTIAL_ROWS = {11: 0.12, 203: 0.8, 206: 0.15, 398: 0.75}
 #: Out-of-time event fraction in full-frame mode.
 OOT_FRACTION = 0.063
+#: e-folding length (arcsec) of the sky transmission outside the field-of-view circle.
+FOV_EDGE_ARCSEC = 15.0
 #: Observed 0.5-2 keV rate (counts/s) above which a point source is piled up.
 PILEUP_RATE = 3.0
 #: Particle (not vignetted) background, counts/s per 4" pixel (filter-wheel-closed level).
@@ -130,13 +132,23 @@ def coverage_map():
     return cov
 
 
+def _soft_fov(grid):
+    """Transmission of the field-of-view edge: 1 inside the circle (pixel centre), decaying as
+    exp(-d / FOV_EDGE_ARCSEC) at a distance d outside it (the real corners show sky photons a
+    few pixels beyond the circle), float32."""
+    x, y = grid.centres()
+    cx, cy = detector.FOV_CENTRE_DET
+    d = (np.hypot(x[None, :] - cx, y[:, None] - cy) - detector.FOV_RADIUS_DET) * 0.05  # arcsec
+    return np.exp(-np.clip(d, 0, None) / FOV_EDGE_ARCSEC).astype(np.float32)
+
+
 @functools.lru_cache(maxsize=1)
 def _geometry():
     g1, g2 = detector.pn_grid(), detector.pn_grid(scale=2)
     ny2, nx2 = g2.shape
     theta2 = detector.radius_arcmin(g2).astype(np.float32)
     theta1 = detector.radius_arcmin(g1).astype(np.float32)
-    fov2 = detector.fov_mask(g2)
+    fov2 = _soft_fov(g2)
     fov1 = detector.fov_mask(g1)
     live1 = detector.live_mask(g1)
     # hat weights for the PSF zones
@@ -157,6 +169,7 @@ def _geometry():
     halves = [(yc >= lo) & (yc < hi) for lo, hi in detector._HALF_Y.values()]
     return {
         "theta1": theta1, "theta2": theta2, "fov1": fov1, "fov2": fov2, "live1": live1,
+        "tfov1": _soft_fov(g1),
         "vig1": vignetting(theta1), "vig2": vignetting(theta2), "zones": w, "pad": pad,
         "halves": halves,
         "mask_corners": detector.detector_mask(g1, corners=True),
@@ -350,13 +363,16 @@ def simulate_observation(rng, *, exposure=20e3, sr=True, dn=True, kind=None):
     cosmic = COSMIC_RATE * float(np.exp(rng.normal(0.0, 0.3)))
     sp = PARTICLE_RATE * float(rng.exponential(0.4)) if rng.random() < 0.6 else 0.0
     fov1 = geo["fov1"]
+    tfov1 = geo["tfov1"]
     vig1 = geo["vig1"]
     vig_sp = 0.4 + 0.6 * vig1  # soft protons: flatter than the photon vignetting
-    bkg_sky = (cosmic * vig1 + sp * vig_sp) * fov1
+    bkg_sky = cosmic * vig1 + sp * vig_sp
     infield_mean = float(particle + bkg_sky[fov1 & mask].mean())
     corner_ratio = float(rng.uniform(0.6, 1.0))
     corner_level = max(corner_ratio * infield_mean, particle)
-    bkg = np.where(fov1, particle + bkg_sky, corner_level).astype(np.float32)
+    # corners: their own level; sky photons fade in over the field-of-view edge
+    extra = corner_level - particle
+    bkg = (particle + bkg_sky * tfov1 + extra * (1 - tfov1)).astype(np.float32)
     bkg *= geo["live1"]
     # partially covered columns/rows next to CCD gaps collect fewer events of every kind
     cov = geo["coverage"] * mask
