@@ -395,10 +395,13 @@ def simulate_observation(rng, *, exposure=20e3, sr=True, dn=True, kind=None):
         "psf_params": ker["psf_params"], "psf_variant": PSF_VARIANTS[variant],
         "n_points": int(sky.points_rate.size),
         "components": sky.meta["components"], "piled_up": pile, "agn_norm": sky.meta["agn_norm"],
-        # bright point sources: 1x pixel coordinates (0-based y, x) and on-axis rate
+        # bright point sources (> 200 on-axis counts): 1x pixel coordinates (0-based y, x),
+        # on-axis rate (counts/s), vignetting at the source, piled up or not
         "sources": [{"y": (np.rint(sky.points_yx[i, 0]) + 0.5) / 2 - 0.5,
                      "x": (np.rint(sky.points_yx[i, 1]) + 0.5) / 2 - 0.5,
-                     "rate": float(sky.points_rate[i])} for i in bright],
+                     "rate": float(sky.points_rate[i]),
+                     "vignetting": float(geo["vig2"][iy[i], ix[i]]), "piled": bool(piled[i])}
+                    for i in bright],
     }
     return SimulatedObservation(counts=counts, exposure=float(exposure), mask=mask,
                                 dn_target=dn_target, sr_target=sr_target, bkg_rate=bkg_rate,
