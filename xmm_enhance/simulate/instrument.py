@@ -1,10 +1,12 @@
 """Image-level EPIC-pn simulator: training pairs for the SR and DN networks.
 
 ``simulate_observation`` draws a sky (``sky.draw_sky``), applies vignetting and the King PSF
-(widening off axis, three radial zones blended linearly), the CCD mask with random bad columns,
-particle / cosmic / soft-proton background, out-of-time streaks and Poisson noise, and returns
-the noisy 1x counts together with the noise-free DN target (rate with background, 1x) and the
-SR target (background-free rate, PSF half as wide, 2x grid).
+(widening off axis, three radial zones blended linearly, one of five PSF variants per
+observation), pile-up of very bright point sources, a soft field-of-view edge, the CCD mask with
+random bad columns and the partial coverage of DET columns/rows next to CCD gaps, particle /
+sky / soft-proton / corner background, out-of-time streaks and Poisson noise, and returns the
+noisy 1x counts together with the noise-free DN target (rate with background, 1x) and the SR
+target (background-free rate, PSF half as wide, 2x grid). See ``docs/simulator.md``.
 
 The sky is rendered once on the 2x grid (2"/pixel); the full-PSF image is computed there and summed
 2x2 onto the 1x grid, so that the 1x and 2x images hold exactly the same source flux.
