@@ -25,7 +25,8 @@ from .. import detector
 
 __all__ = [
     "ECF", "FIELD_KINDS", "Sky", "draw_sky", "moretti_n_above", "draw_point_fluxes",
-    "gaussian_random_field", "beta_model", "sersic_model",
+    "gaussian_random_field", "beta_model", "sersic_model", "add_cluster", "add_galaxy",
+    "add_snr", "add_filaments", "add_diffuse",
 ]
 
 #: counts/s per 1e-14 erg/cm2/s on axis (pn, 0.5-2 keV, Gamma 1.7).
@@ -307,6 +308,45 @@ def add_galaxy(rng, img, rate=None, centre=None, large=False):
     return {"type": "galaxy", "rate": rate, "y2": cy, "x2": cx, "re_arcsec": re, "n": n, "q": q}
 
 
+def add_filaments(rng, img, cy, cx, radius, n, rate):
+    """Thin curved filaments near a circle of ``radius`` (2x px) about (cy, cx).
+
+    Each filament is a smooth random curve (tangential start, about the shell's curvature with a
+    random wander), 0.2-1 radius
+    long and 2-8" wide (Gaussian profile), carrying an equal share of ``rate`` counts/s.
+    """
+    if n <= 0 or rate <= 0:
+        return
+    ny, nx = SHAPE2
+    for _ in range(n):
+        ph = rng.uniform(0, 2 * math.pi)
+        r0 = radius * rng.uniform(0.6, 1.1)
+        y, x = cy + r0 * math.sin(ph), cx + r0 * math.cos(ph)
+        ang = ph + math.pi / 2 + rng.normal(0, 0.4)
+        npt = max(int(radius * rng.uniform(0.2, 1.0) / 0.5), 4)
+        # follow the shell's curvature (step 0.5 px), with a random wander
+        curv = 0.5 / max(r0, 1.0) * rng.uniform(0.5, 1.5) * rng.choice([-1.0, 1.0])
+        turn = np.cumsum(curv + rng.normal(0, 0.06, npt))
+        ys = y + 0.5 * np.cumsum(np.sin(ang + turn))
+        xs = x + 0.5 * np.cumsum(np.cos(ang + turn))
+        sig = _arcsec(rng.uniform(2.0, 8.0))
+        pad = int(4 * sig) + 2
+        y0, y1 = max(int(ys.min()) - pad, 0), min(int(ys.max()) + pad + 1, ny)
+        x0, x1 = max(int(xs.min()) - pad, 0), min(int(xs.max()) + pad + 1, nx)
+        if y1 <= y0 or x1 <= x0:
+            continue
+        st = np.zeros((y1 - y0, x1 - x0), np.float32)
+        iy, ix = np.rint(ys).astype(int) - y0, np.rint(xs).astype(int) - x0
+        ok = (iy >= 0) & (iy < st.shape[0]) & (ix >= 0) & (ix < st.shape[1])
+        # brightness varies along the filament
+        w = np.exp(np.cumsum(rng.normal(0, 0.05, npt))).astype(np.float32)
+        np.add.at(st, (iy[ok], ix[ok]), w[ok])
+        st = ndimage.gaussian_filter(st, sig)
+        tot = float(st.sum())
+        if tot > 0:
+            img[y0:y1, x0:x1] += st * np.float32(rate / n / tot)
+
+
 def add_snr(rng, img, rate=None, centre=None):
     """Supernova remnant: (partial) limb-brightened shell with filaments, or centre-filled."""
     if rate is None:
@@ -333,9 +373,12 @@ def add_snr(rng, img, rate=None, centre=None):
     mod = _lognormal_modulation(rng, SHAPE2, rng.uniform(0.4, 1.0), 3.5)
     fil = _lognormal_modulation(rng, SHAPE2, rng.uniform(0.3, 0.9), 1.8)
     p = (p * mod[sl] * fil[sl]).astype(np.float32)
-    img[sl] += p * np.float32(rate / p.sum())
+    f_fil = rng.uniform(0.1, 0.4) if rng.random() < 0.5 else 0.0
+    img[sl] += p * np.float32(rate * (1 - f_fil) / p.sum())
+    nfil = int(rng.integers(2, 9)) if f_fil else 0
+    add_filaments(rng, img, cy, cx, radius, nfil, rate * f_fil)
     return {"type": "snr", "rate": rate, "y2": cy, "x2": cx,
-            "radius_arcsec": radius * PIX2_ARCSEC, "filled": filled}
+            "radius_arcsec": radius * PIX2_ARCSEC, "filled": filled, "n_filaments": nfil}
 
 
 def add_diffuse(rng, img, level):
