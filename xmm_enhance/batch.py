@@ -191,7 +191,12 @@ def read_obsid_list(items) -> list[str]:
     UsageError
         A malformed OBS_ID (naming the file and line) or a missing list file.
     """
-    from .archive import validate_obsid
+    # The same rule as archive.validate_obsid, without importing astropy into the parent
+    # process of a pool or Dask run.
+    def validate_obsid(text: str) -> str:
+        if not re.fullmatch(r"\d{10}", text):
+            raise UsageError(f"OBS_ID {text!r}: must be exactly 10 digits")
+        return text
 
     out: list[str] = []
     for item in items:
@@ -365,8 +370,10 @@ class ObservationLock:
 # --------------------------------------------------------------------------------------------
 # One observation
 # --------------------------------------------------------------------------------------------
-def _utc() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+def _utc(t: float | None = None) -> str:
+    """ISO 8601 UTC time with milliseconds."""
+    t = time.time() if t is None else t
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
 
 
 def _peak_rss_mb() -> float | None:

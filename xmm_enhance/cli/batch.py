@@ -163,6 +163,21 @@ def _dry_run(obsids, cfg) -> int:
     return 0
 
 
+def _check_save_dir(folder: Path) -> None:
+    """Create ``folder`` if needed and check that files can be made in it (no astropy import:
+    the parent of a pool or Dask run stays light)."""
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".xmm_enhance_probe.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UsageError(f"--save_dir {folder}: not a writable folder ({exc.strerror}); fix "
+                         "its permissions or pass another --save_dir") from None
+
+
 def _on_sigterm(signum, frame):  # cron / batch systems stop jobs with SIGTERM
     raise KeyboardInterrupt
 
@@ -185,9 +200,7 @@ def main(argv=None) -> int:
             raise UsageError("no OBS_IDs given (the list is empty or all comments)")
         if args.dry_run:
             return _dry_run(obsids, cfg)
-        cfg.save_dir.mkdir(parents=True, exist_ok=True)
-        from ..fitsio import check_writable_dir
-        check_writable_dir(cfg.save_dir)
+        _check_save_dir(cfg.save_dir)
     except XmmEnhanceError as exc:
         return report_error(exc)
 
