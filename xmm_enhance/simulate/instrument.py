@@ -29,7 +29,7 @@ __all__ = [
     "PARTIAL_ROWS", "coverage_map", "PILEUP_RATE", "PSF_VARIANTS",
 ]
 
-SIM_VERSION = "0.9.0"
+SIM_VERSION = "0.10.0"
 
 #: Vignetting (0.5-2 keV) versus off-axis angle (arcmin) about detector.OPTICAL_AXIS_DET:
 #: upper quartile in 1' annuli of the eexpmap exposure map of obs 0723801301

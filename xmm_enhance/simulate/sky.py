@@ -295,6 +295,7 @@ def add_galaxy(rng, img, rate=None, centre=None, large=False):
     q = rng.uniform(0.4, 1.0)
     th = rng.uniform(0, math.pi)
     rep = _arcsec(re)
+    arms = False
     hf = min(rep * (8 if n < 2 else 15), 600)
     if large and rng.random() < 0.7:
         st = _stamp(cy, cx, hf)
@@ -302,10 +303,31 @@ def add_galaxy(rng, img, rate=None, centre=None, large=False):
             sl, yy, xx = st
             mod = _lognormal_modulation(rng, SHAPE2, rng.uniform(0.3, 0.8), rng.uniform(2.0, 3.0))
             p = sersic_model(yy, xx, rep, n, q, th) * mod[sl]
+            if n < 2 and rng.random() < 0.6:  # disc: logarithmic spiral arms
+                p = p * _spiral_arms(rng, yy, xx, rep, q, th)
+                arms = True
             img[sl] += p * np.float32(rate / p.sum())
     else:
         _add_component(img, cy, cx, hf, lambda y, x: sersic_model(y, x, rep, n, q, th), rate)
-    return {"type": "galaxy", "rate": rate, "y2": cy, "x2": cx, "re_arcsec": re, "n": n, "q": q}
+    return {"type": "galaxy", "rate": rate, "y2": cy, "x2": cx, "re_arcsec": re, "n": n, "q": q,
+            "spiral": arms}
+
+
+def _spiral_arms(rng, yy, xx, re, q, theta):
+    """Multiplicative m-armed logarithmic spiral pattern (in the disc plane), float32."""
+    c, s = math.cos(theta), math.sin(theta)
+    u = xx * c + yy * s
+    v = (-xx * s + yy * c) / q
+    r = np.sqrt(u * u + v * v) / np.float32(re) + np.float32(1e-3)
+    phi = np.arctan2(v, u)
+    m = int(rng.choice([2, 2, 3, 4]))
+    pitch = math.radians(rng.uniform(10.0, 30.0))
+    amp = rng.uniform(0.5, 0.9)
+    wave = np.cos(m * (phi - np.log(r) / math.tan(pitch)) + rng.uniform(0, 2 * math.pi))
+    # sharpen the arms and fade them in beyond the bulge
+    arms = (0.5 * (1 + wave)) ** 3
+    fade = np.clip(r / 0.3, 0, 1)
+    return (1 - amp * fade + amp * fade * 2.5 * arms).astype(np.float32)
 
 
 def add_filaments(rng, img, cy, cx, radius, n, rate):
