@@ -123,3 +123,149 @@ def upscale_wcs(w: WCS, factor: int = 2) -> WCS:
     cd = w.wcs.cd if w.wcs.has_cd() else w.pixel_scale_matrix
     out.wcs.cd = np.asarray(cd) / factor
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# Sky WCS of a DETX/DETY image fitted from its events (design.md §4.2)
+
+class SkyWcsFit:
+    """Result of :func:`fit_sky_wcs_from_events`.
+
+    Attributes
+    ----------
+    wcs : astropy.wcs.WCS
+        TAN WCS with a CD matrix for the image grid ``pn_grid(binsize, scale)``.
+    affine : ndarray [2, 3]
+        ``[[a0, a1, a2], [b0, b1, b2]]`` with ``X = a0 + a1 DETX + a2 DETY``, ``Y`` likewise.
+    rms_arcsec : float
+        RMS distance between each fitted event's X/Y and the affine prediction (arcsec);
+        attitude wander during the observation shows up here.
+    n_used, n_clipped : int
+        Events in the final fit and rejected as outliers.
+    method : str
+        ``'EVENTFIT'``, or ``'PNT'`` for the approximate fallback (too few events).
+    """
+
+    def __init__(self, wcs, affine, rms_arcsec, n_used, n_clipped, method="EVENTFIT"):
+        self.wcs = wcs
+        self.affine = affine
+        self.rms_arcsec = rms_arcsec
+        self.n_used = n_used
+        self.n_clipped = n_clipped
+        self.method = method
+
+    def header(self) -> fits.Header:
+        """``wcs_to_header(wcs)`` plus keywords recording how the WCS was made."""
+        h = wcs_to_header(self.wcs)
+        h["WCSNAME"] = ("EQUATORIAL", "RA/Dec (ICRS-aligned FK5 J2000)")
+        if self.method == "EVENTFIT":
+            h["WCSMETH"] = ("EVENTFIT", "sky WCS: affine fit of X,Y to DETX,DETY")
+            h["WCSNFIT"] = (int(self.n_used), "events in the WCS fit")
+            h["WCSRMS"] = (float(round(self.rms_arcsec, 4)),
+                           "[arcsec] rms residual of the WCS fit")
+        else:
+            h["WCSMETH"] = ("PNT", "sky WCS from RA/DEC/PA_PNT: approximate (few arcsec)")
+        return h
+
+
+def _header_ref(header, axis):
+    """(CRVAL, CRPIX, CDELT) of sky X (axis 'X') or Y from REF?C* or the TC* column keywords."""
+    keys = (f"REF{axis}CRVL", f"REF{axis}CRPX", f"REF{axis}CDLT")
+    if all(k in header for k in keys):
+        return tuple(float(header[k]) for k in keys)
+    for i in range(1, 1000):
+        name = header.get(f"TTYPE{i}")
+        if name is None:
+            break
+        if str(name).strip().upper() == axis:
+            k3 = (f"TCRVL{i}", f"TCRPX{i}", f"TCDLT{i}")
+            if all(k in header for k in k3):
+                return tuple(float(header[k]) for k in k3)
+            break
+    raise ValueError(f"event header has no sky {axis} reference (REF{axis}CRVL/CRPX/CDLT or "
+                     f"TCRVL/TCRPX/TCDLT of column {axis})")
+
+
+def fit_sky_wcs_from_events(detx, dety, x, y, header, *, binsize=detector.PN_BINSIZE,
+                            scale=1, max_events=1_000_000, clip=5.0, iterations=3,
+                            min_events=10):
+    """TAN WCS of a DETX/DETY image from the events' DET and sky X/Y positions.
+
+    Fits ``X = a0 + a1 DETX + a2 DETY`` and ``Y = b0 + b1 DETX + b2 DETY`` by least squares,
+    rejecting events further than ``clip`` times the median residual distance (``iterations``
+    rounds), then composes the affine map with the event list's tangent-plane projection of sky
+    X/Y (``REFXCRVL/REFXCRPX/REFXCDLT``, same for Y; the ``TCRVLn``... keywords of the X, Y
+    columns as a fallback). The result is exact TAN, no approximation beyond the affine fit:
+
+    - ``CRVAL = (REFXCRVL, REFYCRVL)``;
+    - ``CRPIX`` = FITS pixel of the DET point whose fitted X/Y is ``(REFXCRPX, REFYCRPX)``;
+    - ``CD = diag(REFXCDLT, REFYCDLT) . [[a1, a2], [b1, b2]] . step``, step = binsize/scale.
+
+    Parameters
+    ----------
+    detx, dety, x, y : array [n]
+        Event positions: DET (0.05" units) and sky pixels (0.05").
+    header : Header or mapping
+        The EVENTS header.
+    binsize, scale : float, int
+        The image grid, ``detector.pn_grid(binsize, scale)``.
+    max_events : int
+        At most this many events (an even stride through the list) enter the fit.
+    min_events : int
+        With fewer usable events, fall back to :func:`approx_sky_wcs` from ``RA_PNT``,
+        ``DEC_PNT``, ``PA_PNT`` (method ``'PNT'``; the caller should warn).
+
+    Returns
+    -------
+    SkyWcsFit
+    """
+    detx = np.asarray(detx)
+    dety = np.asarray(dety)
+    x = np.asarray(x)
+    y = np.asarray(y)
+    n = len(detx)
+    if n > max_events:
+        step_idx = int(math.ceil(n / max_events))
+        sl = slice(0, None, step_idx)
+        detx, dety, x, y = detx[sl], dety[sl], x[sl], y[sl]
+    finite = np.isfinite(x.astype(float)) & np.isfinite(y.astype(float))
+    detx, dety = detx[finite].astype(float), dety[finite].astype(float)
+    xs, ys = x[finite].astype(float), y[finite].astype(float)
+    if len(detx) < min_events or np.ptp(detx) == 0 or np.ptp(dety) == 0:
+        w = approx_sky_wcs(float(header["RA_PNT"]), float(header["DEC_PNT"]),
+                           float(header["PA_PNT"]), binsize=binsize, scale=scale)
+        return SkyWcsFit(w, None, float("nan"), len(detx), 0, method="PNT")
+    # centre for conditioning
+    mx, my = detx.mean(), dety.mean()
+    A = np.column_stack([np.ones_like(detx), detx - mx, dety - my])
+    keep = np.ones(len(detx), bool)
+    n_clipped = 0
+    for _ in range(max(1, iterations)):
+        cx, *_ = np.linalg.lstsq(A[keep], xs[keep], rcond=None)
+        cy, *_ = np.linalg.lstsq(A[keep], ys[keep], rcond=None)
+        r = np.hypot(xs - A @ cx, ys - A @ cy)
+        lim = clip * max(float(np.median(r[keep])), 1.0)
+        new = r <= lim
+        if new.sum() < min_events or np.array_equal(new, keep):
+            break
+        keep = new
+    n_clipped = int((~keep).sum())
+    rms = float(np.sqrt(np.mean(r[keep] ** 2))) * ARCSEC_PER_DET
+    # back to un-centred coefficients
+    a1, a2 = cx[1], cx[2]
+    b1, b2 = cy[1], cy[2]
+    a0 = cx[0] - a1 * mx - a2 * my
+    b0 = cy[0] - b1 * mx - b2 * my
+    M = np.array([[a1, a2], [b1, b2]])
+    ra0, xref, cdx = _header_ref(header, "X")
+    dec0, yref, cdy = _header_ref(header, "Y")
+    det_ref = np.linalg.solve(M, np.array([xref - a0, yref - b0]))
+    g = detector.pn_grid(binsize, scale)
+    crpix = ((det_ref[0] - g.x0) / g.step + 0.5, (det_ref[1] - g.y0) / g.step + 0.5)
+    cd = np.diag([cdx, cdy]) @ M * g.step
+    w = _tan_wcs(crpix, (ra0, dec0), cd)
+    return SkyWcsFit(w, np.array([[a0, a1, a2], [b0, b1, b2]]), rms, int(keep.sum()),
+                     n_clipped)
+
+
+__all__ += ["SkyWcsFit", "fit_sky_wcs_from_events"]

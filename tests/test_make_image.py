@@ -1,0 +1,375 @@
+"""make_detxy_pn_image_pps.py end to end on simulated PPS folders (xmm_enhance.simulate.pps).
+
+Checked against the simulator's truth: the flare is excluded, the exposure is what was asked
+for, the image is the histogram of the selected events, every point source lands at its true
+RA/Dec through the image WCS, and bad input gives one line and the right exit code with nothing
+left half-written.
+"""
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.wcs import WCS
+
+from xmm_enhance import gti, sas
+from xmm_enhance.cli.make_image import main
+from xmm_enhance.pipeline import make_image, output_name
+from xmm_enhance.simulate import pps as sim
+
+ROOT = Path(__file__).resolve().parents[1]
+OBSID = "0123456789"
+DEFAULT_NAME = "pn_cleaned_20.0ks_detxy_500_2000_80.fits"
+
+
+@pytest.fixture(scope="module")
+def sim_default(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("default") / OBSID / "pps"
+    truth = sim.write_pps(folder, OBSID, n_events=400_000, seed=11)
+    return truth
+
+
+@pytest.fixture(scope="module")
+def small_pps(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("small") / "pps"
+    sim.write_pps(folder, OBSID, n_events=20_000, seed=5)
+    return folder
+
+
+def _copy(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _selected(events_path, kept, low=500, high=2000):
+    d = fits.getdata(events_path, "EVENTS")
+    m = ((d["FLAG"] == 0) & (d["PATTERN"] <= 4) & (d["PI"] >= low) & (d["PI"] <= high)
+         & gti.in_gti(d["TIME"], kept))
+    return d[m]
+
+
+def _sep_arcsec(ra1, dec1, ra2, dec2):
+    r1, d1, r2, d2 = map(np.radians, (ra1, dec1, ra2, dec2))
+    c = np.sin(d1) * np.sin(d2) + np.cos(d1) * np.cos(d2) * np.cos(r1 - r2)
+    s = np.hypot(np.cos(d2) * np.sin(r1 - r2),
+                 np.cos(d1) * np.sin(d2) - np.sin(d1) * np.cos(d2) * np.cos(r1 - r2))
+    return np.degrees(np.arctan2(s, c)) * 3600
+
+
+def _centroid(px, py, x0, y0, radius, iterations=20, weights=None):
+    """Background-corrected centroid of points within ``radius`` of an iterated centre."""
+    w = np.ones_like(px) if weights is None else weights
+    for _ in range(iterations):
+        r2 = (px - x0) ** 2 + (py - y0) ** 2
+        inner = r2 <= radius ** 2
+        ann = (r2 > (3 * radius) ** 2) & (r2 <= (6 * radius) ** 2)
+        n_in = w[inner].sum()
+        n_bkg = w[ann].sum() / 27.0  # annulus area = 27 x inner area
+        if n_in - n_bkg <= 0:
+            break
+        dx = (w[inner] * (px[inner] - x0)).sum() / (n_in - n_bkg)
+        dy = (w[inner] * (py[inner] - y0)).sum() / (n_in - n_bkg)
+        x0, y0 = x0 + dx, y0 + dy
+        if abs(dx) < 1e-4 and abs(dy) < 1e-4:
+            break
+    return x0, y0, n_in - n_bkg
+
+
+def source_errors(image_path, events_path, truth):
+    """Offsets (arcsec) of each simulated source, measured through the image's WCS.
+
+    Returns (from events, from image pixels): the events' DET positions are turned into image
+    pixels with the header's LTV/LTM, the image pixels are used as they are; the centroids go
+    through the header's RA/Dec WCS and are compared with the true positions.
+    """
+    h = fits.getheader(image_path)
+    img = fits.getdata(image_path)
+    kept = np.column_stack([fits.getdata(image_path, "STDGTI")[c] for c in ("START", "STOP")])
+    w = WCS(h)
+    d = _selected(events_path, kept)
+    px = h["LTM1_1"] * d["DETX"] + h["LTV1"]
+    py = h["LTM2_2"] * d["DETY"] + h["LTV2"]
+    iy, ix = np.nonzero(img)
+    pw = img[iy, ix].astype(float)
+    radius = 15.0 / (0.05 * h["BINSIZE"])  # 15" in pixels
+    ev_err, im_err = [], []
+    for s in truth.sources:
+        x0, y0 = w.wcs_world2pix(s.ra, s.dec, 1)
+        xc, yc, n = _centroid(px, py, float(x0), float(y0), radius)
+        assert n > 200, f"source {s.name} has only {n:.0f} counts"
+        ra, dec = w.wcs_pix2world(xc, yc, 1)
+        ev_err.append(float(_sep_arcsec(s.ra, s.dec, ra, dec)))
+        xc, yc, _ = _centroid(ix + 1.0, iy + 1.0, float(x0), float(y0), radius, weights=pw)
+        ra, dec = w.wcs_pix2world(xc, yc, 1)
+        im_err.append(float(_sep_arcsec(s.ra, s.dec, ra, dec)))
+    return np.array(ev_err), np.array(im_err)
+
+
+# ---- the command on the default simulated observation ---------------------------------------
+
+@pytest.fixture(scope="module")
+def default_run(sim_default):
+    code = main([OBSID, "--pps_dir", str(sim_default.folder), "-q"])
+    assert code == 0
+    return sim_default.folder / DEFAULT_NAME
+
+
+def test_default_output_beside_the_pps(default_run, sim_default, capsys):
+    assert default_run.is_file()
+    h = fits.getheader(default_run)
+    assert h["EXPOSURE"] == pytest.approx(20000.0, abs=1e-6)
+    assert h["NAXIS1"] == 403 and h["NAXIS2"] == 411 and h["BUNIT"] == "count"
+    assert h["OBS_ID"] == OBSID and h["RA_PNT"] == sim_default.ra_pnt
+    assert h["CTYPE1"] == "RA---TAN" and h["CTYPE1L"] == "DETX" and h["WCSMETH"] == "EVENTFIT"
+    assert "PI in [500:2000]" in h["SLCTEXPR"] and "FLAG == 0" in h["SLCTEXPR"]
+    with fits.open(default_run, checksum=True) as hd:
+        assert hd[0].data.dtype.kind == "i" and hd[0].header["BITPIX"] == 32
+
+
+def test_cli_prints_path_exposure_counts(sim_default, tmp_path, capsys):
+    out = tmp_path / "o"
+    out.mkdir()
+    assert main([OBSID, "--pps_dir", str(sim_default.folder), "--save_dir", str(out),
+                 "--expo_time", "5", "--binSize", "160"]) == 0
+    text = capsys.readouterr().out
+    path = out / "pn_cleaned_5.0ks_detxy_500_2000_160.fits"
+    assert f"image: {path}" in text
+    assert "exposure: 5000.0 s" in text
+    counts = int(fits.getdata(path).sum())
+    assert f"counts: {counts}" in text
+
+
+def test_flare_excluded_and_exposure(default_run, sim_default):
+    kept = np.column_stack([fits.getdata(default_run, "STDGTI")[c] for c in ("START", "STOP")])
+    f0, f1, _ = sim_default.flare
+    assert gti.total(gti.intersect(kept, [[f0, f1]])) == 0
+    # kept time is good time (the simulator's event-list GTIs minus the flare)
+    assert gti.total(gti.intersect(kept, sim_default.good_gti)) == pytest.approx(gti.total(kept))
+    assert gti.total(kept) == pytest.approx(20000.0, abs=1e-6)
+
+
+def test_image_equals_histogram_of_selected_events(default_run, sim_default):
+    h = fits.getheader(default_run)
+    img = fits.getdata(default_run)
+    kept = np.column_stack([fits.getdata(default_run, "STDGTI")[c] for c in ("START", "STOP")])
+    d = _selected(sim_default.events, kept)
+    f0, f1, _ = sim_default.flare
+    assert not ((d["TIME"] >= f0) & (d["TIME"] < f1)).any()
+    nx, ny = h["NAXIS1"], h["NAXIS2"]
+    ex = h["CRVAL1L"] - h["CDELT1L"] / 2 + h["CDELT1L"] * np.arange(nx + 1)
+    ey = h["CRVAL2L"] - h["CDELT2L"] / 2 + h["CDELT2L"] * np.arange(ny + 1)
+    ref, _, _ = np.histogram2d(d["DETY"], d["DETX"], bins=[ey, ex])
+    np.testing.assert_array_equal(img, ref.astype(np.int32))
+    assert img.sum() == len(d) > 1000
+
+
+def test_all_good_time_with_expo_le_zero(sim_default, tmp_path):
+    res = make_image(OBSID, pps_dir=sim_default.folder, save_dir=tmp_path, expo_time_ks=0,
+                     backend="native")
+    assert res.path.name == "pn_cleaned_full_detxy_500_2000_80.fits"
+    want = gti.total(sim_default.good_gti)
+    # spurious threshold crossings of the noisy FBKTSR curve may cost a few 10 s bins
+    assert want - 300 <= res.exposure <= want + 1e-6
+    assert fits.getheader(res.path)["EXPOSURE"] == pytest.approx(res.exposure)
+    f0, f1, _ = sim_default.flare
+    assert gti.total(gti.intersect(res.gti, [[f0, f1]])) == 0
+
+
+def test_expo_longer_than_good_time_keeps_all_with_a_warning(sim_default, tmp_path, capsys):
+    code = main([OBSID, "--pps_dir", str(sim_default.folder), "--save_dir", str(tmp_path),
+                 "--expo_time", "100", "-q"])
+    assert code == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "warning" in err[0] and "keeping all" in err[0]
+    h = fits.getheader(tmp_path / "pn_cleaned_100.0ks_detxy_500_2000_80.fits")
+    assert h["EXPOSURE"] < 100e3 and h["EXPOSURE"] == pytest.approx(h["GOODTIME"])
+    assert h["EXPREQ"] == 100e3
+
+
+def test_binsize_160_is_2x2_sum_of_80(sim_default, tmp_path):
+    a = make_image(OBSID, pps_dir=sim_default.folder, save_dir=tmp_path, binsize=80,
+                   expo_time_ks=10, backend="native")
+    b = make_image(OBSID, pps_dir=sim_default.folder, save_dir=tmp_path, binsize=160,
+                   expo_time_ks=10, backend="native")
+    i80 = fits.getdata(a.path)
+    i160 = fits.getdata(b.path)
+    assert i160.shape == (206, 202)
+    pad = np.zeros((412, 404), np.int64)
+    pad[:411, :403] = i80
+    np.testing.assert_array_equal(i160, pad.reshape(206, 2, 202, 2).sum(axis=(1, 3)))
+    h = fits.getheader(b.path)
+    assert h["CRVAL1L"] == -18203.5 and h["CDELT1L"] == 160
+
+
+def test_gti_plot(sim_default, tmp_path):
+    pytest.importorskip("matplotlib")
+    res = make_image(OBSID, pps_dir=sim_default.folder, save_dir=tmp_path, gti_plot=True,
+                     backend="native")
+    assert res.gti_plot == tmp_path / "pn_cleaned_20.0ks_detxy_500_2000_80_gti.png"
+    assert res.gti_plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_overwrite(sim_default, tmp_path, capsys):
+    args = [OBSID, "--pps_dir", str(sim_default.folder), "--save_dir", str(tmp_path), "-q",
+            "--expo_time", "2"]
+    assert main(args) == 0
+    p = tmp_path / "pn_cleaned_2.0ks_detxy_500_2000_80.fits"
+    before = p.read_bytes()
+    capsys.readouterr()
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--overwrite" in err[0]
+    assert p.read_bytes() == before
+    assert main(args + ["--overwrite"]) == 0
+
+
+# ---- WCS: sources at their true RA/Dec --------------------------------------------------------
+
+POINTINGS = [  # (ra_pnt, dec_pnt, pa_pnt)
+    (150.1, 2.2, 0.0),
+    (10.0, -30.0, 90.0),
+    (250.0, 60.0, 250.0),
+    (359.95, 85.0, 123.0),    # RA 0/360 inside the field, |Dec| = 85
+    (0.05, -85.0, 300.0),
+    (0.01, 0.5, 200.0),       # RA 0/360 at the equator
+]
+WCS_ERRORS = {}
+
+
+@pytest.mark.parametrize("ra,dec,pa", POINTINGS)
+def test_sources_land_at_true_positions(tmp_path, ra, dec, pa):
+    rng = np.random.default_rng(abs(int(ra * 10 + dec * 100 + pa)))
+    bore = (sim.BORESIGHT_DET[0] + 60.0, sim.BORESIGHT_DET[1] - 45.0)
+    srcs = sim.default_sources(rng, ra_pnt=ra, dec_pnt=dec, pa_pnt=pa, n=8, rate=(0.15, 0.4),
+                               boresight_det=bore)
+    truth = sim.write_pps(tmp_path / "pps", OBSID, ra_pnt=ra, dec_pnt=dec, pa_pnt=pa,
+                          sources=srcs, bkg_rate=1.5, boresight_offset=(60.0, -45.0),
+                          seed=rng)
+    if ra < 1 or ra > 359:
+        ras = np.array([s.ra for s in srcs])
+        if abs(dec) > 80:
+            assert (ras > 180).any() and (ras < 180).any(), "sources on both sides of RA 0"
+    res = make_image(OBSID, pps_dir=truth.folder, expo_time_ks=0, backend="native")
+    ev_err, im_err = source_errors(res.path, truth.events, truth)
+    WCS_ERRORS[(ra, dec, pa)] = (ev_err.max(), im_err.max(), res.wcs_rms_arcsec)
+    print(f"\nRA {ra} Dec {dec} PA {pa}: worst source offset {ev_err.max():.3f}\" (events), "
+          f"{im_err.max():.3f}\" (image pixels); WCS fit rms {res.wcs_rms_arcsec:.2f}\"")
+    assert ev_err.max() < 1.0, ev_err
+    assert im_err.max() < 1.0, im_err
+
+
+# ---- bad input: one line, exit 1 (2 for usage), nothing half-written ---------------------------
+
+def _run_bad(args, folder, capsys):
+    before = sorted(p.name for p in folder.rglob("*")) if folder.exists() else None
+    code = main(args + ["-q"])
+    err = capsys.readouterr().err.strip().splitlines()
+    after = sorted(p.name for p in folder.rglob("*")) if folder.exists() else None
+    assert before == after, "the command left files behind"
+    return code, err
+
+
+@pytest.mark.parametrize("obsid", ["12345", "01234567890", "abcdefghij", "0123 45678"])
+def test_malformed_obsid(small_pps, obsid, capsys):
+    code, err = _run_bad([obsid, "--pps_dir", str(small_pps)], small_pps, capsys)
+    assert code == 2 and len(err) == 1 and "error" in err[0]
+
+
+@pytest.mark.parametrize("extra,word", [
+    (["--binSize", "0"], "--binSize"), (["--binSize", "-80"], "--binSize"),
+    (["--low_pi", "2000", "--high_pi", "500"], "--low_pi"),
+    (["--low_pi", "1000", "--high_pi", "1000"], "--low_pi"),
+    (["--binSize", "2"], "--binSize"),
+])
+def test_usage_errors(small_pps, extra, word, capsys):
+    code, err = _run_bad([OBSID, "--pps_dir", str(small_pps)] + extra, small_pps, capsys)
+    assert code == 2 and len(err) == 1 and word in err[0]
+
+
+def test_argparse_usage_errors_exit_2(capsys):
+    assert main([]) == 2
+    assert main([OBSID, "--binSize", "four"]) == 2
+    assert main([OBSID, "--backend", "gpu"]) == 2
+    capsys.readouterr()
+
+
+def test_missing_and_empty_pps_dir(tmp_path, capsys):
+    code, err = _run_bad([OBSID, "--pps_dir", str(tmp_path / "nope")], tmp_path, capsys)
+    assert code == 1 and len(err) == 1 and "nope" in err[0]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, err = _run_bad([OBSID, "--pps_dir", str(empty)], empty, capsys)
+    assert code == 1 and len(err) == 1
+
+
+@pytest.mark.parametrize("remove", ["PIEVLI", "FBKTSR"])
+def test_pps_without_a_product(small_pps, tmp_path, remove, capsys):
+    folder = _copy(small_pps, tmp_path / "pps")
+    for p in folder.glob(f"*{remove}*"):
+        p.unlink()
+    code, err = _run_bad([OBSID, "--pps_dir", str(folder)], folder, capsys)
+    assert code == 1 and len(err) == 1
+    assert ("event list" in err[0]) if remove == "PIEVLI" else ("FBKTSR" in err[0])
+
+
+def test_pps_without_flcutthr(tmp_path, capsys):
+    truth = sim.write_pps(tmp_path / "pps", OBSID, n_events=20_000, write_flcutthr=False,
+                          seed=2)
+    code, err = _run_bad([OBSID, "--pps_dir", str(truth.folder)], truth.folder, capsys)
+    assert code == 1 and len(err) == 1 and "FLCUTTHR" in err[0]
+
+
+@pytest.mark.parametrize("how", ["truncate", "garble"])
+def test_corrupt_event_list(small_pps, tmp_path, how, capsys):
+    folder = _copy(small_pps, tmp_path / "pps")
+    ev = next(folder.glob("*PIEVLI*"))
+    raw = bytearray(ev.read_bytes())
+    if how == "truncate":
+        raw = raw[: int(len(raw) * 0.6)]
+    else:
+        mid = len(raw) // 2
+        raw[mid:mid + 256] = bytes(256)
+    ev.write_bytes(bytes(raw))
+    code, err = _run_bad([OBSID, "--pps_dir", str(folder)], folder, capsys)
+    assert code == 1 and len(err) == 1 and "corrupt" in err[0]
+
+
+def test_sas_backend_without_sas_is_a_clear_error(small_pps, monkeypatch, capsys):
+    monkeypatch.delenv("SAS_DIR", raising=False)
+    code, err = _run_bad([OBSID, "--pps_dir", str(small_pps), "--backend", "sas"], small_pps,
+                         capsys)
+    assert code == 1 and len(err) == 1 and "SAS" in err[0] and "--backend native" in err[0]
+
+
+def test_output_name():
+    assert output_name(20, 500, 2000, 80) == DEFAULT_NAME
+    assert output_name(-1, 200, 12000, 40) == "pn_cleaned_full_detxy_200_12000_40.fits"
+
+
+def test_root_script_runs(small_pps, tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    r = subprocess.run([sys.executable, str(ROOT / "make_detxy_pn_image_pps.py"), OBSID,
+                        "--pps_dir", str(small_pps), "--save_dir", str(out), "--expo_time", "5"],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "image:" in r.stdout and (out / "pn_cleaned_5.0ks_detxy_500_2000_80.fits").is_file()
+    h = subprocess.run([sys.executable, str(ROOT / "make_detxy_pn_image_pps.py"), "-h"],
+                       capture_output=True, text=True, timeout=120)
+    for flag in ("--low_pi", "--high_pi", "--expo_time", "--binSize", "--save_dir",
+                 "--pps_dir", "--backend", "--gti-plot", "--overwrite"):
+        assert flag in h.stdout
+
+
+@pytest.mark.sas
+@pytest.mark.skipif(not sas.available(), reason="XMM-SAS (pysas, SAS_DIR) is not installed")
+def test_sas_backend_gives_the_same_image(sim_default, tmp_path):
+    a = make_image(OBSID, pps_dir=sim_default.folder, save_dir=tmp_path / "n", backend="native")
+    b = make_image(OBSID, pps_dir=sim_default.folder, save_dir=tmp_path / "s", backend="sas")
+    np.testing.assert_array_equal(fits.getdata(a.path), fits.getdata(b.path))
+    ha, hb = fits.getheader(a.path), fits.getheader(b.path)
+    for k in ("EXPOSURE", "CRPIX1", "CRPIX2", "CD1_1", "CD2_2", "CRVAL1L", "LTV1"):
+        assert ha[k] == pytest.approx(hb[k])

@@ -1,0 +1,135 @@
+"""``make_detxy_pn_image_pps.py``: OBS_ID -> cleaned EPIC-pn DETX/DETY image with a sky WCS.
+
+Seed-compatible flags (``obsid --low_pi --high_pi --expo_time --binSize --save_dir --pps_dir``)
+plus ``--backend``, ``--gti-plot``, ``--overwrite``, ``--credentials_file``, ``-q/-v``.
+Exit codes: 0 success, 1 run-time failure, 2 usage error; failures print one line on stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+import warnings
+
+__all__ = ["main", "build_parser"]
+
+PROG = "make_detxy_pn_image_pps.py"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Make an EPIC-pn image in DETX,DETY (0.5-2 keV, 4\"/pixel, 20 ks by "
+                    "default) from the PPS of an OBS_ID, cleaned of background flares with the "
+                    "PPS threshold, with an RA/Dec WCS fitted from the events. No XMM-SAS "
+                    "needed.")
+    p.add_argument("obsid", help="the 10-digit OBS_ID; its PPS are downloaded unless "
+                                 "--pps_dir is given")
+    p.add_argument("--low_pi", type=int, default=500,
+                   help="lowest PI (eV, integer, inclusive); default 500")
+    p.add_argument("--high_pi", type=int, default=2000,
+                   help="highest PI (eV, integer, inclusive); default 2000")
+    p.add_argument("--expo_time", type=float, default=20.0,
+                   help="exposure to keep, ks (longest good intervals first, 15%% tolerance); "
+                        "<= 0 keeps all good time; default 20. With less good time all of "
+                        "it is kept, with a warning")
+    p.add_argument("--binSize", type=int, default=80, dest="binsize",
+                   help="pixel size in DET units of 0.05\" (integer); default 80 = 4\"")
+    p.add_argument("--save_dir", default=None,
+                   help="download folder (PPS go to <save_dir>/<obsid>/pps, the image beside "
+                        "them; default the current folder); with --pps_dir, where the image "
+                        "goes")
+    p.add_argument("--pps_dir", default=None,
+                   help="folder with the PPS files already downloaded (no download)")
+    p.add_argument("--backend", choices=("auto", "native", "sas"), default="auto",
+                   help="native (numpy/astropy), sas (XMM-SAS via pysas) or auto: sas when "
+                        "pysas imports, else native; default auto")
+    p.add_argument("--gti-plot", "--gti_plot", action="store_true", dest="gti_plot",
+                   help="also write <image>_gti.png: light curve, threshold, kept intervals")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing image")
+    p.add_argument("--credentials_file", default=None,
+                   help="astroquery credentials file for proprietary data (never printed)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    g.add_argument("-v", "--verbose", action="store_true", help="debug messages")
+    return p
+
+
+def _setup_logging(args):
+    level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
+    logger = logging.getLogger("xmm_enhance")
+    logger.setLevel(level)
+    if not any(getattr(h, "_xmm_enhance_cli", False) for h in logger.handlers):
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        h._xmm_enhance_cli = True
+        logger.addHandler(h)
+        logger.propagate = False
+    return logger
+
+
+def main(argv=None) -> int:
+    """Run the command; returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: 0 for --help, 2 for usage errors
+        return int(exc.code) if isinstance(exc.code, int) else 2
+    if not math.isfinite(args.expo_time):
+        parser.print_usage(sys.stderr)
+        print(f"{PROG}: error: --expo_time must be a finite number of ks", file=sys.stderr)
+        return 2
+    _setup_logging(args)
+
+    from ..errors import XmmEnhanceError
+    from ..pipeline import make_image
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            res = make_image(args.obsid, low_pi=args.low_pi, high_pi=args.high_pi,
+                             expo_time_ks=args.expo_time, binsize=args.binsize,
+                             save_dir=args.save_dir, pps_dir=args.pps_dir,
+                             backend=args.backend, overwrite=args.overwrite,
+                             gti_plot=args.gti_plot, credentials_file=args.credentials_file)
+        except XmmEnhanceError as err:
+            _print_warnings(caught)
+            msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+            print(f"{PROG}: error: {msg}", file=sys.stderr)
+            return err.exit_code
+        except KeyboardInterrupt:
+            print(f"{PROG}: interrupted", file=sys.stderr)
+            return 130
+    _print_warnings(caught)
+    if not args.quiet:
+        print(f"image: {res.path}")
+        print(f"exposure: {res.exposure:.1f} s ({res.exposure / 1e3:.2f} ks kept of "
+              f"{res.good_time / 1e3:.2f} ks good time)")
+        print(f"counts: {res.counts}")
+        if res.gti_plot is not None:
+            print(f"gti plot: {res.gti_plot}")
+    return 0
+
+
+def _print_warnings(caught):
+    """Our warnings as one line each on stderr; other libraries' warnings to the debug log."""
+    import os
+
+    pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    log = logging.getLogger("xmm_enhance")
+    seen = set()
+    for w in caught:
+        ours = str(w.filename).startswith(pkg) and issubclass(w.category, UserWarning)
+        if not ours:
+            log.debug("%s: %s", w.category.__name__, w.message)
+            continue
+        msg = str(w.message).splitlines()[0]
+        if msg in seen:
+            continue
+        seen.add(msg)
+        print(f"{PROG}: warning: {msg}", file=sys.stderr)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
