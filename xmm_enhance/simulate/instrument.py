@@ -29,7 +29,7 @@ __all__ = [
     "PARTIAL_ROWS", "coverage_map", "PILEUP_RATE", "PSF_VARIANTS",
 ]
 
-SIM_VERSION = "0.10.0"
+SIM_VERSION = "0.11.0"
 
 #: Vignetting (0.5-2 keV) versus off-axis angle (arcmin) about detector.OPTICAL_AXIS_DET:
 #: upper quartile in 1' annuli of the eexpmap exposure map of obs 0723801301
@@ -60,6 +60,15 @@ PARTIAL_ROWS = {11: 0.12, 203: 0.8, 206: 0.15, 398: 0.75}
 OOT_FRACTION = 0.063
 #: e-folding length (arcsec) of the sky transmission outside the field-of-view circle.
 FOV_EDGE_ARCSEC = 15.0
+#: Corner pixels (outside the FoV) in the rows next to the rows excluded at the outer CCD edges
+#: collect extra events: CORNER_EDGE_EXCESS (counts/s/pixel, range) times the factor per 0-based
+#: row; the outermost corner rows (CORNER_OUTER_ROWS) collect 0.55-0.95 of the corner rate.
+#: Measured as row means of the corners in three of the real full exposures (NGC 1399, W49B,
+#: M 51: excess 2.5-4.7x the corner rate in rows 11 and 399, i.e. 25-40e-6 counts/s/pixel;
+#: row 398 +0.45-1.3x; row 10 0.57-0.93x); the 2001 Perseus image shows none (15 % of draws).
+CORNER_EDGE_ROWS = {11: 1.0, 399: 1.0, 398: 0.25}
+CORNER_EDGE_EXCESS = (20e-6, 40e-6)
+CORNER_OUTER_ROWS = (10,)
 #: Observed 0.5-2 keV rate (counts/s) above which a point source is piled up.
 PILEUP_RATE = 3.0
 #: Particle (not vignetted) background, counts/s per 4" pixel (filter-wheel-closed level).
@@ -375,12 +384,25 @@ def simulate_observation(rng, *, exposure=20e3, sr=True, dn=True, kind=None):
     # corners: their own level; sky photons fade in over the field-of-view edge
     extra = corner_level - particle
     bkg = (particle + bkg_sky * tfov1 + extra * (1 - tfov1)).astype(np.float32)
+    # corner rows at the outer CCD edges: extra events in the rows next to the excluded edge
+    # rows, fewer in the outermost row (see CORNER_EDGE_ROWS)
+    if rng.random() < 0.85:
+        edge_excess = float(rng.uniform(*CORNER_EDGE_EXCESS))
+        outer = float(rng.uniform(0.55, 0.95))
+    else:
+        edge_excess, outer = 0.0, 0.2
+    corner = ~fov1 & geo["live1"]
+    edge = np.zeros_like(bkg)  # added after the partial-coverage factors
+    for r, f in CORNER_EDGE_ROWS.items():
+        edge[r, corner[r]] = np.float32(f * edge_excess)
+    for r in CORNER_OUTER_ROWS:
+        bkg[r, corner[r]] *= np.float32(outer)
     bkg *= geo["live1"]
     # partially covered columns/rows next to CCD gaps collect fewer events of every kind
     cov = geo["coverage"] * mask
-    bkg_rate = ((bkg + oot) * cov).astype(np.float32)
+    bkg_rate = ((bkg + oot) * cov + edge * mask).astype(np.float32)
 
-    dn_target = ((src1 + oot + bkg) * cov).astype(np.float32)
+    dn_target = ((src1 + oot + bkg) * cov + edge * mask).astype(np.float32)
     counts = rng.poisson(dn_target.astype(np.float64) * exposure).astype(np.float32)
 
     sr_target = None
@@ -392,7 +414,7 @@ def simulate_observation(rng, *, exposure=20e3, sr=True, dn=True, kind=None):
     meta = {
         "sim_version": SIM_VERSION, "kind": sky.kind, "exposure": float(exposure),
         "particle_rate": particle, "cosmic_rate": cosmic, "soft_proton_rate": sp,
-        "corner_rate": corner_level, "corner_ratio": corner_ratio, "infield_bkg_mean": infield_mean,
+        "corner_rate": corner_level, "corner_edge_excess": edge_excess, "corner_ratio": corner_ratio, "infield_bkg_mean": infield_mean,
         "corners": corners, "bad_columns": badcols, "psf_zones_arcmin": _ZONES_ARCMIN,
         "psf_params": ker["psf_params"], "psf_variant": PSF_VARIANTS[variant],
         "n_points": int(sky.points_rate.size),
