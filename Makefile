@@ -27,6 +27,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(VPY) benchmarks/bench_inference.py
+	$(VPY) benchmarks/bench_image.py
 
 models: $(VENV)/.train
 	$(VPY) -m xmm_enhance.training.train --task DN --out models/

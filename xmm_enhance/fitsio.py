@@ -29,8 +29,8 @@ def check_writable_dir(folder: Path) -> None:
     """Raise :class:`OutputError` unless ``folder`` exists and is writable."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise OutputError(f"{folder}: output folder does not exist; create it or pass another "
-                          "--outdir")
+        raise OutputError(f"{folder}: output folder does not exist; create it or choose "
+                          "another output folder")
     # os.access says yes to root even on read-only file systems: really try.
     try:
         fd, probe = tempfile.mkstemp(prefix=".xmm_enhance_probe.", dir=folder)
@@ -38,7 +38,7 @@ def check_writable_dir(folder: Path) -> None:
         os.unlink(probe)
     except OSError:
         raise OutputError(f"{folder}: output folder is not writable; fix its permissions or "
-                          "pass another --outdir") from None
+                          "choose another output folder") from None
 
 
 def atomic_write_hdul(hdul: fits.HDUList, path: Path, *, overwrite: bool = False) -> Path:
