@@ -42,12 +42,11 @@ def run(outdir: Path, *, seed: int = 7, overwrite: bool = True) -> dict:
             model = load_model(which)
         except ModelError as exc:
             missing.append(str(exc))
-            log.error("error: %s", exc)
             continue
         out = enhance_file(img.path, which, model=model, overwrite=overwrite, png=True)
         made[which] = out
     if missing:
-        raise ModelError(missing[0])
+        raise ModelError("; ".join(missing))
     return made
 
 
