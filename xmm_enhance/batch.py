@@ -758,7 +758,9 @@ def run_batch(obsids, cfg: BatchConfig, *, jobs: int = 1, scheduler: str | None 
     Raises
     ------
     UsageError
-        ``jobs < 1``, or dask.distributed missing / the scheduler unreachable.
+        ``jobs < 1``, dask.distributed missing or a malformed scheduler address.
+    XmmEnhanceError
+        The scheduler cannot be reached (exit code 1).
     KeyboardInterrupt
         Passed on after pending tasks are cancelled; ``on_result`` has seen the finished ones.
     """
@@ -821,9 +823,13 @@ def _run_dask(obsids, cfg, address, record) -> None:
                          "pip install 'xmm-enhance[batch]'") from None
     try:
         client = Client(address, timeout="20s", set_as_default=False)
+    except ValueError as exc:  # a malformed address
+        raise UsageError(f"--dask-scheduler {address}: {_one_line(exc)}; pass an address "
+                         "like tcp://host:8786") from None
     except (OSError, TimeoutError) as exc:
-        raise UsageError(f"--dask-scheduler {address}: cannot connect ({_one_line(exc)}); "
-                         "check the address and that the scheduler runs") from None
+        raise XmmEnhanceError(f"--dask-scheduler {address}: cannot connect "
+                              f"({_one_line(exc)}); check the address and that the scheduler "
+                              "runs") from None
     futures = []
     try:
         token = f"{os.getpid()}-{time.time_ns()}"
