@@ -249,9 +249,22 @@ def fov_edge_profile(counts, mask):
     sm = ndimage.gaussian_filter(np.where(mask, counts, 0.0), 3) / np.maximum(w, 1e-3)
     med = np.median(sm[mask & FOV])
     free = mask & ~ndimage.binary_dilation(sm > 1.5 * med + 1.0 / 28, iterations=3)
+    free[:13] = False  # the outer CCD edge rows have their own levels (corner_row_ratios)
+    free[397:] = False
     far = counts[free & (FOV_DIST < -8)].mean()
     return np.array([counts[free & (FOV_DIST >= lo) & (FOV_DIST < lo + 1)].mean() / far
                      for lo in range(-6, 6)])
+
+
+CORNER_ROWS = (10, 11, 12, 397, 398, 399)
+
+
+def corner_row_ratios(counts, mask):
+    """Mean counts of the corner pixels in the outer CCD rows / corners in rows 14-39 (372-397)."""
+    c = CORNER & mask
+    lo = counts[14:40][c[14:40]].mean()
+    hi = counts[372:398][c[372:398]].mean()
+    return np.array([counts[r][c[r]].mean() / (lo if r < 200 else hi) for r in CORNER_ROWS])
 
 
 def edge_ratios(counts, mask):
@@ -378,6 +391,14 @@ def main(argv=None):
                           for _ in range(8)) if s.meta["corners"]]
     r = np.mean([fov_edge_profile(s.counts, s.mask) for s in sims_c], axis=0)
     print(f"  sim blank ({len(sims_c)})    " + " ".join(f"{v:5.2f}" for v in r))
+    print("corner pixels in the outer CCD rows / corners further in, rows " +
+          " ".join(str(r) for r in CORNER_ROWS))
+    for obs, obj, img, exp in realfull:
+        r = corner_row_ratios(img, detector.detector_mask() & (img >= 0))
+        print(f"  real {obj:12s} " + " ".join(f"{v:5.2f}" for v in r))
+    r = np.array([corner_row_ratios(s.counts, s.mask) for s in sims_c])
+    print(f"  sim blank ({len(sims_c)}) median " + " ".join(f"{v:5.2f}" for v in np.median(r, 0)) +
+          "   range of rows 11/399: " + f"{r[:, 1].min():.1f}-{r[:, 1].max():.1f}")
     print(f"simulation loop for the tables took {time.perf_counter() - t:.0f} s")
 
 

@@ -29,7 +29,7 @@ __all__ = [
     "PARTIAL_ROWS", "coverage_map", "PILEUP_RATE", "PSF_VARIANTS",
 ]
 
-SIM_VERSION = "0.11.0"
+SIM_VERSION = "0.12.0"
 
 #: Vignetting (0.5-2 keV) versus off-axis angle (arcmin) about detector.OPTICAL_AXIS_DET:
 #: upper quartile in 1' annuli of the eexpmap exposure map of obs 0723801301
@@ -378,7 +378,9 @@ def simulate_observation(rng, *, exposure=20e3, sr=True, dn=True, kind=None):
     vig1 = geo["vig1"]
     vig_sp = 0.4 + 0.6 * vig1  # soft protons: flatter than the photon vignetting
     bkg_sky = cosmic * vig1 + sp * vig_sp
-    infield_mean = float(particle + bkg_sky[fov1 & mask].mean())
+    # corners: 0.6-1x the background 10-15' off axis (issue 3; real: W49B 0.70, M 51 0.95)
+    outer = fov1 & mask & (geo["theta1"] >= 10) & (geo["theta1"] < 15)
+    infield_mean = float(particle + bkg_sky[outer].mean())
     corner_ratio = float(rng.uniform(0.6, 1.0))
     corner_level = max(corner_ratio * infield_mean, particle)
     # corners: their own level; sky photons fade in over the field-of-view edge
@@ -388,15 +390,15 @@ def simulate_observation(rng, *, exposure=20e3, sr=True, dn=True, kind=None):
     # rows, fewer in the outermost row (see CORNER_EDGE_ROWS)
     if rng.random() < 0.85:
         edge_excess = float(rng.uniform(*CORNER_EDGE_EXCESS))
-        outer = float(rng.uniform(0.55, 0.95))
+        outer_row = float(rng.uniform(0.55, 0.95))
     else:
-        edge_excess, outer = 0.0, 0.2
+        edge_excess, outer_row = 0.0, 0.2
     corner = ~fov1 & geo["live1"]
     edge = np.zeros_like(bkg)  # added after the partial-coverage factors
     for r, f in CORNER_EDGE_ROWS.items():
         edge[r, corner[r]] = np.float32(f * edge_excess)
     for r in CORNER_OUTER_ROWS:
-        bkg[r, corner[r]] *= np.float32(outer)
+        bkg[r, corner[r]] *= np.float32(outer_row)
     bkg *= geo["live1"]
     # partially covered columns/rows next to CCD gaps collect fewer events of every kind
     cov = geo["coverage"] * mask
@@ -414,7 +416,8 @@ def simulate_observation(rng, *, exposure=20e3, sr=True, dn=True, kind=None):
     meta = {
         "sim_version": SIM_VERSION, "kind": sky.kind, "exposure": float(exposure),
         "particle_rate": particle, "cosmic_rate": cosmic, "soft_proton_rate": sp,
-        "corner_rate": corner_level, "corner_edge_excess": edge_excess, "corner_ratio": corner_ratio, "infield_bkg_mean": infield_mean,
+        "corner_rate": corner_level, "corner_edge_excess": edge_excess,
+        "corner_ratio": corner_ratio, "infield_bkg_mean": infield_mean,
         "corners": corners, "bad_columns": badcols, "psf_zones_arcmin": _ZONES_ARCMIN,
         "psf_params": ker["psf_params"], "psf_variant": PSF_VARIANTS[variant],
         "n_points": int(sky.points_rate.size),
