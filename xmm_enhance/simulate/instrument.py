@@ -29,7 +29,7 @@ __all__ = [
     "PARTIAL_ROWS", "coverage_map", "PILEUP_RATE", "PSF_VARIANTS",
 ]
 
-SIM_VERSION = "0.12.0"
+SIM_VERSION = "0.12.1"
 
 #: Vignetting (0.5-2 keV) versus off-axis angle (arcmin) about detector.OPTICAL_AXIS_DET:
 #: upper quartile in 1' annuli of the eexpmap exposure map of obs 0723801301
@@ -67,7 +67,7 @@ FOV_EDGE_ARCSEC = 15.0
 #: M 51: excess 2.5-4.7x the corner rate in rows 11 and 399, i.e. 25-40e-6 counts/s/pixel;
 #: row 398 +0.45-1.3x; row 10 0.57-0.93x); the 2001 Perseus image shows none (15 % of draws).
 CORNER_EDGE_ROWS = {11: 1.0, 399: 1.0, 398: 0.25}
-CORNER_EDGE_EXCESS = (20e-6, 40e-6)
+CORNER_EDGE_EXCESS = (25e-6, 45e-6)
 CORNER_OUTER_ROWS = (10,)
 #: Observed 0.5-2 keV rate (counts/s) above which a point source is piled up.
 PILEUP_RATE = 3.0
