@@ -12,6 +12,7 @@ import gzip
 import http.server
 import io
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ import sys
 import tarfile
 import threading
 import time
+import warnings
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -43,6 +45,26 @@ REPO = Path(__file__).resolve().parents[1]
 # --------------------------------------------------------------------------------------------
 # Fixtures: simulated PPS trees, tiny models
 # --------------------------------------------------------------------------------------------
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """main() configures logging (root handlers on this test's captured stderr, levels,
+    warnings.showwarning); undo it so that later tests see the logging they expect."""
+    root = logging.getLogger()
+    handlers, level, show = root.handlers[:], root.level, warnings.showwarning
+    levels = {n: logging.getLogger(n).level for n in ("xmm_enhance", "astroquery")}
+    yield
+    for h in root.handlers[:]:
+        if h not in handlers:
+            root.removeHandler(h)
+    for h in handlers:
+        if h not in root.handlers:
+            root.addHandler(h)
+    root.setLevel(level)
+    warnings.showwarning = show
+    for n, lv in levels.items():
+        logging.getLogger(n).setLevel(lv)
+
+
 def _simulate(folder: Path, obsid: str, seed: int) -> Path:
     from xmm_enhance.simulate.pps import write_pps
 
@@ -100,6 +122,7 @@ def _products(save_dir: Path, obsid: str) -> list[Path]:
 # Units: OBS_ID lists, integrity checks, locks
 # --------------------------------------------------------------------------------------------
 def test_read_obsid_list(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="xmm_enhance.batch")
     f = tmp_path / "ids.txt"
     f.write_text("# cron list\n0123456789\n\n  0123456790  # trailing comment\n0123456789\n")
     assert read_obsid_list([str(f), "0000000001"]) == ["0123456789", "0123456790",
