@@ -234,6 +234,15 @@ def test_skip_valid_outputs_redo_damaged_ones_and_dry_run(tmp_path, pps_root, mo
     assert _ran_counts(out, ids[0]) == {"download": 0, "image": 1, "SR": 2, "DN": 1}
     assert _leftovers(out) == []
 
+    # Another DN model (a new version): its predictions are redone, nothing else.
+    dn2 = identity_dn(tmp_path / "dn2.onnx", version="test-2")
+    rep3 = tmp_path / "r3"
+    assert main(_args(out, (models[0], dn2), *ids, "--png", "--report", rep3,
+                      pps_root=pps_root)) == 0
+    third = _report(rep3)
+    assert all(third[o]["steps"] == "image:skipped SR:skipped DN:ran" for o in ids)
+    assert "made by another DN model" in (out / ids[0] / LOG_NAME).read_text()
+
 
 def test_corrupt_observation_fails_alone(tmp_path, pps_root, models, capsys):
     root = tmp_path / "pps"

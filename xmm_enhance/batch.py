@@ -10,8 +10,9 @@ What makes it safe to run from cron over and over (design §7):
 
 * **Idempotent.** A step is skipped when its outputs are *complete and valid*: every FITS file
   opens, every HDU carries CHECKSUM/DATASUM and they verify (:func:`fits_is_valid`), every PNG
-  has its signature and final ``IEND`` chunk (:func:`png_is_valid`), and no output is older
-  than the image it was made from. Anything else is redone (``overwrite``), so a file damaged
+  has its signature and final ``IEND`` chunk (:func:`png_is_valid`), no output is older
+  than the image it was made from, and each prediction was made by the model file that would
+  be used now (its ``MODELSHA``). Anything else is redone (``overwrite``), so a file damaged
   on disk heals on the next run.
 * **Locked.** Each observation is worked on under an exclusive ``fcntl.flock`` on
   ``<save_dir>/<OBS_ID>/.xmm_enhance.lock``. The kernel drops the lock when its process dies,
@@ -458,6 +459,47 @@ def _outputs_ok(paths, *, newer_than: Path | None = None) -> tuple[bool, str]:
     return True, ""
 
 
+_SHA_CACHE: dict = {}
+
+
+def _model_sha(which: str, cfg: BatchConfig) -> str | None:
+    """sha256 of the model file ``which`` would use (cached by path, size and mtime)."""
+    import hashlib
+
+    from .inference import default_model_path
+
+    path = Path(cfg.model_path(which) or default_model_path(which))
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        _SHA_CACHE[key] = h.hexdigest()
+    return _SHA_CACHE[key]
+
+
+def _prediction_ok(image: Path, which: str, cfg: BatchConfig) -> tuple[bool, str]:
+    """Outputs of ``which`` complete, valid, newer than ``image`` and made by the model that
+    would be used now (``MODELSHA`` in the prediction's header)."""
+    paths = _pred_outputs(image, which, cfg.png)
+    ok, why = _outputs_ok(paths, newer_than=image)
+    if not ok:
+        return ok, why
+    sha = _model_sha(which, cfg)
+    if sha is not None:
+        from astropy.io import fits
+
+        made_by = fits.getheader(paths[1]).get("MODELSHA")
+        if made_by != sha:
+            return False, f"{paths[1].name}: made by another {which} model"
+    return True, ""
+
+
 def observation_state(obsid: str, cfg: BatchConfig) -> dict:
     """What a run would do for ``obsid``, without locking or writing: ``{step: action}``.
 
@@ -475,7 +517,7 @@ def observation_state(obsid: str, cfg: BatchConfig) -> dict:
     upstream_runs = plan["image"] != "skip"
     for which in cfg.which:
         paths = _pred_outputs(image, which, cfg.png)
-        ok, _ = _outputs_ok(paths, newer_than=image)
+        ok, _ = _prediction_ok(image, which, cfg)
         if ok and not upstream_runs and not cfg.overwrite:
             plan[which] = "skip"
         else:
@@ -683,11 +725,11 @@ def _run_steps(obsid: str, cfg: BatchConfig, res: ObsResult) -> None:
 
     for which in cfg.which:
         paths = _pred_outputs(image, which, cfg.png)
-        ok, why = _outputs_ok(paths, newer_than=image)
+        ok, why = _prediction_ok(image, which, cfg)
         if ok and not image_ran and not cfg.overwrite:
             _step(res, which, "skipped")
         else:
-            if any(p.exists() for p in paths) and why:
+            if why and why.split(": ", 1)[-1] != "missing":
                 log.info("OBS_ID %s: %s outputs will be remade (%s)", obsid, which, why)
             model = _model(which, cfg)
             t = time.perf_counter()
