@@ -481,6 +481,27 @@ def test_downloads_from_local_archive_with_unreachable_observation(tmp_path, pps
     assert _leftovers(out) == []
 
 
+def crash_on_0000000102(obsid, cfg):
+    """A task whose worker process dies (as if OOM-killed) on one observation."""
+    if obsid == "0000000102":
+        os._exit(9)
+    time.sleep(0.2)
+    return batch.ObsResult(obsid=obsid, status="done", pid=os.getpid())
+
+
+def test_pool_survives_a_dying_worker(tmp_path):
+    ids = OBSIDS[:5]
+    seen = []
+    res = batch.run_batch(ids, BatchConfig(save_dir=tmp_path), jobs=2,
+                          task=crash_on_0000000102, on_result=seen.append)
+    assert [r.obsid for r in res] == ids and len(seen) == 5
+    by = {r.obsid: r for r in res}
+    assert by["0000000102"].status == "failed"
+    assert "worker process died" in by["0000000102"].error
+    assert all(by[o].status == "done" for o in ids if o != "0000000102")
+    assert os.getpid() not in {by[o].pid for o in ids if o != "0000000102"}
+
+
 def test_usage_errors(tmp_path, models, capsys):
     assert main(["--save_dir", str(tmp_path), "--which", "XX", "0123456789"]) == 2
     assert "--which 'XX'" in capsys.readouterr().err

@@ -781,7 +781,7 @@ def _worker_init() -> None:  # pragma: no cover - runs in pool workers
 
 
 def run_batch(obsids, cfg: BatchConfig, *, jobs: int = 1, scheduler: str | None = None,
-              on_result=None) -> list[ObsResult]:
+              on_result=None, task=None) -> list[ObsResult]:
     """Process ``obsids``; return one :class:`ObsResult` each, in the order of ``obsids``.
 
     Parameters
@@ -796,6 +796,15 @@ def run_batch(obsids, cfg: BatchConfig, *, jobs: int = 1, scheduler: str | None 
         go to its workers instead (which must see ``save_dir`` at the same path).
     on_result : callable, optional
         Called as ``on_result(result)`` in this process as each observation finishes.
+    task : callable, optional
+        ``task(obsid, cfg) -> ObsResult`` run per observation (default
+        :func:`process_observation`); must be importable by the workers.
+
+    Notes
+    -----
+    In a local pool, a worker process that dies (killed, out of memory) breaks the pool; the
+    observations the pool still held are run again, each in a process of its own, so only the
+    one that kills its process is marked failed.
 
     Raises
     ------
@@ -809,6 +818,7 @@ def run_batch(obsids, cfg: BatchConfig, *, jobs: int = 1, scheduler: str | None 
     obsids = list(obsids)
     if jobs < 1:
         raise UsageError(f"--jobs must be >= 1, got {jobs}")
+    task = task or process_observation
     results: dict[str, ObsResult] = {}
 
     def record(r: ObsResult) -> None:
@@ -817,16 +827,22 @@ def run_batch(obsids, cfg: BatchConfig, *, jobs: int = 1, scheduler: str | None 
             on_result(r)
 
     if scheduler:
-        _run_dask(obsids, cfg, scheduler, record)
+        _run_dask(obsids, cfg, scheduler, record, task)
     elif jobs == 1 or len(obsids) <= 1:
         for o in obsids:
-            record(process_observation(o, cfg))
+            record(task(o, cfg))
     else:
-        _run_pool(obsids, cfg, jobs, record)
+        _run_pool(obsids, cfg, jobs, record, task)
     return [results[o] for o in obsids if o in results]
 
 
-def _run_pool(obsids, cfg, jobs, record) -> None:
+def _run_pool(obsids, cfg, jobs, record, task) -> None:
+    """Run ``task`` over ``obsids`` in a pool of ``jobs`` spawned worker processes.
+
+    A worker that dies (OOM killer, segfault) breaks the whole pool and every observation that
+    was still queued in it. Those are then run again each in a process of its own (``jobs`` at
+    a time), so that only the observation that kills its process is marked failed.
+    """
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
@@ -835,8 +851,9 @@ def _run_pool(obsids, cfg, jobs, record) -> None:
     ex = ProcessPoolExecutor(max_workers=min(jobs, len(obsids)), mp_context=ctx,
                              initializer=_worker_init)
     futures = {}
+    broken = []
     try:
-        futures = {ex.submit(process_observation, o, cfg): o for o in obsids}
+        futures = {ex.submit(task, o, cfg): o for o in obsids}
         pending = set(futures)
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -845,8 +862,7 @@ def _run_pool(obsids, cfg, jobs, record) -> None:
                 try:
                     record(f.result())
                 except BrokenProcessPool:
-                    record(_failed(o, f"OBS_ID {o}: its worker process died (killed or out of "
-                                      "memory); rerun the batch, or lower --jobs"))
+                    broken.append(o)
                 except Exception as exc:  # pickling trouble and the like
                     record(_failed(o, f"OBS_ID {o}: {_one_line(exc)}"))
     except BaseException:
@@ -855,9 +871,31 @@ def _run_pool(obsids, cfg, jobs, record) -> None:
         ex.shutdown(wait=False, cancel_futures=True)
         raise
     ex.shutdown(wait=True)
+    if not broken:
+        return
+    broken = [o for o in obsids if o in set(broken)]
+    log.warning("a worker process died; running the %d observation(s) its pool still held "
+                "each in a process of its own", len(broken))
+
+    def isolated(o):
+        with ProcessPoolExecutor(max_workers=1, mp_context=ctx,
+                                 initializer=_worker_init) as one:
+            try:
+                return one.submit(task, o, cfg).result()
+            except BrokenProcessPool:
+                return _failed(o, f"OBS_ID {o}: its worker process died (killed, or out of "
+                                  "memory); see its log, rerun it alone or with a lower --jobs")
+            except Exception as exc:
+                return _failed(o, f"OBS_ID {o}: {_one_line(exc)}")
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(jobs, len(broken))) as threads:
+        for r in threads.map(isolated, broken):
+            record(r)
 
 
-def _run_dask(obsids, cfg, address, record) -> None:
+def _run_dask(obsids, cfg, address, record, task) -> None:
     try:
         from distributed import Client, as_completed
     except ImportError:
@@ -875,7 +913,7 @@ def _run_dask(obsids, cfg, address, record) -> None:
     futures = []
     try:
         token = f"{os.getpid()}-{time.time_ns()}"
-        futures = [client.submit(process_observation, o, cfg, key=f"xmm-enhance-{o}-{token}",
+        futures = [client.submit(task, o, cfg, key=f"xmm-enhance-{o}-{token}",
                                  pure=False, retries=0) for o in obsids]
         by_key = {f.key: o for f, o in zip(futures, obsids)}
         with client.as_current():
