@@ -45,7 +45,7 @@ import threading
 import time
 import traceback
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import UsageError, XmmEnhanceError
@@ -830,7 +830,11 @@ def run_batch(obsids, cfg: BatchConfig, *, jobs: int = 1, scheduler: str | None 
         _run_dask(obsids, cfg, scheduler, record, task)
     elif jobs == 1 or len(obsids) <= 1:
         for o in obsids:
-            record(task(o, cfg))
+            try:
+                r = task(o, cfg)
+            except Exception as exc:  # e.g. its log file cannot be opened (disk full)
+                r = _failed(o, f"OBS_ID {o}: {_one_line(exc)}")
+            record(r)
     else:
         _run_pool(obsids, cfg, jobs, record, task)
     return [results[o] for o in obsids if o in results]
