@@ -243,6 +243,17 @@ def test_skip_valid_outputs_redo_damaged_ones_and_dry_run(tmp_path, pps_root, mo
     assert all(third[o]["steps"] == "image:skipped SR:skipped DN:ran" for o in ids)
     assert "made by another DN model" in (out / ids[0] / LOG_NAME).read_text()
 
+    # Progress: a bar when asked (a terminal), one plain line per observation otherwise (cron).
+    capsys.readouterr()
+    assert main(_args(out, (models[0], dn2), *ids, "--png", "--progress", "bar",
+                      "--report", tmp_path / "r4", pps_root=pps_root)) == 0
+    err = capsys.readouterr().err
+    assert "2/2 [" in err and "[1/2]" not in err
+    assert main(_args(out, (models[0], dn2), *ids, "--png", "--report", tmp_path / "r5",
+                      pps_root=pps_root)) == 0
+    err = capsys.readouterr().err
+    assert f"[1/2] {ids[0]} done" in err and f"[2/2] {ids[1]} done" in err and "2/2 [" not in err
+
 
 def test_corrupt_observation_fails_alone(tmp_path, pps_root, models, capsys):
     root = tmp_path / "pps"
