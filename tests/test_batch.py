@@ -52,7 +52,19 @@ def _restore_logging():
     root = logging.getLogger()
     handlers, level, show = root.handlers[:], root.level, warnings.showwarning
     levels = {n: logging.getLogger(n).level for n in ("xmm_enhance", "astroquery")}
+    # Start from a clean package logger, whatever other test modules' CLIs left on it.
+    pkg = logging.getLogger("xmm_enhance")
+    pkg_state = pkg.handlers[:], pkg.propagate
+    for h in pkg_state[0]:
+        pkg.removeHandler(h)
+    pkg.propagate = True
+    pkg.setLevel(logging.NOTSET)
     yield
+    for h in pkg.handlers[:]:
+        pkg.removeHandler(h)
+    for h in pkg_state[0]:
+        pkg.addHandler(h)
+    pkg.propagate = pkg_state[1]
     for h in root.handlers[:]:
         if h not in handlers:
             root.removeHandler(h)
