@@ -284,6 +284,7 @@ def test_corrupt_observation_fails_alone(tmp_path, pps_root, models, capsys):
     assert f"1 of 3 observations failed ({ids[1]})" in err
     r = _report(tmp_path / "rep")
     assert [r[o]["status"] for o in ids] == ["done", "failed", "done"]
+    assert json.loads((tmp_path / "rep.json").read_text())["totals"] == {"done": 2, "failed": 1}
     assert os.getpid() not in {r[o]["pid"] for o in ids}      # ran in the worker processes
     assert ev.name in r[ids[1]]["error"]
     assert "\n" not in r[ids[1]]["error"]
@@ -535,3 +536,5 @@ def test_usage_errors(tmp_path, models, capsys):
     assert "no OBS_IDs" in capsys.readouterr().err
     with pytest.raises(UsageError):
         batch.run_batch(["0123456789"], BatchConfig(save_dir=tmp_path), jobs=0)
+    r = batch.process_observation("../../etc", BatchConfig(save_dir=tmp_path / "s"))
+    assert r.status == "failed" and "10 digits" in r.error and not (tmp_path / "s").exists()

@@ -614,8 +614,11 @@ def process_observation(obsid: str, cfg: BatchConfig) -> ObsResult:
     ObsResult
     """
     t0, c0 = time.perf_counter(), time.process_time()
-    res = ObsResult(obsid=obsid, host=socket.gethostname(), pid=os.getpid(),
+    res = ObsResult(obsid=str(obsid), host=socket.gethostname(), pid=os.getpid(),
                     started_utc=_utc())
+    if not re.fullmatch(r"\d{10}", res.obsid):
+        res.error = f"OBS_ID {obsid!r}: must be exactly 10 digits; fix the list"
+        return res
     obs_dir = _obs_dir(cfg, obsid)
     try:
         obs_dir.mkdir(parents=True, exist_ok=True)
@@ -964,8 +967,9 @@ def write_report(results, path, *, meta: dict | None = None) -> tuple[Path, Path
     """Write the report as ``<path>.csv`` and ``<path>.json`` (atomically); return both paths.
 
     ``path`` may end in ``.csv`` or ``.json`` (the other is written beside it) or have no such
-    suffix. The JSON holds ``meta`` (command, start, end...), the counts per status and one
-    object per observation with the CSV's columns plus ``outputs``.
+    suffix. The JSON holds ``meta`` (command, start, end...), ``totals`` and one
+    object per observation with the CSV's columns plus ``outputs`` (``totals``: observations
+    per status).
     """
     path = Path(path)
     base = path.with_suffix("") if path.suffix.lower() in (".csv", ".json") else path
@@ -979,7 +983,7 @@ def write_report(results, path, *, meta: dict | None = None) -> tuple[Path, Path
     counts: dict = {}
     for r in results:
         counts[r.status] = counts.get(r.status, 0) + 1
-    doc = {"meta": meta or {}, "counts": counts,
+    doc = {"meta": meta or {}, "totals": counts,
            "observations": [dict(_row(r), outputs=r.outputs) for r in results]}
     _atomic_text(p_json, json.dumps(doc, indent=1, default=str) + "\n")
     return p_csv, p_json
