@@ -781,6 +781,14 @@ def _worker_init() -> None:  # pragma: no cover - runs in pool workers
     # Worker processes only report through their results and observation logs; keep the
     # console quiet from them (the parent prints progress).
     logging.getLogger().setLevel(logging.WARNING)
+    # Import the heavy modules now, so that the first observation's step times do not
+    # include them.
+    with contextlib.suppress(ImportError):
+        import astropy.io.fits  # noqa: F401
+        import matplotlib.figure  # noqa: F401
+        import onnxruntime  # noqa: F401
+
+        from . import display, inference, pipeline  # noqa: F401
 
 
 def run_batch(obsids, cfg: BatchConfig, *, jobs: int = 1, scheduler: str | None = None,
