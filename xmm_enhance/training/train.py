@@ -42,7 +42,7 @@ DEFAULTS = {
     "channels": (16, 32, 64, 96), "batch": 8, "crop": 128, "lr": 1e-3, "lr_min": 1e-4,
     "warmup": 200, "total_steps": 30000, "ema": 0.999, "buffer": 48, "refresh": 1,
     "val_frames": 24, "grad_clip": 1.0, "weight_decay": 1e-5, "exposure": 20e3,
-    "dn_loss_exposure": 50e3,
+    "dn_loss_exposure": 50e3, "source_crop_prob": {"DN": 0.0, "SR": 0.3},
 }
 
 
@@ -55,7 +55,7 @@ def recipe_string(task, cfg):
             f"log-residual on a mask-aware sigma-1.5 smoothing; loss {loss}; AdamW lr "
             f"{cfg['lr']} cosine to {cfg['lr_min']} over {cfg['total_steps']} steps, batch "
             f"{cfg['batch']}x{cfg['crop']}^2 crops, EMA {cfg['ema']}, fresh Poisson noise per crop,"
-            f" D4 augmentation; checkpoint chosen on {cfg['val_frames']} simulated validation "
+            f" D4 augmentation, source-centred crops {cfg.get('source_crop_prob')}; checkpoint chosen on {cfg['val_frames']} simulated validation "
             f"frames")
 
 
@@ -166,6 +166,8 @@ def train(task, *, out="models", ckpt_dir="models/checkpoints", minutes=None, st
         st = torch.load(last_path, map_location="cpu", weights_only=False)
         # the checkpoint's recipe wins, except what the caller overrides explicitly
         cfg = {**DEFAULTS, **st.get("cfg", {}), **(cfg_overrides or {})}
+        for k in ("source_crop_prob",):  # recipe additions after the checkpoint was written
+            cfg[k] = DEFAULTS[k] if k not in (cfg_overrides or {}) else cfg[k]
         net.load_state_dict(st["model"])
         ema.load_state_dict(st["ema"])
         opt.load_state_dict(st["opt"])
@@ -178,7 +180,10 @@ def train(task, *, out="models", ckpt_dir="models/checkpoints", minutes=None, st
     rng = np.random.default_rng(seed if seed is not None else [20261128, step])
     if rng_state is not None:
         rng.bit_generator.state = rng_state
-    buf = D.FrameBuffer(simulate, rng, task=task, size=cfg["buffer"], exposure=cfg["exposure"])
+    scp = cfg.get("source_crop_prob", 0.0)
+    scp = scp.get(task, 0.0) if isinstance(scp, dict) else float(scp)
+    buf = D.FrameBuffer(simulate, rng, task=task, size=cfg["buffer"], exposure=cfg["exposure"],
+                        source_crop_prob=scp)
     val_frames = D.validation_frames(simulate, n=cfg["val_frames"], task=task,
                                      exposure=cfg["exposure"])
     if step == 0:
