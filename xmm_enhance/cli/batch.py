@@ -12,7 +12,6 @@ Exit status: 0 when every observation is done (or busy in another batch), 1 when
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import signal
@@ -137,8 +136,9 @@ def _quiet_console(verbose: bool) -> None:
     def keep(record):
         return verbose or record.thread not in batch._OBS_THREADS
 
-    for h in logging.getLogger().handlers:
-        h.addFilter(keep)
+    for h in logging.getLogger().handlers + logging.getLogger("xmm_enhance").handlers:
+        if getattr(h, "_xmm_enhance_cli", False) or h in logging.getLogger().handlers:
+            h.addFilter(keep)
 
 
 def _dry_run(obsids, cfg) -> int:
@@ -184,12 +184,6 @@ def _on_sigterm(signum, frame):  # cron / batch systems stop jobs with SIGTERM
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if args.pps_dir is None and args.jobs == 1 and not args.dask_scheduler:
-        # Downloads in this process: astroquery must create its logger (astropy's class)
-        # before setup_logging touches the "astroquery" logger name, or importing it later
-        # fails (AttributeError _set_defaults).
-        with contextlib.suppress(ImportError):
-            import astroquery  # noqa: F401
     setup_logging(args)
     _quiet_console(args.verbose)
     try:

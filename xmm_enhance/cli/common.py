@@ -21,13 +21,36 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     print(f"warning: {text}", file=sys.stderr)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of the message (tests swap it)."""
+
+    _xmm_enhance_cli = True
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):  # StreamHandler.__init__ assigns it; ignore
+        pass
+
+
 def setup_logging(args) -> None:
-    """Configure the root logger from -q/-v (only the CLI does this); warnings one line each."""
+    """Configure the ``xmm_enhance`` logger from -q/-v (only the CLIs do this).
+
+    One handler on the package logger (replaced, not added, on repeated calls); the root logger
+    and other libraries' loggers are left alone, and records still propagate (so pytest's caplog
+    sees them). Warnings are printed as one line each.
+    """
     level = logging.ERROR if getattr(args, "quiet", False) else (
         logging.DEBUG if getattr(args, "verbose", False) else logging.INFO)
-    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
-    for noisy in ("matplotlib", "PIL", "urllib3", "astroquery", "distributed", "fsspec"):
-        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    logger = logging.getLogger("xmm_enhance")
+    for h in [h for h in logger.handlers if getattr(h, "_xmm_enhance_cli", False)]:
+        logger.removeHandler(h)
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(level)
     if getattr(args, "quiet", False):
         warnings.simplefilter("ignore")
     warnings.showwarning = _one_line_warning

@@ -12,6 +12,8 @@ import math
 import sys
 import warnings
 
+from .common import setup_logging
+
 __all__ = ["main", "build_parser"]
 
 PROG = "make_detxy_pn_image_pps.py"
@@ -56,19 +58,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _setup_logging(args):
-    level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
-    logger = logging.getLogger("xmm_enhance")
-    logger.setLevel(level)
-    if not any(getattr(h, "_xmm_enhance_cli", False) for h in logger.handlers):
-        h = logging.StreamHandler(sys.stderr)
-        h.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
-        h._xmm_enhance_cli = True
-        logger.addHandler(h)
-        logger.propagate = False
-    return logger
-
-
 def main(argv=None) -> int:
     """Run the command; returns the exit code."""
     parser = build_parser()
@@ -80,7 +69,7 @@ def main(argv=None) -> int:
         parser.print_usage(sys.stderr)
         print(f"{PROG}: error: --expo_time must be a finite number of ks", file=sys.stderr)
         return 2
-    _setup_logging(args)
+    setup_logging(args)
 
     from ..errors import XmmEnhanceError
     from ..pipeline import make_image
