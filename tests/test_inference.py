@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import os
 import signal
 import subprocess
 import sys
@@ -18,7 +17,7 @@ pytest.importorskip("onnx")
 
 from xmm_enhance import detector, inference, skywcs  # noqa: E402
 from xmm_enhance.cli.infer import main  # noqa: E402
-from xmm_enhance.errors import InputError, ModelError  # noqa: E402
+from xmm_enhance.errors import ModelError  # noqa: E402
 
 from onnx_graphs import identity_dn, replicate_sr  # noqa: E402
 

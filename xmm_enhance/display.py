@@ -82,23 +82,13 @@ def _scale_bar(ax, pixel_arcsec, shape, arcsec=120.0):
 
 def quicklook_png(res, path, *, overwrite=False, dpi=110) -> Path:
     """Write the quick-look figure to ``path`` (atomically); return the path."""
-    import os
-    import tempfile
+    from .fitsio import atomic_savefig
 
     path = Path(path)
     if path.exists() and not overwrite:
         raise OutputError(f"{path}: exists; pass --overwrite to replace it")
     fig = quicklook_figure(res)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=dpi, format="png")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_savefig(fig, path, dpi=dpi)
 
 
 def show(res) -> None:

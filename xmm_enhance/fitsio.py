@@ -1,4 +1,4 @@
-"""Small FITS helpers shared by the commands: atomic writes and checksummed HDUs."""
+"""Output helpers shared by the commands: atomic writes of checksummed FITS files and PNGs."""
 from __future__ import annotations
 
 import os
@@ -9,7 +9,8 @@ from astropy.io import fits
 
 from .errors import OutputError
 
-__all__ = ["atomic_write_hdul", "check_writable_dir", "remove_stale_temporaries"]
+__all__ = ["atomic_write_hdul", "atomic_savefig", "check_writable_dir",
+           "remove_stale_temporaries"]
 
 
 def remove_stale_temporaries(path: Path) -> int:
@@ -68,5 +69,21 @@ def atomic_write_hdul(hdul: fits.HDUList, path: Path, *, overwrite: bool = False
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        raise
+    return path
+
+
+def atomic_savefig(fig, path: Path, *, dpi=None) -> Path:
+    """Save a matplotlib figure as PNG through a temporary file + rename; return ``path``."""
+    path = Path(path)
+    remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png", dpi=dpi)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
         raise
     return path

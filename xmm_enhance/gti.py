@@ -282,9 +282,6 @@ def plot_gti(curve: RateCurve, kept, path, *, flare_gti=None, title: str = ""):
     ``kept`` (and ``flare_gti``, the intervals passing the threshold) are GTI sets. The file is
     written through a temporary name and renamed. Returns the path.
     """
-    import os
-    import tempfile
-
     import matplotlib
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
@@ -312,13 +309,5 @@ def plot_gti(curve: RateCurve, kept, path, *, flare_gti=None, title: str = ""):
     ax.set_title(title or f"{path.stem}: kept {total(kept) / 1e3:.2f} ks", fontsize=9)
     ax.legend(loc="upper right", fontsize=7)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    from .fitsio import atomic_savefig
+    return atomic_savefig(fig, path)
