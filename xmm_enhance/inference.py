@@ -100,8 +100,12 @@ class Model:
 
     @property
     def target_exposure(self) -> float | None:
-        v = self.meta.get("target_exposure_ks")
-        return float(v) * 1e3 if v not in (None, "") else None
+        """Exposure (s) the prediction emulates; None for a noise-free target (or unknown)."""
+        try:
+            v = float(self.meta.get("target_exposure_ks", ""))
+        except ValueError:
+            return None
+        return v * 1e3 if np.isfinite(v) and v > 0 else None
 
     def predict(self, rate: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Predicted rate for one padded image ``rate`` [H, W] with detector ``mask`` [H, W]."""
