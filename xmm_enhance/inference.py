@@ -399,8 +399,9 @@ def _header(res: EnhanceResult, *, wcs, exposure, pixel_arcsec, what) -> fits.He
             h["COMMENT"] = f"Sky WCS: {img.wcs_note}"
     h["BUNIT"] = ("count/s/pixel", "count rate per pixel")
     h["PIXSIZE"] = (pixel_arcsec, "[arcsec] pixel size")
-    h["EXPOSURE"] = (exposure, "[s] " + ("input exposure" if what == "input" else
-                                        "exposure the prediction emulates"))
+    emulated = what != "input" and model.target_exposure is not None
+    h["EXPOSURE"] = (exposure, "[s] exposure the prediction emulates" if emulated else
+                     "[s] input exposure")
     h["INEXPO"] = (img.exposure, "[s] exposure of the input image")
     h["PADTOP"] = (res.pad[0], "rows added below the input grid (neg: cropped)")
     h["PADLEFT"] = (res.pad[1], "columns added left of input grid (neg: cropped)")
