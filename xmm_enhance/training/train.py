@@ -139,7 +139,8 @@ def export_task(task, cfg, ckpt_dir, out_dir, *, extra_metrics=None, which="best
         "input_pixel_arcsec": "4", "output_pixel_arcsec": "4" if scale == 1 else "2",
         "band_kev": "0.5-2", "version": f"{RECIPE_VERSION}.{st.get('step', 0)}",
         "training_recipe": recipe_string(task, cfg), "training_commit": st.get("commit", "unknown"),
-        "simulator_version": SIM_VERSION, "metrics": metrics, "stride": str(net.stride),
+        "simulator_version": st.get("sim_version", SIM_VERSION), "metrics": metrics,
+        "stride": str(net.stride),
     }
     return export_onnx(net, Path(out_dir) / MODEL_NAMES[task], metadata=meta)
 
@@ -154,6 +155,9 @@ def train(task, *, out="models", ckpt_dir="models/checkpoints", minutes=None, st
     ckpt_dir = Path(ckpt_dir)
     last_path, best_path = ckpt_dir / f"{task}_last.pt", ckpt_dir / f"{task}_best.pt"
     simulate = D.simulator(sim)
+    sim_version = "toy"
+    if sim == "instrument":
+        from ..simulate.instrument import SIM_VERSION as sim_version
 
     net = make_net(task, cfg)
     ema = copy.deepcopy(net)
@@ -175,8 +179,14 @@ def train(task, *, out="models", ckpt_dir="models/checkpoints", minutes=None, st
         rng_state = st.get("rng")
         commit = st.get("commit", commit)
         log.info("resumed %s at step %d (best val %.4f)", last_path, step, best)
+        if st.get("sim_version") != sim_version:
+            # a new simulator means a new validation set: old scores are not comparable
+            log.info("simulator %s -> %s: best validation score reset", st.get("sim_version"),
+                     sim_version)
+            best = float("inf")
     else:
-        log.info("fresh start: %s, %d parameters", task, count_parameters(net))
+        log.info("fresh start: %s, %d parameters, simulator %s", task, count_parameters(net),
+                 sim_version)
     rng = np.random.default_rng(seed if seed is not None else [20261128, step])
     if rng_state is not None:
         rng.bit_generator.state = rng_state
@@ -209,10 +219,11 @@ def train(task, *, out="models", ckpt_dir="models/checkpoints", minutes=None, st
         if improved:
             best = last_val["val_dev"]
             _save(best_path, {"ema": ema.state_dict(), "step": step, "val": last_val,
-                              "cfg": cfg, "commit": commit})
+                              "cfg": cfg, "commit": commit, "sim_version": sim_version})
         _save(last_path, {"model": net.state_dict(), "ema": ema.state_dict(),
                           "opt": opt.state_dict(), "step": step, "best": best, "cfg": cfg,
-                          "rng": rng.bit_generator.state, "commit": commit, "val": last_val})
+                          "rng": rng.bit_generator.state, "commit": commit, "val": last_val,
+                          "sim_version": sim_version})
         log.info("checkpoint step %d val %s%s", step, json.dumps(last_val),
                  " (best)" if improved else "")
 
