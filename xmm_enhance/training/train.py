@@ -42,7 +42,8 @@ DEFAULTS = {
     "channels": (16, 32, 64, 96), "batch": 8, "crop": 128, "lr": 1e-3, "lr_min": 1e-4,
     "warmup": 200, "total_steps": 30000, "ema": 0.999, "buffer": 48, "refresh": 1,
     "val_frames": 24, "grad_clip": 1.0, "weight_decay": 1e-5, "exposure": 20e3,
-    "dn_loss_exposure": 50e3, "source_crop_prob": {"DN": 0.0, "SR": 0.3},
+    "dn_loss_exposure": 50e3, "source_crop_prob": {"DN": 0.0, "SR": 0.5},
+    "sr_shape_weight": 1.0,
 }
 
 
@@ -50,7 +51,8 @@ def recipe_string(task, cfg):
     """One-line description of the training recipe (stored in the ONNX metadata)."""
     loss = ("crop-weighted expected Poisson deviance at 50 ks vs noise-free target" if task == "DN"
             else "crop-weighted expected Poisson deviance at 20 ks on the 2x target + 8\" "
-                 "block-sum deviance (flux)")
+                 "block-sum deviance (flux) + per-crop summed KL / (counts + 100) (shape), "
+                 f"weight {cfg.get('sr_shape_weight')}")
     return (f"recipe v{RECIPE_VERSION}: U-Net {cfg['channels']} on sqrt/log-smoothed counts + mask, "
             f"log-residual on a mask-aware sigma-1.5 smoothing; loss {loss}; AdamW lr "
             f"{cfg['lr']} cosine to {cfg['lr_min']} over {cfg['total_steps']} steps, batch "
@@ -170,7 +172,7 @@ def train(task, *, out="models", ckpt_dir="models/checkpoints", minutes=None, st
         st = torch.load(last_path, map_location="cpu", weights_only=False)
         # the checkpoint's recipe wins, except what the caller overrides explicitly
         cfg = {**DEFAULTS, **st.get("cfg", {}), **(cfg_overrides or {})}
-        for k in ("source_crop_prob",):  # recipe additions after the checkpoint was written
+        for k in ("source_crop_prob", "sr_shape_weight"):  # recipe changes after the checkpoint
             cfg[k] = DEFAULTS[k] if k not in (cfg_overrides or {}) else cfg[k]
         net.load_state_dict(st["model"])
         ema.load_state_dict(st["ema"])
@@ -243,7 +245,8 @@ def train(task, *, out="models", ckpt_dir="models/checkpoints", minutes=None, st
             if task == "DN":
                 loss = lossf(pred, target, tmask, exposure=cfg["dn_loss_exposure"])
             else:
-                loss = lossf(pred, target, tmask, exposure=cfg["exposure"])
+                loss = lossf(pred, target, tmask, exposure=cfg["exposure"],
+                             shape_weight=cfg.get("sr_shape_weight", 0.0))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), cfg["grad_clip"])
