@@ -81,15 +81,18 @@ def predict_full(net, rate, mask):
 
 
 def validate(net, frames, task, cfg):
-    """Mean over validation frames of the per-frame mean expected deviance (and PSNR for SR).
+    """Scores of ``net`` on the fixed simulated validation frames (lower ``val_score`` is better).
 
-    DN: ``2 KL(target, pred)`` at ``dn_loss_exposure`` over the frame's mask (the expected
-    held-out deviance minus its noise floor). SR: the same at 20 ks on the 2x grid.
+    ``val_dev``: mean over frames of the per-frame mean expected deviance ``2 KL(target, pred)``
+    (DN: at ``dn_loss_exposure`` over the frame's mask, i.e. the expected held-out deviance minus
+    its noise floor; SR: at 20 ks on the 2x grid). SR adds ``val_psnr`` (sqrt stretch) and
+    ``val_shape`` (summed KL / (total expected counts + 100), the shape term of the loss), and
+    selects on ``val_score = val_dev + sr_shape_weight * 2 val_shape``; DN selects on ``val_dev``.
     """
     from ..evaluation import SR_RATE_MAX, sqrt_psnr
 
     net.eval()
-    devs, psnrs = [], []
+    devs, psnrs, shapes = [], [], []
     for f in frames:
         rate = f.counts / f.exposure
         pred = predict_full(net, rate, f.mask)
@@ -98,13 +101,17 @@ def validate(net, frames, task, cfg):
         else:
             t, m, T = f.sr_target, np.repeat(np.repeat(f.mask, 2, 0), 2, 1), cfg["exposure"]
             psnrs.append(sqrt_psnr(pred, t, rate_max=SR_RATE_MAX, select=m))
-        kl = poisson_kl(torch.from_numpy(t.astype(np.float64) * T),
-                        torch.from_numpy(pred.astype(np.float64) * T)).numpy()
+        lam = t.astype(np.float64) * T
+        kl = poisson_kl(torch.from_numpy(lam), torch.from_numpy(pred.astype(np.float64) * T)).numpy()
         devs.append(float(2 * kl[m].mean()))
+        shapes.append(float(kl[m].sum() / (lam[m].sum() + 100.0)))
     net.train()
     out = {"val_dev": float(np.mean(devs))}
+    out["val_score"] = out["val_dev"]
     if psnrs:
         out["val_psnr"] = float(np.mean(psnrs))
+        out["val_shape"] = float(np.mean(shapes))
+        out["val_score"] = out["val_dev"] + cfg.get("sr_shape_weight", 0.0) * 2 * out["val_shape"]
     return out
 
 
@@ -181,10 +188,10 @@ def train(task, *, out="models", ckpt_dir="models/checkpoints", minutes=None, st
         rng_state = st.get("rng")
         commit = st.get("commit", commit)
         log.info("resumed %s at step %d (best val %.4f)", last_path, step, best)
-        if st.get("sim_version") != sim_version:
-            # a new simulator means a new validation set: old scores are not comparable
-            log.info("simulator %s -> %s: best validation score reset", st.get("sim_version"),
-                     sim_version)
+        if st.get("sim_version") != sim_version or "val_score" not in st.get("val", {}):
+            # a new simulator (or score) means old scores are not comparable
+            log.info("simulator %s -> %s / new validation score: best score reset",
+                     st.get("sim_version"), sim_version)
             best = float("inf")
     else:
         log.info("fresh start: %s, %d parameters, simulator %s", task, count_parameters(net),
@@ -217,9 +224,9 @@ def train(task, *, out="models", ckpt_dir="models/checkpoints", minutes=None, st
     def checkpoint():
         nonlocal best, last_val
         last_val = validate(ema, val_frames, task, cfg)
-        improved = last_val["val_dev"] < best
+        improved = last_val["val_score"] < best
         if improved:
-            best = last_val["val_dev"]
+            best = last_val["val_score"]
             _save(best_path, {"ema": ema.state_dict(), "step": step, "val": last_val,
                               "cfg": cfg, "commit": commit, "sim_version": sim_version})
         _save(last_path, {"model": net.state_dict(), "ema": ema.state_dict(),
