@@ -57,9 +57,11 @@ _HALF_Y = {"lower": (_yb(11), _yb(205)), "upper": (_yb(207), _yb(401))}
 _DEAD_X = {
     "lower": _cols((94, 95), (130, 135), (152, 153), (191, 193), (197, 202), (236, 237),
                    (267, 270)),
-    "upper": _cols((133, 135), (181, 182), (201, 202), (268, 270), (273, 274), (290, 291),
-                   (324, 325), (371, 371)),
+    "upper": _cols((133, 135), (181, 182), (201, 202), (268, 270), (273, 274), (290, 291)),
 }
+#: Columns flagged (FLAG != 0) inside the field of view in every observation seen, but live in the
+#: CCD corners outside it (they collect corner events there), per row of CCDs.
+_FLAGGED_X = {"lower": (), "upper": _cols((324, 325), (371, 371))}
 #: CCD-edge pixels that FLAG==0 removes inside the field of view (CCD boundaries inside a
 #: quadrant, the last column, the rows next to the read-out). Outside the field of view (the
 #: CCD corners) they still collect particle background.
@@ -150,8 +152,13 @@ def fov_mask(grid: Grid | None = None) -> np.ndarray:
 
 
 def _edge_mask(g):
+    """Pixels FLAG==0 removes inside the field of view: CCD edges and flagged columns."""
     x, y = g.centres()
-    return _in_intervals(y, _EDGE_Y)[:, None] | _in_intervals(x, _EDGE_X)[None, :]
+    out = _in_intervals(y, _EDGE_Y)[:, None] | _in_intervals(x, _EDGE_X)[None, :]
+    for half, (lo, hi) in _HALF_Y.items():
+        rows = (y >= lo) & (y < hi)
+        out |= rows[:, None] & _in_intervals(x, _FLAGGED_X[half])[None, :]
+    return out
 
 
 def detector_mask(grid: Grid | None = None, *, corners: bool = True) -> np.ndarray:

@@ -26,7 +26,8 @@ from .fitsio import atomic_write_hdul, check_writable_dir
 
 __all__ = [
     "PAD_SIZE", "MODEL_FILES", "TASKS", "InputImage", "Model", "EnhanceResult",
-    "InputWarning", "default_model_path", "load_model", "read_input", "input_mask", "pad_to",
+    "InputWarning", "default_model_path", "load_model", "read_input", "input_mask",
+    "output_mask", "pad_to",
     "prepare", "enhance_image", "write_outputs", "enhance_file", "output_paths",
 ]
 
@@ -323,6 +324,25 @@ def input_mask(counts: np.ndarray, *, pn_grid: bool = True) -> np.ndarray:
     return detector.detector_mask(corners=bool(with_corners)) | (counts > 0)
 
 
+def output_mask(counts: np.ndarray, in_mask: np.ndarray, *, pn_grid: bool = True
+                ) -> np.ndarray:
+    """Pixels where a prediction is kept (elsewhere it is 0), bool [ny, nx].
+
+    Every CCD pixel that can collect events in an image of this kind: the live CCD area inside
+    the field of view (including the CCD-edge and flagged columns that ``FLAG == 0`` empties in
+    the input, since photons do land there in other exposures), the corners outside it when the
+    input has corner events, and every pixel of the input mask. Only true gaps and off-chip
+    pixels are zeroed: a zero where photons arrive would be a wrong prediction.
+    """
+    if not pn_grid:
+        return np.ones(counts.shape, bool)
+    with_corners = counts[detector.corner_mask()].sum() > 0
+    live = detector.live_mask()
+    if not with_corners:
+        live &= detector.fov_mask()
+    return live | in_mask
+
+
 def pad_to(a: np.ndarray, size: int = PAD_SIZE) -> tuple[np.ndarray, tuple[int, int]]:
     """Centred zero pad (or crop) of ``a`` to ``size`` x ``size`` (design §4.3).
 
@@ -341,25 +361,29 @@ def pad_to(a: np.ndarray, size: int = PAD_SIZE) -> tuple[np.ndarray, tuple[int, 
 
 
 def prepare(img: InputImage, size: int = PAD_SIZE):
-    """Masked, padded count rate. Returns (rate[size,size] f32, mask bool, (top, left))."""
+    """Masked, padded count rate.
+
+    Returns (rate [size, size] f32, input mask bool, output mask bool, (top, left)); the output
+    mask (:func:`output_mask`) is on the padded 1x grid.
+    """
     pn = _is_pn_grid(img)
     if not pn:
         warnings.warn(f"{img.path.name}: shape {img.counts.shape} is not the pn 411x403 "
                       f"grid; centred pad/crop to {size}x{size} without the detector mask",
                       InputWarning, stacklevel=2)
     mask = input_mask(img.counts, pn_grid=pn)
+    keep = output_mask(img.counts, mask, pn_grid=pn)
     rate = np.where(mask, img.counts / img.exposure, 0.0).astype(np.float32)
     rate_p, pad = pad_to(rate, size)
-    mask_p, _ = pad_to(mask, size)
-    return rate_p, mask_p, pad
+    return rate_p, pad_to(mask, size)[0], pad_to(keep, size)[0], pad
 
 
 def enhance_image(img: InputImage, model: Model) -> EnhanceResult:
     """Run ``model`` on ``img``; nothing is written."""
-    rate, mask, (top, left) = prepare(img)
+    rate, mask, keep, (top, left) = prepare(img)
     pred = model.predict(rate, mask)
     s = model.scale
-    out_mask = np.repeat(np.repeat(mask, s, 0), s, 1) if s > 1 else mask
+    out_mask = np.repeat(np.repeat(keep, s, 0), s, 1) if s > 1 else keep
     pred = np.where(out_mask, np.clip(pred, 0, None), 0).astype(np.float32)
     in_wcs = skywcs.pad_wcs(img.wcs, top, left) if img.wcs is not None else None
     out_wcs = skywcs.upscale_wcs(in_wcs, s) if (in_wcs is not None and s > 1) else in_wcs
