@@ -362,3 +362,13 @@ def test_root_script_help():
     proc = subprocess.run([sys.executable, str(ROOT / "run_inference_on_real.py"), "--help"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "--which" in proc.stdout
+
+
+def test_real_events_only_on_live_ccd_pixels():
+    files = sorted((SHARED / "real-pn" / "full").glob("*.fits.gz"))
+    if not files:
+        pytest.skip("../shared/data/real-pn not present")
+    live = detector.live_mask()
+    for f in files:
+        counts = fits.getdata(f)
+        assert counts[~live].sum() == 0, f.name
