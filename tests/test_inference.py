@@ -372,3 +372,13 @@ def test_real_events_only_on_live_ccd_pixels():
     for f in files:
         counts = fits.getdata(f)
         assert counts[~live].sum() == 0, f.name
+
+
+def test_preview_model_warns_and_is_marked_in_headers(tmp_path):
+    p = replicate_sr(tmp_path / "sr.onnx", status="preview: below its quality bars")
+    with pytest.warns(inference.ModelWarning, match="preview"):
+        model = inference.load_model("SR", p)
+    img, _ = make_image(tmp_path / "img.fits")
+    res = inference.enhance_image(inference.read_input(img), model)
+    _, p_pred = inference.write_outputs(res)
+    assert fits.getheader(p_pred)["MODELSTA"] == "preview"

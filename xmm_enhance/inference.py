@@ -26,7 +26,7 @@ from .fitsio import atomic_write_hdul, check_writable_dir
 
 __all__ = [
     "PAD_SIZE", "MODEL_FILES", "TASKS", "InputImage", "Model", "EnhanceResult",
-    "InputWarning", "default_model_path", "load_model", "read_input", "input_mask",
+    "InputWarning", "ModelWarning", "default_model_path", "load_model", "read_input", "input_mask",
     "output_mask", "pad_to",
     "prepare", "enhance_image", "write_outputs", "enhance_file", "output_paths",
 ]
@@ -48,6 +48,10 @@ REQUIRED_META = ("task", "scale", "version")
 
 class InputWarning(UserWarning):
     """The input is usable but not what the models were trained on."""
+
+
+class ModelWarning(UserWarning):
+    """The model is usable but flagged in its metadata (e.g. a preview below its quality bars)."""
 
 
 @dataclass
@@ -198,6 +202,10 @@ def load_model(which: str, path: str | Path | None = None, *, threads: int | Non
         raise ModelError(f"{path}: metadata says task={meta['task']} scale={meta['scale']}, "
                          f"but --which {which} needs task={which} scale={want_scale}; pass the "
                          "right --model")
+    status = str(meta.get("status", ""))
+    if status.startswith("preview"):
+        warnings.warn(f"{path.name} is a preview model ({status.split(':', 1)[-1].strip()})",
+                      ModelWarning, stacklevel=2)
     return Model(path=path, session=sess, meta=meta, sha256=_sha256(path))
 
 
@@ -433,6 +441,8 @@ def _header(res: EnhanceResult, *, wcs, exposure, pixel_arcsec, what) -> fits.He
     h["CONTENT"] = ("masked padded input rate" if what == "input" else f"{res.task} prediction")
     h["MODEL"] = (model.path.name, "ONNX model file")
     h["MODELVER"] = (model.version, "model version")
+    if model.meta.get("status"):
+        h["MODELSTA"] = (str(model.meta["status"]).split(":")[0][:40], "model status (MODEL_CARD.md)")
     h["MODELSHA"] = model.sha256  # sha256 of the model file (64 hex digits: no room for a comment)
     h["SOFTVER"] = (__version__, "xmm_enhance version")
     h["INFILE"] = (img.path.name[:68], "input image")
