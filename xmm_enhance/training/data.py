@@ -173,14 +173,15 @@ class FrameBuffer:
             else:
                 t = f.sr_target[2 * y:2 * (y + crop), 2 * x:2 * (x + crop)]
                 tm = np.repeat(np.repeat(m, 2, 0), 2, 1)
-            k = int(rng.integers(8))  # D4 augmentation
+            # Flips only: a transpose would turn the detector's column effects (out-of-time
+            # streaks along DETY, partially covered columns, corner edge rows) sideways, which
+            # never happens in real images.
+            k = int(rng.integers(4))
             arrs = [rate, m.astype(np.float32), t, tm.astype(np.float32)]
             if k & 1:
                 arrs = [a[::-1] for a in arrs]
             if k & 2:
                 arrs = [a[:, ::-1] for a in arrs]
-            if k & 4:
-                arrs = [a.T for a in arrs]
             for lst, a in zip((rates, masks, targets, tmasks), arrs):
                 lst.append(np.ascontiguousarray(a)[None])
         return tuple(np.stack(lst).astype(np.float32) for lst in (rates, masks, targets, tmasks))
