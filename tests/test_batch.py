@@ -364,8 +364,13 @@ def test_sigkill_mid_run_then_rerun_resumes(tmp_path, pps_root, models):
     assert r[ids[0]]["steps"] == "image:skipped SR:skipped DN:skipped"
     assert any("ran" in r[o]["steps"] for o in ids[1:]), "the kill came too late to test"
     assert {p: p.stat().st_mtime_ns for p in _products(out, ids[0])} == before
-    for o in ids:                                       # every step ran exactly once overall
-        assert _ran_counts(out, o) == {"download": 0, "image": 1, "SR": 1, "DN": 1}, o
+    for o in ids:                                       # no step ran twice
+        counts = _ran_counts(out, o)
+        assert counts["download"] == 0 and all(v <= 1 for v in counts.values()), (o, counts)
+        for step in ("image", "SR", "DN"):
+            # a step whose outputs the killed run completed, but was killed before logging
+            # "ran", is skipped by the rerun (not redone): it still ran exactly once
+            assert counts[step] == 1 or f"{step}:skipped" in r[o]["steps"], (o, step, counts)
         products = _products(out, o)
         assert len(products) == 7
         assert all((png_is_valid(p) if p.suffix == ".png" else fits_is_valid(p))[0]
