@@ -275,15 +275,9 @@ def read_table(path, extname: str, columns, *, where=None, chunk_rows: int = 1 <
     path = Path(path)
     columns = [c.upper() for c in columns]
     need = list(dict.fromkeys(columns + [c.upper() for c in getattr(where, "need", ())]))
+    s = _open_stream(path)
     try:
-        s = _Stream(path)
-    except OSError as err:
-        raise PPSError(f"{path}: cannot open ({_short(err)})") from err
-    try:
-        primary = _read_header(s)
-        if primary is None:
-            raise ValueError("empty file")
-        s.skip(_padded(_data_size(primary)))
+        primary = _primary_header(s)
         table_hdr = None
         out = None
         nrows = 0
@@ -325,15 +319,9 @@ def read_header(path, extname: str = "EVENTS"):
     at the wanted header: milliseconds for a multi-GB ``.FTZ`` whose EVENTS table comes first.
     """
     path = Path(path)
+    s = _open_stream(path)
     try:
-        s = _Stream(path)
-    except OSError as err:
-        raise PPSError(f"{path}: cannot open ({_short(err)})") from err
-    try:
-        primary = _read_header(s)
-        if primary is None:
-            raise ValueError("empty file")
-        s.skip(_padded(_data_size(primary)))
+        primary = _primary_header(s)
         while True:
             h = _read_header(s)
             if h is None:
@@ -348,6 +336,23 @@ def read_header(path, extname: str = "EVENTS"):
     finally:
         s.close()
     raise PPSError(f"{path.name}: no {extname} extension; {_FIX}")
+
+
+def _open_stream(path: Path) -> "_Stream":
+    """A :class:`_Stream` on ``path``; PPSError if it cannot be opened."""
+    try:
+        return _Stream(path)
+    except OSError as err:
+        raise PPSError(f"{path}: cannot open ({_short(err)})") from err
+
+
+def _primary_header(s: "_Stream"):
+    """Read the primary header and skip its data; the stream is left at the first extension."""
+    primary = _read_header(s)
+    if primary is None:
+        raise ValueError("empty file")
+    s.skip(_padded(_data_size(primary)))
+    return primary
 
 
 def _padded(n: int) -> int:
