@@ -99,3 +99,31 @@ def test_issue_numbers_on_real_images():
     assert raw == pytest.approx(22.94, abs=0.01)
     g = ev.evaluate_dn(lambda r, m: ev.gaussian_baseline(r, m, 1.5), obs)
     assert g["deviance"] == pytest.approx(1.418, abs=0.001)
+
+
+def _real_toy(sources, halo=None, shape=(120, 120), seed=5):
+    """A 'real' observation: full (100 ks) and 20 ks counts of point sources on a flat
+    background, optionally on a steep galaxy halo."""
+    rng = np.random.default_rng(seed)
+    lam = np.full(shape, 0.05)  # per 20 ks
+    for y, x, n in sources:
+        lam = lam + _gauss(shape, y, x, 1.2, n)
+    if halo is not None:
+        yy, xx = np.mgrid[:shape[0], :shape[1]]
+        lam = lam + halo[2] * (1 + ((yy - halo[0]) ** 2 + (xx - halo[1]) ** 2) / 4.0) ** -1.5
+    c20 = rng.poisson(lam).astype(float)
+    cfull = c20 + rng.poisson(4 * lam)
+    return ev.RealObservation("0000000000", "toy", c20, 20e3, c20 * 2.5, 50e3, cfull, 100e3,
+                              np.ones(shape, bool))
+
+
+def test_real_source_selection_keeps_isolated_points_only():
+    mask = np.ones((120, 120), bool)
+    # an isolated source, a faint one, a close pair (50" apart), and a nucleus on a halo
+    obs = _real_toy([(30, 30, 300.0), (30, 90, 20.0), (90, 25, 250.0), (90, 37.5, 250.0),
+                     (85, 88, 150.0)], halo=(85, 88, 40.0))
+    keep = ev.select_real_point_sources(obs, mask)
+    assert keep == [(30, 30)]
+    # the first session's selection took the pair and the nucleus too
+    legacy = ev.select_real_point_sources(obs, mask, legacy=True)
+    assert (30, 30) in legacy and len(legacy) > 1

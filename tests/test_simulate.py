@@ -162,3 +162,17 @@ def test_corner_edge_rows():
     c = detector.corner_mask() & o.mask
     for r in CORNER_EDGE_ROWS:
         assert o.bkg_rate[r][c[r]].mean() > o.bkg_rate[r - 2 if r > 200 else r + 2][c[r]].mean()
+
+
+def test_source_free_field_is_background_only():
+    a = simulate_observation(np.random.default_rng(11), exposure=20e3)
+    b = simulate_observation(np.random.default_rng(11), exposure=20e3, sources=False)
+    assert b.meta["kind"] == "empty" and b.meta["sources"] == []
+    assert not b.sr_target.any()
+    # the target is the background alone (no out-of-time events without sources) ...
+    assert np.array_equal(b.dn_target, b.bkg_rate)
+    # ... and the same random background, mask and PSF as the field with sources
+    assert np.array_equal(a.mask, b.mask)
+    assert a.meta["particle_rate"] == b.meta["particle_rate"]
+    assert a.meta["psf_variant"] == b.meta["psf_variant"]
+    assert (a.dn_target - b.dn_target).sum() > 0

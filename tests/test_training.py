@@ -98,3 +98,12 @@ def test_a_few_steps_reduce_the_loss_and_export_round_trip(tmp_path):
         with torch.no_grad():
             want = net(rate, mask).numpy()
         assert np.allclose(got, want, rtol=1e-3, atol=1e-10)
+
+
+def test_buffer_makes_source_free_frames():
+    sim = functools.partial(D.toy_simulate, shape=(48, 48))
+    buf = D.FrameBuffer(sim, np.random.default_rng(4), task="SR", size=40, empty_frame_prob=0.5)
+    empty = sum(not f.sr_target.any() for f in buf.frames)
+    assert 8 <= empty <= 32  # toy frames always have at least one source otherwise
+    none = D.FrameBuffer(sim, np.random.default_rng(4), task="SR", size=10)
+    assert all(f.sr_target.any() for f in none.frames)

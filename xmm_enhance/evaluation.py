@@ -41,7 +41,8 @@ __all__ = [
     "LR_RATE_MAX", "SR_RATE_MAX", "RealObservation", "default_real_dir", "load_real_observations",
     "scored_pixels", "poisson_deviance", "heldout_deviance", "sqrt_psnr", "psnr_gain",
     "evaluate_dn", "gaussian_baseline", "background_level", "bicubic_upsample",
-    "gaussian_psf", "richardson_lucy_2x", "find_point_sources", "fit_fwhm", "aperture_flux",
+    "gaussian_psf", "richardson_lucy_2x", "find_point_sources", "select_real_point_sources",
+    "fit_fwhm", "aperture_flux",
     "max_aperture_counts", "evaluate_sr_sources", "onnx_predictor",
 ]
 
@@ -478,6 +479,56 @@ def find_point_sources(image, mask, *, min_counts, aperture_px, isolation_px,
         if len(out) >= max_sources:
             break
     return out
+
+
+def select_real_point_sources(obs: RealObservation, mask, *, min_counts_20ks=60.0,
+                              isolation_px=15.0, fwhm_range=(6.0, 14.0),
+                              flat_range=(0.8, 1.25), legacy=False):
+    """Bright isolated point sources of a real observation for the SR source metrics.
+
+    Everything is decided on the full exposure, never on a prediction:
+
+    * a peak of :func:`find_point_sources` (``min_counts_20ks`` scaled to the full exposure,
+      40" aperture complete on the detector, no comparable peak within ``isolation_px``: 60",
+      where the background annulus of :func:`evaluate_sr_sources` starts);
+    * point-like: Gaussian FWHM within ``fwhm_range`` (arcsec) on the full image and within
+      6-16" on the 20 ks input (the fit must work there);
+    * at least ``min_counts_20ks`` net counts (per 20 ks) within 40" after subtracting the
+      local 60-90" annulus;
+    * on a flat local background: the mean of the 60-90" annulus over that of the 90-120"
+      annulus within ``flat_range``. A nucleus on a galaxy halo or a knot in a cluster core
+      fails this: its 20"/40" aperture comparison is undefined there.
+
+    ``legacy=True`` gives the first session's looser selection (48" isolation, 20 ks FWHM
+    only), kept to compare numbers across model-card versions.
+
+    Returns
+    -------
+    list of (y, x)
+        1x pixel indices.
+    """
+    m = np.asarray(mask, bool)
+    full = np.asarray(obs.counts_full, np.float64)
+    scale = obs.exposure_full / 2e4
+    found = find_point_sources(full, m, min_counts=min_counts_20ks * scale, aperture_px=10,
+                               isolation_px=12 if legacy else isolation_px,
+                               edge_px=None if legacy else 10.0)
+    keep = []
+    for y, x, _ in found:
+        f20 = fit_fwhm(obs.counts20, y, x, half_width=6) * 4.0
+        if not 6.0 <= f20 <= 16.0:
+            continue
+        if not legacy:
+            ffull = fit_fwhm(full, y, x, half_width=6) * 4.0
+            b1 = _annulus_mean(full, m, y, x, 15.0, 22.5)
+            b2 = _annulus_mean(full, m, y, x, 22.5, 30.0)
+            net = aperture_flux(full, y, x, 10.0, background=b1) / scale
+            flat = b1 / b2 if b2 > 0 else np.inf
+            if not (fwhm_range[0] <= ffull <= fwhm_range[1] and net >= min_counts_20ks
+                    and flat_range[0] <= flat <= flat_range[1]):
+                continue
+        keep.append((int(y), int(x)))
+    return keep
 
 
 def fit_fwhm(image, y, x, *, half_width):

@@ -313,7 +313,7 @@ def _bad_columns(rng, geo):
     return out
 
 
-def simulate_observation(rng, *, exposure=20e3, sr=True, dn=True, kind=None):
+def simulate_observation(rng, *, exposure=20e3, sr=True, dn=True, kind=None, sources=True):
     """Simulate one EPIC-pn 0.5-2 keV observation on the 411 x 403 DETX/DETY grid.
 
     Parameters
@@ -328,6 +328,10 @@ def simulate_observation(rng, *, exposure=20e3, sr=True, dn=True, kind=None):
         Accepted for symmetry; the DN target is always computed (it is needed for the counts).
     kind : str, optional
         Field kind (see ``sky.FIELD_KINDS``); random if None.
+    sources : bool
+        False: a source-free field (no sky emission, no point sources, hence no out-of-time
+        events), background only; the random draws are the same as with ``sources=True``, so the
+        background, mask and PSF variant match that field's.
 
     Returns
     -------
@@ -339,6 +343,9 @@ def simulate_observation(rng, *, exposure=20e3, sr=True, dn=True, kind=None):
         raise ValueError(f"kind must be one of {sorted(FIELD_KINDS)}, got {kind!r}")
     geo = _geometry()
     sky = draw_sky(rng, kind)
+    if not sources:
+        sky.image = np.zeros_like(sky.image)
+        sky.points_rate = np.zeros_like(sky.points_rate)
 
     # --- sky through the telescope (2x grid)
     img2 = sky.image.copy()
@@ -412,9 +419,10 @@ def simulate_observation(rng, *, exposure=20e3, sr=True, dn=True, kind=None):
         cov2 = np.repeat(np.repeat(cov, 2, axis=0), 2, axis=1)  # mask and partial coverage
         sr_target = (half2 * geo["fov2"] * cov2).astype(np.float32)
 
-    bright = np.flatnonzero(sky.points_rate * exposure > 200)
+    bright = np.flatnonzero(sky.points_rate * exposure > 200)  # none when sources=False
     meta = {
-        "sim_version": SIM_VERSION, "kind": sky.kind, "exposure": float(exposure),
+        "sim_version": SIM_VERSION, "kind": sky.kind if sources else "empty",
+        "exposure": float(exposure),
         "particle_rate": particle, "cosmic_rate": cosmic, "soft_proton_rate": sp,
         "corner_rate": corner_level, "corner_edge_excess": edge_excess,
         "corner_ratio": corner_ratio, "infield_bkg_mean": infield_mean,

@@ -46,7 +46,7 @@ class Frame:
     sources: list = None
 
 
-def toy_simulate(rng, *, exposure=20e3, sr=True, dn=True, shape=(411, 403)):
+def toy_simulate(rng, *, exposure=20e3, sr=True, dn=True, shape=(411, 403), sources=True):
     """Trivial stand-in for the simulator (tests): flat background plus Gaussian sources.
 
     Returns an object with the fields of ``simulate.instrument.SimulatedObservation`` used here.
@@ -56,7 +56,7 @@ def toy_simulate(rng, *, exposure=20e3, sr=True, dn=True, shape=(411, 403)):
     yy, xx = np.mgrid[:2 * ny, :2 * nx]
     sky2 = np.zeros((2 * ny, 2 * nx), np.float64)
     full2 = np.zeros_like(sky2)
-    for _ in range(int(rng.integers(1, 6))):
+    for _ in range(int(rng.integers(1, 6)) if sources else 0):
         cy, cx = rng.uniform(0, 2 * ny), rng.uniform(0, 2 * nx)
         rate = 10 ** rng.uniform(-3.5, -1.5)
         r2 = (yy - cy) ** 2 + (xx - cx) ** 2
@@ -115,12 +115,17 @@ class FrameBuffer:
         Probability that a crop is centred (within +-crop/4) on a bright point source of its
         frame: point sources cover few pixels, so without this the sharpening of SR and the bright
         cores of DN are rarely trained.
+    empty_frame_prob : float
+        Probability that a new frame is source-free (background only, ``sources=False`` of the
+        simulator): without such fields the network's prior says that every background bump may
+        be a faint source, and SR paints false sources in empty sky.
     """
 
     def __init__(self, simulate, rng, *, task="DN", size=48, exposure=20e3,
-                 source_crop_prob=0.0):
+                 source_crop_prob=0.0, empty_frame_prob=0.0):
         self.simulate, self.rng, self.task = simulate, rng, task
         self.source_crop_prob = float(source_crop_prob)
+        self.empty_frame_prob = float(empty_frame_prob)
         self.exposure = float(exposure)
         self.frames = []
         self.size = size
@@ -129,8 +134,11 @@ class FrameBuffer:
             self.frames.append(self._new())
 
     def _new(self):
+        kw = {}
+        if self.empty_frame_prob and self.rng.random() < self.empty_frame_prob:
+            kw["sources"] = False
         return _to_frame(self.simulate(self.rng, exposure=self.exposure, sr=self.task == "SR",
-                                       dn=True))
+                                       dn=True, **kw))
 
     def refresh(self, n=1):
         """Replace the ``n`` oldest frames by new simulations."""

@@ -43,7 +43,7 @@ DEFAULTS = {
     "warmup": 200, "total_steps": 30000, "ema": 0.999, "buffer": 48, "refresh": 1,
     "val_frames": 24, "grad_clip": 1.0, "weight_decay": 1e-5, "exposure": 20e3,
     "dn_loss_exposure": 50e3, "source_crop_prob": {"DN": 0.0, "SR": 0.5},
-    "sr_shape_weight": 1.0,
+    "sr_shape_weight": 1.0, "empty_frame_prob": {"DN": 0.0, "SR": 0.1},
 }
 
 
@@ -57,8 +57,9 @@ def recipe_string(task, cfg):
             f"log-residual on a mask-aware sigma-1.5 smoothing; loss {loss}; AdamW lr "
             f"{cfg['lr']} cosine to {cfg['lr_min']} over {cfg['total_steps']} steps, batch "
             f"{cfg['batch']}x{cfg['crop']}^2 crops, EMA {cfg['ema']}, fresh Poisson noise per crop,"
-            f" D4 augmentation, source-centred crops {cfg.get('source_crop_prob')}; checkpoint chosen on {cfg['val_frames']} simulated validation "
-            f"frames")
+            f" flip augmentation, source-centred crops {cfg.get('source_crop_prob')}, source-free "
+            f"frames {cfg.get('empty_frame_prob')}; checkpoint chosen on {cfg['val_frames']} "
+            f"simulated validation frames")
 
 
 def make_net(task, cfg):
@@ -156,7 +157,7 @@ def export_task(task, cfg, ckpt_dir, out_dir, *, extra_metrics=None, which="best
 
 def train(task, *, out="models", ckpt_dir="models/checkpoints", minutes=None, steps=None,
           fresh=False, ckpt_minutes=3.0, sim="instrument", cfg_overrides=None, seed=None,
-          export=True, log_dir="runs"):
+          export=True, log_dir="runs", snapshots=False):
     """Train ``task`` (``"DN"`` or ``"SR"``); see the module docstring. Returns the last val dict."""
     if task not in ("DN", "SR"):
         raise ValueError(f"task must be 'DN' or 'SR', got {task!r}")
@@ -179,7 +180,7 @@ def train(task, *, out="models", ckpt_dir="models/checkpoints", minutes=None, st
         st = torch.load(last_path, map_location="cpu", weights_only=False)
         # the checkpoint's recipe wins, except what the caller overrides explicitly
         cfg = {**DEFAULTS, **st.get("cfg", {}), **(cfg_overrides or {})}
-        for k in ("source_crop_prob", "sr_shape_weight"):  # recipe changes after the checkpoint
+        for k in ("source_crop_prob", "sr_shape_weight", "empty_frame_prob"):  # recipe changes after the checkpoint
             cfg[k] = DEFAULTS[k] if k not in (cfg_overrides or {}) else cfg[k]
         net.load_state_dict(st["model"])
         ema.load_state_dict(st["ema"])
@@ -201,8 +202,10 @@ def train(task, *, out="models", ckpt_dir="models/checkpoints", minutes=None, st
         rng.bit_generator.state = rng_state
     scp = cfg.get("source_crop_prob", 0.0)
     scp = scp.get(task, 0.0) if isinstance(scp, dict) else float(scp)
+    efp = cfg.get("empty_frame_prob", 0.0)
+    efp = efp.get(task, 0.0) if isinstance(efp, dict) else float(efp)
     buf = D.FrameBuffer(simulate, rng, task=task, size=cfg["buffer"], exposure=cfg["exposure"],
-                        source_crop_prob=scp)
+                        source_crop_prob=scp, empty_frame_prob=efp)
     val_frames = D.validation_frames(simulate, n=cfg["val_frames"], task=task,
                                      exposure=cfg["exposure"])
     if step == 0:
@@ -233,6 +236,11 @@ def train(task, *, out="models", ckpt_dir="models/checkpoints", minutes=None, st
                           "opt": opt.state_dict(), "step": step, "best": best, "cfg": cfg,
                           "rng": rng.bit_generator.state, "commit": commit, "val": last_val,
                           "sim_version": sim_version})
+        if snapshots:  # EMA weights of every checkpoint, to compare on simulations later
+            _save(ckpt_dir / f"{task}_ema{step}.pt", {"ema": ema.state_dict(), "step": step,
+                                                      "val": last_val, "cfg": cfg,
+                                                      "commit": commit,
+                                                      "sim_version": sim_version})
         log.info("checkpoint step %d val %s%s", step, json.dumps(last_val),
                  " (best)" if improved else "")
 
@@ -299,8 +307,18 @@ def main(argv=None):
     ap.add_argument("--total-steps", type=int, default=None,
                     help="length of the cosine learning-rate schedule (default %d)"
                     % DEFAULTS["total_steps"])
+    ap.add_argument("--shape-weight", type=float, default=None,
+                    help="SR shape-term weight (default %g)" % DEFAULTS["sr_shape_weight"])
+    ap.add_argument("--empty-frames", type=float, default=None,
+                    help="probability of a source-free training frame (default %s)"
+                    % DEFAULTS["empty_frame_prob"])
     ap.add_argument("--sim", choices=("instrument", "toy"), default="instrument")
     ap.add_argument("--no-export", action="store_true")
+    ap.add_argument("--snapshots", action="store_true",
+                    help="also keep the EMA weights of every checkpoint as <task>_ema<step>.pt "
+                         "(export one with --export-only --which ema<step>)")
+    ap.add_argument("--which", default="best",
+                    help="checkpoint exported by --export-only: best, last or ema<step>")
     ap.add_argument("--export-only", action="store_true",
                     help="export the best checkpoint and exit")
     a = ap.parse_args(argv)
@@ -310,12 +328,18 @@ def main(argv=None):
                         handlers=[logging.FileHandler(Path(a.log_dir) / f"{a.task}.log"),
                                   logging.StreamHandler(sys.stderr)])
     if a.export_only:
-        print(export_task(a.task, DEFAULTS, a.ckpt_dir, a.out))
+        print(export_task(a.task, DEFAULTS, a.ckpt_dir, a.out, which=a.which))
         return 0
+    over = {}
+    if a.total_steps:
+        over["total_steps"] = a.total_steps
+    if a.shape_weight is not None:
+        over["sr_shape_weight"] = a.shape_weight
+    if a.empty_frames is not None:
+        over["empty_frame_prob"] = a.empty_frames
     train(a.task, out=a.out, ckpt_dir=a.ckpt_dir, minutes=a.minutes, steps=a.steps,
           fresh=a.fresh, ckpt_minutes=a.ckpt_minutes, sim=a.sim, export=not a.no_export,
-          log_dir=a.log_dir,
-          cfg_overrides={"total_steps": a.total_steps} if a.total_steps else None)
+          log_dir=a.log_dir, cfg_overrides=over or None, snapshots=a.snapshots)
     return 0
 
 
