@@ -11,7 +11,7 @@ Models: the bundled ``models/XMM-*.onnx`` when present, else the tiny exact plum
 ``tests/onnx_graphs.py`` (then the table measures the engine, image making, I/O and PNGs, not
 the networks; ``--sr-model/--dn-model`` choose others).
 
-Usage: python benchmarks/bench_batch.py [--n-obs 16] [--workers 1 2] [--no-png]
+Usage: python benchmarks/bench_batch.py [--n-obs 64] [--workers 1 2] [--no-png]
 Target (issue 5): 2 workers >= 1.7x the throughput of 1 on a 2-core machine.
 """
 from __future__ import annotations
@@ -79,7 +79,8 @@ def _run(ids, pps_root: Path, out: Path, models, workers: int, png: bool) -> dic
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n-obs", type=int, default=16)
+    ap.add_argument("--n-obs", type=int, default=64,
+                    help="observations (default 64: start-up, ~2 s a run, weighs on short lists)")
     ap.add_argument("--events", type=int, default=None,
                     help="events per simulated observation (default: write_pps's, ~570k)")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])

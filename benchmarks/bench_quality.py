@@ -141,16 +141,19 @@ def sr_sim_table(sr_path, n_frames, seed=424242):
     print(f"\nSR on {n_frames} held-out simulated frames (seed {seed}; "
           f"{len(acc[next(iter(acc))]['fwhm'])} point sources; {time.time() - t0:.0f} s)")
     print(f"{'method':32s} {'FWHM ratio':>10s} {'flux/truth':>10s} {'PSNR dB':>8s} "
-          f"{'false FoV':>9s} {'false all':>9s}   (max 20\" aperture, counts in 20 ks)")
+          f"{'false FoV':>9s} {'false all':>9s} {'med false':>9s}   (brightest 20\" aperture, "
+          "counts in 20 ks: max over fields, FoV / all; median over fields)")
     out = {}
     for name, a in acc.items():
         r = {"fwhm_ratio": float(np.nanmedian(a["fwhm"])) if a["fwhm"] else float("nan"),
              "flux_ratio": float(np.nanmedian(a["flux"])) if a["flux"] else float("nan"),
              "psnr": float(np.mean(a["psnr"])), "max_false": float(np.max(a["false"])),
-             "max_false_all": float(np.max(a["false_all"]))}
+             "max_false_all": float(np.max(a["false_all"])),
+             "median_false": float(np.median(a["false"]))}
         out[name] = r
         print(f"{name:32s} {_fmt(r['fwhm_ratio']):>10s} {_fmt(r['flux_ratio']):>10s} "
-              f"{r['psnr']:8.2f} {r['max_false']:9.1f} {r['max_false_all']:9.1f}")
+              f"{r['psnr']:8.2f} {r['max_false']:9.1f} {r['max_false_all']:9.1f} "
+              f"{r['median_false']:9.1f}")
     print("bars: FWHM ratio 0.5 +- 0.1, flux 0.95-1.05, PSNR >= 1 dB above bicubic and RL, "
           "false sources < 10 counts")
     return out
@@ -203,6 +206,9 @@ def main(argv=None):
     ap.add_argument("--sr", default=str(ROOT / "models" / "XMM-SuperRes.onnx"),
                     help="SR model(s), comma-separated to compare several in one run")
     ap.add_argument("--sim-frames", type=int, default=12)
+    ap.add_argument("--sim-seed", type=int, default=424242,
+                    help="seed of the held-out simulated frames (choose checkpoints on another "
+                         "seed than the one the model card reports)")
     ap.add_argument("--skip-real", action="store_true")
     ap.add_argument("--skip-sim", action="store_true")
     ap.add_argument("--only", choices=("DN", "SR"), default=None)
@@ -215,7 +221,7 @@ def main(argv=None):
         dn_table(a.dn)
     if a.only != "DN":
         if not a.skip_sim:
-            sr_sim_table(a.sr, a.sim_frames)
+            sr_sim_table(a.sr, a.sim_frames, seed=a.sim_seed)
         if not a.skip_real:
             sr_real_table(a.sr)
     return 0
