@@ -114,10 +114,11 @@ def sr_sim_table(sr_path, n_frames, seed=424242):
         # isolated from each other (60")
         srcs = [p for p in srcs if all((p[0] - q[0]) ** 2 + (p[1] - q[1]) ** 2 > 225
                                        for q in srcs if q != p)]
-        # background-only field: the background of a blank field (no out-of-time streaks of
-        # bright sources), no sky
+        # background-only field: the background of a blank field without its sources, hence
+        # without their out-of-time streaks (until 2026-11-28 session 2 this used the blank
+        # field's bkg_rate, which carries the streaks of sources that are not in the input)
         bg_rng = np.random.default_rng([seed, i, 1])
-        bg = simulate_observation(bg_rng, exposure=20e3, sr=False, kind="blank")
+        bg = simulate_observation(bg_rng, exposure=20e3, sr=False, kind="blank", sources=False)
         bg_counts = bg_rng.poisson(bg.bkg_rate.astype(np.float64) * bg.exposure)
         for name, fn in methods.items():
             pred = fn(rate, s.mask)

@@ -29,7 +29,7 @@ __all__ = [
     "PARTIAL_ROWS", "coverage_map", "PILEUP_RATE", "PSF_VARIANTS",
 ]
 
-SIM_VERSION = "0.12.1"
+SIM_VERSION = "0.13.0"
 
 #: Vignetting (0.5-2 keV) versus off-axis angle (arcmin) about detector.OPTICAL_AXIS_DET:
 #: upper quartile in 1' annuli of the eexpmap exposure map of obs 0723801301
@@ -78,10 +78,11 @@ PARTICLE_RATE = 4.9e-6
 COSMIC_RATE = 7.0e-6
 
 _ZONES_ARCMIN = (3.0, 9.0, 15.0)
-#: Per-observation PSF variants (core-radius scaling, King alpha), drawn with PSF_VARIANT_P: the
-#: real sources measured span rc 4.3-6.3", alpha 1.19-1.76 (reference sheet), so the networks
-#: must not rely on one exact PSF.
-PSF_VARIANTS = ((1.0, 1.55), (0.9, 1.55), (1.1, 1.55), (0.85, 1.4), (1.15, 1.7))
+#: Per-observation PSF variants (core-radius scaling, offset added to the King alpha of
+#: ``psf.king_params``), drawn with PSF_VARIANT_P: the real sources measured span rc 4.3-6.3",
+#: alpha 1.19-1.76 (reference sheet), so the networks must not rely on one exact PSF.
+#: (Before simulator 0.13.0 the second numbers were absolute slopes: 1.55, 1.55, 1.55, 1.4, 1.7.)
+PSF_VARIANTS = ((1.0, 0.0), (0.9, 0.0), (1.1, 0.0), (0.85, -0.15), (1.15, 0.15))
 PSF_VARIANT_P = (0.4, 0.15, 0.15, 0.15, 0.15)
 _KERNEL_RADIUS = 64  # 2x pixels (128")
 
@@ -198,9 +199,9 @@ def _kernels(variant):
     pix2 = detector.pixel_size_arcsec(scale=2)
     r = _KERNEL_RADIUS
     for zk in _ZONES_ARCMIN:
-        rc, _ = _psf.king_params(zk)
+        rc, alpha = _psf.king_params(zk)
         rc *= PSF_VARIANTS[variant][0]
-        alpha = PSF_VARIANTS[variant][1]
+        alpha += PSF_VARIANTS[variant][1]
         params.append((float(rc), float(alpha)))
         for lst, scale in ((full_k, 1.0), (half_k, 0.5)):
             k = _psf.king_kernel(rc * scale / pix2, alpha, r)
