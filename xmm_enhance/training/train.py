@@ -43,7 +43,7 @@ DEFAULTS = {
     "warmup": 200, "total_steps": 30000, "ema": 0.999, "buffer": 48, "refresh": 1,
     "val_frames": 24, "grad_clip": 1.0, "weight_decay": 1e-5, "exposure": 20e3,
     "dn_loss_exposure": 50e3, "source_crop_prob": {"DN": 0.0, "SR": 0.5},
-    "sr_shape_weight": 1.0, "empty_frame_prob": {"DN": 0.0, "SR": 0.1},
+    "sr_shape_weight": 2.0, "empty_frame_prob": {"DN": 0.0, "SR": 0.3},
 }
 
 
