@@ -312,6 +312,9 @@ def main(argv=None):
     ap.add_argument("--empty-frames", type=float, default=None,
                     help="probability of a source-free training frame (default %s)"
                     % DEFAULTS["empty_frame_prob"])
+    ap.add_argument("--source-crops", type=float, default=None,
+                    help="probability of a crop centred on a bright point source (default %s)"
+                    % DEFAULTS["source_crop_prob"])
     ap.add_argument("--sim", choices=("instrument", "toy"), default="instrument")
     ap.add_argument("--no-export", action="store_true")
     ap.add_argument("--snapshots", action="store_true",
@@ -337,6 +340,8 @@ def main(argv=None):
         over["sr_shape_weight"] = a.shape_weight
     if a.empty_frames is not None:
         over["empty_frame_prob"] = a.empty_frames
+    if a.source_crops is not None:
+        over["source_crop_prob"] = a.source_crops
     train(a.task, out=a.out, ckpt_dir=a.ckpt_dir, minutes=a.minutes, steps=a.steps,
           fresh=a.fresh, ckpt_minutes=a.ckpt_minutes, sim=a.sim, export=not a.no_export,
           log_dir=a.log_dir, cfg_overrides=over or None, snapshots=a.snapshots)
