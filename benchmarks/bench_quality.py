@@ -74,16 +74,13 @@ def dn_table(dn_path):
     return results
 
 
-NO_PEERS = False
-
-
-def _sr_methods(sr_path):
+def _sr_methods(sr_path, peers=True):
     from xmm_enhance.simulate import psf as P
 
     rc, alpha = P.king_params(6.0)
     full = P.king_kernel(rc / 2.0, alpha, 32)
     half = P.king_kernel(rc / 4.0, alpha, 32)
-    methods = {} if NO_PEERS else {
+    methods = {} if not peers else {
         "bicubic (bkg-subtracted)": lambda r, m: ev.bicubic_upsample(r, m),
         "Richardson-Lucy 100 it": lambda r, m: ev.richardson_lucy_2x(
             r, m, psf=full, reconvolve=half, iterations=100),
@@ -97,10 +94,11 @@ def _sr_methods(sr_path):
     return methods
 
 
-def sr_sim_table(sr_path, n_frames, seed=424242):
+def sr_sim_table(sr_path, n_frames, seed=424242, peers=True):
     from xmm_enhance.simulate.instrument import simulate_observation
 
-    methods = _sr_methods(sr_path)
+    methods = _sr_methods(sr_path, peers)
+    fov2 = fov_mask(pn_grid(scale=2))
     acc = {k: {"fwhm": [], "flux": [], "psnr": [], "false": [], "false_all": []} for k in methods}
     t0 = time.time()
     for i in range(n_frames):
@@ -134,7 +132,6 @@ def sr_sim_table(sr_path, n_frames, seed=424242):
                 # apertures centred inside the field of view; "FoV": prediction summed inside
                 # the FoV only (the CCD corners see no sky, and their edge rows carry an
                 # instrumental excess), "all": corners included
-                fov2 = fov_mask(pn_grid(scale=2))
                 acc[name]["false"].append(ev.max_aperture_counts(
                     bg_pred * fov2, exposure=BG_EXPOSURE, mask=bmask2 & fov2))
                 acc[name]["false_all"].append(ev.max_aperture_counts(
@@ -160,12 +157,12 @@ def sr_sim_table(sr_path, n_frames, seed=424242):
     return out
 
 
-def sr_real_table(sr_path):
+def sr_real_table(sr_path, peers=True):
     obs = ev.load_real_observations()
     if not obs:
         print("SR real: no real images found; skipped")
         return {}
-    methods = _sr_methods(sr_path)
+    methods = _sr_methods(sr_path, peers)
     mask = detector_mask()
     # isolated point sources on a flat local background (evaluation.select_real_point_sources);
     # "legacy": the looser first-session selection, which also took galaxy nuclei and close
@@ -216,15 +213,13 @@ def main(argv=None):
     ap.add_argument("--no-peers", action="store_true",
                     help="only the networks (peer rows take minutes; see the model card)")
     a = ap.parse_args(argv)
-    global NO_PEERS
-    NO_PEERS = a.no_peers
     if a.only != "SR" and not a.skip_real:
         dn_table(a.dn)
     if a.only != "DN":
         if not a.skip_sim:
-            sr_sim_table(a.sr, a.sim_frames, seed=a.sim_seed)
+            sr_sim_table(a.sr, a.sim_frames, seed=a.sim_seed, peers=not a.no_peers)
         if not a.skip_real:
-            sr_real_table(a.sr)
+            sr_real_table(a.sr, peers=not a.no_peers)
     return 0
 
 

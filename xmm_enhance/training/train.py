@@ -123,6 +123,12 @@ def _lr(step, cfg):
     return cfg["lr_min"] + 0.5 * (cfg["lr"] - cfg["lr_min"]) * (1 + math.cos(math.pi * p))
 
 
+def _per_task(cfg, key, task):
+    """``cfg[key]``: a number, or a {task: number} dict (0 for a task it does not name)."""
+    v = cfg.get(key, 0.0)
+    return float(v.get(task, 0.0) if isinstance(v, dict) else v)
+
+
 def _save(path, obj):
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -180,7 +186,8 @@ def train(task, *, out="models", ckpt_dir="models/checkpoints", minutes=None, st
         st = torch.load(last_path, map_location="cpu", weights_only=False)
         # the checkpoint's recipe wins, except what the caller overrides explicitly
         cfg = {**DEFAULTS, **st.get("cfg", {}), **(cfg_overrides or {})}
-        for k in ("source_crop_prob", "sr_shape_weight", "empty_frame_prob"):  # recipe changes after the checkpoint
+        # recipe changes after the checkpoint was written: today's defaults unless overridden
+        for k in ("source_crop_prob", "sr_shape_weight", "empty_frame_prob"):
             cfg[k] = DEFAULTS[k] if k not in (cfg_overrides or {}) else cfg[k]
         net.load_state_dict(st["model"])
         ema.load_state_dict(st["ema"])
@@ -200,12 +207,9 @@ def train(task, *, out="models", ckpt_dir="models/checkpoints", minutes=None, st
     rng = np.random.default_rng(seed if seed is not None else [20261128, step])
     if rng_state is not None:
         rng.bit_generator.state = rng_state
-    scp = cfg.get("source_crop_prob", 0.0)
-    scp = scp.get(task, 0.0) if isinstance(scp, dict) else float(scp)
-    efp = cfg.get("empty_frame_prob", 0.0)
-    efp = efp.get(task, 0.0) if isinstance(efp, dict) else float(efp)
     buf = D.FrameBuffer(simulate, rng, task=task, size=cfg["buffer"], exposure=cfg["exposure"],
-                        source_crop_prob=scp, empty_frame_prob=efp)
+                        source_crop_prob=_per_task(cfg, "source_crop_prob", task),
+                        empty_frame_prob=_per_task(cfg, "empty_frame_prob", task))
     val_frames = D.validation_frames(simulate, n=cfg["val_frames"], task=task,
                                      exposure=cfg["exposure"])
     if step == 0:
@@ -228,19 +232,15 @@ def train(task, *, out="models", ckpt_dir="models/checkpoints", minutes=None, st
         nonlocal best, last_val
         last_val = validate(ema, val_frames, task, cfg)
         improved = last_val["val_score"] < best
+        ema_ckpt = {"ema": ema.state_dict(), "step": step, "val": last_val, "cfg": cfg,
+                    "commit": commit, "sim_version": sim_version}
         if improved:
             best = last_val["val_score"]
-            _save(best_path, {"ema": ema.state_dict(), "step": step, "val": last_val,
-                              "cfg": cfg, "commit": commit, "sim_version": sim_version})
-        _save(last_path, {"model": net.state_dict(), "ema": ema.state_dict(),
-                          "opt": opt.state_dict(), "step": step, "best": best, "cfg": cfg,
-                          "rng": rng.bit_generator.state, "commit": commit, "val": last_val,
-                          "sim_version": sim_version})
+            _save(best_path, ema_ckpt)
+        _save(last_path, {**ema_ckpt, "model": net.state_dict(), "opt": opt.state_dict(),
+                          "best": best, "rng": rng.bit_generator.state})
         if snapshots:  # EMA weights of every checkpoint, to compare on simulations later
-            _save(ckpt_dir / f"{task}_ema{step}.pt", {"ema": ema.state_dict(), "step": step,
-                                                      "val": last_val, "cfg": cfg,
-                                                      "commit": commit,
-                                                      "sim_version": sim_version})
+            _save(ckpt_dir / f"{task}_ema{step}.pt", ema_ckpt)
         log.info("checkpoint step %d val %s%s", step, json.dumps(last_val),
                  " (best)" if improved else "")
 
