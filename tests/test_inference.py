@@ -101,8 +101,14 @@ def test_source_keeps_radec_and_rate_is_conserved(tmp_path, models, which):
     ra1, dec1 = res.output_wcs.pixel_to_world_values(px, py)
     sep_pix = np.hypot((ra1 - ra0) * np.cos(np.radians(dec0)), dec1 - dec0) * 3600 / 4.0
     assert sep_pix < 0.1, f"source moved by {sep_pix:.3f} input pixels"
-    # (b) the total rate is conserved
-    assert res.prediction.sum() == pytest.approx(res.input_rate.sum(), rel=1e-5)
+    # (b) the total rate is conserved (SR: up to the sky's edge at the FoV circle, where 2x
+    # sub-pixels of a 1x pixel inside the circle may lie outside it)
+    want = res.input_rate
+    if s > 1:
+        want = np.repeat(np.repeat(want, s, 0), s, 1) / s ** 2
+        want = want * inference.sky_transmission(s, res.pad, want.shape)
+        assert want.sum() > 0.995 * res.input_rate.sum()
+    assert res.prediction.sum() == pytest.approx(want.sum(), rel=1e-5)
     # pixel area of the output grid
     assert abs(np.linalg.det(res.output_wcs.wcs.cd)) == pytest.approx(
         abs(np.linalg.det(img.wcs.wcs.cd)) / s ** 2)
@@ -183,6 +189,38 @@ def test_mask_never_zeroes_counted_pixels_and_keeps_corners():
     counts[0, 0] = 3                          # off-chip pixel that nevertheless has counts
     m1 = inference.input_mask(counts)
     assert m1[corners].all() and m1[0, 0]
+
+
+def test_sr_sky_ends_at_the_fov_edge(tmp_path, models):
+    path, _ = make_image(tmp_path / "img.fits")
+    with fits.open(path) as h:
+        counts = h[0].data.copy()
+        hdr = h[0].header.copy()
+    corners = detector.corner_mask()
+    counts[corners] = 2  # particle background in the CCD corners outside the FoV
+    fits.PrimaryHDU(counts, hdr).writeto(tmp_path / "c.fits")
+    img = inference.read_input(tmp_path / "c.fits")
+    sr = inference.enhance_image(img, inference.load_model("SR", models["SR"]))
+    dn = inference.enhance_image(img, inference.load_model("DN", models["DN"]))
+    top, left = sr.pad
+    g2 = detector.pn_grid(scale=2)
+    fov2 = np.zeros((832, 832), bool)
+    fov2[2 * top:2 * top + g2.shape[0], 2 * left:2 * left + g2.shape[1]] = detector.fov_mask(g2)
+    rep = np.repeat(np.repeat(sr.input_rate, 2, 0), 2, 1) / 4
+    assert np.allclose(sr.prediction[fov2], rep[fov2], rtol=1e-5)  # untouched inside
+    # the corners: DN keeps their background, SR has (almost) no sky there
+    c1 = np.zeros((416, 416), bool)
+    c1[top:top + 411, left:left + 403] = corners
+    assert np.allclose(dn.prediction[c1], 2 / img.exposure)
+    c2 = np.repeat(np.repeat(c1, 2, 0), 2, 1)
+    assert sr.prediction[c2].sum() < 0.25 * rep[c2].sum()
+    far = np.zeros((832, 832), bool)  # more than 60" (4 e-folds) outside the circle
+    x, y = g2.centres()
+    cx, cy = detector.FOV_CENTRE_DET
+    d = np.hypot(x[None, :] - cx, y[:, None] - cy) - detector.FOV_RADIUS_DET  # DET units
+    far[2 * top:2 * top + g2.shape[0], 2 * left:2 * left + g2.shape[1]] = d * 0.05 > 60
+    assert (far & c2).sum() > 1000
+    assert np.all(sr.prediction[far & c2] <= 0.02 * rep[far & c2])
 
 
 def test_mask_agrees_with_reference():

@@ -107,3 +107,60 @@ def test_buffer_makes_source_free_frames():
     assert 8 <= empty <= 32  # toy frames always have at least one source otherwise
     none = D.FrameBuffer(sim, np.random.default_rng(4), task="SR", size=10)
     assert all(f.sr_target.any() for f in none.frames)
+
+
+def test_sr_refinement_branch_starts_as_the_plain_network_and_exports(tmp_path):
+    torch.manual_seed(2)
+    plain = EnhanceNet(2, channels=CH)
+    with torch.no_grad():  # a non-trivial plain network
+        for p in plain.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    refined = EnhanceNet(2, channels=CH, refine=8)
+    missing, unexpected = refined.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("ref.") for k in missing)
+    rate, mask = _inputs(n=1)
+    with torch.no_grad():
+        assert torch.equal(refined(rate, mask), plain(rate, mask))
+        refined.ref[-1].weight.add_(0.1)  # the branch really changes the output once trained
+        out = refined(rate, mask)
+    assert not torch.allclose(out, plain(rate, mask))
+    import onnxruntime as ort
+
+    path = export_onnx(refined.eval(), tmp_path / "sr.onnx", metadata={"task": "SR", "scale": "2"})
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"rate": rate.numpy(), "mask": mask.numpy()})[0]
+    assert got.shape == (1, 1, 128, 128)
+    assert np.allclose(got, out.numpy(), rtol=1e-3, atol=1e-10)
+
+
+def test_train_resume_and_warm_start_into_a_refined_network(tmp_path):
+    from xmm_enhance.training import train as T
+
+    tiny = {"channels": CH, "val_frames": 1, "buffer": 2, "crop": 32, "batch": 2, "warmup": 2,
+            "total_steps": 10}
+    a = tmp_path / "a"
+    T.train("SR", out=tmp_path / "oa", ckpt_dir=a, steps=2, sim="toy", log_dir=tmp_path,
+            cfg_overrides={**tiny, "sr_refine": 0}, export=False)
+    st = torch.load(a / "SR_last.pt", weights_only=False)
+    assert st["step"] == 2 and st["cfg"]["sr_refine"] == 0
+    # a checkpoint written before the refinement branch existed loads as a plain network
+    del st["cfg"]["sr_refine"]
+    torch.save(st, a / "SR_last.pt")
+    T.train("SR", out=tmp_path / "oa", ckpt_dir=a, steps=3, sim="toy", log_dir=tmp_path,
+            cfg_overrides=tiny, export=False)
+    st = torch.load(a / "SR_last.pt", weights_only=False)
+    assert st["step"] == 3 and st["cfg"]["sr_refine"] == 0
+    # warm start of a refined network from it: new run, step 0, the plain weights carried over
+    b = tmp_path / "b"
+    T.train("SR", out=tmp_path / "ob", ckpt_dir=b, steps=1, sim="toy", log_dir=tmp_path,
+            cfg_overrides={**tiny, "sr_refine": 8}, init_from=a / "SR_last.pt")
+    wb = torch.load(b / "SR_last.pt", weights_only=False)
+    assert wb["step"] == 1 and "ref.0.weight" in wb["model"]
+    assert (tmp_path / "ob" / "XMM-SuperRes.onnx").exists()
+    with pytest.raises(ValueError, match="do not fit"):  # a DN checkpoint is no SR start
+        c = tmp_path / "c"
+        T.train("DN", ckpt_dir=c, steps=1, sim="toy", log_dir=tmp_path, cfg_overrides=tiny,
+                export=False)
+        T.train("SR", ckpt_dir=tmp_path / "d", steps=1, sim="toy", log_dir=tmp_path,
+                cfg_overrides={**tiny, "sr_refine": 8}, init_from=c / "DN_last.pt",
+                export=False)

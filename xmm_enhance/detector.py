@@ -20,6 +20,7 @@ __all__ = [
     "DETX_MIN", "DETY_MIN", "DETX_MAX", "DETY_MAX", "PN_BINSIZE", "PN_SHAPE",
     "FOV_CENTRE_DET", "FOV_RADIUS_DET", "OPTICAL_AXIS_DET", "Grid", "pn_grid",
     "live_mask", "fov_mask", "detector_mask", "corner_mask", "pixel_size_arcsec",
+    "FOV_EDGE_ARCSEC", "fov_transmission",
 ]
 
 #: Lower edges of the evselect DET image range (DET units, 0.05").
@@ -149,6 +150,26 @@ def fov_mask(grid: Grid | None = None) -> np.ndarray:
     x, y = g.centres()
     cx, cy = FOV_CENTRE_DET
     return (x[None, :] - cx) ** 2 + (y[:, None] - cy) ** 2 <= FOV_RADIUS_DET ** 2
+
+
+#: e-folding distance (arcsec) of the sky outside the field-of-view circle: the real corners show
+#: sky photons a few pixels beyond it (docs/simulator.md, instrument edges).
+FOV_EDGE_ARCSEC = 15.0
+
+
+def fov_transmission(grid: Grid | None = None, edge_arcsec: float = FOV_EDGE_ARCSEC
+                     ) -> np.ndarray:
+    """Share of the sky reaching each pixel, float32 [ny, nx]: 1 for pixel centres inside the
+    field-of-view circle, ``exp(-d / edge_arcsec)`` at a distance ``d`` (arcsec) outside it.
+
+    Outside the FoV the CCD corners collect particle background but (almost) no sky: this is
+    the edge of every background-free sky image (the simulator's SR target, the SR output).
+    """
+    g = _grid_of(grid)
+    x, y = g.centres()
+    cx, cy = FOV_CENTRE_DET
+    d = (np.hypot(x[None, :] - cx, y[:, None] - cy) - FOV_RADIUS_DET) * 0.05  # DET unit = 0.05"
+    return np.exp(-np.clip(d, 0, None) / edge_arcsec).astype(np.float32)
 
 
 def _edge_mask(g):

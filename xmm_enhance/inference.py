@@ -27,7 +27,7 @@ from .fitsio import atomic_write_hdul, check_writable_dir
 __all__ = [
     "PAD_SIZE", "MODEL_FILES", "TASKS", "InputImage", "Model", "EnhanceResult",
     "InputWarning", "ModelWarning", "default_model_path", "load_model", "read_input", "input_mask",
-    "output_mask", "pad_to",
+    "output_mask", "pad_to", "sky_transmission",
     "prepare", "enhance_image", "write_outputs", "enhance_file", "output_paths",
 ]
 
@@ -351,6 +351,25 @@ def output_mask(counts: np.ndarray, in_mask: np.ndarray, *, pn_grid: bool = True
     return live | in_mask
 
 
+def sky_transmission(scale: int, pad: tuple[int, int], shape: tuple[int, int]) -> np.ndarray:
+    """``detector.fov_transmission`` of the pn grid at ``scale``, placed on a padded output grid.
+
+    The SR output is background-free sky, and outside the field-of-view circle the CCD corners
+    see particles but (almost) no sky: the network, which never knows where in the FoV a pixel
+    lies, may paint corner background as sky there, so its output is multiplied by this.
+    ``pad`` is the (top, left) offset of the 1x input in the padded frame.
+    """
+    t = detector.fov_transmission(detector.pn_grid(scale=scale))
+    out = np.zeros(shape, np.float32)
+    top, left = scale * pad[0], scale * pad[1]
+    ny, nx = t.shape
+    sy0, dy0 = max(0, -top), max(0, top)
+    sx0, dx0 = max(0, -left), max(0, left)
+    h, w = min(ny - sy0, shape[0] - dy0), min(nx - sx0, shape[1] - dx0)
+    out[dy0:dy0 + h, dx0:dx0 + w] = t[sy0:sy0 + h, sx0:sx0 + w]
+    return out
+
+
 def pad_to(a: np.ndarray, size: int = PAD_SIZE) -> tuple[np.ndarray, tuple[int, int]]:
     """Centred zero pad (or crop) of ``a`` to ``size`` x ``size`` (design §4.3).
 
@@ -392,7 +411,10 @@ def enhance_image(img: InputImage, model: Model) -> EnhanceResult:
     pred = model.predict(rate, mask)
     s = model.scale
     out_mask = np.repeat(np.repeat(keep, s, 0), s, 1) if s > 1 else keep
-    pred = np.where(out_mask, np.clip(pred, 0, None), 0).astype(np.float32)
+    pred = np.where(out_mask, np.clip(pred, 0, None), 0)
+    if s > 1 and _is_pn_grid(img):
+        pred = pred * sky_transmission(s, (top, left), pred.shape)
+    pred = pred.astype(np.float32)
     in_wcs = skywcs.pad_wcs(img.wcs, top, left) if img.wcs is not None else None
     out_wcs = skywcs.upscale_wcs(in_wcs, s) if (in_wcs is not None and s > 1) else in_wcs
     return EnhanceResult(task=model.task, input_rate=rate, input_mask=mask, prediction=pred,
@@ -452,6 +474,9 @@ def _header(res: EnhanceResult, *, wcs, exposure, pixel_arcsec, what) -> fits.He
         h["HISTORY"] = f"model {model.path.name} v{model.version} sha256 {model.sha256[:16]}"
         if res.task == "SR":
             h["HISTORY"] = "SR: 2x grid, PSF halved, background removed"
+            if _is_pn_grid(img):
+                h["HISTORY"] = (f"SR: sky x exp(-d / {detector.FOV_EDGE_ARCSEC:g} arcsec) at a "
+                                "distance d outside the FoV circle")
         else:
             h["HISTORY"] = "DN: expected rate incl. background, de-noised"
     return h

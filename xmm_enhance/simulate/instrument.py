@@ -58,8 +58,9 @@ PARTIAL_COLUMNS = {
 PARTIAL_ROWS = {11: 0.12, 203: 0.8, 206: 0.15, 398: 0.75}
 #: Out-of-time event fraction in full-frame mode.
 OOT_FRACTION = 0.063
-#: e-folding length (arcsec) of the sky transmission outside the field-of-view circle.
-FOV_EDGE_ARCSEC = 15.0
+#: e-folding length (arcsec) of the sky transmission outside the field-of-view circle (the
+#: transmission itself is ``detector.fov_transmission``, shared with SR inference).
+FOV_EDGE_ARCSEC = detector.FOV_EDGE_ARCSEC
 #: Corner pixels (outside the FoV) in the rows next to the rows excluded at the outer CCD edges
 #: collect extra events: CORNER_EDGE_EXCESS (counts/s/pixel, range) times the factor per 0-based
 #: row; the outermost corner rows (CORNER_OUTER_ROWS) collect 0.55-0.95 of the corner rate.
@@ -144,23 +145,13 @@ def coverage_map():
     return cov
 
 
-def _soft_fov(grid):
-    """Transmission of the field-of-view edge: 1 inside the circle (pixel centre), decaying as
-    exp(-d / FOV_EDGE_ARCSEC) at a distance d outside it (the real corners show sky photons a
-    few pixels beyond the circle), float32."""
-    x, y = grid.centres()
-    cx, cy = detector.FOV_CENTRE_DET
-    d = (np.hypot(x[None, :] - cx, y[:, None] - cy) - detector.FOV_RADIUS_DET) * 0.05  # arcsec
-    return np.exp(-np.clip(d, 0, None) / FOV_EDGE_ARCSEC).astype(np.float32)
-
-
 @functools.lru_cache(maxsize=1)
 def _geometry():
     g1, g2 = detector.pn_grid(), detector.pn_grid(scale=2)
     ny2, nx2 = g2.shape
     theta2 = detector.radius_arcmin(g2).astype(np.float32)
     theta1 = detector.radius_arcmin(g1).astype(np.float32)
-    fov2 = _soft_fov(g2)
+    fov2 = detector.fov_transmission(g2)
     fov1 = detector.fov_mask(g1)
     live1 = detector.live_mask(g1)
     # hat weights for the PSF zones
@@ -181,7 +172,7 @@ def _geometry():
     halves = [(yc >= lo) & (yc < hi) for lo, hi in detector._HALF_Y.values()]
     return {
         "theta1": theta1, "theta2": theta2, "fov1": fov1, "fov2": fov2, "live1": live1,
-        "tfov1": _soft_fov(g1),
+        "tfov1": detector.fov_transmission(g1),
         "vig1": vignetting(theta1), "vig2": vignetting(theta2), "zones": w, "pad": pad,
         "halves": halves,
         "mask_corners": detector.detector_mask(g1, corners=True),

@@ -43,8 +43,10 @@ DEFAULTS = {
     "warmup": 200, "total_steps": 30000, "ema": 0.999, "buffer": 48, "refresh": 1,
     "val_frames": 24, "grad_clip": 1.0, "weight_decay": 1e-5, "exposure": 20e3,
     "dn_loss_exposure": 50e3, "source_crop_prob": {"DN": 0.0, "SR": 0.5},
-    "sr_shape_weight": 2.0, "empty_frame_prob": {"DN": 0.0, "SR": 0.3},
+    "sr_shape_weight": 2.0, "empty_frame_prob": {"DN": 0.0, "SR": 0.3}, "sr_refine": 32,
 }
+#: Recipe keys that older checkpoints lack, with the value those checkpoints were trained with.
+LEGACY = {"sr_refine": 0}
 
 
 def recipe_string(task, cfg):
@@ -65,7 +67,12 @@ def recipe_string(task, cfg):
 def make_net(task, cfg):
     """The network for ``task`` (DN: scale 1, SR: scale 2)."""
     return EnhanceNet(scale=2 if task == "SR" else 1, exposure=cfg["exposure"],
-                      channels=tuple(cfg["channels"]))
+                      channels=tuple(cfg["channels"]), refine=int(cfg.get("sr_refine", 0)))
+
+
+def checkpoint_cfg(st):
+    """The recipe a checkpoint was trained with (keys it predates get their legacy values)."""
+    return {**DEFAULTS, **LEGACY, **st.get("cfg", {})}
 
 
 def predict_full(net, rate, mask):
@@ -140,7 +147,7 @@ def export_task(task, cfg, ckpt_dir, out_dir, *, extra_metrics=None, which="best
     """Export the ``best`` (or ``last`` EMA) weights of ``task`` to ``out_dir``; returns the path."""
     ckpt_dir = Path(ckpt_dir)
     st = torch.load(ckpt_dir / f"{task}_{which}.pt", map_location="cpu", weights_only=False)
-    cfg = {**cfg, **st.get("cfg", {})}
+    cfg = {**cfg, **LEGACY, **st.get("cfg", {})}
     net = make_net(task, cfg)
     net.load_state_dict(st["ema"])
     from ..simulate.instrument import SIM_VERSION
@@ -163,8 +170,13 @@ def export_task(task, cfg, ckpt_dir, out_dir, *, extra_metrics=None, which="best
 
 def train(task, *, out="models", ckpt_dir="models/checkpoints", minutes=None, steps=None,
           fresh=False, ckpt_minutes=3.0, sim="instrument", cfg_overrides=None, seed=None,
-          export=True, log_dir="runs", snapshots=False):
-    """Train ``task`` (``"DN"`` or ``"SR"``); see the module docstring. Returns the last val dict."""
+          export=True, log_dir="runs", snapshots=False, init_from=None):
+    """Train ``task`` (``"DN"`` or ``"SR"``); see the module docstring. Returns the last val dict.
+
+    ``init_from``: a checkpoint whose EMA weights start a run that has no ``<task>_last.pt`` yet
+    (or ``fresh``); layers that checkpoint lacks (e.g. the SR refinement branch) keep their
+    zero-output initialisation, and the optimiser and schedule start anew.
+    """
     if task not in ("DN", "SR"):
         raise ValueError(f"task must be 'DN' or 'SR', got {task!r}")
     cfg = {**DEFAULTS, **(cfg_overrides or {})}
@@ -175,6 +187,14 @@ def train(task, *, out="models", ckpt_dir="models/checkpoints", minutes=None, st
     if sim == "instrument":
         from ..simulate.instrument import SIM_VERSION as sim_version
 
+    st = None
+    if last_path.exists() and not fresh:
+        st = torch.load(last_path, map_location="cpu", weights_only=False)
+        # the checkpoint's recipe wins, except what the caller overrides explicitly
+        cfg = {**checkpoint_cfg(st), **(cfg_overrides or {})}
+        # recipe changes after the checkpoint was written: today's defaults unless overridden
+        for k in ("source_crop_prob", "sr_shape_weight", "empty_frame_prob"):
+            cfg[k] = DEFAULTS[k] if k not in (cfg_overrides or {}) else cfg[k]
     net = make_net(task, cfg)
     ema = copy.deepcopy(net)
     for p in ema.parameters():
@@ -182,13 +202,7 @@ def train(task, *, out="models", ckpt_dir="models/checkpoints", minutes=None, st
     opt = torch.optim.AdamW(net.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     step, best, commit = 0, float("inf"), git_commit()
     rng_state = None
-    if last_path.exists() and not fresh:
-        st = torch.load(last_path, map_location="cpu", weights_only=False)
-        # the checkpoint's recipe wins, except what the caller overrides explicitly
-        cfg = {**DEFAULTS, **st.get("cfg", {}), **(cfg_overrides or {})}
-        # recipe changes after the checkpoint was written: today's defaults unless overridden
-        for k in ("source_crop_prob", "sr_shape_weight", "empty_frame_prob"):
-            cfg[k] = DEFAULTS[k] if k not in (cfg_overrides or {}) else cfg[k]
+    if st is not None:
         net.load_state_dict(st["model"])
         ema.load_state_dict(st["ema"])
         opt.load_state_dict(st["opt"])
@@ -201,6 +215,18 @@ def train(task, *, out="models", ckpt_dir="models/checkpoints", minutes=None, st
             log.info("simulator %s -> %s / new validation score: best score reset",
                      st.get("sim_version"), sim_version)
             best = float("inf")
+    elif init_from:
+        # warm start: another run's EMA weights; layers it lacks keep their (zero-output) init
+        src = torch.load(init_from, map_location="cpu", weights_only=False)
+        try:
+            missing, unexpected = net.load_state_dict(src["ema"], strict=False)
+        except RuntimeError as e:  # shape mismatch
+            raise ValueError(f"{init_from}: weights do not fit this network: {e}") from None
+        if unexpected:
+            raise ValueError(f"{init_from}: weights {unexpected} do not fit this network")
+        ema.load_state_dict(net.state_dict())
+        log.info("warm start from %s (step %d); new layers: %s", init_from,
+                 int(src.get("step", 0)), sorted({k.split(".")[0] for k in missing}))
     else:
         log.info("fresh start: %s, %d parameters, simulator %s", task, count_parameters(net),
                  sim_version)
@@ -214,7 +240,8 @@ def train(task, *, out="models", ckpt_dir="models/checkpoints", minutes=None, st
                                      exposure=cfg["exposure"])
     if step == 0:
         v0 = validate(ema, val_frames, task, cfg)
-        log.info("step 0 (sigma-1.5 smoothing baseline) val %s", json.dumps(v0))
+        log.info("step 0 (%s) val %s", "warm start" if init_from else "sigma-1.5 smoothing baseline",
+                 json.dumps(v0))
 
     stop = {"flag": False}
 
@@ -315,6 +342,15 @@ def main(argv=None):
     ap.add_argument("--source-crops", type=float, default=None,
                     help="probability of a crop centred on a bright point source (default %s)"
                     % DEFAULTS["source_crop_prob"])
+    ap.add_argument("--refine", type=int, default=None,
+                    help="SR sub-pixel refinement-branch channels (default %d; 0: none)"
+                    % DEFAULTS["sr_refine"])
+    ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default %g)"
+                    % DEFAULTS["lr"])
+    ap.add_argument("--lr-min", type=float, default=None,
+                    help="final learning rate of the cosine (default %g)" % DEFAULTS["lr_min"])
+    ap.add_argument("--init-from", default=None,
+                    help="warm start from this checkpoint's EMA weights (new run only)")
     ap.add_argument("--sim", choices=("instrument", "toy"), default="instrument")
     ap.add_argument("--no-export", action="store_true")
     ap.add_argument("--snapshots", action="store_true",
@@ -342,9 +378,13 @@ def main(argv=None):
         over["empty_frame_prob"] = a.empty_frames
     if a.source_crops is not None:
         over["source_crop_prob"] = a.source_crops
+    for key, val in (("sr_refine", a.refine), ("lr", a.lr), ("lr_min", a.lr_min)):
+        if val is not None:
+            over[key] = val
     train(a.task, out=a.out, ckpt_dir=a.ckpt_dir, minutes=a.minutes, steps=a.steps,
           fresh=a.fresh, ckpt_minutes=a.ckpt_minutes, sim=a.sim, export=not a.no_export,
-          log_dir=a.log_dir, cfg_overrides=over or None, snapshots=a.snapshots)
+          log_dir=a.log_dir, cfg_overrides=over or None, snapshots=a.snapshots,
+          init_from=a.init_from)
     return 0
 
 
