@@ -157,7 +157,7 @@ def sr_sim_table(sr_path, n_frames, seed=424242, peers=True):
     return out
 
 
-def sr_real_table(sr_path, peers=True):
+def sr_real_table(sr_path, peers=True, per_source=False):
     obs = ev.load_real_observations()
     if not obs:
         print("SR real: no real images found; skipped")
@@ -189,6 +189,10 @@ def sr_real_table(sr_path, peers=True):
                                                   sources=sources[o.obsid]):
                     fw.append(row["fwhm_ratio"])
                     fl.append(row["flux_ratio"])
+                    if per_source and label == "selected":
+                        print(f"  {name:30s} {o.target:10s} y {row['y']:3d} x {row['x']:3d} "
+                              f"FWHM in {row['fwhm_in_arcsec']:5.2f}\" ratio "
+                              f"{row['fwhm_ratio']:.3f} flux 20/40 {row['flux_ratio']:.3f}")
             r = {"fwhm_ratio": float(np.nanmedian(fw)), "flux_ratio": float(np.nanmedian(fl)),
                  "n": len(fw), "fwhm_ratios": fw, "flux_ratios": fl}
             out[(name, label)] = r
@@ -212,6 +216,8 @@ def main(argv=None):
     ap.add_argument("--only", choices=("DN", "SR"), default=None)
     ap.add_argument("--no-peers", action="store_true",
                     help="only the networks (peer rows take minutes; see the model card)")
+    ap.add_argument("--per-source", action="store_true",
+                    help="also print each selected real source's SR ratios")
     a = ap.parse_args(argv)
     if a.only != "SR" and not a.skip_real:
         dn_table(a.dn)
@@ -219,7 +225,7 @@ def main(argv=None):
         if not a.skip_sim:
             sr_sim_table(a.sr, a.sim_frames, seed=a.sim_seed, peers=not a.no_peers)
         if not a.skip_real:
-            sr_real_table(a.sr, peers=not a.no_peers)
+            sr_real_table(a.sr, peers=not a.no_peers, per_source=a.per_source)
     return 0
 
 

@@ -55,7 +55,10 @@ def recipe_string(task, cfg):
             else "crop-weighted expected Poisson deviance at 20 ks on the 2x target + 8\" "
                  "block-sum deviance (flux) + per-crop summed KL / (counts + 100) (shape), "
                  f"weight {cfg.get('sr_shape_weight')}")
-    return (f"recipe v{RECIPE_VERSION}: U-Net {cfg['channels']} on sqrt/log-smoothed counts + mask, "
+    refine = int(cfg.get("sr_refine", 0)) if task == "SR" else 0
+    net = f"U-Net {cfg['channels']}" + (f" + {refine}-channel sub-pixel refinement branch"
+                                         if refine else "")
+    return (f"recipe v{RECIPE_VERSION}: {net} on sqrt/log-smoothed counts + mask, "
             f"log-residual on a mask-aware sigma-1.5 smoothing; loss {loss}; AdamW lr "
             f"{cfg['lr']} cosine to {cfg['lr_min']} over {cfg['total_steps']} steps, batch "
             f"{cfg['batch']}x{cfg['crop']}^2 crops, EMA {cfg['ema']}, fresh Poisson noise per crop,"
