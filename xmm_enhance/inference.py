@@ -8,6 +8,7 @@ Pixel conventions: arrays are ``[y, x]`` (0-based); FITS CRPIX are 1-based.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -351,22 +352,29 @@ def output_mask(counts: np.ndarray, in_mask: np.ndarray, *, pn_grid: bool = True
     return live | in_mask
 
 
+@functools.lru_cache(maxsize=4)
 def sky_transmission(scale: int, pad: tuple[int, int], shape: tuple[int, int]) -> np.ndarray:
     """``detector.fov_transmission`` of the pn grid at ``scale``, placed on a padded output grid.
 
     The SR output is background-free sky, and outside the field-of-view circle the CCD corners
     see particles but (almost) no sky: the network, which never knows where in the FoV a pixel
     lies, may paint corner background as sky there, so its output is multiplied by this.
-    ``pad`` is the (top, left) offset of the 1x input in the padded frame.
+    ``pad`` is the (top, left) offset of the 1x input in the padded frame. Cached (read-only).
     """
     t = detector.fov_transmission(detector.pn_grid(scale=scale))
-    out = np.zeros(shape, np.float32)
-    top, left = scale * pad[0], scale * pad[1]
-    ny, nx = t.shape
+    out = _place(t, shape, scale * pad[0], scale * pad[1])
+    out.setflags(write=False)
+    return out
+
+
+def _place(a: np.ndarray, shape: tuple[int, int], top: int, left: int) -> np.ndarray:
+    """Zero array of ``shape`` holding ``a`` with its (0, 0) at (top, left) (negative: cropped)."""
+    out = np.zeros(shape, a.dtype)
+    ny, nx = a.shape
     sy0, dy0 = max(0, -top), max(0, top)
     sx0, dx0 = max(0, -left), max(0, left)
     h, w = min(ny - sy0, shape[0] - dy0), min(nx - sx0, shape[1] - dx0)
-    out[dy0:dy0 + h, dx0:dx0 + w] = t[sy0:sy0 + h, sx0:sx0 + w]
+    out[dy0:dy0 + h, dx0:dx0 + w] = a[sy0:sy0 + h, sx0:sx0 + w]
     return out
 
 
@@ -378,12 +386,7 @@ def pad_to(a: np.ndarray, size: int = PAD_SIZE) -> tuple[np.ndarray, tuple[int, 
     """
     ny, nx = a.shape
     top, left = skywcs.crop_offset(ny, size), skywcs.crop_offset(nx, size)
-    out = np.zeros((size, size), a.dtype)
-    # source and destination windows
-    sy0, dy0 = max(0, -top), max(0, top)
-    sx0, dx0 = max(0, -left), max(0, left)
-    h, w = min(ny - sy0, size - dy0), min(nx - sx0, size - dx0)
-    out[dy0:dy0 + h, dx0:dx0 + w] = a[sy0:sy0 + h, sx0:sx0 + w]
+    out = _place(a, (size, size), top, left)
     return out, (top, left)
 
 

@@ -58,9 +58,6 @@ PARTIAL_COLUMNS = {
 PARTIAL_ROWS = {11: 0.12, 203: 0.8, 206: 0.15, 398: 0.75}
 #: Out-of-time event fraction in full-frame mode.
 OOT_FRACTION = 0.063
-#: e-folding length (arcsec) of the sky transmission outside the field-of-view circle (the
-#: transmission itself is ``detector.fov_transmission``, shared with SR inference).
-FOV_EDGE_ARCSEC = detector.FOV_EDGE_ARCSEC
 #: Corner pixels (outside the FoV) in the rows next to the rows excluded at the outer CCD edges
 #: collect extra events: CORNER_EDGE_EXCESS (counts/s/pixel, range) times the factor per 0-based
 #: row; the outermost corner rows (CORNER_OUTER_ROWS) collect 0.55-0.95 of the corner rate.

@@ -105,7 +105,7 @@ class EnhanceNet(nn.Module):
     channels : tuple of int
         U-Net widths per level.
     refine : int
-        SR only: channels of the refinement branch on the 2x grid (0: none).
+        SR only: channels of the sub-pixel refinement branch (on the 1x grid; 0: none).
     """
 
     def __init__(self, scale: int = 1, exposure: float = 20e3, channels=(16, 32, 64, 96),

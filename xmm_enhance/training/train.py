@@ -375,13 +375,9 @@ def main(argv=None):
     over = {}
     if a.total_steps:
         over["total_steps"] = a.total_steps
-    if a.shape_weight is not None:
-        over["sr_shape_weight"] = a.shape_weight
-    if a.empty_frames is not None:
-        over["empty_frame_prob"] = a.empty_frames
-    if a.source_crops is not None:
-        over["source_crop_prob"] = a.source_crops
-    for key, val in (("sr_refine", a.refine), ("lr", a.lr), ("lr_min", a.lr_min)):
+    for key, val in (("sr_shape_weight", a.shape_weight), ("empty_frame_prob", a.empty_frames),
+                     ("source_crop_prob", a.source_crops), ("sr_refine", a.refine),
+                     ("lr", a.lr), ("lr_min", a.lr_min)):
         if val is not None:
             over[key] = val
     train(a.task, out=a.out, ckpt_dir=a.ckpt_dir, minutes=a.minutes, steps=a.steps,
