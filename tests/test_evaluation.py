@@ -127,3 +127,20 @@ def test_real_source_selection_keeps_isolated_points_only():
     # the first session's selection took the pair and the nucleus too
     legacy = ev.select_real_point_sources(obs, mask, legacy=True)
     assert (30, 30) in legacy and len(legacy) > 1
+
+
+def test_radial_tangential_widths_follow_the_axis():
+    """An elliptical Gaussian stretched perpendicular to the direction to the axis reads wider
+    tangentially; rotating the axis by 90 degrees swaps the two widths."""
+    yy, xx = np.mgrid[:61, :61].astype(float)
+    # source at (30, 30); axis far to the left (radial direction = x), sigma_x 1.0, sigma_y 1.6
+    img = 5.0 + 400.0 * np.exp(-((xx - 30) ** 2 / (2 * 1.0 ** 2) + (yy - 30) ** 2 / (2 * 1.6 ** 2)))
+    mask = np.ones(img.shape, bool)
+    wr, wt = ev.radial_tangential_widths(img, mask, 30, 30, (30.0, -200.0))
+    assert wt / wr > 1.3 and wr < wt
+    wr2, wt2 = ev.radial_tangential_widths(img, mask, 30, 30, (-200.0, 30.0))
+    assert abs(wr2 - wt) < 1e-9 and abs(wt2 - wr) < 1e-9
+    # a round source reads round whatever the axis
+    rnd = 5.0 + 400.0 * np.exp(-((xx - 30) ** 2 + (yy - 30) ** 2) / (2 * 1.3 ** 2))
+    a, b = ev.radial_tangential_widths(rnd, mask, 30, 30, (0.0, 0.0))
+    assert abs(a / b - 1) < 1e-6

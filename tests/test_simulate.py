@@ -77,6 +77,62 @@ def test_psf_kernel():
     assert abs(psf.king_fwhm(5.4, 1.55) - 8.1) < 0.15
 
 
+def test_psf_kernel_elongated():
+    """q stretches the core along phi + 90 deg and squeezes it along phi, keeping unit sum."""
+    c = np.arange(-32, 33)
+    for phi, (along, across) in ((0.0, (1, 0)), (np.pi / 2, (0, 1))):
+        k = psf.king_kernel(2.7, 1.55, 32, q=2.0, phi=phi)
+        assert abs(k.sum() - 1) < 1e-9 and k.argmax() == k.size // 2
+        # second moments within the core (|d| <= 4 px) along the array axes
+        core = k[28:37, 28:37]
+        mx = (core.sum(axis=0) * c[28:37] ** 2).sum() / core.sum()
+        my = (core.sum(axis=1) * c[28:37] ** 2).sum() / core.sum()
+        radial, tangential = (mx, my) if along == 1 else (my, mx)
+        assert tangential > 1.5 * radial
+    np.testing.assert_allclose(psf.king_kernel(2.7, 1.55, 32, q=1.0, phi=0.7),
+                               psf.king_kernel(2.7, 1.55, 32))
+    assert psf.elongation(0.0) == 1.0 and psf.elongation(12.0) > psf.elongation(6.0) > 1.0
+
+
+def _one_source_sky(yx2, rate):
+    def draw(rng, kind=None):
+        return sky.Sky(image=np.zeros(sky.SHAPE2, np.float32),
+                       points_yx=np.array([yx2], float), points_rate=np.array([rate], float),
+                       kind="blank", meta={"components": [], "agn_norm": 1.0})
+    return draw
+
+
+@pytest.mark.parametrize("theta_arcmin", [0.3, 12.0])
+def test_off_axis_sources_are_elongated_tangentially(monkeypatch, theta_arcmin):
+    """Simulator >= 0.14.0: off-axis point sources are wider tangentially than radially, the
+    same in the 1x image and in the half-width SR target; on axis they are round."""
+    from xmm_enhance import evaluation as ev
+    from xmm_enhance.simulate import instrument
+
+    # a source at theta_arcmin from the optical axis, towards the FoV centre's side (upper left)
+    ang = np.deg2rad(200.0)
+    d = theta_arcmin * 60.0 / sky.PIX2_ARCSEC
+    y2 = float(np.rint(sky.AXIS_C2[0] + d * np.sin(ang)))
+    x2 = float(np.rint(sky.AXIS_C2[1] + d * np.cos(ang)))
+    monkeypatch.setattr(instrument, "draw_sky", _one_source_sky((y2, x2), 0.01))
+    o = simulate_observation(np.random.default_rng(5), exposure=20e3)
+    src1 = (o.dn_target - o.bkg_rate).astype(np.float64)
+    y1, x1 = np.unravel_index(np.argmax(src1), src1.shape)
+    axis1 = ((sky.AXIS_C2[0] + 0.5) / 2 - 0.5, (sky.AXIS_C2[1] + 0.5) / 2 - 0.5)
+    m1 = np.ones(src1.shape, bool)
+    wr1, wt1 = ev.radial_tangential_widths(src1, m1, y1, x1, axis1)
+    t2 = o.sr_target.astype(np.float64)
+    y2i, x2i = np.unravel_index(np.argmax(t2), t2.shape)
+    wr2, wt2 = ev.radial_tangential_widths(t2, np.ones(t2.shape, bool), y2i, x2i, sky.AXIS_C2)
+    if theta_arcmin < 1:
+        assert 0.95 < wt1 / wr1 < 1.05 and 0.95 < wt2 / wr2 < 1.05
+    else:
+        assert o.meta["n_stamped"] == 1
+        assert wt1 / wr1 > 1.2 and wt2 / wr2 > 1.2, (wr1, wt1, wr2, wt2)
+    # the SR target is the same shape at half the size: equal widths in its own pixels
+    assert 0.85 < wr2 / wr1 < 1.15 and 0.85 < wt2 / wt1 < 1.15, (wr1, wt1, wr2, wt2)
+
+
 def test_vignetting_monotone():
     v = vignetting(np.linspace(0, 18, 50))
     assert v[0] == 1 and (np.diff(v) <= 0).all()

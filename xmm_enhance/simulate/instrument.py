@@ -21,7 +21,7 @@ from scipy import fft as sfft
 
 from .. import detector
 from . import psf as _psf
-from .sky import FIELD_KINDS, draw_sky
+from .sky import AXIS_C2, FIELD_KINDS, draw_sky
 
 __all__ = [
     "SIM_VERSION", "SimulatedObservation", "simulate_observation", "vignetting",
@@ -29,7 +29,7 @@ __all__ = [
     "PARTIAL_ROWS", "coverage_map", "PILEUP_RATE", "PSF_VARIANTS",
 ]
 
-SIM_VERSION = "0.13.0"
+SIM_VERSION = "0.14.0"
 
 #: Vignetting (0.5-2 keV) versus off-axis angle (arcmin) about detector.OPTICAL_AXIS_DET:
 #: upper quartile in 1' annuli of the eexpmap exposure map of obs 0723801301
@@ -83,6 +83,20 @@ _ZONES_ARCMIN = (3.0, 9.0, 15.0)
 PSF_VARIANTS = ((1.0, 0.0), (0.9, 0.0), (1.1, 0.0), (0.85, -0.15), (1.15, 0.15))
 PSF_VARIANT_P = (0.4, 0.15, 0.15, 0.15, 0.15)
 _KERNEL_RADIUS = 64  # 2x pixels (128")
+#: Per-observation scalings of the off-axis elongation (``psf.ELONGATION_A``) and their
+#: probabilities: the real sources scatter about the calibrated trend.
+ELONGATION_SCALES = (0.6, 1.0, 1.4)
+ELONGATION_P = (0.25, 0.5, 0.25)
+#: Point sources brighter than this (counts/s after vignetting, ~2 counts in 20 ks) get their
+#: own elongated PSF stamp at their exact off-axis angle and azimuth; fainter ones, whose shape
+#: no exposure reveals (~5 counts in 20 ks), go through the zone-blended circular convolution with the diffuse sky.
+STAMP_RATE = 2.5e-4
+#: Sources below this rate (~50 counts in 20 ks) get the central 97" x 97" of their stamp,
+#: renormalised (the same flux in both targets; the cut wing is invisible at these counts).
+SMALL_STAMP_RATE = 2.5e-3
+_SMALL_RADIUS = 24
+#: Stamp kernels are tabulated per 1' of off-axis angle and per 180/_N_ORIENT degrees of azimuth.
+_N_ORIENT = 12
 
 
 def vignetting(theta_arcmin):
@@ -180,10 +194,10 @@ def _geometry():
 
 @functools.lru_cache(maxsize=len(PSF_VARIANTS))
 def _kernels(variant):
-    """PSF kernels of variant ``variant`` (index into ``PSF_VARIANTS``): FFTs and stamps."""
+    """Circular PSF kernels of variant ``variant`` (index into ``PSF_VARIANTS``): FFTs per zone."""
     geo = _geometry()
     pad = geo["pad"]
-    full_k, half_k, params, spatial = [], [], [], []
+    full_k, half_k, params = [], [], []
     pix2 = detector.pixel_size_arcsec(scale=2)
     r = _KERNEL_RADIUS
     for zk in _ZONES_ARCMIN:
@@ -193,13 +207,56 @@ def _kernels(variant):
         params.append((float(rc), float(alpha)))
         for lst, scale in ((full_k, 1.0), (half_k, 0.5)):
             k = _psf.king_kernel(rc * scale / pix2, alpha, r)
-            spatial.append(k.astype(np.float32))
             kp = np.zeros(pad, np.float32)
             kp[:2 * r + 1, :2 * r + 1] = k
             kp = np.roll(kp, (-r, -r), axis=(0, 1))
             lst.append(sfft.rfft2(kp).astype(np.complex64))
-    # spatial_k: [zone0 full, zone0 half, zone1 full, ...]
-    return {"full_k": full_k, "half_k": half_k, "psf_params": params, "spatial_k": spatial}
+    return {"full_k": full_k, "half_k": half_k, "psf_params": params}
+
+
+@functools.lru_cache(maxsize=None)
+def _stamp_kernels(variant, escale, ti, oi):
+    """Elongated PSF stamps on the 2x grid, float32: (full, half) 129 x 129 and the same cut to
+    49 x 49 and renormalised.
+
+    ``variant``: index into PSF_VARIANTS; ``escale``: index into ELONGATION_SCALES; ``ti``:
+    off-axis angle in whole arcmin; ``oi``: azimuth bin of the direction to the source from the
+    optical axis (modulo 180 degrees).
+    """
+    rc, alpha = _psf.king_params(ti)
+    rc *= PSF_VARIANTS[variant][0]
+    alpha += PSF_VARIANTS[variant][1]
+    q = _psf.elongation(ti, ELONGATION_SCALES[escale])
+    phi = oi * np.pi / _N_ORIENT
+    pix2 = detector.pixel_size_arcsec(scale=2)
+    big = [_psf.king_kernel(rc * scale / pix2, alpha, _KERNEL_RADIUS, oversample=3, q=q, phi=phi)
+           .astype(np.float32) for scale in (1.0, 0.5)]
+    c = slice(_KERNEL_RADIUS - _SMALL_RADIUS, _KERNEL_RADIUS + _SMALL_RADIUS + 1)
+    small = [k[c, c] / k[c, c].sum() for k in big]
+    return (*big, *small)
+
+
+def _stamp_index(y, x):
+    """(off-axis bin, azimuth bin) of 2x pixel (y, x) for ``_stamp_kernels``."""
+    dy, dx = y - AXIS_C2[0], x - AXIS_C2[1]
+    theta = np.hypot(dy, dx) * detector.pixel_size_arcsec(scale=2) / 60.0
+    phi = np.arctan2(dy, dx) % np.pi
+    return int(np.rint(theta)), int(np.rint(phi / (np.pi / _N_ORIENT))) % _N_ORIENT
+
+
+def _stamped_sources(ker_id, yx, rate, vig2, full2, half2):
+    """Add point sources with their elongated PSF stamps to ``full2`` (and ``half2``)."""
+    ny, nx = full2.shape
+    for (y, x), rt in zip(yx, rate):
+        iy, ix = int(np.rint(y)), int(np.rint(x))
+        if not (0 <= iy < ny and 0 <= ix < nx):
+            continue
+        obs = np.float32(rt * vig2[iy, ix])
+        ks = _stamp_kernels(*ker_id, *_stamp_index(iy, ix))
+        kf, kh = ks[:2] if obs >= SMALL_STAMP_RATE else ks[2:]
+        _add_stamp(full2, iy, ix, obs * kf)
+        if half2 is not None:
+            _add_stamp(half2, iy, ix, obs * kh)
 
 
 def _deposit_points(img, yx, rate):
@@ -227,7 +284,7 @@ def _add_stamp(img, iy, ix, k):
     img[max(y0, 0):min(y1, ny), max(x0, 0):min(x1, nx)] += k[ky0:ky1, kx0:kx1]
 
 
-def _piled_sources(geo, ker, yx, rate, full2, half2):
+def _piled_sources(geo, ker_id, yx, rate, full2, half2):
     """Add piled-up point sources: core events lost, SR target scaled to the observed flux.
 
     Pile-up in full-frame mode removes events from the PSF core of sources brighter than
@@ -238,20 +295,19 @@ def _piled_sources(geo, ker, yx, rate, full2, half2):
     r = _KERNEL_RADIUS
     yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
     core = np.exp(-(yy ** 2 + xx ** 2) / (2 * 2.5 ** 2)).astype(np.float32)
-    zc = np.asarray(_ZONES_ARCMIN)
     for (y, x), rt in zip(yx, rate):
         iy, ix = int(np.rint(y)), int(np.rint(x))
         if not (0 <= iy < full2.shape[0] and 0 <= ix < full2.shape[1]):
             continue
         v = float(geo["vig2"][iy, ix])
         obs = rt * v
-        z = int(np.argmin(np.abs(zc - geo["theta2"][iy, ix])))
+        k_full, k_half = _stamp_kernels(*ker_id, *_stamp_index(iy, ix))[:2]
         p = min(0.9, 0.35 * np.sqrt(obs / PILEUP_RATE))
-        kf = ker["spatial_k"][2 * z] * (1 - p * core)
+        kf = k_full * (1 - p * core)
         kept = float(kf.sum())
         _add_stamp(full2, iy, ix, np.float32(obs) * kf)
         if half2 is not None:
-            _add_stamp(half2, iy, ix, np.float32(obs * kept) * ker["spatial_k"][2 * z + 1])
+            _add_stamp(half2, iy, ix, np.float32(obs * kept) * k_half)
         out.append({"y2": iy, "x2": ix, "rate": float(rt), "peak_loss": float(p),
                     "flux_kept": kept})
     return out
@@ -340,13 +396,20 @@ def simulate_observation(rng, *, exposure=20e3, sr=True, dn=True, kind=None, sou
     img2 = sky.image.copy()
     iy = np.clip(np.rint(sky.points_yx[:, 0]).astype(int), 0, img2.shape[0] - 1)
     ix = np.clip(np.rint(sky.points_yx[:, 1]).astype(int), 0, img2.shape[1] - 1)
-    piled = sky.points_rate * geo["vig2"][iy, ix] > PILEUP_RATE
-    _deposit_points(img2, sky.points_yx[~piled], sky.points_rate[~piled])
+    obs_rate = sky.points_rate * geo["vig2"][iy, ix]
+    piled = obs_rate > PILEUP_RATE
+    stamped = ~piled & (obs_rate > STAMP_RATE)
+    faint = ~piled & ~stamped
+    _deposit_points(img2, sky.points_yx[faint], sky.points_rate[faint])
     img2 *= geo["vig2"]
     variant = int(rng.choice(len(PSF_VARIANTS), p=PSF_VARIANT_P))
+    escale = int(rng.choice(len(ELONGATION_SCALES), p=ELONGATION_P))
     ker = _kernels(variant)
     full2, half2 = _convolve(geo, ker, img2, sr)
-    pile = _piled_sources(geo, ker, sky.points_yx[piled], sky.points_rate[piled], full2, half2)
+    _stamped_sources((variant, escale), sky.points_yx[stamped], sky.points_rate[stamped],
+                     geo["vig2"], full2, half2)
+    pile = _piled_sources(geo, (variant, escale), sky.points_yx[piled], sky.points_rate[piled],
+                          full2, half2)
     full2 *= geo["fov2"]
     src1 = _rebin2(full2)
 
@@ -417,6 +480,7 @@ def simulate_observation(rng, *, exposure=20e3, sr=True, dn=True, kind=None, sou
         "corner_ratio": corner_ratio, "infield_bkg_mean": infield_mean,
         "corners": corners, "bad_columns": badcols, "psf_zones_arcmin": _ZONES_ARCMIN,
         "psf_params": ker["psf_params"], "psf_variant": PSF_VARIANTS[variant],
+        "psf_elongation_scale": ELONGATION_SCALES[escale], "n_stamped": int(stamped.sum()),
         "n_points": int(sky.points_rate.size),
         "components": sky.meta["components"], "piled_up": pile, "agn_norm": sky.meta["agn_norm"],
         # bright point sources (> 200 on-axis counts): 1x pixel coordinates (0-based y, x),
