@@ -1,8 +1,9 @@
 """Image-level EPIC-pn simulator: training pairs for the SR and DN networks.
 
 ``simulate_observation`` draws a sky (``sky.draw_sky``), applies vignetting and the King PSF
-(widening off axis, three radial zones blended linearly, one of five PSF variants per
-observation), pile-up of very bright point sources, a soft field-of-view edge, the CCD mask with
+(widening off axis, one of five PSF variants per observation; point sources of more than ~5
+counts per 20 ks get stamps elongated tangentially at their off-axis angle and azimuth, fainter
+ones and extended emission a circular PSF in three radial zones blended linearly), pile-up of very bright point sources, a soft field-of-view edge, the CCD mask with
 random bad columns and the partial coverage of DET columns/rows next to CCD gaps, particle /
 sky / soft-proton / corner background, out-of-time streaks and Poisson noise, and returns the
 noisy 1x counts together with the noise-free DN target (rate with background, 1x) and the SR

@@ -8,7 +8,9 @@ core widens slowly (rc = RC0 + RC_SLOPE theta, an assumption: the real sources m
 0.13.0; before, alpha was 1.55 everywhere, and real point sources 9-16' off axis held less of
 their 40" flux within 10-20" than simulated ones (EEF(10")/EEF(40") 0.56 against 0.63,
 EEF(20")/EEF(40") 0.82 against 0.88; ``benchmarks/bench_psf_profiles.py``).
-``king_params`` gives the on-sky parameters at off-axis angle ``theta``. RC0 is set so that
+Since 0.14.0 the core is also stretched tangentially off axis (``elongation``,
+``ELONGATION_A``; ``king_kernel(..., q, phi)``). ``king_params`` gives the on-sky parameters at
+off-axis angle ``theta``. RC0 is set so that
 pixel-integrated King fits to simulated sources at 4-14' give rc ~ 5.4" as on the real ones.
 """
 from __future__ import annotations
