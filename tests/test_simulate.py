@@ -80,14 +80,14 @@ def test_psf_kernel():
 def test_psf_kernel_elongated():
     """q stretches the core along phi + 90 deg and squeezes it along phi, keeping unit sum."""
     c = np.arange(-32, 33)
-    for phi, (along, across) in ((0.0, (1, 0)), (np.pi / 2, (0, 1))):
+    for phi, radial_is_x in ((0.0, True), (np.pi / 2, False)):
         k = psf.king_kernel(2.7, 1.55, 32, q=2.0, phi=phi)
         assert abs(k.sum() - 1) < 1e-9 and k.argmax() == k.size // 2
         # second moments within the core (|d| <= 4 px) along the array axes
         core = k[28:37, 28:37]
         mx = (core.sum(axis=0) * c[28:37] ** 2).sum() / core.sum()
         my = (core.sum(axis=1) * c[28:37] ** 2).sum() / core.sum()
-        radial, tangential = (mx, my) if along == 1 else (my, mx)
+        radial, tangential = (mx, my) if radial_is_x else (my, mx)
         assert tangential > 1.5 * radial
     np.testing.assert_allclose(psf.king_kernel(2.7, 1.55, 32, q=1.0, phi=0.7),
                                psf.king_kernel(2.7, 1.55, 32))

@@ -88,9 +88,9 @@ _KERNEL_RADIUS = 64  # 2x pixels (128")
 #: probabilities: the real sources scatter about the calibrated trend.
 ELONGATION_SCALES = (0.6, 1.0, 1.4)
 ELONGATION_P = (0.25, 0.5, 0.25)
-#: Point sources brighter than this (counts/s after vignetting, ~2 counts in 20 ks) get their
+#: Point sources brighter than this (counts/s after vignetting, ~5 counts in 20 ks) get their
 #: own elongated PSF stamp at their exact off-axis angle and azimuth; fainter ones, whose shape
-#: no exposure reveals (~5 counts in 20 ks), go through the zone-blended circular convolution with the diffuse sky.
+#: no exposure reveals, go through the zone-blended circular convolution with the diffuse sky.
 STAMP_RATE = 2.5e-4
 #: Sources below this rate (~50 counts in 20 ks) get the central 97" x 97" of their stamp,
 #: renormalised (the same flux in both targets; the cut wing is invisible at these counts).
@@ -245,14 +245,15 @@ def _stamp_index(y, x):
     return int(np.rint(theta)), int(np.rint(phi / (np.pi / _N_ORIENT))) % _N_ORIENT
 
 
-def _stamped_sources(ker_id, yx, rate, vig2, full2, half2):
-    """Add point sources with their elongated PSF stamps to ``full2`` (and ``half2``)."""
+def _stamped_sources(ker_id, yx, obs_rate, full2, half2):
+    """Add point sources (observed, i.e. vignetted, rates) with their elongated PSF stamps to
+    ``full2`` (and ``half2``)."""
     ny, nx = full2.shape
-    for (y, x), rt in zip(yx, rate):
+    for (y, x), rt in zip(yx, obs_rate):
         iy, ix = int(np.rint(y)), int(np.rint(x))
         if not (0 <= iy < ny and 0 <= ix < nx):
             continue
-        obs = np.float32(rt * vig2[iy, ix])
+        obs = np.float32(rt)
         ks = _stamp_kernels(*ker_id, *_stamp_index(iy, ix))
         kf, kh = ks[:2] if obs >= SMALL_STAMP_RATE else ks[2:]
         _add_stamp(full2, iy, ix, obs * kf)
@@ -407,8 +408,7 @@ def simulate_observation(rng, *, exposure=20e3, sr=True, dn=True, kind=None, sou
     escale = int(rng.choice(len(ELONGATION_SCALES), p=ELONGATION_P))
     ker = _kernels(variant)
     full2, half2 = _convolve(geo, ker, img2, sr)
-    _stamped_sources((variant, escale), sky.points_yx[stamped], sky.points_rate[stamped],
-                     geo["vig2"], full2, half2)
+    _stamped_sources((variant, escale), sky.points_yx[stamped], obs_rate[stamped], full2, half2)
     pile = _piled_sources(geo, (variant, escale), sky.points_yx[piled], sky.points_rate[piled],
                           full2, half2)
     full2 *= geo["fov2"]
