@@ -159,6 +159,7 @@ def test_oot_streak_along_column():
     # a bright source puts 6.3 % of its counts along its CCD column (194 rows)
     for seed in range(20):
         o = simulate_observation(np.random.default_rng(seed), kind="bright_point", sr=False)
+        assert all(s["counts"] > 40 for s in o.meta["sources"])
         src = max(o.meta["sources"], key=lambda s: s["rate"])
         y, x = int(round(src["y"])), int(round(src["x"]))
         if src["rate"] > 1 and o.mask[y, x] and o.mask[:, x + 30].sum() > 300:

@@ -164,3 +164,79 @@ def test_train_resume_and_warm_start_into_a_refined_network(tmp_path):
         T.train("SR", ckpt_dir=tmp_path / "d", steps=1, sim="toy", log_dir=tmp_path,
                 cfg_overrides={**tiny, "sr_refine": 8}, init_from=c / "DN_last.pt",
                 export=False)
+
+
+def test_position_channels_follow_the_optical_axis():
+    from xmm_enhance import detector
+    from xmm_enhance.training.net import position_maps
+
+    p = position_maps(0, 0, 411, 403)
+    theta = detector.radius_arcmin()
+    assert np.allclose(10 * np.sqrt(p[0]), theta, atol=1e-3)
+    iy, ix = np.unravel_index(np.argmin(theta), theta.shape)
+    assert p[0, iy, ix] < 1e-3 and p[0].max() > 4.0  # 0 on axis, > 20' in the far corners
+    dy, dx = np.mgrid[:411, :403].astype(float)
+    phi = np.arctan2(dy - 223.96875, dx - 243.04375)
+    assert np.allclose(p[1], p[0] * np.cos(2 * phi), atol=1e-4)
+    assert np.allclose(p[2], p[0] * np.sin(2 * phi), atol=1e-4)
+    # a mirrored crop carries mirrored maps, with the sign of sin 2phi flipped once per mirror
+    c = position_maps(100, 50, 32, 40)
+    fy = position_maps(100, 50, 32, 40, flip_y=True)
+    fxy = position_maps(100, 50, 32, 40, flip_y=True, flip_x=True)
+    assert np.allclose(fy[:2], c[:2, ::-1]) and np.allclose(fy[2], -c[2, ::-1])
+    assert np.allclose(fxy, c[:, ::-1, ::-1])
+    # in the graph: the same maps for a full frame padded centrally, whatever the padded size
+    for h, w in ((416, 416), (416, 408)):
+        top, left = (h - 411) // 2, (w - 403) // 2
+        got = EnhanceNet.frame_position(torch.zeros(2, 1, h, w))
+        assert got.shape == (2, 3, h, w)
+        assert np.allclose(got[1].numpy(), position_maps(-top, -left, h, w), atol=1e-5)
+
+
+def test_position_network_warm_starts_exactly_and_exports(tmp_path):
+    from xmm_enhance.training.train import load_widened
+
+    torch.manual_seed(3)
+    plain = EnhanceNet(2, channels=CH, refine=8)
+    with torch.no_grad():
+        for p in plain.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    net = EnhanceNet(2, channels=CH, refine=8, position=True)
+    assert load_widened(net, plain.state_dict()) == []
+    rate, mask = _inputs(n=1, h=48, w=40)
+    with torch.no_grad():
+        assert torch.equal(net(rate, mask), plain(rate, mask))
+        net.unet.enc[0][0].weight[:, 5:].add_(0.2)  # once trained, position changes the output
+        out = net(rate, mask)
+        assert not torch.allclose(out, plain(rate, mask))
+        assert not torch.allclose(out, net(rate, mask, torch.zeros(1, 3, 48, 40)))
+    with pytest.raises(ValueError, match="do not fit"):
+        load_widened(EnhanceNet(1, channels=CH), plain.state_dict())
+    import onnxruntime as ort
+
+    path = export_onnx(net.eval(), tmp_path / "p.onnx", metadata={"task": "SR"})
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["rate", "mask"]
+    for h, w in ((48, 40), (64, 72)):  # the position maps follow the runtime shape
+        rate, mask = _inputs(n=1, h=h, w=w)
+        got = sess.run(None, {"rate": rate.numpy(), "mask": mask.numpy()})[0]
+        with torch.no_grad():
+            want = net(rate, mask).numpy()
+        assert np.allclose(got, want, rtol=1e-3, atol=1e-10)
+
+
+def test_source_crops_split_between_faint_and_bright_sources():
+    sim = functools.partial(D.toy_simulate, shape=(64, 64))
+    srcs = [(10.0, 10.0, 50.0), (20.0, 20.0, 150.0), (30.0, 30.0, 900.0), (5.0, 5.0, 20.0)]
+    picks = {}
+    for share in (0.0, 0.5, 1.0):
+        buf = D.FrameBuffer(sim, np.random.default_rng(5), task="SR", size=1,
+                            faint_source_share=share)
+        picks[share] = [buf._pick_source(srcs)[2] for _ in range(400)]
+    assert set(picks[0.0]) == {900.0}  # the older recipe: bright sources only
+    assert set(picks[1.0]) == {50.0, 150.0}  # never below MIN_SOURCE_COUNTS
+    n_faint = sum(c < D.FAINT_COUNTS for c in picks[0.5])
+    assert 150 < n_faint < 250
+    buf = D.FrameBuffer(sim, np.random.default_rng(5), task="SR", size=1, position=True)
+    rate, mask, target, tmask, pos = buf.sample(batch=2, crop=32)
+    assert pos.shape == (2, 3, 32, 32) and pos.dtype == np.float32

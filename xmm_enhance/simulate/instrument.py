@@ -30,7 +30,7 @@ __all__ = [
     "PARTIAL_ROWS", "coverage_map", "PILEUP_RATE", "PSF_VARIANTS",
 ]
 
-SIM_VERSION = "0.14.0"
+SIM_VERSION = "0.14.1"
 
 #: Vignetting (0.5-2 keV) versus off-axis angle (arcmin) about detector.OPTICAL_AXIS_DET:
 #: upper quartile in 1' annuli of the eexpmap exposure map of obs 0723801301
@@ -472,7 +472,9 @@ def simulate_observation(rng, *, exposure=20e3, sr=True, dn=True, kind=None, sou
         cov2 = np.repeat(np.repeat(cov, 2, axis=0), 2, axis=1)  # mask and partial coverage
         sr_target = (half2 * geo["fov2"] * cov2).astype(np.float32)
 
-    bright = np.flatnonzero(sky.points_rate * exposure > 200)  # none when sources=False
+    # point sources with > 40 expected counts after vignetting (none when sources=False)
+    obs_counts = obs_rate * exposure
+    bright = np.flatnonzero(obs_counts > 40)
     meta = {
         "sim_version": SIM_VERSION, "kind": sky.kind if sources else "empty",
         "exposure": float(exposure),
@@ -484,12 +486,13 @@ def simulate_observation(rng, *, exposure=20e3, sr=True, dn=True, kind=None, sou
         "psf_elongation_scale": ELONGATION_SCALES[escale], "n_stamped": int(stamped.sum()),
         "n_points": int(sky.points_rate.size),
         "components": sky.meta["components"], "piled_up": pile, "agn_norm": sky.meta["agn_norm"],
-        # bright point sources (> 200 on-axis counts): 1x pixel coordinates (0-based y, x),
-        # on-axis rate (counts/s), vignetting at the source, piled up or not
+        # point sources with > 40 expected counts: 1x pixel coordinates (0-based y, x), on-axis
+        # rate (counts/s), vignetting at the source, expected counts, piled up or not
         "sources": [{"y": (np.rint(sky.points_yx[i, 0]) + 0.5) / 2 - 0.5,
                      "x": (np.rint(sky.points_yx[i, 1]) + 0.5) / 2 - 0.5,
                      "rate": float(sky.points_rate[i]),
-                     "vignetting": float(geo["vig2"][iy[i], ix[i]]), "piled": bool(piled[i])}
+                     "vignetting": float(geo["vig2"][iy[i], ix[i]]),
+                     "counts": float(obs_counts[i]), "piled": bool(piled[i])}
                     for i in bright],
     }
     return SimulatedObservation(counts=counts, exposure=float(exposure), mask=mask,

@@ -34,8 +34,9 @@ class Frame:
         Background-free expected rate per 2" pixel (half PSF).
     counts : float32 [H, W] or None
         A fixed Poisson draw (validation); training redraws.
-    sources : list of (y, x)
-        1x pixel positions of bright point sources (for source-centred crops).
+    sources : list of (y, x, counts)
+        1x pixel positions of point sources and their expected (vignetted) counts at
+        ``exposure``, for source-centred crops.
     """
 
     dn_target: np.ndarray
@@ -94,8 +95,15 @@ def _to_frame(obs, keep_counts=False):
                  sr_target=None if getattr(obs, "sr_target", None) is None
                  else np.asarray(obs.sr_target, np.float32),
                  counts=np.asarray(obs.counts, np.float32) if keep_counts else None,
-                 sources=[(float(d["y"]), float(d["x"]))
+                 sources=[(float(d["y"]), float(d["x"]),
+                           float(d.get("counts", d.get("rate", 0.0) * obs.exposure)))
                           for d in getattr(obs, "meta", {}).get("sources", [])])
+
+
+#: Source-centred crops: sources below this many expected counts (at the input exposure) are
+#: "faint" (the real sources the SR bar is measured on have ~70-800); none below the minimum.
+FAINT_COUNTS = 200.0
+MIN_SOURCE_COUNTS = 40.0
 
 
 class FrameBuffer:
@@ -112,9 +120,13 @@ class FrameBuffer:
     exposure : float
         Input exposure (s).
     source_crop_prob : float
-        Probability that a crop is centred (within +-crop/4) on a bright point source of its
-        frame: point sources cover few pixels, so without this the sharpening of SR and the bright
+        Probability that a crop is centred (within +-crop/4) on a point source of its frame:
+        point sources cover few pixels, so without this the sharpening of SR and the bright
         cores of DN are rarely trained.
+    faint_source_share : float
+        Share of those source crops centred on a faint source (fewer than ``FAINT_COUNTS``
+        expected counts); the others go to brighter ones. Faint sources are most of the sky's
+        point sources but a tiny part of any crop's loss.
     empty_frame_prob : float
         Probability that a new frame is source-free (background only, ``sources=False`` of the
         simulator): without such fields the network's prior says that every background bump may
@@ -122,9 +134,12 @@ class FrameBuffer:
     """
 
     def __init__(self, simulate, rng, *, task="DN", size=48, exposure=20e3,
-                 source_crop_prob=0.0, empty_frame_prob=0.0):
+                 source_crop_prob=0.0, empty_frame_prob=0.0, faint_source_share=0.0,
+                 position=False):
         self.simulate, self.rng, self.task = simulate, rng, task
         self.source_crop_prob = float(source_crop_prob)
+        self.faint_source_share = float(faint_source_share)
+        self.position = bool(position)
         self.empty_frame_prob = float(empty_frame_prob)
         self.exposure = float(exposure)
         self.frames = []
@@ -146,6 +161,18 @@ class FrameBuffer:
             self.frames[self._next] = self._new()
             self._next = (self._next + 1) % self.size
 
+    def _pick_source(self, sources):
+        rng = self.rng
+        faint = [s for s in sources if s[2] < FAINT_COUNTS]
+        bright = [s for s in sources if s[2] >= FAINT_COUNTS and s[2] >= MIN_SOURCE_COUNTS]
+        if self.faint_source_share <= 0:  # the older recipe: bright sources only
+            pool = bright
+        else:
+            faint = [s for s in faint if s[2] >= MIN_SOURCE_COUNTS]
+            pool = faint if (faint and rng.random() < self.faint_source_share) or not bright \
+                else bright
+        return pool[int(rng.integers(len(pool)))] if pool else None
+
     def sample(self, batch=8, crop=128, min_coverage=0.25):
         """A batch of crops.
 
@@ -154,15 +181,21 @@ class FrameBuffer:
         rate, mask, target, tmask : float32 arrays [N, 1, ...]
             Noisy input rate and mask on the 1x crop; target (DN: expected rate with background,
             1x; SR: background-free 2x rate) and the mask the loss uses on the target grid.
+        pos : float32 array [N, 3, crop, crop]
+            Only with ``position``: the crops' position channels (``net.position_maps``).
         """
+        from .net import position_maps
+
         rng = self.rng
         s = 2 if self.task == "SR" else 1
-        rates, masks, targets, tmasks = [], [], [], []
+        rates, masks, targets, tmasks, poss = [], [], [], [], []
         while len(rates) < batch:
             f = self.frames[int(rng.integers(len(self.frames)))]
             ny, nx = f.mask.shape
-            if f.sources and rng.random() < self.source_crop_prob:
-                sy, sx = f.sources[int(rng.integers(len(f.sources)))]
+            src = (self._pick_source(f.sources)
+                   if f.sources and rng.random() < self.source_crop_prob else None)
+            if src is not None:
+                sy, sx = src[0], src[1]
                 y = int(round(sy)) - crop // 2 + int(rng.integers(-crop // 4, crop // 4 + 1))
                 x = int(round(sx)) - crop // 2 + int(rng.integers(-crop // 4, crop // 4 + 1))
             else:
@@ -192,7 +225,11 @@ class FrameBuffer:
                 arrs = [a[:, ::-1] for a in arrs]
             for lst, a in zip((rates, masks, targets, tmasks), arrs):
                 lst.append(np.ascontiguousarray(a)[None])
-        return tuple(np.stack(lst).astype(np.float32) for lst in (rates, masks, targets, tmasks))
+            if self.position:
+                poss.append(position_maps(y, x, crop, crop, flip_y=bool(k & 1),
+                                          flip_x=bool(k & 2)))
+        out = tuple(np.stack(lst).astype(np.float32) for lst in (rates, masks, targets, tmasks))
+        return out + (np.stack(poss),) if self.position else out
 
 
 def pad_to_multiple(a, multiple, *, scale=1):

@@ -18,6 +18,15 @@ ending in 4 sub-pixel channels, i.e. the 2x2 output pixels of each input pixel) 
 log-residual. It works on the 1x grid, which for 3x3 kernels is as expressive as convolutions on
 the shuffled 2x grid and costs 5x less on the CPU. Its last layer is zero-initialised, so a
 network without it can be loaded into one with it (``strict=False``) and gives the same output.
+
+With ``position=True`` three more input channels tell the network where each pixel lies relative
+to the optical axis: ``theta^2``, ``theta^2 cos 2phi`` and ``theta^2 sin 2phi`` (``theta`` in units
+of 10 arcmin, ``phi`` the azimuth of the pixel seen from the axis). The PSF widens with
+``theta^2`` and its core stretches tangentially by ``1 + A theta^2`` along ``phi + 90 deg``, so
+these are the quantities the off-axis PSF depends on, and they are smooth and flip-covariant
+(a mirror flips the sign of the third). In the exported graph they are computed from the input's
+shape for a full pn frame padded centrally (design §4.3), so the ONNX contract (inputs ``rate``
+and ``mask``) is unchanged; in training, crops pass their own maps (:func:`position_maps`).
 """
 from __future__ import annotations
 
@@ -27,10 +36,44 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["GaussianSmooth", "UNet", "EnhanceNet", "count_parameters"]
+from .. import detector
+
+__all__ = ["GaussianSmooth", "UNet", "EnhanceNet", "count_parameters", "position_maps",
+           "AXIS_PIXEL"]
 
 #: Floor (counts per input pixel at the input exposure) under the log of the baselines.
 COUNT_FLOOR = 1e-3
+
+#: Optical axis on the 1x pn grid (0-based row, column of pixel centres; fractional).
+AXIS_PIXEL = ((detector.OPTICAL_AXIS_DET[1] - detector.DETY_MIN) / detector.PN_BINSIZE - 0.5,
+              (detector.OPTICAL_AXIS_DET[0] - detector.DETX_MIN) / detector.PN_BINSIZE - 0.5)
+#: Unit of the offsets in the position channels: 10 arcmin in 1x (4") pixels.
+_POS_UNIT_PX = 10 * 60.0 / (detector.pixel_size_arcsec())
+N_POSITION = 3
+
+
+def _position_channels(dy, dx):
+    return [dy * dy + dx * dx, dx * dx - dy * dy, 2.0 * dx * dy]
+
+
+def position_maps(y0, x0, h, w, *, flip_y=False, flip_x=False):
+    """Position channels [3, h, w] (float32) of the crop ``[y0:y0+h, x0:x0+w]`` of a pn frame.
+
+    ``flip_y`` / ``flip_x``: the crop was mirrored (as the data); the maps are mirrored with it and
+    the ``sin 2phi`` channel changes sign once per mirror, as it would for a mirrored detector.
+    """
+    import numpy as np
+
+    dy = (np.arange(y0, y0 + h, dtype=np.float64) - AXIS_PIXEL[0]) / _POS_UNIT_PX
+    dx = (np.arange(x0, x0 + w, dtype=np.float64) - AXIS_PIXEL[1]) / _POS_UNIT_PX
+    out = np.stack([c * np.ones((h, w)) for c in _position_channels(dy[:, None], dx[None, :])])
+    if flip_y:
+        out = out[:, ::-1]
+    if flip_x:
+        out = out[:, :, ::-1]
+    if flip_y != flip_x:
+        out[2] *= -1
+    return np.ascontiguousarray(out, dtype=np.float32)
 
 
 class GaussianSmooth(nn.Module):
@@ -106,17 +149,20 @@ class EnhanceNet(nn.Module):
         U-Net widths per level.
     refine : int
         SR only: channels of the sub-pixel refinement branch (on the 1x grid; 0: none).
+    position : bool
+        Add the three position channels (see the module docstring) to the input features.
     """
 
     def __init__(self, scale: int = 1, exposure: float = 20e3, channels=(16, 32, 64, 96),
-                 refine: int = 0):
+                 refine: int = 0, position: bool = False):
         super().__init__()
         if scale not in (1, 2):
             raise ValueError(f"scale must be 1 or 2, got {scale}")
         self.scale = scale
         self.exposure = float(exposure)
         self.smooth = nn.ModuleList([GaussianSmooth(s) for s in (1.5, 4.0, 12.0)])
-        self.unet = UNet(5, channels)
+        self.position = bool(position)
+        self.unet = UNet(5 + (N_POSITION if self.position else 0), channels)
         c0 = channels[0]
         self.head = nn.Conv2d(c0, scale * scale, 3, padding=1)
         nn.init.zeros_(self.head.weight)
@@ -144,8 +190,28 @@ class EnhanceNet(nn.Module):
             out.append(num / (den + 1e-4))
         return out
 
-    def forward(self, rate, mask):
-        """Predicted rate [N, 1, sH, sW] (counts/s per output pixel) from rate and mask [N,1,H,W]."""
+    @staticmethod
+    def frame_position(rate):
+        """Position channels [N, 3, H, W] for full pn frames padded centrally to H x W.
+
+        Built from the input's shape with tensor operations only (cumulative sums of ones), so
+        the exported graph keeps dynamic H and W.
+        """
+        ones = torch.ones_like(rate[:, :1])
+        yi = torch.cumsum(ones, dim=2) - 1.0
+        xi = torch.cumsum(ones, dim=3) - 1.0
+        top = torch.floor((ones.sum(dim=2, keepdim=True) - detector.PN_SHAPE[0]) * 0.5)
+        left = torch.floor((ones.sum(dim=3, keepdim=True) - detector.PN_SHAPE[1]) * 0.5)
+        dy = (yi - top - AXIS_PIXEL[0]) / _POS_UNIT_PX
+        dx = (xi - left - AXIS_PIXEL[1]) / _POS_UNIT_PX
+        return torch.cat(_position_channels(dy, dx), dim=1)
+
+    def forward(self, rate, mask, pos=None):
+        """Predicted rate [N, 1, sH, sW] (counts/s per output pixel) from rate and mask [N,1,H,W].
+
+        ``pos``: position channels [N, 3, H, W] of crops (:func:`position_maps`); ``None`` means
+        full frames padded centrally (:meth:`frame_position`). Ignored without ``position``.
+        """
         m = (mask > 0.5).to(rate.dtype)
         counts = torch.clamp(rate, min=0.0) * self.exposure * m
         b1, b4, b12 = self.baselines(counts, m)
@@ -156,7 +222,7 @@ class EnhanceNet(nn.Module):
             lb1 * 0.25,
             torch.log(b4 + COUNT_FLOOR) * 0.25,
             torch.log(b12 + COUNT_FLOOR) * 0.25,
-        ], dim=1)
+        ] + ([self.frame_position(rate) if pos is None else pos] if self.position else []), dim=1)
         f = self.unet(feats)
         res = self.head(f)
         if self.scale == 2:

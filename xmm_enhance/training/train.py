@@ -44,9 +44,10 @@ DEFAULTS = {
     "val_frames": 24, "grad_clip": 1.0, "weight_decay": 1e-5, "exposure": 20e3,
     "dn_loss_exposure": 50e3, "source_crop_prob": {"DN": 0.0, "SR": 0.5},
     "sr_shape_weight": 2.0, "empty_frame_prob": {"DN": 0.0, "SR": 0.3}, "sr_refine": 32,
+    "sr_position": True, "faint_source_share": {"DN": 0.0, "SR": 0.5},
 }
 #: Recipe keys that older checkpoints lack, with the value those checkpoints were trained with.
-LEGACY = {"sr_refine": 0}
+LEGACY = {"sr_refine": 0, "sr_position": False, "faint_source_share": 0.0}
 
 
 def recipe_string(task, cfg):
@@ -58,19 +59,54 @@ def recipe_string(task, cfg):
     refine = int(cfg.get("sr_refine", 0)) if task == "SR" else 0
     net = f"U-Net {cfg['channels']}" + (f" + {refine}-channel sub-pixel refinement branch"
                                          if refine else "")
-    return (f"recipe v{RECIPE_VERSION}: {net} on sqrt/log-smoothed counts + mask, "
+    pos = (" + position channels (theta^2, theta^2 cos/sin 2phi from the optical axis)"
+           if _position(task, cfg) else "")
+    faint = _per_task(cfg, "faint_source_share", task)
+    return (f"recipe v{RECIPE_VERSION}: {net} on sqrt/log-smoothed counts + mask{pos}, "
             f"log-residual on a mask-aware sigma-1.5 smoothing; loss {loss}; AdamW lr "
             f"{cfg['lr']} cosine to {cfg['lr_min']} over {cfg['total_steps']} steps, batch "
             f"{cfg['batch']}x{cfg['crop']}^2 crops, EMA {cfg['ema']}, fresh Poisson noise per crop,"
-            f" flip augmentation, source-centred crops {cfg.get('source_crop_prob')}, source-free "
+            f" flip augmentation, source-centred crops {cfg.get('source_crop_prob')} (share on "
+            f"faint 40-200 count sources {faint:g}), source-free "
             f"frames {cfg.get('empty_frame_prob')}; checkpoint chosen on {cfg['val_frames']} "
             f"simulated validation frames")
+
+
+def _position(task, cfg):
+    return task == "SR" and bool(cfg.get("sr_position", False))
 
 
 def make_net(task, cfg):
     """The network for ``task`` (DN: scale 1, SR: scale 2)."""
     return EnhanceNet(scale=2 if task == "SR" else 1, exposure=cfg["exposure"],
-                      channels=tuple(cfg["channels"]), refine=int(cfg.get("sr_refine", 0)))
+                      channels=tuple(cfg["channels"]), refine=int(cfg.get("sr_refine", 0)),
+                      position=_position(task, cfg))
+
+
+def load_widened(net, state, origin="checkpoint"):
+    """Load ``state`` into ``net`` where the net has more input channels in some convolutions.
+
+    Weights of the extra input channels (e.g. the position channels) are zeroed, so the widened
+    network computes exactly what the checkpoint's did; layers the checkpoint lacks keep their
+    own (zero-output) initialisation. Returns the names of those missing layers.
+    """
+    own = net.state_dict()
+    state = dict(state)
+    for k, v in list(state.items()):
+        if k in own and own[k].shape != v.shape:
+            w = own[k]
+            if w.ndim == 4 and v.ndim == 4 and w.shape[0] == v.shape[0] \
+                    and w.shape[2:] == v.shape[2:] and w.shape[1] > v.shape[1]:
+                grown = torch.zeros_like(w)
+                grown[:, :v.shape[1]] = v
+                state[k] = grown
+            else:
+                raise ValueError(f"{origin}: weights {k} {tuple(v.shape)} do not fit this "
+                                 f"network's {tuple(w.shape)}")
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if unexpected:
+        raise ValueError(f"{origin}: weights {unexpected} do not fit this network")
+    return missing
 
 
 def checkpoint_cfg(st):
@@ -196,7 +232,8 @@ def train(task, *, out="models", ckpt_dir="models/checkpoints", minutes=None, st
         # the checkpoint's recipe wins, except what the caller overrides explicitly
         cfg = {**checkpoint_cfg(st), **(cfg_overrides or {})}
         # recipe changes after the checkpoint was written: today's defaults unless overridden
-        for k in ("source_crop_prob", "sr_shape_weight", "empty_frame_prob"):
+        for k in ("source_crop_prob", "sr_shape_weight", "empty_frame_prob",
+                  "faint_source_share"):
             cfg[k] = DEFAULTS[k] if k not in (cfg_overrides or {}) else cfg[k]
     net = make_net(task, cfg)
     ema = copy.deepcopy(net)
@@ -221,12 +258,7 @@ def train(task, *, out="models", ckpt_dir="models/checkpoints", minutes=None, st
     elif init_from:
         # warm start: another run's EMA weights; layers it lacks keep their (zero-output) init
         src = torch.load(init_from, map_location="cpu", weights_only=False)
-        try:
-            missing, unexpected = net.load_state_dict(src["ema"], strict=False)
-        except RuntimeError as e:  # shape mismatch
-            raise ValueError(f"{init_from}: weights do not fit this network: {e}") from None
-        if unexpected:
-            raise ValueError(f"{init_from}: weights {unexpected} do not fit this network")
+        missing = load_widened(net, src["ema"], init_from)
         ema.load_state_dict(net.state_dict())
         log.info("warm start from %s (step %d); new layers: %s", init_from,
                  int(src.get("step", 0)), sorted({k.split(".")[0] for k in missing}))
@@ -238,7 +270,9 @@ def train(task, *, out="models", ckpt_dir="models/checkpoints", minutes=None, st
         rng.bit_generator.state = rng_state
     buf = D.FrameBuffer(simulate, rng, task=task, size=cfg["buffer"], exposure=cfg["exposure"],
                         source_crop_prob=_per_task(cfg, "source_crop_prob", task),
-                        empty_frame_prob=_per_task(cfg, "empty_frame_prob", task))
+                        empty_frame_prob=_per_task(cfg, "empty_frame_prob", task),
+                        faint_source_share=_per_task(cfg, "faint_source_share", task),
+                        position=_position(task, cfg))
     val_frames = D.validation_frames(simulate, n=cfg["val_frames"], task=task,
                                      exposure=cfg["exposure"])
     if step == 0:
@@ -284,9 +318,9 @@ def train(task, *, out="models", ckpt_dir="models/checkpoints", minutes=None, st
             for g in opt.param_groups:
                 g["lr"] = _lr(step, cfg)
             buf.refresh(cfg["refresh"])
-            rate, mask, target, tmask = (torch.from_numpy(a) for a in buf.sample(
+            rate, mask, target, tmask, *pos = (torch.from_numpy(a) for a in buf.sample(
                 cfg["batch"], cfg["crop"]))
-            pred = net(rate, mask)
+            pred = net(rate, mask, *pos)
             if task == "DN":
                 loss = lossf(pred, target, tmask, exposure=cfg["dn_loss_exposure"])
             else:
@@ -348,6 +382,11 @@ def main(argv=None):
     ap.add_argument("--refine", type=int, default=None,
                     help="SR sub-pixel refinement-branch channels (default %d; 0: none)"
                     % DEFAULTS["sr_refine"])
+    ap.add_argument("--position", type=int, choices=(0, 1), default=None,
+                    help="SR position channels (default %d)" % DEFAULTS["sr_position"])
+    ap.add_argument("--faint-share", type=float, default=None,
+                    help="share of source-centred crops on faint (40-200 count) sources "
+                         "(default %s)" % DEFAULTS["faint_source_share"])
     ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default %g)"
                     % DEFAULTS["lr"])
     ap.add_argument("--lr-min", type=float, default=None,
@@ -377,7 +416,8 @@ def main(argv=None):
         over["total_steps"] = a.total_steps
     for key, val in (("sr_shape_weight", a.shape_weight), ("empty_frame_prob", a.empty_frames),
                      ("source_crop_prob", a.source_crops), ("sr_refine", a.refine),
-                     ("lr", a.lr), ("lr_min", a.lr_min)):
+                     ("lr", a.lr), ("lr_min", a.lr_min), ("faint_source_share", a.faint_share),
+                     ("sr_position", None if a.position is None else bool(a.position))):
         if val is not None:
             over[key] = val
     train(a.task, out=a.out, ckpt_dir=a.ckpt_dir, minutes=a.minutes, steps=a.steps,
