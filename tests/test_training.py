@@ -240,3 +240,53 @@ def test_source_crops_split_between_faint_and_bright_sources():
     buf = D.FrameBuffer(sim, np.random.default_rng(5), task="SR", size=1, position=True)
     rate, mask, target, tmask, pos = buf.sample(batch=2, crop=32)
     assert pos.shape == (2, 3, 32, 32) and pos.dtype == np.float32
+
+
+def _gauss_kernel(sigma, r=24):
+    y, x = np.mgrid[-r:r + 1, -r:r + 1]
+    k = np.exp(-(x * x + y * y) / (2 * sigma * sigma))
+    return (k / k.sum()).astype(np.float32)
+
+
+def test_aligned_targets_move_sources_to_the_most_likely_pixel():
+    from xmm_enhance.simulate.instrument import _add_stamp
+
+    kf, kh = _gauss_kernel(3.0), _gauss_kernel(1.5)
+    y0, x0, h, w = 10, 20, 40, 40  # region of the frame (1x)
+    y2, x2 = 60, 80  # true 2x pixel of the source
+    rate, T = 0.02, 20e3
+    stamps = [((y2 + 0.5) / 2 - 0.5, (x2 + 0.5) / 2 - 0.5, y2, x2, rate, kf, kh)]
+
+    def image(k, dy, dx, scale):  # the source at 2x pixel (y2+dy, x2+dx) on the region's grid
+        a = np.zeros((2 * h, 2 * w), np.float32)
+        _add_stamp(a, y2 + dy - 2 * y0, x2 + dx - 2 * x0, k * np.float32(rate))
+        return a if scale == 2 else D._bin2(a)
+
+    mask = np.ones((h, w), bool)
+    lam = 0.5 + image(kf, 0, 0, 1).astype(np.float64) * T
+    target = image(kh, 0, 0, 2)
+    # counts that say "two 2x pixels down, one left": the target follows them, flux unchanged
+    counts = 0.5 + image(kf, 2, -1, 1) * T
+    got = D.align_point_sources(target, counts, lam, mask, (y0, x0), stamps, T)
+    assert np.allclose(got, image(kh, 2, -1, 2), atol=1e-7)
+    assert got.sum() == pytest.approx(target.sum(), rel=1e-5)
+    # counts centred on the truth leave the target as it is (same array)
+    assert D.align_point_sources(target, lam, lam, mask, (y0, x0), stamps, T) is target
+    # a source whose likelihood window leaves the region is not touched
+    edge = [(s[0] + 12, s[1], s[2] + 24, s[3], s[4], kf, kh) for s in stamps]
+    assert D.align_point_sources(target, counts, lam, mask, (y0, x0), edge, T) is target
+
+
+def test_buffer_aligns_simulated_sr_targets_and_keeps_their_flux():
+    buf = D.FrameBuffer(D.simulator(), np.random.default_rng(8), task="SR", size=1, align=True,
+                        source_crop_prob=1.0, faint_source_share=1.0, position=True)
+    f = buf.frames[0]
+    assert f.stamps and all(40 <= s[4] * f.exposure <= 5000 for s in f.stamps)
+    rate, mask, target, tmask, pos = buf.sample(batch=4, crop=64)
+    assert target.shape == (4, 1, 128, 128) and np.isfinite(target).all()
+    lam = f.dn_target.astype(np.float64) * f.exposure
+    counts = np.random.default_rng(9).poisson(lam).astype(np.float32)
+    moved = D.align_point_sources(f.sr_target, counts, lam, f.mask, (0, 0), f.stamps, f.exposure)
+    assert moved is not f.sr_target  # with ~40 faint sources some always move
+    assert moved.sum() == pytest.approx(f.sr_target.sum(), rel=0.02)
+    assert moved.min() >= -1e-9

@@ -27,7 +27,7 @@ from .sky import AXIS_C2, FIELD_KINDS, draw_sky
 __all__ = [
     "SIM_VERSION", "SimulatedObservation", "simulate_observation", "vignetting",
     "VIGNETTING_TABLE", "OOT_FRACTION", "PARTICLE_RATE", "COSMIC_RATE", "PARTIAL_COLUMNS",
-    "PARTIAL_ROWS", "coverage_map", "PILEUP_RATE", "PSF_VARIANTS",
+    "PARTIAL_ROWS", "coverage_map", "PILEUP_RATE", "PSF_VARIANTS", "source_kernels",
 ]
 
 SIM_VERSION = "0.14.1"
@@ -235,6 +235,15 @@ def _stamp_kernels(variant, escale, ti, oi):
     c = slice(_KERNEL_RADIUS - _SMALL_RADIUS, _KERNEL_RADIUS + _SMALL_RADIUS + 1)
     small = [k[c, c] / k[c, c].sum() for k in big]
     return (*big, *small)
+
+
+def source_kernels(meta, src):
+    """Full and half-width PSF stamps (2x grid, unit sum, odd squares) of a source of
+    ``meta["sources"]`` (not piled up), exactly as the simulator drew it."""
+    var = PSF_VARIANTS.index(tuple(meta["psf_variant"]))
+    esc = ELONGATION_SCALES.index(meta["psf_elongation_scale"])
+    ks = _stamp_kernels(var, esc, *_stamp_index(src["y2"], src["x2"]))
+    return ks[:2] if src["rate"] * src["vignetting"] >= SMALL_STAMP_RATE else ks[2:]
 
 
 def _stamp_index(y, x):
@@ -486,10 +495,12 @@ def simulate_observation(rng, *, exposure=20e3, sr=True, dn=True, kind=None, sou
         "psf_elongation_scale": ELONGATION_SCALES[escale], "n_stamped": int(stamped.sum()),
         "n_points": int(sky.points_rate.size),
         "components": sky.meta["components"], "piled_up": pile, "agn_norm": sky.meta["agn_norm"],
-        # point sources with > 40 expected counts: 1x pixel coordinates (0-based y, x), on-axis
-        # rate (counts/s), vignetting at the source, expected counts, piled up or not
+        # point sources with > 40 expected counts: 1x pixel coordinates (0-based y, x), 2x pixel
+        # (y2, x2), on-axis rate (counts/s), vignetting at the source, expected counts, piled up
+        # or not (their PSF stamps: ``source_kernels``)
         "sources": [{"y": (np.rint(sky.points_yx[i, 0]) + 0.5) / 2 - 0.5,
                      "x": (np.rint(sky.points_yx[i, 1]) + 0.5) / 2 - 0.5,
+                     "y2": int(iy[i]), "x2": int(ix[i]),
                      "rate": float(sky.points_rate[i]),
                      "vignetting": float(geo["vig2"][iy[i], ix[i]]),
                      "counts": float(obs_counts[i]), "piled": bool(piled[i])}

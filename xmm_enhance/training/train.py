@@ -44,10 +44,10 @@ DEFAULTS = {
     "val_frames": 24, "grad_clip": 1.0, "weight_decay": 1e-5, "exposure": 20e3,
     "dn_loss_exposure": 50e3, "source_crop_prob": {"DN": 0.0, "SR": 0.5},
     "sr_shape_weight": 2.0, "empty_frame_prob": {"DN": 0.0, "SR": 0.3}, "sr_refine": 32,
-    "sr_position": True, "faint_source_share": {"DN": 0.0, "SR": 0.5},
+    "sr_position": True, "faint_source_share": {"DN": 0.0, "SR": 0.5}, "sr_align": True,
 }
 #: Recipe keys that older checkpoints lack, with the value those checkpoints were trained with.
-LEGACY = {"sr_refine": 0, "sr_position": False, "faint_source_share": 0.0}
+LEGACY = {"sr_refine": 0, "sr_position": False, "faint_source_share": 0.0, "sr_align": False}
 
 
 def recipe_string(task, cfg):
@@ -62,6 +62,9 @@ def recipe_string(task, cfg):
     pos = (" + position channels (theta^2, theta^2 cos/sin 2phi from the optical axis)"
            if _position(task, cfg) else "")
     faint = _per_task(cfg, "faint_source_share", task)
+    align = (" Point sources (40-5000 counts) in the SR target sit at their maximum-likelihood "
+             "2x pixel given each crop's counts (aligned targets)."
+             if task == "SR" and cfg.get("sr_align") else "")
     return (f"recipe v{RECIPE_VERSION}: {net} on sqrt/log-smoothed counts + mask{pos}, "
             f"log-residual on a mask-aware sigma-1.5 smoothing; loss {loss}; AdamW lr "
             f"{cfg['lr']} cosine to {cfg['lr_min']} over {cfg['total_steps']} steps, batch "
@@ -69,7 +72,7 @@ def recipe_string(task, cfg):
             f" flip augmentation, source-centred crops {cfg.get('source_crop_prob')} (share on "
             f"faint 40-200 count sources {faint:g}), source-free "
             f"frames {cfg.get('empty_frame_prob')}; checkpoint chosen on {cfg['val_frames']} "
-            f"simulated validation frames")
+            f"simulated validation frames.{align}")
 
 
 def _position(task, cfg):
@@ -272,9 +275,9 @@ def train(task, *, out="models", ckpt_dir="models/checkpoints", minutes=None, st
                         source_crop_prob=_per_task(cfg, "source_crop_prob", task),
                         empty_frame_prob=_per_task(cfg, "empty_frame_prob", task),
                         faint_source_share=_per_task(cfg, "faint_source_share", task),
-                        position=_position(task, cfg))
+                        position=_position(task, cfg), align=bool(cfg.get("sr_align")))
     val_frames = D.validation_frames(simulate, n=cfg["val_frames"], task=task,
-                                     exposure=cfg["exposure"])
+                                     exposure=cfg["exposure"], align=bool(cfg.get("sr_align")))
     if step == 0:
         v0 = validate(ema, val_frames, task, cfg)
         log.info("step 0 (%s) val %s", "warm start" if init_from else "sigma-1.5 smoothing baseline",
@@ -384,6 +387,9 @@ def main(argv=None):
                     % DEFAULTS["sr_refine"])
     ap.add_argument("--position", type=int, choices=(0, 1), default=None,
                     help="SR position channels (default %d)" % DEFAULTS["sr_position"])
+    ap.add_argument("--align", type=int, choices=(0, 1), default=None,
+                    help="SR targets with point sources at their most likely position given the "
+                         "counts (default %d)" % DEFAULTS["sr_align"])
     ap.add_argument("--faint-share", type=float, default=None,
                     help="share of source-centred crops on faint (40-200 count) sources "
                          "(default %s)" % DEFAULTS["faint_source_share"])
@@ -417,7 +423,8 @@ def main(argv=None):
     for key, val in (("sr_shape_weight", a.shape_weight), ("empty_frame_prob", a.empty_frames),
                      ("source_crop_prob", a.source_crops), ("sr_refine", a.refine),
                      ("lr", a.lr), ("lr_min", a.lr_min), ("faint_source_share", a.faint_share),
-                     ("sr_position", None if a.position is None else bool(a.position))):
+                     ("sr_position", None if a.position is None else bool(a.position)),
+                     ("sr_align", None if a.align is None else bool(a.align))):
         if val is not None:
             over[key] = val
     train(a.task, out=a.out, ckpt_dir=a.ckpt_dir, minutes=a.minutes, steps=a.steps,
