@@ -31,22 +31,33 @@ bench: $(STAMP)
 
 # Retrain both networks from scratch (fresh checkpoints in runs/checkpoints, so the committed
 # resumable ones in models/checkpoints are left alone) with the final recipes; exports to models/.
-# DN: 7000 steps (~1 h on 2 CPU cores). SR, in three stages as the bundled model was made: the
+# DN: 7000 steps (~1 h on 2 CPU cores). SR, in five stages as the bundled model was made: the
 # plain U-Net for 20740 steps (~2.1 h), then the sub-pixel refinement branch added
 # (zero-initialised) and the whole network trained 8103 more steps of an 11000-step schedule
 # (~1.2 h), then a restarted schedule of 10000 steps stopped at 7457 (~1.5 h; the bundled model
-# met simulator 0.14.0's off-axis PSF elongation there, from scratch every stage uses it).
+# met simulator 0.14.0's off-axis PSF elongation there, from scratch every stage uses it), then
+# position channels and faint-source crops, 5233 steps of a 10000-step schedule (~0.9 h), then
+# aligned SR targets, 4406 steps of a 6000-step schedule (~1 h).
 # See models/MODEL_CARD.md.
 TRAIN := $(VPY) -m xmm_enhance.training.train --fresh --out models/
+# the SR stages made before session 5: no position channels, no aligned targets, bright-source crops
+SR_OLD := --position 0 --align 0 --faint-share 0
 models: $(VENV)/.train
 	$(TRAIN) --ckpt-dir runs/checkpoints --task DN --total-steps 10000 --steps 7000
 	$(TRAIN) --ckpt-dir runs/checkpoints --task SR --refine 0 --total-steps 24000 --steps 20740 \
-	  --no-export
+	  $(SR_OLD) --no-export
 	$(TRAIN) --ckpt-dir runs/checkpoints/SR_refine --task SR --refine 32 --steps 8103 \
 	  --total-steps 11000 --lr 3e-4 --lr-min 2e-5 --init-from runs/checkpoints/SR_best.pt \
-	  --no-export
+	  $(SR_OLD) --no-export
 	$(TRAIN) --ckpt-dir runs/checkpoints/SR_elong --task SR --refine 32 --steps 7457 \
-	  --total-steps 10000 --lr 3e-4 --lr-min 2e-5 --init-from runs/checkpoints/SR_refine/SR_best.pt
+	  --total-steps 10000 --lr 3e-4 --lr-min 2e-5 --init-from runs/checkpoints/SR_refine/SR_best.pt \
+	  $(SR_OLD) --no-export
+	$(TRAIN) --ckpt-dir runs/checkpoints/SR_pos --task SR --refine 32 --position 1 --align 0 \
+	  --steps 5233 --total-steps 10000 --lr 3e-4 --lr-min 2e-5 \
+	  --init-from runs/checkpoints/SR_elong/SR_best.pt --no-export
+	$(TRAIN) --ckpt-dir runs/checkpoints/SR_align --task SR --refine 32 --position 1 --align 1 \
+	  --steps 4406 --total-steps 6000 --lr 2.5e-4 --lr-min 2e-5 \
+	  --init-from runs/checkpoints/SR_pos/SR_last.pt
 
 clean:
 	rm -rf demo_output .pytest_cache
