@@ -26,7 +26,7 @@ import numpy as np
 
 from xmm_enhance import evaluation as ev
 from xmm_enhance.simulate import instrument as inst
-from xmm_enhance.training.data import _bin2
+from xmm_enhance.training.data import unit_source_window
 
 BINS = ((0, 150), (150, 300), (300, 600), (600, np.inf), (0, np.inf))
 
@@ -38,15 +38,11 @@ def oracle_source(counts, dn_target, mask, src, kf, kh, exposure, *, window=8, r
     if y0 < 0 or x0 < 0 or y0 + n1 > counts.shape[0] or x0 + n1 > counts.shape[1]:
         return None
     y2, x2 = src["y2"], src["x2"]
-    r = kf.shape[0] // 2
     m = mask[y0:y0 + n1, x0:x0 + n1]
     c = counts[y0:y0 + n1, x0:x0 + n1].astype(np.float64)
 
     def k1(dy, dx):  # 1x image of a unit source at 2x pixel (y2 + dy, x2 + dx)
-        a = np.zeros((2 * n1 + 2 * r + 2, 2 * n1 + 2 * r + 2))
-        oy, ox = y2 + dy - 2 * y0 + r + 1, x2 + dx - 2 * x0 + r + 1
-        a[oy - r:oy + r + 1, ox - r:ox + r + 1] += kf
-        return _bin2(a[r + 1:r + 1 + 2 * n1, r + 1:r + 1 + 2 * n1]) * m
+        return unit_source_window(kf, y2 + dy, x2 + dx, y0, x0, n1) * m
 
     f_true = src["rate"] * src["vignetting"] * exposure
     rest = np.maximum(dn_target[y0:y0 + n1, x0:x0 + n1] * exposure - f_true * k1(0, 0), 1e-3)

@@ -16,6 +16,15 @@ from xmm_enhance.training.net import EnhanceNet  # noqa: E402
 CH = (4, 8)  # tiny U-Net, stride 2
 
 
+def _assert_onnx_matches_torch(sess, net, shapes, n):
+    for h, w in shapes:
+        rate, mask = _inputs(n=n, h=h, w=w)
+        got = sess.run(None, {"rate": rate.numpy(), "mask": mask.numpy()})[0]
+        with torch.no_grad():
+            want = net(rate, mask).numpy()
+        assert np.allclose(got, want, rtol=1e-3, atol=1e-10)
+
+
 def _inputs(n=2, h=64, w=64, seed=0):
     rng = np.random.default_rng(seed)
     rate = (rng.poisson(0.5, (n, 1, h, w)) / 20e3).astype(np.float32)
@@ -92,12 +101,7 @@ def test_a_few_steps_reduce_the_loss_and_export_round_trip(tmp_path):
     assert read_metadata(path)["version"] == "x"
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [i.name for i in sess.get_inputs()] == ["rate", "mask"]
-    for h, w in ((64, 64), (32, 48)):
-        rate, mask = _inputs(n=2, h=h, w=w)
-        got = sess.run(None, {"rate": rate.numpy(), "mask": mask.numpy()})[0]
-        with torch.no_grad():
-            want = net(rate, mask).numpy()
-        assert np.allclose(got, want, rtol=1e-3, atol=1e-10)
+    _assert_onnx_matches_torch(sess, net, ((64, 64), (32, 48)), n=2)
 
 
 def test_buffer_makes_source_free_frames():
@@ -217,12 +221,8 @@ def test_position_network_warm_starts_exactly_and_exports(tmp_path):
     path = export_onnx(net.eval(), tmp_path / "p.onnx", metadata={"task": "SR"})
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [i.name for i in sess.get_inputs()] == ["rate", "mask"]
-    for h, w in ((48, 40), (64, 72)):  # the position maps follow the runtime shape
-        rate, mask = _inputs(n=1, h=h, w=w)
-        got = sess.run(None, {"rate": rate.numpy(), "mask": mask.numpy()})[0]
-        with torch.no_grad():
-            want = net(rate, mask).numpy()
-        assert np.allclose(got, want, rtol=1e-3, atol=1e-10)
+    # the position maps follow the runtime shape
+    _assert_onnx_matches_torch(sess, net, ((48, 40), (64, 72)), n=1)
 
 
 def test_source_crops_split_between_faint_and_bright_sources():

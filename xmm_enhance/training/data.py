@@ -104,6 +104,17 @@ def _bin2(a):
     return a.reshape(a.shape[0] // 2, 2, a.shape[1] // 2, 2).sum(axis=(1, 3))
 
 
+def unit_source_window(kernel, y2, x2, wy, wx, n):
+    """1x image [n, n] of a unit-flux source with PSF ``kernel`` (2x grid, odd square) at 2x pixel
+    ``(y2, x2)``, over the 1x window whose first pixel is ``(wy, wx)`` (frame coordinates).
+
+    The kernel must cover the window (true for windows of a few pixels around the source).
+    """
+    r = kernel.shape[0] // 2
+    oy, ox = 2 * wy - y2 + r, 2 * wx - x2 + r
+    return _bin2(kernel[oy:oy + 2 * n, ox:ox + 2 * n])
+
+
 def _stamps(obs):
     from ..simulate.instrument import source_kernels
 
@@ -149,10 +160,12 @@ def align_point_sources(target2, counts, lam, mask, origin, stamps, exposure):
     float32 [2h, 2w]
         ``target2`` itself when no source moves, else a new array.
     """
+    from ..simulate.instrument import _add_stamp
+
     y0, x0 = origin
     h, w = counts.shape
     W, S = ALIGN_WINDOW, ALIGN_SHIFT
-    n1, n2 = 2 * W + 1, 2 * (2 * W + 1)
+    n1 = 2 * W + 1
     shifts = [(dy, dx) for dy in range(-S, S + 1) for dx in range(-S, S + 1)]
     centre = len(shifts) // 2
     delta = None
@@ -163,21 +176,17 @@ def align_point_sources(target2, counts, lam, mask, origin, stamps, exposure):
         m = mask[wy:wy + n1, wx:wx + n1]
         if m.sum() < n1 * n1 // 2:
             continue
-        r = kf.shape[0] // 2
-        wy2, wx2 = 2 * (wy + y0) + r, 2 * (wx + x0) + r
-        k1 = np.stack([_bin2(kf[wy2 - y2 - dy:wy2 - y2 - dy + n2, wx2 - x2 - dx:wx2 - x2 - dx + n2])
+        k1 = np.stack([unit_source_window(kf, y2 + dy, x2 + dx, wy + y0, wx + x0, n1)
                        for dy, dx in shifts]) * m
         f = rate * exposure
         c = counts[wy:wy + n1, wx:wx + n1].astype(np.float64)
         rest = np.maximum(lam[wy:wy + n1, wx:wx + n1] - f * k1[centre], 1e-3)
         ll = (c * np.log(rest + f * k1)).sum(axis=(1, 2)) - f * k1.sum(axis=(1, 2))
         best = int(np.argmax(ll))
-        if best == centre or ll[best] <= ll[centre]:
+        if ll[best] <= ll[centre]:
             continue
         if delta is None:
             delta = np.zeros(target2.shape, np.float32)
-        from ..simulate.instrument import _add_stamp
-
         ry, rx = y2 - 2 * y0, x2 - 2 * x0
         _add_stamp(delta, ry + shifts[best][0], rx + shifts[best][1], np.float32(rate) * kh)
         _add_stamp(delta, ry, rx, -np.float32(rate) * kh)
@@ -269,14 +278,12 @@ class FrameBuffer:
 
     def _pick_source(self, sources):
         rng = self.rng
-        faint = [s for s in sources if s[2] < FAINT_COUNTS]
-        bright = [s for s in sources if s[2] >= FAINT_COUNTS and s[2] >= MIN_SOURCE_COUNTS]
-        if self.faint_source_share <= 0:  # the older recipe: bright sources only
-            pool = bright
-        else:
-            faint = [s for s in faint if s[2] >= MIN_SOURCE_COUNTS]
-            pool = faint if (faint and rng.random() < self.faint_source_share) or not bright \
-                else bright
+        faint = [s for s in sources if MIN_SOURCE_COUNTS <= s[2] < FAINT_COUNTS]
+        bright = [s for s in sources if s[2] >= FAINT_COUNTS]
+        pool = bright  # share 0 is the older recipe: bright sources only
+        if self.faint_source_share > 0 and faint and (
+                not bright or rng.random() < self.faint_source_share):
+            pool = faint
         return pool[int(rng.integers(len(pool)))] if pool else None
 
     def sample(self, batch=8, crop=128, min_coverage=0.25):
@@ -325,14 +332,10 @@ class FrameBuffer:
             else:
                 lam = f.dn_target[y:y + crop, x:x + crop].astype(np.float64) * f.exposure
                 counts = rng.poisson(lam).astype(np.float32)
-                if s == 2:
-                    t = f.sr_target[2 * y:2 * (y + crop), 2 * x:2 * (x + crop)]
+                t = (f.dn_target[y:y + crop, x:x + crop] if s == 1
+                     else f.sr_target[2 * y:2 * (y + crop), 2 * x:2 * (x + crop)])
             rate = counts / np.float32(f.exposure)
-            if s == 1:
-                t = f.dn_target[y:y + crop, x:x + crop]
-                tm = m
-            else:
-                tm = np.repeat(np.repeat(m, 2, 0), 2, 1)
+            tm = m if s == 1 else np.repeat(np.repeat(m, 2, 0), 2, 1)
             # Flips only: a transpose would turn the detector's column effects (out-of-time
             # streaks along DETY, partially covered columns, corner edge rows) sideways, which
             # never happens in real images.

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -62,8 +63,6 @@ def position_maps(y0, x0, h, w, *, flip_y=False, flip_x=False):
     ``flip_y`` / ``flip_x``: the crop was mirrored (as the data); the maps are mirrored with it and
     the ``sin 2phi`` channel changes sign once per mirror, as it would for a mirrored detector.
     """
-    import numpy as np
-
     dy = (np.arange(y0, y0 + h, dtype=np.float64) - AXIS_PIXEL[0]) / _POS_UNIT_PX
     dx = (np.arange(x0, x0 + w, dtype=np.float64) - AXIS_PIXEL[1]) / _POS_UNIT_PX
     out = np.stack([c * np.ones((h, w)) for c in _position_channels(dy[:, None], dx[None, :])])
