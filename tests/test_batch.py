@@ -384,9 +384,13 @@ def test_sigterm_stops_cleanly_with_a_partial_report(tmp_path, pps_root, models)
     proc = _cli(out, models, ids, pps_root, tmp_path / "partial")
     try:
         first_log = out / ids[0] / LOG_NAME
+        first_lock = ObservationLock(out / ids[0] / batch.LOCK_NAME)
         deadline = time.time() + 240
         while time.time() < deadline and proc.poll() is None:
-            if first_log.exists() and ": done (" in first_log.read_text():
+            # "done" is logged before the observation's lock is released and its result
+            # recorded: wait for the release too, or the signal can land in between
+            if first_log.exists() and ": done (" in first_log.read_text() \
+                    and first_lock.is_free():
                 break
             time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)
