@@ -1,99 +1,506 @@
 """Quick-look figures: input and prediction side by side (PNG files or a window).
 
-matplotlib is imported inside the functions; PNGs are written with the Agg backend so they
-work headless (cron, CI).
+Each panel with a sky WCS is resampled to north up, east left (:func:`sky_oriented`, with
+``reproject``) for the figure only; the FITS outputs keep their detector-oriented grid. Panels
+carry RA/Dec axes, a N/E compass, a scale bar in arcsec and optional source circles; the colour
+bar names its stretch and the title the OBS_ID.
+
+matplotlib and reproject are imported inside the functions that draw, so the commands import
+them only when a figure is asked for; PNGs are written with the Agg backend so they work
+headless (cron, CI).
+
+Pixel conventions: arrays are ``[y, x]`` with 0-based pixel centres; FITS ``CRPIX`` is 1-based.
 """
 from __future__ import annotations
 
 import logging
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .errors import OutputError
 
-__all__ = ["quicklook_figure", "quicklook_png", "show"]
+__all__ = ["STRETCHES", "SkyImage", "Panel", "north_up_wcs", "sky_oriented",
+           "pixel_scale_arcsec", "panels_figure", "quicklook_panels", "quicklook_figure",
+           "quicklook_png", "show"]
 
 log = logging.getLogger(__name__)
+
+#: Colour stretches by the name shown on the colour bar.
+STRETCHES = ("linear", "sqrt", "asinh", "log")
+DEFAULT_STRETCH = "asinh"
+#: Scale-bar lengths to choose from (arcsec); the one nearest 1/7 of the panel width is used.
+_SCALE_BARS = (10, 20, 30, 60, 120, 180, 300, 600, 900, 1200, 1800, 3600)
+_NAN_COLOUR = "0.35"  # axes background: outside the image or masked (no data)
+
+
+# --------------------------------------------------------------------------- geometry (no plots)
+@dataclass
+class SkyImage:
+    """An image resampled to north up, east left.
+
+    Attributes
+    ----------
+    data : ndarray, float64 [ny, nx]
+        Resampled values, NaN outside the input image (and where the input was NaN).
+    wcs : astropy.wcs.WCS
+        TAN WCS of ``data``: ``CD1_1 < 0``, ``CD2_2 > 0``, no rotation, the input's pixel
+        scale, the input's centre at the centre of ``data``.
+    footprint : ndarray, float64 [ny, nx]
+        1 where ``data`` comes from the input grid, 0 outside it.
+    """
+
+    data: np.ndarray
+    wcs: object
+    footprint: np.ndarray
+
+
+def pixel_scale_arcsec(wcs) -> float:
+    """Pixel size (arcsec) of a celestial WCS: the square root of the pixel area."""
+    from astropy.wcs.utils import proj_plane_pixel_area
+
+    return math.sqrt(proj_plane_pixel_area(wcs.celestial)) * 3600.0
+
+
+def _tan_ctype(ctype: str) -> str:
+    name = ctype.split("-")[0]            # RA, DEC, GLON, ELAT, ...
+    return name.ljust(4, "-") + "-TAN"
+
+
+def north_up_wcs(wcs, shape):
+    """TAN WCS (north up, east left) holding the whole of an image of ``shape`` under ``wcs``.
+
+    Parameters
+    ----------
+    wcs : astropy.wcs.WCS
+        Celestial WCS of the input image (any rotation or flip).
+    shape : tuple of int
+        ``(ny, nx)`` of the input image.
+
+    Returns
+    -------
+    wcs_out : astropy.wcs.WCS
+        ``CD = diag(-s, s)`` with ``s`` the input pixel size, the same frame (``RADESYS``,
+        ``EQUINOX``) as ``wcs``, ``CRVAL`` = sky position of the input centre, at the centre of
+        the output grid.
+    shape_out : tuple of int
+        ``(ny, nx)`` large enough for the rotated input. Each side has the parity of the input
+        side it is most aligned with, so that rotations by multiples of 90 deg and flips map
+        pixel centres onto pixel centres (exact for nearest-neighbour resampling).
+    """
+    from astropy.wcs import WCS
+
+    w = wcs.celestial
+    if not w.has_celestial or w.naxis != 2:
+        raise ValueError(f"wcs: not a 2-d celestial WCS ({w.wcs.ctype}); pass an RA/Dec WCS")
+    ny, nx = (int(n) for n in shape)
+    s = pixel_scale_arcsec(w) / 3600.0
+    centre = w.all_pix2world([[(nx - 1) / 2.0, (ny - 1) / 2.0]], 0)[0]
+
+    out = WCS(naxis=2)
+    out.wcs.ctype = [_tan_ctype(c) for c in w.wcs.ctype]
+    out.wcs.cunit = ["deg", "deg"]
+    out.wcs.crval = [float(centre[0]), float(centre[1])]
+    out.wcs.cd = np.array([[-s, 0.0], [0.0, s]])
+    out.wcs.crpix = [1.0, 1.0]            # provisional: 0-based pixel (0, 0) at the centre
+    if w.wcs.radesys:
+        out.wcs.radesys = w.wcs.radesys
+    if np.isfinite(w.wcs.equinox):
+        out.wcs.equinox = w.wcs.equinox
+
+    # The input's outline (pixel edges, 9 points a side) in provisional output pixels.
+    u = np.linspace(0.0, 1.0, 9)
+    ex, ey = nx - 0.5, ny - 0.5
+    xs = np.concatenate([-0.5 + u * nx, np.full(9, ex), ex - u * nx, np.full(9, -0.5)])
+    ys = np.concatenate([np.full(9, -0.5), -0.5 + u * ny, np.full(9, ey), ey - u * ny])
+    lon, lat = w.all_pix2world(xs, ys, 0)
+    ox, oy = out.all_world2pix(lon, lat, 0)
+    half = (np.max(np.abs(oy)), np.max(np.abs(ox)))
+
+    # d(input pixel)/d(output pixel) at the centre: which input axis each output axis follows.
+    lon1, lat1 = out.all_pix2world([0.0, 1.0, 0.0], [0.0, 0.0, 1.0], 0)
+    ix, iy = w.all_world2pix(lon1, lat1, 0)
+    jac = np.array([[ix[1] - ix[0], ix[2] - ix[0]], [iy[1] - iy[0], iy[2] - iy[0]]])
+    n_in = (nx, ny)                        # input sizes by input axis (x, y)
+    shape_out = []
+    for k in (1, 0):                        # output y (column 1 of jac), then output x
+        n = max(1, math.ceil(2.0 * half[1 - k] - 1e-6))
+        aligned = n_in[int(np.argmax(np.abs(jac[:, k])))]
+        if (n - aligned) % 2:
+            n += 1
+        shape_out.append(n)
+    ny_out, nx_out = shape_out
+    out.wcs.crpix = [(nx_out + 1) / 2.0, (ny_out + 1) / 2.0]
+    out.pixel_shape = (nx_out, ny_out)
+    return out, (ny_out, nx_out)
+
+
+def sky_oriented(data, wcs, *, order: str = "nearest-neighbor") -> SkyImage:
+    """Resample ``data`` (on ``wcs``) to north up, east left, at the same pixel scale.
+
+    Parameters
+    ----------
+    data : array_like [ny, nx]
+        Image values (counts, rates or surface brightness); NaN marks no data.
+    wcs : astropy.wcs.WCS
+        Celestial WCS of ``data``.
+    order : str
+        ``reproject_interp`` interpolation. The default, nearest-neighbour, shows the values
+        that are in the image (no smoothing of Poisson counts; a rotation by a multiple of
+        90 deg or a flip is an exact permutation) and keeps surface brightness, as the pixel
+        size is unchanged.
+
+    Returns
+    -------
+    SkyImage
+        Needs ``reproject`` (``pip install reproject``).
+    """
+    from reproject import reproject_interp
+
+    data = np.asarray(data, dtype=np.float64)
+    if data.ndim != 2:
+        raise ValueError(f"data: expected a 2-d image, got shape {data.shape}")
+    wcs_out, shape_out = north_up_wcs(wcs, data.shape)
+    # roundtrip_coords=False: a 20' field has no pixel on the far side of the sky, and the
+    # round-trip check doubles the time of the resampling.
+    out, foot = reproject_interp((data, wcs.celestial), wcs_out, shape_out=shape_out,
+                                 order=order, roundtrip_coords=False)
+    return SkyImage(data=out, wcs=wcs_out, footprint=foot)
+
+
+def _source_pixels(sources, wcs):
+    """(x, y) 0-based pixel positions on ``wcs`` of ``sources`` (see :func:`panels_figure`)."""
+    from astropy.coordinates import SkyCoord
+
+    if isinstance(sources, SkyCoord):
+        x, y = wcs.world_to_pixel(sources)
+        return np.atleast_1d(x), np.atleast_1d(y)
+    names = (getattr(sources, "colnames", None)
+             or getattr(getattr(sources, "dtype", None), "names", None)
+             or (list(sources.keys()) if hasattr(sources, "keys") else None))
+    if names is not None:
+        lower = {n.lower(): n for n in names}
+        cols = []
+        for want in (("ra", "ra_deg", "raj2000"), ("dec", "dec_deg", "dej2000")):
+            hit = next((lower[n] for n in want if n in lower), None)
+            if hit is None:
+                raise ValueError(f"sources: no {want[0].upper()} column among {names}; "
+                                 "pass columns named 'ra' and 'dec' (deg)")
+            col = sources[hit]
+            cols.append(np.asarray(col.to_value("deg") if hasattr(col, "to_value") else col,
+                                   dtype=np.float64))
+        ra, dec = cols
+    else:
+        arr = np.asarray(sources, dtype=np.float64)
+        if arr.ndim != 2 or arr.shape[1] != 2:
+            raise ValueError(f"sources: expected a table with ra/dec columns, a SkyCoord or an "
+                             f"(N, 2) array of (RA, Dec) in deg; got shape {arr.shape}")
+        ra, dec = arr[:, 0], arr[:, 1]
+    x, y = wcs.celestial.all_world2pix(ra, dec, 0)
+    return np.atleast_1d(x), np.atleast_1d(y)
+
+
+# --------------------------------------------------------------------------- figures
+@dataclass
+class Panel:
+    """One image of a quick-look figure.
+
+    Attributes
+    ----------
+    rate : ndarray [ny, nx]
+        count/s/pixel; NaN where there is no data (drawn in the background colour).
+    wcs : astropy.wcs.WCS or None
+        Celestial WCS of ``rate``; None draws it in pixel coordinates, detector orientation.
+    label : str
+        Panel title.
+    pixel_arcsec : float or None
+        Pixel size; taken from ``wcs`` when None (needed when ``wcs`` is None).
+    show_sources : bool
+        Draw the figure's ``sources`` circles on this panel.
+    """
+
+    rate: np.ndarray
+    wcs: object
+    label: str
+    pixel_arcsec: float | None = None
+    show_sources: bool = True
+
+    def pixel_size(self) -> float:
+        if self.pixel_arcsec is not None:
+            return float(self.pixel_arcsec)
+        if self.wcs is None:
+            raise ValueError(f"panel {self.label!r}: pixel_arcsec is needed without a WCS")
+        return pixel_scale_arcsec(self.wcs)
 
 
 def _surface_brightness(rate, pixel_arcsec):
     """count/s/pixel -> count/s/arcmin^2, so grids of different pixel size share one stretch."""
-    return rate * (3600.0 / pixel_arcsec ** 2)
+    return np.asarray(rate, dtype=np.float64) * (3600.0 / pixel_arcsec ** 2)
 
 
-def quicklook_figure(res, *, figsize=(11, 5.2)):
-    """Figure with the masked input and the prediction on the same sqrt stretch.
+def _norm(images, stretch):
+    from astropy.visualization import (AsinhStretch, ImageNormalize, LinearStretch, LogStretch,
+                                       SqrtStretch)
+
+    kinds = {"linear": LinearStretch, "sqrt": SqrtStretch, "asinh": lambda: AsinhStretch(0.05),
+             "log": lambda: LogStretch(1000.0)}
+    if stretch not in kinds:
+        raise ValueError(f"stretch: {stretch!r} is not one of {', '.join(STRETCHES)}")
+    pos = np.concatenate([im[np.isfinite(im) & (im > 0)].ravel() for im in images])
+    vmax = float(np.percentile(pos, 99.7)) if pos.size else 1.0
+    return ImageNormalize(vmin=0.0, vmax=max(vmax, 1e-12), stretch=kinds[stretch]())
+
+
+def _colour_ticks(norm, n=6):
+    """Ticks evenly spaced in the stretched scale, rounded to one significant digit."""
+    vals = np.atleast_1d(norm.inverse(np.linspace(0.0, 1.0, n)))
+    out = [0.0]
+    for v in vals[1:]:
+        r = float(f"{v:.1g}")
+        if r > out[-1] and r <= norm.vmax * 1.0001:
+            out.append(r)
+    return out
+
+
+def _nice_bar_arcsec(width_arcsec: float) -> float:
+    want = width_arcsec / 7.0
+    return float(min(_SCALE_BARS, key=lambda v: abs(math.log(v / want))))
+
+
+def _arcsec_label(arcsec: float) -> str:
+    if arcsec >= 60 and arcsec % 60 == 0:
+        return f"{arcsec / 60:.0f}'"
+    return f'{arcsec:.0f}"'
+
+
+def _scale_bar(ax, pixel_arcsec, shape, arcsec=None):
+    """Bar of ``arcsec`` (default: a round value near 1/7 of the width) at the bottom right."""
+    ny, nx = shape
+    arcsec = arcsec or _nice_bar_arcsec(nx * pixel_arcsec)
+    n = arcsec / pixel_arcsec
+    y = 0.06 * ny
+    x0 = nx - 0.06 * nx - n
+    (line,) = ax.plot([x0, x0 + n], [y, y], color="white", lw=2.5, solid_capstyle="butt")
+    line.set_gid("scalebar")
+    txt = ax.text(x0 + n / 2, y + 0.02 * ny, _arcsec_label(arcsec), color="white",
+                  ha="center", va="bottom", fontsize=9)
+    txt.set_gid("scalebar-label")
+    return line, txt
+
+
+def _compass(ax, wcs, shape):
+    """N and E arrows at the bottom left, directions from ``wcs`` at that point."""
+    ny, nx = shape
+    length = 0.12 * min(nx, ny)
+    x0, y0 = 0.06 * nx + length, 0.06 * ny
+    w = wcs.celestial
+    lon, lat = w.all_pix2world([[x0, y0]], 0)[0]
+    step = pixel_scale_arcsec(w) / 3600.0
+    ends = w.all_world2pix([[lon, lat + step],
+                            [lon + step / max(math.cos(math.radians(lat)), 1e-6), lat]], 0)
+    for (x1, y1), name in zip(ends, "NE"):
+        d = np.array([x1 - x0, y1 - y0])
+        d *= length / np.hypot(*d)
+        arrow = ax.annotate("", xy=(x0 + d[0], y0 + d[1]), xytext=(x0, y0),
+                            xycoords="data", textcoords="data",
+                            arrowprops=dict(arrowstyle="->", color="white", lw=1.5,
+                                            shrinkA=0, shrinkB=0))
+        arrow.set_gid(f"compass-{name}")
+        ax.text(x0 + 1.25 * d[0], y0 + 1.25 * d[1], name, color="white", ha="center",
+                va="center", fontsize=9, gid=f"compass-{name}-label")
+
+
+def _source_circles(ax, sources, wcs, pixel_arcsec, radius_arcsec):
+    from matplotlib.patches import Circle
+
+    x, y = _source_pixels(sources, wcs)
+    r = radius_arcsec / pixel_arcsec
+    for xi, yi in zip(x, y):
+        ax.add_patch(Circle((xi, yi), r, fill=False, edgecolor="cyan", lw=1.2, gid="source"))
+
+
+def panels_figure(panels, *, title: str = "", stretch: str = DEFAULT_STRETCH, sources=None,
+                  source_radius_arcsec: float = 20.0, sky_orient: bool = True,
+                  panel_inches: float = 4.2, figsize=None):
+    """Figure of ``panels`` side by side on one colour scale, sky panels north up/east left.
+
+    Parameters
+    ----------
+    panels : sequence of Panel
+        Drawn left to right in surface brightness (count/s/arcmin^2), one shared stretch.
+    title : str
+        Figure title.
+    stretch : {'asinh', 'sqrt', 'log', 'linear'}
+        Colour stretch from 0 to the 99.7th percentile of the positive pixels; named on the
+        colour bar.
+    sources : astropy Table, dict of arrays, SkyCoord or (N, 2) array, optional
+        Sources to circle: columns ``ra``/``dec`` (deg; also ``ra_deg``, ``RAJ2000``, ...), a
+        SkyCoord, or rows of (RA, Dec) in deg, in the frame of the panels' WCS. Drawn on the
+        panels that have a WCS and ``show_sources``.
+    source_radius_arcsec : float
+        Circle radius.
+    sky_orient : bool
+        Resample panels with a WCS to north up, east left (:func:`sky_oriented`). Without
+        ``reproject`` installed they are drawn as they are, with a warning; the compass then
+        shows their orientation.
+    panel_inches : float
+        Side of each (square) panel.
+    figsize : (float, float), optional
+        Figure size in inches; the panels are sized to fit it (overrides ``panel_inches``).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        ``fig.sky_images`` lists, per panel, the :class:`SkyImage` drawn (None for panels
+        drawn unresampled).
+    """
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+
+    if not panels:
+        raise ValueError("panels: nothing to draw")
+    drawn = []                              # (surface brightness, wcs or None, pixel, SkyImage)
+    for p in panels:
+        pix = p.pixel_size()
+        sb = _surface_brightness(p.rate, pix)
+        sky = None
+        if p.wcs is not None and sky_orient:
+            try:
+                sky = sky_oriented(sb, p.wcs)
+            except ImportError:
+                log.warning("reproject is not installed: the quick-look figure is drawn in "
+                            "detector orientation (see its compass); pip install reproject")
+                sky_orient = False
+        if sky is not None:
+            drawn.append((sky.data, sky.wcs, pixel_scale_arcsec(sky.wcs), sky))
+        else:
+            drawn.append((sb, p.wcs.celestial if p.wcs is not None else None, pix, None))
+    norm = _norm([d[0] for d in drawn], stretch)
+    cmap = colormaps["magma"].with_extremes(bad=_NAN_COLOUR)
+
+    # Fixed axes positions (inches -> figure fractions): a constrained layout costs a second
+    # full draw (~0.4 s per PNG).
+    n = len(panels)
+    left, gap, cb_gap, cb_w, right, bottom, top = 0.95, 0.3, 0.2, 0.14, 1.05, 0.65, 0.8
+    fixed_w = left + (n - 1) * gap + cb_gap + cb_w + right
+    if figsize is not None:
+        panel_inches = max(0.5, min((figsize[0] - fixed_w) / n, figsize[1] - bottom - top))
+    width = fixed_w + n * panel_inches
+    height = bottom + panel_inches + top
+    if figsize is not None:             # spare room goes evenly to the margins
+        left += (figsize[0] - width) / 2
+        right += (figsize[0] - width) / 2
+        bottom += (figsize[1] - height) / 2
+        width, height = figsize
+    fig = Figure(figsize=(width, height))
+    fig.suptitle(title, fontsize=11)
+    im = None
+    for k, ((img, wcs, pix, _), p) in enumerate(zip(drawn, panels)):
+        box = [(left + k * (panel_inches + gap)) / width, bottom / height,
+               panel_inches / width, panel_inches / height]
+        if wcs is not None:
+            ax = fig.add_axes(box, projection=wcs)
+            ax.coords[0].set_axislabel("RA")
+            ax.coords[1].set_axislabel("Dec" if k == 0 else " ")
+            ax.coords[1].set_ticklabel_visible(k == 0)
+        else:
+            ax = fig.add_axes(box)
+            ax.set_xlabel("x [pixel]")
+            if k == 0:
+                ax.set_ylabel("y [pixel]")
+        ax.set_facecolor(_NAN_COLOUR)
+        im = ax.imshow(img, origin="lower", cmap=cmap, norm=norm, interpolation="nearest")
+        ax.set_title(p.label, fontsize=10)
+        _scale_bar(ax, pix, img.shape)
+        if wcs is not None:
+            _compass(ax, wcs, img.shape)
+            if sources is not None and p.show_sources:
+                _source_circles(ax, sources, wcs, pix, source_radius_arcsec)
+        ax.set_xlim(-0.5, img.shape[1] - 0.5)
+        ax.set_ylim(-0.5, img.shape[0] - 0.5)
+    cax = fig.add_axes([(width - right - cb_w) / width, (bottom + 0.3) / height,
+                        cb_w / width, (panel_inches - 0.6) / height])
+    cb = fig.colorbar(im, cax=cax, ticks=_colour_ticks(norm))
+    cb.set_label(f"surface brightness [count s$^{{-1}}$ arcmin$^{{-2}}$], {stretch} stretch")
+    fig.sky_images = [d[3] for d in drawn]
+    return fig
+
+
+def _title(res) -> str:
+    h = res.image.header
+    obsid = str(h.get("OBS_ID", "") or "").strip()
+    parts = [f"OBS_ID {obsid}" if obsid else res.image.path.name]
+    obj = str(h.get("OBJECT", "") or "").strip()
+    if obj:
+        parts.append(obj)
+    line = (f"{' · '.join(parts)}  —  {res.task} with {res.model.path.name} "
+            f"v{res.model.version}")
+    if res.input_wcs is None:
+        line += "\nno sky WCS: detector orientation, pixel axes"
+    elif res.image.wcs_note:
+        line += "\nsky WCS approximate (RA_PNT/DEC_PNT/PA_PNT, good to a few arcsec)"
+    return line
+
+
+def quicklook_panels(res) -> list:
+    """The input and prediction :class:`Panel` s of an enhancement result.
+
+    The input's masked pixels (outside the detector mask, bad columns, padding) are NaN, drawn
+    in the background colour. Append panels to the list and pass it to :func:`panels_figure`
+    for a wider figure.
+    """
+    from .detector import pixel_size_arcsec
+
+    pix_in = pixel_size_arcsec()
+    rate_in = np.where(np.asarray(res.input_mask, bool), res.input_rate, np.nan)
+    return [Panel(rate_in, res.input_wcs,
+                  f"input {res.image.exposure / 1e3:.1f} ks (masked, padded)", pix_in),
+            Panel(res.prediction, res.output_wcs, f"{res.task} prediction",
+                  pix_in / res.model.scale)]
+
+
+def quicklook_figure(res, *, stretch: str = DEFAULT_STRETCH, sources=None,
+                     source_radius_arcsec: float = 20.0, extra_panels=(), figsize=None):
+    """Figure with the masked input and the prediction on one stretch, north up / east left.
 
     Parameters
     ----------
     res : xmm_enhance.inference.EnhanceResult
+    stretch : {'asinh', 'sqrt', 'log', 'linear'}
+    sources : table of RA/Dec, SkyCoord or (N, 2) array, optional
+        Circled on every panel (see :func:`panels_figure`).
+    source_radius_arcsec : float
+    extra_panels : sequence of Panel
+        Drawn right of the prediction, on the same stretch.
+    figsize : (float, float), optional
+        Figure size in inches (default: 4.2-inch panels plus margins).
 
     Returns
     -------
     matplotlib.figure.Figure
     """
-    from matplotlib.figure import Figure
-    from astropy.visualization import ImageNormalize, SqrtStretch
-
-    from .detector import pixel_size_arcsec
-
-    pix_in = pixel_size_arcsec()
-    pix_out = pix_in / res.model.scale
-    a = _surface_brightness(res.input_rate, pix_in)
-    b = _surface_brightness(res.prediction, pix_out)
-    pos = np.concatenate([a[a > 0].ravel(), b[b > 0].ravel()])
-    vmax = float(np.percentile(pos, 99.7)) if pos.size else 1.0
-    norm = ImageNormalize(vmin=0.0, vmax=max(vmax, 1e-12), stretch=SqrtStretch())
-
-    # Fixed axes positions: a constrained layout costs a second full draw (~0.4 s per PNG).
-    fig = Figure(figsize=figsize)
-    title = res.image.header.get("OBJECT", "") or res.image.path.name
-    fig.suptitle(f"{title}  —  {res.task} with {res.model.path.name} "
-                 f"v{res.model.version}", fontsize=11)
-    panels = [(a, res.input_wcs, pix_in,
-               f"input {res.image.exposure / 1e3:.1f} ks (masked, padded)"),
-              (b, res.output_wcs, pix_out, f"{res.task} prediction")]
-    im = None
-    boxes = ([0.08, 0.11, 0.38, 0.78], [0.49, 0.11, 0.38, 0.78])
-    for k, (img, wcs, pix, label) in enumerate(panels):
-        if wcs is not None:
-            ax = fig.add_axes(boxes[k], projection=wcs)
-            ax.coords[0].set_axislabel("RA")
-            ax.coords[1].set_axislabel("Dec")
-            ax.coords[1].set_ticklabel_visible(k == 0)
-        else:
-            ax = fig.add_axes(boxes[k])
-            ax.set_xlabel("x [pixel]")
-        im = ax.imshow(img, origin="lower", cmap="magma", norm=norm, interpolation="nearest")
-        ax.set_title(label, fontsize=10)
-        _scale_bar(ax, pix, img.shape)
-    cb = fig.colorbar(im, cax=fig.add_axes([0.895, 0.17, 0.014, 0.66]))
-    cb.set_label("count s$^{-1}$ arcmin$^{-2}$")
-    return fig
+    return panels_figure(quicklook_panels(res) + list(extra_panels), title=_title(res),
+                         stretch=stretch, sources=sources,
+                         source_radius_arcsec=source_radius_arcsec, figsize=figsize)
 
 
-def _scale_bar(ax, pixel_arcsec, shape, arcsec=120.0):
-    n = arcsec / pixel_arcsec
-    y = 0.06 * shape[0]
-    x0 = shape[1] - 0.06 * shape[1] - n
-    ax.plot([x0, x0 + n], [y, y], color="white", lw=2.5)
-    ax.text(x0 + n / 2, y + 0.02 * shape[0], f"{arcsec:.0f}\"", color="white", ha="center",
-            va="bottom", fontsize=9)
+def quicklook_png(res, path, *, overwrite=False, dpi=110, **kwargs) -> Path:
+    """Write the quick-look figure to ``path`` (atomically); return the path.
 
-
-def quicklook_png(res, path, *, overwrite=False, dpi=110) -> Path:
-    """Write the quick-look figure to ``path`` (atomically); return the path."""
+    ``kwargs`` go to :func:`quicklook_figure` (``stretch``, ``sources``, ...).
+    """
     from .fitsio import atomic_savefig
 
     path = Path(path)
     if path.exists() and not overwrite:
         raise OutputError(f"{path}: exists; pass --overwrite to replace it")
-    fig = quicklook_figure(res)
+    fig = quicklook_figure(res, **kwargs)
     return atomic_savefig(fig, path, dpi=dpi)
 
 
-def show(res) -> None:
+def show(res, **kwargs) -> None:
     """Open a window with the quick-look figure (``--display``); needs a GUI backend."""
     import matplotlib
     import matplotlib.pyplot as plt
@@ -102,7 +509,7 @@ def show(res) -> None:
         log.warning("--display: no GUI backend (%s); use --png for a file instead",
                     matplotlib.get_backend())
         return
-    fig = quicklook_figure(res)
+    fig = quicklook_figure(res, **kwargs)
     manager = plt.figure().canvas.manager  # a pyplot-managed canvas to host the figure
     manager.canvas.figure = fig
     fig.set_canvas(manager.canvas)

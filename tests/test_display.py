@@ -1,0 +1,344 @@
+"""Quick-look figures: north up / east left resampling, compass, scale bar, labels, sources.
+
+Expectations come from the synthetic images' known geometry (gnomonic offsets of a marker at a
+known RA/Dec, separations of pixel centres), not from the code under test.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from astropy.coordinates import SkyCoord
+from astropy.table import Table
+from astropy.wcs import WCS
+
+pytest.importorskip("matplotlib")
+pytest.importorskip("reproject")
+
+from xmm_enhance import display  # noqa: E402
+from xmm_enhance.errors import OutputError  # noqa: E402
+
+RA0, DEC0 = 150.0, 30.0          # image centre
+PIX = 4.0                        # arcsec / pixel of the synthetic input
+N = 64
+#: marker offsets: 40" east, 48" north of the centre
+D_EAST, D_NORTH = 40.0, 48.0
+
+
+def sky_wcs(n=N, pix=PIX, *, rot_deg=0.0, flip=False):
+    """TAN WCS of an n x n image centred on (RA0, DEC0).
+
+    ``rot_deg`` turns the sky anticlockwise on the image (0: north up, east left); ``flip``
+    mirrors it (east right). FITS CRPIX is 1-based: the array centre (n-1)/2 is (n+1)/2.
+    """
+    c = pix / 3600.0
+    t = math.radians(rot_deg)
+    rot = np.array([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]])
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval = [RA0, DEC0]
+    w.wcs.crpix = [(n + 1) / 2, (n + 1) / 2]
+    w.wcs.cd = c * rot @ np.diag([1.0 if flip else -1.0, 1.0])
+    w.wcs.radesys = "FK5"
+    w.wcs.equinox = 2000.0
+    return w
+
+
+def marker_radec():
+    """RA/Dec of the point D_EAST" east and D_NORTH" north of the centre (tangent plane)."""
+    xi, eta = math.radians(D_EAST / 3600), math.radians(D_NORTH / 3600)
+    d0, a0 = math.radians(DEC0), math.radians(RA0)
+    den = math.cos(d0) - eta * math.sin(d0)
+    ra = a0 + math.atan2(xi, den)
+    dec = math.atan2(math.sin(d0) + eta * math.cos(d0), math.hypot(xi, den))
+    return math.degrees(ra), math.degrees(dec)
+
+
+def image_with_marker(wcs, n=N, value=100.0, half=1):
+    """Flat 1.0 image with a (2 half + 1)^2 block of ``value`` on the marker."""
+    img = np.ones((n, n))
+    x, y = (int(round(float(v))) for v in wcs.world_to_pixel(SkyCoord(*marker_radec(),
+                                                                          unit="deg",
+                                                                          frame="fk5")))
+    img[y - half:y + half + 1, x - half:x + half + 1] = value
+    return img
+
+
+def expected_offset(pix):
+    """(dx, dy) pixels of the marker from the array centre when north is up and east left."""
+    return -D_EAST / pix, D_NORTH / pix
+
+
+def centroid(a, value=100.0):
+    yy, xx = np.nonzero(np.nan_to_num(a) > value / 2)
+    assert xx.size, "marker lost"
+    return xx.mean(), yy.mean()
+
+
+CASES = {"rot180": dict(rot_deg=180.0), "pa60": dict(rot_deg=60.0),
+         "flipped": dict(flip=True), "rot90_flipped": dict(rot_deg=90.0, flip=True)}
+
+
+# ----------------------------------------------------------------------------- pure helpers
+@pytest.mark.parametrize("case", CASES)
+def test_sky_oriented_puts_marker_north_east_up_left(case):
+    w = sky_wcs(**CASES[case])
+    img = image_with_marker(w)
+    sky = display.sky_oriented(img, w)
+    ny, nx = sky.data.shape
+    cx, cy = centroid(sky.data)
+    dx, dy = expected_offset(PIX)
+    # the 3x3 marker block was placed at the nearest input pixel: within 0.5 px + rounding
+    assert cx - (nx - 1) / 2 == pytest.approx(dx, abs=1.0)
+    assert cy - (ny - 1) / 2 == pytest.approx(dy, abs=1.0)
+    assert dx < -5 and dy > 5                                    # up and to the left
+
+
+@pytest.mark.parametrize("case", ["rot180", "flipped", "rot90_flipped"])
+def test_right_angle_turns_and_flips_are_exact_permutations(case):
+    w = sky_wcs(**CASES[case])
+    img = np.random.default_rng(3).poisson(2.0, (N, N)).astype(float)
+    sky = display.sky_oriented(img, w)
+    assert sky.data.shape == (N, N)
+    assert np.all(np.isfinite(sky.data)) and np.all(sky.footprint == 1)
+    assert np.sort(sky.data.ravel()) == pytest.approx(np.sort(img.ravel()))
+    expect = {"rot180": img[::-1, ::-1], "flipped": img[:, ::-1],
+              # sky turned 90 deg anticlockwise and mirrored on the image: a transpose
+              "rot90_flipped": img.T}[case]
+    np.testing.assert_array_equal(sky.data, expect)
+
+
+def test_north_up_wcs_orientation_scale_centre_and_extent():
+    w = sky_wcs(rot_deg=60.0)
+    out, shape = display.north_up_wcs(w, (N, N))
+    cd = out.wcs.cd
+    assert cd[0, 0] < 0 and cd[1, 1] > 0 and cd[0, 1] == 0 and cd[1, 0] == 0
+    # pixel scale: separation of neighbouring pixel centres
+    c = (shape[1] - 1) / 2, (shape[0] - 1) / 2
+    p0 = out.pixel_to_world(*c)
+    assert p0.separation(out.pixel_to_world(c[0] + 1, c[1])).arcsec == pytest.approx(PIX, 1e-4)
+    assert p0.separation(out.pixel_to_world(c[0], c[1] + 1)).arcsec == pytest.approx(PIX, 1e-4)
+    # the output centre is the input centre
+    centre = SkyCoord(RA0, DEC0, unit="deg", frame="fk5")
+    assert p0.separation(centre).arcsec < 1e-3
+    # every input corner (pixel edges) is inside the output grid, and the grid is not wasteful:
+    # a 64-pixel square turned by 60 deg spans 64 (cos 60 + sin 60) = 87.4 pixels
+    corners = w.pixel_to_world([-0.5, N - 0.5, N - 0.5, -0.5], [-0.5, -0.5, N - 0.5, N - 0.5])
+    x, y = out.world_to_pixel(corners)
+    assert np.all((x >= -0.5) & (x <= shape[1] - 0.5) & (y >= -0.5) & (y <= shape[0] - 0.5))
+    span = N * (math.cos(math.radians(60)) + math.sin(math.radians(60)))
+    assert span <= shape[0] <= span + 3 and span <= shape[1] <= span + 3
+
+
+def test_outside_and_nan_are_nan():
+    w = sky_wcs(rot_deg=45.0)
+    img = np.ones((N, N))
+    img[10, 20] = np.nan
+    sky = display.sky_oriented(img, w)
+    assert sky.data[0, 0] != sky.data[0, 0]                     # a corner is outside: NaN
+    assert sky.footprint[0, 0] == 0
+    # the input NaN comes along: NaN where it lands, neighbours 3 pixels away are finite
+    x, y = (int(round(float(v))) for v in sky.wcs.world_to_pixel(w.pixel_to_world(20, 10)))
+    assert np.isnan(sky.data[y, x])
+    assert np.isfinite(sky.data[[y - 3, y + 3, y, y], [x, x, x - 3, x + 3]]).all()
+
+
+def test_non_celestial_wcs_is_refused():
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["DETX", "DETY"]
+    with pytest.raises(ValueError, match="wcs"):
+        display.north_up_wcs(w, (N, N))
+
+
+# ----------------------------------------------------------------------------- figures
+def fake_result(*, rot_deg=180.0, flip=False, obsid="0852030101", wcs=True, note=""):
+    """An EnhanceResult-like object: 64^2 input at 4", 128^2 prediction at 2" (scale 2)."""
+    w_in = sky_wcs(rot_deg=rot_deg, flip=flip)
+    w_out = sky_wcs(2 * N, PIX / 2, rot_deg=rot_deg, flip=flip)
+    rate_in = image_with_marker(w_in)
+    pred = image_with_marker(w_out, 2 * N, half=2) / 4.0     # same surface brightness
+    mask = np.ones((N, N), bool)
+    mask[:, :3] = False                                        # a masked strip
+    header = {"OBS_ID": obsid, "OBJECT": "M 51"} if obsid else {}
+    return SimpleNamespace(
+        task="SR", input_rate=rate_in.astype(np.float32), input_mask=mask,
+        prediction=pred.astype(np.float32), input_wcs=w_in if wcs else None,
+        output_wcs=w_out if wcs else None, pad=(0, 0),
+        image=SimpleNamespace(header=header, exposure=20e3, wcs_note=note,
+                              path=Path("x/pn_image.fits")),
+        model=SimpleNamespace(path=Path("XMM-SuperRes.onnx"), version="1.0", scale=2))
+
+
+def image_axes(fig):
+    return [ax for ax in fig.axes if ax.images and ax.get_title()]
+
+
+def test_enhance_result_has_what_display_reads():
+    from xmm_enhance.inference import EnhanceResult
+
+    given = set(inspect.signature(EnhanceResult).parameters)
+    for name in ("task", "input_rate", "input_mask", "prediction", "input_wcs", "output_wcs",
+                 "image", "model"):
+        assert name in given or hasattr(EnhanceResult, name), name
+
+
+@pytest.mark.parametrize("case", ["rot180", "flipped", "pa60"])
+def test_figure_draws_north_up_east_left_with_compass(case):
+    fig = display.quicklook_figure(fake_result(**CASES[case]))
+    axes = image_axes(fig)
+    assert len(axes) == 2
+    for ax, pix in zip(axes, (PIX, PIX / 2)):
+        a = np.ma.filled(ax.images[0].get_array().astype(float), np.nan)
+        cx, cy = centroid(a, value=np.nanmax(a))
+        dx, dy = expected_offset(pix)
+        assert cx - (a.shape[1] - 1) / 2 == pytest.approx(dx, abs=1.5)
+        assert cy - (a.shape[0] - 1) / 2 == pytest.approx(dy, abs=1.5)
+        arrows = {t.get_gid(): t for t in ax.texts if (t.get_gid() or "").startswith("compass")}
+        for name, want in (("N", (0.0, 1.0)), ("E", (-1.0, 0.0))):
+            a_ = arrows[f"compass-{name}"]
+            d = np.subtract(a_.xy, a_.xyann)
+            assert d / np.hypot(*d) == pytest.approx(want, abs=1e-3)
+            assert arrows[f"compass-{name}-label"].get_text() == name
+
+
+def test_masked_input_pixels_are_nan_and_drawn_in_background_colour():
+    res = fake_result(rot_deg=0.0)
+    fig = display.quicklook_figure(res)
+    a = image_axes(fig)[0].images[0]
+    data = np.ma.filled(a.get_array().astype(float), np.nan)
+    assert np.isnan(data[:, :3]).all() and np.isfinite(data[:, 3:]).all()
+    bad = a.get_cmap().get_bad()
+    assert bad[3] > 0 and tuple(bad[:3]) != tuple(a.get_cmap()(0.0)[:3])
+
+
+def test_title_has_obs_id_and_colour_bar_names_stretch():
+    fig = display.quicklook_figure(fake_result(obsid="0852030101"))
+    assert "OBS_ID 0852030101" in fig._suptitle.get_text()
+    label = fig.axes[-1].get_ylabel()
+    assert "asinh stretch" in label and "arcmin" in label
+    fig = display.quicklook_figure(fake_result(obsid=""), stretch="sqrt")
+    assert "pn_image.fits" in fig._suptitle.get_text()
+    assert "sqrt stretch" in fig.axes[-1].get_ylabel()
+    with pytest.raises(ValueError, match="stretch"):
+        display.quicklook_figure(fake_result(), stretch="hist")
+
+
+def _label_arcsec(text):
+    m = re.fullmatch(r"(\d+)(['\"])", text)
+    assert m, text
+    return float(m.group(1)) * (60.0 if m.group(2) == "'" else 1.0)
+
+
+@pytest.mark.parametrize("wcs", [True, False])
+def test_scale_bar_length_matches_pixel_scale(wcs):
+    fig = display.quicklook_figure(fake_result(rot_deg=60.0, wcs=wcs))
+    for ax, pix_known in zip(image_axes(fig), (PIX, PIX / 2)):
+        (line,) = [ln for ln in ax.lines if ln.get_gid() == "scalebar"]
+        (label,) = [t for t in ax.texts if t.get_gid() == "scalebar-label"]
+        length_px = abs(np.diff(line.get_xdata())[0])
+        assert np.diff(line.get_ydata())[0] == 0
+        if wcs:   # pixel scale measured on the drawn WCS: separation of two pixel centres
+            w = ax.wcs
+            pix = w.pixel_to_world(10, 10).separation(w.pixel_to_world(11, 10)).arcsec
+            assert pix == pytest.approx(pix_known, rel=1e-4)
+        else:
+            pix = pix_known
+        assert length_px * pix == pytest.approx(_label_arcsec(label.get_text()), rel=1e-6)
+
+
+def test_without_sky_wcs_still_plots_in_detector_orientation(tmp_path):
+    res = fake_result(rot_deg=180.0, wcs=False)
+    fig = display.quicklook_figure(res)
+    axes = image_axes(fig)
+    assert len(axes) == 2 and not hasattr(axes[0], "wcs")
+    assert "no sky WCS" in fig._suptitle.get_text()
+    assert not [t for t in axes[0].texts if (t.get_gid() or "").startswith("compass")]
+    # drawn as stored: the marker stays where the 180-deg WCS put it (down and right)
+    a = np.ma.filled(axes[0].images[0].get_array().astype(float), np.nan)
+    cx, cy = centroid(a, value=np.nanmax(a))
+    assert cx > (N - 1) / 2 + 5 and cy < (N - 1) / 2 - 5
+    assert display.quicklook_png(res, tmp_path / "q.png").stat().st_size > 5000
+
+
+def test_approximate_wcs_is_said_in_the_title():
+    fig = display.quicklook_figure(fake_result(note="approximate: from RA_PNT"))
+    assert "approximate" in fig._suptitle.get_text()
+
+
+def test_without_reproject_draws_unresampled_with_a_true_compass(monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "reproject", None)      # import reproject -> ImportError
+    fig = display.quicklook_figure(fake_result(rot_deg=180.0))
+    assert "reproject" in caplog.text
+    assert fig.sky_images == [None, None]
+    ax = image_axes(fig)[0]
+    arrows = {t.get_gid(): t for t in ax.texts if (t.get_gid() or "").startswith("compass")}
+    # sky turned by 180 deg: north points down and east right on the stored grid
+    for name, want in (("N", (0.0, -1.0)), ("E", (1.0, 0.0))):
+        d = np.subtract(arrows[f"compass-{name}"].xy, arrows[f"compass-{name}"].xyann)
+        assert d / np.hypot(*d) == pytest.approx(want, abs=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["table", "skycoord", "array", "dict"])
+def test_sources_are_circled_at_their_sky_position(kind):
+    ra, dec = marker_radec()
+    ras, decs = [ra, RA0], [dec, DEC0]
+    sources = {"table": Table({"RA": ras, "DEC": decs}),
+               "skycoord": SkyCoord(ras, decs, unit="deg", frame="fk5"),
+               "array": np.column_stack([ras, decs]),
+               "dict": {"ra_deg": ras, "dec_deg": decs}}[kind]
+    fig = display.quicklook_figure(fake_result(rot_deg=60.0), sources=sources,
+                                   source_radius_arcsec=20.0)
+    for ax, pix in zip(image_axes(fig), (PIX, PIX / 2)):
+        circles = [p for p in ax.patches if p.get_gid() == "source"]
+        assert len(circles) == 2
+        ny, nx = ax.images[0].get_array().shape
+        dx, dy = expected_offset(pix)
+        want = [((nx - 1) / 2 + dx, (ny - 1) / 2 + dy), ((nx - 1) / 2, (ny - 1) / 2)]
+        for c, (x, y) in zip(circles, want):
+            assert c.center == pytest.approx((x, y), abs=0.02)
+            assert c.radius == pytest.approx(20.0 / pix)
+
+
+def test_bad_sources_name_the_argument():
+    with pytest.raises(ValueError, match="sources"):
+        display.quicklook_figure(fake_result(), sources=Table({"x": [1.0], "y": [2.0]}))
+    with pytest.raises(ValueError, match="sources"):
+        display.quicklook_figure(fake_result(), sources=np.zeros((2, 3)))
+
+
+def test_extra_panel_on_the_same_stretch_and_its_own_source_switch():
+    res = fake_result(rot_deg=60.0)
+    extra = display.Panel(res.prediction * 0.5, res.output_wcs, "diffuse", show_sources=False)
+    fig = display.quicklook_figure(res, extra_panels=[extra],
+                                   sources=np.array([marker_radec()]))
+    axes = image_axes(fig)
+    assert [ax.get_title() for ax in axes][-1] == "diffuse"
+    assert len(axes) == 3 and len(fig.sky_images) == 3
+    assert axes[2].images[0].norm is axes[1].images[0].norm
+    assert [sum(p.get_gid() == "source" for p in ax.patches) for ax in axes] == [1, 1, 0]
+
+
+def test_png_refuses_to_overwrite(tmp_path):
+    p = tmp_path / "q.png"
+    p.write_bytes(b"x")
+    with pytest.raises(OutputError, match="overwrite"):
+        display.quicklook_png(fake_result(), p)
+
+
+def test_importing_display_imports_no_plotting_or_reproject():
+    code = ("import sys, xmm_enhance.display; "
+            "bad = [m for m in ('matplotlib', 'reproject') if m in sys.modules]; "
+            "sys.exit(1 if bad else 0)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_figsize_is_kept():
+    fig = display.quicklook_figure(fake_result(), figsize=(11, 5.2))
+    assert tuple(fig.get_size_inches()) == pytest.approx((11, 5.2))
