@@ -54,3 +54,21 @@ def replicate_sr(path, **meta_over):
                meta=meta_for("SR", **meta_over))
     path.write_bytes(m.SerializeToString())
     return path
+
+
+def offset_model(path, task, offset, **meta_over):
+    """A model whose output goes negative: the identity (DN) or 2x replication (SR) of the input
+    rate minus ``offset`` (count/s per output pixel)."""
+    from onnx import helper, numpy_helper
+    inits = [numpy_helper.from_array(np.array(offset, np.float32), "offset")]
+    if task == "SR":
+        inits += [numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"),
+                  numpy_helper.from_array(np.array(0.25, np.float32), "quarter")]
+        nodes = [helper.make_node("Resize", ["rate", "", "scales"], ["up"], mode="nearest"),
+                 helper.make_node("Mul", ["up", "quarter"], ["same"])]
+    else:
+        nodes = [helper.make_node("Identity", ["rate"], ["same"])]
+    nodes.append(helper.make_node("Sub", ["same", "offset"], ["out"]))
+    m = _model(nodes, ["rate", "mask"], ["out"], inits=inits, meta=meta_for(task, **meta_over))
+    path.write_bytes(m.SerializeToString())
+    return path

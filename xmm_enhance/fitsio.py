@@ -1,16 +1,23 @@
 """Output helpers shared by the commands: atomic writes of checksummed FITS files and PNGs."""
 from __future__ import annotations
 
+import io
 import os
 import tempfile
+import zlib
 from pathlib import Path
 
 from astropy.io import fits
 
 from .errors import OutputError
 
-__all__ = ["atomic_write_hdul", "atomic_savefig", "check_writable_dir",
-           "remove_stale_temporaries"]
+__all__ = ["atomic_write_hdul", "atomic_write_hduls", "atomic_savefig", "check_writable_dir",
+           "ensure_output_dir", "remove_stale_temporaries", "GZIP_LEVEL"]
+
+#: zlib level of ``.gz`` outputs. Float images hardly compress beyond their runs of zeros, so
+#: level 1 with run-length matching (``Z_RLE``) gives files as small as level 6 (or 9) in less
+#: than half the time (2.2 MB in 36 ms vs 89 ms for an 832x832 float32 SR prediction).
+GZIP_LEVEL = 1
 
 
 def remove_stale_temporaries(path: Path) -> int:
@@ -42,35 +49,115 @@ def check_writable_dir(folder: Path) -> None:
                           "choose another output folder") from None
 
 
+def ensure_output_dir(folder: Path) -> Path:
+    """Create ``folder`` and its parents if missing (``mkdir -p``), then check it is writable.
+
+    Raises
+    ------
+    OutputError
+        ``folder`` is a file, cannot be created, or is not writable.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{folder}: is a file, not a folder; choose another output folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{folder}: cannot create the output folder ({_reason(exc)}); "
+                          "choose another output folder") from None
+    check_writable_dir(folder)
+    return folder
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+def _fits_bytes(hdul: fits.HDUList, gzipped: bool) -> bytes:
+    """The file content of ``hdul`` (with CHECKSUM/DATASUM), gzip-compressed if asked."""
+    buf = io.BytesIO()
+    hdul.writeto(buf, checksum=True)
+    raw = buf.getbuffer()
+    if not gzipped:
+        return bytes(raw)
+    # wbits 31: a standard gzip member (header with mtime 0, CRC-32, size), readable by any
+    # gzip reader; Z_RLE: see GZIP_LEVEL.
+    z = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31, 9, zlib.Z_RLE)
+    return z.compress(raw) + z.flush()
+
+
+def atomic_write_hduls(items, *, overwrite: bool = False) -> list[Path]:
+    """Write several FITS files all or none: each to a temporary file, then rename them all.
+
+    Parameters
+    ----------
+    items : sequence of (HDUList, path)
+        A path ending in ``.gz`` is written gzip-compressed. CHECKSUM/DATASUM are written so
+        that readers (and the batch engine) can verify the file.
+    overwrite : bool
+        Replace existing files; otherwise an existing one raises before anything is written.
+
+    Returns
+    -------
+    list of Path
+
+    Raises
+    ------
+    OutputError
+        A file exists (without ``overwrite``), or writing failed (disk full, permissions...):
+        then no temporary file is left and none of the paths that did not exist before exists.
+
+    Notes
+    -----
+    A killed process leaves at most ``.<name>.*.tmp`` files (removed by the next write of the
+    same path), never a partial file under one of the final names.
+    """
+    items = [(hdul, Path(path)) for hdul, path in items]
+    if not overwrite:
+        for _, path in items:
+            if path.exists():
+                raise OutputError(f"{path}: exists; pass --overwrite to replace it")
+    for folder in dict.fromkeys(path.parent for _, path in items):
+        check_writable_dir(folder)
+    tmps: list[str] = []
+    done: list[Path] = []
+    existed = {path: path.exists() for _, path in items}
+    path = items[0][1] if items else None
+    try:
+        for hdul, path in items:
+            data = _fits_bytes(hdul, path.name.endswith(".gz"))
+            remove_stale_temporaries(path)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            tmps.append(tmp)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.chmod(tmp, 0o644)
+        for (_, path), tmp in zip(items, tmps):
+            os.replace(tmp, path)
+            done.append(path)
+    except BaseException as exc:
+        for tmp in tmps:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+        for p in done:  # a set is all or nothing: undo the renames of files that were new
+            if not existed[p]:
+                p.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise OutputError(f"{path}: cannot write ({_reason(exc)}); free disk space, fix "
+                              "the folder's permissions or choose another output folder"
+                              ) from None
+        raise
+    return [path for _, path in items]
+
+
 def atomic_write_hdul(hdul: fits.HDUList, path: Path, *, overwrite: bool = False) -> Path:
     """Write ``hdul`` to ``path`` (gzip if it ends in .gz) through a temporary file + rename.
 
-    CHECKSUM/DATASUM are written so that readers (and the batch engine) can verify the file.
-    A crash leaves at most a ``.<name>.*.tmp`` file, never a partial ``path``.
+    See :func:`atomic_write_hduls` (one file).
     """
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise OutputError(f"{path}: exists; pass --overwrite to replace it")
-    check_writable_dir(path.parent)
-    remove_stale_temporaries(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        if path.name.endswith(".gz"):
-            import gzip
-            with gzip.open(tmp, "wb", compresslevel=6) as fh:
-                hdul.writeto(fh, checksum=True)
-        else:
-            hdul.writeto(tmp, overwrite=True, checksum=True)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+    return atomic_write_hduls([(hdul, path)], overwrite=overwrite)[0]
 
 
 def atomic_savefig(fig, path: Path, *, dpi=None) -> Path:
