@@ -290,3 +290,136 @@ def test_buffer_aligns_simulated_sr_targets_and_keeps_their_flux():
     assert moved is not f.sr_target  # with ~40 faint sources some always move
     assert moved.sum() == pytest.approx(f.sr_target.sum(), rel=0.02)
     assert moved.min() >= -1e-9
+
+
+# --- recipe 2 (issues 12 and 13): exposure input, percentile maps, SR decomposition
+
+def _v2(scale, **kw):
+    torch.manual_seed(3)
+    net = EnhanceNet(scale, channels=CH, exposure_input=True, uncertainty=True,
+                     decompose=scale == 2, **kw)
+    for p in net.parameters():  # break the zero initialisation so that every head acts
+        p.data += 0.05 * torch.randn_like(p)
+    return net.eval()
+
+
+@pytest.mark.parametrize("scale", [1, 2])
+def test_v1_weights_load_into_v2_and_give_the_same_rate_at_20ks(scale):
+    from xmm_enhance.training.train import load_widened
+
+    torch.manual_seed(1)
+    old = EnhanceNet(scale, channels=CH, refine=8 if scale == 2 else 0,
+                     position=scale == 2)
+    for p in old.parameters():
+        p.data += 0.05 * torch.randn_like(p)
+    new = EnhanceNet(scale, channels=CH, refine=8 if scale == 2 else 0, position=scale == 2,
+                     exposure_input=True, uncertainty=True, decompose=True)
+    missing = load_widened(new, old.state_dict())
+    assert {k.split(".")[0] for k in missing} == ({"qhead", "phead"} if scale == 2 else {"qhead"})
+    rate, mask = _inputs(n=2)
+    with torch.no_grad():
+        want = old(rate, mask)
+        got = new.outputs(rate, mask, exposure=torch.tensor([20e3, 20e3]))
+    assert torch.equal(got["rate"], want)
+    # a fresh exposure channel has zero weights: a 100 ks input of the same counts is the
+    # 20 ks prediction scaled by 20/100, not the same rate
+    with torch.no_grad():
+        deep = new(rate * 0.2, mask, exposure=torch.tensor([100e3, 100e3]))
+    assert torch.allclose(deep, want * 0.2, rtol=1e-5)
+
+
+@pytest.mark.parametrize("scale", [1, 2])
+def test_v2_outputs_order_and_sum(scale):
+    net = _v2(scale)
+    rate, mask = _inputs(n=2)
+    with torch.no_grad():
+        out = net.outputs(rate, mask, exposure=torch.tensor([10e3, 100e3]))
+    r = out["rate"]
+    assert torch.all(out["lo68"] <= r) and torch.all(r <= out["hi68"])
+    assert torch.all(out["lo68"] > 0)
+    if scale == 2:
+        assert torch.all(out["points"] >= 0) and torch.all(out["diffuse"] >= 0)
+        assert torch.allclose(out["points"] + out["diffuse"], r, rtol=1e-6)
+    else:
+        assert "points" not in out
+    # the exposure reaches the network: the same rate at two exposures gives two answers
+    with torch.no_grad():
+        a = net(rate, mask, exposure=torch.tensor([10e3, 10e3]))
+        b = net(rate, mask, exposure=torch.tensor([100e3, 100e3]))
+    assert not torch.allclose(a, b, rtol=1e-3)
+
+
+@pytest.mark.parametrize("scale", [1, 2])
+def test_v2_onnx_export_takes_the_exposure_and_matches_torch(tmp_path, scale):
+    import onnxruntime as ort
+
+    net = _v2(scale)
+    path = export_onnx(net, tmp_path / "m.onnx", metadata={"task": "SR" if scale == 2 else "DN"})
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["rate", "mask", "exposure"]
+    names = [o.name for o in sess.get_outputs()]
+    assert names == ["rate_out", "lo68", "hi68"] + (["points", "diffuse"] if scale == 2 else [])
+    rng = np.random.default_rng(2)
+    for expo in (10e3, 20e3, 100e3):
+        rate = (rng.poisson(0.5 * expo / 20e3, (2, 1, 32, 40)) / expo).astype(np.float32)
+        mask = np.ones_like(rate)
+        got = sess.run(None, {"rate": rate, "mask": mask,
+                              "exposure": np.full(2, expo, np.float32)})
+        with torch.no_grad():
+            want = net.outputs(torch.from_numpy(rate), torch.from_numpy(mask),
+                               exposure=torch.tensor([expo, expo]))
+        for name, g in zip(names, got):
+            w = want["rate" if name == "rate_out" else name].numpy()
+            assert np.allclose(g, w, rtol=1e-4, atol=1e-12), (name, expo)
+
+
+def test_quantile_loss_is_minimised_at_the_percentiles():
+    from xmm_enhance.training.losses import quantile_loss
+
+    rng = np.random.default_rng(0)
+    truth = torch.from_numpy(rng.gamma(3.0, 1e-4, (1, 1, 64, 64)).astype(np.float32))
+    m = torch.ones_like(truth)
+    q16, q84 = (float(np.quantile(truth.numpy(), q)) for q in (0.16, 0.84))
+
+    def loss(lo, hi):
+        return float(quantile_loss(torch.full_like(truth, lo), torch.full_like(truth, hi),
+                                   truth, m))
+
+    best = loss(q16, q84)
+    for f in (0.8, 0.9, 1.1, 1.25):
+        assert loss(q16 * f, q84) > best and loss(q16, q84 * f) > best
+
+
+def test_buffer_draws_exposures_and_diffuse_targets():
+    sim = functools.partial(D.toy_simulate, shape=(96, 96))
+    buf = D.FrameBuffer(sim, np.random.default_rng(6), task="SR", size=3,
+                        expo_range=(5e3, 150e3), decompose=True)
+    d = buf.sample_dict(batch=64, crop=32)
+    T = d["exposure"]
+    assert T.shape == (64,) and T.min() >= 5e3 and T.max() <= 150e3
+    # log-uniform: about half of the draws below the geometric mean (27.4 ks)
+    assert 0.3 < np.mean(T < np.sqrt(5e3 * 150e3)) < 0.7
+    assert d["diffuse"].shape == d["target"].shape
+    assert np.all(d["diffuse"] <= d["target"] + 1e-12) and d["diffuse"].max() > 0
+    # counts = Poisson(rate * T): every crop's counts are integers at its own exposure
+    counts = d["rate"] * T[:, None, None, None]
+    assert np.allclose(counts, np.round(counts), atol=1e-2)
+
+
+def test_simulator_splits_points_from_diffuse_without_changing_the_rest():
+    from xmm_enhance.simulate.instrument import simulate_observation
+
+    a = simulate_observation(np.random.default_rng([7, 3]), kind="cluster")
+    b = simulate_observation(np.random.default_rng([7, 3]), kind="cluster", decompose=True)
+    assert a.sr_diffuse is None
+    assert np.array_equal(a.counts, b.counts) and np.array_equal(a.sr_target, b.sr_target)
+    d, t = b.sr_diffuse, b.sr_target
+    assert np.all(d <= t) and d.sum() > 0.5 * t.sum()  # a cluster field: mostly diffuse
+    # at the listed point sources the points' part dominates the 2x pixel
+    pts = t - d
+    bright = [s for s in b.meta["sources"] if s["counts"] > 200 and not s["piled"]
+              and t[s["y2"], s["x2"]] > 0]  # not in a gap or bad column
+    assert bright
+    for s in bright:
+        y, x = s["y2"], s["x2"]
+        assert pts[y, x] > d[y, x]

@@ -30,7 +30,7 @@ __all__ = [
     "PARTIAL_ROWS", "coverage_map", "PILEUP_RATE", "PSF_VARIANTS", "source_kernels",
 ]
 
-SIM_VERSION = "0.14.1"
+SIM_VERSION = "0.15.0"
 
 #: Vignetting (0.5-2 keV) versus off-axis angle (arcmin) about detector.OPTICAL_AXIS_DET:
 #: upper quartile in 1' annuli of the eexpmap exposure map of obs 0723801301
@@ -126,6 +126,10 @@ class SimulatedObservation:
         that source fluxes agree with ``dn_target``. None when ``sr=False``.
     bkg_rate : ndarray, float32 [411, 403]
         The background part of ``dn_target`` (particle, sky, soft protons, out-of-time events).
+    sr_diffuse : ndarray, float32 [822, 806] or None
+        The extended-emission part of ``sr_target`` (clusters, galaxies, remnants, filaments,
+        diffuse fields; same PSF, vignetting, edge and coverage), without any point source, so
+        ``sr_target - sr_diffuse`` is the point sources' part. None unless ``decompose``.
     meta : dict
         Field kind, background levels, PSF, bad columns, drawn components and bright sources.
     """
@@ -137,6 +141,7 @@ class SimulatedObservation:
     sr_target: np.ndarray | None
     bkg_rate: np.ndarray
     meta: dict = field(default_factory=dict)
+    sr_diffuse: np.ndarray | None = None
 
 
 def coverage_map():
@@ -324,8 +329,9 @@ def _piled_sources(geo, ker_id, yx, rate, full2, half2):
     return out
 
 
-def _convolve(geo, ker, img2, want_half):
-    """Zone-blended PSF convolution of the 2x sky: (full PSF image, half PSF image or None)."""
+def _convolve(geo, ker, img2, want_half, want_full=True):
+    """Zone-blended PSF convolution of the 2x sky: (full PSF image or None, half PSF image or
+    None)."""
     ny, nx = img2.shape
     pad = geo["pad"]
     acc_f = None
@@ -335,20 +341,24 @@ def _convolve(geo, ker, img2, want_half):
         if not zk.any():
             continue
         f = sfft.rfft2(zk, s=pad, workers=1)
-        acc_f = f * ker["full_k"][k] if acc_f is None else acc_f + f * ker["full_k"][k]
+        if want_full:
+            acc_f = f * ker["full_k"][k] if acc_f is None else acc_f + f * ker["full_k"][k]
         if want_half:
             h = f * ker["half_k"][k]
             acc_h = h if acc_h is None else acc_h + h
-    if acc_f is None:
+    if acc_f is None and acc_h is None:
         z = np.zeros_like(img2)
-        return z, (z.copy() if want_half else None)
-    full = sfft.irfft2(acc_f, s=pad, workers=1)[:ny, :nx]
-    np.maximum(full, 0, out=full)
+        return (z if want_full else None), (z.copy() if want_half else None)
+    full = None
+    if want_full:
+        full = sfft.irfft2(acc_f, s=pad, workers=1)[:ny, :nx]
+        np.maximum(full, 0, out=full)
     half = None
     if want_half:
         half = sfft.irfft2(acc_h, s=pad, workers=1)[:ny, :nx]
         np.maximum(half, 0, out=half)
-    return full.astype(np.float32), (half.astype(np.float32) if want_half else None)
+    return (full.astype(np.float32) if want_full else None,
+            half.astype(np.float32) if want_half else None)
 
 
 def _rebin2(a):
@@ -369,7 +379,8 @@ def _bad_columns(rng, geo):
     return out
 
 
-def simulate_observation(rng, *, exposure=20e3, sr=True, dn=True, kind=None, sources=True):
+def simulate_observation(rng, *, exposure=20e3, sr=True, dn=True, kind=None, sources=True,
+                         decompose=False):
     """Simulate one EPIC-pn 0.5-2 keV observation on the 411 x 403 DETX/DETY grid.
 
     Parameters
@@ -388,6 +399,9 @@ def simulate_observation(rng, *, exposure=20e3, sr=True, dn=True, kind=None, sou
         False: a source-free field (no sky emission, no point sources, hence no out-of-time
         events), background only; the random draws are the same as with ``sources=True``, so the
         background, mask and PSF variant match that field's.
+    decompose : bool
+        With ``sr``: also return ``sr_diffuse``, the extended emission's part of the SR target
+        (one more half-PSF convolution; no random draw, so the other outputs are unchanged).
 
     Returns
     -------
@@ -405,6 +419,7 @@ def simulate_observation(rng, *, exposure=20e3, sr=True, dn=True, kind=None, sou
 
     # --- sky through the telescope (2x grid)
     img2 = sky.image.copy()
+    diff2 = sky.image * geo["vig2"] if (sr and decompose) else None
     iy = np.clip(np.rint(sky.points_yx[:, 0]).astype(int), 0, img2.shape[0] - 1)
     ix = np.clip(np.rint(sky.points_yx[:, 1]).astype(int), 0, img2.shape[1] - 1)
     obs_rate = sky.points_rate * geo["vig2"][iy, ix]
@@ -476,10 +491,15 @@ def simulate_observation(rng, *, exposure=20e3, sr=True, dn=True, kind=None, sou
     dn_target = ((src1 + oot + bkg) * cov + edge * mask).astype(np.float32)
     counts = rng.poisson(dn_target.astype(np.float64) * exposure).astype(np.float32)
 
-    sr_target = None
+    sr_target = sr_diffuse = None
     if sr:
         cov2 = np.repeat(np.repeat(cov, 2, axis=0), 2, axis=1)  # mask and partial coverage
         sr_target = (half2 * geo["fov2"] * cov2).astype(np.float32)
+        if diff2 is not None:
+            # same zones and kernels, so the points' part sr_target - sr_diffuse is >= 0 up to
+            # float rounding (clipped)
+            hd = _convolve(geo, ker, diff2, True, want_full=False)[1]
+            sr_diffuse = np.minimum(hd * geo["fov2"] * cov2, sr_target).astype(np.float32)
 
     # point sources with > 40 expected counts after vignetting (none when sources=False)
     obs_counts = obs_rate * exposure
@@ -508,4 +528,4 @@ def simulate_observation(rng, *, exposure=20e3, sr=True, dn=True, kind=None, sou
     }
     return SimulatedObservation(counts=counts, exposure=float(exposure), mask=mask,
                                 dn_target=dn_target, sr_target=sr_target, bkg_rate=bkg_rate,
-                                meta=meta)
+                                meta=meta, sr_diffuse=sr_diffuse)

@@ -40,6 +40,9 @@ class Frame:
     stamps : list of (y, x, y2, x2, rate, full_kernel, half_kernel) or None
         SR frames of the instrument simulator, when targets are aligned: the point sources
         :func:`align_point_sources` may move (1x and 2x positions, observed rate, PSF stamps).
+    sr_diffuse : float32 [2H, 2W] or None
+        The extended emission's part of ``sr_target`` (decomposition target; the point sources'
+        part is the rest).
     """
 
     dn_target: np.ndarray
@@ -49,10 +52,13 @@ class Frame:
     counts: np.ndarray | None = None
     sources: list = None
     stamps: list = None
+    sr_diffuse: np.ndarray | None = None
 
 
-def toy_simulate(rng, *, exposure=20e3, sr=True, dn=True, shape=(411, 403), sources=True):
-    """Trivial stand-in for the simulator (tests): flat background plus Gaussian sources.
+def toy_simulate(rng, *, exposure=20e3, sr=True, dn=True, shape=(411, 403), sources=True,
+                 decompose=False):
+    """Trivial stand-in for the simulator (tests): flat background, one broad Gaussian blob
+    (diffuse emission) and Gaussian point sources; ``decompose`` adds ``sr_diffuse``.
 
     Returns an object with the fields of ``simulate.instrument.SimulatedObservation`` used here.
     """
@@ -69,6 +75,14 @@ def toy_simulate(rng, *, exposure=20e3, sr=True, dn=True, shape=(411, 403), sour
         sky2 += rate * np.exp(-r2 / (2 * s * s)) / (2 * np.pi * s * s)
         s = 3.0
         full2 += rate * np.exp(-r2 / (2 * s * s)) / (2 * np.pi * s * s)
+    diff2 = np.zeros_like(sky2)
+    if sources:
+        cy, cx = rng.uniform(0, 2 * ny), rng.uniform(0, 2 * nx)
+        s = 20.0
+        diff2 = (10 ** rng.uniform(-3, -1.5) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2)
+                                                      / (2 * s * s)) / (2 * np.pi * s * s))
+        sky2 += diff2
+        full2 += diff2
     bkg = 10 ** rng.uniform(-5.5, -4.5)
     src1 = full2.reshape(ny, 2, nx, 2).sum(axis=(1, 3))
     dn_target = ((src1 + bkg) * mask).astype(np.float32)
@@ -81,6 +95,7 @@ def toy_simulate(rng, *, exposure=20e3, sr=True, dn=True, shape=(411, 403), sour
     o = _Obs()
     o.counts, o.exposure, o.mask, o.dn_target = counts, float(exposure), mask, dn_target
     o.sr_target = (sky2 * mask2).astype(np.float32) if sr else None
+    o.sr_diffuse = (diff2 * mask2).astype(np.float32) if sr and decompose else None
     o.meta = {"kind": "toy"}
     return o
 
@@ -115,14 +130,18 @@ def unit_source_window(kernel, y2, x2, wy, wx, n):
     return _bin2(kernel[oy:oy + 2 * n, ox:ox + 2 * n])
 
 
-def _stamps(obs):
+def _stamps(obs, min_ratio=1.0, max_ratio=1.0):
+    """Point sources :func:`align_point_sources` may move (see ``Frame.stamps``): those whose
+    expected counts at the frame's exposure lie in ``ALIGN_COUNTS`` scaled by the ratios (crops
+    drawn at other exposures filter again)."""
     from ..simulate.instrument import source_kernels
 
     meta = getattr(obs, "meta", {})
     out = []
     for d in meta.get("sources", []):
         counts = float(d.get("counts", 0.0))
-        if "y2" not in d or d.get("piled") or not ALIGN_COUNTS[0] <= counts <= ALIGN_COUNTS[1]:
+        if "y2" not in d or d.get("piled") or counts < ALIGN_COUNTS[0] * min_ratio \
+                or counts > ALIGN_COUNTS[1] * max_ratio:
             continue
         kf, kh = source_kernels(meta, d)
         out.append((float(d["y"]), float(d["x"]), int(d["y2"]), int(d["x2"]),
@@ -152,7 +171,8 @@ def align_point_sources(target2, counts, lam, mask, origin, stamps, exposure):
     origin : (int, int)
         Frame 1x coordinates of the region's first pixel.
     stamps : list
-        ``Frame.stamps``; sources whose likelihood window does not fit in the region are left.
+        ``Frame.stamps``; sources whose likelihood window does not fit in the region, or with
+        expected counts at ``exposure`` outside ``ALIGN_COUNTS``, are left.
     exposure : float
 
     Returns
@@ -170,6 +190,8 @@ def align_point_sources(target2, counts, lam, mask, origin, stamps, exposure):
     centre = len(shifts) // 2
     delta = None
     for sy, sx, y2, x2, rate, kf, kh in stamps:
+        if not ALIGN_COUNTS[0] <= rate * exposure <= ALIGN_COUNTS[1]:
+            continue
         wy, wx = int(round(sy)) - W - y0, int(round(sx)) - W - x0
         if wy < 0 or wx < 0 or wy + n1 > h or wx + n1 > w:
             continue
@@ -198,7 +220,8 @@ def align_point_sources(target2, counts, lam, mask, origin, stamps, exposure):
     return np.maximum(target2 + delta * m2, 0.0).astype(np.float32)
 
 
-def _to_frame(obs, keep_counts=False, stamps=False):
+def _to_frame(obs, keep_counts=False, stamps=False, stamp_ratios=(1.0, 1.0)):
+    diffuse = getattr(obs, "sr_diffuse", None)
     return Frame(dn_target=np.asarray(obs.dn_target, np.float32), mask=np.asarray(obs.mask, bool),
                  exposure=float(obs.exposure),
                  sr_target=None if getattr(obs, "sr_target", None) is None
@@ -207,8 +230,9 @@ def _to_frame(obs, keep_counts=False, stamps=False):
                  sources=[(float(d["y"]), float(d["x"]),
                            float(d.get("counts", d.get("rate", 0.0) * obs.exposure)))
                           for d in getattr(obs, "meta", {}).get("sources", [])],
-                 stamps=_stamps(obs) if stamps and getattr(obs, "sr_target", None) is not None
-                 else None)
+                 stamps=_stamps(obs, *stamp_ratios)
+                 if stamps and getattr(obs, "sr_target", None) is not None else None,
+                 sr_diffuse=None if diffuse is None else np.asarray(diffuse, np.float32))
 
 
 #: Source-centred crops: sources below this many expected counts (at the input exposure) are
@@ -229,7 +253,7 @@ class FrameBuffer:
     size : int
         Number of frames kept.
     exposure : float
-        Input exposure (s).
+        Input exposure (s) when ``expo_range`` is None.
     source_crop_prob : float
         Probability that a crop is centred (within +-crop/4) on a point source of its frame:
         point sources cover few pixels, so without this the sharpening of SR and the bright
@@ -239,24 +263,34 @@ class FrameBuffer:
         fresh counts (:func:`align_point_sources`).
     faint_source_share : float
         Share of those source crops centred on a faint source (fewer than ``FAINT_COUNTS``
-        expected counts); the others go to brighter ones. Faint sources are most of the sky's
-        point sources but a tiny part of any crop's loss.
+        expected counts at the crop's exposure); the others go to brighter ones. Faint sources
+        are most of the sky's point sources but a tiny part of any crop's loss.
     empty_frame_prob : float
         Probability that a new frame is source-free (background only, ``sources=False`` of the
         simulator): without such fields the network's prior says that every background bump may
         be a faint source, and SR paints false sources in empty sky.
+    expo_range : (float, float) or None
+        Each crop's exposure (s) is drawn log-uniformly in this range and its counts are
+        ``Poisson(dn_target * T)``: the background accumulates with the exposure as the sources
+        do (flares are assumed filtered). Frames are simulated at the upper end, so that their
+        source lists reach the faintest source any crop may see.
+    decompose : bool
+        SR: keep the simulator's diffuse part of the target (``Frame.sr_diffuse``).
     """
 
     def __init__(self, simulate, rng, *, task="DN", size=48, exposure=20e3,
                  source_crop_prob=0.0, empty_frame_prob=0.0, faint_source_share=0.0,
-                 position=False, align=False):
+                 position=False, align=False, expo_range=None, decompose=False):
         self.simulate, self.rng, self.task = simulate, rng, task
         self.source_crop_prob = float(source_crop_prob)
         self.faint_source_share = float(faint_source_share)
         self.position = bool(position)
         self.align = bool(align) and task == "SR"
+        self.decompose = bool(decompose) and task == "SR"
         self.empty_frame_prob = float(empty_frame_prob)
         self.exposure = float(exposure)
+        self.expo_range = None if expo_range is None else (float(expo_range[0]),
+                                                            float(expo_range[1]))
         self.frames = []
         self.size = size
         self._next = 0
@@ -267,8 +301,14 @@ class FrameBuffer:
         kw = {}
         if self.empty_frame_prob and self.rng.random() < self.empty_frame_prob:
             kw["sources"] = False
-        return _to_frame(self.simulate(self.rng, exposure=self.exposure, sr=self.task == "SR",
-                                       dn=True, **kw), stamps=self.align)
+        if self.decompose:
+            kw["decompose"] = True
+        expo, ratios = self.exposure, (1.0, 1.0)
+        if self.expo_range is not None:
+            expo = self.expo_range[1]
+            ratios = (1.0, expo / self.expo_range[0])
+        return _to_frame(self.simulate(self.rng, exposure=expo, sr=self.task == "SR",
+                                       dn=True, **kw), stamps=self.align, stamp_ratios=ratios)
 
     def refresh(self, n=1):
         """Replace the ``n`` oldest frames by new simulations."""
@@ -276,15 +316,22 @@ class FrameBuffer:
             self.frames[self._next] = self._new()
             self._next = (self._next + 1) % self.size
 
-    def _pick_source(self, sources):
+    def _pick_source(self, sources, scale=1.0):
+        """A source to centre a crop on; ``scale`` turns the listed counts into the crop's."""
         rng = self.rng
-        faint = [s for s in sources if MIN_SOURCE_COUNTS <= s[2] < FAINT_COUNTS]
-        bright = [s for s in sources if s[2] >= FAINT_COUNTS]
+        faint = [s for s in sources if MIN_SOURCE_COUNTS <= s[2] * scale < FAINT_COUNTS]
+        bright = [s for s in sources if s[2] * scale >= FAINT_COUNTS]
         pool = bright  # share 0 is the older recipe: bright sources only
         if self.faint_source_share > 0 and faint and (
                 not bright or rng.random() < self.faint_source_share):
             pool = faint
         return pool[int(rng.integers(len(pool)))] if pool else None
+
+    def _exposure(self, f):
+        if self.expo_range is None:
+            return f.exposure
+        lo, hi = np.log(self.expo_range[0]), np.log(self.expo_range[1])
+        return float(np.exp(self.rng.uniform(lo, hi)))
 
     def sample(self, batch=8, crop=128, min_coverage=0.25):
         """A batch of crops.
@@ -297,15 +344,27 @@ class FrameBuffer:
         pos : float32 array [N, 3, crop, crop]
             Only with ``position``: the crops' position channels (``net.position_maps``).
         """
+        d = self.sample_dict(batch, crop, min_coverage)
+        out = tuple(d[k] for k in ("rate", "mask", "target", "tmask"))
+        return out + (d["pos"],) if self.position else out
+
+    def sample_dict(self, batch=8, crop=128, min_coverage=0.25):
+        """A batch of crops as a dict of float32 arrays: ``rate``, ``mask``, ``target``, ``tmask``
+        (see :meth:`sample`), ``exposure`` [N] (s), and ``pos`` (with ``position``) and
+        ``diffuse`` [N, 1, 2crop, 2crop] (SR with ``decompose``: the diffuse part of ``target``;
+        ``target - diffuse`` is the point sources' part, aligned as the target is)."""
         from .net import position_maps
 
         rng = self.rng
         s = 2 if self.task == "SR" else 1
-        rates, masks, targets, tmasks, poss = [], [], [], [], []
-        while len(rates) < batch:
+        keys = ("rate", "mask", "target", "tmask") + (("diffuse",) if self.decompose else ())
+        lists = {k: [] for k in keys}
+        poss, expos = [], []
+        while len(lists["rate"]) < batch:
             f = self.frames[int(rng.integers(len(self.frames)))]
+            T = self._exposure(f)
             ny, nx = f.mask.shape
-            src = (self._pick_source(f.sources)
+            src = (self._pick_source(f.sources, T / f.exposure)
                    if f.sources and rng.random() < self.source_crop_prob else None)
             if src is not None:
                 sy, sx = src[0], src[1]
@@ -323,35 +382,43 @@ class FrameBuffer:
                 p = ALIGN_WINDOW + 1
                 ya, xa = max(y - p, 0), max(x - p, 0)
                 yb, xb = min(y + crop + p, ny), min(x + crop + p, nx)
-                lam = f.dn_target[ya:yb, xa:xb].astype(np.float64) * f.exposure
+                lam = f.dn_target[ya:yb, xa:xb].astype(np.float64) * T
                 c_all = rng.poisson(lam).astype(np.float32)
                 t_all = align_point_sources(f.sr_target[2 * ya:2 * yb, 2 * xa:2 * xb], c_all, lam,
-                                            f.mask[ya:yb, xa:xb], (ya, xa), f.stamps, f.exposure)
+                                            f.mask[ya:yb, xa:xb], (ya, xa), f.stamps, T)
                 counts = c_all[y - ya:y - ya + crop, x - xa:x - xa + crop]
                 t = t_all[2 * (y - ya):2 * (y - ya + crop), 2 * (x - xa):2 * (x - xa + crop)]
             else:
-                lam = f.dn_target[y:y + crop, x:x + crop].astype(np.float64) * f.exposure
+                lam = f.dn_target[y:y + crop, x:x + crop].astype(np.float64) * T
                 counts = rng.poisson(lam).astype(np.float32)
                 t = (f.dn_target[y:y + crop, x:x + crop] if s == 1
                      else f.sr_target[2 * y:2 * (y + crop), 2 * x:2 * (x + crop)])
-            rate = counts / np.float32(f.exposure)
+            rate = counts / np.float32(T)
             tm = m if s == 1 else np.repeat(np.repeat(m, 2, 0), 2, 1)
+            arrs = [rate, m.astype(np.float32), t, tm.astype(np.float32)]
+            if self.decompose:
+                # alignment moves point sources only: the diffuse part stays where it is
+                td = f.sr_diffuse[2 * y:2 * (y + crop), 2 * x:2 * (x + crop)]
+                arrs.append(np.minimum(td, t))
             # Flips only: a transpose would turn the detector's column effects (out-of-time
             # streaks along DETY, partially covered columns, corner edge rows) sideways, which
             # never happens in real images.
             k = int(rng.integers(4))
-            arrs = [rate, m.astype(np.float32), t, tm.astype(np.float32)]
             if k & 1:
                 arrs = [a[::-1] for a in arrs]
             if k & 2:
                 arrs = [a[:, ::-1] for a in arrs]
-            for lst, a in zip((rates, masks, targets, tmasks), arrs):
-                lst.append(np.ascontiguousarray(a)[None])
+            for key, a in zip(keys, arrs):
+                lists[key].append(np.ascontiguousarray(a)[None])
+            expos.append(T)
             if self.position:
                 poss.append(position_maps(y, x, crop, crop, flip_y=bool(k & 1),
                                           flip_x=bool(k & 2)))
-        out = tuple(np.stack(lst).astype(np.float32) for lst in (rates, masks, targets, tmasks))
-        return out + (np.stack(poss),) if self.position else out
+        out = {k: np.stack(v).astype(np.float32) for k, v in lists.items()}
+        out["exposure"] = np.asarray(expos, np.float32)
+        if self.position:
+            out["pos"] = np.stack(poss)
+        return out
 
 
 def pad_to_multiple(a, multiple, *, scale=1):
@@ -369,21 +436,28 @@ def pad_to_multiple(a, multiple, *, scale=1):
     return np.pad(a, pad), (top, left)
 
 
-def validation_frames(simulate, *, n=24, seed=20261128, task="DN", exposure=20e3, align=False):
+def validation_frames(simulate, *, n=24, seed=20261128, task="DN", exposure=20e3, align=False,
+                      exposures=None, decompose=False):
     """Fixed simulated validation set (fixed seeds, fixed noise), never used for fitting.
 
     ``align``: SR targets with the point sources at their most likely position given the fixed
     counts (:func:`align_point_sources`), as the network is trained to predict them.
+    ``exposures``: a list of exposures (s) cycled over the frames (default: ``exposure`` for all).
+    ``decompose``: SR frames keep the diffuse part of the target (``Frame.sr_diffuse``).
     """
     out = []
     for i in range(n):
         rng = np.random.default_rng([seed, i])
-        f = _to_frame(simulate(rng, exposure=exposure, sr=task == "SR", dn=True),
+        T = exposure if not exposures else float(exposures[i % len(exposures)])
+        kw = {"decompose": True} if decompose and task == "SR" else {}
+        f = _to_frame(simulate(rng, exposure=T, sr=task == "SR", dn=True, **kw),
                       keep_counts=True, stamps=align and task == "SR")
         if f.stamps:
             f.sr_target = align_point_sources(f.sr_target, f.counts,
                                               f.dn_target.astype(np.float64) * f.exposure,
                                               f.mask, (0, 0), f.stamps, f.exposure)
             f.stamps = None
+            if f.sr_diffuse is not None:
+                f.sr_diffuse = np.minimum(f.sr_diffuse, f.sr_target)
         out.append(f)
     return out

@@ -3,6 +3,9 @@
 Graph inputs ``rate`` and ``mask`` (float32 [N, 1, H, W], counts/s per 4" pixel and 1 = detector
 pixel), one output ``rate_out`` [N, 1, sH, sW] (counts/s per output pixel; ONNX names must be
 unique, so it cannot also be called ``rate``); N, H, W dynamic (H, W multiples of the network stride).
+Recipe-2 networks also take ``exposure`` (float32 [N], s: the input's ``EXPOSURE``) and add the
+outputs ``lo68``, ``hi68`` (16th/84th percentiles of the true rate) and, for SR, ``points`` and
+``diffuse`` (summing to ``rate_out``), all [N, 1, sH, sW] in counts/s per output pixel.
 All normalisation is inside the graph. ``metadata_props`` carry task, scale, exposures, pixel
 sizes, band, version, training recipe and commit, simulator version and metrics (JSON).
 """
@@ -28,6 +31,39 @@ class _RenameOutput(torch.nn.Module):
 
     def forward(self, rate, mask):
         return self.net(rate, mask)
+
+
+class _AllOutputs(torch.nn.Module):
+    """Recipe-2 graph: inputs ``rate``, ``mask``, ``exposure`` [N] (s); outputs ``rate_out`` and
+    the network's extra maps (:func:`output_names`)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+        self.names = output_names(net)[1:]
+
+    def forward(self, rate, mask, exposure):
+        out = self.net.outputs(rate, mask, exposure=exposure)
+        return (out["rate"],) + tuple(out[n] for n in self.names)
+
+
+def output_names(net):
+    """ONNX output names of ``net``: ``rate_out`` then ``lo68``, ``hi68``, ``points``,
+    ``diffuse`` for the heads it has."""
+    names = ["rate_out"]
+    if getattr(net, "uncertainty", False):
+        names += ["lo68", "hi68"]
+    if getattr(net, "decompose", False):
+        names += ["points", "diffuse"]
+    return names
+
+
+def _inputs(net, rate, mask, exposure):
+    """Graph inputs for ``net`` as numpy arrays (``exposure`` only where the net takes it)."""
+    feed = {"rate": rate, "mask": mask}
+    if getattr(net, "exposure_input", False):
+        feed["exposure"] = np.full((rate.shape[0],), exposure, np.float32)
+    return feed
 
 
 def git_commit(repo=None) -> str:
@@ -66,13 +102,20 @@ def export_onnx(net, path, *, metadata: dict, opset=17, check=True):
     s = net.stride
     rate = torch.full((1, 1, 4 * s, 4 * s), 2e-5)
     mask = torch.ones_like(rate)
+    names = output_names(net)
+    axes = {"rate": {0: "N", 2: "H", 3: "W"}, "mask": {0: "N", 2: "H", 3: "W"}}
+    axes.update({n: {0: "N", 2: "sH", 3: "sW"} for n in names})
+    if getattr(net, "exposure_input", False):
+        module, args, inputs = _AllOutputs(net), (rate, mask, torch.full((1,), 20e3)), \
+            ["rate", "mask", "exposure"]
+        axes["exposure"] = {0: "N"}
+    else:
+        module, args, inputs = _RenameOutput(net), (rate, mask), ["rate", "mask"]
+        names = names[:1]
     with torch.no_grad():
-        torch.onnx.export(_RenameOutput(net), (rate, mask), str(tmp), dynamo=False,
-                          input_names=["rate", "mask"], output_names=["rate_out"],
-                          dynamic_axes={"rate": {0: "N", 2: "H", 3: "W"},
-                                        "mask": {0: "N", 2: "H", 3: "W"},
-                                        "rate_out": {0: "N", 2: "sH", 3: "sW"}},
-                          opset_version=opset, do_constant_folding=True)
+        torch.onnx.export(module, args, str(tmp), dynamo=False, input_names=inputs,
+                          output_names=names, dynamic_axes=axes, opset_version=opset,
+                          do_constant_folding=True)
     model = onnx.load(str(tmp))
     onnx.checker.check_model(model)
     _set_props(model, metadata)
@@ -97,15 +140,22 @@ def _check(net, path):
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     h = w = 416 if net.stride <= 416 and 416 % net.stride == 0 else 8 * net.stride
-    rate = (rng.poisson(0.5, (1, 1, h, w)) / net.exposure).astype(np.float32)
-    mask = np.ones_like(rate)
-    mask[..., :, 100:103] = 0
-    got = sess.run(None, {"rate": rate, "mask": mask})[0]
-    with torch.no_grad():
-        want = net(torch.from_numpy(rate), torch.from_numpy(mask)).numpy()
-    if got.shape != want.shape or not np.allclose(got, want, rtol=1e-3, atol=1e-9):
-        raise RuntimeError(f"ONNX export of {path} differs from torch "
-                           f"(max abs diff {np.abs(got - want).max():.3g})")
+    exposures = (10e3, 20e3, 100e3) if getattr(net, "exposure_input", False) else (net.exposure,)
+    for expo in exposures:
+        rate = (rng.poisson(0.5 * expo / 20e3, (1, 1, h, w)) / expo).astype(np.float32)
+        mask = np.ones_like(rate)
+        mask[..., :, 100:103] = 0
+        got = sess.run(None, _inputs(net, rate, mask, expo))
+        with torch.no_grad():
+            out = net.outputs(torch.from_numpy(rate), torch.from_numpy(mask),
+                              exposure=torch.tensor([expo]))
+        want = [out["rate"]] + [out[n] for n in output_names(net)[1:]
+                                if getattr(net, "exposure_input", False)]
+        for g, w_ in zip(got, want):
+            w_ = w_.numpy()
+            if g.shape != w_.shape or not np.allclose(g, w_, rtol=1e-3, atol=1e-9):
+                raise RuntimeError(f"ONNX export of {path} differs from torch at {expo:g} s "
+                                   f"(max abs diff {np.abs(g - w_).max():.3g})")
 
 
 def update_metadata(path, updates: dict):

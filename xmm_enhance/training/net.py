@@ -27,6 +27,21 @@ these are the quantities the off-axis PSF depends on, and they are smooth and fl
 (a mirror flips the sign of the third). In the exported graph they are computed from the input's
 shape for a full pn frame padded centrally (design §4.3), so the ONNX contract (inputs ``rate``
 and ``mask``) is unchanged; in training, crops pass their own maps (:func:`position_maps`).
+
+Version-2 options (issues 12 and 13), each zero-initialised so that a version-1 network loads
+into a version-2 one (:func:`xmm_enhance.training.train.load_widened`) and computes the same
+rate at 20 ks:
+
+* ``exposure_input``: the input's exposure ``T`` (s, one number per image) turns the rate into
+  counts (instead of the fixed 20 ks) and enters as one more input channel,
+  ``log10(T / 20 ks)`` (last channel), so the network knows the noise level of its input;
+* ``uncertainty``: a head predicts, for every output pixel, the 16th and 84th percentiles of the
+  true rate given the input, as ``rate * exp(-softplus(a))`` and ``rate * exp(softplus(b))``
+  (so ``lo68 <= rate <= hi68``), trained with a quantile (pinball) loss;
+* ``decompose`` (SR): a head predicts each output pixel's point-source fraction ``p``
+  (a sigmoid), and ``points = p * rate``, ``diffuse = (1 - p) * rate`` sum to the SR rate.
+
+:meth:`EnhanceNet.outputs` returns all of them as a dict; ``forward`` returns the rate only.
 """
 from __future__ import annotations
 
@@ -44,6 +59,10 @@ __all__ = ["GaussianSmooth", "UNet", "EnhanceNet", "count_parameters", "position
 
 #: Floor (counts per input pixel at the input exposure) under the log of the baselines.
 COUNT_FLOOR = 1e-3
+#: Reference exposure (s) of the exposure channel ``log10(T / EXPOSURE_REF)``.
+EXPOSURE_REF = 20e3
+#: Initial bias of the quantile head: softplus(-1.0) = 0.31, a +-30 % band (log).
+QUANTILE_INIT = -1.0
 
 #: Optical axis on the 1x pn grid (0-based row, column of pixel centres; fractional).
 AXIS_PIXEL = ((detector.OPTICAL_AXIS_DET[1] - detector.DETY_MIN) / detector.PN_BINSIZE - 0.5,
@@ -150,10 +169,18 @@ class EnhanceNet(nn.Module):
         SR only: channels of the sub-pixel refinement branch (on the 1x grid; 0: none).
     position : bool
         Add the three position channels (see the module docstring) to the input features.
+    exposure_input : bool
+        Take the exposure per image (``exposure`` argument, s) and add ``log10(T / 20 ks)`` as
+        the last input channel; ``exposure`` above is then the default and the reference.
+    uncertainty : bool
+        Add the 16th/84th-percentile head (``lo68``, ``hi68`` of :meth:`outputs`).
+    decompose : bool
+        SR only: add the point-source fraction head (``points``, ``diffuse`` of :meth:`outputs`).
     """
 
     def __init__(self, scale: int = 1, exposure: float = 20e3, channels=(16, 32, 64, 96),
-                 refine: int = 0, position: bool = False):
+                 refine: int = 0, position: bool = False, exposure_input: bool = False,
+                 uncertainty: bool = False, decompose: bool = False):
         super().__init__()
         if scale not in (1, 2):
             raise ValueError(f"scale must be 1 or 2, got {scale}")
@@ -161,11 +188,28 @@ class EnhanceNet(nn.Module):
         self.exposure = float(exposure)
         self.smooth = nn.ModuleList([GaussianSmooth(s) for s in (1.5, 4.0, 12.0)])
         self.position = bool(position)
-        self.unet = UNet(5 + (N_POSITION if self.position else 0), channels)
+        self.exposure_input = bool(exposure_input)
+        self.unet = UNet(5 + (N_POSITION if self.position else 0)
+                         + (1 if self.exposure_input else 0), channels)
         c0 = channels[0]
         self.head = nn.Conv2d(c0, scale * scale, 3, padding=1)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
+        ss = scale * scale
+        self.uncertainty = bool(uncertainty)
+        if self.uncertainty:
+            # [a (ss sub-pixels), b (ss sub-pixels)] on the 1x grid, from the features and the
+            # rate head's output; starts at a +-30 % band
+            self.qhead = nn.Sequential(nn.Conv2d(c0 + ss, 32, 3, padding=1), nn.LeakyReLU(0.1),
+                                       nn.Conv2d(32, 2 * ss, 3, padding=1))
+            nn.init.zeros_(self.qhead[-1].weight)
+            nn.init.constant_(self.qhead[-1].bias, QUANTILE_INIT)
+        self.decompose = bool(decompose) and scale == 2
+        if self.decompose:
+            self.phead = nn.Sequential(nn.Conv2d(c0 + ss, 32, 3, padding=1), nn.LeakyReLU(0.1),
+                                       nn.Conv2d(32, ss, 3, padding=1))
+            nn.init.zeros_(self.phead[-1].weight)
+            nn.init.zeros_(self.phead[-1].bias)
         self.refine = int(refine) if scale == 2 else 0
         if self.refine:
             r = self.refine
@@ -205,32 +249,69 @@ class EnhanceNet(nn.Module):
         dx = (xi - left - AXIS_PIXEL[1]) / _POS_UNIT_PX
         return torch.cat(_position_channels(dy, dx), dim=1)
 
-    def forward(self, rate, mask, pos=None):
+    def _exposure(self, rate, exposure):
+        """Exposure [N, 1, 1, 1] (s) as a tensor of ``rate``'s dtype."""
+        if exposure is None or not self.exposure_input:
+            return torch.full_like(rate[:, :1, :1, :1], self.exposure)
+        if not torch.is_tensor(exposure):
+            exposure = torch.as_tensor(exposure, dtype=rate.dtype)
+        return exposure.to(rate.dtype).reshape(-1, 1, 1, 1) * torch.ones_like(rate[:, :1, :1, :1])
+
+    def forward(self, rate, mask, pos=None, exposure=None):
         """Predicted rate [N, 1, sH, sW] (counts/s per output pixel) from rate and mask [N,1,H,W].
 
         ``pos``: position channels [N, 3, H, W] of crops (:func:`position_maps`); ``None`` means
         full frames padded centrally (:meth:`frame_position`). Ignored without ``position``.
+        ``exposure``: [N] input exposures (s); ``None``: the reference exposure. Ignored without
+        ``exposure_input``.
         """
+        return self.outputs(rate, mask, pos=pos, exposure=exposure, extra=False)["rate"]
+
+    def outputs(self, rate, mask, pos=None, exposure=None, extra=True):
+        """Dict of [N, 1, sH, sW] tensors: ``rate`` and, with ``extra`` and the matching heads,
+        ``lo68``, ``hi68`` (16th/84th percentiles), ``points`` and ``diffuse`` (SR)."""
         m = (mask > 0.5).to(rate.dtype)
-        counts = torch.clamp(rate, min=0.0) * self.exposure * m
+        T = self._exposure(rate, exposure)
+        counts = torch.clamp(rate, min=0.0) * T * m
         b1, b4, b12 = self.baselines(counts, m)
         lb1 = torch.log(b1 + COUNT_FLOOR)
-        feats = torch.cat([
+        chans = [
             (2.0 * torch.sqrt(counts + 0.375) - 1.2247) * m * 0.25,
             m,
             lb1 * 0.25,
             torch.log(b4 + COUNT_FLOOR) * 0.25,
             torch.log(b12 + COUNT_FLOOR) * 0.25,
-        ] + ([self.frame_position(rate) if pos is None else pos] if self.position else []), dim=1)
-        f = self.unet(feats)
+        ]
+        if self.position:
+            chans.append(self.frame_position(rate) if pos is None else pos)
+        if self.exposure_input:
+            chans.append(torch.log10(T / EXPOSURE_REF) * torch.ones_like(m))
+        f = self.unet(torch.cat(chans, dim=1))
         res = self.head(f)
         if self.scale == 2:
             if self.refine:
                 res = res + self.ref(torch.cat([f, res * 0.25], dim=1))
-            res = F.pixel_shuffle(res, 2)
             lb1 = F.interpolate(lb1, scale_factor=2.0, mode="nearest") - math.log(4.0)
-        logc = torch.clamp(lb1 + res, min=-25.0, max=25.0)
-        return torch.exp(logc) / self.exposure
+        logc = torch.clamp(lb1 + self._shuffle(res), min=-25.0, max=25.0)
+        out = {"rate": torch.exp(logc) / T}
+        if not extra:
+            return out
+        if self.uncertainty or self.decompose:
+            g = torch.cat([f, res * 0.25], dim=1)
+        if self.uncertainty:
+            q = self.qhead(g)
+            ss = self.scale * self.scale
+            a, b = self._shuffle(q[:, :ss]), self._shuffle(q[:, ss:])
+            out["lo68"] = torch.exp(logc - F.softplus(a)) / T
+            out["hi68"] = torch.exp(torch.clamp(logc + F.softplus(b), max=30.0)) / T
+        if self.decompose:
+            p = torch.sigmoid(self._shuffle(self.phead(g)))
+            out["points"] = out["rate"] * p
+            out["diffuse"] = out["rate"] * (1.0 - p)
+        return out
+
+    def _shuffle(self, x):
+        return F.pixel_shuffle(x, 2) if self.scale == 2 else x
 
 
 def count_parameters(model: nn.Module) -> int:

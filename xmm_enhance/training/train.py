@@ -32,7 +32,7 @@ import torch
 
 from . import data as D
 from .export import MODEL_NAMES, export_onnx, git_commit
-from .losses import dn_loss, poisson_kl, sr_loss
+from .losses import decomposition_loss, dn_loss, poisson_kl, quantile_loss, sr_loss
 from .net import EnhanceNet, count_parameters
 
 log = logging.getLogger("xmm_enhance.training")
@@ -45,9 +45,19 @@ DEFAULTS = {
     "dn_loss_exposure": 50e3, "source_crop_prob": {"DN": 0.0, "SR": 0.5},
     "sr_shape_weight": 2.0, "empty_frame_prob": {"DN": 0.0, "SR": 0.3}, "sr_refine": 32,
     "sr_position": True, "faint_source_share": {"DN": 0.0, "SR": 0.5}, "sr_align": True,
+    # recipe 2 (issues 12 and 13): exposure-aware inputs, percentile maps, SR decomposition
+    "expo_range": (5e3, 150e3), "uncertainty": True, "decompose": True,
+    "quantile_weight": 1.0, "decompose_weight": 1.0,
+    "val_exposures": (10e3, 20e3, 50e3, 100e3),
 }
 #: Recipe keys that older checkpoints lack, with the value those checkpoints were trained with.
-LEGACY = {"sr_refine": 0, "sr_position": False, "faint_source_share": 0.0, "sr_align": False}
+LEGACY = {"sr_refine": 0, "sr_position": False, "faint_source_share": 0.0, "sr_align": False,
+          "expo_range": None, "uncertainty": False, "decompose": False, "val_exposures": None}
+
+
+def recipe_version(cfg):
+    """``"2"`` for exposure-aware networks, ``"1"`` for the fixed-20 ks ones."""
+    return "2" if cfg.get("expo_range") else RECIPE_VERSION
 
 
 def recipe_string(task, cfg):
@@ -65,25 +75,42 @@ def recipe_string(task, cfg):
     align = (" Point sources (40-5000 counts) in the SR target sit at their maximum-likelihood "
              "2x pixel given each crop's counts (aligned targets)."
              if task == "SR" and cfg.get("sr_align") else "")
-    return (f"recipe v{RECIPE_VERSION}: {net} on sqrt/log-smoothed counts + mask{pos}, "
+    extra = ""
+    if cfg.get("expo_range"):
+        lo, hi = cfg["expo_range"]
+        extra += (f" Exposure input (log10(T/20 ks) channel, counts = rate x T), crops drawn "
+                  f"log-uniformly at {lo / 1e3:g}-{hi / 1e3:g} ks.")
+    if cfg.get("uncertainty"):
+        extra += (" 16th/84th-percentile head (pinball loss on sqrt counts, weight "
+                  f"{cfg.get('quantile_weight')}).")
+    if task == "SR" and cfg.get("decompose"):
+        extra += (" Point-source fraction head: points/diffuse components trained on the "
+                  f"simulator's split (deviance, weight {cfg.get('decompose_weight')}).")
+    return (f"recipe v{recipe_version(cfg)}: {net} on sqrt/log-smoothed counts + mask{pos}, "
             f"log-residual on a mask-aware sigma-1.5 smoothing; loss {loss}; AdamW lr "
             f"{cfg['lr']} cosine to {cfg['lr_min']} over {cfg['total_steps']} steps, batch "
             f"{cfg['batch']}x{cfg['crop']}^2 crops, EMA {cfg['ema']}, fresh Poisson noise per crop,"
             f" flip augmentation, source-centred crops {cfg.get('source_crop_prob')} (share on "
             f"faint 40-200 count sources {faint:g}), source-free "
             f"frames {cfg.get('empty_frame_prob')}; checkpoint chosen on {cfg['val_frames']} "
-            f"simulated validation frames.{align}")
+            f"simulated validation frames.{align}{extra}")
 
 
 def _position(task, cfg):
     return task == "SR" and bool(cfg.get("sr_position", False))
 
 
+def _decompose(task, cfg):
+    return task == "SR" and bool(cfg.get("decompose", False))
+
+
 def make_net(task, cfg):
     """The network for ``task`` (DN: scale 1, SR: scale 2)."""
     return EnhanceNet(scale=2 if task == "SR" else 1, exposure=cfg["exposure"],
                       channels=tuple(cfg["channels"]), refine=int(cfg.get("sr_refine", 0)),
-                      position=_position(task, cfg))
+                      position=_position(task, cfg), exposure_input=bool(cfg.get("expo_range")),
+                      uncertainty=bool(cfg.get("uncertainty")),
+                      decompose=task == "SR" and bool(cfg.get("decompose")))
 
 
 def load_widened(net, state, origin="checkpoint"):
@@ -117,17 +144,34 @@ def checkpoint_cfg(st):
     return {**DEFAULTS, **LEGACY, **st.get("cfg", {})}
 
 
-def predict_full(net, rate, mask):
-    """Run ``net`` on full 2-D frames (numpy), padding to its stride; returns numpy rate."""
+def predict_full(net, rate, mask, exposure=None, extra=False):
+    """Run ``net`` on full 2-D frames (numpy), padding to its stride; returns the numpy rate, or
+    with ``extra`` a dict of all the network's outputs. ``exposure``: input exposure (s)."""
     s = net.stride
     rp, (top, left) = D.pad_to_multiple(rate, s)
     mp, _ = D.pad_to_multiple(mask.astype(np.float32), s)
+    expo = None if exposure is None else torch.tensor([float(exposure)])
     with torch.no_grad():
-        out = net(torch.from_numpy(rp[None, None].astype(np.float32)),
-                  torch.from_numpy(mp[None, None].astype(np.float32)))[0, 0].numpy()
+        out = net.outputs(torch.from_numpy(rp[None, None].astype(np.float32)),
+                          torch.from_numpy(mp[None, None].astype(np.float32)), exposure=expo,
+                          extra=extra)
     k = net.scale
     h, w = rate.shape
-    return out[k * top:k * (top + h), k * left:k * (left + w)]
+    out = {n: v[0, 0].numpy()[k * top:k * (top + h), k * left:k * (left + w)]
+           for n, v in out.items()}
+    return out if extra else out["rate"]
+
+
+#: Counts (at the input exposure) by which a truth may lie outside [lo68, hi68] and still count
+#: as inside: the maps are products of positive numbers, so where the truth is exactly zero (the
+#: SR target far from any source) the lower bound can only approach it.
+COVER_TOL_COUNTS = 1e-3
+
+
+def coverage(lo, hi, truth, exposure):
+    """Boolean map: ``truth`` inside ``[lo, hi]`` within ``COVER_TOL_COUNTS / exposure``."""
+    tol = COVER_TOL_COUNTS / float(exposure)
+    return (truth >= lo - tol) & (truth <= hi + tol)
 
 
 def validate(net, frames, task, cfg):
@@ -138,14 +182,21 @@ def validate(net, frames, task, cfg):
     its noise floor; SR: at 20 ks on the 2x grid). SR adds ``val_psnr`` (sqrt stretch) and
     ``val_shape`` (summed KL / (total expected counts + 100), the shape term of the loss), and
     selects on ``val_score = val_dev + sr_shape_weight * 2 val_shape``; DN selects on ``val_dev``.
+    Recipe-2 networks also report ``val_cover`` (share of detector pixels whose truth lies in
+    [lo68, hi68]; 0.68 is calibrated) and ``val_pin`` (the pinball loss, added to the score with
+    ``quantile_weight``), and SR ``val_pt_in_diffuse`` (share of the point sources' flux in the
+    diffuse component) and ``val_dec`` (the decomposition deviance, added with
+    ``decompose_weight``).
     """
     from ..evaluation import SR_RATE_MAX, sqrt_psnr
 
     net.eval()
-    devs, psnrs, shapes = [], [], []
+    devs, psnrs, shapes, covers, pins, decs, leak = [], [], [], [], [], [], []
+    extra = bool(getattr(net, "uncertainty", False) or getattr(net, "decompose", False))
     for f in frames:
         rate = f.counts / f.exposure
-        pred = predict_full(net, rate, f.mask)
+        out = predict_full(net, rate, f.mask, exposure=f.exposure, extra=True)
+        pred = out["rate"]
         if task == "DN":
             t, m, T = f.dn_target, f.mask, cfg["dn_loss_exposure"]
         else:
@@ -155,6 +206,28 @@ def validate(net, frames, task, cfg):
         kl = poisson_kl(torch.from_numpy(lam), torch.from_numpy(pred.astype(np.float64) * T)).numpy()
         devs.append(float(2 * kl[m].mean()))
         shapes.append(float(kl[m].sum() / (lam[m].sum() + 100.0)))
+        if not extra:
+            continue
+        mt = torch.from_numpy(m[None, None].astype(np.float32))
+        tt = torch.from_numpy(t[None, None].astype(np.float32))
+        if "lo68" in out:
+            lo, hi = out["lo68"], out["hi68"]
+            covers.append(float(coverage(lo, hi, t, f.exposure)[m].mean()))
+            pins.append(float(quantile_loss(torch.from_numpy(lo[None, None]),
+                                            torch.from_numpy(hi[None, None]), tt, mt,
+                                            exposure=cfg["exposure"])))
+        if "points" in out and f.sr_diffuse is not None:
+            dt = np.minimum(f.sr_diffuse, t)
+            pt = t - dt
+            decs.append(float(decomposition_loss(
+                torch.from_numpy(out["points"][None, None]),
+                torch.from_numpy(out["diffuse"][None, None]),
+                torch.from_numpy(pt[None, None]), torch.from_numpy(dt[None, None]), mt,
+                exposure=cfg["exposure"])))
+            if pt[m].sum() > 0:
+                # share of the points' target flux the diffuse map carries where points dominate
+                where = m & (pt > dt)
+                leak.append(float(out["diffuse"][where].sum() / max(pred[where].sum(), 1e-12)))
     net.train()
     out = {"val_dev": float(np.mean(devs))}
     out["val_score"] = out["val_dev"]
@@ -162,6 +235,14 @@ def validate(net, frames, task, cfg):
         out["val_psnr"] = float(np.mean(psnrs))
         out["val_shape"] = float(np.mean(shapes))
         out["val_score"] = out["val_dev"] + cfg.get("sr_shape_weight", 0.0) * 2 * out["val_shape"]
+    if covers:
+        out["val_cover"] = float(np.mean(covers))
+        out["val_pin"] = float(np.mean(pins))
+        out["val_score"] += cfg.get("quantile_weight", 0.0) * out["val_pin"]
+    if decs:
+        out["val_dec"] = float(np.mean(decs))
+        out["val_pt_in_diffuse"] = float(np.mean(leak)) if leak else 0.0
+        out["val_score"] += cfg.get("decompose_weight", 0.0) * out["val_dec"]
     return out
 
 
@@ -198,11 +279,17 @@ def export_task(task, cfg, ckpt_dir, out_dir, *, extra_metrics=None, which="best
     if extra_metrics:
         metrics.update(extra_metrics)
     scale = net.scale
+    if cfg.get("expo_range"):
+        lo, hi = cfg["expo_range"]
+        in_expo = f"{lo / 1e3:g}-{hi / 1e3:g}"
+        dn_target = "inf (noise-free expected rate incl. background)"
+    else:
+        in_expo, dn_target = f"{cfg['exposure'] / 1e3:g}", "50"
     meta = {
-        "task": task, "scale": str(scale), "input_exposure_ks": f"{cfg['exposure'] / 1e3:g}",
-        "target_exposure_ks": "50" if task == "DN" else "inf (noise-free, background-free)",
+        "task": task, "scale": str(scale), "input_exposure_ks": in_expo,
+        "target_exposure_ks": dn_target if task == "DN" else "inf (noise-free, background-free)",
         "input_pixel_arcsec": "4", "output_pixel_arcsec": "4" if scale == 1 else "2",
-        "band_kev": "0.5-2", "version": f"{RECIPE_VERSION}.{st.get('step', 0)}",
+        "band_kev": "0.5-2", "version": f"{recipe_version(cfg)}.{st.get('step', 0)}",
         "training_recipe": recipe_string(task, cfg), "training_commit": st.get("commit", "unknown"),
         "simulator_version": st.get("sim_version", SIM_VERSION), "metrics": metrics,
         "stride": str(net.stride),
@@ -275,9 +362,12 @@ def train(task, *, out="models", ckpt_dir="models/checkpoints", minutes=None, st
                         source_crop_prob=_per_task(cfg, "source_crop_prob", task),
                         empty_frame_prob=_per_task(cfg, "empty_frame_prob", task),
                         faint_source_share=_per_task(cfg, "faint_source_share", task),
-                        position=_position(task, cfg), align=bool(cfg.get("sr_align")))
+                        position=_position(task, cfg), align=bool(cfg.get("sr_align")),
+                        expo_range=cfg.get("expo_range"), decompose=_decompose(task, cfg))
     val_frames = D.validation_frames(simulate, n=cfg["val_frames"], task=task,
-                                     exposure=cfg["exposure"], align=bool(cfg.get("sr_align")))
+                                     exposure=cfg["exposure"], align=bool(cfg.get("sr_align")),
+                                     exposures=cfg.get("val_exposures") if cfg.get("expo_range")
+                                     else None, decompose=_decompose(task, cfg))
     if step == 0:
         v0 = validate(ema, val_frames, task, cfg)
         log.info("step 0 (%s) val %s", "warm start" if init_from else "sigma-1.5 smoothing baseline",
@@ -321,14 +411,23 @@ def train(task, *, out="models", ckpt_dir="models/checkpoints", minutes=None, st
             for g in opt.param_groups:
                 g["lr"] = _lr(step, cfg)
             buf.refresh(cfg["refresh"])
-            rate, mask, target, tmask, *pos = (torch.from_numpy(a) for a in buf.sample(
-                cfg["batch"], cfg["crop"]))
-            pred = net(rate, mask, *pos)
+            b = {k: torch.from_numpy(a) for k, a in buf.sample_dict(cfg["batch"],
+                                                                    cfg["crop"]).items()}
+            target, tmask = b["target"], b["tmask"]
+            outs = net.outputs(b["rate"], b["mask"], pos=b.get("pos"), exposure=b["exposure"])
+            pred = outs["rate"]
             if task == "DN":
                 loss = lossf(pred, target, tmask, exposure=cfg["dn_loss_exposure"])
             else:
                 loss = lossf(pred, target, tmask, exposure=cfg["exposure"],
                              shape_weight=cfg.get("sr_shape_weight", 0.0))
+            if "lo68" in outs:
+                loss = loss + cfg.get("quantile_weight", 1.0) * quantile_loss(
+                    outs["lo68"], outs["hi68"], target, tmask, exposure=cfg["exposure"])
+            if "points" in outs:
+                loss = loss + cfg.get("decompose_weight", 1.0) * decomposition_loss(
+                    outs["points"], outs["diffuse"], target - b["diffuse"], b["diffuse"], tmask,
+                    exposure=cfg["exposure"])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), cfg["grad_clip"])
