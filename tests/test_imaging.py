@@ -80,6 +80,43 @@ def test_image_hdul_header():
     np.testing.assert_allclose(wl.wcs_pix2world([[1, 1]], 1), [[-18243.5, -17487.5]])
 
 
+def test_copied_cards_fit_without_truncation_warnings():
+    """A card that fits in its own file can be too long once astropy re-formats it (here a
+    compact ``'value'/comment`` card): its comment is shortened explicitly, the value kept,
+    and writing and reading the image raise no warning. HISTORY breaks at spaces."""
+    import io
+    import warnings
+
+    raw = "OBJECT  = 'NGC 1399 and the Fornax cluster core region'/Name of the observed obj"
+    assert len(raw) == 80
+    ev_hdr = fits.Header.fromstring(raw.ljust(80) + "END".ljust(80))
+    ev_hdr["DATE-OBS"] = ("2019-07-11T10:58:55", "Start Time (UTC) of exposure")
+    ev_hdr["DATE-END"] = ("2019-07-12T03:38:55.5", "End Time (UTC) of exposure")
+    ev_hdr["MJDREF"] = (50814.0, "[d] 1998-01-01T00:00:00 (TT) expressed in MJD")
+    w = skywcs.approx_sky_wcs(10.0, 20.0, 30.0)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        h = imaging.image_header(ev_hdr, binsize=80, sky_wcs_header=skywcs.wcs_to_header(w),
+                                 selection="x", exposure=1.0, gti=[[0, 1]])
+        imaging.add_history(h, "word " * 40)
+        hdul = imaging.make_image_hdul(np.zeros((2, 2), np.int32), h, [[0, 1]])
+        hdul.writeto(buf)
+        buf.seek(0)
+        with fits.open(buf) as back:
+            p = back[0].header
+            p.tostring()
+            WCS(p)
+    assert p["OBJECT"] == "NGC 1399 and the Fornax cluster core region"
+    assert p.comments["OBJECT"].startswith("Name of the")
+    assert all(v.strip() and set(v.split()) == {"word"} for v in p["HISTORY"])
+    # time keywords: MJDs of the dates as written (MJD 58675 = 2019-07-11)
+    assert p["DATEREF"] == "1998-01-01T00:00:00"
+    assert p["MJD-OBS"] == pytest.approx(58675 + (10 * 3600 + 58 * 60 + 55) / 86400, abs=1e-10)
+    assert p["MJD-END"] == pytest.approx(58676 + (3 * 3600 + 38 * 60 + 55.5) / 86400,
+                                         abs=1e-10)
+
+
 # ---- sky WCS fit ----------------------------------------------------------------------------
 
 def _fake_events(pa, ra0, dec0, n=50_000, seed=0, outliers=0):
@@ -143,6 +180,44 @@ def test_fit_uses_column_keywords_without_refx():
     a = skywcs.fit_sky_wcs_from_events(detx, dety, x, y, hdr).wcs
     b = skywcs.fit_sky_wcs_from_events(detx, dety, x, y, h).wcs
     np.testing.assert_allclose(a.wcs.crpix, b.wcs.crpix)
+
+
+def _tan_deproject(x, y, crpx, crvl, cdlt):
+    """RA/Dec (deg) of sky pixels for a TAN projection with per-axis reference pixel, value and
+    increment: the simulator's numpy TAN (``pix_to_sky``, 0.05" pixels at 25921) after mapping
+    each axis onto its grid -- independent of the code under test."""
+    u = sim.REF_PIX + (np.asarray(x, float) - crpx[0]) * cdlt[0] / -sim.DEG_PER_PIX
+    v = sim.REF_PIX + (np.asarray(y, float) - crpx[1]) * cdlt[1] / sim.DEG_PER_PIX
+    return sim.pix_to_sky(u, v, crvl[0], crvl[1])
+
+
+def test_fit_from_column_keywords_reads_each_axis_own_values():
+    """TCRVL/TCRPX/TCDLT of the X and Y columns all differ, so reading one column's keywords
+    for the other axis moves every pixel; check RA/Dec of known DET points, not only CRPIX."""
+    pa, ra0, dec0 = 33.0, 150.1, 2.2
+    crpx = (25000.5, 26800.0)
+    cdlt = (-1.2e-5, 1.5e-5)  # deg per sky pixel: different sizes on purpose
+    rng = np.random.default_rng(3)
+    n = 20_000
+    detx = rng.uniform(-15000, 12000, n)
+    dety = rng.uniform(-15000, 12000, n)
+    x0, y0 = sim._origin(pa, skywcs.BORESIGHT_DET)
+    x, y = sim.det_to_sky_pix(detx, dety, pa, x0 - 921.0, y0 + 879.0)
+    h = fits.Header()
+    for i, name in enumerate(("TIME", "DETX", "DETY", "X", "Y"), start=1):
+        h[f"TTYPE{i}"] = name
+    for i, crp, crv, cdl in ((4, crpx[0], ra0, cdlt[0]), (5, crpx[1], dec0, cdlt[1])):
+        h[f"TCRPX{i}"], h[f"TCRVL{i}"], h[f"TCDLT{i}"] = crp, crv, cdl
+    fit = skywcs.fit_sky_wcs_from_events(detx, dety, x, y, h)
+    assert fit.method == "EVENTFIT"
+    np.testing.assert_allclose(fit.wcs.wcs.crval, [ra0, dec0])
+    tx = np.array([-12000.0, 0.0, 5000.0, 11000.0])
+    ty = np.array([9000.0, 0.0, -14000.0, 3000.0])
+    ra, dec = _tan_deproject(*sim.det_to_sky_pix(tx, ty, pa, x0 - 921.0, y0 + 879.0), crpx,
+                             (ra0, dec0), cdlt)
+    px, py = imaging.det_pixel(tx, ty, 80)
+    wra, wdec = fit.wcs.wcs_pix2world(px, py, 1)
+    assert _sep_arcsec(ra, dec, wra, wdec).max() < 0.01
 
 
 def _sep_arcsec(ra1, dec1, ra2, dec2):

@@ -5,9 +5,16 @@ for, the image is the histogram of the selected events, every point source lands
 RA/Dec through the image WCS, and bad input gives one line and the right exit code with nothing
 left half-written.
 """
+import contextlib
+import errno
+import gzip
+import io
+import logging
 import shutil
 import subprocess
 import sys
+import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -178,15 +185,41 @@ def test_all_good_time_with_expo_le_zero(sim_default, tmp_path):
     assert gti.total(gti.intersect(res.gti, [[f0, f1]])) == 0
 
 
-def test_expo_longer_than_good_time_keeps_all_with_a_warning(sim_default, tmp_path, capsys):
+@pytest.mark.parametrize("request_ks", [100.0, 55.0])  # far beyond, and within 15 % of it
+def test_expo_longer_than_good_time_keeps_all_under_the_full_name(sim_default, tmp_path,
+                                                                   capsys, request_ks):
+    """The file never claims more exposure than it holds (issue 14 item 7): all good time is
+    kept, the name is the all-good-time one, the header says what was asked and kept, and one
+    warning line gives both numbers."""
     code = main([OBSID, "--pps_dir", str(sim_default.folder), "--save_dir", str(tmp_path),
-                 "--expo_time", "100", "-q"])
+                 "--expo_time", f"{request_ks:g}", "-q"])
     assert code == 0
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "warning" in err[0] and "keeping all" in err[0]
-    h = fits.getheader(tmp_path / "pn_cleaned_100.0ks_detxy_500_2000_80.fits")
-    assert h["EXPOSURE"] < 100e3 and h["EXPOSURE"] == pytest.approx(h["GOODTIME"])
-    assert h["EXPREQ"] == 100e3
+    captured = capsys.readouterr()
+    assert captured.out == ""  # -q: warnings and errors only
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "pn_cleaned_full_detxy_500_2000_80.fits"]
+    path = tmp_path / "pn_cleaned_full_detxy_500_2000_80.fits"
+    h = fits.getheader(path)
+    kept = np.column_stack([fits.getdata(path, "STDGTI")[c] for c in ("START", "STOP")])
+    have = float(np.sum(kept[:, 1] - kept[:, 0]))
+    want = float(np.sum(sim_default.good_gti[:, 1] - sim_default.good_gti[:, 0]))
+    # all the simulator's good time (less a few 10 s FBKTSR bins the noisy curve may lose)
+    assert want - 300 <= have <= want + 1e-6 < request_ks * 1e3
+    assert h["EXPOSURE"] == pytest.approx(have, abs=1e-6)
+    assert h["EXPREQ"] == request_ks * 1e3 and h["GOODTIME"] == pytest.approx(have, abs=1e-6)
+    assert any("requested" in str(v) for v in h["HISTORY"])
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and "warning" in err[0], err
+    assert f"requested {request_ks:g} ks" in err[0] and f"{have / 1e3:.2f} ks" in err[0]
+    assert path.name in err[0]
+
+
+def test_expo_within_the_good_time_keeps_its_name(sim_default, tmp_path, capsys):
+    res = make_image(OBSID, pps_dir=sim_default.folder, save_dir=tmp_path, expo_time_ks=50,
+                     backend="native")
+    assert res.path.name == "pn_cleaned_50.0ks_detxy_500_2000_80.fits"
+    h = fits.getheader(res.path)
+    assert h["EXPOSURE"] == pytest.approx(50e3, abs=1e-6) and h["EXPREQ"] == 50e3
 
 
 def test_binsize_160_is_2x2_sum_of_80(sim_default, tmp_path):
@@ -373,3 +406,257 @@ def test_sas_backend_gives_the_same_image(sim_default, tmp_path):
     ha, hb = fits.getheader(a.path), fits.getheader(b.path)
     for k in ("EXPOSURE", "CRPIX1", "CRPIX2", "CD1_1", "CD2_2", "CRVAL1L", "LTV1"):
         assert ha[k] == pytest.approx(hb[k])
+
+
+# ---- the sub-GTI choice end to end, on an observation whose good time is known -------------
+
+# write_pps defaults: TSTART, a 60 ks exposure, a telemetry gap at 12.0-12.3 ks (absent from the
+# event list's GTIs, NaN in FBKTSR) and a flare at 30-36 ks. Each CCD's GTIs are the exposure's
+# narrowed by (ccd - 1) x 0.5 ms at both ends, so their intersection is narrowed by 5.5 ms.
+T0 = 6.7923e8
+EDGE = 11 * 0.0005
+FLCUT = 10.0  # count/s: far above the quiescent 2 count/s, far below the flare's 30 count/s
+GOOD = [(EDGE, 12000 - EDGE), (12300 + EDGE, 30000.0), (36000.0, 60000 - EDGE)]
+
+
+@pytest.fixture(scope="module")
+def known(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("known") / OBSID / "pps"
+    truth = sim.write_pps(folder, OBSID, n_events=60_000, flcutthr=FLCUT, seed=21)
+    # the threshold splits the light curve cleanly: flare bins above, all others below
+    d = fits.getdata(truth.fbktsr, "RATE")
+    rel = d["TIME"] - T0
+    flare = (rel >= 30000) & (rel < 36000)
+    finite = np.isfinite(d["RATE"])
+    assert (d["RATE"][flare] > FLCUT).all() and (d["RATE"][~flare & finite] <= FLCUT).all()
+    assert truth.tstart == T0
+    np.testing.assert_allclose(truth.good_gti - T0, GOOD, atol=1e-6)
+    return truth
+
+
+def _events_in(path, ranges, low=500, high=2000):
+    """Selected events of the list inside the given [start, stop) ranges (s from T0)."""
+    d = fits.getdata(path, "EVENTS")
+    t = d["TIME"] - T0
+    inside = np.zeros(len(d), bool)
+    for a, b in ranges:
+        inside |= (t >= a) & (t < b)
+    m = (d["FLAG"] == 0) & (d["PATTERN"] <= 4) & (d["PI"] >= low) & (d["PI"] <= high) & inside
+    return d[m]
+
+
+@pytest.mark.parametrize("expo_ks,name,ranges", [
+    # the longest interval (36-60 ks) holds 20 ks: its first 20 ks
+    (20, "20.0ks", [(36000.0, 56000.0)]),
+    # it does not hold 30 ks: all of it, then the next longest cut to the rest
+    (30, "30.0ks", [(12300 + EDGE, 18300 + 2 * EDGE), (36000.0, 60000 - EDGE)]),
+    (0, "full", GOOD),
+    (60, "full", GOOD),  # more than there is: all good time
+])
+def test_sub_gti_choice_end_to_end(known, tmp_path, expo_ks, name, ranges):
+    short = expo_ks * 1e3 > sum(b - a for a, b in GOOD)
+    with pytest.warns(gti.ExposureWarning) if short else contextlib.nullcontext():
+        res = make_image(OBSID, pps_dir=known.folder, save_dir=tmp_path,
+                         expo_time_ks=expo_ks, backend="native")
+    assert res.path == tmp_path / f"pn_cleaned_{name}_detxy_500_2000_80.fits"
+    h = fits.getheader(res.path)
+    st = fits.getdata(res.path, "STDGTI")
+    np.testing.assert_allclose(np.column_stack([st["START"], st["STOP"]]) - T0, ranges,
+                               atol=1e-5)
+    length = sum(b - a for a, b in ranges)
+    assert h["EXPOSURE"] == pytest.approx(length, abs=1e-5)
+    assert h["EXPREQ"] == expo_ks * 1e3
+    assert h["GOODTIME"] == pytest.approx(sum(b - a for a, b in GOOD), abs=1e-5)
+    # exactly the events of those time ranges were binned, on the DET grid of the header
+    d = _events_in(known.events, ranges)
+    ex = h["CRVAL1L"] - h["CDELT1L"] / 2 + h["CDELT1L"] * np.arange(h["NAXIS1"] + 1)
+    ey = h["CRVAL2L"] - h["CDELT2L"] / 2 + h["CDELT2L"] * np.arange(h["NAXIS2"] + 1)
+    ref, _, _ = np.histogram2d(d["DETY"], d["DETX"], bins=[ey, ex])
+    np.testing.assert_array_equal(fits.getdata(res.path), ref.astype(np.int32))
+    assert len(d) > 1000
+
+
+def test_image_header_opens_without_warnings(default_run):
+    """WCS readers find DATEREF/MJD-OBS/MJD-END written (no astropy 'datfix' note) and every
+    card formats within 80 characters."""
+    from astropy.time import Time
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with fits.open(default_run, checksum=True) as hdul:
+            h = hdul[0].header
+            hdul[0].data, hdul[1].data
+            WCS(h)
+            WCS(h, key="L")
+            h.tostring()
+            hdul[1].header.tostring()
+    assert h["DATEREF"] == "1998-01-01T00:00:00"  # MJDREF 50814 = 1998-01-01
+    assert h["MJDREF"] == 50814.0
+    for date, mjd in (("DATE-OBS", "MJD-OBS"), ("DATE-END", "MJD-END")):
+        assert h[mjd] == pytest.approx(Time(h[date], format="isot", scale="tt").mjd, abs=1e-9)
+    assert all(len(str(v)) <= 72 for v in h["HISTORY"])
+
+
+# ---- run-time failures and fall-backs on broken PPS folders ---------------------------------
+
+def _rewrite_events(path, edit):
+    """Rewrite a gzipped event list after ``edit(hdul) -> hdul``."""
+    with fits.open(path) as hdul:
+        new = edit(fits.HDUList([h.copy() for h in hdul]))
+        buf = io.BytesIO()
+        new.writeto(buf)
+    path.write_bytes(gzip.compress(buf.getvalue(), compresslevel=1))
+
+
+def test_no_good_time_after_the_flare_filter(tmp_path, capsys):
+    truth = sim.write_pps(tmp_path / "pps", OBSID, n_events=20_000, flcutthr=0.01, seed=4)
+    code, err = _run_bad([OBSID, "--pps_dir", str(truth.folder)], truth.folder, capsys)
+    assert code == 1 and len(err) == 1, err
+    assert truth.events.name in err[0] and "no good time" in err[0]
+    assert "choose another observation" in err[0]
+
+
+def test_event_list_without_sky_keywords(known, tmp_path, capsys):
+    folder = _copy(known.folder, tmp_path / "pps")
+    ev = folder / known.events.name
+    # blank the sky cards in the file's bytes (astropy would write the columns' TC* back)
+    raw = bytearray(gzip.decompress(ev.read_bytes()))
+    sky = (b"REFX", b"REFY", b"TCRVL", b"TCRPX", b"TCDLT", b"TCTYP", b"TCUNI")
+    end_of_events = raw.index(b"EXTNAME = 'EVENTS")
+    end_of_events = raw.index(b"END" + b" " * 77, end_of_events)
+    for i in range(0, end_of_events, 80):
+        if raw[i:i + 8].startswith(sky):
+            raw[i:i + 80] = b" " * 80
+    ev.write_bytes(gzip.compress(bytes(raw), compresslevel=1))
+    h = fits.getheader(ev, "EVENTS")
+    assert "REFXCRVL" not in h and not any(k.startswith("TCRVL") for k in h)
+    code, err = _run_bad([OBSID, "--pps_dir", str(folder)], folder, capsys)
+    assert code == 1 and len(err) == 1, err
+    assert ev.name in err[0] and "sky" in err[0] and "download the PPS again" in err[0]
+
+
+def test_event_list_without_ccd_gti_tables_uses_tstart_tstop(known, tmp_path, capsys):
+    folder = _copy(known.folder, tmp_path / "pps")
+    ev = folder / known.events.name
+    _rewrite_events(ev, lambda hdul: fits.HDUList([hdul[0], hdul["EVENTS"]]))
+    assert [h.name for h in fits.open(ev)] == ["PRIMARY", "EVENTS"]
+    assert main([OBSID, "--pps_dir", str(folder), "--expo_time", "0", "-q"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no STDGTInn" in err[0] and ev.name in err[0], err
+    # good time = FBKTSR bins at or below the threshold within TSTART-TSTOP: the gap and the
+    # flare are out, the CCDs' 5.5 ms edges are not
+    h = fits.getheader(folder / "pn_cleaned_full_detxy_500_2000_80.fits")
+    assert h["EXPOSURE"] == pytest.approx(12000 + 17700 + 24000, abs=1e-5)
+
+
+def test_too_few_events_for_the_wcs_fit_falls_back_to_the_pointing(known, tmp_path, capsys):
+    """A band with a handful of events: the DET->sky fit needs >= 10, so the approximate
+    pointing WCS is used, with one warning line and WCSMETH = 'PNT' in the header."""
+    lo, hi = 11990, 11999  # particle events, log-uniform in PI; 12000 is a clipping pile
+    d = fits.getdata(known.events, "EVENTS")
+    n = int(((d["FLAG"] == 0) & (d["PATTERN"] <= 4) & (d["PI"] >= lo) & (d["PI"] <= hi)).sum())
+    assert 0 < n < 10
+    code = main([OBSID, "--pps_dir", str(known.folder), "--save_dir", str(tmp_path),
+                 "--low_pi", str(lo), "--high_pi", str(hi), "--expo_time", "0", "-q"])
+    assert code == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "too few events" in err[0] and "RA_PNT" in err[0], err
+    h = fits.getheader(tmp_path / f"pn_cleaned_full_detxy_{lo}_{hi}_80.fits")
+    assert h["WCSMETH"] == "PNT" and "approximate" in h.comments["WCSMETH"]
+    assert (h["CRVAL1"], h["CRVAL2"]) == (known.ra_pnt, known.dec_pnt)
+    cd = np.array([[h["CD1_1"], h["CD1_2"]], [h["CD2_1"], h["CD2_2"]]])
+    assert np.sqrt(abs(np.linalg.det(cd))) * 3600 == pytest.approx(4.0)
+
+
+def test_write_error_is_one_line_and_leaves_nothing(known, tmp_path, capsys, monkeypatch):
+    def full_disk(self, fileobj, *args, **kwargs):  # part of a file, then the disk is full
+        part = b"SIMPLE  =                    T" + b" " * 2000
+        if hasattr(fileobj, "write"):
+            fileobj.write(part)
+        else:
+            with open(fileobj, "wb") as fh:
+                fh.write(part)
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(fits.HDUList, "writeto", full_disk)
+    out = tmp_path / "out"
+    out.mkdir()
+    code = main([OBSID, "--pps_dir", str(known.folder), "--save_dir", str(out), "-q"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1, err
+    assert str(out / DEFAULT_NAME) in err[0] and "No space left" in err[0]
+    assert "free disk space" in err[0]
+    assert list(out.iterdir()) == []
+
+
+def test_save_dir_is_made_on_success_only(known, tmp_path, capsys):
+    out = tmp_path / "a" / "b"
+    assert main([OBSID, "--pps_dir", str(known.folder), "--save_dir", str(out), "-q",
+                 "--expo_time", "5"]) == 0
+    assert (out / "pn_cleaned_5.0ks_detxy_500_2000_80.fits").is_file()
+    broken = _copy(known.folder, tmp_path / "pps")
+    next(broken.glob("*FBKTSR*")).unlink()
+    assert main([OBSID, "--pps_dir", str(broken), "--save_dir", str(tmp_path / "c" / "d"),
+                 "-q"]) == 1
+    assert not (tmp_path / "c").exists()
+    capsys.readouterr()
+
+
+# ---- the batch engine finds an all-good-time image again -------------------------------------
+
+@pytest.fixture
+def restore_logging():
+    """The batch CLI configures logging; put it back for the tests that follow."""
+    pkg, root = logging.getLogger("xmm_enhance"), logging.getLogger()
+    saved = (pkg.handlers[:], pkg.level, pkg.propagate, root.handlers[:], root.level,
+             warnings.showwarning)
+    yield
+    for lg, handlers in ((pkg, saved[0]), (root, saved[3])):
+        for h in lg.handlers[:]:
+            if h not in handlers:
+                lg.removeHandler(h)
+        for h in handlers:
+            if h not in lg.handlers:
+                lg.addHandler(h)
+    pkg.setLevel(saved[1])
+    pkg.propagate = saved[2]
+    root.setLevel(saved[4])
+    warnings.showwarning = saved[5]
+
+
+def test_batch_rerun_skips_an_all_good_time_image(known, tmp_path):
+    from xmm_enhance import batch
+
+    root = known.folder.parent.parent  # <root>/<OBS_ID>/pps
+    cfg = batch.BatchConfig(save_dir=tmp_path, pps_root=root, expo_time_ks=100, which=(),
+                            backend="native")
+    full = tmp_path / OBSID / "pn_cleaned_full_detxy_500_2000_80.fits"
+    first = batch.process_observation(OBSID, cfg)
+    assert first.status == "done" and "image:ran" in first.steps, first
+    assert Path(first.image) == full and full.is_file()
+    assert not (tmp_path / OBSID / "pn_cleaned_100.0ks_detxy_500_2000_80.fits").exists()
+    assert first.exposure_s == pytest.approx(sum(b - a for a, b in GOOD), abs=1e-5)
+    stamp = full.stat().st_mtime_ns
+    for expo in (100, 0, 54):  # any request the good time cannot fill is this file
+        again = batch.process_observation(OBSID, replace(cfg, expo_time_ks=expo))
+        assert again.status == "done" and "image:skipped" in again.steps, (expo, again)
+        assert Path(again.image) == full
+        assert batch.observation_state(OBSID, replace(cfg, expo_time_ks=expo))["image"] \
+            == "skip"
+    assert full.stat().st_mtime_ns == stamp
+    # a request the good time can fill is another image
+    cut = batch.process_observation(OBSID, replace(cfg, expo_time_ks=20))
+    assert "image:ran" in cut.steps
+    assert Path(cut.image).name == "pn_cleaned_20.0ks_detxy_500_2000_80.fits"
+
+
+def test_batch_cli_passes_expo_time_0_through(known, tmp_path, restore_logging, capsys):
+    from xmm_enhance.cli.main import main as xmm_enhance
+
+    root = known.folder.parent.parent
+    code = xmm_enhance(["batch", OBSID, "--pps_dir", str(root), "--save_dir", str(tmp_path),
+                        "--which", "none", "--expo_time", "0", "--backend", "native", "-q"])
+    assert code == 0, capsys.readouterr().err
+    h = fits.getheader(tmp_path / OBSID / "pn_cleaned_full_detxy_500_2000_80.fits")
+    assert h["EXPREQ"] == 0
+    assert h["EXPOSURE"] == pytest.approx(sum(b - a for a, b in GOOD), abs=1e-5)
+    assert not list((tmp_path / OBSID).glob("pn_cleaned_20.0ks*"))

@@ -426,11 +426,12 @@ def _local_pps(cfg: BatchConfig, obsid: str) -> Path:
 
 
 def _image_path(cfg: BatchConfig, obsid: str) -> Path:
-    """Where the image maker writes the image of ``obsid`` with ``cfg``'s options."""
-    from .pipeline import output_name
+    """Where the image maker writes (or wrote) the image of ``obsid`` with ``cfg``'s options:
+    the all-good-time file when the observation has less good time than ``--expo_time``."""
+    from .pipeline import find_image
 
-    return _obs_dir(cfg, obsid) / output_name(cfg.expo_time_ks, cfg.low_pi, cfg.high_pi,
-                                              cfg.binsize)
+    return find_image(_obs_dir(cfg, obsid), cfg.expo_time_ks, cfg.low_pi, cfg.high_pi,
+                      cfg.binsize)
 
 
 def _pred_outputs(image: Path, which: str, png: bool) -> list[Path]:
@@ -706,12 +707,10 @@ def _run_steps(obsid: str, cfg: BatchConfig, res: ObsResult) -> None:
         t = time.perf_counter()
         made = make_image(obsid, low_pi=cfg.low_pi, high_pi=cfg.high_pi,
                           expo_time_ks=cfg.expo_time_ks, binsize=cfg.binsize,
-                          save_dir=cfg.save_dir, pps_dir=pps, backend=cfg.backend,
-                          overwrite=True, credentials_file=cfg.credentials_file, output=image)
+                          save_dir=_obs_dir(cfg, obsid), pps_dir=pps, backend=cfg.backend,
+                          overwrite=True, credentials_file=cfg.credentials_file)
         res.image_s = round(time.perf_counter() - t, 3)
-        if Path(made.path) != image:
-            log.warning("OBS_ID %s: the image maker wrote %s, expected %s", obsid, made.path,
-                        image)
+        if Path(made.path) != image:  # less good time than --expo_time: the all-good-time name
             image = Path(made.path)
             res.image = str(image)
         ok, why = fits_is_valid(image)

@@ -25,14 +25,15 @@ Header of the image (primary HDU, int32 counts, ``BUNIT = 'count'``):
 from __future__ import annotations
 
 import datetime as _dt
+import textwrap
 
 import numpy as np
 from astropy.io import fits
 
-from . import __version__, detector
+from . import __version__, detector, skywcs
 
-__all__ = ["bin_det", "det_index", "det_pixel", "shape_for", "det_wcs_header", "image_header", "gti_hdu", "make_image_hdul",
-           "OBS_KEYWORDS"]
+__all__ = ["bin_det", "det_index", "det_pixel", "shape_for", "det_wcs_header", "image_header",
+           "gti_hdu", "make_image_hdul", "add_history", "fit_comment", "OBS_KEYWORDS"]
 
 #: Keywords copied from the event list (EVENTS header first, then the primary header).
 OBS_KEYWORDS = (
@@ -119,12 +120,34 @@ def det_wcs_header(binsize: float = detector.PN_BINSIZE) -> fits.Header:
     return h
 
 
+def fit_comment(key: str, value, comment: str) -> str:
+    """``comment`` shortened so that the card fits in 80 characters (no truncation warning).
+
+    A card copied from another file can be too long once re-formatted (a long string value
+    written without padding, a value wider than astropy's 20-character field); its comment is
+    then cut here, explicitly, instead of by astropy with a ``VerifyWarning``.
+    """
+    image = fits.Card(key, value).image
+    if len(image) > 80:  # long string: CONTINUE cards carry the comment too
+        return comment
+    room = 80 - len(image.rstrip()) - 3  # " / "
+    return comment[:room] if room > 0 else ""
+
+
 def _copy_obs_keywords(dst: fits.Header, *srcs) -> None:
     for key in OBS_KEYWORDS:
         for src in srcs:
             if src is not None and key in src:
-                dst[key] = (src[key], src.comments[key])
+                value = src[key]
+                dst[key] = (value, fit_comment(key, value, src.comments[key]))
                 break
+
+
+def add_history(header: fits.Header, text: str, width: int = 72) -> None:
+    """Add ``text`` as HISTORY cards broken at spaces (astropy breaks them mid-word)."""
+    for line in textwrap.wrap(str(text), width=width, break_long_words=True,
+                              break_on_hyphens=False) or [""]:
+        header.add_history(line)
 
 
 def image_header(events_header: fits.Header, *, binsize: float, sky_wcs_header: fits.Header,
@@ -150,6 +173,9 @@ def image_header(events_header: fits.Header, *, binsize: float, sky_wcs_header: 
     """
     h = fits.Header()
     _copy_obs_keywords(h, events_header, primary_header)
+    # DATEREF / MJD-OBS / MJD-END from MJDREF and DATE-OBS/-END, so that WCS readers need not
+    # derive them (astropy's 'datfix' warning)
+    h.update(skywcs.time_keywords(h))
     h["CREATOR"] = (f"xmm-enhance {__version__}", "software that made this image")
     h["DATE"] = (_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"),
                  "file creation date (UTC)")
@@ -205,9 +231,11 @@ def make_image_hdul(image: np.ndarray, header: fits.Header, gti, *,
     for card in header.cards:
         if card.keyword in ("SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "EXTEND"):
             continue
-        if card.keyword in ("HISTORY", "COMMENT"):
-            prim.header.add_history(card.value) if card.keyword == "HISTORY" \
-                else prim.header.add_comment(card.value)
+        if card.keyword == "HISTORY":
+            add_history(prim.header, card.value)
+            continue
+        if card.keyword == "COMMENT":
+            prim.header.add_comment(card.value)
             continue
         prim.header[card.keyword] = (card.value, card.comment)
     return fits.HDUList([prim, gti_hdu(gti, header_extra=gti_extra)])

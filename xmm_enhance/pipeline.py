@@ -10,9 +10,11 @@ the PPS files (``pn_cleaned_20.0ks_detxy_500_2000_80.fits``), or into ``save_dir
 ``pps_dir`` and ``save_dir`` are given.
 
 ``EXPOSURE`` in the image is the kept good time in seconds, the summed length of its ``STDGTI``
-extension (see :mod:`xmm_enhance.imaging`). When less good time exists than ``expo_time_ks``
-asks for, all of it is kept (an :class:`~xmm_enhance.gti.ExposureWarning` beyond the 15 %
-tolerance) and ``EXPOSURE`` says how much there was; ``EXPREQ`` records the request.
+extension (see :mod:`xmm_enhance.imaging`); ``EXPREQ`` records the request (s, <= 0: all).
+When less good time exists than ``expo_time_ks`` asks for, all of it is kept, one
+:class:`~xmm_enhance.gti.ExposureWarning` says so (requested vs kept) and the file gets the name
+of an all-good-time image (``pn_cleaned_full_...``, as for ``expo_time_ks <= 0``): a name never
+promises more exposure than the file holds. :func:`find_image` finds such a file again.
 """
 from __future__ import annotations
 
@@ -28,7 +30,8 @@ from . import detector, events, gti, imaging, skywcs
 from .errors import InputError, OutputError, PPSError, UsageError
 from .fitsio import atomic_write_hdul, check_writable_dir
 
-__all__ = ["ImageResult", "make_image", "output_name", "resolve_backend", "BACKENDS"]
+__all__ = ["ImageResult", "make_image", "output_name", "find_image", "resolve_backend",
+           "BACKENDS"]
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +85,41 @@ def _fmt_bin(binsize) -> str:
 
 
 def output_name(expo_time_ks: float, low_pi: int, high_pi: int, binsize) -> str:
-    """``pn_cleaned_{expo:.1f}ks_detxy_{low}_{high}_{binsize}.fits`` (``full`` for expo <= 0)."""
+    """``pn_cleaned_{expo:.1f}ks_detxy_{low}_{high}_{binsize}.fits`` (``full`` for expo <= 0).
+
+    This is the name of an image that holds the requested exposure. When the observation has
+    less good time than requested, :func:`make_image` keeps all of it and uses the ``full``
+    name instead (see :func:`find_image`).
+    """
     expo = f"{expo_time_ks:.1f}ks" if expo_time_ks and expo_time_ks > 0 else "full"
     return f"pn_cleaned_{expo}_detxy_{low_pi}_{high_pi}_{_fmt_bin(binsize)}.fits"
+
+
+def find_image(folder, expo_time_ks: float, low_pi: int, high_pi: int, binsize) -> Path:
+    """Path of the image :func:`make_image` makes (or made) in ``folder`` for these options.
+
+    ``folder / output_name(expo_time_ks, ...)``, except when that file does not exist, the
+    all-good-time file ``folder / output_name(0, ...)`` does, and its good time (``GOODTIME``,
+    else ``EXPOSURE``) is shorter than ``expo_time_ks``: a request for more exposure than the
+    observation has gives exactly that file, so it is returned (reruns find it, e.g. the batch
+    engine skipping finished work). The file is not validated here.
+    """
+    folder = Path(folder)
+    wanted = folder / output_name(expo_time_ks, low_pi, high_pi, binsize)
+    if not (expo_time_ks and expo_time_ks > 0) or wanted.exists():
+        return wanted
+    full = folder / output_name(0, low_pi, high_pi, binsize)
+    if full.is_file():
+        from astropy.io import fits
+
+        try:
+            h = fits.getheader(full)
+            have = float(h.get("GOODTIME", h["EXPOSURE"]))
+        except (OSError, KeyError, TypeError, ValueError):
+            return wanted
+        if have < float(expo_time_ks) * 1e3:
+            return full
+    return wanted
 
 
 def resolve_backend(backend: str) -> str:
@@ -117,6 +152,35 @@ def _check_args(low_pi, high_pi, binsize, expo_time_ks):
         raise UsageError(f"--expo_time {expo_time_ks}: must be a number of ks (<= 0: all)")
 
 
+def _keep(good, expo_s: float):
+    """The kept GTIs: all of ``good`` when ``expo_s <= 0`` or longer than the good time (the
+    caller warns), else :func:`gti.sub_gti`."""
+    if expo_s <= 0 or gti.total(good) < expo_s:
+        return gti.as_gti(good)
+    return gti.sub_gti(good, expo_s)
+
+
+def _one_line(err) -> str:
+    text = str(err).strip().splitlines()
+    return (text[0] if text else type(err).__name__)[:160]
+
+
+def _check_out_dir(folder: Path) -> None:
+    """The output folder exists and is writable, or can be made (``mkdir -p`` at write time,
+    so a failed run leaves no empty folder behind)."""
+    folder = Path(folder)
+    if folder.is_dir():
+        check_writable_dir(folder)
+        return
+    parent = folder
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputError(f"{folder}: cannot create the output folder ({parent} is not a "
+                          "folder); choose another --save_dir")
+    check_writable_dir(parent)
+
+
 # --------------------------------------------------------------------------------------------
 
 def make_image(obsid: str, *, low_pi: int = 500, high_pi: int = 2000,
@@ -132,12 +196,14 @@ def make_image(obsid: str, *, low_pi: int = 500, high_pi: int = 2000,
     low_pi, high_pi : int
         Inclusive PI band in eV (``PI in [low_pi:high_pi]``).
     expo_time_ks : float
-        Exposure to keep, ks; ``<= 0`` keeps all good time.
+        Exposure to keep, ks; ``<= 0`` keeps all good time. More than the observation's good
+        time also keeps all of it, with an :class:`~xmm_enhance.gti.ExposureWarning`, in the
+        file an all-good-time request makes (``pn_cleaned_full_...``).
     binsize : float
         Pixel size in DET units (0.05"); 80 = 4".
     save_dir : path-like, optional
         Download folder (PPS in ``<save_dir>/<obsid>/pps``; default the current folder); with
-        ``pps_dir``, the output folder.
+        ``pps_dir``, the output folder (created if missing).
     pps_dir : path-like, optional
         Use these PPS files instead of downloading.
     backend : {'auto', 'native', 'sas'}
@@ -149,7 +215,8 @@ def make_image(obsid: str, *, low_pi: int = 500, high_pi: int = 2000,
     credentials_file : path-like, optional
         Passed to astroquery for proprietary data.
     output : path-like, optional
-        Explicit output file name (overrides the default name and folder).
+        Explicit output file name (overrides the default name and folder, and is used as
+        given even when less good time than requested exists).
 
     Returns
     -------
@@ -186,11 +253,17 @@ def make_image(obsid: str, *, low_pi: int = 500, high_pi: int = 2000,
             raise PPSError(f"{pps_folder}: --pps_dir does not exist; pass the folder that "
                            "holds the P<OBSID>... PPS files")
         out_dir = Path(save_dir) if save_dir is not None else pps_folder
-    out_path = Path(output) if output is not None else \
-        out_dir / output_name(expo_time_ks, low_pi, high_pi, binsize)
+
+    def name_for(expo_ks):
+        return Path(output) if output is not None else \
+            out_dir / output_name(expo_ks, low_pi, high_pi, binsize)
+
+    # the name holds the request unless the good time is shorter (known after reading the
+    # events): fail early for the likely name, check again once the name is final
+    out_path = name_for(expo_time_ks)
     if out_path.exists() and not overwrite:
         raise OutputError(f"{out_path}: exists; pass --overwrite to replace it")
-    check_writable_dir(out_path.parent)
+    _check_out_dir(out_path.parent)
     files = arch.find_pps_files(pps_folder, obsid)
     if files.fbktsr is None:
         raise PPSError(f"{pps_folder}: no FBKTSR flaring-background file for the pn exposure; "
@@ -207,7 +280,9 @@ def make_image(obsid: str, *, low_pi: int = 500, high_pi: int = 2000,
     good = gti.intersect(flare_gti, own)
     if len(good) == 0:
         raise InputError(f"{files.events.name}: no good time left after the flare filter "
-                         f"(FBKTSR rate <= FLCUTTHR = {curve.threshold:g}); nothing to image")
+                         f"({Path(files.fbktsr).name} RATE <= FLCUTTHR = "
+                         f"{curve.threshold:g}) and the event list's GTIs; the exposure is all "
+                         "flare or gaps, nothing to image: choose another observation")
     expo_s = float(expo_time_ks) * 1e3
     if backend == "sas":
         from . import sas
@@ -217,12 +292,22 @@ def make_image(obsid: str, *, low_pi: int = 500, high_pi: int = 2000,
         in_kept = gti.in_gti(ev.TIME, kept)
         t0 = mark("sas", t0)
     else:
-        kept = gti.sub_gti(good, expo_s)
+        kept = _keep(good, expo_s)
         in_kept = gti.in_gti(ev.TIME, kept)
         t0 = mark("gti", t0)
         image = imaging.bin_det(ev.DETX[in_kept], ev.DETY[in_kept], binsize)
         t0 = mark("bin", t0)
     exposure = gti.total(kept)
+    good_time = gti.total(good)
+    short = expo_s > 0 and good_time < expo_s
+    if short:
+        out_path = name_for(0)
+        warnings.warn(f"{obsid}: requested {expo_time_ks:g} ks but only {good_time / 1e3:.2f} "
+                      f"ks of good time; kept all of it (EXPOSURE {exposure:.1f} s) in "
+                      f"{out_path.name}", gti.ExposureWarning, stacklevel=2)
+        if out_path.exists() and not overwrite:
+            raise OutputError(f"{out_path}: exists (all {good_time / 1e3:.2f} ks of good time, "
+                              "less than requested); use it, or pass --overwrite to replace it")
 
     # ---- sky WCS from the events
     if int(in_kept.sum()) >= _MIN_FIT_EVENTS:
@@ -233,8 +318,9 @@ def make_image(obsid: str, *, low_pi: int = 500, high_pi: int = 2000,
         fit = skywcs.fit_sky_wcs_from_events(ev.DETX[fsel], ev.DETY[fsel], ev.X[fsel],
                                              ev.Y[fsel], ev.header, binsize=binsize)
     except (KeyError, ValueError) as err:
-        raise InputError(f"{files.events.name}: cannot build the sky WCS ({err}); the event "
-                         "header lacks its sky reference keywords") from err
+        raise InputError(f"{files.events.name}: cannot build the sky WCS ({_one_line(err)}); "
+                         "the EVENTS header lacks its sky reference keywords, download the "
+                         "PPS again") from err
     if fit.method != "EVENTFIT":
         warnings.warn(f"{files.events.name}: too few events to fit the sky WCS; using "
                       "RA_PNT/DEC_PNT/PA_PNT (approximate, a few arcsec)", UserWarning,
@@ -248,25 +334,36 @@ def make_image(obsid: str, *, low_pi: int = 500, high_pi: int = 2000,
         "PPSEVLI": (files.events.name, "PPS event list"),
         "PPSFBK": (Path(files.fbktsr).name, "PPS flaring-background time series"),
         "FLCUTTHR": (curve.threshold, "[count/s] flare threshold applied to FBKTSR"),
-        "GOODTIME": (gti.total(good), "[s] good time before the --expo_time cut"),
+        "GOODTIME": (good_time, "[s] good time before the --expo_time cut"),
         "BACKEND": (backend, "native (numpy/astropy) or sas (pysas)"),
     }
     header = imaging.image_header(ev.header, binsize=binsize, sky_wcs_header=fit.header(),
                                   selection=sel, exposure=exposure, gti=kept,
                                   primary_header=ev.primary, requested_exposure=expo_s,
                                   extra=extra)
-    header.add_history(f"xmm-enhance make_image: flare GTI from {Path(files.fbktsr).name} "
-                       f"RATE<={curve.threshold:g} (mingtisize {gti.MIN_GTI_S:g} s), "
-                       "intersected with the event list's CCD GTIs")
-    header.add_history(f"sub-GTI of {expo_time_ks:g} ks (longest interval first); "
-                       f"kept {exposure:.1f} s of {gti.total(good):.1f} s good time")
+    imaging.add_history(header, f"xmm-enhance make_image: flare GTI from "
+                                f"{Path(files.fbktsr).name} RATE<={curve.threshold:g} "
+                                f"(mingtisize {gti.MIN_GTI_S:g} s), intersected with the "
+                                "event list's CCD GTIs")
+    if expo_s <= 0:
+        imaging.add_history(header, f"all good time kept: {exposure:.1f} s")
+    elif short:
+        imaging.add_history(header, f"requested {expo_s:.1f} s (EXPREQ) but only "
+                                    f"{good_time:.1f} s of good time: all of it kept")
+    else:
+        imaging.add_history(header, f"sub-GTI of {expo_time_ks:g} ks (longest interval "
+                                    f"first); kept {exposure:.1f} s of {good_time:.1f} s "
+                                    "good time")
     hdul = imaging.make_image_hdul(image, header, kept, gti_extra={
         "METHOD": ("pps", "Method used to derive the rate threshold"),
         "RLIM": (curve.threshold, "The PPS derived threshold")})
     try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_hdul(hdul, out_path, overwrite=overwrite)
     except OSError as err:
-        raise OutputError(f"{out_path}: cannot write ({err}); check the folder") from err
+        raise OutputError(f"{out_path}: cannot write ({_one_line(err)}); free disk space or "
+                          "fix the folder's permissions, or choose another --save_dir") \
+            from err
     t0 = mark("write", t0)
     png = None
     if gti_plot:
@@ -274,14 +371,14 @@ def make_image(obsid: str, *, low_pi: int = 500, high_pi: int = 2000,
                                  + "_gti.png")
         gti.plot_gti(curve, kept, png, flare_gti=good,
                      title=f"{obsid} pn {files.expid}: kept {exposure / 1e3:.2f} ks of "
-                           f"{gti.total(good) / 1e3:.2f} ks good time")
+                           f"{good_time / 1e3:.2f} ks good time")
         t0 = mark("gti_plot", t0)
     stages.append(("total", t_begin, time.perf_counter()))
     counts = int(image.sum(dtype=np.int64))
     log.info("%s: %d counts, EXPOSURE %.1f s, WCS rms %.2f\"", out_path, counts, exposure,
              fit.rms_arcsec)
     return ImageResult(path=out_path, exposure=exposure, counts=counts, obsid=obsid,
-                       backend=backend, gti=kept, good_time=gti.total(good),
+                       backend=backend, gti=kept, good_time=good_time,
                        requested_exposure=expo_s, binsize=binsize, low_pi=low_pi,
                        high_pi=high_pi, shape=image.shape, n_rows=ev.n_rows,
                        wcs_method=fit.method, wcs_rms_arcsec=fit.rms_arcsec,

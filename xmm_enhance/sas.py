@@ -140,7 +140,9 @@ def image_with_sas(files, curve_threshold: float, own_gti, *, low_pi: int, high_
         flare_gti = tabgtigen(Path(files.fbktsr), curve_threshold, tmp / "pn_pps.gti",
                               workdir=tmp)
         good = _gti.intersect(flare_gti, own_gti)
-        kept = _gti.sub_gti(good, expo_time_s)
+        # less good time than requested: all of it (the caller warns and names the file)
+        kept = good if expo_time_s <= 0 or _gti.total(good) < expo_time_s \
+            else _gti.sub_gti(good, expo_time_s)
         gfile = write_gti_file(kept, tmp / "pn_kept.gti")
         expr = selection_expression(low_pi, high_pi, gti=str(gfile))
         image = evselect_image(Path(files.events), expr, binsize, tmp / "image.fits",

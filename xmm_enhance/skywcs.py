@@ -6,17 +6,23 @@ DETY-up image has det(CD) > 0 (``xmm-pn-reference.md`` §3).
 """
 from __future__ import annotations
 
+import datetime as _dt
 import math
+import re
+from typing import TYPE_CHECKING
 
 import numpy as np
 from astropy.io import fits
-from astropy.wcs import WCS
 
 from . import detector
+
+if TYPE_CHECKING:  # imported where used: astropy.wcs pulls in astropy.coordinates (~0.3 s)
+    from astropy.wcs import WCS
 
 __all__ = [
     "ARCSEC_PER_DET", "SKY_KEYS", "cd_from_pa", "approx_sky_wcs", "wcs_to_header",
     "strip_celestial_wcs", "pad_wcs", "crop_offset", "upscale_wcs", "has_sky_wcs",
+    "time_keywords",
 ]
 
 ARCSEC_PER_DET = 0.05
@@ -50,6 +56,8 @@ def cd_from_pa(pa_deg: float, pixel_arcsec: float) -> np.ndarray:
 
 
 def _tan_wcs(crpix, crval, cd):
+    from astropy.wcs import WCS
+
     w = WCS(naxis=2)
     w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
     w.wcs.cunit = ["deg", "deg"]
@@ -101,6 +109,72 @@ def wcs_to_header(w: WCS) -> fits.Header:
     h["CD2_1"], h["CD2_2"] = float(cd[1, 0]), float(cd[1, 1])
     h["RADESYS"] = "FK5"
     h["EQUINOX"] = 2000.0
+    return h
+
+
+_MJD0 = _dt.datetime(1858, 11, 17)
+
+
+def _iso_to_mjd(text: str) -> float | None:
+    """MJD of a FITS date string ``YYYY-MM-DD[Thh:mm:ss[.s...]]`` in its own time scale
+    (no scale conversion: MJD-OBS must match DATE-OBS as written); None if unparsable."""
+    s = str(text).strip()
+    m = re.fullmatch(r"(\d{4})-(\d{2})-(\d{2})(?:T(\d{2}):(\d{2}):(\d{2}(?:\.\d*)?))?", s)
+    if not m:
+        return None
+    y, mo, d = int(m.group(1)), int(m.group(2)), int(m.group(3))
+    hh = int(m.group(4) or 0)
+    mi = int(m.group(5) or 0)
+    sec = float(m.group(6) or 0.0)
+    try:
+        days = (_dt.datetime(y, mo, d) - _MJD0).days
+    except ValueError:
+        return None
+    return days + (hh * 3600 + mi * 60 + sec) / 86400.0
+
+
+def _mjd_to_iso(mjd: float) -> str:
+    """``YYYY-MM-DDThh:mm:ss[.ffffff]`` of an MJD (same time scale)."""
+    day = math.floor(mjd)
+    usec = round((mjd - day) * 86400e6)
+    t = _MJD0 + _dt.timedelta(days=int(day), microseconds=usec)
+    return t.strftime("%Y-%m-%dT%H:%M:%S") + (f".{t.microsecond:06d}".rstrip("0")
+                                                if t.microsecond else "")
+
+
+def time_keywords(header) -> fits.Header:
+    """``DATEREF``, ``MJD-OBS`` and ``MJD-END`` consistent with the header's time keywords.
+
+    FITS WCS readers (wcslib's ``datfix``, which astropy runs in ``WCS(header)``) fill these
+    in from ``MJDREF`` (or ``MJDREFI + MJDREFF``), ``DATE-OBS`` and ``DATE-END`` and warn that
+    they did; writing them ourselves, with the same values, keeps our files warning-free.
+    ``MJD-OBS``/``MJD-END`` are the MJDs of ``DATE-OBS``/``DATE-END`` as written (in the time
+    scale ``TIMESYS`` names; no conversion). Keys whose source is missing or unparsable are
+    left out.
+
+    Parameters
+    ----------
+    header : Header or mapping
+
+    Returns
+    -------
+    Header
+        Only the new cards (add them with ``Header.update``).
+    """
+    h = fits.Header()
+    mjdref = None
+    if "MJDREF" in header:
+        mjdref = float(header["MJDREF"])
+    elif "MJDREFI" in header:
+        mjdref = float(header["MJDREFI"]) + float(header.get("MJDREFF", 0.0))
+    if mjdref is not None and math.isfinite(mjdref) and "DATEREF" not in header:
+        h["DATEREF"] = (_mjd_to_iso(mjdref), "time reference date, = MJDREF")
+    for src, dst, what in (("DATE-OBS", "MJD-OBS", "DATE-OBS"), ("DATE-END", "MJD-END",
+                                                                   "DATE-END")):
+        if src in header and dst not in header:
+            mjd = _iso_to_mjd(header[src])
+            if mjd is not None:
+                h[dst] = (mjd, f"[d] MJD of {what}")
     return h
 
 

@@ -1,19 +1,68 @@
-"""Pieces shared by the command-line entry points: logging set-up and error mapping."""
+"""Pieces shared by the command-line entry points: names, versions, logging, error mapping.
+
+Every command (``make_detxy_pn_image_pps.py``, ``run_inference_on_real.py``, ``xmm-enhance
+image|infer|batch|demo``) uses these, so that the same option means the same thing:
+
+- ``-q/--quiet``: warnings and errors only (no progress or result lines);
+- ``-v/--verbose``: debug messages as well;
+- ``--version``: ``xmm_enhance <version>``;
+- usage errors exit 2, run-time failures 1, each with one line on stderr.
+
+A command's ``prog`` (shown in its usage and error lines) is how it was invoked:
+:func:`command_prog` gives ``xmm-enhance <command>`` when the ``xmm-enhance`` dispatcher runs
+it (inside :func:`invoked_as`), else the command's own script name.
+"""
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import warnings
 
 from ..errors import XmmEnhanceError
 
-__all__ = ["setup_logging", "add_verbosity", "report_error"]
+__all__ = ["setup_logging", "add_verbosity", "add_version", "report_error", "command_prog",
+           "invoked_as", "QUIET_HELP", "VERBOSE_HELP", "version_text"]
+
+QUIET_HELP = "quiet: print only warnings and errors"
+VERBOSE_HELP = "verbose: print debug messages too"
+
+_INVOKED_AS: list = []
+
+
+@contextlib.contextmanager
+def invoked_as(prog: str):
+    """Within this block :func:`command_prog` returns ``prog`` (used by ``xmm-enhance``)."""
+    _INVOKED_AS.append(prog)
+    try:
+        yield
+    finally:
+        _INVOKED_AS.pop()
+
+
+def command_prog(default: str) -> str:
+    """The name to show in usage lines: the dispatcher's (``xmm-enhance image``) or
+    ``default`` (the root script's name, e.g. ``make_detxy_pn_image_pps.py``)."""
+    return _INVOKED_AS[-1] if _INVOKED_AS else default
+
+
+def version_text() -> str:
+    from .. import __version__
+
+    return f"xmm_enhance {__version__}"
+
+
+def add_version(parser) -> None:
+    """``--version``: print ``xmm_enhance <version>`` and exit 0."""
+    parser.add_argument("--version", action="version", version=version_text(),
+                        help="print the xmm_enhance version and exit")
 
 
 def add_verbosity(parser) -> None:
+    """``-q`` (warnings and errors only) and ``-v`` (debug too), mutually exclusive."""
     g = parser.add_mutually_exclusive_group()
-    g.add_argument("-q", "--quiet", action="store_true", help="only errors")
-    g.add_argument("-v", "--verbose", action="store_true", help="debug messages")
+    g.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
+    g.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):
@@ -38,11 +87,15 @@ class _StderrHandler(logging.StreamHandler):
 def setup_logging(args) -> None:
     """Configure the ``xmm_enhance`` logger from -q/-v (only the CLIs do this).
 
+    ``-q``: WARNING (warnings and errors only); default INFO; ``-v``: DEBUG. Python warnings
+    are printed as one line each at every level (``-q`` keeps them: a cron job must still hear
+    that an image is shorter than asked for).
+
     One handler on the package logger (replaced, not added, on repeated calls); the root logger
     and other libraries' loggers are left alone, and records still propagate (so pytest's caplog
-    sees them). Warnings are printed as one line each.
+    sees them).
     """
-    level = logging.ERROR if getattr(args, "quiet", False) else (
+    level = logging.WARNING if getattr(args, "quiet", False) else (
         logging.DEBUG if getattr(args, "verbose", False) else logging.INFO)
     logger = logging.getLogger("xmm_enhance")
     for h in [h for h in logger.handlers if getattr(h, "_xmm_enhance_cli", False)]:
@@ -51,8 +104,6 @@ def setup_logging(args) -> None:
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(handler)
     logger.setLevel(level)
-    if getattr(args, "quiet", False):
-        warnings.simplefilter("ignore")
     warnings.showwarning = _one_line_warning
 
 
