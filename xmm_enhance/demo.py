@@ -11,7 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .cli.common import add_verbosity, report_error, setup_logging
+from .cli.common import add_verbosity, add_version, command_prog, report_error, setup_logging
 from .errors import ModelError, XmmEnhanceError
 
 log = logging.getLogger("xmm_enhance.demo")
@@ -50,17 +50,37 @@ def run(outdir: Path, *, seed: int = 7, overwrite: bool = True) -> dict:
     return made
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="xmm-enhance demo", description=__doc__.splitlines()[0])
-    ap.add_argument("--outdir", type=Path, default=Path("demo_output"))
-    ap.add_argument("--seed", type=int, default=7)
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog=command_prog("python -m xmm_enhance.demo"),
+        description="The whole product on a simulated observation, offline: simulate an "
+                    "EPIC-pn PPS folder (event list with a flare), make its 20 ks DETX/DETY "
+                    "image, run the SR and DN models, write FITS and quick-look PNGs.")
+    ap.add_argument("--outdir", type=Path, default=Path("demo_output"),
+                    help="folder for everything the demo writes: the simulated PPS in "
+                         f"OUTDIR/{DEMO_OBSID}/pps, the image, predictions and PNGs in "
+                         "OUTDIR (created if missing; existing demo files are replaced); "
+                         "default demo_output")
+    ap.add_argument("--seed", type=int, default=7,
+                    help="random seed of the simulated observation (same seed, same files); "
+                         "default 7")
     add_verbosity(ap)
-    args = ap.parse_args(argv)
+    add_version(ap)
+    return ap
+
+
+def main(argv=None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse: 0 for --help/--version, 2 for usage errors
+        return int(exc.code) if isinstance(exc.code, int) else 2
     setup_logging(args)
     try:
         made = run(args.outdir, seed=args.seed)
     except XmmEnhanceError as exc:
         return report_error(exc)
+    if args.quiet:
+        return 0
     print(f"image: {made['image']}")
     for which in ("SR", "DN"):
         if which in made:

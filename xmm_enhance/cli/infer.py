@@ -8,14 +8,14 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import UsageError, XmmEnhanceError
-from .common import add_verbosity, report_error, setup_logging
+from .common import add_verbosity, command_prog, report_error, setup_logging
 
 log = logging.getLogger("xmm_enhance")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="run_inference_on_real.py",
+        prog=command_prog("run_inference_on_real.py"),  # or "xmm-enhance infer"
         description="Super-resolve (SR) or de-noise (DN) XMM-Newton EPIC-pn DETX/DETY images "
                     "with the bundled ONNX models on the CPU. Writes "
                     "<stem>_input_wcs_<W>.fits.gz and <stem>_predict_wcs_<W>.fits.gz beside "

@@ -1,9 +1,15 @@
-"""The ``xmm-enhance`` console entry point: ``xmm-enhance image|infer|demo ...``."""
+"""The ``xmm-enhance`` console entry point: ``xmm-enhance image|infer|batch|demo ...``.
+
+Each command is the same program as its root script (``image`` is
+``make_detxy_pn_image_pps.py``, ``infer`` is ``run_inference_on_real.py``) and shows
+``xmm-enhance <command>`` in its usage line. Exit codes: 0 success, 1 run-time failure,
+2 usage error (an unknown command included).
+"""
 from __future__ import annotations
 
 import sys
 
-from .. import __version__
+from .common import invoked_as, version_text
 
 COMMANDS = {
     "image": ("xmm_enhance.cli.make_image", "OBS_ID -> DETX/DETY image (make_detxy_pn_image_pps.py)"),
@@ -13,27 +19,43 @@ COMMANDS = {
 }
 
 
+def _usage() -> str:
+    lines = ["usage: xmm-enhance [-h] [--version] {" + ",".join(COMMANDS) + "} ...", "",
+             "commands:"]
+    lines += [f"  {name:6s} {text}" for name, (_, text) in COMMANDS.items()]
+    lines += ["", "'xmm-enhance COMMAND --help' shows a command's options; -q (warnings and "
+              "errors only), -v and --version mean the same in every command."]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print("usage: xmm-enhance {" + ",".join(COMMANDS) + "} ...\n")
-        for name, (_, text) in COMMANDS.items():
-            print(f"  {name:6s} {text}")
-        return 0 if argv else 2
+    if argv and argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    if not argv:
+        print(_usage(), file=sys.stderr)
+        print("xmm-enhance: error: a command is required", file=sys.stderr)
+        return 2
     if argv[0] == "--version":
-        print(f"xmm_enhance {__version__}")
+        print(version_text())
         return 0
     if argv[0] not in COMMANDS:
-        print(f"error: unknown command {argv[0]!r}; choose one of {', '.join(COMMANDS)}",
-              file=sys.stderr)
+        print(f"xmm-enhance: error: unknown command {argv[0]!r}; choose one of "
+              f"{', '.join(COMMANDS)} (xmm-enhance --help)", file=sys.stderr)
         return 2
     import importlib
     try:
         mod = importlib.import_module(COMMANDS[argv[0]][0])
-    except ModuleNotFoundError:
-        print(f"error: command {argv[0]!r} is not available in this version", file=sys.stderr)
-        return 2
-    return mod.main(argv[1:])
+    except ModuleNotFoundError as exc:
+        print(f"xmm-enhance: error: command {argv[0]!r} cannot be loaded ({exc}); reinstall "
+              "xmm-enhance (make venv)", file=sys.stderr)
+        return 1
+    with invoked_as(f"xmm-enhance {argv[0]}"):
+        try:
+            return mod.main(argv[1:])
+        except SystemExit as exc:  # argparse in a command: 0 for --help, 2 for usage errors
+            return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,8 +1,10 @@
 """``make_detxy_pn_image_pps.py``: OBS_ID -> cleaned EPIC-pn DETX/DETY image with a sky WCS.
 
 Seed-compatible flags (``obsid --low_pi --high_pi --expo_time --binSize --save_dir --pps_dir``)
-plus ``--backend``, ``--gti-plot``, ``--overwrite``, ``--credentials_file``, ``-q/-v``.
-Exit codes: 0 success, 1 run-time failure, 2 usage error; failures print one line on stderr.
+plus ``--backend``, ``--gti-plot``, ``--overwrite``, ``--credentials_file``, ``-q/-v``,
+``--version``. Runs as ``make_detxy_pn_image_pps.py`` and as ``xmm-enhance image`` (its usage
+line says which). Exit codes: 0 success, 1 run-time failure, 2 usage error; failures print one
+line on stderr.
 """
 from __future__ import annotations
 
@@ -12,16 +14,17 @@ import math
 import sys
 import warnings
 
-from .common import setup_logging
+from .common import add_verbosity, add_version, command_prog, setup_logging
 
 __all__ = ["main", "build_parser"]
 
 PROG = "make_detxy_pn_image_pps.py"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser; ``prog`` defaults to how the command was invoked."""
     p = argparse.ArgumentParser(
-        prog=PROG,
+        prog=prog or command_prog(PROG),
         description="Make an EPIC-pn image in DETX,DETY (0.5-2 keV, 4\"/pixel, 20 ks by "
                     "default) from the PPS of an OBS_ID, cleaned of background flares with the "
                     "PPS threshold, with an RA/Dec WCS fitted from the events. No XMM-SAS "
@@ -33,9 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--high_pi", type=int, default=2000,
                    help="highest PI (eV, integer, inclusive); default 2000")
     p.add_argument("--expo_time", type=float, default=20.0,
-                   help="exposure to keep, ks (longest good intervals first, 15%% tolerance); "
-                        "<= 0 keeps all good time; default 20. With less good time all of "
-                        "it is kept, with a warning")
+                   help="exposure to keep, ks (longest good intervals first); default 20. "
+                        "<= 0 keeps all good time: the deepest image. If the observation has "
+                        "less good time than asked for, all of it is kept, with a warning, "
+                        "and the file is named as for 0 (pn_cleaned_full_...)")
     p.add_argument("--binSize", type=int, default=80, dest="binsize",
                    help="pixel size in DET units of 0.05\" (integer); default 80 = 4\"")
     p.add_argument("--save_dir", default=None,
@@ -43,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "them; default the current folder); with --pps_dir, where the image "
                         "goes")
     p.add_argument("--pps_dir", default=None,
-                   help="folder with the PPS files already downloaded (no download)")
+                   help="folder with the PPS files already downloaded (no download); the "
+                        "image is written there unless --save_dir is given (created if "
+                        "missing)")
     p.add_argument("--backend", choices=("auto", "native", "sas"), default="auto",
                    help="native (numpy/astropy), sas (XMM-SAS via pysas) or auto: sas when "
                         "pysas imports, else native; default auto")
@@ -52,22 +58,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing image")
     p.add_argument("--credentials_file", default=None,
                    help="astroquery credentials file for proprietary data (never printed)")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
-    g.add_argument("-v", "--verbose", action="store_true", help="debug messages")
+    add_verbosity(p)
+    add_version(p)
     return p
 
 
 def main(argv=None) -> int:
     """Run the command; returns the exit code."""
     parser = build_parser()
+    prog = parser.prog
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse: 0 for --help, 2 for usage errors
+    except SystemExit as exc:  # argparse: 0 for --help/--version, 2 for usage errors
         return int(exc.code) if isinstance(exc.code, int) else 2
     if not math.isfinite(args.expo_time):
         parser.print_usage(sys.stderr)
-        print(f"{PROG}: error: --expo_time must be a finite number of ks", file=sys.stderr)
+        print(f"{prog}: error: --expo_time must be a finite number of ks", file=sys.stderr)
         return 2
     setup_logging(args)
 
@@ -83,14 +89,14 @@ def main(argv=None) -> int:
                              backend=args.backend, overwrite=args.overwrite,
                              gti_plot=args.gti_plot, credentials_file=args.credentials_file)
         except XmmEnhanceError as err:
-            _print_warnings(caught)
+            _print_warnings(caught, prog)
             msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-            print(f"{PROG}: error: {msg}", file=sys.stderr)
+            print(f"{prog}: error: {msg}", file=sys.stderr)
             return err.exit_code
         except KeyboardInterrupt:
-            print(f"{PROG}: interrupted", file=sys.stderr)
+            print(f"{prog}: interrupted", file=sys.stderr)
             return 130
-    _print_warnings(caught)
+    _print_warnings(caught, prog)
     if not args.quiet:
         print(f"image: {res.path}")
         print(f"exposure: {res.exposure:.1f} s ({res.exposure / 1e3:.2f} ks kept of "
@@ -101,7 +107,7 @@ def main(argv=None) -> int:
     return 0
 
 
-def _print_warnings(caught):
+def _print_warnings(caught, prog=PROG):
     """Our warnings as one line each on stderr; other libraries' warnings to the debug log."""
     import os
 
@@ -117,7 +123,7 @@ def _print_warnings(caught):
         if msg in seen:
             continue
         seen.add(msg)
-        print(f"{PROG}: warning: {msg}", file=sys.stderr)
+        print(f"{prog}: warning: {msg}", file=sys.stderr)
 
 
 if __name__ == "__main__":  # pragma: no cover

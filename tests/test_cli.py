@@ -1,0 +1,166 @@
+"""The command-line set: the ``xmm-enhance`` dispatcher, shared options, the demo.
+
+Every command answers ``--version`` alike, says what ``-q`` means in the same words, shows the
+name it was invoked by in its usage line, and exits 2 on usage errors. ``make demo`` runs here
+too, into a temporary folder.
+"""
+import logging
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+from astropy.io import fits
+from astropy.wcs import WCS
+
+import xmm_enhance
+from xmm_enhance.cli import common
+from xmm_enhance.cli.main import COMMANDS, main
+
+ROOT = Path(__file__).resolve().parents[1]
+VERSION = f"xmm_enhance {xmm_enhance.__version__}"
+
+
+@pytest.fixture(autouse=True)
+def restore_logging():
+    """Commands configure the package logger and warnings.showwarning; undo it."""
+    pkg, root = logging.getLogger("xmm_enhance"), logging.getLogger()
+    saved = (pkg.handlers[:], pkg.level, pkg.propagate, root.handlers[:], root.level,
+             warnings.showwarning)
+    yield
+    for lg, handlers in ((pkg, saved[0]), (root, saved[3])):
+        for h in lg.handlers[:]:
+            if h not in handlers:
+                lg.removeHandler(h)
+        for h in handlers:
+            if h not in lg.handlers:
+                lg.addHandler(h)
+    pkg.setLevel(saved[1])
+    pkg.propagate = saved[2]
+    root.setLevel(saved[4])
+    warnings.showwarning = saved[5]
+
+
+# ---- the dispatcher ---------------------------------------------------------------------------
+
+def test_help_lists_every_command(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: xmm-enhance")
+    for name in ("image", "infer", "batch", "demo"):
+        assert f"  {name} " in out
+
+
+def test_version(capsys):
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == VERSION
+
+
+@pytest.mark.parametrize("argv", [["bogus"], [], ["--bogus"]])
+def test_unknown_or_missing_command_is_a_usage_error(argv, capsys):
+    assert main(argv) == 2
+    cap = capsys.readouterr()
+    assert cap.out == ""
+    assert "xmm-enhance: error:" in cap.err
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_each_command_shows_its_invoked_name_version_and_quiet(name, capsys):
+    assert main([name, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: xmm-enhance {name} ")
+    assert common.QUIET_HELP in " ".join(out.split())
+    assert main([name, "--version"]) == 0
+    assert capsys.readouterr().out.strip() == VERSION
+
+
+def test_image_usage_errors_exit_2_under_the_invoked_name(capsys):
+    assert main(["image"]) == 2
+    assert "usage: xmm-enhance image" in capsys.readouterr().err
+    assert main(["image", "0123456789", "--binSize", "0", "--pps_dir", "."]) == 2
+    assert main(["image", "0123456789", "--expo_time", "nan"]) == 2
+    err = capsys.readouterr().err
+    assert "xmm-enhance image: error: --expo_time" in err
+    assert "make_detxy_pn_image_pps.py" not in err
+
+
+def test_dispatch_to_image_makes_the_image(tmp_path, capsys):
+    from xmm_enhance.simulate import pps as sim
+
+    truth = sim.write_pps(tmp_path / "pps", "0123456789", n_events=20_000, seed=5)
+    out = tmp_path / "out"
+    assert main(["image", "0123456789", "--pps_dir", str(truth.folder), "--save_dir",
+                 str(out), "--expo_time", "5", "--backend", "native"]) == 0
+    path = out / "pn_cleaned_5.0ks_detxy_500_2000_80.fits"
+    assert f"image: {path}" in capsys.readouterr().out
+    assert fits.getheader(path)["EXPOSURE"] == pytest.approx(5000.0, abs=1e-6)
+
+
+def test_console_script_and_root_script_names():
+    """Installed entry point (``python -m xmm_enhance.cli.main`` is the same function) vs the
+    seed-compatible root script: each usage line names how it was run."""
+    run = dict(capture_output=True, text=True, timeout=120, cwd=ROOT)
+    r = subprocess.run([sys.executable, "-m", "xmm_enhance.cli.main", "image", "--help"], **run)
+    assert r.returncode == 0 and r.stdout.startswith("usage: xmm-enhance image ")
+    r = subprocess.run([sys.executable, "make_detxy_pn_image_pps.py", "--help"], **run)
+    assert r.returncode == 0 and r.stdout.startswith("usage: make_detxy_pn_image_pps.py ")
+    r = subprocess.run([sys.executable, "make_detxy_pn_image_pps.py", "--version"], **run)
+    assert r.returncode == 0 and r.stdout.strip() == VERSION
+    r = subprocess.run([sys.executable, "make_detxy_pn_image_pps.py", "--binSize", "x"], **run)
+    assert r.returncode == 2 and "usage: make_detxy_pn_image_pps.py" in r.stderr
+
+
+# ---- -q / -v -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("flags,shown", [
+    ({"quiet": True}, {"WARNING", "ERROR"}),
+    ({}, {"INFO", "WARNING", "ERROR"}),
+    ({"verbose": True}, {"DEBUG", "INFO", "WARNING", "ERROR"}),
+])
+def test_quiet_means_warnings_and_errors(flags, shown, capsys):
+    import argparse
+
+    common.setup_logging(argparse.Namespace(**{"quiet": False, "verbose": False, **flags}))
+    log = logging.getLogger("xmm_enhance.some.module")
+    for level in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        log.log(getattr(logging, level), "message at %s", level)
+    warnings.warn_explicit("a python warning", UserWarning, "x.py", 1)
+    err = capsys.readouterr().err
+    for level in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        assert (f"message at {level}" in err) == (level in shown), (flags, level)
+    assert "warning: a python warning" in err  # -q keeps warnings
+
+
+# ---- the demo (make demo) ----------------------------------------------------------------------
+
+def test_demo_writes_what_the_readme_promises(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "demo"
+    assert main(["demo", "--outdir", str(out), "-q"]) == 0
+    stem = "pn_cleaned_20.0ks_detxy_500_2000_80"
+    expected = {f"{stem}.fits", f"{stem}_gti.png"}
+    for w in ("SR", "DN"):
+        expected |= {f"{stem}_input_wcs_{w}.fits.gz", f"{stem}_predict_wcs_{w}.fits.gz",
+                     f"{stem}_predict_wcs_{w}.png"}
+    made = {p.name for p in out.iterdir() if p.is_file()}
+    assert expected <= made, expected - made
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    assert {p.name[17:23] for p in (out / "0000000001" / "pps").iterdir()} == {
+        "PIEVLI", "FBKTSR", "ATTTSR", "CALIND"}
+    h = fits.getheader(out / f"{stem}.fits")
+    assert h["EXPOSURE"] == pytest.approx(20000.0, abs=1e-6) and h["OBS_ID"] == "0000000001"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        WCS(h)
+    for w, shape in (("SR", (832, 832)), ("DN", (416, 416))):
+        with fits.open(out / f"{stem}_predict_wcs_{w}.fits.gz", checksum=True) as hdul:
+            assert hdul[0].data.shape == shape
+    for p in out.glob("*.png"):
+        assert p.read_bytes()[:4] == b"\x89PNG"
+    assert capsys.readouterr().out == ""  # -q: warnings and errors only
+
+
+def test_demo_usage_error_exits_2(capsys):
+    assert main(["demo", "--seed", "x"]) == 2
+    assert "usage: xmm-enhance demo" in capsys.readouterr().err
