@@ -6,6 +6,7 @@ import hashlib
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from xmm_enhance import detector, inference, skywcs  # noqa: E402
 from xmm_enhance.cli.infer import main  # noqa: E402
 from xmm_enhance.errors import ModelError  # noqa: E402
 
-from onnx_graphs import identity_dn, replicate_sr  # noqa: E402
+from onnx_graphs import identity_dn, offset_model, replicate_sr  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -34,8 +35,11 @@ def models(tmp_path):
 
 
 def make_image(path, *, shape=detector.PN_SHAPE, exposure=20e3, sky=True, seed=1, src=None,
-               bkg=0.3):
-    """A pn-like counts image with one bright point source; returns (path, (x, y) 0-based)."""
+               bkg=0.3, extra=None):
+    """A pn-like counts image with one bright point source; returns (path, (x, y) 0-based).
+
+    ``extra``: header keywords to add (or, with value None, to remove) at the end.
+    """
     rng = np.random.default_rng(seed)
     ny, nx = shape
     yy, xx = np.mgrid[0:ny, 0:nx]
@@ -55,6 +59,11 @@ def make_image(path, *, shape=detector.PN_SHAPE, exposure=20e3, sky=True, seed=1
     else:
         h["CTYPE1"], h["CRPIX1"], h["CRVAL1"], h["CDELT1"] = "DETX", 1.0, -18243.5, 80.0
         h["CTYPE2"], h["CRPIX2"], h["CRVAL2"], h["CDELT2"] = "DETY", 1.0, -17487.5, 80.0
+    for k, v in (extra or {}).items():
+        if v is None:
+            h.remove(k, ignore_missing=True)
+        else:
+            h[k] = v
     fits.PrimaryHDU(counts, h).writeto(path)
     return path, (x0, y0)
 
@@ -420,3 +429,360 @@ def test_preview_model_warns_and_is_marked_in_headers(tmp_path):
     res = inference.enhance_image(inference.read_input(img), model)
     _, p_pred = inference.write_outputs(res)
     assert fits.getheader(p_pred)["MODELSTA"] == "preview"
+
+
+# ----------------------------------------------------------------------------- hardening (issue 14)
+def error_lines(capsys):
+    return [e for e in capsys.readouterr().err.strip().splitlines() if e.startswith("error")]
+
+
+def wcs_outputs(folder):
+    return sorted(p.name for p in Path(folder).glob("*_wcs_*"))
+
+
+#: header keys of make_image's WCS, to remove (extra={...: None}) for images without one
+NO_WCS = {k: None for k in ("WCSAXES", "CTYPE1", "CTYPE2", "CUNIT1", "CUNIT2", "CRPIX1",
+                            "CRPIX2", "CRVAL1", "CRVAL2", "CDELT1", "CDELT2", "CD1_1", "CD1_2",
+                            "CD2_1", "CD2_2", "RADESYS", "EQUINOX")}
+
+
+def tan_keys(pixel_arcsec, pa_deg=70.0, crpix=(200.0, 210.0)):
+    """RA---TAN/DEC--TAN keywords with a CD matrix: square pixels of ``pixel_arcsec``."""
+    c = pixel_arcsec / 3600.0
+    s, k = np.sin(np.radians(pa_deg)), np.cos(np.radians(pa_deg))
+    return {**NO_WCS, "CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CRPIX1": crpix[0],
+            "CRPIX2": crpix[1], "CRVAL1": 150.1, "CRVAL2": 2.2, "CD1_1": c * s, "CD1_2": -c * k,
+            "CD2_1": c * k, "CD2_2": c * s}
+
+
+def test_own_outputs_are_refused_by_their_header_not_only_their_name(tmp_path, models, capsys):
+    img, _ = make_image(tmp_path / "img.fits")
+    assert main([str(img), "--which", "SR", "--model", str(models["SR"]), "-q"]) == 0
+    p_in, p_pred = inference.output_paths(img, "SR")
+    renamed = tmp_path / "renamed.fits.gz"  # provenance in the header, an innocent name
+    renamed.write_bytes(p_pred.read_bytes())
+    before = sorted(tmp_path.iterdir())
+    for f in (p_pred, p_in, renamed):
+        code, err = run_cli([str(f), "--which", "DN", "--model", str(models["DN"])], capsys)
+        assert code == 1 and len(err) == 1, (f.name, err)
+        assert str(f) in err[0] and "not a counts image" in err[0], err
+        assert "made from (img.fits)" in err[0], err  # the fix: the image it came from
+    assert sorted(tmp_path.iterdir()) == before  # nothing written
+
+
+def test_glob_over_a_folder_with_outputs_refuses_them_per_file(tmp_path, models, capsys):
+    a, _ = make_image(tmp_path / "a.fits")
+    assert main([str(a), "--which", "DN", "--model", str(models["DN"]), "-q"]) == 0
+    b, _ = make_image(tmp_path / "b.fits", seed=2)
+    files = sorted(str(p) for p in tmp_path.glob("*.fits*"))  # what `dir/*.fits*` gives
+    assert len(files) == 4
+    code, err = run_cli(files + ["--which", "DN", "--model", str(models["DN"]), "--overwrite"],
+                        capsys)
+    assert code == 1  # never 0 when an input was refused
+    assert wcs_outputs(tmp_path) == ["a_input_wcs_DN.fits.gz", "a_predict_wcs_DN.fits.gz",
+                                     "b_input_wcs_DN.fits.gz", "b_predict_wcs_DN.fits.gz"]
+    refused = [e for e in err if "not a counts image" in e]
+    assert len(refused) == 2 and any("2 of 4 inputs failed" in e for e in err), err
+
+
+@pytest.mark.parametrize("bunit,ok", [
+    ("count", True), ("counts", True), ("ct", True), ("counts/pixel", True),
+    ("count/s/pixel", False), ("counts/s", False), ("ct s-1", False), ("erg/cm2/s", False),
+    ("adu", False)])
+def test_bunit_must_be_counts(tmp_path, models, capsys, bunit, ok):
+    img, _ = make_image(tmp_path / "img.fits", extra={"BUNIT": bunit})
+    code, err = run_cli([str(img), "--which", "DN", "--model", str(models["DN"]), "-q"], capsys)
+    if ok:
+        assert code == 0 and not err
+    else:
+        assert code == 1 and len(err) == 1, err
+        assert str(img) in err[0] and f"BUNIT = '{bunit}'" in err[0] and "counts image" in err[0]
+        assert not wcs_outputs(tmp_path)
+
+
+def test_rate_image_without_bunit_is_refused(tmp_path, models, capsys):
+    img, _ = make_image(tmp_path / "img.fits")
+    with fits.open(img) as h:
+        counts, hdr = h[0].data.copy(), h[0].header.copy()
+    fits.PrimaryHDU((counts / 20e3).astype(np.float32), hdr).writeto(tmp_path / "rate.fits")
+    code, err = run_cli([str(tmp_path / "rate.fits"), "--which", "DN", "--model",
+                         str(models["DN"])], capsys)
+    assert code == 1 and len(err) == 1 and "rate.fits" in err[0] and "non-integer" in err[0]
+    assert not wcs_outputs(tmp_path)
+    # float pixels holding whole numbers are counts (evselect can write Real64 images)
+    fits.PrimaryHDU(counts.astype(np.float64), hdr).writeto(tmp_path / "real64.fits")
+    assert main([str(tmp_path / "real64.fits"), "--which", "DN", "--model", str(models["DN"]),
+                 "-q"]) == 0
+
+
+@pytest.mark.parametrize("case,found", [
+    ("binsize40", 2.0),     # make_detxy_pn_image_pps.py --binSize 40: sky WCS and BINSIZE
+    ("pps_sky", 4.35),      # a PPS sky image: CDELT + CROTA2 at 4.35"
+    ("det_cdelt40", 2.0),   # a SAS DET image binned 40, no sky WCS
+    ("binsize_only", 8.0),  # BINSIZE 160 and no WCS at all
+])
+def test_wrong_pixel_scale_is_refused(tmp_path, models, capsys, case, found):
+    if case == "binsize40":
+        extra = {**tan_keys(2.0), "BINSIZE": 40.0}
+    elif case == "pps_sky":
+        extra = {**NO_WCS, "CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CRPIX1": 150.5,
+                 "CRPIX2": 160.5, "CRVAL1": 150.1, "CRVAL2": 2.2, "CDELT1": -4.35 / 3600,
+                 "CDELT2": 4.35 / 3600, "CROTA2": 20.0}
+    elif case == "det_cdelt40":
+        extra = {"CDELT1": 40.0, "CDELT2": 40.0}
+    else:
+        extra = {**NO_WCS, "BINSIZE": 160.0}
+    img, _ = make_image(tmp_path / "img.fits", shape=(300, 320), src=(150.2, 140.6),
+                        sky=case != "det_cdelt40", extra=extra)
+    code, err = run_cli([str(img), "--which", "SR", "--model", str(models["SR"])], capsys)
+    assert code == 1 and len(err) == 1, err
+    assert str(img) in err[0] and f'{found:g}"/pixel' in err[0] and '4"/pixel' in err[0], err
+    assert "--binSize 80" in err[0]
+    assert not wcs_outputs(tmp_path)
+
+
+@pytest.mark.parametrize("case", ["cd4", "cd4.1", "binsize80", "cdelt_crota4", "seed_det"])
+def test_four_arcsec_images_are_accepted(tmp_path, models, case):
+    shape, extra, sky = (300, 320), {}, True
+    if case == "cd4":
+        extra = {**tan_keys(4.0), "BINSIZE": 80.0}
+    elif case == "cd4.1":  # 2.5 % off, within the tolerance of a fitted WCS
+        extra = tan_keys(4.1)
+    elif case == "binsize80":
+        extra = {**NO_WCS, "BINSIZE": 80.0}
+    elif case == "cdelt_crota4":
+        extra = {**NO_WCS, "CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CRPIX1": 150.5,
+                 "CRPIX2": 160.5, "CRVAL1": 150.1, "CRVAL2": 2.2, "CDELT1": -4.0 / 3600,
+                 "CDELT2": 4.0 / 3600, "CROTA2": 20.0}
+    else:  # the seed's DET image: 411x403, DETX/DETY axes at 80, no sky WCS
+        shape, sky = detector.PN_SHAPE, False
+    img, _ = make_image(tmp_path / "img.fits", shape=shape, sky=sky, extra=extra,
+                        src=(150.2, 140.6))
+    assert main([str(img), "--which", "SR", "--model", str(models["SR"]), "-q"]) == 0
+    assert inference.output_paths(img, "SR")[1].exists()
+
+
+def test_real_seed_image_is_accepted(tmp_path, models):
+    files = sorted((SHARED / "real-pn" / "20ks").glob("*.fits.gz"))
+    if not files:
+        pytest.skip("../shared/data/real-pn not present")
+    assert main([str(files[0]), "--which", "DN", "--model", str(models["DN"]), "--outdir",
+                 str(tmp_path), "-q"]) == 0
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_same_stem_from_two_folders_is_refused_before_writing(tmp_path, models, capsys,
+                                                              overwrite):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a, _ = make_image(tmp_path / "a" / "img.fits")
+    b, _ = make_image(tmp_path / "b" / "img.fits.gz", seed=2)
+    out = tmp_path / "out"
+    args = [str(a), str(b), "--which", "SR", "--model", str(models["SR"]), "--outdir", str(out)]
+    code, err = run_cli(args + (["--overwrite"] if overwrite else []), capsys)
+    assert code == 2 and len(err) == 1, err  # a usage error
+    assert str(a) in err[0] and str(b) in err[0] and "img_predict_wcs_SR.fits.gz" in err[0]
+    assert not out.exists()  # nothing written, not even the folder
+
+
+def test_same_stem_in_one_folder_is_refused_and_a_repeated_file_runs_once(tmp_path, models,
+                                                                         capsys):
+    a, _ = make_image(tmp_path / "img.fits")
+    b, _ = make_image(tmp_path / "img.fits.gz", seed=2)
+    code, err = run_cli([str(a), str(b), "--which", "DN", "--model", str(models["DN"])],
+                        capsys)
+    assert code == 2 and len(err) == 1 and not wcs_outputs(tmp_path)
+    assert main([str(a), str(a), "--which", "DN", "--model", str(models["DN"]), "-q"]) == 0
+    assert wcs_outputs(tmp_path) == ["img_input_wcs_DN.fits.gz", "img_predict_wcs_DN.fits.gz"]
+
+
+def test_outdir_is_created_like_mkdir_p(tmp_path, models):
+    img, _ = make_image(tmp_path / "img.fits")
+    out = tmp_path / "new" / "deeper"
+    assert main([str(img), "--which", "DN", "--model", str(models["DN"]), "--outdir",
+                 f"{out}/", "-q"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["img_input_wcs_DN.fits.gz",
+                                                    "img_predict_wcs_DN.fits.gz"]
+
+
+def test_outdir_that_is_a_file(tmp_path, models, capsys):
+    img, _ = make_image(tmp_path / "img.fits")
+    f = tmp_path / "afile"
+    f.write_text("x")
+    code, err = run_cli([str(img), "--which", "DN", "--model", str(models["DN"]), "--outdir",
+                         str(f)], capsys)
+    assert code == 1 and len(err) == 1 and "afile" in err[0] and "folder" in err[0]
+
+
+@pytest.mark.parametrize("which", ["sr", "Sr", "dn"])
+def test_which_is_case_insensitive(tmp_path, models, which):
+    img, _ = make_image(tmp_path / "img.fits")
+    w = which.upper()
+    assert main([str(img), "--which", which, "--model", str(models[w]), "-q"]) == 0
+    assert wcs_outputs(tmp_path) == [f"img_input_wcs_{w}.fits.gz", f"img_predict_wcs_{w}.fits.gz"]
+
+
+@pytest.mark.parametrize("bad", [["--exposure", "0"], ["--exposure", "-5"], ["--exposure", "nan"],
+                                 ["--threads", "0"]])
+def test_bad_option_values_exit_2_with_one_line(tmp_path, models, capsys, bad):
+    img, _ = make_image(tmp_path / "img.fits")
+    code, err = run_cli([str(img), "--which", "DN", "--model", str(models["DN"])] + bad, capsys)
+    assert code == 2 and len(err) == 1 and bad[0] in err[0]
+    assert not wcs_outputs(tmp_path)
+
+
+@pytest.mark.parametrize("how", ["header", "option"])
+def test_rate_uses_the_inputs_exposure_not_20ks(tmp_path, models, how):
+    t = 37_000.0  # not the 20 ks the models are trained for
+    img, _ = make_image(tmp_path / "img.fits", exposure=t if how == "header" else None)
+    counts = fits.getdata(img).astype(float)
+    args = [str(img), "--which", "DN", "--model", str(models["DN"]), "-q"]
+    assert main(args + (["--exposure", "37000"] if how == "option" else [])) == 0
+    p_in, p_pred = inference.output_paths(img, "DN")
+    written, pred = fits.getdata(p_in), fits.getdata(p_pred)
+    # by hand: every counted pixel lies on the detector, so the total rate is counts / 37 ks
+    assert written.sum() == pytest.approx(counts.sum() / t, rel=1e-5)
+    assert pred.sum() == pytest.approx(counts.sum() / t, rel=1e-5)  # identity model
+    # the brightest pixel, padded by 2 rows and 6 columns (411x403 -> 416x416)
+    iy, ix = np.unravel_index(np.argmax(counts), counts.shape)
+    assert counts[iy, ix] > 50
+    assert written[iy + 2, ix + 6] == pytest.approx(counts[iy, ix] / t, rel=1e-6)
+    assert fits.getheader(p_in)["EXPOSURE"] == t and fits.getheader(p_pred)["INEXPO"] == t
+
+
+@pytest.mark.parametrize("which", ["DN", "SR"])
+def test_negative_model_output_is_clipped_to_zero(tmp_path, which):
+    c = 1e-3  # count/s per output pixel: above the background, below the source's peak
+    model = offset_model(tmp_path / "neg.onnx", which, c)
+    img, _ = make_image(tmp_path / "img.fits")
+    assert main([str(img), "--which", which, "--model", str(model), "-q"]) == 0
+    pred = fits.getdata(inference.output_paths(img, which)[1])
+    assert pred.min() >= 0
+    # by hand: an output pixel is max(rate / s^2 - c, 0) with s^2 output pixels per input pixel
+    # (the source is well inside the field of view, where SR's sky taper is 1)
+    s2 = 4 if which == "SR" else 1
+    kept = np.clip(fits.getdata(img).astype(float) / 20e3 / s2 - c, 0, None)
+    assert (kept > 0).sum() >= 5
+    assert (pred > 0).sum() == s2 * (kept > 0).sum()
+    assert pred.sum() == pytest.approx(s2 * kept.sum(), rel=1e-4)
+
+
+@pytest.mark.parametrize("where", ["serialise", "rename"])
+def test_write_error_one_line_and_no_partial_files(tmp_path, models, capsys, monkeypatch, where):
+    import errno
+    import os
+
+    img, _ = make_image(tmp_path / "img.fits")
+    out = tmp_path / "out"
+    calls = []
+
+    def second_call_fails(real):
+        def f(*a, **k):
+            calls.append(1)
+            if len(calls) == 2:  # the prediction, after the input file went well
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real(*a, **k)
+        return f
+
+    if where == "serialise":
+        monkeypatch.setattr(fits.HDUList, "writeto", second_call_fails(fits.HDUList.writeto))
+    else:
+        monkeypatch.setattr(os, "replace", second_call_fails(os.replace))
+    args = [str(img), "--which", "DN", "--model", str(models["DN"]), "--outdir", str(out)]
+    code, err = run_cli(args, capsys)
+    assert code == 1 and len(err) == 1, err
+    assert "img_predict_wcs_DN.fits.gz" in err[0] and "No space left on device" in err[0]
+    assert sorted(p.name for p in out.iterdir()) == []  # no output, no hidden temporary
+    monkeypatch.undo()
+    assert main(args + ["-q"]) == 0
+    assert wcs_outputs(out) == ["img_input_wcs_DN.fits.gz", "img_predict_wcs_DN.fits.gz"]
+
+
+@pytest.mark.parametrize("name_length", [55, 90])
+def test_outputs_open_without_any_warning(tmp_path, models, name_length):
+    # a name whose INFILE card cannot hold its comment (55) or needs CONTINUE cards (90)
+    name = ("pn_cleaned_" + "x" * name_length)[:name_length] + ".fits"
+    img, _ = make_image(tmp_path / name, extra={
+        "DATE-OBS": "2019-07-11T11:42:31", "DATE-END": "2019-07-12T07:09:25",
+        "MJDREF": 50814.0, "TIMESYS": "TT", "BUNIT": "count", "BINSIZE": 80.0})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert main([str(img), "--which", "SR", "--model", str(models["SR"])]) == 0
+        for p in inference.output_paths(img, "SR"):
+            with fits.open(p, checksum=True) as h:
+                h.verify("exception")
+                hdr = h[0].header
+            WCS(hdr)
+    from astropy.time import Time
+    assert hdr["MJD-OBS"] == pytest.approx(Time("2019-07-11T11:42:31", scale="tt").mjd,
+                                           abs=1e-8)
+    assert hdr["DATEREF"].startswith("1998-01-01")
+    assert hdr["INFILE"] == name
+
+
+def test_det_image_outputs_open_without_warning(tmp_path, models):
+    img, _ = make_image(tmp_path / "det.fits", sky=False,
+                        extra={"DATE-OBS": "2019-07-11T11:42:31", "MJDREF": 50814.0})
+    with pytest.warns(inference.InputWarning, match="approximate"):
+        res = inference.enhance_image(inference.read_input(img),
+                                      inference.load_model("SR", models["SR"]))
+    paths = inference.write_outputs(res)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for p in paths:
+            WCS(fits.getheader(p))
+
+
+@pytest.mark.parametrize("kind", ["cd", "cdelt_crota2", "cdelt_pc", "cdelt"])
+def test_sky_wcs_is_read_as_astropy_reads_it(kind):
+    h = fits.Header()
+    h["CTYPE1"], h["CTYPE2"] = "RA---TAN", "DEC--TAN"
+    h["CRPIX1"], h["CRPIX2"], h["CRVAL1"], h["CRVAL2"] = 210.3, 190.7, 202.5, 47.2
+    if kind == "cd":
+        h["CD1_1"], h["CD1_2"], h["CD2_1"], h["CD2_2"] = -1.0e-3, 4.0e-4, 3.9e-4, 1.05e-3
+    else:
+        h["CDELT1"], h["CDELT2"] = -1.1e-3, 1.2e-3
+        if kind == "cdelt_crota2":
+            h["CROTA2"] = 27.0
+        elif kind == "cdelt_pc":
+            h["PC1_1"], h["PC1_2"], h["PC2_1"], h["PC2_2"] = 0.9, -0.3, 0.35, 0.95
+    sky = inference.SkyTan.from_header(h)
+    ref = WCS(h)
+    px, py = np.array([0.0, 100.5, 415.0, -20.0]), np.array([3.0, 200.25, 415.0, 500.0])
+    np.testing.assert_allclose(sky.to_wcs().pixel_to_world_values(px, py),
+                               ref.pixel_to_world_values(px, py), rtol=0, atol=1e-10)
+    # design §4.3 by hand: padding adds to CRPIX; the 2x grid maps x to 2x - 0.5 (1-based)
+    up = sky.padded(6, 2).upscaled(2).to_wcs()
+    np.testing.assert_allclose(up.pixel_to_world_values(2 * (px + 2) + 0.5, 2 * (py + 6) + 0.5),
+                               ref.pixel_to_world_values(px, py), rtol=0, atol=1e-10)
+
+
+def test_approximate_sky_is_skywcs_approx_sky_wcs():
+    a = inference.approx_sky(150.1, 2.2, 70.0).to_wcs()
+    b = skywcs.approx_sky_wcs(150.1, 2.2, 70.0)
+    np.testing.assert_allclose(a.wcs.crpix, b.wcs.crpix, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(a.wcs.crval, b.wcs.crval, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(a.wcs.cd, b.wcs.cd, rtol=1e-15, atol=0)
+
+
+HEAVY_PROBE = r"""
+import sys
+from xmm_enhance.cli.infer import main
+code = main(sys.argv[1:])
+heavy = sorted(m for m in sys.modules
+               if m.split(".")[0] in ("matplotlib", "scipy", "astroquery", "dask", "torch")
+               or m in ("astropy.wcs", "astropy.table", "astropy.coordinates"))
+print("HEAVY", heavy)
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize("sky", [True, False])
+def test_a_run_imports_no_heavy_module(tmp_path, models, sky):
+    """Speed (issue 14.12) without timing: a run without --png imports none of these."""
+    img, _ = make_image(tmp_path / "img.fits", sky=sky)
+    proc = subprocess.run([sys.executable, "-c", HEAVY_PROBE, str(img), "--which", "SR",
+                           "--model", str(models["SR"]), "-q"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "HEAVY []" in proc.stdout, proc.stdout

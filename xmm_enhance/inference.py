@@ -5,6 +5,12 @@ Pipeline (pure functions over arrays, I/O only at the ends):
 -> outputs with the exact WCS of design §4.2-4.3 and provenance (``write_outputs``).
 
 Pixel conventions: arrays are ``[y, x]`` (0-based); FITS CRPIX are 1-based.
+
+Only ``numpy`` and ``astropy.io.fits`` are imported here (``onnxruntime`` when a model is
+loaded): the sky WCS of the grids is kept as a :class:`SkyTan` (CRPIX, CRVAL, CD), and an
+``astropy.wcs.WCS`` is built only when asked for (``InputImage.wcs``, ``EnhanceResult.input_wcs``
+and ``output_wcs``: figures, tests), so that a command-line run does not pay for importing
+``astropy.wcs`` (and with it ``astropy.coordinates`` and ``astropy.table``).
 """
 from __future__ import annotations
 
@@ -12,24 +18,27 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
+import re
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
-from astropy.wcs import WCS
 
 from . import __version__, detector, skywcs
 from .errors import InputError, ModelError, UsageError
-from .fitsio import atomic_write_hdul, check_writable_dir
+from .fitsio import atomic_write_hduls
 
 __all__ = [
-    "PAD_SIZE", "MODEL_FILES", "TASKS", "InputImage", "Model", "EnhanceResult",
+    "PAD_SIZE", "MODEL_FILES", "TASKS", "InputImage", "Model", "EnhanceResult", "SkyTan",
+    "PIXEL_ARCSEC", "PIXEL_TOLERANCE", "pixel_scales", "is_own_output",
     "InputWarning", "ModelWarning", "default_model_path", "load_model", "read_input", "input_mask",
     "output_mask", "pad_to", "sky_transmission",
     "prepare", "enhance_image", "write_outputs", "enhance_file", "output_paths",
+    "check_output_collisions", "approx_sky",
 ]
 
 log = logging.getLogger(__name__)
@@ -45,6 +54,14 @@ OBS_KEYS = ("TELESCOP", "INSTRUME", "OBS_ID", "EXP_ID", "EXPIDSTR", "OBJECT", "O
             "DEC_OBJ", "RA_NOM", "DEC_NOM", "RA_PNT", "DEC_PNT", "PA_PNT", "TIMESYS", "MJDREF",
             "SLCTEXPR", "REVOLUT")
 REQUIRED_META = ("task", "scale", "version")
+#: Input pixel size the models were trained for (arcsec) and the relative tolerance accepted.
+PIXEL_ARCSEC = 4.0
+PIXEL_TOLERANCE = 0.03
+#: Keywords that only this tool's outputs carry (with ``MODEL``, ``SOFTVER``, ``INFILE``).
+PROVENANCE_KEYS = ("MODELSHA", "MODELVER", "INEXPO")
+#: ``BUNIT`` values (lower case, spaces removed, ``/pixel`` dropped) that mean counts.
+COUNT_UNITS = ("", "count", "counts", "ct", "cts", "photon", "photons", "event", "events")
+_OUTPUT_NAME = re.compile(r"_(input|predict)_wcs_(SR|DN)\.fits(\.gz)?$", re.IGNORECASE)
 
 
 class InputWarning(UserWarning):
@@ -55,7 +72,133 @@ class ModelWarning(UserWarning):
     """The model is usable but flagged in its metadata (e.g. a preview below its quality bars)."""
 
 
-@dataclass
+class SkyTan:
+    """A celestial TAN WCS as numbers: FITS 1-based ``crpix`` (x, y), ``crval`` (RA, Dec) and
+    ``cd`` (2x2, deg/pixel), plus ``radesys``/``equinox``.
+
+    The pad and 2x-grid transforms of design §4.3 are exact on these numbers, so inference needs
+    no ``astropy.wcs``; :meth:`to_wcs` builds one when a caller wants it.
+    """
+
+    __slots__ = ("crpix", "crval", "cd", "radesys", "equinox")
+
+    def __init__(self, crpix, crval, cd, radesys="FK5", equinox=2000.0):
+        self.crpix = (float(crpix[0]), float(crpix[1]))
+        self.crval = (float(crval[0]) % 360.0, float(crval[1]))
+        self.cd = np.array(cd, dtype=float).reshape(2, 2)
+        self.radesys = str(radesys or "FK5").strip().upper()
+        self.equinox = (float(equinox) if equinox is not None and self.radesys in ("FK5", "FK4")
+                        else None)
+
+    def __repr__(self):
+        return (f"SkyTan(crpix={self.crpix}, crval={self.crval}, cd={self.cd.tolist()}, "
+                f"radesys={self.radesys!r})")
+
+    @property
+    def pixel_arcsec(self) -> float:
+        """Pixel size (arcsec): the square root of the pixel area, ``sqrt(|det CD|)``."""
+        return math.sqrt(abs(float(np.linalg.det(self.cd)))) * 3600.0
+
+    def padded(self, top: int, left: int) -> "SkyTan":
+        """After adding ``left`` columns before and ``top`` rows below (negative: crop)."""
+        return SkyTan((self.crpix[0] + left, self.crpix[1] + top), self.crval, self.cd,
+                      self.radesys, self.equinox)
+
+    def upscaled(self, factor: int) -> "SkyTan":
+        """Of the exact ``factor``x subdivision: ``CRPIX' = f CRPIX - (f-1)/2``, ``CD' = CD/f``."""
+        c = (factor - 1) / 2.0
+        return SkyTan((factor * self.crpix[0] - c, factor * self.crpix[1] - c), self.crval,
+                      self.cd / factor, self.radesys, self.equinox)
+
+    def header(self) -> fits.Header:
+        """TAN/CD keywords only (no CDELT, PC, CROTA or date keywords)."""
+        h = fits.Header()
+        h["WCSAXES"] = 2
+        h["CTYPE1"], h["CTYPE2"] = "RA---TAN", "DEC--TAN"
+        h["CUNIT1"], h["CUNIT2"] = "deg", "deg"
+        h["CRPIX1"], h["CRPIX2"] = self.crpix
+        h["CRVAL1"], h["CRVAL2"] = self.crval
+        h["CD1_1"], h["CD1_2"] = float(self.cd[0, 0]), float(self.cd[0, 1])
+        h["CD2_1"], h["CD2_2"] = float(self.cd[1, 0]), float(self.cd[1, 1])
+        h["RADESYS"] = self.radesys
+        if self.equinox is not None:
+            h["EQUINOX"] = self.equinox
+        return h
+
+    def to_wcs(self):
+        """The same WCS as an ``astropy.wcs.WCS`` (imports ``astropy.wcs``)."""
+        from astropy.wcs import WCS
+
+        w = WCS(naxis=2)
+        w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+        w.wcs.cunit = ["deg", "deg"]
+        w.wcs.crpix = list(self.crpix)
+        w.wcs.crval = list(self.crval)
+        w.wcs.cd = self.cd
+        w.wcs.radesys = self.radesys
+        if self.equinox is not None:
+            w.wcs.equinox = self.equinox
+        return w
+
+    @classmethod
+    def from_wcs(cls, w) -> "SkyTan":
+        """From the celestial part of an ``astropy.wcs.WCS`` (taken as TAN)."""
+        w = w.celestial
+        cd = w.wcs.cd if w.wcs.has_cd() else w.pixel_scale_matrix
+        eq = w.wcs.equinox
+        return cls(w.wcs.crpix, w.wcs.crval, cd, w.wcs.radesys or "FK5",
+                   eq if np.isfinite(eq) else 2000.0)
+
+    @classmethod
+    def from_header(cls, h) -> "SkyTan | None":
+        """Read a plain RA---TAN/DEC--TAN WCS (CD, or CDELT with PC or CROTA2) from ``h``.
+
+        Returns None for anything else (no sky WCS, other projections, distortions, units
+        other than deg); the caller then falls back to ``astropy.wcs``.
+        """
+        if (str(h.get("CTYPE1", "")).strip(), str(h.get("CTYPE2", "")).strip()) != (
+                "RA---TAN", "DEC--TAN"):
+            return None
+        if any(k in h for k in ("A_ORDER", "B_ORDER", "LONPOLE", "LATPOLE")) or any(
+                str(k).startswith(("PV1_", "PV2_", "DP1", "DP2", "D2IM")) for k in h):
+            return None
+        if any(str(h.get(f"CUNIT{i}", "deg")).strip().lower() not in ("deg", "")
+               for i in (1, 2)):
+            return None
+        g = lambda k, d: float(h.get(k, d))  # noqa: E731
+        crpix = (g("CRPIX1", 0.0), g("CRPIX2", 0.0))
+        crval = (g("CRVAL1", 0.0), g("CRVAL2", 0.0))
+        if any(f"CD{i}_{j}" in h for i in (1, 2) for j in (1, 2)):
+            cd = [[g("CD1_1", 0.0), g("CD1_2", 0.0)], [g("CD2_1", 0.0), g("CD2_2", 0.0)]]
+        else:
+            c1, c2 = g("CDELT1", 1.0), g("CDELT2", 1.0)
+            if any(f"PC{i}_{j}" in h for i in (1, 2) for j in (1, 2)):
+                pc = np.array([[g("PC1_1", 1.0), g("PC1_2", 0.0)],
+                               [g("PC2_1", 0.0), g("PC2_2", 1.0)]])
+                cd = np.diag([c1, c2]) @ pc
+            else:  # CROTA2 (FITS paper II, eq. 189): rotation of the second axis
+                r = math.radians(g("CROTA2", 0.0))
+                cd = [[c1 * math.cos(r), -c2 * math.sin(r)], [c1 * math.sin(r), c2 * math.cos(r)]]
+        if not np.all(np.isfinite(cd)) or np.linalg.det(np.asarray(cd, float)) == 0:
+            return None
+        radesys = h.get("RADESYS", h.get("RADECSYS"))
+        equinox = h.get("EQUINOX", h.get("EPOCH"))
+        if radesys is None:  # FITS defaults (paper II §3.1)
+            radesys = "ICRS" if equinox is None else ("FK4" if float(equinox) < 1984 else "FK5")
+        return cls(crpix, crval, cd, radesys, 2000.0 if equinox is None else float(equinox))
+
+
+def _lazy_wcs(sky):
+    return None if sky is None else sky.to_wcs()
+
+
+def _as_sky(w) -> SkyTan | None:
+    """``SkyTan`` of ``w`` (None, a SkyTan or an astropy WCS)."""
+    if w is None or isinstance(w, SkyTan):
+        return w
+    return SkyTan.from_wcs(w)
+
+
 class InputImage:
     """A validated input image.
 
@@ -67,20 +210,39 @@ class InputImage:
         Exposure in seconds.
     header : astropy.io.fits.Header
         The primary header of the image HDU.
-    wcs : astropy.wcs.WCS or None
+    sky : SkyTan or None
         Celestial WCS of the image grid.
+    wcs : astropy.wcs.WCS or None
+        The same as an astropy WCS (built on first use; may be set to a WCS or a SkyTan).
     wcs_note : str
         How the WCS was obtained ("" when read from the file).
     path : Path
     """
 
-    counts: np.ndarray
-    exposure: float
-    header: fits.Header
-    wcs: WCS | None
-    wcs_note: str
-    path: Path
-    notes: list = field(default_factory=list)
+    def __init__(self, counts, exposure, header, wcs=None, wcs_note="", path=Path("image.fits"),
+                 notes=None):
+        self.counts = counts
+        self.exposure = exposure
+        self.header = header
+        self.wcs = wcs
+        self.wcs_note = wcs_note
+        self.path = Path(path)
+        self.notes = list(notes or [])
+
+    @property
+    def wcs(self):
+        if self._wcs is None and self.sky is not None:
+            self._wcs = self.sky.to_wcs()
+        return self._wcs
+
+    @wcs.setter
+    def wcs(self, value):
+        self.sky = _as_sky(value)
+        self._wcs = None if isinstance(value, SkyTan) else value
+
+    def __repr__(self):
+        return (f"InputImage(path={str(self.path)!r}, shape={np.shape(self.counts)}, "
+                f"exposure={self.exposure}, sky={self.sky!r})")
 
 
 @dataclass
@@ -130,19 +292,45 @@ class Model:
         return out[0, 0]
 
 
-@dataclass
 class EnhanceResult:
-    """What :func:`enhance_image` computed, before anything is written."""
+    """What :func:`enhance_image` computed, before anything is written.
 
-    task: str
-    input_rate: np.ndarray      # masked, padded input rate [416, 416]
-    input_mask: np.ndarray      # bool [416, 416]
-    prediction: np.ndarray      # [416*s, 416*s]
-    input_wcs: WCS | None       # of the padded input grid
-    output_wcs: WCS | None      # of the prediction grid
-    pad: tuple                  # (top, left): offsets added to the original grid
-    image: InputImage
-    model: Model
+    Attributes
+    ----------
+    task : str
+    input_rate : ndarray float32 [416, 416]
+        Masked, padded input rate (count/s/pixel).
+    input_mask : ndarray bool [416, 416]
+    prediction : ndarray float32 [416 s, 416 s]
+    input_sky, output_sky : SkyTan or None
+        WCS of the padded input grid and of the prediction grid.
+    input_wcs, output_wcs : astropy.wcs.WCS or None
+        The same as astropy WCS objects (built on first use).
+    pad : (int, int)
+        (top, left): offsets added to the original grid.
+    image : InputImage
+    model : Model
+    """
+
+    def __init__(self, task, input_rate, input_mask, prediction, input_wcs, output_wcs, pad,
+                 image, model):
+        self.task = task
+        self.input_rate = input_rate
+        self.input_mask = input_mask
+        self.prediction = prediction
+        self.input_sky = _as_sky(input_wcs)
+        self.output_sky = _as_sky(output_wcs)
+        self.pad = pad
+        self.image = image
+        self.model = model
+
+    @functools.cached_property
+    def input_wcs(self):
+        return _lazy_wcs(self.input_sky)
+
+    @functools.cached_property
+    def output_wcs(self):
+        return _lazy_wcs(self.output_sky)
 
 
 # --------------------------------------------------------------------------- models
@@ -212,7 +400,7 @@ def load_model(which: str, path: str | Path | None = None, *, threads: int | Non
 
 # --------------------------------------------------------------------------- input
 def _open_image_hdu(path: Path):
-    """Return (data, header) of the first HDU holding an image, or raise InputError."""
+    """Return (data, image header, primary header) of the first HDU holding an image."""
     try:
         with fits.open(path, memmap=False) as hdul:
             for hdu in hdul:
@@ -224,6 +412,90 @@ def _open_image_hdu(path: Path):
         raise InputError(f"{path}: {reason}; re-create it with make_detxy_pn_image_pps.py "
                          "or pass a FITS image") from None
     raise InputError(f"{path}: no image data in any HDU; pass a 2-D DETX/DETY counts image")
+
+
+def is_own_output(header, name: str = "") -> bool:
+    """True when ``header`` (or the file ``name``) is that of an output of this tool.
+
+    Recognised by the provenance keywords :func:`write_outputs` writes (``MODELSHA``,
+    ``MODELVER``, ``INEXPO``, or ``MODEL`` with ``SOFTVER``/``INFILE``), or by the output name
+    pattern ``<stem>_{input,predict}_wcs_{SR,DN}.fits[.gz]``.
+    """
+    if any(k in header for k in PROVENANCE_KEYS):
+        return True
+    if "MODEL" in header and ("SOFTVER" in header or "INFILE" in header):
+        return True
+    return bool(_OUTPUT_NAME.search(name))
+
+
+def _unit_is_counts(bunit) -> bool:
+    u = re.sub(r"\s+", "", str(bunit)).lower()
+    for per_pixel in ("/pixel", "/pix", "perpixel"):
+        if u.endswith(per_pixel):
+            u = u[: -len(per_pixel)]
+    return u in COUNT_UNITS
+
+
+def _check_counts(path: Path, data: np.ndarray, header, primary) -> None:
+    """Raise InputError unless ``data`` is a counts image (not a rate or other image)."""
+    if is_own_output(header, path.name) or is_own_output(primary):
+        made_from = header.get("INFILE", primary.get("INFILE"))
+        content = header.get("CONTENT", primary.get("CONTENT"))
+        what = f"{content}, count/s/pixel" if content else "by its name"
+        fix = (f"pass the counts image it was made from ({made_from})" if made_from else
+               "pass the counts image from make_detxy_pn_image_pps.py")
+        raise InputError(f"{path}: is an output of run_inference_on_real ({what}), not a "
+                         f"counts image; {fix}")
+    bunit = header.get("BUNIT", primary.get("BUNIT"))
+    if bunit is not None and not _unit_is_counts(bunit):
+        u = str(bunit).strip()
+        kind = ("a count-rate image" if re.search(r"/s\b|s-1|s\*\*-1|/sec|rate", u.lower())
+                else "not a counts image")
+        raise InputError(f"{path}: BUNIT = '{u}': {kind}; pass a counts image (BUNIT 'count') "
+                         "from make_detxy_pn_image_pps.py")
+    if data.dtype.kind == "f":
+        finite = data[np.isfinite(data)]
+        frac = np.abs(finite - np.round(finite))
+        if frac.size and float(frac.max()) > 1e-3:
+            n = int(np.sum(frac > 1e-3))
+            raise InputError(f"{path}: {n} pixels hold non-integer values: not a counts image "
+                             "(a rate, smoothed or exposure-corrected image?); pass the counts "
+                             "image from make_detxy_pn_image_pps.py")
+
+
+def pixel_scales(header) -> list[tuple[float, str]]:
+    """Pixel sizes (arcsec) that ``header`` states, each with where it comes from.
+
+    From the sky WCS (``sqrt|det CD|``, also CDELT/PC/CROTA), the ``BINSIZE`` keyword written
+    by make_detxy_pn_image_pps.py (DET units of 0.05"), and the DETX/DETY axes (primary or
+    alternate ``L`` WCS, CDELT in DET units). Empty when the header states none.
+    """
+    out = []
+    sky = SkyTan.from_header(header)
+    if sky is None and skywcs.has_sky_wcs(header):
+        sky = _sky_from_astropy(header)
+    if sky is not None:
+        out.append((sky.pixel_arcsec, "sky WCS"))
+    if "BINSIZE" in header:
+        try:
+            b = float(header["BINSIZE"])
+        except (TypeError, ValueError):
+            b = float("nan")
+        if np.isfinite(b) and b > 0:
+            out.append((detector.pixel_size_arcsec(b), f"BINSIZE = {b:g}"))
+    b = _det_binsize(header)
+    if b:
+        out.append((detector.pixel_size_arcsec(b), f"DETX/DETY CDELT = {b:g}"))
+    return out
+
+
+def _check_pixel_scale(path: Path, header) -> None:
+    for scale, source in pixel_scales(header):
+        if abs(scale / PIXEL_ARCSEC - 1) > PIXEL_TOLERANCE:
+            raise InputError(
+                f"{path}: pixel scale {scale:.3g}\"/pixel (from the {source}), but the models "
+                f"need {PIXEL_ARCSEC:g}\"/pixel; make the image with make_detxy_pn_image_pps.py "
+                f"--binSize {round(PIXEL_ARCSEC / skywcs.ARCSEC_PER_DET)}")
 
 
 def read_input(path: str | Path, *, exposure: float | None = None) -> InputImage:
@@ -238,7 +510,9 @@ def read_input(path: str | Path, *, exposure: float | None = None) -> InputImage
     Raises
     ------
     InputError
-        Missing or unreadable file, no 2-D image, NaN/inf or negative pixels, no exposure.
+        Missing or unreadable file, no 2-D image, not a counts image (an output of this tool,
+        a ``BUNIT`` other than counts, non-integer values), NaN/inf or negative pixels, a pixel
+        scale other than 4" (sky WCS, ``BINSIZE`` or DET axes), no exposure.
     """
     path = Path(path)
     if not path.exists():
@@ -251,6 +525,7 @@ def read_input(path: str | Path, *, exposure: float | None = None) -> InputImage
     if data.ndim != 2:
         raise InputError(f"{path}: image is {data.ndim}-D with shape {data.shape}; pass a 2-D "
                          "DETX/DETY counts image")
+    _check_counts(path, data, header, primary)
     counts = data.astype(np.float64)
     if not np.all(np.isfinite(counts)):
         n = int(np.sum(~np.isfinite(counts)))
@@ -259,6 +534,7 @@ def read_input(path: str | Path, *, exposure: float | None = None) -> InputImage
     if np.any(counts < 0):
         raise InputError(f"{path}: {int(np.sum(counts < 0))} negative pixels; pass a counts "
                          "image, not a background-subtracted one")
+    _check_pixel_scale(path, header)
     for key in OBS_KEYS + ("EXPOSURE",):
         if key not in header and key in primary:
             header[key] = primary[key]
@@ -267,7 +543,10 @@ def read_input(path: str | Path, *, exposure: float | None = None) -> InputImage
         exposure = header.get("EXPOSURE")
         if exposure is None:
             raise InputError(f"{path}: no EXPOSURE keyword; pass --exposure SECONDS")
-    exposure = float(exposure)
+    try:
+        exposure = float(exposure)
+    except (TypeError, ValueError):
+        exposure = float("nan")
     if not np.isfinite(exposure) or exposure <= 0:
         raise InputError(f"{path}: exposure {exposure} s is not positive; pass --exposure "
                          "SECONDS")
@@ -278,25 +557,45 @@ def read_input(path: str | Path, *, exposure: float | None = None) -> InputImage
     if counts.sum() == 0:
         warnings.warn(f"{path.name}: image is all zeros; the prediction will be empty",
                       InputWarning, stacklevel=2)
-    wcs, note = _sky_wcs_of(header, path)
-    return InputImage(counts=counts, exposure=exposure, header=header, wcs=wcs, wcs_note=note,
+    sky, note = _sky_wcs_of(header, path)
+    return InputImage(counts=counts, exposure=exposure, header=header, wcs=sky, wcs_note=note,
                       path=path, notes=notes)
+
+
+def _sky_from_astropy(header) -> SkyTan | None:
+    """Sky WCS of a header that :meth:`SkyTan.from_header` does not read (via astropy.wcs)."""
+    from astropy.wcs import WCS
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return SkyTan.from_wcs(WCS(header, naxis=2))
+        except Exception:  # astropy raises several types for malformed WCS keywords
+            return None
+
+
+def approx_sky(ra_pnt: float, dec_pnt: float, pa_pnt: float, *,
+               binsize: float = detector.PN_BINSIZE) -> SkyTan:
+    """:func:`skywcs.approx_sky_wcs` as a :class:`SkyTan` (same numbers, no astropy.wcs)."""
+    crpix = skywcs._det_to_pix(*skywcs.BORESIGHT_DET, binsize=binsize)
+    cd = skywcs.cd_from_pa(pa_pnt, detector.pixel_size_arcsec(binsize))
+    return SkyTan(crpix, (ra_pnt, dec_pnt), cd, "FK5", 2000.0)
 
 
 def _sky_wcs_of(header, path):
     if skywcs.has_sky_wcs(header):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return WCS(header, naxis=2).celestial, ""
+        sky = SkyTan.from_header(header) or _sky_from_astropy(header)
+        if sky is not None:
+            return sky, ""
     keys = ("RA_PNT", "DEC_PNT", "PA_PNT")
     if all(k in header for k in keys):
         binsize = _det_binsize(header) or detector.PN_BINSIZE
-        w = skywcs.approx_sky_wcs(header["RA_PNT"], header["DEC_PNT"], header["PA_PNT"],
-                                  binsize=binsize)
+        sky = approx_sky(float(header["RA_PNT"]), float(header["DEC_PNT"]),
+                         float(header["PA_PNT"]), binsize=binsize)
         warnings.warn(f"{path.name}: no sky WCS in the file; using an approximate one from "
                       "RA_PNT/DEC_PNT/PA_PNT (good to a few arcsec)", InputWarning,
                       stacklevel=3)
-        return w, "approximate: from RA_PNT/DEC_PNT/PA_PNT, nominal boresight"
+        return sky, "approximate: from RA_PNT/DEC_PNT/PA_PNT, nominal boresight"
     warnings.warn(f"{path.name}: no sky WCS and no RA_PNT/DEC_PNT/PA_PNT; outputs will have "
                   "pixel coordinates only", InputWarning, stacklevel=3)
     return None, "no sky WCS available"
@@ -418,10 +717,10 @@ def enhance_image(img: InputImage, model: Model) -> EnhanceResult:
     if s > 1 and _is_pn_grid(img):
         pred = pred * sky_transmission(s, (top, left), pred.shape)
     pred = pred.astype(np.float32)
-    in_wcs = skywcs.pad_wcs(img.wcs, top, left) if img.wcs is not None else None
-    out_wcs = skywcs.upscale_wcs(in_wcs, s) if (in_wcs is not None and s > 1) else in_wcs
+    in_sky = img.sky.padded(top, left) if img.sky is not None else None
+    out_sky = in_sky.upscaled(s) if (in_sky is not None and s > 1) else in_sky
     return EnhanceResult(task=model.task, input_rate=rate, input_mask=mask, prediction=pred,
-                         input_wcs=in_wcs, output_wcs=out_wcs, pad=(top, left), image=img,
+                         input_wcs=in_sky, output_wcs=out_sky, pad=(top, left), image=img,
                          model=model)
 
 
@@ -443,14 +742,58 @@ def output_paths(infile: Path, which: str, outdir: Path | None = None) -> tuple[
             folder / f"{stem}_predict_wcs_{which}.fits.gz")
 
 
+def check_output_collisions(paths, which: str, outdir: Path | None = None) -> list[Path]:
+    """The inputs to process, once each; raise UsageError if two would write the same outputs.
+
+    Two different files with the same stem (``a/img.fits`` and ``b/img.fits.gz``) and one
+    ``outdir`` (or one folder) would overwrite each other's outputs: refused before anything
+    is written. The same file given twice is processed once.
+    """
+    seen: dict[Path, Path] = {}
+    unique = []
+    for p in paths:
+        p = Path(p)
+        out = output_paths(p, which, outdir)[1]
+        key = Path(os.path.abspath(out))
+        if key in seen:
+            first = seen[key]
+            if os.path.abspath(first) == os.path.abspath(p) or (
+                    first.exists() and p.exists() and os.path.samefile(first, p)):
+                continue
+            raise UsageError(f"{first} and {p} would both write {out}; give inputs with "
+                             "different names, or run them separately with different --outdir")
+        seen[key] = p
+        unique.append(p)
+    return unique
+
+
+def _set(h: fits.Header, key: str, value, comment: str = "") -> None:
+    """``h[key] = (value, comment)``, without the comment when the card would not hold it
+    (astropy would truncate it with a ``VerifyWarning: Card is too long``)."""
+    from astropy.io.fits.verify import VerifyWarning
+
+    # a card is "KEYWORD = " + value (20 characters or more) + " / " + comment: 80 at most
+    if comment and len(str(value)) + len(comment) > 45:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", VerifyWarning)
+            try:
+                fits.Card(key, value, comment).image
+            except VerifyWarning:
+                comment = ""
+    h[key] = (value, comment) if comment else value
+
+
 def _header(res: EnhanceResult, *, wcs, exposure, pixel_arcsec, what) -> fits.Header:
     img, model = res.image, res.model
     h = fits.Header()
     for key in OBS_KEYS:
         if key in img.header:
-            h[key] = (img.header[key], img.header.comments[key])
+            _set(h, key, img.header[key], img.header.comments[key])
+    # DATEREF, MJD-OBS, MJD-END: astropy.wcs would add them with a 'datfix' warning
+    h.update(skywcs.time_keywords(h))
+    wcs = _as_sky(wcs)
     if wcs is not None:
-        h.update(skywcs.wcs_to_header(wcs))
+        h.update(wcs.header())
         if img.wcs_note:
             h["WCSNOTE"] = img.wcs_note[:68]
             h["COMMENT"] = f"Sky WCS: {img.wcs_note}"
@@ -467,10 +810,11 @@ def _header(res: EnhanceResult, *, wcs, exposure, pixel_arcsec, what) -> fits.He
     h["MODEL"] = (model.path.name, "ONNX model file")
     h["MODELVER"] = (model.version, "model version")
     if model.meta.get("status"):
-        h["MODELSTA"] = (str(model.meta["status"]).split(":")[0][:40], "model status (MODEL_CARD.md)")
+        h["MODELSTA"] = (str(model.meta["status"]).split(":")[0][:40],
+                         "model status (MODEL_CARD.md)")
     h["MODELSHA"] = model.sha256  # sha256 of the model file (64 hex digits: no room for a comment)
     h["SOFTVER"] = (__version__, "xmm_enhance version")
-    h["INFILE"] = (img.path.name[:68], "input image")
+    _set(h, "INFILE", img.path.name, "input image")
     h["HISTORY"] = f"xmm_enhance {__version__} run_inference_on_real --which {res.task}"
     h["HISTORY"] = f"input {img.path.name}: counts / EXPOSURE, detector mask, pad to {PAD_SIZE}"
     if what != "input":
@@ -489,22 +833,16 @@ def write_outputs(res: EnhanceResult, *, outdir: Path | None = None, overwrite: 
                   ) -> tuple[Path, Path]:
     """Write the input and prediction files (atomically); return their paths."""
     p_in, p_pred = output_paths(res.image.path, res.task, outdir)
-    check_writable_dir(p_in.parent)
-    if not overwrite:
-        for p in (p_in, p_pred):
-            if p.exists():
-                from .errors import OutputError
-                raise OutputError(f"{p}: exists; pass --overwrite to replace it")
     pix = detector.pixel_size_arcsec()
-    h_in = _header(res, wcs=res.input_wcs, exposure=res.image.exposure, pixel_arcsec=pix,
+    h_in = _header(res, wcs=res.input_sky, exposure=res.image.exposure, pixel_arcsec=pix,
                    what="input")
     target = res.model.target_exposure or res.image.exposure
-    h_out = _header(res, wcs=res.output_wcs, exposure=target,
+    h_out = _header(res, wcs=res.output_sky, exposure=target,
                     pixel_arcsec=pix / res.model.scale, what="predict")
-    atomic_write_hdul(fits.HDUList([fits.PrimaryHDU(res.input_rate, h_in)]), p_in,
-                      overwrite=overwrite)
-    atomic_write_hdul(fits.HDUList([fits.PrimaryHDU(res.prediction, h_out)]), p_pred,
-                      overwrite=overwrite)
+    # both or neither: a failed write (disk full...) leaves no file and no temporary
+    atomic_write_hduls([(fits.HDUList([fits.PrimaryHDU(res.input_rate, h_in)]), p_in),
+                        (fits.HDUList([fits.PrimaryHDU(res.prediction, h_out)]), p_pred)],
+                       overwrite=overwrite)
     return p_in, p_pred
 
 

@@ -1,8 +1,13 @@
-"""``run_inference_on_real.py``: SR or DN prediction for pn DETX/DETY images."""
+"""``run_inference_on_real.py``: SR or DN prediction for pn DETX/DETY images.
+
+Imports only what a run needs: the library (numpy, astropy.io.fits, onnxruntime) is imported
+after the arguments are parsed, matplotlib only for ``--png``/``--display``.
+"""
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -21,11 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "<stem>_input_wcs_<W>.fits.gz and <stem>_predict_wcs_<W>.fits.gz beside "
                     "each input (or in --outdir).")
     p.add_argument("filein", nargs="+", type=Path, help="input image(s) (FITS, .gz allowed)")
-    p.add_argument("--which", required=True, choices=("SR", "DN"),
-                   help="SR: 2x super-resolution; DN: de-noising (20 ks -> 50 ks)")
+    p.add_argument("--which", required=True, choices=("SR", "DN"), type=str.upper,
+                   help="SR: 2x super-resolution; DN: de-noising (20 ks -> 50 ks); any case")
     p.add_argument("--display", action="store_true", help="show input and prediction")
     p.add_argument("--png", action="store_true", help="write a quick-look PNG per input")
-    p.add_argument("--outdir", type=Path, help="output folder (default: beside each input)")
+    p.add_argument("--outdir", type=Path,
+                   help="output folder, created if missing (default: beside each input)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--model", type=Path, help="ONNX model (default: the bundled one)")
     p.add_argument("--threads", type=int, help="CPU threads for onnxruntime (default: all)")
@@ -42,17 +48,20 @@ def main(argv=None) -> int:
     try:
         if args.threads is not None and args.threads < 1:
             raise UsageError(f"--threads must be >= 1, got {args.threads}")
-        if args.exposure is not None and args.exposure <= 0:
-            raise UsageError(f"--exposure must be > 0 s, got {args.exposure}")
-        from ..inference import load_model, enhance_file
-        from ..fitsio import check_writable_dir
+        if args.exposure is not None and not (math.isfinite(args.exposure)
+                                              and args.exposure > 0):
+            raise UsageError(f"--exposure must be a number of seconds > 0, got {args.exposure}")
+        from ..inference import check_output_collisions, enhance_file, load_model
+        from ..fitsio import ensure_output_dir
+        # two inputs with one stem would write the same outputs: refuse before any writing
+        inputs = check_output_collisions(args.filein, args.which, args.outdir)
         if args.outdir is not None:
-            check_writable_dir(args.outdir)
+            ensure_output_dir(args.outdir)
         model = load_model(args.which, args.model, threads=args.threads)
     except XmmEnhanceError as exc:
         return report_error(exc)
     failed = []
-    for f in args.filein:
+    for f in inputs:
         try:
             out = enhance_file(f, args.which, model=model, outdir=args.outdir,
                                overwrite=args.overwrite, exposure=args.exposure, png=args.png)
@@ -71,8 +80,8 @@ def main(argv=None) -> int:
         if args.display:
             from ..display import show
             show(res)
-    if failed and len(args.filein) > 1:
-        print(f"error: {len(failed)} of {len(args.filein)} inputs failed: "
+    if failed and len(inputs) > 1:
+        print(f"error: {len(failed)} of {len(inputs)} inputs failed: "
               + ", ".join(str(f) for f in failed), file=sys.stderr)
     return 1 if failed else 0
 
