@@ -7,6 +7,7 @@ identity), so what is checked is the engine: skipping, locking, resuming, parall
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import http.server
@@ -14,6 +15,7 @@ import io
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -123,6 +125,11 @@ def _leftovers(root: Path) -> list:
     """Temporaries anywhere under root (what a killed writer could leave)."""
     return sorted(str(p) for p in root.rglob("*")
                   if p.name.endswith(".tmp") or p.name.startswith(".pps-download-"))
+
+
+def _mentions(obsid: str, line: str) -> int:
+    """How often ``line`` names ``obsid`` as a word (not inside a PPS file name)."""
+    return len(re.findall(rf"\b{obsid}\b", line))
 
 
 def _products(save_dir: Path, obsid: str) -> list[Path]:
@@ -318,124 +325,31 @@ def test_dask_local_cluster_matches_sequential(tmp_path, pps_root, models):
 
 
 # --------------------------------------------------------------------------------------------
-# Separate processes: SIGKILL and resume, two batches at once
-# --------------------------------------------------------------------------------------------
-def _cli(save_dir, models, ids, pps_root, report):
-    env = dict(os.environ, MPLBACKEND="Agg", PYTHONPATH=str(REPO))
-    cmd = [sys.executable, "-m", "xmm_enhance.cli.batch", *ids,
-           *_args(save_dir, models, "--png", "--report", report, pps_root=pps_root)]
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
-
-
-def test_sigkill_mid_run_then_rerun_resumes(tmp_path, pps_root, models):
-    ids = OBSIDS[:4]
-    out = tmp_path / "out"
-    proc = _cli(out, models, ids, pps_root, tmp_path / "killed")
-    try:
-        # Kill as soon as the first observation is finished: the second is then being worked
-        # on, with files possibly half-written.
-        deadline = time.time() + 240
-        first_log = out / ids[0] / LOG_NAME
-        while time.time() < deadline and proc.poll() is None:
-            if first_log.exists() and ": done (" in first_log.read_text():
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, "the batch ended before it could be killed"
-        time.sleep(0.3)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == -signal.SIGKILL
-    assert not Path(f"{tmp_path / 'killed'}.json").exists()
-    before = {p: p.stat().st_mtime_ns for p in _products(out, ids[0])}
-    assert len(before) == 7
-    # Besides whatever the kill left, plant what a writer killed at another moment leaves.
-    (out / ids[2]).mkdir(exist_ok=True)
-    (out / ids[2] / ".pn_cleaned_x.fits.k1l2_3x.tmp").write_bytes(b"SIMPLE  =   half")
-    (out / ids[2] / ".pps-download-abc123").mkdir()
-
-    rep = tmp_path / "rerun"
-    assert main(_args(out, models, *ids, "--png", "--report", rep, pps_root=pps_root)) == 0
-    r = _report(rep)
-    assert all(r[o]["status"] == "done" for o in ids)
-    assert r[ids[0]]["steps"] == "image:skipped SR:skipped DN:skipped"
-    assert any("ran" in r[o]["steps"] for o in ids[1:]), "the kill came too late to test"
-    assert {p: p.stat().st_mtime_ns for p in _products(out, ids[0])} == before
-    for o in ids:                                       # no step ran twice
-        counts = _ran_counts(out, o)
-        assert counts["download"] == 0 and all(v <= 1 for v in counts.values()), (o, counts)
-        for step in ("image", "SR", "DN"):
-            # a step whose outputs the killed run completed, but was killed before logging
-            # "ran", is skipped by the rerun (not redone): it still ran exactly once
-            assert counts[step] == 1 or f"{step}:skipped" in r[o]["steps"], (o, step, counts)
-        products = _products(out, o)
-        assert len(products) == 7
-        assert all((png_is_valid(p) if p.suffix == ".png" else fits_is_valid(p))[0]
-                   for p in products)
-    assert _leftovers(out) == []
-
-
-def test_sigterm_stops_cleanly_with_a_partial_report(tmp_path, pps_root, models):
-    ids = OBSIDS[:4]
-    out = tmp_path / "out"
-    proc = _cli(out, models, ids, pps_root, tmp_path / "partial")
-    try:
-        first_log = out / ids[0] / LOG_NAME
-        first_lock = ObservationLock(out / ids[0] / batch.LOCK_NAME)
-        deadline = time.time() + 240
-        while time.time() < deadline and proc.poll() is None:
-            # "done" is logged before the observation's lock is released and its result
-            # recorded: wait for the release too, or the signal can land in between
-            if first_log.exists() and ": done (" in first_log.read_text() \
-                    and first_lock.is_free():
-                break
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 130, err[-2000:]
-    assert "interrupted after" in err and "rerun the same command" in err
-    doc = json.loads(Path(f"{tmp_path / 'partial'}.json").read_text())
-    assert doc["meta"]["interrupted"] is True
-    done = [o["obsid"] for o in doc["observations"]]
-    assert ids[0] in done and len(done) < len(ids)
-    assert all(ObservationLock(out / o / batch.LOCK_NAME).is_free() for o in ids)
-    assert _leftovers(out) == []
-
-
-def test_two_batches_at_once_process_each_observation_once(tmp_path, pps_root, models):
-    ids = OBSIDS
-    out = tmp_path / "out"
-    procs = [_cli(out, models, ids, pps_root, tmp_path / f"rep{i}") for i in range(2)]
-    for p in procs:
-        _, err = p.communicate(timeout=400)
-        assert p.returncode == 0, err[-2000:]
-    reps = [_report(tmp_path / f"rep{i}") for i in range(2)]
-    for o in ids:
-        assert _ran_counts(out, o) == {"download": 0, "image": 1, "SR": 1, "DN": 1}, o
-        statuses = sorted(rep[o]["status"] for rep in reps)
-        assert statuses in (["busy", "done"], ["done", "done"]), statuses
-        ran = [rep[o] for rep in reps if "ran" in rep[o]["steps"]]
-        assert len(ran) == 1 and ran[0]["steps"] == "image:ran SR:ran DN:ran"
-    assert _leftovers(out) == []
-
-
-# --------------------------------------------------------------------------------------------
-# Downloads from a local imitation of the XSA
+# A local imitation of the XSA; it can hold requests, so tests act on a state, not a time
 # --------------------------------------------------------------------------------------------
 class _XSA(http.server.ThreadingHTTPServer):
-    """Serves the PPS files of ``folders[obsid]`` as XSA-style tars; ``always_503`` fails."""
+    """Serves the PPS files of ``folders[obsid]`` as XSA-style tars on 127.0.0.1.
+
+    ``always_503``: OBS_IDs answered with HTTP 503; unknown OBS_IDs get 404. ``hold``: OBS_IDs
+    whose requests wait until ``release`` is set; ``held`` is set as the first of them arrives,
+    so a test knows a batch is busy with that observation (holding its lock) and cannot end
+    before it is released.
+    """
 
     daemon_threads = True
 
-    def __init__(self, folders, always_503=()):
-        self.folders, self.always_503, self.gets = folders, set(always_503), []
+    def __init__(self, folders, always_503=(), hold=()):
+        self.folders, self.always_503, self.hold = folders, set(always_503), set(hold)
+        self.gets = []
+        self.held, self.release = threading.Event(), threading.Event()
         super().__init__(("127.0.0.1", 0), _XSAHandler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/nxsa-sl/servlet/data-action-aio?"
+
+    def handle_error(self, request, client_address):
+        pass  # a client killed in mid-request is what some tests do
 
 
 class _XSAHandler(http.server.BaseHTTPRequestHandler):
@@ -446,6 +360,9 @@ class _XSAHandler(http.server.BaseHTTPRequestHandler):
         q = {k: v[0] for k, v in parse_qs(urlsplit(self.path).query).items()}
         obsid, name, inst = q.get("obsno", ""), q.get("name", ""), q.get("instname", "")
         self.server.gets.append((obsid, name))          # HEAD and GET
+        if obsid in self.server.hold:
+            self.server.held.set()
+            self.server.release.wait()
         if obsid in self.server.always_503:
             self.send_error(503)
             return
@@ -475,45 +392,335 @@ class _XSAHandler(http.server.BaseHTTPRequestHandler):
         self._serve(False)
 
 
-def test_downloads_from_local_archive_with_unreachable_observation(tmp_path, pps_root, models,
-                                                                   monkeypatch):
+@pytest.fixture
+def xsa(monkeypatch):
+    """``xsa(folders, always_503=(), hold=())`` starts a :class:`_XSA` (stopped after the
+    test); the proxy settings let 127.0.0.1 through, here and in subprocesses."""
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    good, down = OBSIDS[:2], OBSIDS[2]
-    server = _XSA({o: pps_root / o / "pps" for o in OBSIDS[:3]}, always_503=[down])
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/nxsa-sl/servlet/data-action-aio?"
-    out = tmp_path / "out"
-    try:
-        common = ("--which", "DN", "--archive-url", url, "--retries", "2", "--backoff", "0.01")
-        code = main(_args(out, models, *good, down, *common, "--report", tmp_path / "rep"))
-        assert code == 1
-        r = _report(tmp_path / "rep")
-        assert [r[o]["status"] for o in good] == ["done", "done"]
-        assert r[good[0]]["steps"] == "download:ran image:ran DN:ran"
-        assert r[down]["status"] == "failed"
-        assert "503" in r[down]["error"] and "after 3 attempts" in r[down]["error"]
-        # first try + 2 retries, each stopped by its first 503
-        assert sum(1 for o, n in server.gets if o == down) == 3
-        text = (out / down / LOG_NAME).read_text()
-        assert "attempt 1/3 failed" in text and "attempt 2/3 failed" in text
-        # Rerun: finished observations do not touch the archive again.
-        n_before = len(server.gets)
-        server.always_503.clear()
-        image = Path(r[good[1]]["image"])               # a truncated image is remade from the
-        image.write_bytes(image.read_bytes()[:5000])    # PPS already downloaded
-        assert main(_args(out, models, *good, down, *common, "--report", tmp_path / "rep2")) == 0
-        r2 = _report(tmp_path / "rep2")
-        assert r2[good[0]]["steps"] == "download:skipped image:skipped DN:skipped"
-        assert r2[good[1]]["steps"] == "download:skipped image:ran DN:ran"
-        assert r2[down]["steps"] == "download:ran image:ran DN:ran"
-        assert {o for o, _ in server.gets[n_before:]} == {down}
-    finally:
+    servers = []
+
+    def start(folders, **kw):
+        server = _XSA(folders, **kw)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.release.set()
         server.shutdown()
         server.server_close()
+
+
+# --------------------------------------------------------------------------------------------
+# Separate processes: SIGKILL and resume, SIGTERM, orphaned workers, two batches at once
+# --------------------------------------------------------------------------------------------
+def _cli(save_dir, models, ids, report, *extra, pps_root=None):
+    """``xmm-enhance batch ids --png ...`` in a subprocess of its own session."""
+    env = dict(os.environ, MPLBACKEND="Agg", PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "xmm_enhance.cli.batch", *ids,
+           *_args(save_dir, models, "--png", "--report", report, *extra, pps_root=pps_root)]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+
+
+def _wait_until(condition, proc, timeout=240.0) -> bool:
+    """Poll ``condition()`` until it holds (True); False if ``proc`` ended first or after
+    ``timeout`` s (a bound for a broken run, not a synchronisation)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def _stderr_of(proc) -> str:
+    """What an ended (or now killed) process wrote on stderr."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    try:
+        return proc.communicate(timeout=30)[1][-3000:]
+    except subprocess.TimeoutExpired:  # pipes held open by surviving children
+        return "(stderr unavailable)"
+
+
+def _descendants(pid: int) -> list[int]:
+    """Pids of all processes below ``pid`` (from /proc: the ppid field of each stat)."""
+    children: dict = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+        except OSError:                                 # ended meanwhile
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])   # "pid (comm) state ppid ..."
+        children.setdefault(ppid, []).append(int(d.name))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def _pidfds(pids) -> dict:
+    """``{pid: pidfd}`` for the pids still running (a pidfd never refers to a reused pid)."""
+    fds = {}
+    for p in pids:
+        try:
+            fds[p] = os.pidfd_open(p)
+        except ProcessLookupError:
+            pass
+    return fds
+
+
+def _still_running(fds: dict, timeout: float) -> list[int]:
+    """Block until every process of ``fds`` has ended; return those still running after
+    ``timeout`` s. A pidfd becomes readable when its process ends (zombies included)."""
+    import select
+
+    deadline = time.monotonic() + timeout
+    alive = dict(fds)
+    while alive and (left := deadline - time.monotonic()) > 0:
+        ready, _, _ = select.select(list(alive.values()), [], [], left)
+        alive = {p: fd for p, fd in alive.items() if fd not in ready}
+    return sorted(alive)
+
+
+def _kill_and_close(fds: dict) -> None:
+    for fd in fds.values():
+        with contextlib.suppress(OSError):
+            signal.pidfd_send_signal(fd, signal.SIGKILL)
+        os.close(fd)
+
+
+needs_pidfd = pytest.mark.skipif(not (sys.platform.startswith("linux")
+                                      and hasattr(os, "pidfd_open")),
+                                 reason="needs Linux /proc and pidfd_open")
+
+
+def test_sigkill_mid_run_then_rerun_resumes(tmp_path, pps_root, models, xsa):
+    ids = OBSIDS[:4]
+    server = xsa({o: pps_root / o / "pps" for o in ids}, hold=[ids[3]])
+    out = tmp_path / "out"
+    proc = _cli(out, models, ids, tmp_path / "killed", "--archive-url", server.url)
+    try:
+        # Kill the batch (all its processes) while the second observation is being worked on:
+        # its image made, SR, DN and PNGs on the way, files possibly half-written. Wherever the
+        # kill lands from there on, the batch cannot have ended: the last observation's
+        # download is held by the archive until the rerun.
+        second = out / ids[1] / LOG_NAME
+        assert _wait_until(lambda: second.exists() and "step image: ran" in second.read_text(),
+                           proc), _stderr_of(proc)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == -signal.SIGKILL
+    assert not Path(f"{tmp_path / 'killed'}.json").exists()
+    before = {p: p.stat().st_mtime_ns for p in _products(out, ids[0])}
+    assert len(before) == 7
+    # Besides whatever the kill left, plant what a writer killed at another moment leaves.
+    (out / ids[2]).mkdir(exist_ok=True)
+    (out / ids[2] / ".pn_cleaned_x.fits.k1l2_3x.tmp").write_bytes(b"SIMPLE  =   half")
+    (out / ids[2] / ".pps-download-abc123").mkdir()
+
+    server.hold.clear()
+    server.release.set()
+    rep = tmp_path / "rerun"
+    assert main(_args(out, models, *ids, "--png", "--report", rep, "--archive-url",
+                      server.url)) == 0
+    r = _report(rep)
+    assert all(r[o]["status"] == "done" for o in ids)
+    assert r[ids[0]]["steps"] == "download:skipped image:skipped SR:skipped DN:skipped"
+    assert r[ids[3]]["steps"] == "download:ran image:ran SR:ran DN:ran"
+    assert {p: p.stat().st_mtime_ns for p in _products(out, ids[0])} == before
+    for o in ids:                                       # no step ran twice
+        counts = _ran_counts(out, o)
+        assert all(v <= 1 for v in counts.values()), (o, counts)
+        for step in ("download", "image", "SR", "DN"):
+            # a step whose outputs the killed run completed, but was killed before logging
+            # "ran", is skipped by the rerun (not redone): it still ran exactly once
+            assert counts[step] == 1 or f"{step}:skipped" in r[o]["steps"], (o, step, counts)
+        products = _products(out, o)
+        assert len(products) == 7
+        assert all((png_is_valid(p) if p.suffix == ".png" else fits_is_valid(p))[0]
+                   for p in products)
     assert _leftovers(out) == []
 
 
+def test_sigterm_stops_cleanly_with_a_partial_report(tmp_path, pps_root, models, xsa):
+    ids = OBSIDS[:4]
+    server = xsa({o: pps_root / o / "pps" for o in ids}, hold=[ids[1]])
+    out = tmp_path / "out"
+    proc = _cli(out, models, ids, tmp_path / "partial", "--archive-url", server.url)
+    try:
+        # One observation at a time, in order: when the batch asks for the second one's
+        # products, the first is finished and recorded; that request is held, so the batch is
+        # certainly in the middle of the second observation when the signal comes.
+        assert _wait_until(server.held.is_set, proc), _stderr_of(proc)
+        proc.send_signal(signal.SIGTERM)
+        out_text, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted after 1 of 4 observations" in err and "rerun the same command" in err
+    doc = json.loads(Path(f"{tmp_path / 'partial'}.json").read_text())
+    assert doc["meta"]["interrupted"] is True
+    assert [(o["obsid"], o["status"]) for o in doc["observations"]] == [(ids[0], "done")]
+    assert ids[0] in out_text and "1 observations: 1 done" in out_text   # summary on stdout
+    assert all(ObservationLock(out / o / batch.LOCK_NAME).is_free() for o in ids)
+    assert _leftovers(out) == []
+
+
+@needs_pidfd
+def test_killed_batch_takes_its_workers_with_it(tmp_path, pps_root, models, xsa):
+    """kill -9 of the batch process alone (as cron's `timeout -s KILL` does): its pool workers
+    end too, releasing their observations' locks, and a rerun completes everything."""
+    ids = OBSIDS[:4]
+    held = ids[0]
+    server = xsa({o: pps_root / o / "pps" for o in ids}, hold=[held])
+    out = tmp_path / "out"
+    proc = _cli(out, models, ids, tmp_path / "killed", "--jobs", "2", "--archive-url",
+                server.url)
+    fds: dict = {}
+    try:
+        # A worker is busy with `held` (it holds its lock and waits for the archive).
+        assert _wait_until(server.held.is_set, proc), _stderr_of(proc)
+        lock = ObservationLock(out / held / batch.LOCK_NAME)
+        assert not lock.is_free()
+        busy = int(lock.holder().split()[0])            # the lock file names its holder
+        below = _descendants(proc.pid)                  # workers (and multiprocessing helpers)
+        assert busy in below, (busy, below)
+        fds = _pidfds(below)
+        os.kill(proc.pid, signal.SIGKILL)               # the parent only, not its group
+        proc.wait(timeout=30)
+        survivors = _still_running(fds, timeout=10)
+        assert survivors == [], f"processes of the killed batch still running: {survivors}"
+        assert lock.is_free()
+    finally:
+        _kill_and_close(fds)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        proc.stdout.close()
+        proc.stderr.close()
+
+    server.hold.clear()
+    server.release.set()
+    rep = tmp_path / "rerun"
+    assert main(_args(out, models, *ids, "--report", rep, "--archive-url", server.url)) == 0
+    r = _report(rep)
+    assert [r[o]["status"] for o in ids] == ["done"] * 4
+    assert r[held]["steps"] == "download:ran image:ran SR:ran DN:ran"
+    assert _leftovers(out) == []
+
+
+@needs_pidfd
+def test_worker_watchdog_alone_ends_an_orphaned_worker(tmp_path):
+    """The portable guard (no PR_SET_PDEATHSIG): a worker whose parent is killed ends."""
+    code = ("import multiprocessing, os, sys, time\n"
+            f"sys.path.insert(0, {str(REPO)!r})\n"
+            "from concurrent.futures import ProcessPoolExecutor\n"
+            "from xmm_enhance import batch\n"
+            "ex = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context('spawn'),\n"
+            "                         initializer=batch._worker_init,\n"
+            "                         initargs=(os.getpid(), False))\n"
+            "print(ex.submit(os.getpid).result(), flush=True)\n"
+            "ex.submit(time.sleep, 600)\n"
+            "time.sleep(600)\n")
+    env = dict(os.environ, MPLBACKEND="Agg")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                            env=env, start_new_session=True)
+    fds: dict = {}
+    try:
+        worker = int(proc.stdout.readline())            # the worker is up and initialised
+        below = _descendants(proc.pid)
+        assert worker in below
+        fds = _pidfds(below)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        assert _still_running(fds, timeout=10) == []
+    finally:
+        _kill_and_close(fds)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        proc.stdout.close()
+
+
+def test_two_batches_at_once_process_each_observation_once(tmp_path, pps_root, models):
+    ids = OBSIDS
+    out = tmp_path / "out"
+    procs = [_cli(out, models, ids, tmp_path / f"rep{i}", pps_root=pps_root) for i in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=400)
+        assert p.returncode == 0, err[-2000:]
+    reps = [_report(tmp_path / f"rep{i}") for i in range(2)]
+    for o in ids:
+        assert _ran_counts(out, o) == {"download": 0, "image": 1, "SR": 1, "DN": 1}, o
+        statuses = sorted(rep[o]["status"] for rep in reps)
+        assert statuses in (["busy", "done"], ["done", "done"]), statuses
+        ran = [rep[o] for rep in reps if "ran" in rep[o]["steps"]]
+        assert len(ran) == 1 and ran[0]["steps"] == "image:ran SR:ran DN:ran"
+    assert _leftovers(out) == []
+
+
+# --------------------------------------------------------------------------------------------
+# Downloads
+# --------------------------------------------------------------------------------------------
+def test_downloads_from_local_archive_with_unreachable_observation(tmp_path, pps_root, models,
+                                                                   xsa, capsys):
+    good, down, bogus = OBSIDS[:2], OBSIDS[2], "0000000199"
+    server = xsa({o: pps_root / o / "pps" for o in OBSIDS[:3]}, always_503=[down])
+    out = tmp_path / "out"
+    retries, backoff = 2, 0.1
+    common = ("--which", "DN", "--archive-url", server.url, "--retries", str(retries),
+              "--backoff", str(backoff))
+    code = main(_args(out, models, *good, down, bogus, *common, "--report", tmp_path / "rep"))
+    assert code == 1
+    std = capsys.readouterr()
+    r = _report(tmp_path / "rep")
+    assert [r[o]["status"] for o in good] == ["done", "done"]
+    assert r[good[0]]["steps"] == "download:ran image:ran DN:ran"
+    assert r[down]["status"] == "failed" and r[down]["steps"] == "download:failed"
+    assert "503" in r[down]["error"] and "after 3 attempts" in r[down]["error"]
+    # first try + 2 retries, each stopped by its first 503
+    assert sum(1 for o, n in server.gets if o == down) == retries + 1
+    # the download time counts the retries: at least the back-off waits between them
+    assert r[down]["download_s"] >= sum(backoff * 2 ** k for k in range(retries))
+    assert r[bogus]["status"] == "failed" and "404" in r[bogus]["error"]
+    for o in (down, bogus):
+        # no image and no folder were made: the row names neither, nothing is left behind
+        assert r[o]["image"] == "" and r[o]["log"] == ""
+        assert not (out / o).exists()
+        # the OBS_ID is said once per line, not "OBS_ID X: failed: OBS_ID X: ..."
+        assert not r[o]["error"].startswith("OBS_ID")
+        lines = [ln for ln in std.err.splitlines() + std.out.splitlines() if o in ln]
+        assert lines and all(_mentions(o, ln) == 1 for ln in lines), lines
+    # Rerun: finished observations do not touch the archive again.
+    n_before = len(server.gets)
+    server.always_503.clear()
+    image = Path(r[good[1]]["image"])               # a truncated image is remade from the
+    image.write_bytes(image.read_bytes()[:5000])    # PPS already downloaded
+    assert main(_args(out, models, *good, down, *common, "--report", tmp_path / "rep2")) == 0
+    r2 = _report(tmp_path / "rep2")
+    assert r2[good[0]]["steps"] == "download:skipped image:skipped DN:skipped"
+    assert r2[good[0]]["download_s"] == 0.0
+    assert r2[good[1]]["steps"] == "download:skipped image:ran DN:ran"
+    assert r2[down]["steps"] == "download:ran image:ran DN:ran"
+    assert {o for o, _ in server.gets[n_before:]} == {down}
+    assert _leftovers(out) == []
+
+
+# --------------------------------------------------------------------------------------------
+# Pool failures, predictions made stale by a new image, new folders, usage errors
+# --------------------------------------------------------------------------------------------
 def crash_on_0000000102(obsid, cfg):
     """A task whose worker process dies (as if OOM-killed) on one observation."""
     if obsid == "0000000102":
@@ -535,10 +742,119 @@ def test_pool_survives_a_dying_worker(tmp_path):
     assert os.getpid() not in {by[o].pid for o in ids if o != "0000000102"}
 
 
+def test_predictions_older_than_a_replaced_image_are_redone(tmp_path, pps_root, models):
+    o = OBSIDS[0]
+    out = tmp_path / "out"
+    assert main(_args(out, models, o, "--report", tmp_path / "r1", pps_root=pps_root)) == 0
+    image = Path(_report(tmp_path / "r1")[o]["image"])
+    stem = image.name[: -len(".fits")]
+    preds = {w: out / o / f"{stem}_predict_wcs_{w}.fits.gz" for w in ("SR", "DN")}
+    old = {w: fits.getdata(p).astype(np.float64) for w, p in preds.items()}
+    assert all(v.sum() > 0 for v in old.values())
+
+    # The image is replaced by a newer, valid one (twice the counts: the identity DN and the
+    # flux-conserving replication SR are linear, so new predictions are exactly twice the old)
+    # and the predictions made from the old one are older than it.
+    from xmm_enhance.fitsio import atomic_write_hdul
+
+    with fits.open(image) as hdul:
+        new = fits.HDUList([h.copy() for h in hdul])
+    k = next(i for i, h in enumerate(new) if h.is_image and h.data is not None and h.data.size)
+    new[k].data = new[k].data * 2
+    atomic_write_hdul(new, image, overwrite=True)
+    t_image = image.stat().st_mtime_ns
+    for w in ("SR", "DN"):
+        for p in (out / o).glob(f"{stem}_*_{w}.*"):
+            os.utime(p, ns=(t_image - 60 * 10**9, t_image - 60 * 10**9))
+    cfg = BatchConfig(save_dir=out, pps_root=pps_root, sr_model=models[0], dn_model=models[1])
+    assert batch.observation_state(o, cfg) == {"image": "skip", "SR": "redo", "DN": "redo"}
+
+    assert main(_args(out, models, o, "--report", tmp_path / "r2", pps_root=pps_root)) == 0
+    assert _report(tmp_path / "r2")[o]["steps"] == "image:skipped SR:ran DN:ran"
+    for w, p in preds.items():
+        np.testing.assert_allclose(fits.getdata(p), 2 * old[w], rtol=1e-6, atol=0)
+        assert p.stat().st_mtime_ns >= t_image
+
+
+def test_new_folders_are_made_and_an_unknown_observation_leaves_none(tmp_path, pps_root,
+                                                                     models, capsys):
+    save = tmp_path / "a" / "b" / "save"                # neither exists yet: made like mkdir -p
+    rep = tmp_path / "c" / "d" / "rep"
+    bogus = "0000000199"                                # not in pps_root
+    code = main(_args(save, models, OBSIDS[0], bogus, "--which", "dn", "--report", rep,
+                      pps_root=pps_root))
+    assert code == 1
+    std = capsys.readouterr()
+    r = _report(rep)
+    assert r[OBSIDS[0]]["status"] == "done" and r[OBSIDS[0]]["steps"] == "image:ran DN:ran"
+    assert r[bogus]["status"] == "failed" and bogus in r[bogus]["error"]  # names the folder
+    assert r[bogus]["image"] == "" and r[bogus]["log"] == "" and not (save / bogus).exists()
+    assert sorted(p.name for p in save.iterdir()) == [OBSIDS[0]]
+    # the summary table is the output (stdout, so `> file` catches it); logs are on stderr
+    totals = "2 observations: 1 done, 1 failed, 0 busy"
+    assert totals in std.out and totals not in std.err
+    assert f"[2/2] {bogus} failed" in std.err and "[2/2]" not in std.out
+    # A report that cannot be written is a usage error before any observation starts.
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    assert main(_args(tmp_path / "s2", models, OBSIDS[0], "--report", blocker / "rep",
+                      pps_root=pps_root)) == 2
+    assert "--report" in capsys.readouterr().err and not (tmp_path / "s2" / OBSIDS[0]).exists()
+
+
+def test_failed_observation_keeps_its_log_and_names_no_image(tmp_path, pps_root, models):
+    root = tmp_path / "pps"
+    o = OBSIDS[0]
+    (root / o / "pps").mkdir(parents=True)
+    for f in (pps_root / o / "pps").iterdir():
+        (root / o / "pps" / f.name).write_bytes(f.read_bytes())
+    ev = next((root / o / "pps").glob("*PIEVLI*"))      # a truncated event list
+    ev.write_bytes(ev.read_bytes()[: ev.stat().st_size // 2])
+    out = tmp_path / "out"
+    assert main(_args(out, models, o, "--report", tmp_path / "rep", pps_root=root)) == 1
+    row = _report(tmp_path / "rep")[o]
+    assert row["status"] == "failed" and row["image"] == ""
+    assert Path(row["log"]) == out / o / LOG_NAME       # kept, for the diagnosis
+    text = Path(row["log"]).read_text()
+    failed = [ln for ln in text.splitlines() if " ERROR " in ln]
+    assert failed and all(_mentions(o, ln) == 1 for ln in failed), failed
+
+
+def test_every_batch_option_has_help():
+    import argparse
+
+    from xmm_enhance.cli.batch import build_parser
+
+    p = build_parser()
+    bare = [a.option_strings or a.dest for a in p._actions
+            if not a.help or a.help == argparse.SUPPRESS]
+    assert bare == []
+
+
+def test_which_is_read_alike_by_infer_and_batch(tmp_path, capsys):
+    """`--which sr` means SR in both commands; a bad value is a usage error in both."""
+    from xmm_enhance.cli.batch import _which
+    from xmm_enhance.cli.infer import build_parser as infer_parser
+
+    for text, want in (("sr", "SR"), ("Dn", "DN"), ("SR", "SR")):
+        assert infer_parser().parse_args(["x.fits", "--which", text]).which == want
+        assert _which(text) == (want,)
+    with pytest.raises(SystemExit) as exc:
+        infer_parser().parse_args(["x.fits", "--which", "xx"])
+    assert exc.value.code == 2
+    assert main(["--save_dir", str(tmp_path), "--which", "xx", "0123456789"]) == 2
+
+
 def test_usage_errors(tmp_path, models, capsys):
     assert main(["--save_dir", str(tmp_path), "--which", "XX", "0123456789"]) == 2
     assert "--which 'XX'" in capsys.readouterr().err
     assert main(["--save_dir", str(tmp_path), "--jobs", "0", "0123456789"]) == 2
+    # the image maker's argument errors are usage errors here too, before anything runs
+    for opt, bad in (("--binSize", "0"), ("--binSize", "-80"), ("--low_pi", "-1"),
+                     ("--expo_time", "nan")):
+        assert main(["--save_dir", str(tmp_path / "s"), opt, bad, "0123456789"]) == 2, opt
+        assert f"{opt} {bad}" in capsys.readouterr().err
+        assert not (tmp_path / "s").exists()
     empty = tmp_path / "empty.txt"
     empty.write_text("# nothing\n")
     assert main(["--save_dir", str(tmp_path), str(empty)]) == 2

@@ -314,8 +314,14 @@ class ObservationLock:
         """Take the lock if free; return whether it was taken (never waits)."""
         import fcntl
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        for attempt in range(3):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                break
+            except FileNotFoundError:   # the folder was just removed by a failed run: redo
+                if attempt == 2:
+                    raise
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -621,6 +627,7 @@ def process_observation(obsid: str, cfg: BatchConfig) -> ObsResult:
         res.error = f"OBS_ID {obsid!r}: must be exactly 10 digits; fix the list"
         return res
     obs_dir = _obs_dir(cfg, obsid)
+    created = not obs_dir.exists()
     try:
         obs_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -630,7 +637,12 @@ def process_observation(obsid: str, cfg: BatchConfig) -> ObsResult:
     log_path = obs_dir / LOG_NAME
     res.log = str(log_path)
     lock = ObservationLock(obs_dir / LOCK_NAME)
-    if not lock.acquire():
+    try:
+        taken = lock.acquire()
+    except OSError as exc:
+        res.error = f"{lock.path}: cannot take the lock ({exc}); check --save_dir"
+        return res
+    if not taken:
         res.status = "busy"
         res.error = f"locked by another batch ({lock.holder() or 'unknown holder'})"
         res.total_s = round(time.perf_counter() - t0, 3)
@@ -652,18 +664,49 @@ def process_observation(obsid: str, cfg: BatchConfig) -> ObsResult:
                 log.info("OBS_ID %s: done (%s) in %.1f s", obsid, res.steps,
                          time.perf_counter() - t0)
             except XmmEnhanceError as exc:
-                res.error = _one_line(exc)
+                res.error = _short_error(obsid, _one_line(exc))
                 log.error("OBS_ID %s: failed: %s", obsid, res.error)
             except Exception as exc:  # a bug or an unexpected library error: keep the batch
-                res.error = _one_line(exc)
+                res.error = _short_error(obsid, _one_line(exc))
                 log.error("OBS_ID %s: failed: %s\n%s", obsid, res.error,
                           traceback.format_exc().rstrip())
+        if res.status == "failed":
+            if res.image and not Path(res.image).is_file():
+                res.image = ""                  # never point at an image that was not made
+            # No PPS to be had (an OBS_ID unknown to the archive or to --pps_dir, the archive
+            # unreachable): leave no folder behind that this run made only for its lock and
+            # log. Later failures keep their log, for the diagnosis.
+            if created and "pps" not in res.outputs and _remove_if_bookkeeping_only(obs_dir):
+                res.log = ""                    # the error is in the report
     finally:
         lock.release()
         res.total_s = round(time.perf_counter() - t0, 3)
         res.cpu_s = round(time.process_time() - c0, 3)
         res.peak_rss_mb = _peak_rss_mb()
     return res
+
+
+def _short_error(obsid: str, text: str) -> str:
+    """``text`` without ``OBS_ID <obsid>`` where it opens the message or a bracketed cause
+    (the report row and every line that shows the error already name the observation)."""
+    return re.sub(rf"(^|\()OBS_ID {re.escape(str(obsid))}(?::\s*|\s+)", r"\1", text) or text
+
+
+def _remove_if_bookkeeping_only(obs_dir: Path) -> bool:
+    """Remove ``obs_dir`` if it holds nothing but this run's lock and log (a failed
+    observation whose folder this run created, e.g. an OBS_ID unknown to the archive).
+
+    Called under the observation's lock; returns whether the folder is gone.
+    """
+    try:
+        if not set(os.listdir(obs_dir)) <= {LOCK_NAME, LOG_NAME}:
+            return False
+        for name in (LOG_NAME, LOCK_NAME):
+            (obs_dir / name).unlink(missing_ok=True)
+        obs_dir.rmdir()
+    except OSError:                         # something appeared meanwhile: keep it
+        return False
+    return True
 
 
 def _step(res: ObsResult, name: str, action: str, seconds: float = 0.0) -> None:
@@ -694,8 +737,14 @@ def _run_steps(obsid: str, cfg: BatchConfig, res: ObsResult) -> None:
 
             had = pps_folder_is_complete(_obs_dir(cfg, obsid) / "pps", obsid)
             t = time.perf_counter()
-            pps = download_pps(obsid, cfg.save_dir, credentials_file=cfg.credentials_file,
-                               retries=cfg.retries, backoff_s=cfg.backoff_s)
+            try:
+                pps = download_pps(obsid, cfg.save_dir, credentials_file=cfg.credentials_file,
+                                   retries=cfg.retries, backoff_s=cfg.backoff_s)
+            except Exception:
+                # the time spent (retries and back-off waits included) is still reported
+                res.download_s = round(time.perf_counter() - t, 3)
+                _step(res, "download", "failed", res.download_s)
+                raise
             res.download_s = round(time.perf_counter() - t, 3)
             if had:
                 res.download_s = 0.0
@@ -704,6 +753,7 @@ def _run_steps(obsid: str, cfg: BatchConfig, res: ObsResult) -> None:
                 _step(res, "download", "ran", res.download_s)
         else:
             pps = _local_pps(cfg, obsid)
+        res.outputs["pps"] = str(pps)
         t = time.perf_counter()
         made = make_image(obsid, low_pi=cfg.low_pi, high_pi=cfg.high_pi,
                           expo_time_ks=cfg.expo_time_ks, binsize=cfg.binsize,
@@ -772,11 +822,64 @@ def _image_summary(image: Path) -> tuple[float | None, float | None]:
 # Many observations
 # --------------------------------------------------------------------------------------------
 def _failed(obsid: str, message: str) -> ObsResult:
-    return ObsResult(obsid=obsid, status="failed", error=message, host=socket.gethostname(),
-                     started_utc=_utc())
+    return ObsResult(obsid=obsid, status="failed", error=_short_error(obsid, message),
+                     host=socket.gethostname(), started_utc=_utc())
 
 
-def _worker_init() -> None:  # pragma: no cover - runs in pool workers
+#: prctl(2) option: the signal this process gets when its parent ends (Linux).
+_PR_SET_PDEATHSIG = 1
+#: Exit status of a worker that stops because the batch process that started it died.
+_ORPHAN_EXIT = 70
+
+
+def _die_with_parent(parent_pid: int, *, pdeathsig: bool = True) -> None:
+    """End this process as soon as ``parent_pid`` (the process that started it) ends.
+
+    A worker that outlives its batch process (``kill -9`` of the parent alone, as a cron
+    ``timeout -s KILL`` does) would hold its observation's lock, so that the next run finds
+    it ``busy``, and then idle for good. Two guards, both cheap:
+
+    * on Linux, ``prctl(PR_SET_PDEATHSIG, SIGKILL)``: the kernel kills this process when its
+      parent dies (``pdeathsig=False`` leaves it out, to test the other guard alone);
+    * everywhere, a daemon thread that blocks on the multiprocessing parent sentinel (a pipe
+      whose write end only the parent holds, so it reads EOF when the parent is gone; without
+      one, it checks ``os.getppid()`` every 0.5 s) and then calls ``os._exit``.
+
+    Either way the kernel then drops the process's ``flock``; the temporaries it leaves are
+    removed by the next run that takes the observation's lock.
+    """
+    import multiprocessing
+
+    if pdeathsig and sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            import signal
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):  # no usable libc: the watchdog alone guards
+            pass
+    # The parent may have died before the guards were in place (the kernel does not signal
+    # for a death that already happened).
+    if os.getppid() != parent_pid:
+        os._exit(_ORPHAN_EXIT)
+    parent = multiprocessing.parent_process()
+
+    def watch() -> None:
+        if parent is not None and parent.pid == parent_pid:
+            parent.join()                   # returns when the parent's end of the pipe closes
+        else:
+            while os.getppid() == parent_pid:
+                time.sleep(0.5)
+        os._exit(_ORPHAN_EXIT)
+
+    threading.Thread(target=watch, name="xmm-enhance-parent-watchdog", daemon=True).start()
+
+
+def _worker_init(parent_pid: int | None = None, pdeathsig: bool = True) -> None:
+    """Initializer of pool workers: die with ``parent_pid``, quiet console, heavy imports."""
+    if parent_pid is not None:
+        _die_with_parent(parent_pid, pdeathsig=pdeathsig)
     # Worker processes only report through their results and observation logs; keep the
     # console quiet from them (the parent prints progress).
     logging.getLogger().setLevel(logging.WARNING)
@@ -843,7 +946,7 @@ def run_batch(obsids, cfg: BatchConfig, *, jobs: int = 1, scheduler: str | None 
             try:
                 r = task(o, cfg)
             except Exception as exc:  # e.g. its log file cannot be opened (disk full)
-                r = _failed(o, f"OBS_ID {o}: {_one_line(exc)}")
+                r = _failed(o, _one_line(exc))
             record(r)
     else:
         _run_pool(obsids, cfg, jobs, record, task)
@@ -863,7 +966,7 @@ def _run_pool(obsids, cfg, jobs, record, task) -> None:
 
     ctx = multiprocessing.get_context("spawn")  # no fork of a threaded parent
     ex = ProcessPoolExecutor(max_workers=min(jobs, len(obsids)), mp_context=ctx,
-                             initializer=_worker_init)
+                             initializer=_worker_init, initargs=(os.getpid(),))
     futures = {}
     broken = []
     try:
@@ -878,7 +981,7 @@ def _run_pool(obsids, cfg, jobs, record, task) -> None:
                 except BrokenProcessPool:
                     broken.append(o)
                 except Exception as exc:  # pickling trouble and the like
-                    record(_failed(o, f"OBS_ID {o}: {_one_line(exc)}"))
+                    record(_failed(o, _one_line(exc)))
     except BaseException:
         for f in futures:
             f.cancel()
@@ -892,15 +995,15 @@ def _run_pool(obsids, cfg, jobs, record, task) -> None:
                 "each in a process of its own", len(broken))
 
     def isolated(o):
-        with ProcessPoolExecutor(max_workers=1, mp_context=ctx,
-                                 initializer=_worker_init) as one:
+        with ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_worker_init,
+                                 initargs=(os.getpid(),)) as one:
             try:
                 return one.submit(task, o, cfg).result()
             except BrokenProcessPool:
-                return _failed(o, f"OBS_ID {o}: its worker process died (killed, or out of "
-                                  "memory); see its log, rerun it alone or with a lower --jobs")
+                return _failed(o, "its worker process died (killed, or out of memory); see "
+                                  "its log, rerun it alone or with a lower --jobs")
             except Exception as exc:
-                return _failed(o, f"OBS_ID {o}: {_one_line(exc)}")
+                return _failed(o, _one_line(exc))
 
     from concurrent.futures import ThreadPoolExecutor
 
@@ -936,8 +1039,8 @@ def _run_dask(obsids, cfg, address, record, task) -> None:
                 try:
                     record(f.result())
                 except Exception as exc:  # KilledWorker, CommClosedError, ...
-                    record(_failed(o, f"OBS_ID {o}: the Dask task failed ({_one_line(exc)}); "
-                                      "rerun the batch"))
+                    record(_failed(o, f"the Dask task failed ({_one_line(exc)}); rerun the "
+                                      "batch"))
     except BaseException:
         with contextlib.suppress(Exception):
             client.cancel(futures)

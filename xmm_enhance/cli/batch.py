@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
 import sys
@@ -46,14 +47,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--high_pi", type=int, default=2000, help="highest PI, eV (default 2000)")
     g.add_argument("--expo_time", type=float, default=20.0,
                    help="image exposure, ks (default 20; <= 0 keeps all good time)")
-    g.add_argument("--binSize", type=int, default=80, help="bin size, 0.05\" units (default 80)")
-    g.add_argument("--backend", choices=("auto", "native", "sas"), default="auto")
+    g.add_argument("--binSize", type=int, default=80,
+                   help="bin size in DET units of 0.05\" (default 80 = 4\")")
+    g.add_argument("--backend", choices=("auto", "native", "sas"), default="auto",
+                   help="native (numpy/astropy), sas (XMM-SAS via pysas) or auto: sas when "
+                        "pysas imports, else native (default auto)")
     g.add_argument("--credentials_file", type=Path, help="XSA credentials (proprietary data)")
     g.add_argument("--overwrite", action="store_true",
                    help="redo every step even when its outputs are complete and valid")
     m = p.add_argument_group("predictions")
     m.add_argument("--which", default="SR,DN",
-                   help="comma list of SR, DN, or 'none' for images only (default SR,DN)")
+                   help="comma list of SR, DN (any case), or 'none' for images only "
+                        "(default SR,DN)")
     m.add_argument("--png", action="store_true", help="quick-look PNG per prediction")
     m.add_argument("--sr-model", type=Path, help="SR ONNX model (default: bundled)")
     m.add_argument("--dn-model", type=Path, help="DN ONNX model (default: bundled)")
@@ -67,8 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="submit to a running dask.distributed scheduler (tcp://host:8786); "
                         "SAVE_DIR must be shared with its workers")
     r.add_argument("--report", type=Path,
-                   help="report path; FILE.csv and FILE.json are written (default "
-                        "SAVE_DIR/reports/batch_<UTC>_<pid>)")
+                   help="report path; FILE.csv and FILE.json are written, folders created "
+                        "as needed (default SAVE_DIR/reports/batch_<UTC>_<pid>)")
     r.add_argument("--dry-run", action="store_true", help="list what would run, do nothing")
     r.add_argument("--retries", type=int, default=3,
                    help="download retries for transient archive errors (default 3)")
@@ -102,8 +107,19 @@ def _config(args):
         raise UsageError(f"--threads must be >= 1, got {args.threads}")
     if args.retries < 0 or args.backoff < 0:
         raise UsageError("--retries and --backoff must not be negative")
+    # The image maker's own argument checks, here so that they are usage errors (exit 2)
+    # before any observation starts, as in `xmm-enhance image` (the parent stays light: no
+    # pipeline import).
+    for name, v in (("--low_pi", args.low_pi), ("--high_pi", args.high_pi)):
+        if v < 0:
+            raise UsageError(f"{name} {v}: must be a non-negative integer (eV)")
     if args.low_pi >= args.high_pi:
         raise UsageError(f"--low_pi {args.low_pi} must be below --high_pi {args.high_pi}")
+    if args.binSize <= 0:
+        raise UsageError(f"--binSize {args.binSize}: must be > 0 (DET units of 0.05\"; "
+                         "80 = 4\")")
+    if not math.isfinite(args.expo_time):
+        raise UsageError(f"--expo_time {args.expo_time}: must be a number of ks (<= 0: all)")
     if args.pps_dir is not None and not args.pps_dir.is_dir():
         raise UsageError(f"--pps_dir {args.pps_dir}: no such folder; pass the folder holding "
                          "<OBS_ID>/pps trees")
@@ -163,9 +179,9 @@ def _dry_run(obsids, cfg) -> int:
     return 0
 
 
-def _check_save_dir(folder: Path) -> None:
-    """Create ``folder`` if needed and check that files can be made in it (no astropy import:
-    the parent of a pool or Dask run stays light)."""
+def _check_folder(folder: Path, option: str) -> None:
+    """Create ``folder`` like ``mkdir -p`` and check that files can be made in it (no astropy
+    import: the parent of a pool or Dask run stays light)."""
     import tempfile
 
     try:
@@ -174,8 +190,9 @@ def _check_save_dir(folder: Path) -> None:
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise UsageError(f"--save_dir {folder}: not a writable folder ({exc.strerror}); fix "
-                         "its permissions or pass another --save_dir") from None
+        raise UsageError(f"{option} {folder}: not a writable folder "
+                         f"({exc.strerror or exc}); fix its permissions or pass another "
+                         f"{option}") from None
 
 
 def _on_sigterm(signum, frame):  # cron / batch systems stop jobs with SIGTERM
@@ -194,14 +211,16 @@ def main(argv=None) -> int:
             raise UsageError("no OBS_IDs given (the list is empty or all comments)")
         if args.dry_run:
             return _dry_run(obsids, cfg)
-        _check_save_dir(cfg.save_dir)
+        _check_folder(cfg.save_dir, "--save_dir")
+        started = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        report = args.report or cfg.save_dir / "reports" / f"batch_{started}_{os.getpid()}"
+        # the report is written at the end: find out now if it cannot be
+        _check_folder(report.parent, "--report" if args.report else "--save_dir")
     except XmmEnhanceError as exc:
         return report_error(exc)
 
     from ..batch import run_batch, summary_table, write_report
 
-    started = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    report = args.report or cfg.save_dir / "reports" / f"batch_{started}_{os.getpid()}"
     where = (f"Dask scheduler {args.dask_scheduler}" if args.dask_scheduler
              else f"{args.jobs} worker process(es)" if args.jobs > 1 else "this process")
     log.info("batch: %d observation(s), steps image%s%s, in %s; outputs in %s", len(obsids),
@@ -259,8 +278,8 @@ def main(argv=None) -> int:
     meta["ended_utc"] = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     meta["interrupted"] = interrupted
     p_csv, p_json = write_report(results, report, meta=meta)
-    if not args.quiet:
-        print(summary_table(results), file=sys.stderr)
+    if not args.quiet:  # the table is the command's output (stdout); logs stay on stderr
+        print(summary_table(results), flush=True)
     log.info("report: %s and %s", p_csv, p_json)
     if interrupted:
         print(f"error: interrupted after {len(results)} of {len(obsids)} observations; "
