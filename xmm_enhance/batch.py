@@ -18,7 +18,9 @@ What makes it safe to run from cron over and over (design §7):
   ``<save_dir>/<OBS_ID>/.xmm_enhance.lock``. The kernel drops the lock when its process dies,
   so a lock left by a killed run (``kill -9``, OOM killer, reboot) is never stale; the file
   itself records who held it last (pid, host, UTC). A batch that finds an observation locked
-  reports it as ``busy`` and moves on; it is not a failure.
+  reports it as ``busy`` and moves on; it is not a failure. Pool workers end with the batch
+  process that started them (:func:`_die_with_parent`), so killing that process alone frees
+  their locks too.
 * **No partial files.** Every writer of the package writes a temporary and renames it; the
   temporaries a killed run leaves (``.<name>.*.tmp``, ``.pps-download-*``) are removed under the
   lock before the observation is worked on again.
