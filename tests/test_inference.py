@@ -185,8 +185,9 @@ def test_other_shape_is_padded_with_warning(tmp_path, models):
 
 def test_exposure_outside_training_range_warns(tmp_path, models):
     path, _ = make_image(tmp_path / "long.fits", exposure=60e3)
+    img = inference.read_input(path)
     with pytest.warns(inference.InputWarning, match="trained for 20 ks"):
-        inference.read_input(path)
+        inference.enhance_image(img, inference.load_model("DN", models["DN"]))
 
 
 def test_mask_never_zeroes_counted_pixels_and_keeps_corners():

@@ -455,10 +455,25 @@ def quicklook_panels(res) -> list:
 
     pix_in = pixel_size_arcsec()
     rate_in = np.where(np.asarray(res.input_mask, bool), res.input_rate, np.nan)
-    return [Panel(rate_in, res.input_wcs,
-                  f"input {res.image.exposure / 1e3:.1f} ks (masked, padded)", pix_in),
-            Panel(res.prediction, res.output_wcs, f"{res.task} prediction",
-                  pix_in / res.model.scale)]
+    panels = [Panel(rate_in, res.input_wcs,
+                    f"input {res.image.exposure / 1e3:.1f} ks (masked, padded)", pix_in),
+              Panel(res.prediction, res.output_wcs, f"{res.task} prediction",
+                    pix_in / res.model.scale)]
+    diffuse = getattr(res, "extras", {}).get("diffuse")
+    if diffuse is not None:
+        n = len(res.sources or [])
+        panels.append(Panel(diffuse, res.output_wcs,
+                            f"diffuse component, {n} point source{'s' * (n != 1)} circled",
+                            pix_in / res.model.scale))
+    return panels
+
+
+def _result_sources(res):
+    """(N, 2) RA/Dec of an SR result's source list, or None."""
+    found = getattr(res, "sources", None)
+    if not found or res.output_wcs is None:
+        return None
+    return np.array([[d["ra"], d["dec"]] for d in found], float)
 
 
 def quicklook_figure(res, *, stretch: str = DEFAULT_STRETCH, sources=None,
@@ -470,7 +485,8 @@ def quicklook_figure(res, *, stretch: str = DEFAULT_STRETCH, sources=None,
     res : xmm_enhance.inference.EnhanceResult
     stretch : {'asinh', 'sqrt', 'log', 'linear'}
     sources : table of RA/Dec, SkyCoord or (N, 2) array, optional
-        Circled on every panel (see :func:`panels_figure`).
+        Circled on the panels that show sources (see :func:`panels_figure`); default: the SR
+        result's point-source list, circled on its diffuse-component panel.
     source_radius_arcsec : float
     extra_panels : sequence of Panel
         Drawn right of the prediction, on the same stretch.
@@ -481,7 +497,13 @@ def quicklook_figure(res, *, stretch: str = DEFAULT_STRETCH, sources=None,
     -------
     matplotlib.figure.Figure
     """
-    return panels_figure(quicklook_panels(res) + list(extra_panels), title=_title(res),
+    panels = quicklook_panels(res)
+    if sources is None and _result_sources(res) is not None:
+        # the SR source list: circled on the diffuse panel only, the sharp image stays clean
+        sources = _result_sources(res)
+        for p in panels[:2]:
+            p.show_sources = False
+    return panels_figure(panels + list(extra_panels), title=_title(res),
                          stretch=stretch, sources=sources,
                          source_radius_arcsec=source_radius_arcsec, figsize=figsize)
 

@@ -91,8 +91,9 @@ def atomic_write_hduls(items, *, overwrite: bool = False) -> list[Path]:
 
     Parameters
     ----------
-    items : sequence of (HDUList, path)
-        A path ending in ``.gz`` is written gzip-compressed. CHECKSUM/DATASUM are written so
+    items : sequence of (HDUList or bytes, path)
+        A path ending in ``.gz`` is written gzip-compressed; bytes (a region file...) are
+        written as they are. CHECKSUM/DATASUM are written so
         that readers (and the batch engine) can verify the file.
     overwrite : bool
         Replace existing files; otherwise an existing one raises before anything is written.
@@ -125,7 +126,8 @@ def atomic_write_hduls(items, *, overwrite: bool = False) -> list[Path]:
     path = items[0][1] if items else None
     try:
         for hdul, path in items:
-            data = _fits_bytes(hdul, path.name.endswith(".gz"))
+            data = (hdul if isinstance(hdul, bytes)
+                    else _fits_bytes(hdul, path.name.endswith(".gz")))
             remove_stale_temporaries(path)
             fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
             tmps.append(tmp)

@@ -38,7 +38,8 @@ __all__ = [
     "InputWarning", "ModelWarning", "default_model_path", "load_model", "read_input", "input_mask",
     "output_mask", "pad_to", "sky_transmission",
     "prepare", "enhance_image", "write_outputs", "enhance_file", "output_paths",
-    "check_output_collisions", "approx_sky",
+    "check_output_collisions", "approx_sky", "check_exposure", "find_sources", "region_path",
+    "sources_hdu", "EXTRA_OUTPUTS",
 ]
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,11 @@ log = logging.getLogger(__name__)
 PAD_SIZE = 416
 TASKS = ("SR", "DN")
 MODEL_FILES = {"SR": "XMM-SuperRes.onnx", "DN": "XMM-DeNoise.onnx"}
-#: Exposure range (s) the models were trained for (20 ks inputs).
+#: Exposure range (s) accepted without a warning by models trained for 20 ks inputs only (recipe
+#: 1); exposure-aware models state their range in their metadata (``Model.trained_exposure``).
 TRAINED_EXPOSURE = (15e3, 25e3)
+#: Optional graph outputs besides the rate, with their FITS extension names.
+EXTRA_OUTPUTS = {"points": "POINTS", "diffuse": "DIFFUSE", "lo68": "LO68", "hi68": "HI68"}
 #: Keywords copied from the input header into both outputs.
 OBS_KEYS = ("TELESCOP", "INSTRUME", "OBS_ID", "EXP_ID", "EXPIDSTR", "OBJECT", "OBSERVER",
             "DATE-OBS", "DATE-END", "DATAMODE", "SUBMODE", "FILTER", "FRMTIME", "RA_OBJ",
@@ -124,6 +128,18 @@ class SkyTan:
         if self.equinox is not None:
             h["EQUINOX"] = self.equinox
         return h
+
+    def pixel_to_world(self, x, y):
+        """RA, Dec (deg) of 0-based pixel coordinates ``x`` (column), ``y`` (row): the gnomonic
+        (TAN) deprojection with the native pole at LONPOLE = 180 deg (FITS paper II)."""
+        p = np.stack([np.asarray(x, float) + 1.0 - self.crpix[0],
+                      np.asarray(y, float) + 1.0 - self.crpix[1]])
+        xi, eta = np.radians(np.tensordot(self.cd, p, axes=1))
+        a0, d0 = np.radians(self.crval[0]), np.radians(self.crval[1])
+        den = math.cos(d0) - eta * math.sin(d0)
+        ra = np.degrees(a0 + np.arctan2(xi, den)) % 360.0
+        dec = np.degrees(np.arctan2(math.sin(d0) + eta * math.cos(d0), np.hypot(xi, den)))
+        return ra, dec
 
     def to_wcs(self):
         """The same WCS as an ``astropy.wcs.WCS`` (imports ``astropy.wcs``)."""
@@ -275,21 +291,62 @@ class Model:
             return None
         return v * 1e3 if np.isfinite(v) and v > 0 else None
 
-    def predict(self, rate: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    @property
+    def takes_exposure(self) -> bool:
+        """The graph has an ``exposure`` input (recipe 2: exposure-aware)."""
+        return "exposure" in [i.name for i in self.session.get_inputs()]
+
+    @property
+    def trained_exposure(self) -> tuple[float, float]:
+        """Range of input exposures (s) the model was trained for (metadata
+        ``input_exposure_ks``: ``"20"`` or ``"5-150"``); a single value gets +-25 %."""
+        text = str(self.meta.get("input_exposure_ks", "20")).strip()
+        try:
+            if "-" in text:
+                lo, hi = (float(v) * 1e3 for v in text.split("-", 1))
+            else:
+                v = float(text) * 1e3
+                lo, hi = TRAINED_EXPOSURE if v == 20e3 else (0.75 * v, 1.25 * v)
+        except ValueError:
+            lo, hi = TRAINED_EXPOSURE
+        return lo, hi
+
+    def predict(self, rate: np.ndarray, mask: np.ndarray, exposure: float | None = None
+                ) -> np.ndarray:
         """Predicted rate for one padded image ``rate`` [H, W] with detector ``mask`` [H, W]."""
+        return self.predict_all(rate, mask, exposure)["rate"]
+
+    def predict_all(self, rate: np.ndarray, mask: np.ndarray, exposure: float | None = None
+                    ) -> dict:
+        """All outputs of the graph for one padded image: ``rate`` (the prediction) and, where
+        the graph has them, ``lo68``, ``hi68``, ``points``, ``diffuse`` (each [sH, sW]).
+
+        ``exposure`` (s) feeds the graph's ``exposure`` input when it has one.
+        """
         feeds = {}
-        names = [i.name for i in self.session.get_inputs()]
-        feeds[names[0]] = rate[None, None].astype(np.float32)
-        if len(names) > 1:
-            feeds[names[1]] = mask[None, None].astype(np.float32)
-        out = self.session.run(None, feeds)[0]
-        out = np.asarray(out, dtype=np.float32)
+        inputs = [i.name for i in self.session.get_inputs()]
+        feeds[inputs[0]] = rate[None, None].astype(np.float32)
+        if len(inputs) > 1:
+            feeds[inputs[1]] = mask[None, None].astype(np.float32)
+        if "exposure" in inputs:
+            if exposure is None:
+                raise ModelError(f"{self.path}: this model needs the input's exposure")
+            feeds["exposure"] = np.array([exposure], np.float32)
+        names = [o.name for o in self.session.get_outputs()]
+        outs = self.session.run(None, feeds)
         s = self.scale
         expected = (1, 1, rate.shape[0] * s, rate.shape[1] * s)
-        if out.shape != expected:
-            raise ModelError(f"{self.path}: model returned shape {out.shape}, expected "
-                             f"{expected}; the file is not a {self.task} model of this project")
-        return out[0, 0]
+        result = {}
+        for name, out in zip(names, outs):
+            out = np.asarray(out, dtype=np.float32)
+            if out.shape != expected:
+                raise ModelError(f"{self.path}: model returned shape {out.shape} for {name}, "
+                                 f"expected {expected}; the file is not a {self.task} model of "
+                                 "this project")
+            key = "rate" if name == names[0] else name
+            if key in EXTRA_OUTPUTS or key == "rate":
+                result[key] = out[0, 0]
+        return result
 
 
 class EnhanceResult:
@@ -310,10 +367,19 @@ class EnhanceResult:
         (top, left): offsets added to the original grid.
     image : InputImage
     model : Model
+    extras : dict of ndarray float32 [416 s, 416 s]
+        The graph's other maps, masked and tapered as ``prediction``: ``lo68``, ``hi68``
+        (16th/84th percentiles of the true rate) and, for SR, ``points`` and ``diffuse``
+        (summing to ``prediction``). Empty for models without them.
+    sources : list of dict or None
+        SR point sources (:func:`xmm_enhance.sources.detect_sources`) with ``ra``/``dec``
+        added; None when the model has no ``points`` map.
     """
 
     def __init__(self, task, input_rate, input_mask, prediction, input_wcs, output_wcs, pad,
-                 image, model):
+                 image, model, extras=None, sources=None):
+        self.extras = dict(extras or {})
+        self.sources = sources
         self.task = task
         self.input_rate = input_rate
         self.input_mask = input_mask
@@ -550,10 +616,6 @@ def read_input(path: str | Path, *, exposure: float | None = None) -> InputImage
     if not np.isfinite(exposure) or exposure <= 0:
         raise InputError(f"{path}: exposure {exposure} s is not positive; pass --exposure "
                          "SECONDS")
-    if not TRAINED_EXPOSURE[0] <= exposure <= TRAINED_EXPOSURE[1]:
-        warnings.warn(f"{path.name}: exposure {exposure / 1e3:.1f} ks; the models were "
-                      "trained for 20 ks inputs, expect degraded results", InputWarning,
-                      stacklevel=2)
     if counts.sum() == 0:
         warnings.warn(f"{path.name}: image is all zeros; the prediction will be empty",
                       InputWarning, stacklevel=2)
@@ -707,21 +769,71 @@ def prepare(img: InputImage, size: int = PAD_SIZE):
     return rate_p, pad_to(mask, size)[0], pad_to(keep, size)[0], pad
 
 
-def enhance_image(img: InputImage, model: Model) -> EnhanceResult:
-    """Run ``model`` on ``img``; nothing is written."""
+def check_exposure(img: InputImage, model: Model) -> None:
+    """Warn when the input's exposure is outside the range ``model`` was trained for."""
+    lo, hi = model.trained_exposure
+    if not lo <= img.exposure <= hi:
+        what = (f"{lo / 1e3:g}-{hi / 1e3:g} ks inputs" if model.takes_exposure
+                else "20 ks inputs")
+        warnings.warn(f"{img.path.name}: exposure {img.exposure / 1e3:.1f} ks; the {model.task} "
+                      f"model was trained for {what}, expect degraded results", InputWarning,
+                      stacklevel=3)
+
+
+def enhance_image(img: InputImage, model: Model, *, sources: bool = True) -> EnhanceResult:
+    """Run ``model`` on ``img``; nothing is written.
+
+    ``sources``: for SR models with a ``points`` map, list the point sources
+    (:func:`xmm_enhance.sources.detect_sources`, significances from the input counts).
+    """
+    check_exposure(img, model)
     rate, mask, keep, (top, left) = prepare(img)
-    pred = model.predict(rate, mask)
+    outs = model.predict_all(rate, mask, img.exposure)
     s = model.scale
     out_mask = np.repeat(np.repeat(keep, s, 0), s, 1) if s > 1 else keep
-    pred = np.where(out_mask, np.clip(pred, 0, None), 0)
+    factor = out_mask.astype(np.float32)
     if s > 1 and _is_pn_grid(img):
-        pred = pred * sky_transmission(s, (top, left), pred.shape)
-    pred = pred.astype(np.float32)
+        factor = factor * sky_transmission(s, (top, left), out_mask.shape)
+    # negative values (none from the bundled models) are clipped; every map gets the same
+    # mask and taper, so points + diffuse = prediction and lo68 <= prediction <= hi68 survive
+    maps = {k: (np.clip(v, 0, None) * factor).astype(np.float32) for k, v in outs.items()}
+    pred = maps.pop("rate")
     in_sky = img.sky.padded(top, left) if img.sky is not None else None
     out_sky = in_sky.upscaled(s) if (in_sky is not None and s > 1) else in_sky
+    found = None
+    if sources and s == 2 and "points" in maps:
+        found = find_sources(img, rate, mask, maps["points"], (top, left), out_sky)
     return EnhanceResult(task=model.task, input_rate=rate, input_mask=mask, prediction=pred,
                          input_wcs=in_sky, output_wcs=out_sky, pad=(top, left), image=img,
-                         model=model)
+                         model=model, extras=maps, sources=found)
+
+
+def find_sources(img: InputImage, rate, mask, points, pad, out_sky, **kwargs) -> list:
+    """Point sources of an SR ``points`` map, tested on the input counts (padded 1x grid).
+
+    Adds ``ra``/``dec`` (deg; NaN without a sky WCS) to each source of
+    :func:`xmm_enhance.sources.detect_sources`; ``kwargs`` go to it.
+    """
+    from . import sources as S
+
+    counts = np.rint(np.asarray(rate, np.float64) * img.exposure)
+    axis = sky = None
+    if _is_pn_grid(img):
+        gy = (detector.OPTICAL_AXIS_DET[1] - detector.DETY_MIN) / detector.PN_BINSIZE - 0.5
+        gx = (detector.OPTICAL_AXIS_DET[0] - detector.DETX_MIN) / detector.PN_BINSIZE - 0.5
+        axis = (gy + pad[0], gx + pad[1])
+        sky = _place(detector.fov_mask(), rate.shape, pad[0], pad[1])
+    found = S.detect_sources(counts, mask, img.exposure, points, axis=axis, sky=sky, **kwargs)
+    if found:
+        x2 = np.array([d["x2"] for d in found])
+        y2 = np.array([d["y2"] for d in found])
+        if out_sky is not None:
+            ra, dec = out_sky.pixel_to_world(x2, y2)
+        else:
+            ra = dec = np.full(len(found), np.nan)
+        for d, a, b in zip(found, ra, dec):
+            d["ra"], d["dec"] = float(a), float(b)
+    return found
 
 
 # --------------------------------------------------------------------------- output
@@ -802,6 +914,9 @@ def _header(res: EnhanceResult, *, wcs, exposure, pixel_arcsec, what) -> fits.He
     emulated = what != "input" and model.target_exposure is not None
     h["EXPOSURE"] = (exposure, "[s] exposure the prediction emulates" if emulated else
                      "[s] input exposure")
+    if what != "input" and model.takes_exposure:
+        h["PREDTYPE"] = ("expected rate" if res.task == "DN" else "sky rate, PSF/2",
+                         "noise-free estimate from EXPOSURE s of data")
     h["INEXPO"] = (img.exposure, "[s] exposure of the input image")
     h["PADTOP"] = (res.pad[0], "rows added below the input grid (neg: cropped)")
     h["PADLEFT"] = (res.pad[1], "columns added left of input grid (neg: cropped)")
@@ -826,12 +941,97 @@ def _header(res: EnhanceResult, *, wcs, exposure, pixel_arcsec, what) -> fits.He
                                 "distance d outside the FoV circle")
         else:
             h["HISTORY"] = "DN: expected rate incl. background, de-noised"
+        if model.takes_exposure:
+            h["HISTORY"] = (f"the network was told the input exposure ({img.exposure:.0f} s); "
+                            "its output estimates the noise-free rate from those photons")
     return h
+
+
+#: What each extension of the prediction file holds (EXTNAME -> one line).
+EXTENSION_TEXT = {
+    "POINTS": "point sources, each drawn with the halved PSF",
+    "DIFFUSE": "extended emission without the point sources",
+    "LO68": "16th percentile of the true rate given the input",
+    "HI68": "84th percentile of the true rate given the input",
+}
+
+
+def region_path(infile: Path, outdir: Path | None = None) -> Path:
+    """``<stem>_sources_SR.reg`` beside the SR outputs."""
+    infile = Path(infile)
+    folder = Path(outdir) if outdir is not None else infile.parent
+    return folder / f"{_stem(infile)}_sources_SR.reg"
+
+
+#: Significant bits kept in the extension maps (float32 has 24): the lower ones are noise that
+#: gzip cannot compress. 14 bits (relative error <= 3e-5) keep POINTS + DIFFUSE equal to the
+#: primary within 1e-4; 10 bits (5e-4) are far below any percentile's own uncertainty.
+MANTISSA_BITS = {"POINTS": 14, "DIFFUSE": 14, "LO68": 10, "HI68": 10}
+#: LO68 is rounded down and HI68 up, so that the interval never shrinks.
+_ROUNDING = {"LO68": "down", "HI68": "up"}
+
+
+def round_mantissa(a: np.ndarray, bits: int, mode: str = "nearest") -> np.ndarray:
+    """float32 copy of non-negative ``a`` rounded to ``bits`` significant bits (of 24):
+    ``"nearest"``, ``"down"`` (never above ``a``) or ``"up"`` (never below)."""
+    out = np.array(a, dtype=np.float32)
+    drop = 24 - int(bits)
+    if drop <= 0:
+        return out
+    i = out.view(np.uint32)
+    low = np.uint32((1 << drop) - 1)
+    if mode == "nearest":
+        i += np.uint32(1 << (drop - 1))
+    elif mode == "up":
+        i += low
+    i &= ~low
+    return out
+
+
+def _image_extension(data, name, h_out) -> fits.ImageHDU:
+    h = fits.Header()
+    for key in ("WCSAXES", "CTYPE1", "CTYPE2", "CUNIT1", "CUNIT2", "CRPIX1", "CRPIX2", "CRVAL1",
+                "CRVAL2", "CD1_1", "CD1_2", "CD2_1", "CD2_2", "RADESYS", "EQUINOX", "DATEREF",
+                "MJD-OBS", "MJD-END", "DATE-OBS", "DATE-END", "BUNIT", "PIXSIZE", "EXPOSURE",
+                "INEXPO", "OBS_ID"):
+        if key in h_out:
+            h[key] = (h_out[key], h_out.comments[key])
+    h["CONTENT"] = EXTENSION_TEXT[name]
+    h["SIGBITS"] = (MANTISSA_BITS[name], "significant bits kept of 24 (float32)")
+    return fits.ImageHDU(round_mantissa(data, MANTISSA_BITS[name],
+                                        _ROUNDING.get(name, "nearest")), h, name=name)
+
+
+def sources_hdu(sources, exposure: float) -> fits.BinTableHDU:
+    """The ``SOURCES`` table (columns of :data:`xmm_enhance.sources.SOURCE_COLUMNS`)."""
+    from .sources import SOURCE_COLUMNS
+
+    keys = {"RA": "ra", "DEC": "dec", "X": "x2", "Y": "y2", "RATE": "rate",
+            "RATE_ERR": "rate_err", "COUNTS": "counts", "COUNTS_ERR": "counts_err",
+            "SIGNIF": "signif", "BKG": "bkg"}
+    cols = []
+    for name, unit, _ in SOURCE_COLUMNS:
+        vals = np.array([float(d[keys[name]]) for d in sources], np.float64)
+        cols.append(fits.Column(name=name, format="D", unit=unit, array=vals))
+    hdu = fits.BinTableHDU.from_columns(cols, name="SOURCES")
+    for i, (_, _, text) in enumerate(SOURCE_COLUMNS, start=1):
+        hdu.header.comments[f"TTYPE{i}"] = text[:46]
+    hdu.header["EXPOSURE"] = (exposure, "[s] input exposure (COUNTS = RATE x EXPOSURE)")
+    hdu.header["XYREF"] = ("0-based", "X, Y: 0-based pixel on the primary grid")
+    from .sources import DEFAULT_MIN_SIGNIF
+    hdu.header["MINSIG"] = (DEFAULT_MIN_SIGNIF, "detection threshold (sigma)")
+    hdu.header["SIGMETH"] = ("PSF-fit likelihood ratio on the input counts", "")
+    return hdu
 
 
 def write_outputs(res: EnhanceResult, *, outdir: Path | None = None, overwrite: bool = False
                   ) -> tuple[Path, Path]:
-    """Write the input and prediction files (atomically); return their paths."""
+    """Write the input and prediction files (atomically); return their paths.
+
+    The prediction file's primary HDU is the prediction; models with more outputs add the
+    image extensions ``POINTS``, ``DIFFUSE`` (SR), ``LO68``, ``HI68`` on the same grid and WCS,
+    and SR with a ``points`` map the ``SOURCES`` table and ``<stem>_sources_SR.reg``.
+    """
     p_in, p_pred = output_paths(res.image.path, res.task, outdir)
     pix = detector.pixel_size_arcsec()
     h_in = _header(res, wcs=res.input_sky, exposure=res.image.exposure, pixel_arcsec=pix,
@@ -839,10 +1039,20 @@ def write_outputs(res: EnhanceResult, *, outdir: Path | None = None, overwrite: 
     target = res.model.target_exposure or res.image.exposure
     h_out = _header(res, wcs=res.output_sky, exposure=target,
                     pixel_arcsec=pix / res.model.scale, what="predict")
-    # both or neither: a failed write (disk full...) leaves no file and no temporary
-    atomic_write_hduls([(fits.HDUList([fits.PrimaryHDU(res.input_rate, h_in)]), p_in),
-                        (fits.HDUList([fits.PrimaryHDU(res.prediction, h_out)]), p_pred)],
-                       overwrite=overwrite)
+    pred = fits.HDUList([fits.PrimaryHDU(res.prediction, h_out)])
+    for key, name in EXTRA_OUTPUTS.items():
+        if key in res.extras:
+            pred.append(_image_extension(res.extras[key], name, h_out))
+    items = [(fits.HDUList([fits.PrimaryHDU(res.input_rate, h_in)]), p_in), (pred, p_pred)]
+    if res.sources is not None:
+        from .sources import region_text
+
+        pred.append(sources_hdu(res.sources, res.image.exposure))
+        text = region_text([d["ra"] for d in res.sources], [d["dec"] for d in res.sources],
+                           labels=[f"{d['signif']:.1f}sig" for d in res.sources])
+        items.append((text.encode(), region_path(res.image.path, outdir)))
+    # all or none: a failed write (disk full...) leaves no file and no temporary
+    atomic_write_hduls(items, overwrite=overwrite)
     return p_in, p_pred
 
 

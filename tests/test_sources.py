@@ -1,0 +1,210 @@
+"""Issue 13 output contract (POINTS, DIFFUSE, LO68, HI68, SOURCES, region file) and issue 12's
+exposure input, with stand-in graphs; the source list's likelihood fit on known simulations."""
+import warnings
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from xmm_enhance import detector, inference, sources
+from xmm_enhance.simulate import psf
+
+from onnx_graphs import exposure_aware  # noqa: E402
+from test_inference import make_image  # noqa: E402
+
+
+def king_image(shape, sources_, bkg, rng, *, theta=0.0):
+    """Counts with King-profile point sources ``(y, x, counts)`` on a flat background; the PSF
+    comes from the simulator's ``psf.king_kernel`` (not from the code under test), sampled on a
+    4x finer grid and binned, so sub-pixel positions are exact."""
+    rc, alpha = psf.king_params(theta)
+    k = psf.king_kernel(rc / 1.0, alpha, 96)  # 1" sub-pixels, radius 96"
+    lam = np.full((shape[0] * 4, shape[1] * 4), bkg / 16.0)
+    for y, x, n in sources_:
+        cy, cx = int(round(4 * y + 1.5)), int(round(4 * x + 1.5))
+        y0, x0 = cy - 96, cx - 96
+        sy, sx = max(0, -y0), max(0, -x0)
+        ey, ex = min(k.shape[0], lam.shape[0] - y0), min(k.shape[1], lam.shape[1] - x0)
+        lam[y0 + sy:y0 + ey, x0 + sx:x0 + ex] += n * k[sy:ey, sx:ex]
+    lam = lam.reshape(shape[0], 4, shape[1], 4).sum(axis=(1, 3))
+    return rng.poisson(lam).astype(float), lam
+
+
+def _points_map(counts, exposure):
+    """A crude candidate map (count/s per 2" pixel): the counts replicated 2x2 / 4."""
+    return np.repeat(np.repeat(counts, 2, 0), 2, 1) / 4.0 / exposure
+
+
+def test_a_point_source_is_found_where_it_is_with_its_counts():
+    rng = np.random.default_rng(3)
+    truth = (40.3, 52.8, 400.0)
+    counts, _ = king_image((96, 96), [truth], 0.3, rng)
+    found = sources.detect_sources(counts, np.ones(counts.shape, bool), 20e3,
+                                   _points_map(counts, 20e3))
+    assert len(found) == 1
+    d = found[0]
+    assert abs(d["y"] - truth[0]) <= 0.5 and abs(d["x"] - truth[1]) <= 0.5
+    # flux over the whole PSF: within 3 sigma of the truth, and the error is Poisson-like
+    assert abs(d["counts"] - truth[2]) < 3 * d["counts_err"]
+    assert 0.8 * np.sqrt(truth[2]) < d["counts_err"] < 1.5 * np.sqrt(truth[2])
+    assert d["signif"] > 10
+    assert d["rate"] == pytest.approx(d["counts"] / 20e3)
+    assert d["x2"] == pytest.approx(2 * d["x"] + 0.5) and d["y2"] == pytest.approx(2 * d["y"] + 0.5)
+
+
+def test_no_false_sources_in_flat_background_at_the_default_threshold():
+    n_cand = 0
+    for seed in range(6):
+        rng = np.random.default_rng(100 + seed)
+        counts = rng.poisson(0.4, (120, 120)).astype(float)
+        # every local maximum of the counts is a candidate: the worst case
+        found = sources.detect_sources(counts, np.ones(counts.shape, bool), 20e3,
+                                       _points_map(counts, 20e3), min_signif=0.0,
+                                       min_counts=0.5, max_candidates=10000)
+        n_cand += len(found)
+        assert all(d["signif"] < sources.DEFAULT_MIN_SIGNIF for d in found)
+    assert n_cand > 300  # the test did try many candidates
+
+
+def test_extended_blob_is_not_a_point_source():
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[:96, :96]
+    lam = 0.3 + 600.0 * np.exp(-((yy - 48) ** 2 + (xx - 48) ** 2) / (2 * 5.0 ** 2)) / (
+        2 * np.pi * 25.0)
+    counts = rng.poisson(lam).astype(float)
+    found = sources.detect_sources(counts, np.ones(counts.shape, bool), 20e3,
+                                   _points_map(counts, 20e3))
+    assert not any(np.hypot(d["y"] - 48, d["x"] - 48) < 4 for d in found)
+
+
+def test_candidates_outside_the_sky_mask_are_skipped():
+    rng = np.random.default_rng(9)
+    counts, _ = king_image((96, 96), [(30.0, 30.0, 300.0), (60.0, 70.0, 300.0)], 0.3, rng)
+    sky = np.zeros(counts.shape, bool)
+    sky[:48] = True
+    found = sources.detect_sources(counts, np.ones(counts.shape, bool), 20e3,
+                                   _points_map(counts, 20e3), sky=sky)
+    assert [round(d["y"]) for d in found] == [30]
+
+
+def test_region_text_has_one_fk5_circle_per_source():
+    text = sources.region_text([10.5, 11.25], [-3.0, 2.125])
+    lines = text.splitlines()
+    assert "fk5" in lines
+    circles = [ln for ln in lines if ln.startswith("circle(")]
+    assert circles == ['circle(10.500000,-3.000000,10")', 'circle(11.250000,2.125000,10")']
+
+
+# ----------------------------------------------------------------- output contract (issue 13)
+
+@pytest.fixture()
+def v2_models(tmp_path):
+    d = tmp_path / "models"
+    d.mkdir()
+    return {"SR": exposure_aware(d / "sr2.onnx", "SR"), "DN": exposure_aware(d / "dn2.onnx", "DN")}
+
+
+def _point_image(path, exposure):
+    """pn-grid image with two King point sources inside the field of view, a sky WCS."""
+    rng = np.random.default_rng(21)
+    counts, _ = king_image(detector.PN_SHAPE, [(250.2, 180.7, 900.0), (150.0, 240.0, 300.0)],
+                           0.2, rng)
+    counts[~detector.detector_mask(corners=False)] = 0
+    p, _ = make_image(path, exposure=exposure)
+    with fits.open(p) as h:
+        hdr = h[0].header
+    fits.writeto(p, counts.astype(np.int32), hdr, overwrite=True)
+    return p
+
+
+def test_sr_output_contract(tmp_path, v2_models):
+    from astropy.wcs import WCS
+
+    T = 37e3
+    path = _point_image(tmp_path / "obs.fits", T)
+    res = inference.enhance_file(path, "SR", model=inference.load_model("SR", v2_models["SR"]))
+    pred = res["predict"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with fits.open(pred) as h:
+            names = [x.name for x in h]
+            assert names == ["PRIMARY", "POINTS", "DIFFUSE", "LO68", "HI68", "SOURCES"]
+            p = h[0].data
+            assert p.shape == (832, 832)
+            w = WCS(h[0].header)
+            for name in ("POINTS", "DIFFUSE", "LO68", "HI68"):
+                assert h[name].data.shape == p.shape and h[name].header["BUNIT"] == "count/s/pixel"
+                assert WCS(h[name].header).wcs.compare(w.wcs)
+            s = h["POINTS"].data.astype(np.float64) + h["DIFFUSE"].data
+            assert np.all(np.abs(s - p) <= 1e-4 * np.abs(p) + 1e-30)
+            assert np.all(h["LO68"].data <= p) and np.all(p <= h["HI68"].data)
+            # the graph was fed the header's exposure: hi68 / rate = 1 + 20 ks / T
+            on = p > 0
+            assert np.allclose(h["HI68"].data[on] / p[on], 1 + 20e3 / T, rtol=2e-3)
+            t = h["SOURCES"].data
+            assert list(t.columns.names)[:8] == ["RA", "DEC", "X", "Y", "RATE", "RATE_ERR",
+                                                 "COUNTS", "COUNTS_ERR"]
+            assert "SIGNIF" in t.columns.names and np.all(t["SIGNIF"] > 0)
+            assert np.allclose(t["COUNTS"], t["RATE"] * T)
+            ra, dec = w.pixel_to_world_values(t["X"], t["Y"])
+            assert np.allclose(ra, t["RA"], atol=1e-7) and np.allclose(dec, t["DEC"], atol=1e-7)
+            # both simulated sources, at their place on the 2x grid (x2 = 2 x + 0.5 + 2 pad)
+            top, left = res["result"].pad
+            want = [(2 * (250.2 + top) + 0.5, 2 * (180.7 + left) + 0.5),
+                    (2 * (150.0 + top) + 0.5, 2 * (240.0 + left) + 0.5)]
+            for y2, x2 in want:
+                d = np.hypot(t["Y"] - y2, t["X"] - x2)
+                assert d.min() <= 1.5
+    # seed-compatible readers: the primary HDU alone
+    assert fits.getdata(pred).shape == (832, 832)
+    reg = (tmp_path / "obs_sources_SR.reg").read_text().splitlines()
+    circles = [ln for ln in reg if ln.startswith("circle(")]
+    assert "fk5" in reg and len(circles) == len(t)
+    a, b = circles[0][len("circle("):].split(",")[:2]
+    assert float(a) == pytest.approx(t["RA"][0], abs=2e-6)
+    assert float(b) == pytest.approx(t["DEC"][0], abs=2e-6)
+
+
+def test_dn_output_has_percentile_maps(tmp_path, v2_models):
+    path = _point_image(tmp_path / "obs.fits", 60e3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", inference.InputWarning)  # 60 ks is in 5-150 ks
+        res = inference.enhance_file(path, "DN",
+                                     model=inference.load_model("DN", v2_models["DN"]))
+    with fits.open(res["predict"]) as h:
+        assert [x.name for x in h] == ["PRIMARY", "LO68", "HI68"]
+        assert h[0].header["EXPOSURE"] == 60e3  # no emulated exposure is claimed
+        assert h[0].header["PREDTYPE"] == "expected rate"
+        p = h[0].data
+        assert np.all(h["LO68"].data <= p) and np.all(p <= h["HI68"].data)
+    assert not (tmp_path / "obs_sources_SR.reg").exists()
+
+
+def test_exposure_outside_the_trained_range_warns_with_that_range(tmp_path, v2_models):
+    path = _point_image(tmp_path / "deep.fits", 200e3)
+    img = inference.read_input(path)
+    with pytest.warns(inference.InputWarning, match="trained for 5-150 ks"):
+        inference.enhance_image(img, inference.load_model("DN", v2_models["DN"]))
+
+
+def test_sky_tan_deprojection_matches_astropy():
+    from astropy.wcs import WCS
+
+    sky = inference.SkyTan((200.5, 210.0), (150.1, 62.2), [[-1.1e-3, 2e-4], [3e-4, 1.1e-3]])
+    w = sky.to_wcs()
+    x = np.array([0.0, 100.0, 415.0, 831.0])
+    y = np.array([0.0, 700.0, 3.0, 831.0])
+    ra, dec = sky.pixel_to_world(x, y)
+    ra_a, dec_a = w.pixel_to_world_values(x, y)
+    assert np.allclose(ra, ra_a, atol=1e-9) and np.allclose(dec, dec_a, atol=1e-9)
+    assert isinstance(w, WCS)
+
+
+def test_mantissa_rounding_directions():
+    a = np.random.default_rng(0).random(1000).astype(np.float32) * 1e-3 + 1e-9
+    down = inference.round_mantissa(a, 10, "down")
+    up = inference.round_mantissa(a, 10, "up")
+    near = inference.round_mantissa(a, 14)
+    assert np.all(down <= a) and np.all(up >= a)
+    assert np.max(np.abs(near / a - 1)) <= 2.0 ** -14
+    assert np.max(up / down - 1) <= 2.0 ** -9 * 1.01
