@@ -703,11 +703,14 @@ def evaluate_sr_sources(rate_in, mask_in, rate_sr, *, sources=None, exposure=20e
     return rows
 
 
-def onnx_predictor(path, *, size=416, threads=None):
-    """``predict(rate, mask)`` running an ONNX model of the design §4.4 contract on one frame.
+def onnx_predictor(path, *, size=416, threads=None, all_outputs=False):
+    """``predict(rate, mask, exposure=None)`` running an ONNX model of the design §4.4 contract
+    on one frame.
 
     The frame is zero-padded centrally to ``size`` x ``size`` (design §4.3) and the output cropped
-    back (on the 2x grid for SR).
+    back (on the 2x grid for SR). Exposure-aware models (an ``exposure`` graph input) get
+    ``exposure`` (s; default 20 ks). ``all_outputs``: return a dict of every output map
+    (``rate``, and ``lo68``, ``hi68``, ``points``, ``diffuse`` where the graph has them).
     """
     import onnxruntime as ort
 
@@ -715,16 +718,24 @@ def onnx_predictor(path, *, size=416, threads=None):
     if threads:
         so.intra_op_num_threads = threads
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    inputs = [i.name for i in sess.get_inputs()]
+    names = [o.name for o in sess.get_outputs()]
 
-    def predict(rate, mask):
+    def predict(rate, mask, exposure=None):
         h, w = rate.shape
         top, left = (size - h) // 2, (size - w) // 2
         rp = np.zeros((1, 1, size, size), np.float32)
         mp = np.zeros_like(rp)
         rp[0, 0, top:top + h, left:left + w] = rate
         mp[0, 0, top:top + h, left:left + w] = mask
-        out = sess.run(None, {"rate": rp, "mask": mp})[0][0, 0]
-        s = out.shape[0] // size
-        return out[s * top:s * (top + h), s * left:s * (left + w)].astype(np.float64)
+        feed = {"rate": rp, "mask": mp}
+        if "exposure" in inputs:
+            feed["exposure"] = np.array([20e3 if exposure is None else exposure], np.float32)
+        outs = sess.run(None, feed)
+        s = outs[0].shape[-1] // size
+        crop = {("rate" if n == names[0] else n):
+                o[0, 0, s * top:s * (top + h), s * left:s * (left + w)].astype(np.float64)
+                for n, o in zip(names, outs)}
+        return crop if all_outputs else crop["rate"]
 
     return predict

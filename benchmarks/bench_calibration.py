@@ -1,0 +1,192 @@
+"""Issue 13 on held-out simulations: percentile calibration, point/diffuse split, source list.
+
+    python benchmarks/bench_calibration.py --dn D.onnx --sr S.onnx [--frames 12]
+                                           [--exposures 10,20,50,100] [--seed 424242]
+
+For exposure-aware models (recipe 2) on simulated frames never used in training or validation
+(seeds ``[seed, i]``), at each input exposure:
+
+* **coverage**: share of field-of-view pixels whose truth lies inside [LO68, HI68] (within
+  1e-3 counts, as training's validation counts it; 0.68 is calibrated), and the same for 20"
+  apertures on a grid (every 20" in the FoV), with the aperture interval taken as
+  [sum LO68, sum HI68] (pixels' bounds added: an upper limit on the spread, so this coverage is
+  an upper bound) and as sum(rate) -+ sqrt(sum of the pixels' half-widths squared) (independent
+  pixels: a lower bound);
+* SR **decomposition**: in 20" apertures around the listed point sources, the POINTS map's
+  counts and the DIFFUSE map's excess over the diffuse truth, as shares of the point sources'
+  true counts (truth minus the simulator's diffuse part); brightest 20" aperture of the POINTS map in source-free (background-only) frames;
+* SR **source list** (``xmm_enhance.sources`` at its default threshold): completeness for
+  listed sources of >= 20 / >= 50 counts and the share of false entries (no simulated source
+  of >= 5 counts within 8").
+
+Prints tables; numbers for the model card.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from xmm_enhance import evaluation as ev  # noqa: E402
+from xmm_enhance import sources as S  # noqa: E402
+from xmm_enhance.detector import fov_mask, pn_grid  # noqa: E402
+from xmm_enhance.simulate.instrument import simulate_observation  # noqa: E402
+from xmm_enhance.training.net import AXIS_PIXEL  # noqa: E402
+
+TOL_COUNTS = 1e-3
+
+
+def _aperture_grid(fov, radius_px, step_px):
+    ys, xs = np.nonzero(fov)
+    cy = np.arange(radius_px, fov.shape[0] - radius_px, step_px)
+    cx = np.arange(radius_px, fov.shape[1] - radius_px, step_px)
+    return [(y, x) for y in cy for x in cx if fov[y, x]]
+
+
+def _disc(radius_px):
+    r = int(np.ceil(radius_px))
+    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+    return yy[(yy ** 2 + xx ** 2) <= radius_px ** 2], xx[(yy ** 2 + xx ** 2) <= radius_px ** 2]
+
+
+def _aperture_sums(img, centres, disc):
+    dy, dx = disc
+    return np.array([img[y + dy, x + dx].sum() for y, x in centres])
+
+
+def coverage(out, truth, fov, exposure, pixel_arcsec):
+    """Pixel and 20" aperture coverage of [lo68, hi68] for one frame."""
+    lo, hi, rate = out["lo68"], out["hi68"], out["rate"]
+    tol = TOL_COUNTS / exposure
+    pix = ((truth >= lo - tol) & (truth <= hi + tol))[fov]
+    disc = _disc(20.0 / pixel_arcsec)
+    centres = _aperture_grid(fov, int(np.ceil(20.0 / pixel_arcsec)), int(20.0 / pixel_arcsec))
+    t = _aperture_sums(truth, centres, disc)
+    slo, shi = _aperture_sums(lo, centres, disc), _aperture_sums(hi, centres, disc)
+    m = _aperture_sums(rate, centres, disc)
+    var_lo = _aperture_sums((rate - lo) ** 2, centres, disc)
+    var_hi = _aperture_sums((hi - rate) ** 2, centres, disc)
+    tol_a = tol * len(disc[0])
+    sum_rule = (t >= slo - tol_a) & (t <= shi + tol_a)
+    ind_rule = (t >= m - np.sqrt(var_lo) - tol_a) & (t <= m + np.sqrt(var_hi) + tol_a)
+    return pix, sum_rule, ind_rule
+
+
+def point_fluxes(out, truth, diffuse_truth, meta, exposure):
+    """Counts in 20" apertures around the listed point sources: the points' truth, the POINTS
+    map, and the DIFFUSE map's excess over the diffuse truth (point flux leaked into it)."""
+    disc = _disc(10.0)  # 20" radius on the 2" grid
+    dif_truth = np.minimum(diffuse_truth, truth)
+    pts_truth = truth - dif_truth
+    t = p = d = 0.0
+    ny, nx = truth.shape
+    for s in meta["sources"]:
+        y, x = s["y2"], s["x2"]
+        if s["piled"] or not (10 <= y < ny - 10 and 10 <= x < nx - 10):
+            continue
+        ys, xs = y + disc[0], x + disc[1]
+        t += pts_truth[ys, xs].sum()
+        p += out["points"][ys, xs].sum()
+        d += (out["diffuse"][ys, xs] - dif_truth[ys, xs]).sum()
+    return t * exposure, p * exposure, d * exposure
+
+
+def source_list_scores(counts, mask, listed, out, exposure):
+    """(found, listed) per count threshold and (false, entries) of the default source list.
+
+    ``listed``: simulated point sources ``(y, x, counts at exposure)`` down to 5 counts.
+    """
+    fov1 = fov_mask()
+    found = S.detect_sources(counts, mask, exposure, out["points"], axis=AXIS_PIXEL, sky=fov1)
+    ny, nx = fov1.shape
+    inside = [t for t in listed if 0 <= round(t[0]) < ny and 0 <= round(t[1]) < nx
+              and fov1[int(round(t[0])), int(round(t[1]))]]
+    res = {}
+    for cmin in (20.0, 50.0):
+        want = [t for t in inside if t[2] >= cmin]
+        hit = sum(any(np.hypot(d["y"] - t[0], d["x"] - t[1]) <= 2.0 for d in found)
+                  for t in want)
+        res[cmin] = (hit, len(want))
+    false = sum(not any(np.hypot(d["y"] - t[0], d["x"] - t[1]) <= 2.0 for t in listed)
+                for d in found)
+    return res, (false, len(found))
+
+
+def run(dn, sr, frames, exposures, seed):
+    fov1, fov2 = fov_mask(), fov_mask(pn_grid(scale=2))
+    for task, path in (("DN", dn), ("SR", sr)):
+        if not path:
+            continue
+        predict = ev.onnx_predictor(path, all_outputs=True)
+        print(f"\n{task} {Path(path).name}: held-out simulations, seeds [{seed}, i], "
+              f"{frames} frames per exposure")
+        print("exposure    pixels  20in sum  20in ind"
+              + ("   points%  diffuse%  flat max  compl>=20  compl>=50  false" if task == "SR"
+                 else ""))
+        for T in exposures:
+            pix, srule, irule = [], [], []
+            tp = pp = dd = 0.0
+            flat_max = 0.0
+            comp = {20.0: [0, 0], 50.0: [0, 0]}
+            fal = [0, 0]
+            for i in range(frames):
+                rng = np.random.default_rng([seed, int(T), i])
+                # simulated at 8 T so that its source list reaches 5 counts at T; the input
+                # counts are drawn at T
+                obs = simulate_observation(rng, exposure=8 * T, sr=task == "SR",
+                                           decompose=task == "SR")
+                counts = rng.poisson(obs.dn_target.astype(np.float64) * T).astype(np.float32)
+                listed = [(d["y"], d["x"], d["counts"] / 8.0) for d in obs.meta["sources"]
+                          if not d["piled"]]
+                out = predict(counts / T, obs.mask, T)
+                if task == "DN":
+                    a, b, c = coverage(out, obs.dn_target, fov1 & obs.mask, T, 4.0)
+                else:
+                    m2 = np.repeat(np.repeat(obs.mask, 2, 0), 2, 1)
+                    a, b, c = coverage(out, obs.sr_target, fov2 & m2, T, 2.0)
+                    t_, p_, d_ = point_fluxes(out, obs.sr_target, obs.sr_diffuse, obs.meta, T)
+                    tp, pp, dd = tp + t_, pp + p_, dd + d_
+                    r, f = source_list_scores(counts, obs.mask, listed, out, T)
+                    for k in comp:
+                        comp[k][0] += r[k][0]
+                        comp[k][1] += r[k][1]
+                    fal[0] += f[0]
+                    fal[1] += f[1]
+                    if i < max(2, frames // 4):  # source-free frames: the POINTS map's peak
+                        e = simulate_observation(np.random.default_rng([seed, int(T), i, 7]),
+                                                 exposure=T, sr=True, sources=False)
+                        oe = predict(e.counts / T, e.mask, T)
+                        flat_max = max(flat_max, ev.max_aperture_counts(
+                            oe["points"] * fov2, exposure=T))
+                pix.append(a)
+                srule.append(b)
+                irule.append(c)
+            line = (f"{T / 1e3:7.0f}ks {np.concatenate(pix).mean():8.3f} "
+                    f"{np.concatenate(srule).mean():8.3f} {np.concatenate(irule).mean():8.3f}")
+            if task == "SR":
+                line += (f"   {100 * pp / max(tp, 1e-9):6.1f}   {100 * dd / max(tp, 1e-9):7.1f}"
+                         f"  {flat_max:8.1f}"
+                         f"  {comp[20.0][0]:4d}/{comp[20.0][1]:<4d} {comp[50.0][0]:4d}/"
+                         f"{comp[50.0][1]:<4d} {fal[0]:3d}/{fal[1]}")
+            print(line, flush=True)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dn", default=None)
+    ap.add_argument("--sr", default=None)
+    ap.add_argument("--frames", type=int, default=12)
+    ap.add_argument("--exposures", default="10,20,50,100", help="ks, comma-separated")
+    ap.add_argument("--seed", type=int, default=424242)
+    a = ap.parse_args(argv)
+    run(a.dn, a.sr, a.frames, [float(v) * 1e3 for v in a.exposures.split(",")], a.seed)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
