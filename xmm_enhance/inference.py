@@ -1008,6 +1008,7 @@ def sources_hdu(sources, exposure: float) -> fits.BinTableHDU:
 
     keys = {"RA": "ra", "DEC": "dec", "X": "x2", "Y": "y2", "RATE": "rate",
             "RATE_ERR": "rate_err", "COUNTS": "counts", "COUNTS_ERR": "counts_err",
+            "FIT_COUNTS": "fit_counts",
             "SIGNIF": "signif", "BKG": "bkg"}
     cols = []
     for name, unit, _ in SOURCE_COLUMNS:

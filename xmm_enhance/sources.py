@@ -12,15 +12,18 @@ ratio against the local background is computed from the input counts, in the way
   instrumental background and the local diffuse emission, and no network output;
 * source model ``b + F k(x0, y0)``, ``k`` the pn PSF (the King profile of
   :mod:`xmm_enhance.simulate.psf`, widening and stretching tangentially off axis) integrated
-  over the 1x pixels, for sub-pixel positions on the 2x grid within ``SEARCH_2X`` 2x pixels of
-  the peak;
-  ``F >= 0`` (total counts over the whole PSF) by maximum likelihood;
+  over the 1x pixels, at the centroid of the ``points`` map around the candidate (to a quarter
+  pixel); ``F >= 0`` (total counts over the whole PSF) by maximum likelihood;
 * ``C = 2 [ln L(b + F k) - ln L(b)]``, converted to a Gaussian significance with three degrees
   of freedom (flux and two position coordinates), as ``emldetect``'s detection likelihood is;
 * a candidate that a King profile ``EXTENT_RC_FACTOR`` times wider in its core fits better by
   more than ``EXTENT_C`` is extended emission (a knot, a cluster core), not a point source, and
   is dropped;
-* candidates closer than ``MERGE_PX`` keep the most significant one.
+* candidates closer than ``MERGE_PX`` keep the most significant one;
+* the listed flux is the ``points`` map's within 20" of the source, scaled to the whole PSF: the
+  map is the network's posterior mean given all the counts, while the fitted flux
+  (``fit_counts``) of a source found near the threshold is biased upwards (it was selected for
+  having fluctuated up; independent photons then show less).
 
 All positions are 0-based array coordinates ``[y, x]``: 1x pixels of the input, and the 2x
 output grid where ``x2 = 2 x + 0.5``.
@@ -32,7 +35,8 @@ import math
 
 import numpy as np
 
-__all__ = ["detect_sources", "DEFAULT_MIN_SIGNIF", "region_text", "SOURCE_COLUMNS"]
+__all__ = ["detect_sources", "DEFAULT_MIN_SIGNIF", "region_text", "SOURCE_COLUMNS",
+           "psf_fraction"]
 
 #: Default detection threshold (Gaussian sigma, three degrees of freedom); chosen on simulated
 #: fields to keep false sources rare (see ``benchmarks/bench_sources.py``).
@@ -47,8 +51,10 @@ EXCLUDE_RADIUS = 4.0
 #: gain over the PSF that marks a candidate as extended emission.
 EXTENT_RC_FACTOR = 2.5
 EXTENT_C = 9.0
-#: Positions fitted: 2x pixels within this many of the candidate's peak (each way).
-SEARCH_2X = 2
+#: Radius (2x pixels; 10 = 20") of the points-map aperture that gives a source's listed flux.
+NET_RADIUS_2X = 10
+#: Positions fitted: the candidate's centroid and the quarter 1x pixels within this many of it.
+SEARCH_Q = 1
 #: Candidates closer than this (1x pixels) are one source.
 MERGE_PX = 2.5
 #: 1x pixel size (arcsec).
@@ -60,10 +66,11 @@ SOURCE_COLUMNS = (
     ("DEC", "deg", "declination (ICRS)"),
     ("X", "pixel", "0-based column on the output grid"),
     ("Y", "pixel", "0-based row on the output grid"),
-    ("RATE", "count/s", "count rate over the whole PSF (not corrected for vignetting)"),
+    ("RATE", "count/s", "SR points-map rate over the whole PSF (not vignetting-corrected)"),
     ("RATE_ERR", "count/s", "1-sigma error of RATE"),
     ("COUNTS", "count", "source counts over the whole PSF at the input exposure"),
     ("COUNTS_ERR", "count", "1-sigma error of COUNTS"),
+    ("FIT_COUNTS", "count", "maximum-likelihood PSF-fit counts on the input"),
     ("SIGNIF", "sigma", "PSF-fit likelihood-ratio significance on the input counts"),
     ("BKG", "count/pixel", "local background per 4\" input pixel"),
 )
@@ -184,9 +191,11 @@ def detect_sources(counts, mask, exposure, points2, *, axis=None, sky=None,
     Returns
     -------
     list of dict
-        Keys ``y``, ``x`` (1x pixels, fractional), ``y2``, ``x2`` (2x grid), ``counts``,
-        ``counts_err``, ``rate``, ``rate_err``, ``signif``, ``bkg`` (counts per 1x pixel);
-        most significant first.
+        Keys ``y``, ``x`` (1x pixels, fractional), ``y2``, ``x2`` (2x grid), ``counts`` (the
+        points map's counts over the whole PSF at ``exposure``; the fit's where the map holds
+        none), ``counts_err`` (the fit's 1-sigma error), ``rate``, ``rate_err``, ``fit_counts``
+        (maximum-likelihood PSF fit on the input counts), ``signif``, ``bkg`` (counts per 1x
+        pixel); most significant first.
     """
     from scipy.ndimage import maximum_filter, uniform_filter
 
@@ -200,11 +209,27 @@ def detect_sources(counts, mask, exposure, points2, *, axis=None, sky=None,
     order = np.argsort(-box[py, px])[:max_candidates]
     py, px = py[order], px[order]
     R = FIT_RADIUS
-    cy, cx = py // 2, px // 2
+    # candidate position: the centroid of the points map in 5 x 5 2x pixels around its peak
+    # (the network's estimate, which used every photon); the flux is fitted there only, as a
+    # free position would pick noise peaks and inflate faint sources' fluxes
+    pts = np.asarray(points2, np.float64)
+    H2, W2 = pts.shape
+    yc2 = np.empty(len(py))
+    xc2 = np.empty(len(py))
+    for i, (y2, x2) in enumerate(zip(py, px)):
+        y0, y1, x0, x1 = max(y2 - 2, 0), min(y2 + 3, H2), max(x2 - 2, 0), min(x2 + 3, W2)
+        win = pts[y0:y1, x0:x1]
+        tot = win.sum()
+        yy, xx = np.mgrid[y0:y1, x0:x1]
+        yc2[i] = (win * yy).sum() / tot if tot > 0 else y2
+        xc2[i] = (win * xx).sum() / tot if tot > 0 else x2
+    cy = np.rint((yc2 - 0.5) / 2.0).astype(int)
+    cx = np.rint((xc2 - 0.5) / 2.0).astype(int)
     inside = (cy - R >= 0) & (cx - R >= 0) & (cy + R < h) & (cx + R < w)
     if sky is not None:
         inside &= np.asarray(sky, bool)[cy, cx]
     py, px, cy, cx = py[inside], px[inside], cy[inside], cx[inside]
+    yc2, xc2 = yc2[inside], xc2[inside]
     if not len(py):
         return []
     r_out = int(math.ceil(BKG_ANNULUS[1]))
@@ -247,12 +272,14 @@ def detect_sources(counts, mask, exposure, points2, *, axis=None, sky=None,
         dy, dx = cy - axis[0], cx - axis[1]
         tb = np.rint(np.hypot(dy, dx) * PIXEL_ARCSEC / 60.0).astype(int)
         ab = ((np.arctan2(dy, dx) % np.pi) / (np.pi / 12)).astype(int) % 12
-    # positions: the 2x pixels within SEARCH_2X of the peak (centres at quarter 1x pixels); a
-    # source next to a chip gap peaks off its centre
-    rng_ = range(-SEARCH_2X, SEARCH_2X + 1)
+    # positions, in quarter 1x pixels from the window's centre pixel: the centroid, and within
+    # SEARCH_Q quarter pixels of it
+    rng_ = range(-SEARCH_Q, SEARCH_Q + 1)
     offs = [(oy, ox) for oy in rng_ for ox in rng_]
-    qy = np.stack([np.rint(2 * (py + oy) - 1 - 4 * cy).astype(int) for oy, _ in offs], 1)
-    qx = np.stack([np.rint(2 * (px + ox) - 1 - 4 * cx).astype(int) for _, ox in offs], 1)
+    q0y = np.rint(2 * yc2 - 1 - 4 * cy).astype(int)
+    q0x = np.rint(2 * xc2 - 1 - 4 * cx).astype(int)
+    qy = np.stack([q0y + oy for oy, _ in offs], 1)
+    qx = np.stack([q0x + ox for _, ox in offs], 1)
     K = np.stack([np.stack([_kernel(int(tb[i]), int(ab[i]), int(qy[i, j]), int(qx[i, j]), False)
                             for j in range(len(offs))]) for i in range(len(cy))])
     # two passes: the annuli first include every candidate (a crowd of insignificant peaks would
@@ -274,19 +301,52 @@ def detect_sources(counts, mask, exposure, points2, *, axis=None, sky=None,
     sig = _signif(cst)
     keep = good & (nb >= 10) & (f > 0) & (sig >= min_signif) & (cst_ext - cst <= EXTENT_C)
     found = []
+    # the flux listed: the points map's (a posterior mean given every photon, so not biased
+    # upwards near the threshold the way a fit selected by its own significance is), within
+    # NET_RADIUS_2X of the source, scaled to the whole half-width PSF
+    from .simulate import psf as _psf
+
+    ry, rx = np.mgrid[-NET_RADIUS_2X:NET_RADIUS_2X + 1, -NET_RADIUS_2X:NET_RADIUS_2X + 1]
+    disc = ry * ry + rx * rx <= NET_RADIUS_2X ** 2
+    ry, rx = ry[disc], rx[disc]
     for i in np.flatnonzero(keep):
-        y2 = float(py[i] + offs[j[i]][0])
-        x2 = float(px[i] + offs[j[i]][1])
+        y1 = cy[i] + qy[i, j[i]] / 4.0
+        x1 = cx[i] + qx[i, j[i]] / 4.0
         err = float(np.sqrt(var[i]))
-        found.append({"y": (y2 - 0.5) / 2.0, "x": (x2 - 0.5) / 2.0, "y2": y2, "x2": x2,
-                      "counts": float(f[i]), "counts_err": err, "rate": float(f[i]) / T,
-                      "rate_err": err / T, "signif": float(sig[i]), "bkg": float(bkg[i])})
+        ys = np.clip(int(round(2 * y1 + 0.5)) + ry, 0, H2 - 1)
+        xs = np.clip(int(round(2 * x1 + 0.5)) + rx, 0, W2 - 1)
+        rc, alpha = _psf.king_params(float(tb[i]))
+        frac = (_psf.king_eef(NET_RADIUS_2X * PIXEL_ARCSEC / 2, rc / 2, alpha)
+                / _psf.king_eef(PSF_TOTAL_RADIUS_ARCSEC, rc / 2, alpha))
+        net = float(pts[ys, xs].sum()) * T / frac
+        n_src = net if net > 0 else float(f[i])
+        found.append({"y": y1, "x": x1, "y2": 2 * y1 + 0.5, "x2": 2 * x1 + 0.5,
+                      "counts": n_src, "counts_err": err, "rate": n_src / T,
+                      "rate_err": err / T, "fit_counts": float(f[i]),
+                      "signif": float(sig[i]), "bkg": float(bkg[i])})
     found.sort(key=lambda d: -d["signif"])
     out = []
     for d in found:
         if all(math.hypot(d["y"] - e_["y"], d["x"] - e_["x"]) >= MERGE_PX for e_ in out):
             out.append(d)
     return out
+
+
+def psf_fraction(y, x, radius_px, *, axis=None):
+    """Fraction of a point source's whole-PSF counts at 1x position ``(y, x)`` that falls in
+    the pixels within ``radius_px`` (<= ``FIT_RADIUS``) of pixel ``(round(y), round(x))``: the
+    King PSF of :func:`detect_sources`, at the source's off-axis angle and azimuth."""
+    cy, cx = int(round(y)), int(round(x))
+    if axis is None:
+        tb = ab = 0
+    else:
+        dy, dx = cy - axis[0], cx - axis[1]
+        tb = int(round(math.hypot(dy, dx) * PIXEL_ARCSEC / 60.0))
+        ab = int((math.atan2(dy, dx) % math.pi) / (math.pi / 12)) % 12
+    k = _kernel(tb, ab, int(round(4 * (y - cy))), int(round(4 * (x - cx))), False)
+    n = 2 * FIT_RADIUS + 1
+    yy, xx = np.mgrid[-FIT_RADIUS:FIT_RADIUS + 1, -FIT_RADIUS:FIT_RADIUS + 1]
+    return float(k.reshape(n, n)[yy * yy + xx * xx <= radius_px ** 2].sum())
 
 
 def region_text(ra, dec, *, radius_arcsec=10.0, labels=None):
