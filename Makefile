@@ -37,13 +37,20 @@ bench: $(STAMP)
 # (~1.2 h), then a restarted schedule of 10000 steps stopped at 7457 (~1.5 h; the bundled model
 # met simulator 0.14.0's off-axis PSF elongation there, from scratch every stage uses it), then
 # position channels and faint-source crops, 5233 steps of a 10000-step schedule (~0.9 h), then
-# aligned SR targets, 4406 steps of a 6000-step schedule (~1 h).
+# aligned SR targets, 4406 steps of a 6000-step schedule (~1 h); then recipe 2 for both.
 # See models/MODEL_CARD.md.
 TRAIN := $(VPY) -m xmm_enhance.training.train --fresh --out models/
+# recipe 1 (fixed 20 ks inputs, rate maps only): every stage made before session 6
+V1 := --expo-range 0 --uncertainty 0 --decompose 0
 # the SR stages made before session 5: no position channels, no aligned targets, bright-source crops
-SR_OLD := --position 0 --align 0 --faint-share 0
+SR_OLD := --position 0 --align 0 --faint-share 0 $(V1)
+# recipe 2 (session 6, issues 12 and 13): exposure input (5-150 ks crops), percentile heads and
+# the SR point/diffuse head, warm-started from the recipe-1 networks; see models/MODEL_CARD.md
+# for the step counts of the bundled models
+V2_DN_STEPS ?= 8000
+V2_SR_STEPS ?= 8000
 models: $(VENV)/.train
-	$(TRAIN) --ckpt-dir runs/checkpoints --task DN --total-steps 10000 --steps 7000
+	$(TRAIN) --ckpt-dir runs/checkpoints --task DN --total-steps 10000 --steps 7000 $(V1) --no-export
 	$(TRAIN) --ckpt-dir runs/checkpoints --task SR --refine 0 --total-steps 24000 --steps 20740 \
 	  $(SR_OLD) --no-export
 	$(TRAIN) --ckpt-dir runs/checkpoints/SR_refine --task SR --refine 32 --steps 8103 \
@@ -53,11 +60,15 @@ models: $(VENV)/.train
 	  --total-steps 10000 --lr 3e-4 --lr-min 2e-5 --init-from runs/checkpoints/SR_refine/SR_best.pt \
 	  $(SR_OLD) --no-export
 	$(TRAIN) --ckpt-dir runs/checkpoints/SR_pos --task SR --refine 32 --position 1 --align 0 \
-	  --steps 5233 --total-steps 10000 --lr 3e-4 --lr-min 2e-5 \
+	  --steps 5233 --total-steps 10000 --lr 3e-4 --lr-min 2e-5 $(V1) \
 	  --init-from runs/checkpoints/SR_elong/SR_best.pt --no-export
 	$(TRAIN) --ckpt-dir runs/checkpoints/SR_align --task SR --refine 32 --position 1 --align 1 \
-	  --steps 4406 --total-steps 6000 --lr 2.5e-4 --lr-min 2e-5 \
-	  --init-from runs/checkpoints/SR_pos/SR_last.pt
+	  --steps 4406 --total-steps 6000 --lr 2.5e-4 --lr-min 2e-5 $(V1) \
+	  --init-from runs/checkpoints/SR_pos/SR_last.pt --no-export
+	$(TRAIN) --ckpt-dir runs/checkpoints/DN_v2 --task DN --steps $(V2_DN_STEPS) --total-steps 8000 \
+	  --lr 3e-4 --lr-min 2e-5 --init-from runs/checkpoints/DN_best.pt
+	$(TRAIN) --ckpt-dir runs/checkpoints/SR_v2 --task SR --steps $(V2_SR_STEPS) --total-steps 8000 \
+	  --lr 2.5e-4 --lr-min 2e-5 --init-from runs/checkpoints/SR_align/SR_best.pt
 
 clean:
 	rm -rf demo_output .pytest_cache

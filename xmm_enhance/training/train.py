@@ -492,6 +492,14 @@ def main(argv=None):
     ap.add_argument("--faint-share", type=float, default=None,
                     help="share of source-centred crops on faint (40-200 count) sources "
                          "(default %s)" % DEFAULTS["faint_source_share"])
+    ap.add_argument("--expo-range", default=None,
+                    help="input exposures of the training crops, LO,HI in ks, drawn "
+                         "log-uniformly; 0: the fixed 20 ks of recipe 1 (default %s)"
+                         % ",".join(f"{v / 1e3:g}" for v in DEFAULTS["expo_range"]))
+    ap.add_argument("--uncertainty", type=int, choices=(0, 1), default=None,
+                    help="16th/84th-percentile head (default %d)" % DEFAULTS["uncertainty"])
+    ap.add_argument("--decompose", type=int, choices=(0, 1), default=None,
+                    help="SR point/diffuse head (default %d)" % DEFAULTS["decompose"])
     ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default %g)"
                     % DEFAULTS["lr"])
     ap.add_argument("--lr-min", type=float, default=None,
@@ -519,6 +527,20 @@ def main(argv=None):
     over = {}
     if a.total_steps:
         over["total_steps"] = a.total_steps
+    if a.expo_range is not None:
+        if a.expo_range.strip() in ("0", ""):
+            over["expo_range"] = None
+        else:
+            try:
+                lo, hi = (float(v) * 1e3 for v in a.expo_range.split(","))
+            except ValueError:
+                ap.error(f"--expo-range {a.expo_range!r}: give LO,HI in ks (e.g. 5,150) or 0")
+            if not 0 < lo < hi:
+                ap.error(f"--expo-range {a.expo_range!r}: need 0 < LO < HI")
+            over["expo_range"] = (lo, hi)
+    for key, val in (("uncertainty", a.uncertainty), ("decompose", a.decompose)):
+        if val is not None:
+            over[key] = bool(val)
     for key, val in (("sr_shape_weight", a.shape_weight), ("empty_frame_prob", a.empty_frames),
                      ("source_crop_prob", a.source_crops), ("sr_refine", a.refine),
                      ("lr", a.lr), ("lr_min", a.lr_min), ("faint_source_share", a.faint_share),
