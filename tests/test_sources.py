@@ -224,3 +224,17 @@ def test_mantissa_rounding_directions():
     assert np.all(down <= a) and np.all(up >= a)
     assert np.max(np.abs(near / a - 1)) <= 2.0 ** -14
     assert np.max(up / down - 1) <= 2.0 ** -9 * 1.01
+
+
+def test_numpy_helpers_match_scipy():
+    from scipy.ndimage import maximum_filter, uniform_filter
+    from scipy.stats import chi2, norm
+
+    a = np.random.default_rng(0).random((50, 61))
+    assert np.allclose(sources._box_sum(a, 1), uniform_filter(a, 3, mode="constant") * 9)
+    assert np.array_equal(sources._box_max(a, 2),
+                          maximum_filter(a, 5, mode="constant", cval=-np.inf))
+    c = np.array([0.5, 1.0, 5.0, 10.0, 30.0, 100.0, 400.0, 1300.0])
+    p = chi2.sf(c, 3)
+    assert np.allclose(sources._signif(c), np.where(p < 0.5, norm.isf(p), 0.0), rtol=1e-9)
+    assert sources._signif(np.array([2000.0]))[0] == pytest.approx(np.sqrt(2000.0))
