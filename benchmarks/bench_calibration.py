@@ -11,7 +11,9 @@ For exposure-aware models (recipe 2) on simulated frames never used in training 
   apertures on a grid (every 20" in the FoV), with the aperture interval taken as
   [sum LO68, sum HI68] (pixels' bounds added: an upper limit on the spread, so this coverage is
   an upper bound) and as sum(rate) -+ sqrt(sum of the pixels' half-widths squared) (independent
-  pixels: a lower bound);
+  pixels: a lower bound); ``c68``: the scale ``c`` for which ``sum(rate) -+ c x (summed
+  half-widths)`` covers 68 % of the apertures (the model card's aperture rule: choose ``c`` on
+  one seed, check it on another with ``--aperture-scale``);
 * SR **decomposition**: in 20" apertures around the listed point sources, the POINTS map's
   counts and the DIFFUSE map's excess over the diffuse truth, as shares of the point sources'
   true counts (truth minus the simulator's diffuse part); brightest 20" aperture of the POINTS map in source-free (background-only) frames;
@@ -74,7 +76,12 @@ def coverage(out, truth, fov, exposure, pixel_arcsec):
     tol_a = tol * len(disc[0])
     sum_rule = (t >= slo - tol_a) & (t <= shi + tol_a)
     ind_rule = (t >= m - np.sqrt(var_lo) - tol_a) & (t <= m + np.sqrt(var_hi) + tol_a)
-    return pix, sum_rule, ind_rule
+    # the scale c of the summed half-widths that this aperture needs: |t - m| / (sum of the
+    # pixels' half-widths on t's side)
+    need = np.where(t < m, (m - t) / np.maximum(m - slo, 1e-30),
+                    (t - m) / np.maximum(shi - m, 1e-30))
+    need = np.where(np.abs(t - m) <= tol_a, 0.0, need)
+    return pix, sum_rule, ind_rule, need
 
 
 def point_fluxes(out, truth, diffuse_truth, meta, exposure):
@@ -117,8 +124,12 @@ def source_list_scores(counts, mask, listed, out, exposure):
     return res, (false, len(found))
 
 
-def run(dn, sr, frames, exposures, seed):
+def run(dn, sr, frames, exposures, seed, aperture_scale=None):
+    """Print the tables; returns {task: the aperture scale c covering 68 % over all exposures}.
+
+    ``aperture_scale``: {task: c} to check (coverage of m -+ c x summed half-widths)."""
     fov1, fov2 = fov_mask(), fov_mask(pn_grid(scale=2))
+    all_needs = {}
     for task, path in (("DN", dn), ("SR", sr)):
         if not path:
             continue
@@ -129,7 +140,7 @@ def run(dn, sr, frames, exposures, seed):
               + ("   points%  diffuse%  flat max  compl>=20  compl>=50  false" if task == "SR"
                  else ""))
         for T in exposures:
-            pix, srule, irule = [], [], []
+            pix, srule, irule, needs = [], [], [], []
             tp = pp = dd = 0.0
             flat_max = 0.0
             comp = {20.0: [0, 0], 50.0: [0, 0]}
@@ -145,10 +156,10 @@ def run(dn, sr, frames, exposures, seed):
                           if not d["piled"]]
                 out = predict(counts / T, obs.mask, T)
                 if task == "DN":
-                    a, b, c = coverage(out, obs.dn_target, fov1 & obs.mask, T, 4.0)
+                    a, b, c, nd = coverage(out, obs.dn_target, fov1 & obs.mask, T, 4.0)
                 else:
                     m2 = np.repeat(np.repeat(obs.mask, 2, 0), 2, 1)
-                    a, b, c = coverage(out, obs.sr_target, fov2 & m2, T, 2.0)
+                    a, b, c, nd = coverage(out, obs.sr_target, fov2 & m2, T, 2.0)
                     t_, p_, d_ = point_fluxes(out, obs.sr_target, obs.sr_diffuse, obs.meta, T)
                     tp, pp, dd = tp + t_, pp + p_, dd + d_
                     r, f = source_list_scores(counts, obs.mask, listed, out, T)
@@ -163,17 +174,29 @@ def run(dn, sr, frames, exposures, seed):
                         oe = predict(e.counts / T, e.mask, T)
                         flat_max = max(flat_max, ev.max_aperture_counts(
                             oe["points"] * fov2, exposure=T))
+                needs.append(nd)
                 pix.append(a)
                 srule.append(b)
                 irule.append(c)
+            nd = np.concatenate(needs)
+            c68 = float(np.quantile(nd, 0.68))
+            all_needs.setdefault(task, []).append(nd)
             line = (f"{T / 1e3:7.0f}ks {np.concatenate(pix).mean():8.3f} "
-                    f"{np.concatenate(srule).mean():8.3f} {np.concatenate(irule).mean():8.3f}")
+                    f"{np.concatenate(srule).mean():8.3f} {np.concatenate(irule).mean():8.3f}"
+                    f"  c68 {c68:5.2f}")
             if task == "SR":
                 line += (f"   {100 * pp / max(tp, 1e-9):6.1f}   {100 * dd / max(tp, 1e-9):7.1f}"
                          f"  {flat_max:8.1f}"
                          f"  {comp[20.0][0]:4d}/{comp[20.0][1]:<4d} {comp[50.0][0]:4d}/"
                          f"{comp[50.0][1]:<4d} {fal[0]:3d}/{fal[1]}")
             print(line, flush=True)
+        nd = np.concatenate(all_needs[task])
+        msg = f"  20\" apertures: c68 over all exposures {np.quantile(nd, 0.68):.3f}"
+        if aperture_scale and task in aperture_scale:
+            c = aperture_scale[task]
+            msg += f"; coverage with c = {c:.3f}: {np.mean(nd <= c):.3f}"
+        print(msg)
+    return {t: float(np.quantile(np.concatenate(v), 0.68)) for t, v in all_needs.items()}
 
 
 def main(argv=None):
@@ -183,8 +206,14 @@ def main(argv=None):
     ap.add_argument("--frames", type=int, default=12)
     ap.add_argument("--exposures", default="10,20,50,100", help="ks, comma-separated")
     ap.add_argument("--seed", type=int, default=424242)
+    ap.add_argument("--aperture-scale", default=None,
+                    help="DN,SR scales c of the summed half-widths to check (e.g. 0.4,0.3)")
     a = ap.parse_args(argv)
-    run(a.dn, a.sr, a.frames, [float(v) * 1e3 for v in a.exposures.split(",")], a.seed)
+    scale = None
+    if a.aperture_scale:
+        d, s_ = (float(v) for v in a.aperture_scale.split(","))
+        scale = {"DN": d, "SR": s_}
+    run(a.dn, a.sr, a.frames, [float(v) * 1e3 for v in a.exposures.split(",")], a.seed, scale)
     return 0
 
 
