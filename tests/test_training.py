@@ -85,7 +85,7 @@ def test_a_few_steps_reduce_the_loss_and_export_round_trip(tmp_path):
     first = None
     for _ in range(15):
         loss = dn_loss(net(batch[0], batch[1]), batch[2], batch[3])
-        first = float(loss) if first is None else first
+        first = float(loss.detach()) if first is None else first
         opt.zero_grad()
         loss.backward()
         opt.step()

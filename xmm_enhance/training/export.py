@@ -112,7 +112,14 @@ def export_onnx(net, path, *, metadata: dict, opset=17, check=True):
     else:
         module, args, inputs = _RenameOutput(net), (rate, mask), ["rate", "mask"]
         names = names[:1]
-    with torch.no_grad():
+    import warnings
+
+    with torch.no_grad(), warnings.catch_warnings():
+        # the TorchScript exporter is chosen on purpose (dynamic H, W without onnxscript);
+        # torch announces its deprecation on every call
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export",
+                                category=DeprecationWarning)
         torch.onnx.export(module, args, str(tmp), dynamo=False, input_names=inputs,
                           output_names=names, dynamic_axes=axes, opset_version=opset,
                           do_constant_folding=True)
