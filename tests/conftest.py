@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import gzip
 import io
+import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -110,3 +112,24 @@ def make_fake_pps(folder, obsid="0123456789", exposures=(("S003", 40000.0),), *,
 def fake_pps():
     """The :func:`make_fake_pps` function, for tests that need a small PPS folder."""
     return make_fake_pps
+
+
+@pytest.fixture
+def restore_logging():
+    """Commands configure the package logger and warnings.showwarning; put them back for the
+    tests that follow."""
+    pkg, root = logging.getLogger("xmm_enhance"), logging.getLogger()
+    saved = (pkg.handlers[:], pkg.level, pkg.propagate, root.handlers[:], root.level,
+             warnings.showwarning)
+    yield
+    for lg, handlers in ((pkg, saved[0]), (root, saved[3])):
+        for h in lg.handlers[:]:
+            if h not in handlers:
+                lg.removeHandler(h)
+        for h in handlers:
+            if h not in lg.handlers:
+                lg.addHandler(h)
+    pkg.setLevel(saved[1])
+    pkg.propagate = saved[2]
+    root.setLevel(saved[4])
+    warnings.showwarning = saved[5]

@@ -22,24 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 VERSION = f"xmm_enhance {xmm_enhance.__version__}"
 
 
-@pytest.fixture(autouse=True)
-def restore_logging():
-    """Commands configure the package logger and warnings.showwarning; undo it."""
-    pkg, root = logging.getLogger("xmm_enhance"), logging.getLogger()
-    saved = (pkg.handlers[:], pkg.level, pkg.propagate, root.handlers[:], root.level,
-             warnings.showwarning)
-    yield
-    for lg, handlers in ((pkg, saved[0]), (root, saved[3])):
-        for h in lg.handlers[:]:
-            if h not in handlers:
-                lg.removeHandler(h)
-        for h in handlers:
-            if h not in lg.handlers:
-                lg.addHandler(h)
-    pkg.setLevel(saved[1])
-    pkg.propagate = saved[2]
-    root.setLevel(saved[4])
-    warnings.showwarning = saved[5]
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 # ---- the dispatcher ---------------------------------------------------------------------------

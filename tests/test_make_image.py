@@ -9,7 +9,6 @@ import contextlib
 import errno
 import gzip
 import io
-import logging
 import shutil
 import subprocess
 import sys
@@ -602,26 +601,6 @@ def test_save_dir_is_made_on_success_only(known, tmp_path, capsys):
 
 
 # ---- the batch engine finds an all-good-time image again -------------------------------------
-
-@pytest.fixture
-def restore_logging():
-    """The batch CLI configures logging; put it back for the tests that follow."""
-    pkg, root = logging.getLogger("xmm_enhance"), logging.getLogger()
-    saved = (pkg.handlers[:], pkg.level, pkg.propagate, root.handlers[:], root.level,
-             warnings.showwarning)
-    yield
-    for lg, handlers in ((pkg, saved[0]), (root, saved[3])):
-        for h in lg.handlers[:]:
-            if h not in handlers:
-                lg.removeHandler(h)
-        for h in handlers:
-            if h not in lg.handlers:
-                lg.addHandler(h)
-    pkg.setLevel(saved[1])
-    pkg.propagate = saved[2]
-    root.setLevel(saved[4])
-    warnings.showwarning = saved[5]
-
 
 def test_batch_rerun_skips_an_all_good_time_image(known, tmp_path):
     from xmm_enhance import batch
