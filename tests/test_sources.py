@@ -238,3 +238,17 @@ def test_numpy_helpers_match_scipy():
     p = chi2.sf(c, 3)
     assert np.allclose(sources._signif(c), np.where(p < 0.5, norm.isf(p), 0.0), rtol=1e-9)
     assert sources._signif(np.array([2000.0]))[0] == pytest.approx(np.sqrt(2000.0))
+
+
+def test_a_deep_input_never_gets_the_20ks_models_50ks_claim(tmp_path):
+    """Recipe-1 DN (target 50 ks): a 100 ks input keeps its own EXPOSURE in the prediction."""
+    from onnx_graphs import identity_dn
+
+    model = inference.load_model("DN", identity_dn(tmp_path / "dn.onnx"))
+    for expo, want, word in ((20e3, 50e3, "emulates"), (100e3, 100e3, "input")):
+        path, _ = make_image(tmp_path / f"in{int(expo)}.fits", exposure=expo)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", inference.InputWarning)
+            res = inference.enhance_file(path, "DN", model=model)
+        h = fits.getheader(res["predict"])
+        assert h["EXPOSURE"] == want and word in h.comments["EXPOSURE"]

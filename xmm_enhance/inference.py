@@ -911,7 +911,7 @@ def _header(res: EnhanceResult, *, wcs, exposure, pixel_arcsec, what) -> fits.He
             h["COMMENT"] = f"Sky WCS: {img.wcs_note}"
     h["BUNIT"] = ("count/s/pixel", "count rate per pixel")
     h["PIXSIZE"] = (pixel_arcsec, "[arcsec] pixel size")
-    emulated = what != "input" and model.target_exposure is not None
+    emulated = what != "input" and emulated_exposure(model, img.exposure) is not None
     h["EXPOSURE"] = (exposure, "[s] exposure the prediction emulates" if emulated else
                      "[s] input exposure")
     if what != "input" and model.takes_exposure:
@@ -1025,6 +1025,14 @@ def sources_hdu(sources, exposure: float) -> fits.BinTableHDU:
     return hdu
 
 
+def emulated_exposure(model: Model, input_exposure: float) -> float | None:
+    """Exposure (s) a prediction stands for when it is more than its input's: a recipe-1 DN
+    model's ``target_exposure_ks`` (50 ks) for a shorter input. None otherwise: a prediction
+    never claims a deeper exposure than it was trained to emulate, nor less than its input's."""
+    t = model.target_exposure
+    return t if t is not None and t > input_exposure else None
+
+
 def write_outputs(res: EnhanceResult, *, outdir: Path | None = None, overwrite: bool = False
                   ) -> tuple[Path, Path]:
     """Write the input and prediction files (atomically); return their paths.
@@ -1037,7 +1045,7 @@ def write_outputs(res: EnhanceResult, *, outdir: Path | None = None, overwrite: 
     pix = detector.pixel_size_arcsec()
     h_in = _header(res, wcs=res.input_sky, exposure=res.image.exposure, pixel_arcsec=pix,
                    what="input")
-    target = res.model.target_exposure or res.image.exposure
+    target = emulated_exposure(res.model, res.image.exposure) or res.image.exposure
     h_out = _header(res, wcs=res.output_sky, exposure=target,
                     pixel_arcsec=pix / res.model.scale, what="predict")
     pred = fits.HDUList([fits.PrimaryHDU(res.prediction, h_out)])
