@@ -181,6 +181,18 @@ def test_sr_output_contract(tmp_path, v2_models):
     assert float(b) == pytest.approx(t["DEC"][0], abs=2e-6)
 
 
+def test_aperture_scale_from_the_metadata_reaches_the_percentile_maps(tmp_path):
+    d = tmp_path / "m"
+    d.mkdir()
+    model = inference.load_model("DN", exposure_aware(d / "dn.onnx", "DN",
+                                                      aperture_interval_scale="0.42"))
+    path = _point_image(tmp_path / "obs.fits", 30e3)
+    res = inference.enhance_file(path, "DN", model=model)
+    with fits.open(res["predict"]) as h:
+        assert h["LO68"].header["APERSCAL"] == 0.42 and h["HI68"].header["APERSCAL"] == 0.42
+        assert "APERSCAL" not in h[0].header
+
+
 def test_dn_output_has_percentile_maps(tmp_path, v2_models):
     path = _point_image(tmp_path / "obs.fits", 60e3)
     with warnings.catch_warnings():
