@@ -52,21 +52,29 @@ t["read + input checks"] = time.perf_counter() - s
 s = time.perf_counter()
 model = inference.load_model(which, threads=int(threads) if threads != "-" else None)
 t["model load"] = time.perf_counter() - s
-net = []
-predict = model.predict
+net, src = [], [0.0]
+predict = model.predict_all
 def timed(*a, **k):
     s = time.perf_counter()
     out = predict(*a, **k)
     net.append(time.perf_counter() - s)
     return out
-model.predict = timed
+model.predict_all = timed
+find = inference.find_sources
+def timed_sources(*a, **k):
+    s = time.perf_counter()
+    out = find(*a, **k)
+    src[0] = time.perf_counter() - s
+    return out
+inference.find_sources = timed_sources
 s = time.perf_counter()
 res = inference.enhance_image(img, model)
 t["network run"] = net[0]
-t["pre/post-processing"] = time.perf_counter() - s - net[0]
+t["source list"] = src[0]
+t["pre/post-processing"] = time.perf_counter() - s - net[0] - src[0]
 s = time.perf_counter()
 inference.write_outputs(res, outdir=outdir, overwrite=True)
-t["write (2 .fits.gz)"] = time.perf_counter() - s
+t["write (.fits.gz, extensions, regions)"] = time.perf_counter() - s
 t["total"] = time.perf_counter() - t0
 print(json.dumps(t))
 """

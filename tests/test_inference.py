@@ -787,3 +787,23 @@ def test_a_run_imports_no_heavy_module(tmp_path, models, sky):
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "HEAVY []" in proc.stdout, proc.stdout
+
+
+def test_threaded_gzip_is_one_standard_member():
+    import gzip
+    import shutil
+    import subprocess
+    import zlib
+
+    from xmm_enhance.fitsio import GZIP_CHUNK, gzip_member
+
+    rng = np.random.default_rng(0)
+    for n in (0, 7, GZIP_CHUNK, 3 * GZIP_CHUNK + 5):
+        raw = rng.integers(0, 3, n, dtype=np.uint8).tobytes()
+        g = gzip_member(raw)
+        assert g[:2] == b"\x1f\x8b" and gzip.decompress(g) == raw
+        # exactly one member: a raw inflate of the body stops at the trailer
+        d = zlib.decompressobj(-15)
+        assert d.decompress(g[10:]) == raw and d.unused_data == g[-8:]
+        if shutil.which("gzip"):
+            assert subprocess.run(["gzip", "-t"], input=g).returncode == 0

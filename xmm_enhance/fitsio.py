@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import tempfile
 import zlib
 from pathlib import Path
@@ -80,10 +81,40 @@ def _fits_bytes(hdul: fits.HDUList, gzipped: bool) -> bytes:
     raw = buf.getbuffer()
     if not gzipped:
         return bytes(raw)
-    # wbits 31: a standard gzip member (header with mtime 0, CRC-32, size), readable by any
-    # gzip reader; Z_RLE: see GZIP_LEVEL.
-    z = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31, 9, zlib.Z_RLE)
-    return z.compress(raw) + z.flush()
+    return gzip_member(raw)
+
+
+#: Bytes per deflate block compressed by one thread in :func:`gzip_member`.
+GZIP_CHUNK = 1 << 21
+
+
+def gzip_member(raw) -> bytes:
+    """One standard gzip member (mtime 0, CRC-32, size) of ``raw``, readable by any gzip reader.
+
+    Large inputs are deflated in ``GZIP_CHUNK`` blocks on threads (zlib releases the GIL) and
+    the blocks joined with sync flushes into one deflate stream, as pigz does; with Z_RLE
+    (see GZIP_LEVEL) no match reaches back into a previous block, so the result is the size of
+    a one-thread run.
+    """
+    raw = memoryview(raw).cast("B")
+    n = len(raw)
+    chunks = [raw[i:i + GZIP_CHUNK] for i in range(0, n, GZIP_CHUNK)] or [raw]
+
+    def deflate(k):
+        z = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -15, 9, zlib.Z_RLE)
+        last = k == len(chunks) - 1
+        return z.compress(chunks[k]) + z.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
+
+    if len(chunks) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(min(len(chunks), os.cpu_count() or 1)) as ex:
+            body = b"".join(ex.map(deflate, range(len(chunks))))
+    else:
+        body = deflate(0)
+    header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # deflate, no flags, mtime 0, OS unknown
+    trailer = struct.pack("<II", zlib.crc32(raw) & 0xFFFFFFFF, n & 0xFFFFFFFF)
+    return header + body + trailer
 
 
 def atomic_write_hduls(items, *, overwrite: bool = False) -> list[Path]:
