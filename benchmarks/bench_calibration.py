@@ -38,13 +38,12 @@ from xmm_enhance import evaluation as ev  # noqa: E402
 from xmm_enhance import sources as S  # noqa: E402
 from xmm_enhance.detector import fov_mask, pn_grid  # noqa: E402
 from xmm_enhance.simulate.instrument import simulate_observation  # noqa: E402
-from xmm_enhance.training.net import AXIS_PIXEL  # noqa: E402
+from xmm_enhance.detector import AXIS_PIXEL  # noqa: E402
 
 TOL_COUNTS = 1e-3
 
 
 def _aperture_grid(fov, radius_px, step_px):
-    ys, xs = np.nonzero(fov)
     cy = np.arange(radius_px, fov.shape[0] - radius_px, step_px)
     cx = np.arange(radius_px, fov.shape[1] - radius_px, step_px)
     return [(y, x) for y in cy for x in cx if fov[y, x]]

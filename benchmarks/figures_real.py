@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 from xmm_enhance import evaluation as ev  # noqa: E402
 from xmm_enhance import sources as S  # noqa: E402
 from xmm_enhance.detector import detector_mask, fov_mask  # noqa: E402
-from xmm_enhance.training.net import AXIS_PIXEL  # noqa: E402
+from xmm_enhance.detector import AXIS_PIXEL  # noqa: E402
 
 
 def _show(ax, img, pix, vmax, title):

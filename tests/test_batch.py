@@ -497,6 +497,17 @@ def _kill_and_close(fds: dict) -> None:
         os.close(fd)
 
 
+def _reap(proc, fds: dict) -> None:
+    """Kill what a test left running (the watched processes, then the group) and close pipes."""
+    _kill_and_close(fds)
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    for pipe in (proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
+
+
 needs_pidfd = pytest.mark.skipif(not (sys.platform.startswith("linux")
                                       and hasattr(os, "pidfd_open")),
                                  reason="needs Linux /proc and pidfd_open")
@@ -604,12 +615,7 @@ def test_killed_batch_takes_its_workers_with_it(tmp_path, pps_root, models, xsa)
         assert survivors == [], f"processes of the killed batch still running: {survivors}"
         assert lock.is_free()
     finally:
-        _kill_and_close(fds)
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-        proc.stdout.close()
-        proc.stderr.close()
+        _reap(proc, fds)
 
     server.hold.clear()
     server.release.set()
@@ -647,11 +653,7 @@ def test_worker_watchdog_alone_ends_an_orphaned_worker(tmp_path):
         proc.wait(timeout=30)
         assert _still_running(fds, timeout=10) == []
     finally:
-        _kill_and_close(fds)
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-        proc.stdout.close()
+        _reap(proc, fds)
 
 
 def test_two_batches_at_once_process_each_observation_once(tmp_path, pps_root, models):

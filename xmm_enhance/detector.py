@@ -18,7 +18,7 @@ import numpy as np
 
 __all__ = [
     "DETX_MIN", "DETY_MIN", "DETX_MAX", "DETY_MAX", "PN_BINSIZE", "PN_SHAPE",
-    "FOV_CENTRE_DET", "FOV_RADIUS_DET", "OPTICAL_AXIS_DET", "Grid", "pn_grid",
+    "FOV_CENTRE_DET", "FOV_RADIUS_DET", "OPTICAL_AXIS_DET", "AXIS_PIXEL", "Grid", "pn_grid",
     "live_mask", "fov_mask", "detector_mask", "corner_mask", "pixel_size_arcsec",
     "FOV_EDGE_ARCSEC", "fov_transmission",
 ]
@@ -74,6 +74,9 @@ FOV_CENTRE_DET = (-2204.0, -1102.0)
 FOV_RADIUS_DET = 224.4 * _B
 #: Optical axis (vignetting centre) in DET units.
 OPTICAL_AXIS_DET = (1200.0, 430.0)
+#: The optical axis on the 1x pn grid (0-based row, column of pixel centres; fractional).
+AXIS_PIXEL = ((OPTICAL_AXIS_DET[1] - DETY_MIN) / PN_BINSIZE - 0.5,
+              (OPTICAL_AXIS_DET[0] - DETX_MIN) / PN_BINSIZE - 0.5)
 
 
 @dataclass(frozen=True)

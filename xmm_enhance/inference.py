@@ -830,9 +830,7 @@ def find_sources(img: InputImage, rate, mask, points, pad, out_sky, **kwargs) ->
     counts = np.rint(np.asarray(rate, np.float64) * img.exposure)
     axis = sky = None
     if _is_pn_grid(img):
-        gy = (detector.OPTICAL_AXIS_DET[1] - detector.DETY_MIN) / detector.PN_BINSIZE - 0.5
-        gx = (detector.OPTICAL_AXIS_DET[0] - detector.DETX_MIN) / detector.PN_BINSIZE - 0.5
-        axis = (gy + pad[0], gx + pad[1])
+        axis = (detector.AXIS_PIXEL[0] + pad[0], detector.AXIS_PIXEL[1] + pad[1])
         sky = _place(detector.fov_mask(), rate.shape, pad[0], pad[1])
     found = S.detect_sources(counts, mask, img.exposure, points, axis=axis, sky=sky, **kwargs)
     if found:

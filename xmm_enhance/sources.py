@@ -118,6 +118,17 @@ def _kernel(theta_bin, az_bin, sub_y, sub_x, extended):
     return _king_window(rc / PIXEL_ARCSEC, alpha, q, phi, sub_y * 0.25, sub_x * 0.25, FIT_RADIUS)
 
 
+def _psf_bins(cy, cx, axis):
+    """Off-axis angle (whole arcmin) and azimuth bin (of 12 over 180 deg) of the PSF kernels of
+    1x pixels ``cy``, ``cx`` (int arrays); zeros (on axis) when ``axis`` is None."""
+    if axis is None:
+        return np.zeros(len(cy), int), np.zeros(len(cy), int)
+    dy, dx = cy - axis[0], cx - axis[1]
+    tb = np.rint(np.hypot(dy, dx) * PIXEL_ARCSEC / 60.0).astype(int)
+    ab = ((np.arctan2(dy, dx) % np.pi) / (np.pi / 12)).astype(int) % 12
+    return tb, ab
+
+
 def _fit_flux(c, b, k, m, iters=25):
     """Maximum-likelihood ``F >= 0`` of ``c ~ Poisson(b + F k)`` over the pixels ``m``, for many
     fits at once.
@@ -293,13 +304,7 @@ def detect_sources(counts, mask, exposure, points2, *, axis=None, sky=None,
     good = (m.reshape(-1, 2 * R + 1, 2 * R + 1)[:, R - 1:R + 2, R - 1:R + 2]
                          .sum((1, 2)) >= 3)
     # off-axis angle and azimuth bins of the PSF
-    if axis is None:
-        tb = np.zeros(len(cy), int)
-        ab = np.zeros(len(cy), int)
-    else:
-        dy, dx = cy - axis[0], cx - axis[1]
-        tb = np.rint(np.hypot(dy, dx) * PIXEL_ARCSEC / 60.0).astype(int)
-        ab = ((np.arctan2(dy, dx) % np.pi) / (np.pi / 12)).astype(int) % 12
+    tb, ab = _psf_bins(cy, cx, axis)
     # positions, in quarter 1x pixels from the window's centre pixel: the centroid, and within
     # SEARCH_Q quarter pixels of it
     rng_ = range(-SEARCH_Q, SEARCH_Q + 1)
@@ -365,12 +370,7 @@ def psf_fraction(y, x, radius_px, *, axis=None):
     the pixels within ``radius_px`` (<= ``FIT_RADIUS``) of pixel ``(round(y), round(x))``: the
     King PSF of :func:`detect_sources`, at the source's off-axis angle and azimuth."""
     cy, cx = int(round(y)), int(round(x))
-    if axis is None:
-        tb = ab = 0
-    else:
-        dy, dx = cy - axis[0], cx - axis[1]
-        tb = int(round(math.hypot(dy, dx) * PIXEL_ARCSEC / 60.0))
-        ab = int((math.atan2(dy, dx) % math.pi) / (math.pi / 12)) % 12
+    tb, ab = (int(v[0]) for v in _psf_bins(np.array([cy]), np.array([cx]), axis))
     k = _kernel(tb, ab, int(round(4 * (y - cy))), int(round(4 * (x - cx))), False)
     n = 2 * FIT_RADIUS + 1
     yy, xx = np.mgrid[-FIT_RADIUS:FIT_RADIUS + 1, -FIT_RADIUS:FIT_RADIUS + 1]

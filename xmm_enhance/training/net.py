@@ -65,8 +65,7 @@ EXPOSURE_REF = 20e3
 QUANTILE_INIT = -1.0
 
 #: Optical axis on the 1x pn grid (0-based row, column of pixel centres; fractional).
-AXIS_PIXEL = ((detector.OPTICAL_AXIS_DET[1] - detector.DETY_MIN) / detector.PN_BINSIZE - 0.5,
-              (detector.OPTICAL_AXIS_DET[0] - detector.DETX_MIN) / detector.PN_BINSIZE - 0.5)
+AXIS_PIXEL = detector.AXIS_PIXEL
 #: Unit of the offsets in the position channels: 10 arcmin in 1x (4") pixels.
 _POS_UNIT_PX = 10 * 60.0 / (detector.pixel_size_arcsec())
 N_POSITION = 3
