@@ -423,3 +423,25 @@ def test_simulator_splits_points_from_diffuse_without_changing_the_rest():
     for s in bright:
         y, x = s["y2"], s["x2"]
         assert pts[y, x] > d[y, x]
+
+def test_point_term_of_the_decomposition_loss_punishes_leaks_and_false_points():
+    from xmm_enhance.training.losses import decomposition_loss
+
+    pt = torch.zeros(2, 1, 32, 32)
+    pt[0, 0, 16, 16] = 5e-3  # crop 0: one point source on a faint diffuse floor
+    dt = torch.full_like(pt, 2e-6)
+    m = torch.ones_like(pt)
+
+    def loss(points, diffuse, w):
+        return float(decomposition_loss(points, diffuse, pt, dt, m, point_weight=w))
+
+    eps = 1e-12
+    # perfect split: zero with or without the point term
+    assert abs(loss(pt + eps, dt, 2.0)) < 1e-4 and abs(loss(pt + eps, dt, 0.0)) < 1e-4
+    # 30 % of the source moved into the diffuse map; a knot drawn as a point in crop 1
+    leak_p, leak_d = pt * 0.7 + eps, dt + pt * 0.3
+    knot = pt + eps
+    knot[1, 0, 8, 8] = 2e-3
+    for p, d in ((leak_p, leak_d), (knot, dt)):
+        plain, weighted = loss(p, d, 0.0), loss(p, d, 2.0)
+        assert plain > 0 and weighted > 2 * plain

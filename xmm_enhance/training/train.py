@@ -47,12 +47,13 @@ DEFAULTS = {
     "sr_position": True, "faint_source_share": {"DN": 0.0, "SR": 0.5}, "sr_align": True,
     # recipe 2 (issues 12 and 13): exposure-aware inputs, percentile maps, SR decomposition
     "expo_range": (5e3, 150e3), "uncertainty": True, "decompose": True,
-    "quantile_weight": 1.0, "decompose_weight": 1.0,
+    "quantile_weight": 1.0, "decompose_weight": 1.0, "decompose_point_weight": 2.0,
     "val_exposures": (10e3, 20e3, 50e3, 100e3),
 }
 #: Recipe keys that older checkpoints lack, with the value those checkpoints were trained with.
 LEGACY = {"sr_refine": 0, "sr_position": False, "faint_source_share": 0.0, "sr_align": False,
-          "expo_range": None, "uncertainty": False, "decompose": False, "val_exposures": None}
+          "expo_range": None, "uncertainty": False, "decompose": False, "val_exposures": None,
+          "decompose_point_weight": 0.0}
 
 
 def recipe_version(cfg):
@@ -85,7 +86,9 @@ def recipe_string(task, cfg):
                   f"{cfg.get('quantile_weight')}).")
     if task == "SR" and cfg.get("decompose"):
         extra += (" Point-source fraction head: points/diffuse components trained on the "
-                  f"simulator's split (deviance, weight {cfg.get('decompose_weight')}).")
+                  f"simulator's split (deviance, weight {cfg.get('decompose_weight')}; "
+                  "per-crop point-component KL / (point counts + 100), weight "
+                  f"{cfg.get('decompose_point_weight', 0.0)}).")
     return (f"recipe v{recipe_version(cfg)}: {net} on sqrt/log-smoothed counts + mask{pos}, "
             f"log-residual on a mask-aware sigma-1.5 smoothing; loss {loss}; AdamW lr "
             f"{cfg['lr']} cosine to {cfg['lr_min']} over {cfg['total_steps']} steps, batch "
@@ -323,7 +326,7 @@ def train(task, *, out="models", ckpt_dir="models/checkpoints", minutes=None, st
         cfg = {**checkpoint_cfg(st), **(cfg_overrides or {})}
         # recipe changes after the checkpoint was written: today's defaults unless overridden
         for k in ("source_crop_prob", "sr_shape_weight", "empty_frame_prob",
-                  "faint_source_share"):
+                  "faint_source_share", "decompose_point_weight"):
             cfg[k] = DEFAULTS[k] if k not in (cfg_overrides or {}) else cfg[k]
     net = make_net(task, cfg)
     ema = copy.deepcopy(net)
@@ -427,7 +430,8 @@ def train(task, *, out="models", ckpt_dir="models/checkpoints", minutes=None, st
             if "points" in outs:
                 loss = loss + cfg.get("decompose_weight", 1.0) * decomposition_loss(
                     outs["points"], outs["diffuse"], target - b["diffuse"], b["diffuse"], tmask,
-                    exposure=cfg["exposure"])
+                    exposure=cfg["exposure"],
+                    point_weight=cfg.get("decompose_point_weight", 0.0))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), cfg["grad_clip"])
@@ -498,6 +502,9 @@ def main(argv=None):
                          % ",".join(f"{v / 1e3:g}" for v in DEFAULTS["expo_range"]))
     ap.add_argument("--uncertainty", type=int, choices=(0, 1), default=None,
                     help="16th/84th-percentile head (default %d)" % DEFAULTS["uncertainty"])
+    ap.add_argument("--decompose-point-weight", type=float, default=None,
+                    help="SR per-crop point-component term weight (default %g)"
+                         % DEFAULTS["decompose_point_weight"])
     ap.add_argument("--decompose", type=int, choices=(0, 1), default=None,
                     help="SR point/diffuse head (default %d)" % DEFAULTS["decompose"])
     ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default %g)"
@@ -543,7 +550,8 @@ def main(argv=None):
             over[key] = bool(val)
     for key, val in (("sr_shape_weight", a.shape_weight), ("empty_frame_prob", a.empty_frames),
                      ("source_crop_prob", a.source_crops), ("sr_refine", a.refine),
-                     ("lr", a.lr), ("lr_min", a.lr_min), ("faint_source_share", a.faint_share),
+                     ("lr", a.lr), ("lr_min", a.lr_min),
+                     ("decompose_point_weight", a.decompose_point_weight), ("faint_source_share", a.faint_share),
                      ("sr_position", None if a.position is None else bool(a.position)),
                      ("sr_align", None if a.align is None else bool(a.align))):
         if val is not None:
