@@ -11,10 +11,14 @@ Each measurement is a fresh Python process, as a user or a cron job runs it:
 - a breakdown of one call into imports, read (with the input checks), model load, network run,
   pre/post-processing and writing the two ``.fits.gz`` files.
 
-Medians of ``--repeats`` runs (and the fastest). Target (issue 14, item 12): one SR call within
-2x the baseline. The machine's load shows in every number: compare rows of one run only.
+Medians of ``--repeats`` runs (and the fastest). Targets: one SR call within 2x the baseline
+(issue 14, item 12) and, with ``--sr-before OLD.onnx`` (a model without the extra outputs, e.g.
+the recipe-1 SR from git history), within 1.5x of the same call with that model (issue 13: the
+extension maps and the source list must not make it slow). The machine's load shows in every
+number: compare rows of one run only.
 
 Usage: python benchmarks/bench_cli.py [--repeats 5] [--threads N] [--input IMAGE]
+       [--sr-before OLD.onnx]
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 SCRIPT = ROOT / "run_inference_on_real.py"
 TARGET = 2.0
+TARGET_BEFORE = 1.5
 
 BREAKDOWN = r"""
 import json, sys, time, warnings
@@ -140,6 +145,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=5, help="runs per row (median reported)")
     ap.add_argument("--threads", type=int, help="onnxruntime threads (default: the CLI's, all)")
     ap.add_argument("--input", type=Path, help="image to run on (default: a generated one)")
+    ap.add_argument("--sr-before", type=Path,
+                    help="an SR model without POINTS/DIFFUSE/LO68/HI68 outputs to compare with")
     args = ap.parse_args(argv)
     from xmm_enhance.inference import default_model_path
 
@@ -168,6 +175,14 @@ def main(argv=None) -> int:
                        str(tmp / "out"), "--overwrite", "-q", *threads]
                 rows.append((f"run_inference_on_real.py --which {which} ({label})",
                              timings(cmd, args.repeats)))
+        before = None
+        if args.sr_before:
+            cmd = [sys.executable, str(SCRIPT), str(inputs[0][1]), "--which", "SR", "--model",
+                   str(args.sr_before), "--outdir", str(tmp / "out"), "--overwrite", "-q",
+                   *threads]
+            before = timings(cmd, args.repeats)
+            rows.append((f"... --which SR --model {args.sr_before.name} ({inputs[0][0]})",
+                         before))
         (tmp / "out").mkdir(exist_ok=True)
         parts = {w: breakdown(inputs[0][1], w, tmp / "out", args.threads, args.repeats)
                  for w in ("SR", "DN")}
@@ -183,6 +198,10 @@ def main(argv=None) -> int:
     sr = rows[1][1][0] / base[0]
     print(f"\ntarget: one SR call <= {TARGET:g}x the bare import: {sr:.2f}x, "
           f"{'met' if sr <= TARGET else 'MISSED'}")
+    if before:
+        r = rows[1][1][0] / before[0]
+        print(f"target: one SR call <= {TARGET_BEFORE:g}x the call with {args.sr_before.name}: "
+              f"{r:.2f}x, {'met' if r <= TARGET_BEFORE else 'MISSED'}")
     print(f"\nBreakdown of one call ({inputs[0][0]}), in process, median of {n} (s)\n")
     print(f"{'stage':28} | {'SR':>6} | {'DN':>6}")
     print("-" * 46)
