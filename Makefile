@@ -49,6 +49,9 @@ SR_OLD := --position 0 --align 0 --faint-share 0 $(V1)
 # for the step counts of the bundled models
 V2_DN_STEPS ?= 8000
 V2_SR_STEPS ?= 8000
+# session 7: the SR run continued from step 2807 with the per-crop point-component term
+V2_SR_PLAIN_STEPS := 2807
+TRAIN_ON := $(VPY) -m xmm_enhance.training.train --out models/
 models: $(VENV)/.train
 	$(TRAIN) --ckpt-dir runs/checkpoints --task DN --total-steps 10000 --steps 7000 $(V1) --no-export
 	$(TRAIN) --ckpt-dir runs/checkpoints --task SR --refine 0 --total-steps 24000 --steps 20740 \
@@ -67,8 +70,11 @@ models: $(VENV)/.train
 	  --init-from runs/checkpoints/SR_pos/SR_last.pt --no-export
 	$(TRAIN) --ckpt-dir runs/checkpoints/DN_v2 --task DN --steps $(V2_DN_STEPS) --total-steps 8000 \
 	  --lr 3e-4 --lr-min 2e-5 --init-from runs/checkpoints/DN_best.pt
-	$(TRAIN) --ckpt-dir runs/checkpoints/SR_v2 --task SR --steps $(V2_SR_STEPS) --total-steps 8000 \
-	  --lr 2.5e-4 --lr-min 2e-5 --init-from runs/checkpoints/SR_align/SR_best.pt
+	$(TRAIN) --ckpt-dir runs/checkpoints/SR_v2 --task SR --steps $(V2_SR_PLAIN_STEPS) \
+	  --total-steps 8000 --lr 2.5e-4 --lr-min 2e-5 --init-from runs/checkpoints/SR_align/SR_best.pt \
+	  --decompose-point-weight 0 --no-export
+	$(TRAIN_ON) --ckpt-dir runs/checkpoints/SR_v2 --task SR --steps $(V2_SR_STEPS) --total-steps 8000 \
+	  --decompose-point-weight 2
 
 clean:
 	rm -rf demo_output .pytest_cache

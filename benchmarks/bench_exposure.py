@@ -8,7 +8,11 @@ Each run is a look at the real images (``../shared/data/real-pn``): report it in
   ``rate x (T_full - T_split)`` for the 20 ks splits (4 observations) and the 50 ks splits
   (the "50 ks pair": 0400620101 and 0724270101, whose remainders are 69 and 51 ks; all four
   are listed), for the mask-aware Gaussian (sigma 1.5 px) and each network. Exposure-aware
-  networks are told the split's EXPOSURE; 20 ks-only ones get the rate as it is.
+  networks are told the split's EXPOSURE; 20 ks-only ones get the rate as it is. Below each
+  row: the Poisson floor (the mean deviance of counts drawn from that prediction itself: what a
+  perfect prediction would score) and the held-out over predicted counts in faint pixels (< 2
+  expected counts: the background; far from 1 when the remainder's background differs from the
+  split's, which no prediction from the split can know).
 * **DN calibration** (issue 13): for scored pixels with >= 20 expected held-out counts, the share
   whose held-out counts lie within the interval plus Poisson noise: ``mu -+ k sqrt(s^2 + mu)``,
   ``s`` the LO68/HI68 half-width on the side of the count (``k`` = 1 and 2).
@@ -37,6 +41,7 @@ from xmm_enhance import evaluation as ev  # noqa: E402
 from xmm_enhance import sources as S  # noqa: E402
 from xmm_enhance.detector import detector_mask, fov_mask  # noqa: E402
 from xmm_enhance.detector import AXIS_PIXEL  # noqa: E402
+from xmm_enhance.simulate.psf import king_eef, king_params  # noqa: E402
 
 PAIR = ("0400620101", "0724270101")
 
@@ -45,12 +50,22 @@ def _split(o, which):
     return (o.counts20, o.exposure20) if which == "20ks" else (o.counts50, o.exposure50)
 
 
-def _deviance(rate, o, counts, expo):
+def _deviance(rate, o, counts, expo, floor=False):
+    """Mean held-out deviance over the scored pixels; with ``floor`` also the mean deviance
+    that counts drawn from the prediction itself would give (Monte Carlo, 4 draws): what a
+    perfect prediction would score, as the held-out counts are Poisson."""
     held = o.counts_full - counts
     th = o.exposure_full - expo
     mu = np.maximum(np.asarray(rate, np.float64) * th, 1e-6)
     d = ev.poisson_deviance(held, mu)
-    return float(d[o.scored].mean())
+    dev = float(d[o.scored].mean())
+    if not floor:
+        return dev
+    rng = np.random.default_rng(0)
+    fl = np.mean([ev.poisson_deviance(rng.poisson(mu[o.scored]), mu[o.scored]).mean()
+                  for _ in range(4)])
+    low = o.scored & (mu < 2.0)
+    return dev, float(fl), float(held[low].sum() / mu[low].sum())
 
 
 def dn_tables(obs, nets):
@@ -61,16 +76,24 @@ def dn_tables(obs, nets):
         print(f"\nDN held-out deviance, {which} inputs (full - {which}); per observation: "
               + ", ".join(f"{o.obsid} {o.target}" for o in obs))
         for name, fn in methods.items():
-            devs = []
+            devs, floors, lows = [], [], []
             for o in obs:
                 c, e = _split(o, which)
                 rate = c / e * mask
                 pred = (ev.gaussian_baseline(rate, mask, 1.5) if fn is None
                         else fn(rate, mask, e)["rate"])
-                devs.append(_deviance(pred, o, c, e))
+                d, f, low = _deviance(pred, o, c, e, floor=True)
+                devs.append(d)
+                floors.append(f)
+                lows.append(low)
             pair = np.mean([d for d, o in zip(devs, obs) if o.obsid in PAIR])
+            fpair = np.mean([f for f, o in zip(floors, obs) if o.obsid in PAIR])
             print(f"  {name:34s} mean {np.mean(devs):6.3f}  pair {pair:6.3f}   "
                   + " ".join(f"{d:6.3f}" for d in devs))
+            print(f"  {'  Poisson floor at this prediction':34s} mean {np.mean(floors):6.3f}  "
+                  f"pair {fpair:6.3f}   " + " ".join(f"{f:6.3f}" for f in floors))
+            print(f"  {'  held-out/predicted, < 2 counts':34s} {'':22s}"
+                  + " ".join(f"{v:6.3f}" for v in lows))
 
 
 def dn_calibration(obs, fn, name):
@@ -134,7 +157,7 @@ def sr_tables(obs, fn, name):
     print(f"\nSR {name} on real point sources")
     sel = {o.obsid: ev.select_real_point_sources(o, mask) for o in obs}
     for which in ("20ks", "50ks"):
-        rows, faint, tally = [], [], {}
+        rows, faint, tally, scales = [], [], {}, []
         for o in obs:
             c, e = _split(o, which)
             rate = c / e * mask
@@ -166,6 +189,18 @@ def sr_tables(obs, fn, name):
                 ref = S.detect_sources(full, mask, o.exposure_full,
                                        _flat_points(full, o.exposure_full), axis=AXIS_PIXEL,
                                        sky=fov)
+                # flux scale of the list: listed RATE over the full exposure's 40" net rate
+                # (60-90" annulus) divided by the King EEF(40"), on the bright isolated sources
+                for y, x in sel[o.obsid]:
+                    near = [d for d in found if np.hypot(d["y"] - y, d["x"] - x) <= 2]
+                    if near:
+                        b = ev._annulus_mean(full, mask, y, x, 15.0, 22.5)
+                        net = ev.aperture_flux(full, y, x, 10.0, background=b)
+                        th_arcmin = np.hypot(y - AXIS_PIXEL[0], x - AXIS_PIXEL[1]) * 4 / 60
+                        rc, al = king_params(th_arcmin)
+                        eef = king_eef(20.0, rc, al) / king_eef(40.0, rc, al)
+                        ratio_full = ev.aperture_flux(full, y, x, 5.0, background=b) / max(net, 1)
+                        scales.append((near[0]["rate"] / (net / o.exposure_full), ratio_full / eef))
                 for name_, lst in (("SR", found), ("plain", plain)):
                     t = tally.setdefault(name_, {})
                     t[o.obsid] = _check_sources(lst, ref, full - c, o.exposure_full - e, mask)
@@ -174,6 +209,11 @@ def sr_tables(obs, fn, name):
         line = (f"  {which}: bright isolated ({len(rows)}) FWHM ratio {fw:.3f} flux 20/40 "
                 f"{fl:.3f}; faint 20-200 cts ({len(faint)}) flux/full {np.median(faint):.3f}")
         print(line)
+        if scales:
+            sc = np.array(scales)
+            print(f"    SOURCES RATE / full-exposure 40\" net rate, bright isolated ({len(sc)}): "
+                  f"median {np.median(sc[:, 0]):.3f}; real 20\"/40\" counts over the King "
+                  f"EEF(20\")/EEF(40\"): median {np.median(sc[:, 1]):.3f}")
         for name_, t in tally.items():
             tot = np.sum([v for v in t.values()], axis=0)
             label = ("SOURCES table" if name_ == "SR"

@@ -32,7 +32,6 @@ QUOTED_DN = {  # issue 3, measured on the same four observations
     "wavelet (skimage, quoted)": {"deviance": 1.255, "psnr_gain_heldout": 0.232},
     "Jolideco (quoted)": {"deviance": 1.323},
 }
-BG_EXPOSURE = 20e3
 
 
 def _fmt(v, pct=False):
@@ -94,7 +93,7 @@ def _sr_methods(sr_path, peers=True):
     return methods
 
 
-def sr_sim_table(sr_path, n_frames, seed=424242, peers=True):
+def sr_sim_table(sr_path, n_frames, seed=424242, peers=True, exposure=20e3):
     from xmm_enhance.simulate.instrument import simulate_observation
 
     methods = _sr_methods(sr_path, peers)
@@ -103,7 +102,7 @@ def sr_sim_table(sr_path, n_frames, seed=424242, peers=True):
     t0 = time.time()
     for i in range(n_frames):
         rng = np.random.default_rng([seed, i])
-        s = simulate_observation(rng, exposure=20e3, sr=True, dn=True)
+        s = simulate_observation(rng, exposure=exposure, sr=True, dn=True)
         rate = s.counts / s.exposure
         mask2 = np.repeat(np.repeat(s.mask, 2, 0), 2, 1)
         # bright point sources: > 200 on-axis counts (simulator >= 0.14.1 also lists fainter ones)
@@ -118,10 +117,13 @@ def sr_sim_table(sr_path, n_frames, seed=424242, peers=True):
         # without their out-of-time streaks (until 2026-11-28 session 2 this used the blank
         # field's bkg_rate, which carries the streaks of sources that are not in the input)
         bg_rng = np.random.default_rng([seed, i, 1])
-        bg = simulate_observation(bg_rng, exposure=20e3, sr=False, kind="blank", sources=False)
+        bg = simulate_observation(bg_rng, exposure=exposure, sr=False, kind="blank",
+                                  sources=False)
         bg_counts = bg_rng.poisson(bg.bkg_rate.astype(np.float64) * bg.exposure)
         for name, fn in methods.items():
-            pred = fn(rate, s.mask)
+            # exposure-aware networks are told the frames' exposure (the peers need no such)
+            kw = {"exposure": s.exposure} if name.startswith("network") else {}
+            pred = fn(rate, s.mask, **kw)
             acc[name]["psnr"].append(ev.sqrt_psnr(pred, s.sr_target, rate_max=ev.SR_RATE_MAX,
                                                   select=mask2))
             for row in ev.evaluate_sr_sources(rate, s.mask, pred, sources=srcs,
@@ -129,20 +131,20 @@ def sr_sim_table(sr_path, n_frames, seed=424242, peers=True):
                 acc[name]["fwhm"].append(row["fwhm_ratio"])
                 acc[name]["flux"].append(row["flux_ratio_truth"])
             if i < max(4, n_frames // 3):
-                bg_pred = fn(bg_counts / bg.exposure, bg.mask)
+                bg_pred = fn(bg_counts / bg.exposure, bg.mask, **kw)
                 bmask2 = np.repeat(np.repeat(bg.mask, 2, 0), 2, 1)
                 # apertures centred inside the field of view; "FoV": prediction summed inside
                 # the FoV only (the CCD corners see no sky, and their edge rows carry an
                 # instrumental excess), "all": corners included
                 acc[name]["false"].append(ev.max_aperture_counts(
-                    bg_pred * fov2, exposure=BG_EXPOSURE, mask=bmask2 & fov2))
+                    bg_pred * fov2, exposure=bg.exposure, mask=bmask2 & fov2))
                 acc[name]["false_all"].append(ev.max_aperture_counts(
-                    bg_pred, exposure=BG_EXPOSURE, mask=bmask2 & fov2))
-    print(f"\nSR on {n_frames} held-out simulated frames (seed {seed}; "
+                    bg_pred, exposure=bg.exposure, mask=bmask2 & fov2))
+    print(f"\nSR on {n_frames} held-out simulated frames of {exposure / 1e3:g} ks (seed {seed}; "
           f"{len(acc[next(iter(acc))]['fwhm'])} point sources; {time.time() - t0:.0f} s)")
     print(f"{'method':32s} {'FWHM ratio':>10s} {'flux/truth':>10s} {'PSNR dB':>8s} "
           f"{'false FoV':>9s} {'false all':>9s} {'med false':>9s}   (brightest 20\" aperture, "
-          "counts in 20 ks: max over fields, FoV / all; median over fields)")
+          f"counts in {exposure / 1e3:g} ks: max over fields, FoV / all; median over fields)")
     out = {}
     for name, a in acc.items():
         r = {"fwhm_ratio": float(np.nanmedian(a["fwhm"])) if a["fwhm"] else float("nan"),
@@ -213,6 +215,8 @@ def main(argv=None):
     ap.add_argument("--sim-seed", type=int, default=424242,
                     help="seed of the held-out simulated frames (choose checkpoints on another "
                          "seed than the one the model card reports)")
+    ap.add_argument("--sim-exposure", type=float, default=20.0,
+                    help="exposure (ks) of the simulated SR frames (default 20)")
     ap.add_argument("--skip-real", action="store_true")
     ap.add_argument("--skip-sim", action="store_true")
     ap.add_argument("--only", choices=("DN", "SR"), default=None)
@@ -225,7 +229,8 @@ def main(argv=None):
         dn_table(a.dn)
     if a.only != "DN":
         if not a.skip_sim:
-            sr_sim_table(a.sr, a.sim_frames, seed=a.sim_seed, peers=not a.no_peers)
+            sr_sim_table(a.sr, a.sim_frames, seed=a.sim_seed, peers=not a.no_peers,
+                         exposure=a.sim_exposure * 1e3)
         if not a.skip_real:
             sr_real_table(a.sr, peers=not a.no_peers, per_source=a.per_source)
     return 0
