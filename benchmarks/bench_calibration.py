@@ -122,7 +122,8 @@ def source_list_scores(counts, mask, listed, out, exposure):
     ``listed``: simulated point sources ``(y, x, counts at exposure)`` down to 5 counts.
     """
     fov1 = fov_mask()
-    found = S.detect_sources(counts, mask, exposure, out["points"], axis=AXIS_PIXEL, sky=fov1)
+    found = S.detect_sources(counts, mask, exposure, out["points"], diffuse2=out["diffuse"],
+                             axis=AXIS_PIXEL, sky=fov1)
     ny, nx = fov1.shape
     inside = [t for t in listed if 0 <= round(t[0]) < ny and 0 <= round(t[1]) < nx
               and fov1[int(round(t[0])), int(round(t[1]))]]

@@ -181,7 +181,8 @@ def sr_tables(obs, fn, name):
                 f_sr = ev.aperture_flux(p, y2, x2, 10.0, background=b2) / e
                 faint.append(f_sr / (net / 2e4))
             if "points" in out:
-                found = S.detect_sources(c, mask, e, out["points"], axis=AXIS_PIXEL, sky=fov)
+                found = S.detect_sources(c, mask, e, out["points"], diffuse2=out["diffuse"],
+                                         axis=AXIS_PIXEL, sky=fov)
                 plain = S.detect_sources(c, mask, e, _flat_points(c, e), axis=AXIS_PIXEL,
                                          sky=fov)
                 for p in plain:  # the plain list's flux: its PSF fit (no points map)

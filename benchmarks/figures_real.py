@@ -73,7 +73,8 @@ def decomposition_figure(obs, sr, path):
     c, e = obs.counts20, obs.exposure20
     rate = c / e * mask
     out = sr(rate, mask, e)
-    found = S.detect_sources(c, mask, e, out["points"], axis=AXIS_PIXEL, sky=fov_mask())
+    found = S.detect_sources(c, mask, e, out["points"], diffuse2=out["diffuse"], axis=AXIS_PIXEL,
+                             sky=fov_mask())
     fig, axes = plt.subplots(1, 4, figsize=(16, 4.6))
     vmax = float(np.quantile(out["rate"][np.repeat(np.repeat(mask, 2, 0), 2, 1)] * 900, 0.997))
     _show(axes[0], rate, 4.0, vmax, f"input {e / 1e3:.0f} ks")

@@ -813,14 +813,16 @@ def enhance_image(img: InputImage, model: Model, *, sources: bool = True) -> Enh
     out_sky = in_sky.upscaled(s) if (in_sky is not None and s > 1) else in_sky
     found = None
     if sources and s == 2 and "points" in maps:
-        found = find_sources(img, rate, mask, maps["points"], (top, left), out_sky)
+        found = find_sources(img, rate, mask, maps["points"], (top, left), out_sky,
+                             diffuse2=maps.get("diffuse"))
     return EnhanceResult(task=model.task, input_rate=rate, input_mask=mask, prediction=pred,
                          input_wcs=in_sky, output_wcs=out_sky, pad=(top, left), image=img,
                          model=model, extras=maps, sources=found)
 
 
 def find_sources(img: InputImage, rate, mask, points, pad, out_sky, **kwargs) -> list:
-    """Point sources of an SR ``points`` map, tested on the input counts (padded 1x grid).
+    """Point sources of an SR ``points`` map, tested on the input counts (padded 1x grid) over
+    a background of the SR ``diffuse`` map (``diffuse2=``) plus a flat level.
 
     Adds ``ra``/``dec`` (deg; NaN without a sky WCS) to each source of
     :func:`xmm_enhance.sources.detect_sources`; ``kwargs`` go to it.

@@ -183,6 +183,18 @@ def _signif(cstat, dof=3):
     return out
 
 
+def _binomial_blur(a, mask):
+    """``a`` smoothed with a 3 x 3 binomial kernel (sigma 0.7 pixel: the half PSF's width
+    brought back to about the full PSF's, at 4" pixels) within ``mask``, zero outside."""
+    m = np.asarray(mask, np.float64)
+    out = []
+    for v in (np.asarray(a, np.float64) * m, m):
+        p = np.pad(v, 1)
+        v = 0.25 * p[:-2] + 0.5 * p[1:-1] + 0.25 * p[2:]
+        out.append(0.25 * v[:, :-2] + 0.5 * v[:, 1:-1] + 0.25 * v[:, 2:])
+    return np.where(m > 0, out[0] / np.maximum(out[1], 1e-12), 0.0)
+
+
 def _box_sum(a, half):
     """Sum of ``a`` over (2 half + 1)^2 windows, zero outside (numpy cumulative sums)."""
     n = 2 * half + 1
@@ -202,7 +214,7 @@ def _box_max(a, half):
     return out
 
 
-def detect_sources(counts, mask, exposure, points2, *, axis=None, sky=None,
+def detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None, sky=None,
                    min_signif=DEFAULT_MIN_SIGNIF, min_counts=2.0, max_candidates=400):
     """Point sources of an SR prediction, tested on the input counts.
 
@@ -216,6 +228,13 @@ def detect_sources(counts, mask, exposure, points2, *, axis=None, sky=None,
         Input exposure (s).
     points2 : ndarray [2H, 2W]
         The SR ``points`` map (count/s per 2" pixel); only used to place candidates.
+    diffuse2 : ndarray [2H, 2W], optional
+        The SR ``diffuse`` map (count/s per 2" pixel). When given, the background of every fit
+        is this diffuse emission (summed to the input's 4" pixels) plus a flat level from the
+        annulus (the annulus counts minus their diffuse part), as emldetect fits over a
+        background map that holds the extended emission: a knot that the diffuse model
+        already explains is not a point source, one that stands above it still is. Without
+        it the background is the annulus mean, flat under the source.
     axis : (float, float), optional
         Optical axis (1x pixel ``[y, x]``, fractional) for the off-axis PSF; on-axis PSF
         everywhere if None.
@@ -280,6 +299,11 @@ def detect_sources(counts, mask, exposure, points2, *, axis=None, sky=None,
     ysc, xsc = np.clip(ys, 0, h - 1), np.clip(xs, 0, w - 1)
     live = ok & mask[ysc, xsc]
     ann_counts = counts[ysc, xsc]
+    if diffuse2 is not None:
+        dif = np.asarray(diffuse2, np.float64)[:2 * h, :2 * w]
+        # counts per input pixel, blurred from the half PSF back to about the input's
+        dif1 = _binomial_blur(dif.reshape(h, 2, w, 2).sum((1, 3)) * T, mask)
+        ann_counts = ann_counts - dif1[ysc, xsc]
 
     def background(exclude):
         """Annulus means with the cores of the candidates ``exclude`` (bool [N]) left out."""
@@ -294,13 +318,17 @@ def detect_sources(counts, mask, exposure, points2, *, axis=None, sky=None,
         use = np.where((clean.sum(1) >= 20)[:, None], clean, live)
         n_use = use.sum(1)
         mean = (ann_counts * use).sum(1) / np.maximum(n_use, 1)
-        return np.maximum(mean, 0.5 / np.maximum(n_use, 1)), n_use
+        flat = np.maximum(mean, 0.5 / np.maximum(n_use, 1))
+        # [N, P]: the flat level plus the diffuse emission in each fit window (or flat only)
+        return flat[:, None] + (dif_win if dif_win is not None else 0.0), n_use
 
     # windows [N, P]
     wy, wx = np.mgrid[-R:R + 1, -R:R + 1]
     wy, wx = wy.ravel(), wx.ravel()
     c = counts[cy[:, None] + wy, cx[:, None] + wx]
     m = mask[cy[:, None] + wy, cx[:, None] + wx].astype(np.float64)
+    dif_win = dif1[cy[:, None] + wy, cx[:, None] + wx] if diffuse2 is not None else None
+    centre = len(wy) // 2  # the window's centre pixel
     good = (m.reshape(-1, 2 * R + 1, 2 * R + 1)[:, R - 1:R + 2, R - 1:R + 2]
                          .sum((1, 2)) >= 3)
     # off-axis angle and azimuth bins of the PSF
@@ -320,7 +348,7 @@ def detect_sources(counts, mask, exposure, points2, *, axis=None, sky=None,
     n = np.arange(len(cy))
     bkg, nb = background(np.zeros(len(cy), bool))
     for final in (False, True):
-        f, cst, var = _fit_flux(c[:, None, :], bkg[:, None, None], K, m[:, None, :])
+        f, cst, var = _fit_flux(c[:, None, :], bkg[:, None, :], K, m[:, None, :])
         j = np.argmax(cst, axis=1)
         f, cst, var = f[n, j], cst[n, j], var[n, j]
         if not final:
@@ -330,7 +358,7 @@ def detect_sources(counts, mask, exposure, points2, *, axis=None, sky=None,
             bkg, nb = background(likely)
     Ke = np.stack([_kernel(int(tb[i]), int(ab[i]), int(qy[i, j[i]]), int(qx[i, j[i]]), True)
                    for i in range(len(cy))])
-    cst_ext = _fit_flux(c, bkg[:, None], Ke, m)[1]
+    cst_ext = _fit_flux(c, bkg, Ke, m)[1]
     sig = _signif(cst)
     keep = good & (nb >= 10) & (f > 0) & (sig >= min_signif) & (cst_ext - cst <= EXTENT_C)
     found = []
@@ -356,7 +384,8 @@ def detect_sources(counts, mask, exposure, points2, *, axis=None, sky=None,
         found.append({"y": y1, "x": x1, "y2": 2 * y1 + 0.5, "x2": 2 * x1 + 0.5,
                       "counts": n_src, "counts_err": err, "rate": n_src / T,
                       "rate_err": err / T, "fit_counts": float(f[i]),
-                      "signif": float(sig[i]), "bkg": float(bkg[i])})
+                      "signif": float(sig[i]),
+                      "bkg": float(bkg[i, min(centre, bkg.shape[1] - 1)])})
     found.sort(key=lambda d: -d["signif"])
     out = []
     for d in found:
