@@ -201,7 +201,11 @@ def sr_tables(obs, fn, name):
                         rc, al = king_params(th_arcmin)
                         eef = king_eef(20.0, rc, al) / king_eef(40.0, rc, al)
                         ratio_full = ev.aperture_flux(full, y, x, 5.0, background=b) / max(net, 1)
-                        scales.append((near[0]["rate"] / (net / o.exposure_full), ratio_full / eef))
+                        # the list's RATE is over the whole PSF (to 128"): the 40" net rate
+                        # over the King EEF(40") is the same quantity
+                        total = net / (king_eef(40.0, rc, al) / king_eef(128.0, rc, al))
+                        scales.append((near[0]["rate"] / (total / o.exposure_full),
+                                       ratio_full / eef))
                 for name_, lst in (("SR", found), ("plain", plain)):
                     t = tally.setdefault(name_, {})
                     t[o.obsid] = _check_sources(lst, ref, full - c, o.exposure_full - e, mask)
@@ -212,7 +216,8 @@ def sr_tables(obs, fn, name):
         print(line)
         if scales:
             sc = np.array(scales)
-            print(f"    SOURCES RATE / full-exposure 40\" net rate, bright isolated ({len(sc)}): "
+            print(f"    SOURCES RATE / full-exposure 40\" net rate / King EEF(40\"), bright "
+                  f"isolated ({len(sc)}): "
                   f"median {np.median(sc[:, 0]):.3f}; real 20\"/40\" counts over the King "
                   f"EEF(20\")/EEF(40\"): median {np.median(sc[:, 1]):.3f}")
         for name_, t in tally.items():
