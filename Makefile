@@ -47,11 +47,15 @@ SR_OLD := --position 0 --align 0 --faint-share 0 $(V1)
 # recipe 2 (session 6, issues 12 and 13): exposure input (5-150 ks crops), percentile heads and
 # the SR point/diffuse head, warm-started from the recipe-1 networks; see models/MODEL_CARD.md
 # for the step counts of the bundled models
-V2_DN_STEPS ?= 8000
-V2_SR_STEPS ?= 8000
-# session 7: the SR run continued from step 2807 with the per-crop point-component term
+V2_DN_STEPS ?= 8208
+# SR: 2807 steps of an 8000-step cosine, then (session 7) the per-crop point-component term
+# from step 2807 and the schedule shortened to 7000 steps at step 4823; bundled: step 7002
 V2_SR_PLAIN_STEPS := 2807
+V2_SR_POINT_STEPS := 4823
+V2_SR_STEPS ?= 7002
 TRAIN_ON := $(VPY) -m xmm_enhance.training.train --out models/
+META := $(VPY) -c "import sys; from xmm_enhance.training.export import update_metadata as u; \
+	u(sys.argv[1], {'aperture_interval_scale': sys.argv[2]})"
 models: $(VENV)/.train
 	$(TRAIN) --ckpt-dir runs/checkpoints --task DN --total-steps 10000 --steps 7000 $(V1) --no-export
 	$(TRAIN) --ckpt-dir runs/checkpoints --task SR --refine 0 --total-steps 24000 --steps 20740 \
@@ -70,11 +74,16 @@ models: $(VENV)/.train
 	  --init-from runs/checkpoints/SR_pos/SR_last.pt --no-export
 	$(TRAIN) --ckpt-dir runs/checkpoints/DN_v2 --task DN --steps $(V2_DN_STEPS) --total-steps 8000 \
 	  --lr 3e-4 --lr-min 2e-5 --init-from runs/checkpoints/DN_best.pt
+	$(META) models/XMM-DeNoise.onnx 0.85
 	$(TRAIN) --ckpt-dir runs/checkpoints/SR_v2 --task SR --steps $(V2_SR_PLAIN_STEPS) \
 	  --total-steps 8000 --lr 2.5e-4 --lr-min 2e-5 --init-from runs/checkpoints/SR_align/SR_best.pt \
 	  --decompose-point-weight 0 --no-export
-	$(TRAIN_ON) --ckpt-dir runs/checkpoints/SR_v2 --task SR --steps $(V2_SR_STEPS) --total-steps 8000 \
-	  --decompose-point-weight 2
+	$(TRAIN_ON) --ckpt-dir runs/checkpoints/SR_v2 --task SR --steps $(V2_SR_POINT_STEPS) \
+	  --total-steps 8000 --decompose-point-weight 2 --no-export
+	$(TRAIN_ON) --ckpt-dir runs/checkpoints/SR_v2 --task SR --steps $(V2_SR_STEPS) \
+	  --total-steps 7000 --decompose-point-weight 2 --no-export
+	$(TRAIN_ON) --ckpt-dir runs/checkpoints/SR_v2 --task SR --export-only --which last
+	$(META) models/XMM-SuperRes.onnx 1.0
 
 clean:
 	rm -rf demo_output .pytest_cache

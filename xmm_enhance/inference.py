@@ -1035,6 +1035,7 @@ def sources_hdu(sources, exposure: float) -> fits.BinTableHDU:
     from .sources import DEFAULT_MIN_SIGNIF
     hdu.header["MINSIG"] = (DEFAULT_MIN_SIGNIF, "detection threshold (sigma)")
     hdu.header["SIGMETH"] = ("PSF-fit likelihood ratio on the input counts", "")
+    hdu.header["BKGMODEL"] = ("DIFFUSE map + flat annulus level", "background of each fit")
     return hdu
 
 
