@@ -217,21 +217,23 @@ def _binomial_blur(a, mask):
 
 
 def _box_sum(a, half):
-    """Sum of ``a`` over (2 half + 1)^2 windows, zero outside (numpy cumulative sums)."""
-    n = 2 * half + 1
-    p = np.pad(a, ((half + 1, half), (half + 1, half)))
-    c = p.cumsum(0).cumsum(1)
-    return c[n:, n:] - c[:-n, n:] - c[n:, :-n] + c[:-n, :-n]
+    """Sum of ``a`` over (2 half + 1)^2 windows, zero outside (separable shifted adds)."""
+    h, w = a.shape
+    p = np.pad(np.asarray(a, np.float64), half)
+    rows = sum(p[dy:dy + h] for dy in range(2 * half + 1))
+    return sum(rows[:, dx:dx + w] for dx in range(2 * half + 1))
 
 
 def _box_max(a, half):
-    """Maximum of ``a`` over (2 half + 1)^2 windows (edges padded with -inf)."""
-    p = np.pad(a, half, constant_values=-np.inf)
+    """Maximum of ``a`` over (2 half + 1)^2 windows (edges padded with -inf; separable)."""
     h, w = a.shape
-    out = np.full(a.shape, -np.inf)
-    for dy in range(2 * half + 1):
-        for dx in range(2 * half + 1):
-            np.maximum(out, p[dy:dy + h, dx:dx + w], out=out)
+    p = np.pad(np.asarray(a, np.float64), half, constant_values=-np.inf)
+    rows = p[:h].copy()
+    for dy in range(1, 2 * half + 1):
+        np.maximum(rows, p[dy:dy + h], out=rows)
+    out = rows[:, :w].copy()
+    for dx in range(1, 2 * half + 1):
+        np.maximum(out, rows[:, dx:dx + w], out=out)
     return out
 
 
