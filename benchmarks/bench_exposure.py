@@ -197,15 +197,16 @@ def sr_tables(obs, fn, name):
                     if near:
                         b = ev._annulus_mean(full, mask, y, x, 15.0, 22.5)
                         net = ev.aperture_flux(full, y, x, 10.0, background=b)
-                        th_arcmin = np.hypot(y - AXIS_PIXEL[0], x - AXIS_PIXEL[1]) * 4 / 60
+                        th_arcmin = (np.hypot(y - AXIS_PIXEL[0], x - AXIS_PIXEL[1])
+                                     * S.PIXEL_ARCSEC / 60)
                         rc, al = king_params(th_arcmin)
-                        eef = king_eef(20.0, rc, al) / king_eef(40.0, rc, al)
+                        e20, e40, e128 = (king_eef(r, rc, al) for r in (20.0, 40.0, 128.0))
                         ratio_full = ev.aperture_flux(full, y, x, 5.0, background=b) / max(net, 1)
                         # the list's RATE is over the whole PSF (to 128"): the 40" net rate
                         # over the King EEF(40") is the same quantity
-                        total = net / (king_eef(40.0, rc, al) / king_eef(128.0, rc, al))
+                        total = net / (e40 / e128)
                         scales.append((near[0]["rate"] / (total / o.exposure_full),
-                                       ratio_full / eef))
+                                       ratio_full / (e20 / e40)))
                 for name_, lst in (("SR", found), ("plain", plain)):
                     t = tally.setdefault(name_, {})
                     t[o.obsid] = _check_sources(lst, ref, full - c, o.exposure_full - e, mask)

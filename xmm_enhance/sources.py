@@ -124,14 +124,15 @@ def _kernels(keys):
     for i in range(0, len(missing), 512):
         part = np.array(missing[i:i + 512], np.float64).reshape(-1, 5)
         tb, ab, sy, sx, ext = part.T
-        rc = np.array([psf.king_params(t)[0] for t in tb])
-        alpha = np.array([psf.king_params(t)[1] for t in tb])
+        rc, alpha = np.array([psf.king_params(t) for t in tb]).T
         q = np.array([psf.elongation(t) for t in tb])
         rc = np.where(ext > 0, rc * EXTENT_RC_FACTOR, rc)
         win = _king_windows(rc / PIXEL_ARCSEC, alpha, q, (ab + 0.5) * math.pi / 12, sy * 0.25,
                             sx * 0.25, FIT_RADIUS)
         _KERNELS.update(zip(missing[i:i + 512], win))
-    return np.stack([_KERNELS[k] for k in keys]) if keys else np.zeros((0, (2 * FIT_RADIUS + 1) ** 2))
+    if not keys:
+        return np.zeros((0, (2 * FIT_RADIUS + 1) ** 2))
+    return np.stack([_KERNELS[k] for k in keys])
 
 
 def _kernel(theta_bin, az_bin, sub_y, sub_x, extended):
@@ -321,12 +322,21 @@ def detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None,
     ok = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)
     ysc, xsc = np.clip(ys, 0, h - 1), np.clip(xs, 0, w - 1)
     live = ok & mask[ysc, xsc]
-    ann_counts = counts[ysc, xsc]
+    # the diffuse emission in counts per input pixel (blurred from the half PSF back to about
+    # the input's), zero without a diffuse map
+    dif1 = np.zeros((h, w))
     if diffuse2 is not None:
         dif = np.asarray(diffuse2, np.float64)[:2 * h, :2 * w]
-        # counts per input pixel, blurred from the half PSF back to about the input's
         dif1 = _binomial_blur(dif.reshape(h, 2, w, 2).sum((1, 3)) * T, mask)
-        ann_counts = ann_counts - dif1[ysc, xsc]
+    ann_counts = counts[ysc, xsc] - dif1[ysc, xsc]
+
+    # windows [N, P]
+    wy, wx = np.mgrid[-R:R + 1, -R:R + 1]
+    wy, wx = wy.ravel(), wx.ravel()
+    c = counts[cy[:, None] + wy, cx[:, None] + wx]
+    m = mask[cy[:, None] + wy, cx[:, None] + wx].astype(np.float64)
+    dif_win = dif1[cy[:, None] + wy, cx[:, None] + wx]
+    centre = len(wy) // 2  # the window's centre pixel
 
     def background(exclude):
         """Annulus means with the cores of the candidates ``exclude`` (bool [N]) left out."""
@@ -342,16 +352,9 @@ def detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None,
         n_use = use.sum(1)
         mean = (ann_counts * use).sum(1) / np.maximum(n_use, 1)
         flat = np.maximum(mean, 0.5 / np.maximum(n_use, 1))
-        # [N, P]: the flat level plus the diffuse emission in each fit window (or flat only)
-        return flat[:, None] + (dif_win if dif_win is not None else 0.0), n_use
+        # [N, P]: the flat level plus the diffuse emission in each fit window
+        return flat[:, None] + dif_win, n_use
 
-    # windows [N, P]
-    wy, wx = np.mgrid[-R:R + 1, -R:R + 1]
-    wy, wx = wy.ravel(), wx.ravel()
-    c = counts[cy[:, None] + wy, cx[:, None] + wx]
-    m = mask[cy[:, None] + wy, cx[:, None] + wx].astype(np.float64)
-    dif_win = dif1[cy[:, None] + wy, cx[:, None] + wx] if diffuse2 is not None else None
-    centre = len(wy) // 2  # the window's centre pixel
     good = (m.reshape(-1, 2 * R + 1, 2 * R + 1)[:, R - 1:R + 2, R - 1:R + 2]
                          .sum((1, 2)) >= 3)
     # off-axis angle and azimuth bins of the PSF
@@ -407,7 +410,7 @@ def detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None,
                       "counts": n_src, "counts_err": err, "rate": n_src / T,
                       "rate_err": err / T, "fit_counts": float(f[i]),
                       "signif": float(sig[i]),
-                      "bkg": float(bkg[i, min(centre, bkg.shape[1] - 1)])})
+                      "bkg": float(bkg[i, centre])})
     found.sort(key=lambda d: -d["signif"])
     out = []
     for d in found:

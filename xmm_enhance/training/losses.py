@@ -87,9 +87,14 @@ def sr_loss(pred_rate, target_rate, mask, *, exposure=20e3, flux_weight=0.5, blo
     coarse = crop_weighted_kl(lam_b, mu_b, m_b, lam_ref=block * block) / (block * block)
     total = fine + flux_weight * coarse
     if shape_weight:
-        kl_sum = (poisson_kl(lam, mu) * mask).sum(dim=(1, 2, 3))
-        total = total + shape_weight * (kl_sum / ((lam * mask).sum(dim=(1, 2, 3)) + shape_ref)).mean()
+        total = total + shape_weight * _count_normalised_kl(lam, mu, mask, shape_ref)
     return 2.0 * total
+
+
+def _count_normalised_kl(lam, mu, mask, ref):
+    """Mean over crops of the crop's summed KL divided by its expected counts plus ``ref``."""
+    kl_sum = (poisson_kl(lam, mu) * mask).sum(dim=(1, 2, 3))
+    return (kl_sum / ((lam * mask).sum(dim=(1, 2, 3)) + ref)).mean()
 
 
 def quantile_loss(lo, hi, truth, mask, *, exposure=20e3, q=(0.16, 0.84)):
@@ -135,7 +140,5 @@ def decomposition_loss(points, diffuse, points_target, diffuse_target, mask, *, 
     total = (crop_weighted_kl(lam_p, mu_p, mask)
              + crop_weighted_kl(diffuse_target * exposure, diffuse * exposure, mask))
     if point_weight:
-        kl_sum = (poisson_kl(lam_p, mu_p) * mask).sum(dim=(1, 2, 3))
-        total = total + point_weight * (kl_sum / ((lam_p * mask).sum(dim=(1, 2, 3))
-                                                  + point_ref)).mean()
+        total = total + point_weight * _count_normalised_kl(lam_p, mu_p, mask, point_ref)
     return 2.0 * total
