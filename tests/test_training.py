@@ -63,6 +63,22 @@ def test_losses_vanish_at_the_target():
     assert float(sr_loss(t2 + 1e-12, t2, torch.ones_like(t2))) == pytest.approx(0.0, abs=1e-4)
 
 
+def test_shape_scale_weights_each_crops_shape_term():
+    # two crops with the same source drawn too wide: the shape term of crop i scales with
+    # shape_scale[i], the fine and block terms do not change
+    t = torch.zeros(2, 1, 32, 32)
+    t[..., 16, 16] = 5e-3
+    wide = torch.nn.functional.avg_pool2d(t, 3, stride=1, padding=1) + 1e-9
+    m = torch.ones_like(t)
+    base = float(sr_loss(wide, t, m))
+    one = float(sr_loss(wide, t, m, shape_weight=2.0))
+    assert one > base
+    same = float(sr_loss(wide, t, m, shape_weight=2.0, shape_scale=torch.ones(2)))
+    assert same == pytest.approx(one, rel=1e-6)
+    deep = float(sr_loss(wide, t, m, shape_weight=2.0, shape_scale=torch.tensor([1.0, 3.0])))
+    assert deep - base == pytest.approx(2.0 * (one - base), rel=1e-5)
+
+
 def test_buffer_crops_and_padding():
     sim = functools.partial(D.toy_simulate, shape=(80, 72))
     buf = D.FrameBuffer(sim, np.random.default_rng(0), task="SR", size=2)

@@ -61,7 +61,7 @@ def dn_loss(pred_rate, target_rate, mask, *, exposure=50e3):
 
 
 def sr_loss(pred_rate, target_rate, mask, *, exposure=20e3, flux_weight=0.5, block=4,
-            shape_weight=0.0, shape_ref=100.0):
+            shape_weight=0.0, shape_ref=100.0, shape_scale=None):
     """SR loss: expected deviance on the 2x grid plus the same on ``block``-summed maps.
 
     The second term (deviance of block sums, 8" for ``block = 4``) ties the local flux of the
@@ -69,7 +69,11 @@ def sr_loss(pred_rate, target_rate, mask, *, exposure=20e3, flux_weight=0.5, blo
     The optional third term (``shape_weight``) is each crop's summed KL divided by its total
     expected counts plus ``shape_ref``: a point source is a tiny share of a crop's mean KL, so
     without it the sharpening of sources is learnt slowly; in source-free crops the same term
-    punishes any predicted counts (false sources).
+    punishes any predicted counts (false sources). ``shape_scale`` (one factor per crop) weights
+    that term per crop: training uses ``max(1, T_in / 20 ks) ** p``, because a deeper input pins each
+    source's position and width down better, so a source drawn wider than half the PSF costs
+    more there (a held-out exposure as deep as the input would see the extra width at higher
+    significance).
 
     Parameters
     ----------
@@ -87,14 +91,19 @@ def sr_loss(pred_rate, target_rate, mask, *, exposure=20e3, flux_weight=0.5, blo
     coarse = crop_weighted_kl(lam_b, mu_b, m_b, lam_ref=block * block) / (block * block)
     total = fine + flux_weight * coarse
     if shape_weight:
-        total = total + shape_weight * _count_normalised_kl(lam, mu, mask, shape_ref)
+        total = total + shape_weight * _count_normalised_kl(lam, mu, mask, shape_ref,
+                                                            scale=shape_scale)
     return 2.0 * total
 
 
-def _count_normalised_kl(lam, mu, mask, ref):
-    """Mean over crops of the crop's summed KL divided by its expected counts plus ``ref``."""
+def _count_normalised_kl(lam, mu, mask, ref, scale=None):
+    """Mean over crops of the crop's summed KL divided by its expected counts plus ``ref``
+    (times ``scale[i]`` for crop ``i`` when given)."""
     kl_sum = (poisson_kl(lam, mu) * mask).sum(dim=(1, 2, 3))
-    return (kl_sum / ((lam * mask).sum(dim=(1, 2, 3)) + ref)).mean()
+    per = kl_sum / ((lam * mask).sum(dim=(1, 2, 3)) + ref)
+    if scale is not None:
+        per = per * scale.reshape(per.shape).to(per.dtype)
+    return per.mean()
 
 
 def quantile_loss(lo, hi, truth, mask, *, exposure=20e3, q=(0.16, 0.84)):

@@ -49,11 +49,13 @@ DEFAULTS = {
     "expo_range": (5e3, 150e3), "uncertainty": True, "decompose": True,
     "quantile_weight": 1.0, "decompose_weight": 1.0, "decompose_point_weight": 2.0,
     "val_exposures": (10e3, 20e3, 50e3, 100e3),
+    # session 8 (issue 12, SR at 50 ks): shape term weighted per crop by max(1, T_in/20 ks) ** p
+    "sr_shape_expo_power": 1.0,
 }
 #: Recipe keys that older checkpoints lack, with the value those checkpoints were trained with.
 LEGACY = {"sr_refine": 0, "sr_position": False, "faint_source_share": 0.0, "sr_align": False,
           "expo_range": None, "uncertainty": False, "decompose": False, "val_exposures": None,
-          "decompose_point_weight": 0.0}
+          "decompose_point_weight": 0.0, "sr_shape_expo_power": 0.0}
 
 
 def recipe_version(cfg):
@@ -66,7 +68,9 @@ def recipe_string(task, cfg):
     loss = ("crop-weighted expected Poisson deviance at 50 ks vs noise-free target" if task == "DN"
             else "crop-weighted expected Poisson deviance at 20 ks on the 2x target + 8\" "
                  "block-sum deviance (flux) + per-crop summed KL / (counts + 100) (shape), "
-                 f"weight {cfg.get('sr_shape_weight')}")
+                 f"weight {cfg.get('sr_shape_weight')}"
+                 + (f" x max(1, T_in/20 ks)^{cfg.get('sr_shape_expo_power'):g} per crop"
+                    if cfg.get("sr_shape_expo_power") and cfg.get("expo_range") else ""))
     refine = int(cfg.get("sr_refine", 0)) if task == "SR" else 0
     net = f"U-Net {cfg['channels']}" + (f" + {refine}-channel sub-pixel refinement branch"
                                          if refine else "")
@@ -326,7 +330,7 @@ def train(task, *, out="models", ckpt_dir="models/checkpoints", minutes=None, st
         cfg = {**checkpoint_cfg(st), **(cfg_overrides or {})}
         # recipe changes after the checkpoint was written: today's defaults unless overridden
         for k in ("source_crop_prob", "sr_shape_weight", "empty_frame_prob",
-                  "faint_source_share", "decompose_point_weight"):
+                  "faint_source_share", "decompose_point_weight", "sr_shape_expo_power"):
             cfg[k] = DEFAULTS[k] if k not in (cfg_overrides or {}) else cfg[k]
     net = make_net(task, cfg)
     ema = copy.deepcopy(net)
@@ -422,8 +426,11 @@ def train(task, *, out="models", ckpt_dir="models/checkpoints", minutes=None, st
             if task == "DN":
                 loss = lossf(pred, target, tmask, exposure=cfg["dn_loss_exposure"])
             else:
+                p = cfg.get("sr_shape_expo_power", 0.0)
+                scale = (torch.clamp(b["exposure"] / cfg["exposure"], min=1.0) ** p
+                         if p and "exposure" in b else None)
                 loss = lossf(pred, target, tmask, exposure=cfg["exposure"],
-                             shape_weight=cfg.get("sr_shape_weight", 0.0))
+                             shape_weight=cfg.get("sr_shape_weight", 0.0), shape_scale=scale)
             if "lo68" in outs:
                 loss = loss + cfg.get("quantile_weight", 1.0) * quantile_loss(
                     outs["lo68"], outs["hi68"], target, tmask, exposure=cfg["exposure"])
@@ -502,6 +509,10 @@ def main(argv=None):
                          % ",".join(f"{v / 1e3:g}" for v in DEFAULTS["expo_range"]))
     ap.add_argument("--uncertainty", type=int, choices=(0, 1), default=None,
                     help="16th/84th-percentile head (default %d)" % DEFAULTS["uncertainty"])
+    ap.add_argument("--shape-expo-power", type=float, default=None,
+                    help="SR shape term weighted per crop by max(1, T_in / 20 ks) ** P "
+                    "(default %g)"
+                    % DEFAULTS["sr_shape_expo_power"])
     ap.add_argument("--decompose-point-weight", type=float, default=None,
                     help="SR per-crop point-component term weight (default %g)"
                          % DEFAULTS["decompose_point_weight"])
@@ -551,7 +562,9 @@ def main(argv=None):
     for key, val in (("sr_shape_weight", a.shape_weight), ("empty_frame_prob", a.empty_frames),
                      ("source_crop_prob", a.source_crops), ("sr_refine", a.refine),
                      ("lr", a.lr), ("lr_min", a.lr_min),
-                     ("decompose_point_weight", a.decompose_point_weight), ("faint_source_share", a.faint_share),
+                     ("decompose_point_weight", a.decompose_point_weight),
+                     ("sr_shape_expo_power", a.shape_expo_power),
+                     ("faint_source_share", a.faint_share),
                      ("sr_position", None if a.position is None else bool(a.position)),
                      ("sr_align", None if a.align is None else bool(a.align))):
         if val is not None:
