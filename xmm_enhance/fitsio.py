@@ -20,6 +20,23 @@ __all__ = ["atomic_write_hdul", "atomic_write_hduls", "atomic_savefig", "check_w
 #: than half the time (2.2 MB in 36 ms vs 89 ms for an 832x832 float32 SR prediction).
 GZIP_LEVEL = 1
 
+try:
+    # Intel ISA-L's deflate (python-isal): the same standard deflate stream, 3x faster than zlib
+    # level 1 + Z_RLE and a little smaller (13.9 MB SR prediction file: 32 ms / 7.65 MB vs
+    # 96 ms / 7.80 MB on one core); zlib is the fallback where no wheel installs
+    from isal import isal_zlib as _isal
+except ImportError:  # pragma: no cover - exercised where isal is missing
+    _isal = None
+#: ISA-L level of ``.gz`` outputs (0-3; 1 is its fast, still Huffman-and-match level).
+ISAL_LEVEL = 1
+
+
+def _deflater():
+    """A raw-deflate compressor (ISA-L when installed, else zlib with ``GZIP_LEVEL``/Z_RLE)."""
+    if _isal is not None:
+        return _isal.compressobj(ISAL_LEVEL, _isal.DEFLATED, -15)
+    return zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -15, 9, zlib.Z_RLE)
+
 
 def remove_stale_temporaries(path: Path) -> int:
     """Delete temporaries a killed writer of ``path`` left behind; return how many."""
@@ -91,19 +108,20 @@ GZIP_CHUNK = 1 << 21
 def gzip_member(raw) -> bytes:
     """One standard gzip member (mtime 0, CRC-32, size) of ``raw``, readable by any gzip reader.
 
-    Large inputs are deflated in ``GZIP_CHUNK`` blocks on threads (zlib releases the GIL) and
-    the blocks joined with sync flushes into one deflate stream, as pigz does; with Z_RLE
-    (see GZIP_LEVEL) no match reaches back into a previous block, so the result is the size of
-    a one-thread run.
+    Large inputs are deflated in ``GZIP_CHUNK`` blocks on threads (the compressors release the
+    GIL), each by its own compressor, and the blocks joined with sync flushes into one deflate
+    stream, as pigz does: no match reaches back into a previous block, so any inflater reads the
+    stream, and the loss against one stream is a few bytes per block.
     """
     raw = memoryview(raw).cast("B")
     n = len(raw)
     chunks = [raw[i:i + GZIP_CHUNK] for i in range(0, n, GZIP_CHUNK)] or [raw]
 
     def deflate(k):
-        z = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -15, 9, zlib.Z_RLE)
+        z = _deflater()
         last = k == len(chunks) - 1
-        return z.compress(chunks[k]) + z.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
+        mod = _isal if _isal is not None else zlib
+        return z.compress(chunks[k]) + z.flush(mod.Z_FINISH if last else mod.Z_SYNC_FLUSH)
 
     if len(chunks) > 1:
         from concurrent.futures import ThreadPoolExecutor
