@@ -15,7 +15,11 @@ For exposure-aware models (recipe 2) on simulated frames never used in training 
   an upper bound) and as sum(rate) -+ sqrt(sum of the pixels' half-widths squared) (independent
   pixels: a lower bound); ``c68``: the scale ``c`` for which ``sum(rate) -+ c x (summed
   half-widths)`` covers 68 % of the apertures (the model card's aperture rule: choose ``c`` on
-  one seed, check it on another with ``--aperture-scale``);
+  one seed, check it on another with ``--aperture-scale``); with ``--pixel-scales s1,s2,..``
+  also the "pixels>0" and all-pixel coverage of the widened intervals
+  ``rate x (lo68 / rate) ** s``, ``rate x (hi68 / rate) ** s`` (the network's interval is
+  ``rate x exp(-+ width)`` in log space; a model exported with ``interval_scale = s`` writes
+  exactly these), to choose ``s`` on one seed and check it on another;
 * SR **decomposition**: in 20" apertures around the simulated point sources (down to 5 counts
   at T), the POINTS map's counts and the DIFFUSE map's excess over the diffuse truth, as shares
   of the point sources' true counts (truth minus the simulator's diffuse part); all sources,
@@ -138,10 +142,18 @@ def source_list_scores(counts, mask, listed, out, exposure):
     return res, (false, len(found))
 
 
-def run(dn, sr, frames, exposures, seed, aperture_scale=None):
+def widened(out, s):
+    """``out`` with its [lo68, hi68] widened by ``s`` in log space about the rate."""
+    rate = np.maximum(out["rate"], 1e-30)
+    return {**out, "lo68": rate * (np.clip(out["lo68"] / rate, 1e-30, 1.0) ** s),
+            "hi68": rate * (np.maximum(out["hi68"] / rate, 1.0) ** s)}
+
+
+def run(dn, sr, frames, exposures, seed, aperture_scale=None, pixel_scales=()):
     """Print the tables; returns {task: the aperture scale c covering 68 % over all exposures}.
 
-    ``aperture_scale``: {task: c} to check (coverage of m -+ c x summed half-widths)."""
+    ``aperture_scale``: {task: c} to check (coverage of m -+ c x summed half-widths);
+    ``pixel_scales``: log-space widenings whose pixel coverage is printed too."""
     fov1, fov2 = fov_mask(), fov_mask(pn_grid(scale=2))
     all_needs = {}
     for task, path in (("DN", dn), ("SR", sr)):
@@ -156,6 +168,7 @@ def run(dn, sr, frames, exposures, seed, aperture_scale=None):
                  else ""))
         for T in exposures:
             pix, srule, irule, needs, pos = [], [], [], [], []
+            wide = {w: ([], []) for w in pixel_scales}
             prow = []
             flat_max = 0.0
             comp = {20.0: [0, 0], 50.0: [0, 0]}
@@ -171,10 +184,16 @@ def run(dn, sr, frames, exposures, seed, aperture_scale=None):
                           if not d["piled"]]
                 out = predict(counts / T, obs.mask, T)
                 if task == "DN":
-                    a, b, c, nd, ap = coverage(out, obs.dn_target, fov1 & obs.mask, T, 4.0)
+                    truth, fov, px = obs.dn_target, fov1 & obs.mask, 4.0
                 else:
-                    m2 = np.repeat(np.repeat(obs.mask, 2, 0), 2, 1)
-                    a, b, c, nd, ap = coverage(out, obs.sr_target, fov2 & m2, T, 2.0)
+                    truth, fov, px = obs.sr_target, fov2 & np.repeat(np.repeat(obs.mask, 2, 0),
+                                                                     2, 1), 2.0
+                a, b, c, nd, ap = coverage(out, truth, fov, T, px)
+                for w in pixel_scales:
+                    wa, _, _, _, wp = coverage(widened(out, w), truth, fov, T, px)
+                    wide[w][0].append(wa)
+                    wide[w][1].append(wp)
+                if task == "SR":
                     prow += point_fluxes(out, obs.sr_target, obs.sr_diffuse, obs.meta, T)
                     r, f = source_list_scores(counts, obs.mask, listed, out, T)
                     for k in comp:
@@ -214,6 +233,9 @@ def run(dn, sr, frames, exposures, seed, aperture_scale=None):
                          f"  {comp[20.0][0]:4d}/{comp[20.0][1]:<4d} {comp[50.0][0]:4d}/"
                          f"{comp[50.0][1]:<4d} {fal[0]:3d}/{fal[1]}")
             print(line, flush=True)
+            for w in pixel_scales:
+                print(f"   widened x{w:<4g} pixels {np.concatenate(wide[w][0]).mean():6.3f} "
+                      f"pixels>0 {np.concatenate(wide[w][1]).mean():6.3f}", flush=True)
         nd = np.concatenate(all_needs[task])
         msg = f"  20\" apertures: c68 over all exposures {np.quantile(nd, 0.68):.3f}"
         if aperture_scale and task in aperture_scale:
@@ -232,12 +254,15 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=424242)
     ap.add_argument("--aperture-scale", default=None,
                     help="DN,SR scales c of the summed half-widths to check (e.g. 0.4,0.3)")
+    ap.add_argument("--pixel-scales", default="",
+                    help="log-space interval widenings to print pixel coverage for (e.g. 1.2,1.4)")
     a = ap.parse_args(argv)
     scale = None
     if a.aperture_scale:
         d, s_ = (float(v) for v in a.aperture_scale.split(","))
         scale = {"DN": d, "SR": s_}
-    run(a.dn, a.sr, a.frames, [float(v) * 1e3 for v in a.exposures.split(",")], a.seed, scale)
+    run(a.dn, a.sr, a.frames, [float(v) * 1e3 for v in a.exposures.split(",")], a.seed, scale,
+        [float(v) for v in a.pixel_scales.split(",") if v.strip()])
     return 0
 
 
