@@ -126,8 +126,9 @@ def _flat_points(counts, exposure):
 
 
 def _check_sources(found, ref, held, th, mask):
-    """``[recovered, n_ref, n_listed, excluded, absent]`` of a source list against the
-    independent photons ``held`` (exposure ``th``) and the full exposure's list ``ref``.
+    """``[recovered, n_ref, n_listed, excluded, absent, testable, excluded20, testable20]`` of a
+    source list against the independent photons ``held`` (exposure ``th``) and the full
+    exposure's list ``ref``.
 
     * recovered: ``ref`` sources with a listed source within 2 pixels (8");
     * excluded: listed sources whose flux the independent counts exclude at 3 sigma: 10" net
@@ -135,20 +136,32 @@ def _check_sources(found, ref, held, th, mask):
       ``want = RATE x th x EEF(10")`` with the list's King PSF. Bright real sources fail this
       when their flux is off by 10-20 % (PSF model, variability), so the next number as well:
     * absent: excluded, and the 10" net counts themselves under 2 sigma of the background: the
-      independent photons show no source there at all.
+      independent photons show no source there at all;
+    * testable: listed sources whose flux could be excluded at all (``want`` above
+      ``3 sqrt(want + bkg + 1)``);
+    * excluded20, testable20: the same test in a 20" aperture (background 60-90"), which a
+      position error of 1-2" or the PSF core's shape hardly moves.
     """
     rec = sum(any(np.hypot(d["y"] - r["y"], d["x"] - r["x"]) <= 2 for d in found) for r in ref)
-    exc = absent = 0
+    exc = absent = test = exc20 = test20 = 0
     for d in found:
         y, x = int(round(d["y"])), int(round(d["x"]))
-        b = ev._annulus_mean(held, mask, y, x, 8.0, 16.0)
-        obs_n = ev.aperture_flux(held, y, x, 2.5, background=b)
-        want = d["rate"] * th * S.psf_fraction(d["y"], d["x"], 2.5, axis=AXIS_PIXEL)
-        bk = b * 21  # 21 pixels within 2.5 pixels
-        if obs_n < want - 3 * np.sqrt(want + bk + 1.0):
-            exc += 1
-            absent += obs_n < 2 * np.sqrt(bk + 1.0)
-    return np.array([rec, len(ref), len(found), exc, absent])
+        for r_ap, (r_in, r_out) in ((2.5, (8.0, 16.0)), (5.0, (15.0, 22.5))):
+            b = ev._annulus_mean(held, mask, y, x, r_in, r_out)
+            obs_n = ev.aperture_flux(held, y, x, r_ap, background=b)
+            want = d["rate"] * th * S.psf_fraction(d["y"], d["x"], r_ap, axis=AXIS_PIXEL)
+            n_pix = int(round(ev.aperture_flux(np.ones_like(held), y, x, r_ap)))
+            bk = b * n_pix
+            limit = want - 3 * np.sqrt(want + bk + 1.0)
+            out = obs_n < limit
+            if r_ap == 2.5:
+                test += limit > 0
+                exc += out
+                absent += out and obs_n < 2 * np.sqrt(bk + 1.0)
+            else:
+                test20 += limit > 0
+                exc20 += out
+    return np.array([rec, len(ref), len(found), exc, absent, test, exc20, test20])
 
 
 def sr_tables(obs, fn, name):
@@ -230,6 +243,11 @@ def sr_tables(obs, fn, name):
                   f"absent {tot[4]}/{tot[2]} = {tot[4] / max(tot[2], 1):.3f}   per field "
                   + ", ".join(f"{k} {v[3]}/{v[4]}/{v[2]}" for k, v in t.items())
                   + " (excluded/absent/listed)")
+            print(f"      testable (10\"): excluded {tot[3]}/{tot[5]} = "
+                  f"{tot[3] / max(tot[5], 1):.3f}; 20\" aperture: excluded {tot[6]}/{tot[7]} "
+                  f"testable = {tot[6] / max(tot[7], 1):.3f}, per field "
+                  + ", ".join(f"{k} {v[6]}/{v[7]} = {v[6] / max(v[7], 1):.2f}"
+                              for k, v in t.items()))
 
 
 def main(argv=None):
