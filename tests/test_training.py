@@ -365,6 +365,30 @@ def test_v2_outputs_order_and_sum(scale):
     assert not torch.allclose(a, b, rtol=1e-3)
 
 
+def test_interval_scale_widens_the_percentiles_in_log_space_and_reaches_the_graph(tmp_path):
+    import onnxruntime as ort
+
+    net = _v2(2)
+    with torch.no_grad():
+        # a non-zero percentile head, so that the band differs from pixel to pixel
+        net.qhead[-1].weight.normal_(0, 0.05, generator=torch.Generator().manual_seed(3))
+    rate, mask = _inputs(n=1)
+    with torch.no_grad():
+        one = net.outputs(rate, mask, exposure=torch.tensor([50e3]))
+        net.interval_scale = 1.5
+        wide = net.outputs(rate, mask, exposure=torch.tensor([50e3]))
+    r = one["rate"]
+    assert torch.equal(wide["rate"], r) and torch.equal(wide["points"], one["points"])
+    for k in ("lo68", "hi68"):
+        assert torch.allclose(wide[k], r * (one[k] / r) ** 1.5, rtol=1e-4)
+    assert torch.all(wide["lo68"] <= one["lo68"]) and torch.all(wide["hi68"] >= one["hi68"])
+    path = export_onnx(net, tmp_path / "w.onnx", metadata={"task": "SR"})
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"rate": rate.numpy(), "mask": mask.numpy(),
+                          "exposure": np.array([50e3], np.float32)})
+    assert np.allclose(got[2], wide["hi68"].numpy(), rtol=1e-4)
+
+
 @pytest.mark.parametrize("scale", [1, 2])
 def test_v2_onnx_export_takes_the_exposure_and_matches_torch(tmp_path, scale):
     import onnxruntime as ort

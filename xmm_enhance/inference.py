@@ -303,6 +303,16 @@ class Model:
         return v if np.isfinite(v) and v > 0 else None
 
     @property
+    def interval_scale(self) -> float | None:
+        """Log-space widening of the graph's percentile maps about the rate (metadata
+        ``pixel_interval_scale``, chosen on simulations; None when not stated)."""
+        try:
+            v = float(self.meta.get("pixel_interval_scale", ""))
+        except ValueError:
+            return None
+        return v if np.isfinite(v) and v > 0 else None
+
+    @property
     def takes_exposure(self) -> bool:
         """The graph has an ``exposure`` input (recipe 2: exposure-aware)."""
         return "exposure" in [i.name for i in self.session.get_inputs()]
@@ -999,7 +1009,8 @@ def round_mantissa(a: np.ndarray, bits: int, mode: str = "nearest") -> np.ndarra
     return out
 
 
-def _image_extension(data, name, h_out, aperture_scale=None) -> fits.ImageHDU:
+def _image_extension(data, name, h_out, aperture_scale=None, interval_scale=None
+                     ) -> fits.ImageHDU:
     h = fits.Header()
     for key in ("WCSAXES", "CTYPE1", "CTYPE2", "CUNIT1", "CUNIT2", "CRPIX1", "CRPIX2", "CRVAL1",
                 "CRVAL2", "CD1_1", "CD1_2", "CD2_1", "CD2_2", "RADESYS", "EQUINOX", "DATEREF",
@@ -1011,6 +1022,8 @@ def _image_extension(data, name, h_out, aperture_scale=None) -> fits.ImageHDU:
     h["SIGBITS"] = (MANTISSA_BITS[name], "significant bits kept of 24 (float32)")
     if name in ("LO68", "HI68") and aperture_scale is not None:
         h["APERSCAL"] = (aperture_scale, "aperture 68%: sum -+ APERSCAL x summed widths")
+    if name in ("LO68", "HI68") and interval_scale is not None:
+        h["INTSCALE"] = (interval_scale, "percentiles widened x this in log (calibration)")
     return fits.ImageHDU(round_mantissa(data, MANTISSA_BITS[name],
                                         _ROUNDING.get(name, "nearest")), h, name=name)
 
@@ -1069,7 +1082,7 @@ def write_outputs(res: EnhanceResult, *, outdir: Path | None = None, overwrite: 
     for key, name in EXTRA_OUTPUTS.items():
         if key in res.extras:
             pred.append(_image_extension(res.extras[key], name, h_out,
-                                         res.model.aperture_scale))
+                                         res.model.aperture_scale, res.model.interval_scale))
     items = [(fits.HDUList([fits.PrimaryHDU(res.input_rate, h_in)]), p_in), (pred, p_pred)]
     if res.sources is not None:
         from .sources import region_text

@@ -196,6 +196,9 @@ class EnhanceNet(nn.Module):
         nn.init.zeros_(self.head.bias)
         ss = scale * scale
         self.uncertainty = bool(uncertainty)
+        #: log-space widening of [lo68, hi68] about the rate (not trained: a calibration set at
+        #: export, ``export_task(interval_scale=)``; 1 = the trained percentiles)
+        self.interval_scale = 1.0
         if self.uncertainty:
             # [a (ss sub-pixels), b (ss sub-pixels)] on the 1x grid, from the features and the
             # rate head's output; starts at a +-30 % band
@@ -301,8 +304,9 @@ class EnhanceNet(nn.Module):
             q = self.qhead(g)
             ss = self.scale * self.scale
             a, b = self._shuffle(q[:, :ss]), self._shuffle(q[:, ss:])
-            out["lo68"] = torch.exp(logc - F.softplus(a)) / T
-            out["hi68"] = torch.exp(torch.clamp(logc + F.softplus(b), max=30.0)) / T
+            k = self.interval_scale
+            out["lo68"] = torch.exp(logc - k * F.softplus(a)) / T
+            out["hi68"] = torch.exp(torch.clamp(logc + k * F.softplus(b), max=30.0)) / T
         if self.decompose:
             p = torch.sigmoid(self._shuffle(self.phead(g)))
             out["points"] = out["rate"] * p

@@ -273,13 +273,19 @@ def _save(path, obj):
     os.replace(tmp, path)
 
 
-def export_task(task, cfg, ckpt_dir, out_dir, *, extra_metrics=None, which="best"):
-    """Export the ``best`` (or ``last`` EMA) weights of ``task`` to ``out_dir``; returns the path."""
+def export_task(task, cfg, ckpt_dir, out_dir, *, extra_metrics=None, which="best",
+                interval_scale=1.0):
+    """Export the ``best`` (or ``last`` EMA) weights of ``task`` to ``out_dir``; returns the path.
+
+    ``interval_scale``: widen the percentile maps about the rate by this factor in log space
+    (a calibration chosen on simulations, ``bench_calibration.py --pixel-scales``); stored as
+    the metadata ``pixel_interval_scale``."""
     ckpt_dir = Path(ckpt_dir)
     st = torch.load(ckpt_dir / f"{task}_{which}.pt", map_location="cpu", weights_only=False)
     cfg = {**cfg, **LEGACY, **st.get("cfg", {})}
     net = make_net(task, cfg)
     net.load_state_dict(st["ema"])
+    net.interval_scale = float(interval_scale)
     from ..simulate.instrument import SIM_VERSION
 
     metrics = {"simulated_validation": st.get("val", {}), "step": st.get("step")}
@@ -301,6 +307,8 @@ def export_task(task, cfg, ckpt_dir, out_dir, *, extra_metrics=None, which="best
         "simulator_version": st.get("sim_version", SIM_VERSION), "metrics": metrics,
         "stride": str(net.stride),
     }
+    if getattr(net, "uncertainty", False):
+        meta["pixel_interval_scale"] = f"{float(interval_scale):g}"
     return export_onnx(net, Path(out_dir) / MODEL_NAMES[task], metadata=meta)
 
 
@@ -531,6 +539,9 @@ def main(argv=None):
                          "(export one with --export-only --which ema<step>)")
     ap.add_argument("--which", default="best",
                     help="checkpoint exported by --export-only: best, last or ema<step>")
+    ap.add_argument("--interval-scale", type=float, default=1.0,
+                    help="with --export-only: widen LO68/HI68 about the rate by this factor in "
+                    "log space (calibration chosen on simulations; default 1)")
     ap.add_argument("--export-only", action="store_true",
                     help="export the best checkpoint and exit")
     a = ap.parse_args(argv)
@@ -540,7 +551,8 @@ def main(argv=None):
                         handlers=[logging.FileHandler(Path(a.log_dir) / f"{a.task}.log"),
                                   logging.StreamHandler(sys.stderr)])
     if a.export_only:
-        print(export_task(a.task, DEFAULTS, a.ckpt_dir, a.out, which=a.which))
+        print(export_task(a.task, DEFAULTS, a.ckpt_dir, a.out, which=a.which,
+                          interval_scale=a.interval_scale))
         return 0
     over = {}
     if a.total_steps:
