@@ -126,8 +126,10 @@ def source_list_scores(counts, mask, listed, out, exposure):
     ``listed``: simulated point sources ``(y, x, counts at exposure)`` down to 5 counts.
     """
     fov1 = fov_mask()
-    found = S.detect_sources(counts, mask, exposure, out["points"], diffuse2=out["diffuse"],
-                             axis=AXIS_PIXEL, sky=fov1)
+    # the pipeline's own list (--pipeline), else the list made as the CLI makes it
+    found = out["sources"] if "sources" in out else S.detect_sources(
+        counts, mask, exposure, out["points"], diffuse2=out["diffuse"], axis=AXIS_PIXEL,
+        sky=fov1)
     ny, nx = fov1.shape
     inside = [t for t in listed if 0 <= round(t[0]) < ny and 0 <= round(t[1]) < nx
               and fov1[int(round(t[0])), int(round(t[1]))]]
@@ -149,7 +151,7 @@ def widened(out, s):
             "hi68": rate * (np.maximum(out["hi68"] / rate, 1.0) ** s)}
 
 
-def run(dn, sr, frames, exposures, seed, aperture_scale=None, pixel_scales=()):
+def run(dn, sr, frames, exposures, seed, aperture_scale=None, pixel_scales=(), pipeline=False):
     """Print the tables; returns {task: the aperture scale c covering 68 % over all exposures}.
 
     ``aperture_scale``: {task: c} to check (coverage of m -+ c x summed half-widths);
@@ -159,7 +161,8 @@ def run(dn, sr, frames, exposures, seed, aperture_scale=None, pixel_scales=()):
     for task, path in (("DN", dn), ("SR", sr)):
         if not path:
             continue
-        predict = ev.onnx_predictor(path, all_outputs=True)
+        predict = (ev.pipeline_predictor(path, task, all_outputs=True) if pipeline
+                   else ev.onnx_predictor(path, all_outputs=True))
         print(f"\n{task} {Path(path).name}: held-out simulations, seeds [{seed}, i], "
               f"{frames} frames per exposure")
         print("exposure    pixels  pixels>0  20in sum  20in ind"
@@ -256,13 +259,16 @@ def main(argv=None):
                     help="DN,SR scales c of the summed half-widths to check (e.g. 0.4,0.3)")
     ap.add_argument("--pixel-scales", default="",
                     help="log-space interval widenings to print pixel coverage for (e.g. 1.2,1.4)")
+    ap.add_argument("--pipeline", action="store_true",
+                    help="the whole command-line pipeline (its masking; SR: its source list and "
+                         "the listed sources redrawn) instead of the bare network")
     a = ap.parse_args(argv)
     scale = None
     if a.aperture_scale:
         d, s_ = (float(v) for v in a.aperture_scale.split(","))
         scale = {"DN": d, "SR": s_}
     run(a.dn, a.sr, a.frames, [float(v) * 1e3 for v in a.exposures.split(",")], a.seed, scale,
-        [float(v) for v in a.pixel_scales.split(",") if v.strip()])
+        [float(v) for v in a.pixel_scales.split(",") if v.strip()], a.pipeline)
     return 0
 
 

@@ -194,8 +194,9 @@ def sr_tables(obs, fn, name):
                 f_sr = ev.aperture_flux(p, y2, x2, 10.0, background=b2) / e
                 faint.append(f_sr / (net / 2e4))
             if "points" in out:
-                found = S.detect_sources(c, mask, e, out["points"], diffuse2=out["diffuse"],
-                                         axis=AXIS_PIXEL, sky=fov)
+                # the pipeline's own list (--pipeline), else the list made as the CLI makes it
+                found = out["sources"] if "sources" in out else S.detect_sources(
+                    c, mask, e, out["points"], diffuse2=out["diffuse"], axis=AXIS_PIXEL, sky=fov)
                 plain = S.detect_sources(c, mask, e, _flat_points(c, e), axis=AXIS_PIXEL,
                                          sky=fov)
                 for p in plain:  # the plain list's flux: its PSF fit (no points map)
@@ -255,6 +256,9 @@ def main(argv=None):
     ap.add_argument("--dn", default=None, help="exposure-aware DN model")
     ap.add_argument("--dn-old", default=None, help="a 20 ks-only DN model to compare")
     ap.add_argument("--sr", default=None)
+    ap.add_argument("--pipeline", action="store_true",
+                    help="SR through the whole command-line pipeline (its source list, the "
+                         "listed sources redrawn with the halved PSF)")
     a = ap.parse_args(argv)
     obs = ev.load_real_observations()
     if not obs:
@@ -271,7 +275,9 @@ def main(argv=None):
     if a.dn:
         dn_calibration(obs, nets[Path(a.dn).name], Path(a.dn).name)
     if a.sr:
-        sr_tables(obs, ev.onnx_predictor(a.sr, all_outputs=True), Path(a.sr).name)
+        fn = (ev.pipeline_predictor(a.sr, all_outputs=True) if a.pipeline
+              else ev.onnx_predictor(a.sr, all_outputs=True))
+        sr_tables(obs, fn, Path(a.sr).name + (" (pipeline, redraw)" if a.pipeline else ""))
     return 0
 
 

@@ -73,7 +73,7 @@ def dn_table(dn_path):
     return results
 
 
-def _sr_methods(sr_path, peers=True):
+def _sr_methods(sr_path, peers=True, pipeline=False):
     from xmm_enhance.simulate import psf as P
 
     rc, alpha = P.king_params(6.0)
@@ -90,13 +90,15 @@ def _sr_methods(sr_path, peers=True):
     for p in paths:  # several models (comma-separated) are compared in one run
         label = Path(p).name if len(paths) == 1 else f"{Path(p).parent.name}/{Path(p).name}"
         methods[f"network {label}"] = ev.onnx_predictor(p)
+        if pipeline:  # the whole SR command-line pipeline: source list, sources redrawn
+            methods[f"network+redraw {label}"] = ev.pipeline_predictor(p)
     return methods
 
 
-def sr_sim_table(sr_path, n_frames, seed=424242, peers=True, exposure=20e3):
+def sr_sim_table(sr_path, n_frames, seed=424242, peers=True, exposure=20e3, pipeline=False):
     from xmm_enhance.simulate.instrument import simulate_observation
 
-    methods = _sr_methods(sr_path, peers)
+    methods = _sr_methods(sr_path, peers, pipeline)
     fov2 = fov_mask(pn_grid(scale=2))
     acc = {k: {"fwhm": [], "flux": [], "psnr": [], "false": [], "false_all": []} for k in methods}
     t0 = time.time()
@@ -161,12 +163,12 @@ def sr_sim_table(sr_path, n_frames, seed=424242, peers=True, exposure=20e3):
     return out
 
 
-def sr_real_table(sr_path, peers=True, per_source=False):
+def sr_real_table(sr_path, peers=True, per_source=False, pipeline=False):
     obs = ev.load_real_observations()
     if not obs:
         print("SR real: no real images found; skipped")
         return {}
-    methods = _sr_methods(sr_path, peers)
+    methods = _sr_methods(sr_path, peers, pipeline)
     mask = detector_mask()
     # isolated point sources on a flat local background (evaluation.select_real_point_sources);
     # "legacy": the looser first-session selection, which also took galaxy nuclei and close
@@ -224,15 +226,19 @@ def main(argv=None):
                     help="only the networks (peer rows take minutes; see the model card)")
     ap.add_argument("--per-source", action="store_true",
                     help="also print each selected real source's SR ratios")
+    ap.add_argument("--pipeline", action="store_true",
+                    help="also score each SR model through the whole command-line pipeline "
+                         "(source list, listed sources redrawn with the halved PSF)")
     a = ap.parse_args(argv)
     if a.only != "SR" and not a.skip_real:
         dn_table(a.dn)
     if a.only != "DN":
         if not a.skip_sim:
             sr_sim_table(a.sr, a.sim_frames, seed=a.sim_seed, peers=not a.no_peers,
-                         exposure=a.sim_exposure * 1e3)
+                         exposure=a.sim_exposure * 1e3, pipeline=a.pipeline)
         if not a.skip_real:
-            sr_real_table(a.sr, peers=not a.no_peers, per_source=a.per_source)
+            sr_real_table(a.sr, peers=not a.no_peers, per_source=a.per_source,
+                          pipeline=a.pipeline)
     return 0
 
 

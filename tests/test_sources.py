@@ -127,6 +127,33 @@ def test_candidates_outside_the_sky_mask_are_skipped():
     assert [round(d["y"]) for d in found] == [30]
 
 
+def test_redraw_keeps_the_flux_and_draws_the_halved_psf():
+    from xmm_enhance import evaluation as ev
+
+    yy, xx = np.mgrid[:120, :120]
+    # a source drawn too wide (Gaussian FWHM 4.7 pixels) on a faint floor
+    wide = 1e-3 * np.exp(-((yy - 60.0) ** 2 + (xx - 50.0) ** 2) / (2 * 2.0 ** 2)) + 1e-7
+    src = [{"y2": 60.0, "x2": 50.0}]
+    new, n = sources.redraw_points(wide, src)
+    assert n == 1 and new.dtype == np.float32
+    disc = (yy - 60) ** 2 + (xx - 50) ** 2 <= sources.REDRAW_RADIUS_2X ** 2
+    assert new[disc].sum() == pytest.approx(wide[disc].sum(), rel=1e-5)
+    assert np.array_equal(new[~disc], wide[~disc].astype(np.float32))
+    # on axis: the simulator's halved King kernel (core radius / 2 on 2" pixels)
+    rc, alpha = psf.king_params(0.0)
+    k = psf.king_kernel(rc / 4.0, alpha, 12)
+    want = ev.fit_fwhm(k, 12, 12, half_width=8)
+    assert ev.fit_fwhm(new, 60, 50, half_width=8) == pytest.approx(want, rel=0.03)
+    assert ev.fit_fwhm(wide, 60, 50, half_width=8) > 1.3 * want
+    # neighbours closer than 2 x REDRAW_MIN_RADIUS_2X: left as they are
+    close = [{"y2": 60.0, "x2": 50.0}, {"y2": 60.0, "x2": 55.0}]
+    same, n = sources.redraw_points(wide, close)
+    assert n == 0 and np.array_equal(same, wide.astype(np.float32))
+    # nothing in the map there, or the disc off the grid: nothing drawn
+    assert sources.redraw_points(np.zeros((40, 40)), [{"y2": 20.0, "x2": 20.0}])[1] == 0
+    assert sources.redraw_points(wide, [{"y2": 2.0, "x2": 50.0}])[1] == 0
+
+
 def test_region_text_has_one_fk5_circle_per_source():
     text = sources.region_text([10.5, 11.25], [-3.0, 2.125])
     lines = text.splitlines()
@@ -185,6 +212,8 @@ def test_sr_output_contract(tmp_path, v2_models):
             on = p > 0
             assert np.allclose(h["HI68"].data[on] / p[on], 1 + 20e3 / T, rtol=2e-3)
             t = h["SOURCES"].data
+            # each listed source redrawn with the halved PSF (the stand-in draws it wide)
+            assert h[0].header["PTREDRAW"] == len(t) >= 2
             assert list(t.columns.names)[:8] == ["RA", "DEC", "X", "Y", "RATE", "RATE_ERR",
                                                  "COUNTS", "COUNTS_ERR"]
             assert "SIGNIF" in t.columns.names and np.all(t["SIGNIF"] > 0)

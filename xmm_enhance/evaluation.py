@@ -703,6 +703,44 @@ def evaluate_sr_sources(rate_in, mask_in, rate_sr, *, sources=None, exposure=20e
     return rows
 
 
+def pipeline_predictor(path, which="SR", *, threads=None, redraw=True, all_outputs=False):
+    """``predict(rate, mask, exposure=None)`` running the whole command-line pipeline
+    (:func:`xmm_enhance.inference.enhance_image`: its own masking, the network, the source list
+    and, with ``redraw``, the listed sources redrawn) on one pn-grid frame, as
+    :func:`onnx_predictor` returns it (maps cropped to the frame; ``mask`` is not used, the
+    pipeline derives its own from the counts). ``all_outputs`` adds ``sources`` (padded-grid
+    positions shifted to the frame)."""
+    import warnings
+
+    from astropy.io import fits
+
+    from . import inference as I
+
+    model = I.load_model(which, path, threads=threads)
+
+    def predict(rate, mask=None, exposure=None):
+        T = 20e3 if exposure is None else float(exposure)
+        counts = np.rint(np.asarray(rate, np.float64) * T)
+        hdr = fits.Header()
+        hdr["EXPOSURE"] = T
+        img = I.InputImage(counts, T, hdr)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = I.enhance_image(img, model, redraw=redraw)
+        s, (top, left) = model.scale, res.pad
+        h, w = counts.shape
+        cut = (slice(s * top, s * (top + h)), slice(s * left, s * (left + w)))
+        out = {"rate": res.prediction[cut].astype(np.float64)}
+        out.update({k: v[cut].astype(np.float64) for k, v in res.extras.items()})
+        if not all_outputs:
+            return out["rate"]
+        out["sources"] = [{**d, "y": d["y"] - top, "x": d["x"] - left, "y2": d["y2"] - s * top,
+                           "x2": d["x2"] - s * left} for d in (res.sources or [])]
+        return out
+
+    return predict
+
+
 def onnx_predictor(path, *, size=416, threads=None, all_outputs=False):
     """``predict(rate, mask, exposure=None)`` running an ONNX model of the design §4.4 contract
     on one frame.

@@ -395,12 +395,15 @@ class EnhanceResult:
     sources : list of dict or None
         SR point sources (:func:`xmm_enhance.sources.detect_sources`) with ``ra``/``dec``
         added; None when the model has no ``points`` map.
+    redrawn : int
+        Listed sources redrawn with the halved PSF (:func:`xmm_enhance.sources.redraw_points`).
     """
 
     def __init__(self, task, input_rate, input_mask, prediction, input_wcs, output_wcs, pad,
-                 image, model, extras=None, sources=None):
+                 image, model, extras=None, sources=None, redrawn=0):
         self.extras = dict(extras or {})
         self.sources = sources
+        self.redrawn = int(redrawn)
         self.task = task
         self.input_rate = input_rate
         self.input_mask = input_mask
@@ -801,11 +804,15 @@ def check_exposure(img: InputImage, model: Model) -> None:
                       stacklevel=3)
 
 
-def enhance_image(img: InputImage, model: Model, *, sources: bool = True) -> EnhanceResult:
+def enhance_image(img: InputImage, model: Model, *, sources: bool = True,
+                  redraw: bool = True) -> EnhanceResult:
     """Run ``model`` on ``img``; nothing is written.
 
     ``sources``: for SR models with a ``points`` map, list the point sources
     (:func:`xmm_enhance.sources.detect_sources`, significances from the input counts).
+    ``redraw``: then redraw each listed source in ``points`` (and so in the prediction) as the
+    halved PSF with the map's own flux (:func:`xmm_enhance.sources.redraw_points`); the
+    percentile maps follow the prediction's change pixel by pixel.
     """
     check_exposure(img, model)
     rate, mask, keep, (top, left) = prepare(img)
@@ -825,9 +832,25 @@ def enhance_image(img: InputImage, model: Model, *, sources: bool = True) -> Enh
     if sources and s == 2 and "points" in maps:
         found = find_sources(img, rate, mask, maps["points"], (top, left), out_sky,
                              diffuse2=maps.get("diffuse"))
+    redrawn = 0
+    if found and redraw and "diffuse" in maps:
+        from .sources import redraw_points
+
+        axis = ((detector.AXIS_PIXEL[0] + top, detector.AXIS_PIXEL[1] + left)
+                if _is_pn_grid(img) else None)
+        # only where the prediction is positive, so the percentile maps can follow it
+        pts, redrawn = redraw_points(maps["points"], found, axis=axis,
+                                     live2=out_mask & (pred > 0))
+        if redrawn:
+            new = pts + maps["diffuse"]
+            ratio = np.divide(new, pred, out=np.ones_like(new), where=pred > 0)
+            for k in ("lo68", "hi68"):
+                if k in maps:
+                    maps[k] = (maps[k] * ratio).astype(np.float32)
+            maps["points"], pred = pts, new.astype(np.float32)
     return EnhanceResult(task=model.task, input_rate=rate, input_mask=mask, prediction=pred,
                          input_wcs=in_sky, output_wcs=out_sky, pad=(top, left), image=img,
-                         model=model, extras=maps, sources=found)
+                         model=model, extras=maps, sources=found, redrawn=redrawn)
 
 
 def find_sources(img: InputImage, rate, mask, points, pad, out_sky, **kwargs) -> list:
@@ -957,6 +980,10 @@ def _header(res: EnhanceResult, *, wcs, exposure, pixel_arcsec, what) -> fits.He
         h["HISTORY"] = f"model {model.path.name} v{model.version} sha256 {model.sha256[:16]}"
         if res.task == "SR":
             h["HISTORY"] = "SR: 2x grid, PSF halved, background removed"
+            if res.redrawn:
+                h["PTREDRAW"] = (res.redrawn, "SOURCES redrawn as the halved PSF (16\")")
+                h["HISTORY"] = (f"{res.redrawn} listed sources redrawn within 16\" as the halved"
+                                " King PSF with the POINTS map's own counts")
             if _is_pn_grid(img):
                 h["HISTORY"] = (f"SR: sky x exp(-d / {detector.FOV_EDGE_ARCSEC:g} arcsec) at a "
                                 "distance d outside the FoV circle")
@@ -1097,12 +1124,14 @@ def write_outputs(res: EnhanceResult, *, outdir: Path | None = None, overwrite: 
 
 
 def enhance_file(path, which: str, *, model: Model | None = None, outdir=None,
-                 overwrite: bool = False, exposure: float | None = None, png: bool = False
-                 ) -> dict:
-    """Read ``path``, run the ``which`` model, write outputs (and a PNG). Returns the paths."""
+                 overwrite: bool = False, exposure: float | None = None, png: bool = False,
+                 redraw: bool = True) -> dict:
+    """Read ``path``, run the ``which`` model, write outputs (and a PNG). Returns the paths.
+
+    ``redraw``: see :func:`enhance_image`."""
     img = read_input(path, exposure=exposure)
     model = model or load_model(which)
-    res = enhance_image(img, model)
+    res = enhance_image(img, model, redraw=redraw)
     p_in, p_pred = write_outputs(res, outdir=outdir, overwrite=overwrite)
     out = {"input": p_in, "predict": p_pred, "result": res}
     if png:

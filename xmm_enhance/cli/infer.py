@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="CPU threads for onnxruntime (default: all)")
     p.add_argument("--exposure", type=float,
                    help="exposure in s, for inputs without an EXPOSURE keyword")
+    p.add_argument("--no-redraw", action="store_true",
+                   help="SR: keep the network's own drawing of the listed sources (default: "
+                   "each SOURCES entry redrawn as the halved PSF with the POINTS map's counts)")
     p.add_argument("--version", action="version", version=f"xmm_enhance {__version__}")
     add_verbosity(p)
     return p
@@ -64,7 +67,8 @@ def main(argv=None) -> int:
     for f in inputs:
         try:
             out = enhance_file(f, args.which, model=model, outdir=args.outdir,
-                               overwrite=args.overwrite, exposure=args.exposure, png=args.png)
+                               overwrite=args.overwrite, exposure=args.exposure, png=args.png,
+                               redraw=not args.no_redraw)
         except XmmEnhanceError as exc:
             report_error(exc)
             failed.append(f)
