@@ -237,6 +237,20 @@ def test_sr_output_contract(tmp_path, v2_models):
     assert float(b) == pytest.approx(t["DEC"][0], abs=2e-6)
 
 
+def test_no_redraw_keeps_the_networks_points(tmp_path, v2_models):
+    from xmm_enhance.cli import infer
+
+    path = _point_image(tmp_path / "obs.fits", 30e3)
+    rc = infer.main([str(path), "--which", "SR", "--model", str(v2_models["SR"]),
+                     "--no-redraw", "-q"])
+    assert rc == 0
+    with fits.open(tmp_path / "obs_predict_wcs_SR.fits.gz") as h:
+        assert "PTREDRAW" not in h[0].header and len(h["SOURCES"].data) >= 2
+        # the stand-in's own split everywhere: POINTS = 0.9 x the rate
+        p = h[0].data.astype(np.float64)
+        assert np.allclose(h["POINTS"].data, 0.9 * p, rtol=1e-3, atol=1e-30)
+
+
 def test_aperture_scale_from_the_metadata_reaches_the_percentile_maps(tmp_path):
     d = tmp_path / "m"
     d.mkdir()
