@@ -458,8 +458,8 @@ def redraw_points(points2, sources, *, axis=None, live2=None, radius=REDRAW_RADI
     photons list as point-like (:func:`detect_sources`: significant, and not better fitted
     by a wider profile) is redrawn, within ``radius`` of its fitted position, as the halved
     King PSF of its off-axis angle and azimuth (core radius / 2, at the fitted sub-pixel
-    position, pixel integrated), with the map's own counts within that disc: the flux stays, the shape becomes
-    the one the SR image promises. Outside the discs nothing changes. Discs of neighbouring
+    position, pixel integrated), with the map's own counts within that disc: the flux stays,
+    the shape becomes the one the SR image promises. Outside the discs nothing changes. Discs of neighbouring
     sources shrink to half their distance (none below ``REDRAW_MIN_RADIUS_2X``).
 
     Parameters
@@ -487,37 +487,38 @@ def redraw_points(points2, sources, *, axis=None, live2=None, radius=REDRAW_RADI
     H2, W2 = out.shape
     live = np.ones(out.shape, bool) if live2 is None else np.asarray(live2, bool)
     pos = np.array([[d["y2"], d["x2"]] for d in sources], np.float64)
-    n = 0
+    todo = []  # (r, iy, ix, theta, phi, dy, dx) of the sources that get redrawn
     for i, (y2, x2) in enumerate(pos):
         others = np.delete(pos, i, axis=0)
         near = np.hypot(*(others - pos[i]).T).min() if len(others) else np.inf
         r = int(radius if near >= 2 * radius else math.floor(near / 2.0))
-        if r < REDRAW_MIN_RADIUS_2X:
-            continue
         iy, ix = int(round(y2)), int(round(x2))
-        y0, y1, x0, x1 = iy - r, iy + r + 1, ix - r, ix + r + 1
-        if y0 < 0 or x0 < 0 or y1 > H2 or x1 > W2:
-            continue
-        ry, rx = np.mgrid[-r:r + 1, -r:r + 1]
-        disc = (ry * ry + rx * rx <= r * r) & live[y0:y1, x0:x1]
-        flux = float(out[y0:y1, x0:x1][disc].sum())
-        if flux <= 0:
+        if r < REDRAW_MIN_RADIUS_2X or iy - r < 0 or ix - r < 0 or iy + r >= H2 or ix + r >= W2:
             continue
         # off-axis angle and azimuth of the source (1x pixel coordinates: (x2 - 0.5) / 2)
-        if axis is None:
-            theta, phi = 0.0, 0.0
-        else:
+        theta = phi = 0.0
+        if axis is not None:
             dy, dx = (y2 - 0.5) / 2.0 - axis[0], (x2 - 0.5) / 2.0 - axis[1]
             theta = math.hypot(dy, dx) * PIXEL_ARCSEC / 60.0
             phi = math.atan2(dy, dx) % math.pi
-        rc, alpha = _psf.king_params(theta)
-        # the halved PSF on the 2" grid: core radius rc / 2 arcsec = rc / 4 pixels
-        k = _king_windows([rc / 4.0], [alpha], [_psf.elongation(theta)], [phi], [y2 - iy],
-                          [x2 - ix], r)[0].reshape(2 * r + 1, 2 * r + 1)
-        k = np.where(disc, k, 0.0)
-        if k.sum() <= 0:
+        todo.append((r, iy, ix, theta, phi, y2 - iy, x2 - ix))
+    if not todo:
+        return out, 0
+    R = max(t[0] for t in todo)
+    rc, alpha = np.array([_psf.king_params(t[3]) for t in todo]).T
+    # the halved PSF on the 2" grid: core radius rc / 2 arcsec = rc / 4 pixels (one batch)
+    wins = _king_windows(rc / 4.0, alpha, [_psf.elongation(t[3]) for t in todo],
+                         [t[4] for t in todo], [t[5] for t in todo], [t[6] for t in todo],
+                         R).reshape(len(todo), 2 * R + 1, 2 * R + 1)
+    n = 0
+    for (r, iy, ix, *_), win in zip(todo, wins):
+        ry, rx = np.mgrid[-r:r + 1, -r:r + 1]
+        cut = out[iy - r:iy + r + 1, ix - r:ix + r + 1]
+        disc = (ry * ry + rx * rx <= r * r) & live[iy - r:iy + r + 1, ix - r:ix + r + 1]
+        k = np.where(disc, win[R - r:R + r + 1, R - r:R + r + 1], 0.0)
+        flux = float(cut[disc].sum())
+        if flux <= 0 or k.sum() <= 0:
             continue
-        cut = out[y0:y1, x0:x1]
         cut[disc] = (flux * k / k.sum())[disc]
         n += 1
     return out, n
