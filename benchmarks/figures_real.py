@@ -73,8 +73,8 @@ def decomposition_figure(obs, sr, path):
     c, e = obs.counts20, obs.exposure20
     rate = c / e * mask
     out = sr(rate, mask, e)
-    found = S.detect_sources(c, mask, e, out["points"], diffuse2=out["diffuse"], axis=AXIS_PIXEL,
-                             sky=fov_mask())
+    found = out["sources"] if "sources" in out else S.detect_sources(
+        c, mask, e, out["points"], diffuse2=out["diffuse"], axis=AXIS_PIXEL, sky=fov_mask())
     fig, axes = plt.subplots(1, 4, figsize=(16, 4.6))
     vmax = float(np.quantile(out["rate"][np.repeat(np.repeat(mask, 2, 0), 2, 1)] * 900, 0.997))
     _show(axes[0], rate, 4.0, vmax, f"input {e / 1e3:.0f} ks")
@@ -102,7 +102,8 @@ def main(argv=None):
     if not obs:
         print("no real images found (../shared/data/real-pn); nothing to do")
         return 0
-    sr = ev.onnx_predictor(a.sr, all_outputs=True)
+    # SR as the command line makes it: its source list, listed sources redrawn
+    sr = ev.pipeline_predictor(a.sr, all_outputs=True)
     dn = ev.onnx_predictor(a.dn, all_outputs=True)
     out = Path(a.outdir)
     out.mkdir(parents=True, exist_ok=True)
