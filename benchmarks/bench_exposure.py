@@ -126,7 +126,8 @@ def _flat_points(counts, exposure):
 
 
 def _check_sources(found, ref, held, th, mask):
-    """``[recovered, n_ref, n_listed, excluded, absent, testable, excluded20, testable20]`` of a
+    """``[recovered, n_ref, n_listed, excluded, absent, testable, excluded20, testable20,
+    excluded_t]`` of a
     source list against the independent photons ``held`` (exposure ``th``) and the full
     exposure's list ``ref``.
 
@@ -138,12 +139,12 @@ def _check_sources(found, ref, held, th, mask):
     * absent: excluded, and the 10" net counts themselves under 2 sigma of the background: the
       independent photons show no source there at all;
     * testable: listed sources whose flux could be excluded at all (``want`` above
-      ``3 sqrt(want + bkg + 1)``);
-    * excluded20, testable20: the same test in a 20" aperture (background 60-90"), which a
-      position error of 1-2" or the PSF core's shape hardly moves.
+      ``3 sqrt(want + bkg + 1)``), and excluded_t: those of them excluded;
+    * excluded20, testable20: the same two in a 20" aperture (background 60-90"), which a
+      position error of 1-2" or the PSF core's shape hardly moves (but a steep halo does).
     """
     rec = sum(any(np.hypot(d["y"] - r["y"], d["x"] - r["x"]) <= 2 for d in found) for r in ref)
-    exc = absent = test = exc20 = test20 = 0
+    exc = absent = test = exc_t = exc20 = test20 = 0
     for d in found:
         y, x = int(round(d["y"])), int(round(d["x"]))
         for r_ap, (r_in, r_out) in ((2.5, (8.0, 16.0)), (5.0, (15.0, 22.5))):
@@ -157,11 +158,12 @@ def _check_sources(found, ref, held, th, mask):
             if r_ap == 2.5:
                 test += limit > 0
                 exc += out
+                exc_t += out and limit > 0
                 absent += out and obs_n < 2 * np.sqrt(bk + 1.0)
             else:
                 test20 += limit > 0
-                exc20 += out
-    return np.array([rec, len(ref), len(found), exc, absent, test, exc20, test20])
+                exc20 += out and limit > 0
+    return np.array([rec, len(ref), len(found), exc, absent, test, exc20, test20, exc_t])
 
 
 def sr_tables(obs, fn, name):
@@ -244,8 +246,8 @@ def sr_tables(obs, fn, name):
                   f"absent {tot[4]}/{tot[2]} = {tot[4] / max(tot[2], 1):.3f}   per field "
                   + ", ".join(f"{k} {v[3]}/{v[4]}/{v[2]}" for k, v in t.items())
                   + " (excluded/absent/listed)")
-            print(f"      testable (10\"): excluded {tot[3]}/{tot[5]} = "
-                  f"{tot[3] / max(tot[5], 1):.3f}; 20\" aperture: excluded {tot[6]}/{tot[7]} "
+            print(f"      testable (10\"): excluded {tot[8]}/{tot[5]} = "
+                  f"{tot[8] / max(tot[5], 1):.3f}; 20\" aperture: excluded {tot[6]}/{tot[7]} "
                   f"testable = {tot[6] / max(tot[7], 1):.3f}, per field "
                   + ", ".join(f"{k} {v[6]}/{v[7]} = {v[6] / max(v[7], 1):.2f}"
                               for k, v in t.items()))
