@@ -251,6 +251,31 @@ def test_no_redraw_keeps_the_networks_points(tmp_path, v2_models):
         assert np.allclose(h["POINTS"].data, 0.9 * p, rtol=1e-3, atol=1e-30)
 
 
+def test_pipeline_predictor_returns_the_frame_and_its_sources(v2_models):
+    from xmm_enhance import evaluation as ev
+
+    rng = np.random.default_rng(21)
+    counts, _ = king_image(detector.PN_SHAPE, [(250.2, 170.7, 900.0), (150.0, 240.0, 300.0)],
+                           0.2, rng)
+    counts[~detector.detector_mask(corners=False)] = 0
+    T = 40e3
+    out = ev.pipeline_predictor(v2_models["SR"], all_outputs=True)(counts / T, None, T)
+    h, w = detector.PN_SHAPE
+    for k in ("rate", "points", "diffuse", "lo68", "hi68"):
+        assert out[k].shape == (2 * h, 2 * w)
+    assert np.allclose(out["points"] + out["diffuse"], out["rate"], rtol=1e-5, atol=1e-30)
+    # the sources on the frame's own grids (the pipeline pads to 416 x 416)
+    for y, x in ((250.2, 170.7), (150.0, 240.0)):
+        d = min(out["sources"], key=lambda e: np.hypot(e["y"] - y, e["x"] - x))
+        assert np.hypot(d["y"] - y, d["x"] - x) <= 0.75
+        assert d["y2"] == pytest.approx(2 * d["y"] + 0.5)
+        assert d["x2"] == pytest.approx(2 * d["x"] + 0.5)
+    # the prediction's flux sits where the input's does: peak of the rate at the bright source
+    cut = out["rate"][2 * 250 - 6:2 * 250 + 7, 2 * 170 - 6:2 * 170 + 7]
+    iy, ix = np.unravel_index(np.argmax(cut), cut.shape)
+    assert abs(iy - 6 - 1) <= 2 and abs(ix - 6 - 2) <= 2
+
+
 def test_aperture_scale_from_the_metadata_reaches_the_percentile_maps(tmp_path):
     d = tmp_path / "m"
     d.mkdir()
