@@ -459,8 +459,9 @@ def redraw_points(points2, sources, *, axis=None, live2=None, radius=REDRAW_RADI
     by a wider profile) is redrawn, within ``radius`` of its fitted position, as the halved
     King PSF of its off-axis angle and azimuth (core radius / 2, at the fitted sub-pixel
     position, pixel integrated), with the map's own counts within that disc: the flux stays,
-    the shape becomes the one the SR image promises. Outside the discs nothing changes. Discs of neighbouring
-    sources shrink to half their distance (none below ``REDRAW_MIN_RADIUS_2X``).
+    the shape becomes the one the SR image promises. Outside the discs nothing changes. Discs
+    of neighbouring sources shrink to half their distance (none below
+    ``REDRAW_MIN_RADIUS_2X``).
 
     Parameters
     ----------

@@ -70,10 +70,10 @@ def sr_loss(pred_rate, target_rate, mask, *, exposure=20e3, flux_weight=0.5, blo
     expected counts plus ``shape_ref``: a point source is a tiny share of a crop's mean KL, so
     without it the sharpening of sources is learnt slowly; in source-free crops the same term
     punishes any predicted counts (false sources). ``shape_scale`` (one factor per crop) weights
-    that term per crop: training uses ``max(1, T_in / 20 ks) ** p``, because a deeper input pins each
-    source's position and width down better, so a source drawn wider than half the PSF costs
-    more there (a held-out exposure as deep as the input would see the extra width at higher
-    significance).
+    that term per crop: training uses ``max(1, T_in / 20 ks) ** p``, because a deeper input
+    pins each source's position and width down better, so a source drawn wider than half the
+    PSF costs more there (a held-out exposure as deep as the input would see the extra width at
+    higher significance).
 
     Parameters
     ----------
