@@ -145,14 +145,16 @@ def _check_sources(found, ref, held, th, mask):
     """
     rec = sum(any(np.hypot(d["y"] - r["y"], d["x"] - r["x"]) <= 2 for d in found) for r in ref)
     exc = absent = test = exc_t = exc20 = test20 = 0
+    apertures = ((2.5, (8.0, 16.0)), (5.0, (15.0, 22.5)))
+    # pixels whose centre lies within each aperture radius (21 and 81)
+    n_pix = {r: int((np.hypot(*np.mgrid[-6:7, -6:7]) <= r).sum()) for r, _ in apertures}
     for d in found:
         y, x = int(round(d["y"])), int(round(d["x"]))
-        for r_ap, (r_in, r_out) in ((2.5, (8.0, 16.0)), (5.0, (15.0, 22.5))):
+        for r_ap, (r_in, r_out) in apertures:
             b = ev._annulus_mean(held, mask, y, x, r_in, r_out)
             obs_n = ev.aperture_flux(held, y, x, r_ap, background=b)
             want = d["rate"] * th * S.psf_fraction(d["y"], d["x"], r_ap, axis=AXIS_PIXEL)
-            n_pix = int(round(ev.aperture_flux(np.ones_like(held), y, x, r_ap)))
-            bk = b * n_pix
+            bk = b * n_pix[r_ap]
             limit = want - 3 * np.sqrt(want + bk + 1.0)
             out = obs_n < limit
             if r_ap == 2.5:

@@ -117,10 +117,11 @@ def gzip_member(raw) -> bytes:
     n = len(raw)
     chunks = [raw[i:i + GZIP_CHUNK] for i in range(0, n, GZIP_CHUNK)] or [raw]
 
+    mod = _isal if _isal is not None else zlib  # its flush constants
+
     def deflate(k):
         z = _deflater()
         last = k == len(chunks) - 1
-        mod = _isal if _isal is not None else zlib
         return z.compress(chunks[k]) + z.flush(mod.Z_FINISH if last else mod.Z_SYNC_FLUSH)
 
     if len(chunks) > 1:

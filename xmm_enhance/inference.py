@@ -282,35 +282,32 @@ class Model:
     def version(self) -> str:
         return self.meta.get("version", "")
 
+    def _positive(self, key: str) -> float | None:
+        """Metadata ``key`` as a finite positive number; None when absent or not one."""
+        try:
+            v = float(self.meta.get(key, ""))
+        except ValueError:
+            return None
+        return v if np.isfinite(v) and v > 0 else None
+
     @property
     def target_exposure(self) -> float | None:
         """Exposure (s) the prediction emulates; None for a noise-free target (or unknown)."""
-        try:
-            v = float(self.meta.get("target_exposure_ks", ""))
-        except ValueError:
-            return None
-        return v * 1e3 if np.isfinite(v) and v > 0 else None
+        v = self._positive("target_exposure_ks")
+        return None if v is None else v * 1e3
 
     @property
     def aperture_scale(self) -> float | None:
         """Scale ``c`` of the aperture rule (metadata ``aperture_interval_scale``): the 68 %
         interval of a sum over pixels is ``sum(rate) -+ c x sum(rate - lo68)`` / ``sum(hi68 -
         rate)``, calibrated on simulated 20" apertures (model card)."""
-        try:
-            v = float(self.meta.get("aperture_interval_scale", ""))
-        except ValueError:
-            return None
-        return v if np.isfinite(v) and v > 0 else None
+        return self._positive("aperture_interval_scale")
 
     @property
     def interval_scale(self) -> float | None:
         """Log-space widening of the graph's percentile maps about the rate (metadata
         ``pixel_interval_scale``, chosen on simulations; None when not stated)."""
-        try:
-            v = float(self.meta.get("pixel_interval_scale", ""))
-        except ValueError:
-            return None
-        return v if np.isfinite(v) and v > 0 else None
+        return self._positive("pixel_interval_scale")
 
     @property
     def takes_exposure(self) -> bool:
@@ -842,12 +839,15 @@ def enhance_image(img: InputImage, model: Model, *, sources: bool = True,
         pts, redrawn = redraw_points(maps["points"], found, axis=axis,
                                      live2=out_mask & (pred > 0))
         if redrawn:
-            new = pts + maps["diffuse"]
-            ratio = np.divide(new, pred, out=np.ones_like(new), where=pred > 0)
+            # only the redrawn pixels change (all have pred > 0, see live2)
+            idx = np.nonzero(pts != maps["points"])
+            new = pts[idx] + maps["diffuse"][idx]
+            ratio = new / pred[idx]
             for k in ("lo68", "hi68"):
                 if k in maps:
-                    maps[k] = (maps[k] * ratio).astype(np.float32)
-            maps["points"], pred = pts, new.astype(np.float32)
+                    maps[k][idx] *= ratio
+            maps["points"] = pts
+            pred[idx] = new
     return EnhanceResult(task=model.task, input_rate=rate, input_mask=mask, prediction=pred,
                          input_wcs=in_sky, output_wcs=out_sky, pad=(top, left), image=img,
                          model=model, extras=maps, sources=found, redrawn=redrawn)
