@@ -2,6 +2,7 @@
 
     python benchmarks/bench_calibration.py --dn D.onnx --sr S.onnx [--frames 12]
                                            [--exposures 10,20,50,100] [--seed 424242]
+                                           [--aperture-scale D,S --aperture-slope D,S]
 
 For exposure-aware models (recipe 2) on simulated frames never used in training or validation
 (seeds ``[seed, i]``), at each input exposure:
@@ -15,7 +16,11 @@ For exposure-aware models (recipe 2) on simulated frames never used in training 
   an upper bound) and as sum(rate) -+ sqrt(sum of the pixels' half-widths squared) (independent
   pixels: a lower bound); ``c68``: the scale ``c`` for which ``sum(rate) -+ c x (summed
   half-widths)`` covers 68 % of the apertures (the model card's aperture rule: choose ``c`` on
-  one seed, check it on another with ``--aperture-scale``); with ``--pixel-scales s1,s2,..``
+  one seed, check it on another with ``--aperture-scale`` and, for a scale that changes with
+  the exposure as the metadata ``aperture_interval_slope`` states, ``--aperture-slope``); the
+  "pixels>0" coverage is also
+  printed per simulated field kind (the pooled share is dominated by the frames with the most
+  emission pixels, clusters and remnants, so it moves from one draw of frames to the next); with ``--pixel-scales s1,s2,..``
   also the "pixels>0" and all-pixel coverage of the widened intervals
   ``rate x (lo68 / rate) ** s``, ``rate x (hi68 / rate) ** s`` (the network's interval is
   ``rate x exp(-+ width)`` in log space; a model exported with ``interval_scale = s`` writes
@@ -144,6 +149,12 @@ def source_list_scores(counts, mask, listed, out, exposure):
     return res, (false, len(found))
 
 
+def _scale_at(value, slope, exposure):
+    """A calibration scale at ``exposure`` (s): ``value + slope log10(exposure / 20 ks)``, as
+    the models' metadata ``*_interval_slope`` define it."""
+    return max(0.05, value + slope * np.log10(exposure / 20e3))
+
+
 def widened(out, s):
     """``out`` with its [lo68, hi68] widened by ``s`` in log space about the rate."""
     rate = np.maximum(out["rate"], 1e-30)
@@ -151,13 +162,16 @@ def widened(out, s):
             "hi68": rate * (np.maximum(out["hi68"] / rate, 1.0) ** s)}
 
 
-def run(dn, sr, frames, exposures, seed, aperture_scale=None, pixel_scales=(), pipeline=False):
+def run(dn, sr, frames, exposures, seed, aperture_scale=None, pixel_scales=(), pipeline=False,
+        aperture_slope=None):
     """Print the tables; returns {task: the aperture scale c covering 68 % over all exposures}.
 
-    ``aperture_scale``: {task: c} to check (coverage of m -+ c x summed half-widths);
+    ``aperture_scale``: {task: c} to check (coverage of m -+ c x summed half-widths), with
+    ``aperture_slope`` {task: its change per decade of exposure about 20 ks} as the model's
+    metadata ``aperture_interval_slope`` states it (coverage per exposure and over all);
     ``pixel_scales``: log-space widenings whose pixel coverage is printed too."""
     fov1, fov2 = fov_mask(), fov_mask(pn_grid(scale=2))
-    all_needs = {}
+    all_needs, all_cover = {}, {}
     for task, path in (("DN", dn), ("SR", sr)):
         if not path:
             continue
@@ -171,6 +185,7 @@ def run(dn, sr, frames, exposures, seed, aperture_scale=None, pixel_scales=(), p
                  else ""))
         for T in exposures:
             pix, srule, irule, needs, pos = [], [], [], [], []
+            by_kind = {}  # field kind: [pixels > 0 inside, their number, frames]
             wide = {w: ([], []) for w in pixel_scales}
             prow = []
             flat_max = 0.0
@@ -192,6 +207,10 @@ def run(dn, sr, frames, exposures, seed, aperture_scale=None, pixel_scales=(), p
                     truth, fov, px = obs.sr_target, fov2 & np.repeat(np.repeat(obs.mask, 2, 0),
                                                                      2, 1), 2.0
                 a, b, c, nd, ap = coverage(out, truth, fov, T, px)
+                k_ = by_kind.setdefault(obs.meta.get("kind", "?"), [0, 0, 0])
+                k_[0] += int(ap.sum())
+                k_[1] += ap.size
+                k_[2] += 1
                 for w in pixel_scales:
                     wa, _, _, _, wp = coverage(widened(out, w), truth, fov, T, px)
                     wide[w][0].append(wa)
@@ -218,10 +237,15 @@ def run(dn, sr, frames, exposures, seed, aperture_scale=None, pixel_scales=(), p
             nd = np.concatenate(needs)
             c68 = float(np.quantile(nd, 0.68))
             all_needs.setdefault(task, []).append(nd)
+            if aperture_scale and task in aperture_scale:
+                c_t = _scale_at(aperture_scale[task], (aperture_slope or {}).get(task, 0.0), T)
+                all_cover.setdefault(task, []).append(nd <= c_t)
             line = (f"{T / 1e3:7.0f}ks {np.concatenate(pix).mean():8.3f} "
                     f"{np.concatenate(pos).mean():8.3f} "
                     f"{np.concatenate(srule).mean():8.3f} {np.concatenate(irule).mean():8.3f}"
                     f"  c68 {c68:5.2f}")
+            if aperture_scale and task in aperture_scale:
+                line += f" (c {c_t:.3f}: {np.mean(nd <= c_t):.3f})"
             if task == "SR":
                 pr = np.array(prow).reshape(-1, 4)
                 # sources of >= 100 counts within 20" at T that outshine the diffuse emission
@@ -236,14 +260,18 @@ def run(dn, sr, frames, exposures, seed, aperture_scale=None, pixel_scales=(), p
                          f"  {comp[20.0][0]:4d}/{comp[20.0][1]:<4d} {comp[50.0][0]:4d}/"
                          f"{comp[50.0][1]:<4d} {fal[0]:3d}/{fal[1]}")
             print(line, flush=True)
+            print("   pixels>0 by field kind: " + ", ".join(
+                f"{k} {v[0] / max(v[1], 1):.3f} ({v[2]} fr, {v[1]} px)"
+                for k, v in sorted(by_kind.items())), flush=True)
             for w in pixel_scales:
                 print(f"   widened x{w:<4g} pixels {np.concatenate(wide[w][0]).mean():6.3f} "
                       f"pixels>0 {np.concatenate(wide[w][1]).mean():6.3f}", flush=True)
         nd = np.concatenate(all_needs[task])
         msg = f"  20\" apertures: c68 over all exposures {np.quantile(nd, 0.68):.3f}"
         if aperture_scale and task in aperture_scale:
-            c = aperture_scale[task]
-            msg += f"; coverage with c = {c:.3f}: {np.mean(nd <= c):.3f}"
+            msg += (f"; coverage with c = {aperture_scale[task]:.3f} (slope "
+                    f"{(aperture_slope or {}).get(task, 0.0):g}): "
+                    f"{np.concatenate(all_cover[task]).mean():.3f}")
         print(msg)
     return {t: float(np.quantile(np.concatenate(v), 0.68)) for t, v in all_needs.items()}
 
@@ -257,6 +285,9 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=424242)
     ap.add_argument("--aperture-scale", default=None,
                     help="DN,SR scales c of the summed half-widths to check (e.g. 0.4,0.3)")
+    ap.add_argument("--aperture-slope", default=None,
+                    help="DN,SR change of those scales per decade of exposure about 20 ks "
+                         "(metadata aperture_interval_slope; default 0,0)")
     ap.add_argument("--pixel-scales", default="",
                     help="log-space interval widenings to print pixel coverage for (e.g. 1.2,1.4)")
     ap.add_argument("--pipeline", action="store_true",
@@ -267,8 +298,12 @@ def main(argv=None):
     if a.aperture_scale:
         d, s_ = (float(v) for v in a.aperture_scale.split(","))
         scale = {"DN": d, "SR": s_}
+    slope = None
+    if a.aperture_slope:
+        d, s_ = (float(v) for v in a.aperture_slope.split(","))
+        slope = {"DN": d, "SR": s_}
     run(a.dn, a.sr, a.frames, [float(v) * 1e3 for v in a.exposures.split(",")], a.seed, scale,
-        [float(v) for v in a.pixel_scales.split(",") if v.strip()], a.pipeline)
+        [float(v) for v in a.pixel_scales.split(",") if v.strip()], a.pipeline, slope)
     return 0
 
 

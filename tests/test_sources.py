@@ -288,6 +288,29 @@ def test_aperture_scale_from_the_metadata_reaches_the_percentile_maps(tmp_path):
         assert "APERSCAL" not in h[0].header
 
 
+def test_exposure_dependent_calibration_scales_reach_the_headers(tmp_path):
+    # slopes per decade of exposure about 20 ks: at 200 ks (one decade up) c = 0.42 + 0.1 and
+    # the pixel widening 1.2 - 0.3; the header states the values at the file's exposure
+    d = tmp_path / "m"
+    d.mkdir()
+    model = inference.load_model("DN", exposure_aware(
+        d / "dn.onnx", "DN", aperture_interval_scale="0.42", aperture_interval_slope="0.1",
+        pixel_interval_scale="1.2", pixel_interval_slope="-0.3"))
+    assert model.aperture_scale_at(200e3) == pytest.approx(0.52)
+    assert model.interval_scale_at(2e3) == pytest.approx(1.5)
+    assert model.aperture_scale_at(None) == 0.42  # no exposure: the 20 ks value
+    assert model.interval_scale_at(2e9) == 0.25  # the graph's floor
+    path = _point_image(tmp_path / "obs.fits", 200e3)
+    res = inference.enhance_file(path, "DN", model=model)
+    with fits.open(res["predict"]) as h:
+        assert h["LO68"].header["APERSCAL"] == pytest.approx(0.52)
+        assert h["HI68"].header["INTSCALE"] == pytest.approx(0.9)
+    # without slopes the scales are the same at every exposure
+    flat = inference.load_model("DN", exposure_aware(
+        d / "dn2.onnx", "DN", aperture_interval_scale="0.42", pixel_interval_slope="nan"))
+    assert flat.aperture_scale_at(200e3) == 0.42 and flat.interval_scale_at(200e3) is None
+
+
 def test_dn_output_has_percentile_maps(tmp_path, v2_models):
     path = _point_image(tmp_path / "obs.fits", 60e3)
     with warnings.catch_warnings():

@@ -389,6 +389,33 @@ def test_interval_scale_widens_the_percentiles_in_log_space_and_reaches_the_grap
     assert np.allclose(got[2], wide["hi68"].numpy(), rtol=1e-4)
 
 
+def test_interval_slope_makes_the_widening_depend_on_the_exposure_in_the_graph(tmp_path):
+    import onnxruntime as ort
+
+    net = _v2(1)
+    with torch.no_grad():
+        net.qhead[-1].weight.normal_(0, 0.05, generator=torch.Generator().manual_seed(5))
+    rate, mask = _inputs(n=1)
+    net.interval_scale, net.interval_slope = 0.9, 0.2
+    path = export_onnx(net, tmp_path / "s.onnx", metadata={"task": "DN"})
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for T in (10e3, 20e3, 100e3):
+        with torch.no_grad():
+            net.interval_slope = 0.0
+            net.interval_scale = 1.0
+            one = net.outputs(rate, mask, exposure=torch.tensor([T]))
+            net.interval_scale, net.interval_slope = 0.9, 0.2
+            got_t = net.outputs(rate, mask, exposure=torch.tensor([T]))
+        k = 0.9 + 0.2 * np.log10(T / 20e3)
+        r = one["rate"]
+        assert torch.allclose(got_t["lo68"], r * (one["lo68"] / r) ** k, rtol=1e-4)
+        assert torch.allclose(got_t["hi68"], r * (one["hi68"] / r) ** k, rtol=1e-4)
+        got = sess.run(None, {"rate": rate.numpy(), "mask": mask.numpy(),
+                              "exposure": np.array([T], np.float32)})
+        assert np.allclose(got[1], got_t["lo68"].numpy(), rtol=1e-4)
+        assert np.allclose(got[2], got_t["hi68"].numpy(), rtol=1e-4)
+
+
 @pytest.mark.parametrize("scale", [1, 2])
 def test_v2_onnx_export_takes_the_exposure_and_matches_torch(tmp_path, scale):
     import onnxruntime as ort

@@ -60,6 +60,9 @@ OBS_KEYS = ("TELESCOP", "INSTRUME", "OBS_ID", "EXP_ID", "EXPIDSTR", "OBJECT", "O
 REQUIRED_META = ("task", "scale", "version")
 #: Input pixel size the models were trained for (arcsec) and the relative tolerance accepted.
 PIXEL_ARCSEC = 4.0
+#: Exposure (s) about which the metadata's ``*_interval_slope`` calibrations change (the
+#: networks' reference exposure, ``training.net.EXPOSURE_REF``).
+CALIBRATION_REF_EXPOSURE = 20e3
 PIXEL_TOLERANCE = 0.03
 #: Keywords that only this tool's outputs carry (with ``MODEL``, ``SOFTVER``, ``INFILE``).
 PROVENANCE_KEYS = ("MODELSHA", "MODELVER", "INEXPO")
@@ -306,8 +309,37 @@ class Model:
     @property
     def interval_scale(self) -> float | None:
         """Log-space widening of the graph's percentile maps about the rate (metadata
-        ``pixel_interval_scale``, chosen on simulations; None when not stated)."""
+        ``pixel_interval_scale``, chosen on simulations; None when not stated), at 20 ks."""
         return self._positive("pixel_interval_scale")
+
+    def _slope(self, key: str) -> float:
+        """Metadata ``key`` as a finite number (a calibration's change per decade of exposure);
+        0 when absent or not one."""
+        try:
+            v = float(self.meta.get(key, ""))
+        except ValueError:
+            return 0.0
+        return v if np.isfinite(v) else 0.0
+
+    def _at_exposure(self, value: float | None, slope_key: str, exposure: float | None,
+                     floor: float) -> float | None:
+        """``value + slope log10(exposure / 20 ks)`` (at least ``floor``), the slope from the
+        metadata ``slope_key``; ``value`` itself without a slope or an exposure."""
+        slope = self._slope(slope_key)
+        if value is None or not slope or not exposure or exposure <= 0:
+            return value
+        return max(floor, value + slope * math.log10(exposure / CALIBRATION_REF_EXPOSURE))
+
+    def aperture_scale_at(self, exposure: float | None) -> float | None:
+        """:attr:`aperture_scale` at input ``exposure`` (s): metadata
+        ``aperture_interval_slope`` is its change per decade of exposure about 20 ks."""
+        return self._at_exposure(self.aperture_scale, "aperture_interval_slope", exposure, 0.05)
+
+    def interval_scale_at(self, exposure: float | None) -> float | None:
+        """:attr:`interval_scale` at input ``exposure`` (s), as the graph applies it: metadata
+        ``pixel_interval_slope`` is its change per decade of exposure about 20 ks (the graph's
+        floor is 0.25)."""
+        return self._at_exposure(self.interval_scale, "pixel_interval_slope", exposure, 0.25)
 
     @property
     def takes_exposure(self) -> bool:
@@ -1109,7 +1141,8 @@ def write_outputs(res: EnhanceResult, *, outdir: Path | None = None, overwrite: 
     for key, name in EXTRA_OUTPUTS.items():
         if key in res.extras:
             pred.append(_image_extension(res.extras[key], name, h_out,
-                                         res.model.aperture_scale, res.model.interval_scale))
+                                         res.model.aperture_scale_at(res.image.exposure),
+                                         res.model.interval_scale_at(res.image.exposure)))
     items = [(fits.HDUList([fits.PrimaryHDU(res.input_rate, h_in)]), p_in), (pred, p_pred)]
     if res.sources is not None:
         from .sources import region_text

@@ -59,6 +59,8 @@ __all__ = ["GaussianSmooth", "UNet", "EnhanceNet", "count_parameters", "position
 
 #: Floor (counts per input pixel at the input exposure) under the log of the baselines.
 COUNT_FLOOR = 1e-3
+#: Smallest log-space widening of the percentile maps an exposure-dependent calibration gives.
+INTERVAL_SCALE_MIN = 0.25
 #: Reference exposure (s) of the exposure channel ``log10(T / EXPOSURE_REF)``.
 EXPOSURE_REF = 20e3
 #: Initial bias of the quantile head: softplus(-1.0) = 0.31, a +-30 % band (log).
@@ -197,8 +199,12 @@ class EnhanceNet(nn.Module):
         ss = scale * scale
         self.uncertainty = bool(uncertainty)
         #: log-space widening of [lo68, hi68] about the rate (not trained: a calibration set at
-        #: export, ``export_task(interval_scale=)``; 1 = the trained percentiles)
+        #: export, ``export_task(interval_scale=)``; 1 = the trained percentiles) at the
+        #: reference exposure, and its change per decade of exposure (``interval_slope``): the
+        #: widening at input exposure T is ``max(INTERVAL_SCALE_MIN, interval_scale +
+        #: interval_slope log10(T / EXPOSURE_REF))``
         self.interval_scale = 1.0
+        self.interval_slope = 0.0
         if self.uncertainty:
             # [a (ss sub-pixels), b (ss sub-pixels)] on the 1x grid, from the features and the
             # rate head's output; starts at a +-30 % band
@@ -305,6 +311,9 @@ class EnhanceNet(nn.Module):
             ss = self.scale * self.scale
             a, b = self._shuffle(q[:, :ss]), self._shuffle(q[:, ss:])
             k = self.interval_scale
+            if self.interval_slope:
+                k = torch.clamp(k + self.interval_slope * torch.log10(T / EXPOSURE_REF),
+                                min=INTERVAL_SCALE_MIN)
             out["lo68"] = torch.exp(logc - k * F.softplus(a)) / T
             out["hi68"] = torch.exp(torch.clamp(logc + k * F.softplus(b), max=30.0)) / T
         if self.decompose:

@@ -274,18 +274,20 @@ def _save(path, obj):
 
 
 def export_task(task, cfg, ckpt_dir, out_dir, *, extra_metrics=None, which="best",
-                interval_scale=1.0):
+                interval_scale=1.0, interval_slope=0.0):
     """Export the ``best`` (or ``last`` EMA) weights of ``task`` to ``out_dir``; returns the path.
 
     ``interval_scale``: widen the percentile maps about the rate by this factor in log space
     (a calibration chosen on simulations, ``bench_calibration.py --pixel-scales``); stored as
-    the metadata ``pixel_interval_scale``."""
+    the metadata ``pixel_interval_scale``; ``interval_slope``: its change per decade of input
+    exposure about 20 ks (metadata ``pixel_interval_slope``)."""
     ckpt_dir = Path(ckpt_dir)
     st = torch.load(ckpt_dir / f"{task}_{which}.pt", map_location="cpu", weights_only=False)
     cfg = {**cfg, **LEGACY, **st.get("cfg", {})}
     net = make_net(task, cfg)
     net.load_state_dict(st["ema"])
     net.interval_scale = float(interval_scale)
+    net.interval_slope = float(interval_slope)
     from ..simulate.instrument import SIM_VERSION
 
     metrics = {"simulated_validation": st.get("val", {}), "step": st.get("step")}
@@ -309,6 +311,7 @@ def export_task(task, cfg, ckpt_dir, out_dir, *, extra_metrics=None, which="best
     }
     if getattr(net, "uncertainty", False):
         meta["pixel_interval_scale"] = f"{float(interval_scale):g}"
+        meta["pixel_interval_slope"] = f"{float(interval_slope):g}"
     return export_onnx(net, Path(out_dir) / MODEL_NAMES[task], metadata=meta)
 
 
@@ -542,6 +545,9 @@ def main(argv=None):
     ap.add_argument("--interval-scale", type=float, default=1.0,
                     help="with --export-only: widen LO68/HI68 about the rate by this factor in "
                     "log space (calibration chosen on simulations; default 1)")
+    ap.add_argument("--interval-slope", type=float, default=0.0,
+                    help="with --export-only: change of --interval-scale per decade of input "
+                    "exposure about 20 ks (default 0: the same at every exposure)")
     ap.add_argument("--export-only", action="store_true",
                     help="export the best checkpoint and exit")
     a = ap.parse_args(argv)
@@ -552,7 +558,7 @@ def main(argv=None):
                                   logging.StreamHandler(sys.stderr)])
     if a.export_only:
         print(export_task(a.task, DEFAULTS, a.ckpt_dir, a.out, which=a.which,
-                          interval_scale=a.interval_scale))
+                          interval_scale=a.interval_scale, interval_slope=a.interval_slope))
         return 0
     over = {}
     if a.total_steps:
