@@ -58,8 +58,9 @@ V2_SR7_STEPS := 7002
 # x1.3 in log space at export (chosen on simulations, see the model card)
 V2_SR_STEPS ?= 10487
 TRAIN_ON := $(VPY) -m xmm_enhance.training.train --out models/
+# aperture rule's scale at 20 ks and (optional) its change per decade of exposure
 META := $(VPY) -c "import sys; from xmm_enhance.training.export import update_metadata as u; \
-	u(sys.argv[1], {'aperture_interval_scale': sys.argv[2]})"
+	u(sys.argv[1], dict(zip(['aperture_interval_scale', 'aperture_interval_slope'], sys.argv[2:])))"
 models: $(VENV)/.train
 	$(TRAIN) --ckpt-dir runs/checkpoints --task DN --total-steps 10000 --steps 7000 $(V1) --no-export
 	$(TRAIN) --ckpt-dir runs/checkpoints --task SR --refine 0 --total-steps 24000 --steps 20740 \
@@ -77,8 +78,10 @@ models: $(VENV)/.train
 	  --steps 4406 --total-steps 6000 --lr 2.5e-4 --lr-min 2e-5 $(V1) \
 	  --init-from runs/checkpoints/SR_pos/SR_last.pt --no-export
 	$(TRAIN) --ckpt-dir runs/checkpoints/DN_v2 --task DN --steps $(V2_DN_STEPS) --total-steps 8000 \
-	  --lr 3e-4 --lr-min 2e-5 --init-from runs/checkpoints/DN_best.pt
-	$(META) models/XMM-DeNoise.onnx 0.85
+	  --lr 3e-4 --lr-min 2e-5 --init-from runs/checkpoints/DN_best.pt --no-export
+	$(TRAIN_ON) --ckpt-dir runs/checkpoints/DN_v2 --task DN --export-only --which best \
+	  --interval-scale 0.92 --interval-slope 0.12
+	$(META) models/XMM-DeNoise.onnx 0.9 -0.18
 	$(TRAIN) --ckpt-dir runs/checkpoints/SR_v2 --task SR --steps $(V2_SR_PLAIN_STEPS) \
 	  --total-steps 8000 --lr 2.5e-4 --lr-min 2e-5 --init-from runs/checkpoints/SR_align/SR_best.pt \
 	  --decompose-point-weight 0 --shape-expo-power 0 --no-export

@@ -18,11 +18,11 @@ For exposure-aware models (recipe 2) on simulated frames never used in training 
   half-widths)`` covers 68 % of the apertures (the model card's aperture rule: choose ``c`` on
   one seed, check it on another with ``--aperture-scale`` and, for a scale that changes with
   the exposure as the metadata ``aperture_interval_slope`` states, ``--aperture-slope``); the
-  "pixels>0" coverage is also
-  printed per simulated field kind (the pooled share is dominated by the frames with the most
-  emission pixels, clusters and remnants, so it moves from one draw of frames to the next); with ``--pixel-scales s1,s2,..``
-  also the "pixels>0" and all-pixel coverage of the widened intervals
-  ``rate x (lo68 / rate) ** s``, ``rate x (hi68 / rate) ** s`` (the network's interval is
+  "pixels>0" coverage is also printed per simulated field kind (the pooled share is dominated
+  by the frames with the most emission pixels, clusters and remnants, so it moves from one
+  draw of frames to the next); with ``--pixel-scales s1,s2,..`` also the "pixels>0" and
+  all-pixel coverage of the widened intervals ``rate x (lo68 / rate) ** s``,
+  ``rate x (hi68 / rate) ** s`` and their apertures' ``c68`` (the network's interval is
   ``rate x exp(-+ width)`` in log space; a model exported with ``interval_scale = s`` writes
   exactly these), to choose ``s`` on one seed and check it on another;
 * SR **decomposition**: in 20" apertures around the simulated point sources (down to 5 counts
@@ -186,7 +186,7 @@ def run(dn, sr, frames, exposures, seed, aperture_scale=None, pixel_scales=(), p
         for T in exposures:
             pix, srule, irule, needs, pos = [], [], [], [], []
             by_kind = {}  # field kind: [pixels > 0 inside, their number, frames]
-            wide = {w: ([], []) for w in pixel_scales}
+            wide = {w: ([], [], []) for w in pixel_scales}
             prow = []
             flat_max = 0.0
             comp = {20.0: [0, 0], 50.0: [0, 0]}
@@ -212,9 +212,10 @@ def run(dn, sr, frames, exposures, seed, aperture_scale=None, pixel_scales=(), p
                 k_[1] += ap.size
                 k_[2] += 1
                 for w in pixel_scales:
-                    wa, _, _, _, wp = coverage(widened(out, w), truth, fov, T, px)
+                    wa, _, _, wn, wp = coverage(widened(out, w), truth, fov, T, px)
                     wide[w][0].append(wa)
                     wide[w][1].append(wp)
+                    wide[w][2].append(wn)
                 if task == "SR":
                     prow += point_fluxes(out, obs.sr_target, obs.sr_diffuse, obs.meta, T)
                     r, f = source_list_scores(counts, obs.mask, listed, out, T)
@@ -265,7 +266,9 @@ def run(dn, sr, frames, exposures, seed, aperture_scale=None, pixel_scales=(), p
                 for k, v in sorted(by_kind.items())), flush=True)
             for w in pixel_scales:
                 print(f"   widened x{w:<4g} pixels {np.concatenate(wide[w][0]).mean():6.3f} "
-                      f"pixels>0 {np.concatenate(wide[w][1]).mean():6.3f}", flush=True)
+                      f"pixels>0 {np.concatenate(wide[w][1]).mean():6.3f} "
+                      f"20in c68 {np.quantile(np.concatenate(wide[w][2]), 0.68):5.2f}",
+                      flush=True)
         nd = np.concatenate(all_needs[task])
         msg = f"  20\" apertures: c68 over all exposures {np.quantile(nd, 0.68):.3f}"
         if aperture_scale and task in aperture_scale:
