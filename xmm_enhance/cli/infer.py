@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "each input (or in --outdir).")
     p.add_argument("filein", nargs="+", type=Path, help="input image(s) (FITS, .gz allowed)")
     p.add_argument("--which", required=True, choices=("SR", "DN"), type=str.upper,
-                   help="SR: 2x super-resolution; DN: de-noising (the expected rate a much deeper exposure would show); any case")
+                   help="SR: 2x super-resolution; DN: de-noising (the expected rate a much "
+                        "deeper exposure would show); any case")
     p.add_argument("--display", action="store_true", help="show input and prediction")
     p.add_argument("--png", action="store_true", help="write a quick-look PNG per input")
     p.add_argument("--outdir", type=Path,
