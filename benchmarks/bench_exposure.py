@@ -125,7 +125,7 @@ def _flat_points(counts, exposure):
     return np.repeat(np.repeat(counts, 2, 0), 2, 1) / 4.0 / exposure
 
 
-def _check_sources(found, ref, held, th, mask):
+def _check_sources(found, ref, held, th, mask, detail=None):
     """``[recovered, n_ref, n_listed, excluded, absent, testable, excluded20, testable20,
     excluded_t]`` of a
     source list against the independent photons ``held`` (exposure ``th``) and the full
@@ -142,6 +142,8 @@ def _check_sources(found, ref, held, th, mask):
       ``3 sqrt(want + bkg + 1)``), and excluded_t: those of them excluded;
     * excluded20, testable20: the same two in a 20" aperture (background 60-90"), which a
       position error of 1-2" or the PSF core's shape hardly moves (but a steep halo does).
+
+    ``detail``, a list, gets ``(want, obs_n, limit)`` of each listed source's 10" test.
     """
     rec = sum(any(np.hypot(d["y"] - r["y"], d["x"] - r["x"]) <= 2 for d in found) for r in ref)
     exc = absent = test = exc_t = exc20 = test20 = 0
@@ -158,6 +160,8 @@ def _check_sources(found, ref, held, th, mask):
             limit = want - 3 * np.sqrt(want + bk + 1.0)
             out = obs_n < limit
             if r_ap == 2.5:
+                if detail is not None:
+                    detail.append((float(want), float(obs_n), float(limit)))
                 test += limit > 0
                 exc += out
                 exc_t += out and limit > 0
@@ -168,13 +172,28 @@ def _check_sources(found, ref, held, th, mask):
     return np.array([rec, len(ref), len(found), exc, absent, test, exc20, test20, exc_t])
 
 
+def _print_exclusion_bins(detail):
+    """Testable 10" tests by the counts the list predicts in the independent photons: which
+    sources are excluded (faint ones point to flux bias, bright ones to the PSF model or
+    variability), and the independent over the predicted counts of the excluded ones."""
+    d = np.array(detail, float).reshape(-1, 3)
+    d = d[d[:, 2] > 0]
+    parts = []
+    for lo, hi in ((0, 50), (50, 200), (200, np.inf)):
+        b = d[(d[:, 0] >= lo) & (d[:, 0] < hi)]
+        out = b[b[:, 1] < b[:, 2]]
+        med = f", observed/predicted {np.median(out[:, 1] / out[:, 0]):.2f}" if len(out) else ""
+        parts.append(f"{lo:g}-{hi:g} counts {len(out)}/{len(b)}{med}")
+    print("      testable (10\") by predicted independent counts: " + "; ".join(parts))
+
+
 def sr_tables(obs, fn, name):
     mask = detector_mask()
     fov = fov_mask()
     print(f"\nSR {name} on real point sources")
     sel = {o.obsid: ev.select_real_point_sources(o, mask) for o in obs}
     for which in ("20ks", "50ks"):
-        rows, faint, tally, scales = [], [], {}, []
+        rows, faint, tally, scales, details = [], [], {}, [], {}
         for o in obs:
             c, e = _split(o, which)
             rate = c / e * mask
@@ -227,7 +246,8 @@ def sr_tables(obs, fn, name):
                                        ratio_full / (e20 / e40)))
                 for name_, lst in (("SR", found), ("plain", plain)):
                     t = tally.setdefault(name_, {})
-                    t[o.obsid] = _check_sources(lst, ref, full - c, o.exposure_full - e, mask)
+                    t[o.obsid] = _check_sources(lst, ref, full - c, o.exposure_full - e, mask,
+                                                details.setdefault(name_, []))
         fw = np.median([r["fwhm_ratio"] for r in rows]) if rows else np.nan
         fl = np.median([r["flux_ratio"] for r in rows]) if rows else np.nan
         line = (f"  {which}: bright isolated ({len(rows)}) FWHM ratio {fw:.3f} flux 20/40 "
@@ -253,6 +273,7 @@ def sr_tables(obs, fn, name):
                   f"testable = {tot[6] / max(tot[7], 1):.3f}, per field "
                   + ", ".join(f"{k} {v[6]}/{v[7]} = {v[6] / max(v[7], 1):.2f}"
                               for k, v in t.items()))
+            _print_exclusion_bins(details.get(name_, []))
 
 
 def main(argv=None):
