@@ -55,7 +55,8 @@ V2_SR_POINT_STEPS := 4823
 V2_SR7_STEPS := 7002
 # session 8: from 7002 the SR shape term weighted per crop by max(1, T_in / 20 ks) (an 11500-step
 # schedule to 7292, then a 13000-step one); bundled: step 10487, its percentile maps widened
-# x1.3 in log space at export (chosen on simulations, see the model card)
+# x1.3 in log space at export (chosen on simulations, see the model card); session 10 ran it on
+# to 13000 and kept 10487 (a POINTS clump above the flat-field bar at 50 ks)
 V2_SR_STEPS ?= 10487
 TRAIN_ON := $(VPY) -m xmm_enhance.training.train --out models/
 # aperture rule's scale at 20 ks and (optional) its change per decade of exposure
