@@ -13,11 +13,13 @@ from onnx_graphs import exposure_aware  # noqa: E402
 from test_inference import make_image  # noqa: E402
 
 
-def king_image(shape, sources_, bkg, rng, *, theta=0.0):
+def king_image(shape, sources_, bkg, rng, *, theta=0.0, rc_scale=1.0):
     """Counts with King-profile point sources ``(y, x, counts)`` on a flat background; the PSF
     comes from the simulator's ``psf.king_kernel`` (not from the code under test), sampled on a
-    4x finer grid and binned, so sub-pixel positions are exact."""
+    4x finer grid and binned, so sub-pixel positions are exact. ``rc_scale`` scales the core
+    radius (an observation whose PSF differs from the model)."""
     rc, alpha = psf.king_params(theta)
+    rc *= rc_scale
     k = psf.king_kernel(rc / 1.0, alpha, 96)  # 1" sub-pixels, radius 96"
     lam = np.full((shape[0] * 4, shape[1] * 4), bkg / 16.0)
     for y, x, n in sources_:
@@ -154,6 +156,64 @@ def test_redraw_keeps_the_flux_and_draws_the_halved_psf():
     assert sources.redraw_points(wide, [{"y2": 2.0, "x2": 50.0}])[1] == 0
 
 
+def test_gaussian_fwhm_matches_the_scipy_fit():
+    from xmm_enhance import evaluation as ev
+
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[:13, :13]
+    cuts, want = [], []
+    for s in (0.9, 1.4, 2.2):
+        lam = 300.0 * np.exp(-((yy - 6.3) ** 2 + (xx - 5.6) ** 2) / (2 * s * s)) + 1.5
+        cuts += [lam, rng.poisson(lam).astype(float)]
+        want.append(2.3548 * s)
+    got = sources.gaussian_fwhm(np.array(cuts))
+    assert got[::2] == pytest.approx(want, rel=1e-4)  # noise-free: the width itself
+    ref = [ev.fit_fwhm(c, 6, 6, half_width=6) for c in cuts[1::2]]
+    assert got[1::2] == pytest.approx(ref, rel=1e-3)  # noisy: the same least-squares answer
+
+
+@pytest.mark.parametrize("rc_scale", [0.8, 1.0, 1.2])
+def test_psf_core_scale_tracks_the_observations_own_psf(rc_scale):
+    rng = np.random.default_rng(8)
+    pos = [(30.0 + 40 * i + 0.3 * j, 30.0 + 40 * j - 0.2 * i, 2500.0)
+           for i in range(4) for j in range(4)]
+    counts, _ = king_image((180, 180), pos, 0.3, rng, rc_scale=rc_scale)
+    listed = [{"y": y, "x": x, "fit_counts": n, "bkg": 0.3} for y, x, n in pos]
+    scale, n = sources.psf_core_scale(counts, np.ones(counts.shape, bool), listed, 50e3)
+    assert n == sources.PSF_SCALE_MAX_SOURCES  # the brightest, at most this many
+    # shrunk towards the model by its prior, but on the side of the truth
+    if rc_scale == 1.0:
+        assert scale == pytest.approx(1.0, abs=0.03)
+    else:
+        assert 0.0 < (scale - 1.0) / (rc_scale - 1.0) <= 1.1
+        assert abs(scale - 1.0) >= 0.4 * abs(rc_scale - 1.0)
+    # faint, crowded, piled-up or cut sources are not used: the model stays
+    faint = [dict(d, fit_counts=100.0) for d in listed]
+    assert sources.psf_core_scale(counts, np.ones(counts.shape, bool), faint, 50e3) == (1.0, 0)
+    piled = [dict(d, fit_counts=2500.0) for d in listed]
+    assert sources.psf_core_scale(counts, np.ones(counts.shape, bool), piled, 1e3) == (1.0, 0)
+    crowd = [dict(d, y=d["y"] + 20 * k) for k in (0, 0.5) for d in listed[:1]]
+    assert sources.psf_core_scale(counts, np.ones(counts.shape, bool), crowd, 50e3) == (1.0, 0)
+    edge = np.ones(counts.shape, bool)
+    for y, x, _ in pos:
+        edge[int(round(y)), int(round(x)) + 3] = False
+    assert sources.psf_core_scale(counts, edge, listed, 50e3) == (1.0, 0)
+
+
+def test_redraw_with_a_core_scale_draws_that_psf_halved():
+    from xmm_enhance import evaluation as ev
+
+    yy, xx = np.mgrid[:120, :120]
+    wide = 1e-3 * np.exp(-((yy - 60.0) ** 2 + (xx - 50.0) ** 2) / (2 * 2.0 ** 2)) + 1e-7
+    rc, alpha = psf.king_params(0.0)
+    for scale in (0.85, 1.15):
+        new, n = sources.redraw_points(wide, [{"y2": 60.0, "x2": 50.0}], core_scale=scale)
+        want = ev.fit_fwhm(psf.king_kernel(scale * rc / 4.0, alpha, 12), 12, 12, half_width=8)
+        assert n == 1 and ev.fit_fwhm(new, 60, 50, half_width=8) == pytest.approx(want, rel=0.03)
+        disc = (yy - 60) ** 2 + (xx - 50) ** 2 <= sources.REDRAW_RADIUS_2X ** 2
+        assert new[disc].sum() == pytest.approx(wide[disc].sum(), rel=1e-5)
+
+
 def test_region_text_has_one_fk5_circle_per_source():
     text = sources.region_text([10.5, 11.25], [-3.0, 2.125])
     lines = text.splitlines()
@@ -214,6 +274,8 @@ def test_sr_output_contract(tmp_path, v2_models):
             t = h["SOURCES"].data
             # each listed source redrawn with the halved PSF (the stand-in draws it wide)
             assert h[0].header["PTREDRAW"] == len(t) >= 2
+            # the redraw's PSF core scale and what it was measured on (1.0 from too few counts)
+            assert 0.8 <= h[0].header["PSFSCALE"] <= 1.25 and h[0].header["PSFNSRC"] >= 0
             assert list(t.columns.names)[:8] == ["RA", "DEC", "X", "Y", "RATE", "RATE_ERR",
                                                  "COUNTS", "COUNTS_ERR"]
             assert "SIGNIF" in t.columns.names and np.all(t["SIGNIF"] > 0)

@@ -709,7 +709,8 @@ def pipeline_predictor(path, which="SR", *, threads=None, redraw=True, all_outpu
     and, with ``redraw``, the listed sources redrawn) on one pn-grid frame, as
     :func:`onnx_predictor` returns it (maps cropped to the frame; ``mask`` is not used, the
     pipeline derives its own from the counts). ``all_outputs`` adds ``sources`` (padded-grid
-    positions shifted to the frame)."""
+    positions shifted to the frame) and ``psf_core`` (the redraw's PSF core scale and the
+    number of sources it was measured on)."""
     import warnings
 
     from astropy.io import fits
@@ -736,6 +737,7 @@ def pipeline_predictor(path, which="SR", *, threads=None, redraw=True, all_outpu
             return out["rate"]
         out["sources"] = [{**d, "y": d["y"] - top, "x": d["x"] - left, "y2": d["y2"] - s * top,
                            "x2": d["x2"] - s * left} for d in (res.sources or [])]
+        out["psf_core"] = res.psf_core
         return out
 
     return predict

@@ -426,13 +426,18 @@ class EnhanceResult:
         added; None when the model has no ``points`` map.
     redrawn : int
         Listed sources redrawn with the halved PSF (:func:`xmm_enhance.sources.redraw_points`).
+    psf_core : (float, int)
+        The input's PSF core radius over the King model's that the redraw used, and the number
+        of sources it was measured on (:func:`xmm_enhance.sources.psf_core_scale`; (1.0, 0)
+        when none).
     """
 
     def __init__(self, task, input_rate, input_mask, prediction, input_wcs, output_wcs, pad,
-                 image, model, extras=None, sources=None, redrawn=0):
+                 image, model, extras=None, sources=None, redrawn=0, psf_core=(1.0, 0)):
         self.extras = dict(extras or {})
         self.sources = sources
         self.redrawn = int(redrawn)
+        self.psf_core = (float(psf_core[0]), int(psf_core[1]))
         self.task = task
         self.input_rate = input_rate
         self.input_mask = input_mask
@@ -861,15 +866,18 @@ def enhance_image(img: InputImage, model: Model, *, sources: bool = True,
     if sources and s == 2 and "points" in maps:
         found = find_sources(img, rate, mask, maps["points"], (top, left), out_sky,
                              diffuse2=maps.get("diffuse"))
-    redrawn = 0
+    redrawn, core = 0, (1.0, 0)
     if found and redraw and "diffuse" in maps:
-        from .sources import redraw_points
+        from .sources import psf_core_scale, redraw_points
 
         axis = ((detector.AXIS_PIXEL[0] + top, detector.AXIS_PIXEL[1] + left)
                 if _is_pn_grid(img) else None)
+        # this observation's PSF core radius (from its bright listed sources) over the model's
+        core = psf_core_scale(np.rint(np.asarray(rate, np.float64) * img.exposure), mask, found,
+                              img.exposure, axis=axis)
         # only where the prediction is positive, so the percentile maps can follow it
         pts, redrawn = redraw_points(maps["points"], found, axis=axis,
-                                     live2=out_mask & (pred > 0))
+                                     live2=out_mask & (pred > 0), core_scale=core[0])
         if redrawn:
             # only the redrawn pixels change (all have pred > 0, see live2)
             idx = np.nonzero(pts != maps["points"])
@@ -882,7 +890,8 @@ def enhance_image(img: InputImage, model: Model, *, sources: bool = True,
             pred[idx] = new
     return EnhanceResult(task=model.task, input_rate=rate, input_mask=mask, prediction=pred,
                          input_wcs=in_sky, output_wcs=out_sky, pad=(top, left), image=img,
-                         model=model, extras=maps, sources=found, redrawn=redrawn)
+                         model=model, extras=maps, sources=found, redrawn=redrawn,
+                         psf_core=core)
 
 
 def find_sources(img: InputImage, rate, mask, points, pad, out_sky, **kwargs) -> list:
@@ -1014,8 +1023,11 @@ def _header(res: EnhanceResult, *, wcs, exposure, pixel_arcsec, what) -> fits.He
             h["HISTORY"] = "SR: 2x grid, PSF halved, background removed"
             if res.redrawn:
                 h["PTREDRAW"] = (res.redrawn, "SOURCES redrawn as the halved PSF (16\")")
+                h["PSFSCALE"] = (round(res.psf_core[0], 4),
+                                 "input PSF core radius / King model's (redraw)")
+                h["PSFNSRC"] = (res.psf_core[1], "bright sources PSFSCALE was measured on")
                 h["HISTORY"] = (f"{res.redrawn} listed sources redrawn within 16\" as the halved"
-                                " King PSF with the POINTS map's own counts")
+                                " King PSF (core x PSFSCALE) with the POINTS map's own counts")
             if _is_pn_grid(img):
                 h["HISTORY"] = (f"SR: sky x exp(-d / {detector.FOV_EDGE_ARCSEC:g} arcsec) at a "
                                 "distance d outside the FoV circle")

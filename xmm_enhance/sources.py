@@ -34,9 +34,8 @@ import math
 
 import numpy as np
 
-__all__ = ["detect_sources", "redraw_points", "DEFAULT_MIN_SIGNIF", "region_text",
-           "SOURCE_COLUMNS",
-           "psf_fraction"]
+__all__ = ["detect_sources", "redraw_points", "psf_core_scale", "DEFAULT_MIN_SIGNIF",
+           "region_text", "SOURCE_COLUMNS", "psf_fraction"]
 
 #: Default detection threshold (Gaussian sigma, three degrees of freedom); chosen on simulated
 #: fields to keep false sources rare (see ``benchmarks/bench_sources.py``).
@@ -443,13 +442,154 @@ def region_text(ra, dec, *, radius_arcsec=10.0, labels=None):
     return "\n".join(lines) + "\n"
 
 
+#: Sources used by :func:`psf_core_scale`: PSF-fit counts at least this, no other listed
+#: source within ``PSF_SCALE_ISOLATION_PX``, at most ``PSF_SCALE_MAX_SOURCES`` (brightest).
+PSF_SCALE_MIN_COUNTS = 200.0
+PSF_SCALE_ISOLATION_PX = 15.0
+PSF_SCALE_MAX_SOURCES = 12
+#: Prior spread (natural log) of an observation's PSF width about the King model's.
+PSF_SCALE_PRIOR = 0.04
+#: Per-source noise of the log width ratio, ``PSF_SCALE_NOISE / sqrt(counts)``, and the noise
+#: bias of the Gaussian width of a noisy source, ``-PSF_SCALE_BIAS / counts`` (simulations).
+PSF_SCALE_NOISE = 2.5
+PSF_SCALE_BIAS = 12.0
+#: Sources brighter than this (count/s) may be piled up (wider core): not used.
+PSF_SCALE_MAX_RATE = 2.0
+#: The estimate is clipped to this range of core-radius scales.
+PSF_SCALE_RANGE = (0.8, 1.25)
+
+
+def gaussian_fwhm(cuts, iters=25):
+    """FWHM (pixels) of a circular Gaussian plus a constant fitted by least squares to each
+    square cut-out of ``cuts`` [M, n, n] (centre within 3 pixels of the middle; Levenberg-
+    Marquardt, batched; the same fit as ``evaluation.fit_fwhm`` without its scipy import)."""
+    d = np.asarray(cuts, np.float64)
+    M, n = d.shape[0], d.shape[1]
+    r = n // 2
+    d = d.reshape(M, -1)
+    yy, xx = (v.ravel()[None].astype(np.float64) for v in np.mgrid[:n, :n])
+    c0 = np.median(d, axis=1)
+    p = np.stack([np.maximum(d.max(1) - c0, 1e-9), np.full(M, float(r)), np.full(M, float(r)),
+                  np.full(M, 1.5), c0], 1)
+    lo = np.array([0.0, r - 3, r - 3, 0.2, -np.inf])
+    hi = np.array([np.inf, r + 3, r + 3, float(r), np.inf])
+
+    def resid_jac(p):
+        a, my, mx, s, c = p.T[:, :, None]
+        dy, dx = yy - my, xx - mx
+        e = np.exp(-(dy * dy + dx * dx) / (2 * s * s))
+        g = a * e
+        jac = np.stack([e, g * dy / s ** 2, g * dx / s ** 2, g * (dy * dy + dx * dx) / s ** 3,
+                        np.ones_like(e)], -1)
+        return g + c - d, jac
+
+    res, jac = resid_jac(p)
+    cost = (res ** 2).sum(1)
+    damp = np.full(M, 1e-3)
+    eye = np.eye(5)[None]
+    for _ in range(iters):
+        A = np.einsum("mpi,mpj->mij", jac, jac)
+        g = np.einsum("mpi,mp->mi", jac, res)
+        diag = np.maximum(np.diagonal(A, axis1=1, axis2=2), 1e-12)[:, :, None]
+        step = np.linalg.solve(A + damp[:, None, None] * eye * diag, -g[..., None])[..., 0]
+        pn = np.clip(p + step, lo, hi)
+        rn, jn = resid_jac(pn)
+        cn = (rn ** 2).sum(1)
+        ok = cn < cost
+        p = np.where(ok[:, None], pn, p)
+        res = np.where(ok[:, None], rn, res)
+        jac = np.where(ok[:, None, None], jn, jac)
+        cost = np.where(ok, cn, cost)
+        damp = np.where(ok, damp * 0.3, damp * 10.0)
+    return 2.3548 * np.abs(p[:, 3])
+
+
+def psf_core_scale(counts, mask, sources, exposure, *, axis=None):
+    """The input's own PSF core radius relative to the King model, from its bright sources.
+
+    The real PSF of an observation differs from the model by several per cent (the bright
+    isolated sources of the dev fields span core radii of 4.3-6.3"), and the SR image promises
+    *this* observation's PSF halved. For each listed source of at least
+    ``PSF_SCALE_MIN_COUNTS`` fitted counts, isolated and too faint to pile up, the Gaussian
+    FWHM of its input counts (24" cut-out) is compared with that of the noise-free King model
+    at its position with its counts and background. The log ratios, corrected for the noise
+    bias of faint sources and weighted by their counts, give a weighted median, shrunk towards
+    the model under a log-normal prior of spread ``PSF_SCALE_PRIOR`` (an image with few or
+    faint sources keeps the model), and turned into a core-radius scale through the model's
+    own FWHM-versus-core-radius slope.
+
+    Returns
+    -------
+    (float, int)
+        The core-radius scale (1.0 without usable sources) and the number of sources used.
+    """
+    counts = np.asarray(counts, np.float64)
+    mask = np.asarray(mask, bool)
+    h, w = counts.shape
+    R = FIT_RADIUS
+    pos = np.array([[d["y"], d["x"]] for d in sources], np.float64).reshape(-1, 2)
+    use = []
+    for i, d in enumerate(sources):
+        c = d["fit_counts"]
+        if c < PSF_SCALE_MIN_COUNTS or c / exposure > PSF_SCALE_MAX_RATE:
+            continue
+        dist = np.hypot(*(pos - pos[i]).T)
+        dist[i] = np.inf
+        iy, ix = int(round(d["y"])), int(round(d["x"]))
+        if (dist.min() < PSF_SCALE_ISOLATION_PX or iy - R < 0 or ix - R < 0 or iy + R >= h
+                or ix + R >= w or not mask[iy - R:iy + R + 1, ix - R:ix + R + 1].all()):
+            continue
+        use.append(d)
+    use = sorted(use, key=lambda d: -d["fit_counts"])[:PSF_SCALE_MAX_SOURCES]
+    if not use:
+        return 1.0, 0
+    from .simulate import psf as _psf
+
+    n = len(use)
+    iy = np.array([int(round(d["y"])) for d in use])
+    ix = np.array([int(round(d["x"])) for d in use])
+    theta, phi = np.zeros(n), np.zeros(n)
+    if axis is not None:
+        ay = np.array([d["y"] for d in use]) - axis[0]
+        ax = np.array([d["x"] for d in use]) - axis[1]
+        theta = np.hypot(ay, ax) * PIXEL_ARCSEC / 60.0
+        phi = np.arctan2(ay, ax) % np.pi
+    rc, alpha = np.array([_psf.king_params(t) for t in theta]).T
+    q = np.array([_psf.elongation(t) for t in theta])
+    dy = np.array([d["y"] for d in use]) - iy
+    dx = np.array([d["x"] for d in use]) - ix
+    c = np.array([d["fit_counts"] for d in use])
+    b = np.array([max(float(d["bkg"]), 0.0) for d in use])
+    step = 1.1
+    k = _king_windows(np.concatenate([rc, rc * step]) / PIXEL_ARCSEC, np.tile(alpha, 2),
+                      np.tile(q, 2), np.tile(phi, 2), np.tile(dy, 2), np.tile(dx, 2), R)
+    model = np.tile(c, 2)[:, None] * k + np.tile(b, 2)[:, None]
+    obs = np.stack([counts[y - R:y + R + 1, x - R:x + R + 1] for y, x in zip(iy, ix)])
+    f = gaussian_fwhm(np.concatenate([obs, model.reshape(2 * n, 2 * R + 1, 2 * R + 1)]))
+    f_obs, f_mod, f_wide = f[:n], f[n:2 * n], f[2 * n:]
+    ok = (f_obs > 0.3) & (f_obs < 2 * R) & (f_mod > 0)
+    if not ok.any():
+        return 1.0, 0
+    lr = np.log(f_obs[ok] / f_mod[ok]) - np.log(1.0 - PSF_SCALE_BIAS / c[ok])
+    wt = c[ok] / PSF_SCALE_NOISE ** 2
+    o = np.argsort(lr)
+    cw = np.cumsum(wt[o])
+    est = float(lr[o][np.searchsorted(cw, 0.5 * cw[-1])])
+    se2 = (1.25 ** 2) / wt.sum()
+    shrink = PSF_SCALE_PRIOR ** 2 / (PSF_SCALE_PRIOR ** 2 + se2)
+    gamma = float(np.median(np.log(f_wide[ok] / f_mod[ok]))) / math.log(step)
+    scale = math.exp(shrink * est / max(gamma, 0.3))
+    return float(np.clip(scale, *PSF_SCALE_RANGE)), int(ok.sum())
+
+
 #: Radius (2x pixels, 16") within which :func:`redraw_points` redraws a listed source.
 REDRAW_RADIUS_2X = 8
 #: No redraw within this many 2x pixels: a disc that small holds mostly the core.
 REDRAW_MIN_RADIUS_2X = 3
 
 
-def redraw_points(points2, sources, *, axis=None, live2=None, radius=REDRAW_RADIUS_2X):
+def redraw_points(points2, sources, *, axis=None, live2=None, radius=REDRAW_RADIUS_2X,
+                  core_scale=1.0):
     """The ``points`` map with each listed source redrawn as the halved PSF at its position.
 
     The network's ``points`` map is a posterior mean: near a source of a few hundred counts it
@@ -474,6 +614,9 @@ def redraw_points(points2, sources, *, axis=None, live2=None, radius=REDRAW_RADI
     live2 : bool ndarray [2H, 2W], optional
         Pixels that may hold flux (others keep theirs, zero in the bundled outputs).
     radius : int
+    core_scale : float
+        The input's PSF core radius over the King model's (:func:`psf_core_scale`): the halved
+        PSF drawn is that of this observation.
 
     Returns
     -------
@@ -508,7 +651,7 @@ def redraw_points(points2, sources, *, axis=None, live2=None, radius=REDRAW_RADI
     R = max(t[0] for t in todo)
     rc, alpha = np.array([_psf.king_params(t[3]) for t in todo]).T
     # the halved PSF on the 2" grid: core radius rc / 2 arcsec = rc / 4 pixels (one batch)
-    wins = _king_windows(rc / 4.0, alpha, [_psf.elongation(t[3]) for t in todo],
+    wins = _king_windows(rc * float(core_scale) / 4.0, alpha, [_psf.elongation(t[3]) for t in todo],
                          [t[4] for t in todo], [t[5] for t in todo], [t[6] for t in todo],
                          R).reshape(len(todo), 2 * R + 1, 2 * R + 1)
     n = 0
