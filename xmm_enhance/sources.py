@@ -488,8 +488,9 @@ def gaussian_fwhm(cuts, iters=25):
     damp = np.full(M, 1e-3)
     eye = np.eye(5)[None]
     for _ in range(iters):
-        A = np.einsum("mpi,mpj->mij", jac, jac)
-        g = np.einsum("mpi,mp->mi", jac, res)
+        jt = jac.transpose(0, 2, 1)
+        A = jt @ jac
+        g = (jt @ res[..., None])[..., 0]
         diag = np.maximum(np.diagonal(A, axis1=1, axis2=2), 1e-12)[:, :, None]
         step = np.linalg.solve(A + damp[:, None, None] * eye * diag, -g[..., None])[..., 0]
         pn = np.clip(p + step, lo, hi)
@@ -499,8 +500,13 @@ def gaussian_fwhm(cuts, iters=25):
         p = np.where(ok[:, None], pn, p)
         res = np.where(ok[:, None], rn, res)
         jac = np.where(ok[:, None, None], jn, jac)
+        # converged: the last step changed the cost by nothing either way, or no step helps
+        # even at a heavy damping
+        done = np.all((np.abs(cost - cn) <= 1e-9 * cost) | (~ok & (damp >= 1e4)))
         cost = np.where(ok, cn, cost)
         damp = np.where(ok, damp * 0.3, damp * 10.0)
+        if done:  # every fit converged (or could not improve)
+            break
     return 2.3548 * np.abs(p[:, 3])
 
 
