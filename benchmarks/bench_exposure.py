@@ -194,10 +194,13 @@ def sr_tables(obs, fn, name):
     sel = {o.obsid: ev.select_real_point_sources(o, mask) for o in obs}
     for which in ("20ks", "50ks"):
         rows, faint, tally, scales, details = [], [], {}, [], {}
+        cores = []
         for o in obs:
             c, e = _split(o, which)
             rate = c / e * mask
             out = fn(rate, mask, e)
+            if "psf_core" in out:  # the pipeline's PSF core scale for the redraw (--pipeline)
+                cores.append(f"{o.obsid} {out['psf_core'][0]:.3f} ({out['psf_core'][1]})")
             if sel[o.obsid]:
                 rows += ev.evaluate_sr_sources(rate, mask, out["rate"], sources=sel[o.obsid],
                                                exposure=e)
@@ -253,6 +256,8 @@ def sr_tables(obs, fn, name):
         line = (f"  {which}: bright isolated ({len(rows)}) FWHM ratio {fw:.3f} flux 20/40 "
                 f"{fl:.3f}; faint 20-200 cts ({len(faint)}) flux/full {np.median(faint):.3f}")
         print(line)
+        if cores:
+            print("    redraw PSF core scale (sources used): " + ", ".join(cores))
         if scales:
             sc = np.array(scales)
             print(f"    SOURCES RATE / full-exposure 40\" net rate / King EEF(40\"), bright "
