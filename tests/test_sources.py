@@ -214,6 +214,41 @@ def test_redraw_with_a_core_scale_draws_that_psf_halved():
         assert new[disc].sum() == pytest.approx(wide[disc].sum(), rel=1e-5)
 
 
+def test_redraw_keeps_at_least_the_fitted_flux_of_a_bright_source():
+    yy, xx = np.mgrid[:120, :120]
+    T, fit = 20e3, 8000.0
+    live = np.ones((120, 120), bool)
+    live[:, 54:] = False  # a dead strip through the disc, 4" from the source
+    rc, alpha = psf.king_params(0.0)
+    r = sources.REDRAW_RADIUS_2X
+    full = (yy - 60) ** 2 + (xx - 52) ** 2 <= r * r
+    disc = full & live
+    k = np.pad(psf.king_kernel(rc / 4.0, alpha, 60)[:120, 8:], ((0, 0), (0, 7)))  # at (60, 52)
+    f_live = k[disc].sum() / k[full].sum()
+    assert f_live < 0.9
+    eef = (psf.king_eef(r * 2.0, rc / 2.0, alpha)
+           / psf.king_eef(sources.PSF_TOTAL_RADIUS_ARCSEC, rc / 2.0, alpha))
+    want = fit / T * eef * f_live  # count/s the fit puts in the live disc
+    low = np.where(live, 0.7 * want * k / k[disc].sum(), 0.0)  # the network's: 30 % short
+    src = [{"y2": 60.0, "x2": 52.0, "fit_counts": fit, "counts": 0.7 * fit, "rate": 0.7 * fit / T}]
+    new, n = sources.redraw_points(low, src, live2=live, exposure=T)
+    assert n == 1 and new[disc].sum() == pytest.approx(want, rel=0.02)
+    assert src[0]["counts"] == fit and src[0]["rate"] == fit / T  # the list follows
+    assert np.all(new[~live] == 0)
+    # without the exposure, or for a fainter fit: the map's own flux
+    for kw, s_ in (({}, src), ({"exposure": T}, [dict(src[0], fit_counts=500.0)])):
+        same, _ = sources.redraw_points(low, s_, live2=live, **kw)
+        assert same[disc].sum() == pytest.approx(low[disc].sum(), rel=1e-5)
+    # all live: the fit's share of the whole disc
+    whole = 0.7 * (want / f_live) * k / k[full].sum()
+    new, _ = sources.redraw_points(whole, src, exposure=T)
+    assert new[full].sum() == pytest.approx(want / f_live, rel=0.02)
+    # and a map already brighter than the fit keeps its flux
+    high = 2.0 * low
+    same, _ = sources.redraw_points(high, src, live2=live, exposure=T)
+    assert same[disc].sum() == pytest.approx(high[disc].sum(), rel=1e-5)
+
+
 def test_region_text_has_one_fk5_circle_per_source():
     text = sources.region_text([10.5, 11.25], [-3.0, 2.125])
     lines = text.splitlines()

@@ -877,7 +877,8 @@ def enhance_image(img: InputImage, model: Model, *, sources: bool = True,
                               img.exposure, axis=axis)
         # only where the prediction is positive, so the percentile maps can follow it
         pts, redrawn = redraw_points(maps["points"], found, axis=axis,
-                                     live2=out_mask & (pred > 0), core_scale=core[0])
+                                     live2=out_mask & (pred > 0), core_scale=core[0],
+                                     exposure=img.exposure)
         if redrawn:
             # only the redrawn pixels change (all have pred > 0, see live2)
             idx = np.nonzero(pts != maps["points"])
@@ -1027,7 +1028,8 @@ def _header(res: EnhanceResult, *, wcs, exposure, pixel_arcsec, what) -> fits.He
                                  "input PSF core radius / King model's (redraw)")
                 h["PSFNSRC"] = (res.psf_core[1], "bright sources PSFSCALE was measured on")
                 h["HISTORY"] = (f"{res.redrawn} listed sources redrawn within 16\" as the halved"
-                                " King PSF (core x PSFSCALE) with the POINTS map's own counts")
+                                " King PSF (core x PSFSCALE) with the POINTS map's own counts, or"
+                                " for sources of >= 1000 counts at least their PSF-fit counts")
             if _is_pn_grid(img):
                 h["HISTORY"] = (f"SR: sky x exp(-d / {detector.FOV_EDGE_ARCSEC:g} arcsec) at a "
                                 "distance d outside the FoV circle")
