@@ -452,7 +452,7 @@ PSF_SCALE_PRIOR = 0.04
 #: Per-source noise of the log width ratio, ``PSF_SCALE_NOISE / sqrt(counts)``, and the noise
 #: bias of the Gaussian width of a noisy source, ``-PSF_SCALE_BIAS / counts`` (simulations).
 PSF_SCALE_NOISE = 2.5
-PSF_SCALE_BIAS = 12.0
+PSF_SCALE_BIAS = 5.0
 #: Sources brighter than this (count/s) may be piled up (wider core): not used.
 PSF_SCALE_MAX_RATE = 2.0
 #: The estimate is clipped to this range of core-radius scales.
