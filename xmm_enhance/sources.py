@@ -375,6 +375,7 @@ def detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None,
     bkg, nb = background(np.zeros(len(cy), bool))
     for final in (False, True):
         f, cst, var = _fit_flux(c[:, None, :], bkg[:, None, :], K, m[:, None, :])
+        cst_grid = cst
         j = np.argmax(cst, axis=1)
         f, cst, var = f[n, j], cst[n, j], var[n, j]
         if not final:
@@ -395,9 +396,26 @@ def detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None,
     ry, rx = np.mgrid[-NET_RADIUS_2X:NET_RADIUS_2X + 1, -NET_RADIUS_2X:NET_RADIUS_2X + 1]
     disc = ry * ry + rx * rx <= NET_RADIUS_2X ** 2
     ry, rx = ry[disc], rx[disc]
+    # the position between the quarter pixels: the vertex of a parabola through the likelihood
+    # ratios of the best offset and its two neighbours along each axis (none at the grid's edge)
+    side = 2 * SEARCH_Q + 1
+    g = cst_grid.reshape(len(cy), side, side)
+    jy, jx = j // side, j % side
+    sub_y, sub_x = np.zeros(len(cy)), np.zeros(len(cy))
+    for sub, along_y in ((sub_y, True), (sub_x, False)):
+        k0 = jy if along_y else jx
+        inner = (k0 > 0) & (k0 < side - 1)
+        lo_, hi_ = np.clip(k0 - 1, 0, side - 1), np.clip(k0 + 1, 0, side - 1)
+        if along_y:
+            cm, c0, cp = g[n, lo_, jx], g[n, jy, jx], g[n, hi_, jx]
+        else:
+            cm, c0, cp = g[n, jy, lo_], g[n, jy, jx], g[n, jy, hi_]
+        den = cm - 2.0 * c0 + cp
+        ok_ = inner & (den < 0)
+        sub[ok_] = np.clip(0.5 * (cm - cp)[ok_] / den[ok_], -0.5, 0.5)
     for i in np.flatnonzero(keep):
-        y1 = cy[i] + qy[i, j[i]] / 4.0
-        x1 = cx[i] + qx[i, j[i]] / 4.0
+        y1 = cy[i] + (qy[i, j[i]] + sub_y[i]) / 4.0
+        x1 = cx[i] + (qx[i, j[i]] + sub_x[i]) / 4.0
         err = float(np.sqrt(var[i]))
         ys = np.clip(int(round(2 * y1 + 0.5)) + ry, 0, H2 - 1)
         xs = np.clip(int(round(2 * x1 + 0.5)) + rx, 0, W2 - 1)
