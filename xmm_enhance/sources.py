@@ -402,16 +402,13 @@ def detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None,
     g = cst_grid.reshape(len(cy), side, side)
     jy, jx = j // side, j % side
     sub_y, sub_x = np.zeros(len(cy)), np.zeros(len(cy))
-    for sub, along_y in ((sub_y, True), (sub_x, False)):
-        k0 = jy if along_y else jx
-        inner = (k0 > 0) & (k0 < side - 1)
-        lo_, hi_ = np.clip(k0 - 1, 0, side - 1), np.clip(k0 + 1, 0, side - 1)
-        if along_y:
-            cm, c0, cp = g[n, lo_, jx], g[n, jy, jx], g[n, hi_, jx]
-        else:
-            cm, c0, cp = g[n, jy, lo_], g[n, jy, jx], g[n, jy, hi_]
+    # along y on the grid, along x on its transpose
+    for sub, gg, ja, jb in ((sub_y, g, jy, jx), (sub_x, g.transpose(0, 2, 1), jx, jy)):
+        cm = gg[n, np.maximum(ja - 1, 0), jb]
+        c0 = gg[n, ja, jb]
+        cp = gg[n, np.minimum(ja + 1, side - 1), jb]
         den = cm - 2.0 * c0 + cp
-        ok_ = inner & (den < 0)
+        ok_ = (ja > 0) & (ja < side - 1) & (den < 0)
         sub[ok_] = np.clip(0.5 * (cm - cp)[ok_] / den[ok_], -0.5, 0.5)
     for i in np.flatnonzero(keep):
         y1 = cy[i] + (qy[i, j[i]] + sub_y[i]) / 4.0
