@@ -200,6 +200,45 @@ def test_psf_core_scale_tracks_the_observations_own_psf(rc_scale):
     assert sources.psf_core_scale(counts, edge, listed, 50e3) == (1.0, 0)
 
 
+def test_each_bright_source_gets_its_own_core_scale_and_the_redraw_uses_it():
+    rng = np.random.default_rng(11)
+    # one observation whose sources differ: six with a narrow core, six with a wide one, and a
+    # faint one whose own width says little
+    narrow = [(30.0 + 40 * i, 30.0, 20000.0) for i in range(4)] + [(30.0, 70.0, 20000.0),
+                                                                     (70.0, 70.0, 20000.0)]
+    wide = [(30.0 + 40 * i, 150.0, 20000.0) for i in range(4)] + [(110.0, 110.0, 20000.0),
+                                                                   (150.0, 110.0, 20000.0)]
+    faint = [(110.0, 70.0, 300.0)]
+    _, lam_n = king_image((180, 180), narrow + faint, 0.3, rng, rc_scale=0.85)
+    _, lam_w = king_image((180, 180), wide, 0.0, rng, rc_scale=1.15)
+    counts = rng.poisson(lam_n + lam_w).astype(float)
+    listed = [{"y": y, "x": x, "fit_counts": n, "bkg": 0.3} for y, x, n in narrow + wide + faint]
+    scale, n = sources.psf_core_scale(counts, np.ones(counts.shape, bool), listed, 50e3)
+    assert n == 12  # the faint one is below PSF_SCALE_MIN_COUNTS
+    own = np.array([d["psf_scale"] for d in listed[:12]])
+    assert "psf_scale" not in listed[12]
+    # bright sources follow their own core, most of the way from the observation's
+    assert np.all(own[:6] < scale) and np.all(own[6:] > scale)
+    assert own[6:].mean() - own[:6].mean() >= 0.6 * (1.15 - 0.85)
+    assert np.all((own >= sources.PSF_SCALE_RANGE[0]) & (own <= sources.PSF_SCALE_RANGE[1]))
+    # a 300-count source moves little from the observation's scale
+    lone = [{"y": 90.0, "x": 90.0, "fit_counts": 300.0, "bkg": 0.3}]
+    c1, _ = king_image((180, 180), [(90.0, 90.0, 300.0)], 0.3, rng, rc_scale=0.85)
+    s1, _ = sources.psf_core_scale(c1, np.ones(c1.shape, bool), lone, 50e3)
+    assert abs(lone[0]["psf_scale"] - s1) <= 0.05
+    # the redraw draws each source with its own scale
+    from xmm_enhance import evaluation as ev
+
+    yy, xx = np.mgrid[:120, :120]
+    blob = 1e-3 * np.exp(-((yy - 60.0) ** 2 + (xx - 50.0) ** 2) / (2 * 2.0 ** 2)) + 1e-7
+    rc, alpha = psf.king_params(0.0)
+    for s_own in (0.85, 1.15):
+        new, _ = sources.redraw_points(blob, [{"y2": 60.0, "x2": 50.0, "psf_scale": s_own}],
+                                       core_scale=1.0)
+        want = ev.fit_fwhm(psf.king_kernel(s_own * rc / 4.0, alpha, 12), 12, 12, half_width=8)
+        assert ev.fit_fwhm(new, 60, 50, half_width=8) == pytest.approx(want, rel=0.03)
+
+
 def test_redraw_with_a_core_scale_draws_that_psf_halved():
     from xmm_enhance import evaluation as ev
 

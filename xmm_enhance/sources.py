@@ -472,6 +472,9 @@ PSF_SCALE_BIAS = 5.0
 PSF_SCALE_MAX_RATE = 2.0
 #: The estimate is clipped to this range of core-radius scales.
 PSF_SCALE_RANGE = (0.8, 1.25)
+#: Prior spread (natural log) of one source's PSF width about its observation's: the core
+#: depends on the source's spectrum (0.5-2 keV mean energy 0.8-1.4 keV) and its position.
+PSF_SCALE_SOURCE_SPREAD = 0.05
 
 
 def gaussian_fwhm(cuts, iters=25):
@@ -539,6 +542,11 @@ def psf_core_scale(counts, mask, sources, exposure, *, axis=None):
     faint sources keeps the model), and turned into a core-radius scale through the model's
     own FWHM-versus-core-radius slope.
 
+    Each source used also gets its own scale, ``d["psf_scale"]`` (set in place): its log ratio
+    shrunk towards the observation's under a log-normal prior of spread
+    ``PSF_SCALE_SOURCE_SPREAD``, so a bright source's own core counts more than a faint one's.
+    :func:`redraw_points` draws a source with its own scale where it has one.
+
     Returns
     -------
     (float, int)
@@ -598,8 +606,14 @@ def psf_core_scale(counts, mask, sources, exposure, *, axis=None):
     est = float(lr[o][np.searchsorted(cw, 0.5 * cw[-1])])
     se2 = (1.25 ** 2) / wt.sum()
     shrink = PSF_SCALE_PRIOR ** 2 / (PSF_SCALE_PRIOR ** 2 + se2)
-    gamma = float(np.median(np.log(f_wide[ok] / f_mod[ok]))) / math.log(step)
-    scale = math.exp(shrink * est / max(gamma, 0.3))
+    gamma = max(float(np.median(np.log(f_wide[ok] / f_mod[ok]))) / math.log(step), 0.3)
+    img = shrink * est
+    # each source's own width, shrunk towards the observation's by its noise
+    prec = 1.0 / PSF_SCALE_SOURCE_SPREAD ** 2
+    own = (img * prec + lr * wt) / (prec + wt)
+    for d, l_i in zip((d for d, k in zip(use, ok) if k), own):
+        d["psf_scale"] = float(np.clip(math.exp(l_i / gamma), *PSF_SCALE_RANGE))
+    scale = math.exp(img / gamma)
     return float(np.clip(scale, *PSF_SCALE_RANGE)), int(ok.sum())
 
 
@@ -640,7 +654,8 @@ def redraw_points(points2, sources, *, axis=None, live2=None, radius=REDRAW_RADI
     radius : int
     core_scale : float
         The input's PSF core radius over the King model's (:func:`psf_core_scale`): the halved
-        PSF drawn is that of this observation.
+        PSF drawn is that of this observation. A source with its own ``psf_scale`` (set by
+        :func:`psf_core_scale` on the bright isolated ones) is drawn with that instead.
     exposure : float, optional
         Input exposure (s). When given, a bright source (``fit_counts`` at least
         ``REDRAW_FIT_MIN_COUNTS``) keeps at least the flux that its PSF fit on the live input
@@ -683,7 +698,7 @@ def redraw_points(points2, sources, *, axis=None, live2=None, radius=REDRAW_RADI
         return out, 0
     R = max(t[1] for t in todo)
     rc, alpha = np.array([_psf.king_params(t[4]) for t in todo]).T
-    rc = rc * float(core_scale)
+    rc = rc * np.array([float(sources[t[0]].get("psf_scale", core_scale)) for t in todo])
     # the halved PSF on the 2" grid: core radius rc / 2 arcsec = rc / 4 pixels (one batch)
     wins = _king_windows(rc / 4.0, alpha, [_psf.elongation(t[4]) for t in todo],
                          [t[5] for t in todo], [t[6] for t in todo], [t[7] for t in todo],
