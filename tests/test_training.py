@@ -129,6 +129,26 @@ def test_buffer_makes_source_free_frames():
     assert all(f.sr_target.any() for f in none.frames)
 
 
+def test_flat_background_crops_add_background_only():
+    sim = functools.partial(D.toy_simulate, shape=(48, 48), exposure=1e6)
+    level = 50.0 * D.FLAT_BKG_UNIT  # large, so the Poisson noise of the check is small
+    for task in ("SR", "DN"):
+        buf = D.FrameBuffer(sim, np.random.default_rng(6), task=task, size=1, exposure=1e6,
+                            flat_bkg_prob=1.0, flat_bkg_range=(50.0, 50.0))
+        f = buf.frames[0]
+        d = buf.sample_dict(batch=4, crop=48)  # the crop is the whole frame (flipped or not)
+        base = f.dn_target.mean()
+        # the input holds the extra flat background on the live pixels ...
+        assert d["rate"].mean() == pytest.approx(base + level, rel=0.01)
+        if task == "SR":  # ... the SR target (background-free) does not
+            assert np.allclose(d["target"].sum(axis=(1, 2, 3)), f.sr_target.sum(), rtol=1e-5)
+        else:  # ... the DN target (expected rate with background) does
+            assert d["target"].mean() == pytest.approx(base + level, rel=1e-5)
+    plain = D.FrameBuffer(sim, np.random.default_rng(6), task="DN", size=1, exposure=1e6)
+    assert plain.sample_dict(batch=4, crop=48)["target"].mean() == pytest.approx(
+        plain.frames[0].dn_target.mean(), rel=1e-5)
+
+
 def test_sr_refinement_branch_starts_as_the_plain_network_and_exports(tmp_path):
     torch.manual_seed(2)
     plain = EnhanceNet(2, channels=CH)

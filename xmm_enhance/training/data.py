@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..detector import detector_mask
+from ..simulate.instrument import COSMIC_RATE, PARTICLE_RATE
 
 __all__ = ["Frame", "toy_simulate", "simulator", "FrameBuffer", "pad_to_multiple",
            "validation_frames"]
@@ -235,6 +236,10 @@ def _to_frame(obs, keep_counts=False, stamps=False, stamp_ratios=(1.0, 1.0)):
                  sr_diffuse=None if diffuse is None else np.asarray(diffuse, np.float32))
 
 
+#: Unit of the extra flat background of :class:`FrameBuffer` (count/s per 4" pixel): the
+#: simulator's nominal particle plus cosmic level (``simulate.instrument``).
+FLAT_BKG_UNIT = PARTICLE_RATE + COSMIC_RATE
+
 #: Source-centred crops: sources below this many expected counts (at the input exposure) are
 #: "faint" (the real sources the SR bar is measured on have ~70-800); none below the minimum.
 FAINT_COUNTS = 200.0
@@ -276,12 +281,25 @@ class FrameBuffer:
         source lists reach the faintest source any crop may see.
     decompose : bool
         SR: keep the simulator's diffuse part of the target (``Frame.sr_diffuse``).
+    flat_bkg_prob : float
+        Probability that a crop gets an extra flat, unvignetted background on its live pixels
+        (a quiescent-particle level above the simulator's range, or a residual soft-proton
+        background after flare filtering). Its rate is ``FLAT_BKG_UNIT`` times a factor drawn
+        log-uniformly in ``flat_bkg_range``. It is background: the SR target does not change,
+        the DN target (expected rate with background) gets it too. Without such crops an
+        observation whose background is 1.5-2x the simulator's nominal level, flat across the
+        field, is read as field-filling sky emission and its fluctuations are drawn as
+        20-50-count clumps in ``points``.
+    flat_bkg_range : (float, float)
     """
 
     def __init__(self, simulate, rng, *, task="DN", size=48, exposure=20e3,
                  source_crop_prob=0.0, empty_frame_prob=0.0, faint_source_share=0.0,
-                 position=False, align=False, expo_range=None, decompose=False):
+                 position=False, align=False, expo_range=None, decompose=False,
+                 flat_bkg_prob=0.0, flat_bkg_range=(0.3, 4.0)):
         self.simulate, self.rng, self.task = simulate, rng, task
+        self.flat_bkg_prob = float(flat_bkg_prob)
+        self.flat_bkg_range = (float(flat_bkg_range[0]), float(flat_bkg_range[1]))
         self.source_crop_prob = float(source_crop_prob)
         self.faint_source_share = float(faint_source_share)
         self.position = bool(position)
@@ -377,21 +395,26 @@ class FrameBuffer:
             m = f.mask[y:y + crop, x:x + crop]
             if m.mean() < min_coverage:
                 continue
+            flat = 0.0  # extra flat background (count/s per 4" pixel) on the live pixels
+            if self.flat_bkg_prob and rng.random() < self.flat_bkg_prob:
+                lo, hi = np.log(self.flat_bkg_range[0]), np.log(self.flat_bkg_range[1])
+                flat = FLAT_BKG_UNIT * float(np.exp(rng.uniform(lo, hi)))
             if s == 2 and f.stamps:
                 # counts of the crop and a margin, so that sources near its edges can be aligned
                 p = ALIGN_WINDOW + 1
                 ya, xa = max(y - p, 0), max(x - p, 0)
                 yb, xb = min(y + crop + p, ny), min(x + crop + p, nx)
-                lam = f.dn_target[ya:yb, xa:xb].astype(np.float64) * T
+                lam = (f.dn_target[ya:yb, xa:xb].astype(np.float64)
+                       + flat * f.mask[ya:yb, xa:xb]) * T
                 c_all = rng.poisson(lam).astype(np.float32)
                 t_all = align_point_sources(f.sr_target[2 * ya:2 * yb, 2 * xa:2 * xb], c_all, lam,
                                             f.mask[ya:yb, xa:xb], (ya, xa), f.stamps, T)
                 counts = c_all[y - ya:y - ya + crop, x - xa:x - xa + crop]
                 t = t_all[2 * (y - ya):2 * (y - ya + crop), 2 * (x - xa):2 * (x - xa + crop)]
             else:
-                lam = f.dn_target[y:y + crop, x:x + crop].astype(np.float64) * T
+                lam = (f.dn_target[y:y + crop, x:x + crop].astype(np.float64) + flat * m) * T
                 counts = rng.poisson(lam).astype(np.float32)
-                t = (f.dn_target[y:y + crop, x:x + crop] if s == 1
+                t = (f.dn_target[y:y + crop, x:x + crop] + np.float32(flat) * m if s == 1
                      else f.sr_target[2 * y:2 * (y + crop), 2 * x:2 * (x + crop)])
             rate = counts / np.float32(T)
             tm = m if s == 1 else np.repeat(np.repeat(m, 2, 0), 2, 1)

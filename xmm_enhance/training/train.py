@@ -51,11 +51,13 @@ DEFAULTS = {
     "val_exposures": (10e3, 20e3, 50e3, 100e3),
     # session 8 (issue 12, SR at 50 ks): shape term weighted per crop by max(1, T_in/20 ks) ** p
     "sr_shape_expo_power": 1.0,
+    # session 12 (issue 13, flat backgrounds): crops with an extra flat unvignetted background
+    "flat_bkg_prob": {"DN": 0.0, "SR": 0.25}, "flat_bkg_range": (0.3, 4.0),
 }
 #: Recipe keys that older checkpoints lack, with the value those checkpoints were trained with.
 LEGACY = {"sr_refine": 0, "sr_position": False, "faint_source_share": 0.0, "sr_align": False,
           "expo_range": None, "uncertainty": False, "decompose": False, "val_exposures": None,
-          "decompose_point_weight": 0.0, "sr_shape_expo_power": 0.0}
+          "decompose_point_weight": 0.0, "sr_shape_expo_power": 0.0, "flat_bkg_prob": 0.0}
 
 
 def recipe_version(cfg):
@@ -81,6 +83,11 @@ def recipe_string(task, cfg):
              "2x pixel given each crop's counts (aligned targets)."
              if task == "SR" and cfg.get("sr_align") else "")
     extra = ""
+    p_flat = _per_task(cfg, "flat_bkg_prob", task)
+    flat = (f" A share {p_flat:g} of the crops get an extra flat unvignetted background of "
+            f"{cfg.get('flat_bkg_range', (0.3, 4.0))[0]:g}-{cfg.get('flat_bkg_range', (0.3, 4.0))[1]:g}x "
+            "the nominal particle + cosmic level (background: not in the SR target)."
+            if p_flat else "")
     if cfg.get("expo_range"):
         lo, hi = cfg["expo_range"]
         extra += (f" Exposure input (log10(T/20 ks) channel, counts = rate x T), crops drawn "
@@ -100,7 +107,7 @@ def recipe_string(task, cfg):
             f" flip augmentation, source-centred crops {cfg.get('source_crop_prob')} (share on "
             f"faint 40-200 count sources {faint:g}), source-free "
             f"frames {cfg.get('empty_frame_prob')}; checkpoint chosen on {cfg['val_frames']} "
-            f"simulated validation frames.{align}{extra}")
+            f"simulated validation frames.{align}{extra}{flat}")
 
 
 def _position(task, cfg):
@@ -341,7 +348,8 @@ def train(task, *, out="models", ckpt_dir="models/checkpoints", minutes=None, st
         cfg = {**checkpoint_cfg(st), **(cfg_overrides or {})}
         # recipe changes after the checkpoint was written: today's defaults unless overridden
         for k in ("source_crop_prob", "sr_shape_weight", "empty_frame_prob",
-                  "faint_source_share", "decompose_point_weight", "sr_shape_expo_power"):
+                  "faint_source_share", "decompose_point_weight", "sr_shape_expo_power",
+                  "flat_bkg_prob"):
             cfg[k] = DEFAULTS[k] if k not in (cfg_overrides or {}) else cfg[k]
     net = make_net(task, cfg)
     ema = copy.deepcopy(net)
@@ -381,7 +389,9 @@ def train(task, *, out="models", ckpt_dir="models/checkpoints", minutes=None, st
                         empty_frame_prob=_per_task(cfg, "empty_frame_prob", task),
                         faint_source_share=_per_task(cfg, "faint_source_share", task),
                         position=_position(task, cfg), align=bool(cfg.get("sr_align")),
-                        expo_range=cfg.get("expo_range"), decompose=_decompose(task, cfg))
+                        expo_range=cfg.get("expo_range"), decompose=_decompose(task, cfg),
+                        flat_bkg_prob=_per_task(cfg, "flat_bkg_prob", task),
+                        flat_bkg_range=cfg.get("flat_bkg_range", (0.3, 4.0)))
     val_frames = D.validation_frames(simulate, n=cfg["val_frames"], task=task,
                                      exposure=cfg["exposure"], align=bool(cfg.get("sr_align")),
                                      exposures=cfg.get("val_exposures") if cfg.get("expo_range")
@@ -529,6 +539,9 @@ def main(argv=None):
                          % DEFAULTS["decompose_point_weight"])
     ap.add_argument("--decompose", type=int, choices=(0, 1), default=None,
                     help="SR point/diffuse head (default %d)" % DEFAULTS["decompose"])
+    ap.add_argument("--flat-bkg", type=float, default=None,
+                    help="share of SR crops with an extra flat unvignetted background (default "
+                         "%g)" % DEFAULTS["flat_bkg_prob"]["SR"])
     ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default %g)"
                     % DEFAULTS["lr"])
     ap.add_argument("--lr-min", type=float, default=None,
@@ -582,7 +595,7 @@ def main(argv=None):
                      ("lr", a.lr), ("lr_min", a.lr_min),
                      ("decompose_point_weight", a.decompose_point_weight),
                      ("sr_shape_expo_power", a.shape_expo_power),
-                     ("faint_source_share", a.faint_share),
+                     ("faint_source_share", a.faint_share), ("flat_bkg_prob", a.flat_bkg),
                      ("sr_position", None if a.position is None else bool(a.position)),
                      ("sr_align", None if a.align is None else bool(a.align))):
         if val is not None:
