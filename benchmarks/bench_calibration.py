@@ -31,10 +31,15 @@ For exposure-aware models (recipe 2) on simulated frames never used in training 
   then the "bright" ones: >= 100 true counts within 20" and more than the diffuse truth there
   (a faint source's flux is shared with the background and diffuse posterior, so a posterior
   mean cannot put all of it in POINTS; on a bright cluster core the DIFFUSE excess is mostly
-  the error of the core's own estimate); brightest 20" aperture of the POINTS map in source-free (background-only) frames;
+  the error of the core's own estimate); brightest 20" aperture of the POINTS map in source-free
+  frames with the simulator's background (vignetted sky, particles, soft protons; "flat max");
 * SR **source list** (``xmm_enhance.sources`` at its default threshold): completeness for
   listed sources of >= 20 / >= 50 counts and the share of false entries (no simulated source
-  of >= 5 counts within 8").
+  of >= 5 counts within 8");
+* SR **flat background** (``--flat-levels 1,2,3``, ``--flat-only`` for just this): the
+  issue's case, source-free frames of a flat, unvignetted background at multiples of the
+  simulator's nominal level; brightest 20" aperture of POINTS per frame, the share of the input
+  counts kept in DIFFUSE, and listed sources.
 
 Prints tables; numbers for the model card.
 """
@@ -51,7 +56,7 @@ sys.path.insert(0, str(ROOT))
 
 from xmm_enhance import evaluation as ev  # noqa: E402
 from xmm_enhance import sources as S  # noqa: E402
-from xmm_enhance.detector import fov_mask, pn_grid  # noqa: E402
+from xmm_enhance.detector import detector_mask, fov_mask, pn_grid  # noqa: E402
 from xmm_enhance.simulate.instrument import simulate_observation  # noqa: E402
 from xmm_enhance.detector import AXIS_PIXEL  # noqa: E402
 
@@ -279,6 +284,39 @@ def run(dn, sr, frames, exposures, seed, aperture_scale=None, pixel_scales=(), p
     return {t: float(np.quantile(np.concatenate(v), 0.68)) for t, v in all_needs.items()}
 
 
+def flat_background(sr, exposures, levels, frames, seed, pipeline=False):
+    """The issue-13 flat case: source-free frames of a flat, unvignetted background (``level``
+    times the simulator's nominal particle + cosmic rate on every live detector pixel, Poisson
+    counts at T). Prints, per exposure and level, the brightest 20" aperture of ``POINTS``
+    in the FoV for each frame (bar: none above 10 counts), the share of the input's FoV counts
+    that SR keeps in ``DIFFUSE`` (all of it is background) and the number of listed sources."""
+    from xmm_enhance.simulate.instrument import COSMIC_RATE, PARTICLE_RATE
+
+    predict = (ev.pipeline_predictor(sr, "SR", all_outputs=True) if pipeline
+               else ev.onnx_predictor(sr, all_outputs=True))
+    fov1 = fov_mask()
+    fov2 = np.repeat(np.repeat(fov1, 2, 0), 2, 1)
+    mask = detector_mask()
+    unit = PARTICLE_RATE + COSMIC_RATE
+    print(f"\nSR {Path(sr).name}: flat unvignetted background, {frames} source-free frames per "
+          f"row (seeds [{seed}, T, level, i]); unit {unit:.3g} count/s per 4\" pixel")
+    print("exposure  level  counts/px  POINTS max 20\" per frame         max   DIFFUSE/input  listed")
+    for T in exposures:
+        for lev in levels:
+            rows = []
+            for i in range(frames):
+                rng = np.random.default_rng([seed, int(T), int(round(100 * lev)), i])
+                counts = rng.poisson(unit * lev * T * mask).astype(np.float32)
+                out = predict(counts / T, mask, T)
+                pmax = ev.max_aperture_counts(out["points"] * fov2, exposure=T)
+                kept = float((out["diffuse"] * fov2).sum() * T / max((counts * fov1).sum(), 1))
+                rows.append((pmax, kept, len(out.get("sources", []))))
+            r = np.array(rows)
+            per = " ".join(f"{v:5.1f}" for v in r[:, 0])
+            print(f"{T / 1e3:7.0f}ks {lev:6.2f} {unit * lev * T:9.2f}  {per:<30s} {r[:, 0].max():6.1f}"
+                  f"   {r[:, 1].mean():12.3f}  {int(r[:, 2].sum()):6d}", flush=True)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dn", default=None)
@@ -296,7 +334,16 @@ def main(argv=None):
     ap.add_argument("--pipeline", action="store_true",
                     help="the whole command-line pipeline (its masking; SR: its source list and "
                          "the listed sources redrawn) instead of the bare network")
+    ap.add_argument("--flat-levels", default="",
+                    help="SR: also the flat unvignetted background case at these multiples of "
+                         "the nominal background (e.g. 1,2,3)")
+    ap.add_argument("--flat-frames", type=int, default=4)
+    ap.add_argument("--flat-only", action="store_true", help="only the flat case")
     a = ap.parse_args(argv)
+    exposures = [float(v) * 1e3 for v in a.exposures.split(",")]
+    levels = [float(v) for v in a.flat_levels.split(",") if v.strip()]
+    if a.flat_only and not (levels and a.sr):
+        ap.error("--flat-only needs --sr and --flat-levels")
     scale = None
     if a.aperture_scale:
         d, s_ = (float(v) for v in a.aperture_scale.split(","))
@@ -305,8 +352,11 @@ def main(argv=None):
     if a.aperture_slope:
         d, s_ = (float(v) for v in a.aperture_slope.split(","))
         slope = {"DN": d, "SR": s_}
-    run(a.dn, a.sr, a.frames, [float(v) * 1e3 for v in a.exposures.split(",")], a.seed, scale,
-        [float(v) for v in a.pixel_scales.split(",") if v.strip()], a.pipeline, slope)
+    if not a.flat_only:
+        run(a.dn, a.sr, a.frames, exposures, a.seed, scale,
+            [float(v) for v in a.pixel_scales.split(",") if v.strip()], a.pipeline, slope)
+    if levels and a.sr:
+        flat_background(a.sr, exposures, levels, a.flat_frames, a.seed, a.pipeline)
     return 0
 
 
