@@ -39,7 +39,8 @@ bench: $(STAMP)
 # position channels and faint-source crops, 5233 steps of a 10000-step schedule (~0.9 h), then
 # aligned SR targets, 4406 steps of a 6000-step schedule (~1 h); then recipe 2 for both.
 # See models/MODEL_CARD.md.
-TRAIN := $(VPY) -m xmm_enhance.training.train --fresh --out models/
+# --flat-bkg 0: the bundled models predate the flat-background crops (session 12 recipe default)
+TRAIN := $(VPY) -m xmm_enhance.training.train --fresh --out models/ --flat-bkg 0
 # recipe 1 (fixed 20 ks inputs, rate maps only): every stage made before session 6
 V1 := --expo-range 0 --uncertainty 0 --decompose 0
 # the SR stages made before session 5: no position channels, no aligned targets, bright-source crops
@@ -58,7 +59,7 @@ V2_SR7_STEPS := 7002
 # x1.3 in log space at export (chosen on simulations, see the model card); session 10 ran it on
 # to 13000 and kept 10487 (a POINTS clump above the flat-field bar at 50 ks)
 V2_SR_STEPS ?= 10487
-TRAIN_ON := $(VPY) -m xmm_enhance.training.train --out models/
+TRAIN_ON := $(VPY) -m xmm_enhance.training.train --out models/ --flat-bkg 0
 # aperture rule's scale at 20 ks and (optional) its change per decade of exposure
 META := $(VPY) -c "import sys; from xmm_enhance.training.export import update_metadata as u; \
 	u(sys.argv[1], dict(zip(['aperture_interval_scale', 'aperture_interval_slope'], sys.argv[2:])))"
