@@ -542,6 +542,9 @@ def main(argv=None):
     ap.add_argument("--flat-bkg", type=float, default=None,
                     help="share of SR crops with an extra flat unvignetted background (default "
                          "%g)" % DEFAULTS["flat_bkg_prob"]["SR"])
+    ap.add_argument("--flat-bkg-range", default=None,
+                    help="LO,HI: that extra background's level in units of the nominal "
+                         "particle + cosmic rate (default %g,%g)" % DEFAULTS["flat_bkg_range"])
     ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default %g)"
                     % DEFAULTS["lr"])
     ap.add_argument("--lr-min", type=float, default=None,
@@ -587,6 +590,14 @@ def main(argv=None):
             if not 0 < lo < hi:
                 ap.error(f"--expo-range {a.expo_range!r}: need 0 < LO < HI")
             over["expo_range"] = (lo, hi)
+    if a.flat_bkg_range is not None:
+        try:
+            lo, hi = (float(v) for v in a.flat_bkg_range.split(","))
+        except ValueError:
+            ap.error(f"--flat-bkg-range {a.flat_bkg_range!r}: give LO,HI (e.g. 1,4)")
+        if not 0 < lo <= hi:
+            ap.error(f"--flat-bkg-range {a.flat_bkg_range!r}: need 0 < LO <= HI")
+        over["flat_bkg_range"] = (lo, hi)
     for key, val in (("uncertainty", a.uncertainty), ("decompose", a.decompose)):
         if val is not None:
             over[key] = bool(val)
