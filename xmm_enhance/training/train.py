@@ -84,10 +84,10 @@ def recipe_string(task, cfg):
              if task == "SR" and cfg.get("sr_align") else "")
     extra = ""
     p_flat = _per_task(cfg, "flat_bkg_prob", task)
+    f_lo, f_hi = cfg.get("flat_bkg_range", DEFAULTS["flat_bkg_range"])
     flat = (f" A share {p_flat:g} of the crops get an extra flat unvignetted background of "
-            f"{cfg.get('flat_bkg_range', (0.3, 4.0))[0]:g}-{cfg.get('flat_bkg_range', (0.3, 4.0))[1]:g}x "
-            "the nominal particle + cosmic level (background: not in the SR target)."
-            if p_flat else "")
+            f"{f_lo:g}-{f_hi:g}x the nominal particle + cosmic level (background: not in the SR "
+            "target)." if p_flat else "")
     if cfg.get("expo_range"):
         lo, hi = cfg["expo_range"]
         extra += (f" Exposure input (log10(T/20 ks) channel, counts = rate x T), crops drawn "
@@ -391,7 +391,7 @@ def train(task, *, out="models", ckpt_dir="models/checkpoints", minutes=None, st
                         position=_position(task, cfg), align=bool(cfg.get("sr_align")),
                         expo_range=cfg.get("expo_range"), decompose=_decompose(task, cfg),
                         flat_bkg_prob=_per_task(cfg, "flat_bkg_prob", task),
-                        flat_bkg_range=cfg.get("flat_bkg_range", (0.3, 4.0)))
+                        flat_bkg_range=cfg["flat_bkg_range"])
     val_frames = D.validation_frames(simulate, n=cfg["val_frames"], task=task,
                                      exposure=cfg["exposure"], align=bool(cfg.get("sr_align")),
                                      exposures=cfg.get("val_exposures") if cfg.get("expo_range")
