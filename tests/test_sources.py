@@ -156,6 +156,42 @@ def test_redraw_keeps_the_flux_and_draws_the_halved_psf():
     assert sources.redraw_points(wide, [{"y2": 2.0, "x2": 50.0}])[1] == 0
 
 
+def test_listed_sources_claim_the_compact_diffuse_excess_and_smooth_emission_stays():
+    yy, xx = np.mgrid[:120, :120]
+    level, amp = 2e-5, 3e-5
+    bump = amp * np.exp(-((yy - 60.0) ** 2 + (xx - 50.0) ** 2) / (2 * 1.5 ** 2))
+    # a sloping diffuse map (a cluster's flank) with a compact bump under the source
+    slope = level * (1.0 + 0.01 * (xx - 50.0))
+    diffuse = slope + bump
+    points = 1e-3 * np.exp(-((yy - 60.0) ** 2 + (xx - 50.0) ** 2) / (2 * 1.2 ** 2))
+    src = [{"y2": 60.0, "x2": 50.0, "counts": 500.0, "rate": 0.01}]
+    p2, d2, moved = sources.claim_excess(points, diffuse, src)
+    assert p2.dtype == np.float32 and d2.dtype == np.float32
+    # the sum is unchanged pixel by pixel; nothing changes outside the claim disc
+    np.testing.assert_allclose(p2 + d2, points + diffuse, rtol=1e-5, atol=1e-10)
+    far = np.hypot(yy - 60.0, xx - 50.0) > sources.CLAIM_RADIUS_2X
+    assert np.array_equal(d2[far], diffuse[far].astype(np.float32))
+    # the bump (within the disc) moves, the slope stays
+    inside = ~far
+    assert moved == pytest.approx(bump[inside].sum(), rel=0.05)
+    assert np.abs(d2 - slope)[inside].max() < 0.15 * amp
+    assert d2.min() >= 0.0
+    # the listed flux follows the points map
+    gain = 1.0 + moved / points[np.hypot(yy - 60.0, xx - 50.0) <= 10].sum()
+    assert src[0]["counts"] == pytest.approx(500.0 * gain, rel=1e-4)
+    assert src[0]["rate"] == pytest.approx(0.01 * gain, rel=1e-4)
+    # smooth emission alone (no bump): nothing is claimed
+    s2 = [{"y2": 60.0, "x2": 50.0, "counts": 500.0, "rate": 0.01}]
+    p3, d3, moved3 = sources.claim_excess(points, slope, s2)
+    assert moved3 < 1e-3 * slope[inside].sum()
+    assert s2[0]["counts"] == pytest.approx(500.0, rel=1e-3)
+    # a dip under the source is not filled from the points either; no sources: no change
+    p4, d4, moved4 = sources.claim_excess(points, slope - bump / 3, s2)
+    assert moved4 == 0.0 and np.array_equal(p4, points.astype(np.float32))
+    p5, d5, moved5 = sources.claim_excess(points, diffuse, [])
+    assert moved5 == 0.0 and np.array_equal(d5, diffuse.astype(np.float32))
+
+
 def test_gaussian_fwhm_matches_the_scipy_fit():
     from xmm_enhance import evaluation as ev
 

@@ -838,15 +838,22 @@ def check_exposure(img: InputImage, model: Model) -> None:
                       stacklevel=3)
 
 
+#: Listed sources claim the diffuse map's compact excess before the redraw
+#: (:func:`xmm_enhance.sources.claim_excess`).
+CLAIM_EXCESS = True
+
+
 def enhance_image(img: InputImage, model: Model, *, sources: bool = True,
                   redraw: bool = True) -> EnhanceResult:
     """Run ``model`` on ``img``; nothing is written.
 
     ``sources``: for SR models with a ``points`` map, list the point sources
     (:func:`xmm_enhance.sources.detect_sources`, significances from the input counts).
-    ``redraw``: then redraw each listed source in ``points`` (and so in the prediction) as the
-    halved PSF with the map's own flux (:func:`xmm_enhance.sources.redraw_points`); the
-    percentile maps follow the prediction's change pixel by pixel.
+    ``redraw``: then let each listed source take the ``diffuse`` map's compact excess under it
+    into ``points`` (:func:`xmm_enhance.sources.claim_excess`; their sum is unchanged), and
+    redraw it in ``points`` (and so in the prediction) as the halved PSF with the map's own
+    flux (:func:`xmm_enhance.sources.redraw_points`); the percentile maps follow the
+    prediction's change pixel by pixel.
     """
     check_exposure(img, model)
     rate, mask, keep, (top, left) = prepare(img)
@@ -868,13 +875,17 @@ def enhance_image(img: InputImage, model: Model, *, sources: bool = True,
                              diffuse2=maps.get("diffuse"))
     redrawn, core = 0, (1.0, 0)
     if found and redraw and "diffuse" in maps:
-        from .sources import psf_core_scale, redraw_points
+        from .sources import claim_excess, psf_core_scale, redraw_points
 
         axis = ((detector.AXIS_PIXEL[0] + top, detector.AXIS_PIXEL[1] + left)
                 if _is_pn_grid(img) else None)
         # this observation's PSF core radius (from its bright listed sources) over the model's
         core = psf_core_scale(np.rint(np.asarray(rate, np.float64) * img.exposure), mask, found,
                               img.exposure, axis=axis)
+        if CLAIM_EXCESS:
+            # listed sources take the diffuse map's compact excess under them (sum unchanged)
+            maps["points"], maps["diffuse"], _ = claim_excess(
+                maps["points"], maps["diffuse"], found, live2=out_mask & (pred > 0))
         # only where the prediction is positive, so the percentile maps can follow it
         pts, redrawn = redraw_points(maps["points"], found, axis=axis,
                                      live2=out_mask & (pred > 0), core_scale=core[0],

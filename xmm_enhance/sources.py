@@ -34,7 +34,8 @@ import math
 
 import numpy as np
 
-__all__ = ["detect_sources", "redraw_points", "psf_core_scale", "DEFAULT_MIN_SIGNIF",
+__all__ = ["detect_sources", "redraw_points", "claim_excess", "psf_core_scale",
+           "DEFAULT_MIN_SIGNIF",
            "region_text", "SOURCE_COLUMNS", "psf_fraction"]
 
 #: Default detection threshold (Gaussian sigma, three degrees of freedom); chosen on simulated
@@ -615,6 +616,105 @@ def psf_core_scale(counts, mask, sources, exposure, *, axis=None):
         d["psf_scale"] = float(np.clip(math.exp(l_i / gamma), *PSF_SCALE_RANGE))
     scale = math.exp(img / gamma)
     return float(np.clip(scale, *PSF_SCALE_RANGE)), int(ok.sum())
+
+
+#: Disc (2x pixels, 12") within which a listed source claims the diffuse map's compact excess,
+#: and the annulus (2x pixels) whose median diffuse level is the smooth part (:func:`claim_excess`).
+CLAIM_RADIUS_2X = 6
+CLAIM_ANNULUS_2X = (8, 12)
+
+
+def claim_excess(points2, diffuse2, sources, *, live2=None, radius=CLAIM_RADIUS_2X,
+                 annulus=CLAIM_ANNULUS_2X):
+    """Move the ``diffuse`` map's compact excess under each listed source into ``points``.
+
+    Near a bright point source the network's split hedges: it leaves a compact bump in
+    ``diffuse`` under the source (simulations, 50 ks, sources of >= 1000 counts: ~4 % of the
+    source's flux within 12", where the diffuse truth is smooth). A listed source has passed the
+    PSF-fit test on the input counts and was not better fitted by a wider profile, so the counts
+    demand a point source there: the diffuse map's excess within ``radius`` of it, over the
+    median diffuse level in ``annulus`` around it (other sources' discs left out), belongs to
+    the point. The excess ``E`` (summed over the disc, only when positive) is taken from the
+    pixels above that level in proportion to their height over it (never below the level) and
+    added to ``points`` in the same pixels, so ``points + diffuse`` is unchanged pixel by pixel.
+    Smooth emission (a flat or gently sloping diffuse map) has no excess and stays. Each
+    source's listed ``counts`` and ``rate`` (the points map within 20", scaled to the whole PSF)
+    follow the points map (updated in place).
+
+    Parameters
+    ----------
+    points2, diffuse2 : ndarray [2H, 2W]
+        SR component maps (count/s per 2" pixel); not modified.
+    sources : list of dict
+        :func:`detect_sources` output (``y2``, ``x2``).
+    live2 : bool ndarray [2H, 2W], optional
+        Pixels that may change.
+
+    Returns
+    -------
+    (points, diffuse, moved)
+        The new maps (float32) and the summed rate moved (count/s).
+    """
+    P = np.array(points2, np.float32, copy=True)
+    Dm = np.array(diffuse2, np.float32, copy=True)
+    if not sources:
+        return P, Dm, 0.0
+    H2, W2 = P.shape
+    live = np.ones(P.shape, bool) if live2 is None else np.asarray(live2, bool)
+    pos = np.array([[d["y2"], d["x2"]] for d in sources], np.float64)
+    R = int(annulus[1])
+    ry, rx = np.mgrid[-R:R + 1, -R:R + 1]
+    rr = np.hypot(ry, rx)
+    moved = 0.0
+
+    def flux20(m):  # the points map within NET_RADIUS_2X of each source (as listed)
+        n = NET_RADIUS_2X
+        out = []
+        for y2, x2 in pos:
+            iy, ix = int(round(y2)), int(round(x2))
+            y0, y1 = max(iy - n, 0), min(iy + n + 1, H2)
+            x0, x1 = max(ix - n, 0), min(ix + n + 1, W2)
+            yy, xx = np.ogrid[y0 - iy:y1 - iy, x0 - ix:x1 - ix]
+            out.append(float(m[y0:y1, x0:x1][yy * yy + xx * xx <= n * n].sum()))
+        return np.array(out)
+
+    before = flux20(P)
+    for i, (y2, x2) in enumerate(pos):
+        iy, ix = int(round(y2)), int(round(x2))
+        if iy - R < 0 or ix - R < 0 or iy + R >= H2 or ix + R >= W2:
+            continue
+        sl = (slice(iy - R, iy + R + 1), slice(ix - R, ix + R + 1))
+        lv = live[sl]
+        others = np.delete(pos, i, axis=0)
+        near = (np.hypot(*(others - pos[i]).T).min() if len(others) else np.inf)
+        r = min(float(radius), near / 2.0)
+        if r < 2.0:
+            continue
+        free = np.ones_like(lv)
+        for oy, ox in others:  # other sources' discs are not background
+            if abs(oy - iy) <= R + radius and abs(ox - ix) <= R + radius:
+                free &= np.hypot(ry + iy - oy, rx + ix - ox) > radius
+        disc = (rr <= r) & lv
+        ann = (rr >= annulus[0]) & (rr <= annulus[1]) & lv & free
+        if disc.sum() < 5 or ann.sum() < 10:
+            continue
+        d = Dm[sl]
+        level = float(np.median(d[ann]))
+        over = np.where(disc, np.maximum(d - level, 0.0), 0.0)
+        excess = float((d[disc] - level).sum())
+        tot = float(over.sum())
+        if excess <= 0.0 or tot <= 0.0:
+            continue
+        take = over * (excess / tot)
+        d -= take
+        P[sl] += take
+        moved += excess
+    if moved > 0:
+        for d, b, a in zip(sources, before, flux20(P)):
+            if b > 0 and a != b:
+                d["counts"] *= a / b
+                d["rate"] *= a / b
+    return P, Dm, moved
 
 
 #: Radius (2x pixels, 16") within which :func:`redraw_points` redraws a listed source.
