@@ -156,6 +156,29 @@ def test_redraw_keeps_the_flux_and_draws_the_halved_psf():
     assert sources.redraw_points(wide, [{"y2": 2.0, "x2": 50.0}])[1] == 0
 
 
+def test_a_dip_the_network_leaves_in_the_diffuse_map_does_not_lower_the_background():
+    rng = np.random.default_rng(11)
+    T, bkg = 20e3, 1.0
+    counts, _ = king_image((96, 96), [(48.0, 48.0, 60.0)], bkg, rng)
+    live = np.ones(counts.shape, bool)
+    yy, xx = np.mgrid[:192, :192]
+    level = np.full((192, 192), bkg / 4.0 / T)  # the true diffuse level per 2" pixel
+    dipped = np.where(np.hypot(yy - 96.5, xx - 96.5) <= 5.0, 0.2 * level, level)
+    pts = _points_map(counts, T)
+    a = sources.detect_sources(counts, live, T, pts, diffuse2=level, min_signif=0.0)
+    b = sources.detect_sources(counts, live, T, pts, diffuse2=dipped, min_signif=0.0)
+    near = lambda f: [d for d in f if np.hypot(d["y"] - 48, d["x"] - 48) < 1.5]  # noqa: E731
+    (da,), (db,) = near(a), near(b)
+    # the dip (the network's split under the point it draws) is not sky: same background,
+    # same significance as over the true level
+    assert db["bkg"] == pytest.approx(da["bkg"], rel=0.05)
+    assert db["signif"] == pytest.approx(da["signif"], rel=0.05)
+    # a knot above the level still counts as background (the diffuse model explains it)
+    knot = np.where(np.hypot(yy - 96.5, xx - 96.5) <= 5.0, 3.0 * level, level)
+    (dk,) = near(sources.detect_sources(counts, live, T, pts, diffuse2=knot, min_signif=0.0))
+    assert dk["bkg"] > 1.5 * da["bkg"] and dk["signif"] < da["signif"]
+
+
 def test_listed_sources_claim_the_compact_diffuse_excess_and_smooth_emission_stays():
     yy, xx = np.mgrid[:120, :120]
     level, amp = 2e-5, 3e-5

@@ -47,6 +47,9 @@ FIT_RADIUS = 6
 BKG_ANNULUS = (8.0, 16.0)
 #: Cores of other candidates excluded from a background annulus (1x pixels).
 EXCLUDE_RADIUS = 4.0
+#: Radius (1x pixels) of a candidate's core in which the diffuse background is not allowed
+#: below its annulus mean (:func:`detect_sources`).
+DIP_FILL_RADIUS = 3
 #: Extent test: a King profile with this many times the PSF's core radius, and the likelihood
 #: gain over the PSF that marks a candidate as extended emission.
 EXTENT_RC_FACTOR = 2.5
@@ -258,8 +261,10 @@ def detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None,
         is this diffuse emission (summed to the input's 4" pixels) plus a flat level from the
         annulus (the annulus counts minus their diffuse part), as emldetect fits over a
         background map that holds the extended emission: a knot that the diffuse model
-        already explains is not a point source, one that stands above it still is. Without
-        it the background is the annulus mean, flat under the source.
+        already explains is not a point source, one that stands above it still is. Within
+        ``DIP_FILL_RADIUS`` of the candidate the diffuse part is at least its annulus mean: a
+        dip there is the network's split (flux moved to the point it draws), not the sky.
+        Without it the background is the annulus mean, flat under the source.
     axis : (float, float), optional
         Optical axis (1x pixel ``[y, x]``, fractional) for the off-axis PSF; on-axis PSF
         everywhere if None.
@@ -338,6 +343,7 @@ def detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None,
     m = mask[cy[:, None] + wy, cx[:, None] + wx].astype(np.float64)
     dif_win = dif1[cy[:, None] + wy, cx[:, None] + wx]
     centre = len(wy) // 2  # the window's centre pixel
+    fill_core = wy * wy + wx * wx <= DIP_FILL_RADIUS ** 2
 
     def background(exclude):
         """Annulus means with the cores of the candidates ``exclude`` (bool [N]) left out."""
@@ -353,8 +359,14 @@ def detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None,
         n_use = use.sum(1)
         mean = (ann_counts * use).sum(1) / np.maximum(n_use, 1)
         flat = np.maximum(mean, 0.5 / np.maximum(n_use, 1))
+        # the diffuse map may not dip below its annulus mean under the candidate's core: the
+        # network moves flux from diffuse to points where it draws a point, so a dip there is
+        # its split, not the sky (a noise clump on a flat background otherwise sits on a
+        # background ~25 % too low and passes the threshold)
+        dif_ann = (dif1[ysc, xsc] * use).sum(1) / np.maximum(n_use, 1)
+        dif = np.where(fill_core[None], np.maximum(dif_win, dif_ann[:, None]), dif_win)
         # [N, P]: the flat level plus the diffuse emission in each fit window
-        return flat[:, None] + dif_win, n_use
+        return flat[:, None] + dif, n_use
 
     good = (m.reshape(-1, 2 * R + 1, 2 * R + 1)[:, R - 1:R + 2, R - 1:R + 2]
                          .sum((1, 2)) >= 3)
