@@ -48,7 +48,7 @@ BKG_ANNULUS = (8.0, 16.0)
 #: Cores of other candidates excluded from a background annulus (1x pixels).
 EXCLUDE_RADIUS = 4.0
 #: Radius (1x pixels) of a candidate's core in which the diffuse background is not allowed
-#: below its annulus mean (:func:`detect_sources`).
+#: below its mean over the ring from there to ``FIT_RADIUS`` (:func:`detect_sources`).
 DIP_FILL_RADIUS = 3
 #: Extent test: a King profile with this many times the PSF's core radius, and the likelihood
 #: gain over the PSF that marks a candidate as extended emission.
@@ -262,8 +262,9 @@ def detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None,
         annulus (the annulus counts minus their diffuse part), as emldetect fits over a
         background map that holds the extended emission: a knot that the diffuse model
         already explains is not a point source, one that stands above it still is. Within
-        ``DIP_FILL_RADIUS`` of the candidate the diffuse part is at least its annulus mean: a
-        dip there is the network's split (flux moved to the point it draws), not the sky.
+        ``DIP_FILL_RADIUS`` of the candidate the diffuse part is at least its mean in the ring
+        from there to ``FIT_RADIUS``: a dip there is the network's split (flux moved to the
+        point it draws), not the sky.
         Without it the background is the annulus mean, flat under the source.
     axis : (float, float), optional
         Optical axis (1x pixel ``[y, x]``, fractional) for the off-axis PSF; on-axis PSF
@@ -344,6 +345,8 @@ def detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None,
     dif_win = dif1[cy[:, None] + wy, cx[:, None] + wx]
     centre = len(wy) // 2  # the window's centre pixel
     fill_core = wy * wy + wx * wx <= DIP_FILL_RADIUS ** 2
+    ring = (wy * wy + wx * wx > DIP_FILL_RADIUS ** 2) & (wy * wy + wx * wx <= R * R)
+    dif_ring = (dif_win * (m * ring)).sum(1) / np.maximum((m * ring).sum(1), 1.0)
 
     def background(exclude):
         """Annulus means with the cores of the candidates ``exclude`` (bool [N]) left out."""
@@ -359,12 +362,12 @@ def detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None,
         n_use = use.sum(1)
         mean = (ann_counts * use).sum(1) / np.maximum(n_use, 1)
         flat = np.maximum(mean, 0.5 / np.maximum(n_use, 1))
-        # the diffuse map may not dip below its annulus mean under the candidate's core: the
+        # the diffuse map may not dip below its mean just outside the candidate's core: the
         # network moves flux from diffuse to points where it draws a point, so a dip there is
         # its split, not the sky (a noise clump on a flat background otherwise sits on a
-        # background ~25 % too low and passes the threshold)
-        dif_ann = (dif1[ysc, xsc] * use).sum(1) / np.maximum(n_use, 1)
-        dif = np.where(fill_core[None], np.maximum(dif_win, dif_ann[:, None]), dif_win)
+        # background ~25 % too low and passes the threshold); the ring is close to the core so
+        # that a curved profile (a galaxy's) is not over-filled
+        dif = np.where(fill_core[None], np.maximum(dif_win, dif_ring[:, None]), dif_win)
         # [N, P]: the flat level plus the diffuse emission in each fit window
         return flat[:, None] + dif, n_use
 
