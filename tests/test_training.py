@@ -149,6 +149,25 @@ def test_flat_background_crops_add_background_only():
         plain.frames[0].dn_target.mean(), rel=1e-5)
 
 
+def test_flat_background_edge_crops_are_centred_off_axis():
+    from xmm_enhance.detector import AXIS_PIXEL
+
+    sim = functools.partial(D.toy_simulate, shape=(48, 48), exposure=1e6)
+    buf = D.FrameBuffer(sim, np.random.default_rng(7), task="SR", size=1, exposure=1e6,
+                        flat_bkg_prob=1.0, flat_bkg_edge=1.0)
+    live = np.ones((403, 411), bool)
+    thetas = []
+    for _ in range(30):
+        y, x = buf._edge_crop(live, 128, 0.25, (-1, -1))
+        assert 0 <= y <= 403 - 128 and 0 <= x <= 411 - 128
+        thetas.append(np.hypot(y + 64 - AXIS_PIXEL[0], x + 64 - AXIS_PIXEL[1]) * 4.0 / 60)
+    assert min(thetas) >= D.FLAT_EDGE_THETA and np.ptp(thetas) > 0.5
+    # no live crop out there: the crop already drawn stays
+    yy, xx = np.mgrid[:403, :411]
+    centre = np.hypot(yy - AXIS_PIXEL[0], xx - AXIS_PIXEL[1]) * 4.0 / 60 < 4.0
+    assert buf._edge_crop(centre, 128, 0.25, (-1, -1)) == (-1, -1)
+
+
 def test_sr_refinement_branch_starts_as_the_plain_network_and_exports(tmp_path):
     torch.manual_seed(2)
     plain = EnhanceNet(2, channels=CH)

@@ -53,11 +53,14 @@ DEFAULTS = {
     "sr_shape_expo_power": 1.0,
     # session 12 (issue 13, flat backgrounds): crops with an extra flat unvignetted background
     "flat_bkg_prob": {"DN": 0.0, "SR": 0.25}, "flat_bkg_range": (0.3, 4.0),
+    # session 13: a share of those crops centred beyond 9' off axis, where the clumps stayed
+    "flat_bkg_edge": 0.0,
 }
 #: Recipe keys that older checkpoints lack, with the value those checkpoints were trained with.
 LEGACY = {"sr_refine": 0, "sr_position": False, "faint_source_share": 0.0, "sr_align": False,
           "expo_range": None, "uncertainty": False, "decompose": False, "val_exposures": None,
-          "decompose_point_weight": 0.0, "sr_shape_expo_power": 0.0, "flat_bkg_prob": 0.0}
+          "decompose_point_weight": 0.0, "sr_shape_expo_power": 0.0, "flat_bkg_prob": 0.0,
+          "flat_bkg_edge": 0.0}
 
 
 def recipe_version(cfg):
@@ -88,6 +91,9 @@ def recipe_string(task, cfg):
     flat = (f" A share {p_flat:g} of the crops get an extra flat unvignetted background of "
             f"{f_lo:g}-{f_hi:g}x the nominal particle + cosmic level (background: not in the SR "
             "target)." if p_flat else "")
+    if p_flat and cfg.get("flat_bkg_edge"):
+        flat += (f" A share {cfg['flat_bkg_edge']:g} of those crops is centred beyond 9' off "
+                 "axis.")
     if cfg.get("expo_range"):
         lo, hi = cfg["expo_range"]
         extra += (f" Exposure input (log10(T/20 ks) channel, counts = rate x T), crops drawn "
@@ -349,7 +355,7 @@ def train(task, *, out="models", ckpt_dir="models/checkpoints", minutes=None, st
         # recipe changes after the checkpoint was written: today's defaults unless overridden
         for k in ("source_crop_prob", "sr_shape_weight", "empty_frame_prob",
                   "faint_source_share", "decompose_point_weight", "sr_shape_expo_power",
-                  "flat_bkg_prob"):
+                  "flat_bkg_prob", "flat_bkg_edge"):
             cfg[k] = DEFAULTS[k] if k not in (cfg_overrides or {}) else cfg[k]
     net = make_net(task, cfg)
     ema = copy.deepcopy(net)
@@ -391,7 +397,8 @@ def train(task, *, out="models", ckpt_dir="models/checkpoints", minutes=None, st
                         position=_position(task, cfg), align=bool(cfg.get("sr_align")),
                         expo_range=cfg.get("expo_range"), decompose=_decompose(task, cfg),
                         flat_bkg_prob=_per_task(cfg, "flat_bkg_prob", task),
-                        flat_bkg_range=cfg["flat_bkg_range"])
+                        flat_bkg_range=cfg["flat_bkg_range"],
+                        flat_bkg_edge=cfg.get("flat_bkg_edge", 0.0))
     val_frames = D.validation_frames(simulate, n=cfg["val_frames"], task=task,
                                      exposure=cfg["exposure"], align=bool(cfg.get("sr_align")),
                                      exposures=cfg.get("val_exposures") if cfg.get("expo_range")
@@ -545,6 +552,9 @@ def main(argv=None):
     ap.add_argument("--flat-bkg-range", default=None,
                     help="LO,HI: that extra background's level in units of the nominal "
                          "particle + cosmic rate (default %g,%g)" % DEFAULTS["flat_bkg_range"])
+    ap.add_argument("--flat-bkg-edge", type=float, default=None,
+                    help="share of those crops centred beyond 9' off axis (default %g)"
+                         % DEFAULTS["flat_bkg_edge"])
     ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default %g)"
                     % DEFAULTS["lr"])
     ap.add_argument("--lr-min", type=float, default=None,
@@ -607,6 +617,7 @@ def main(argv=None):
                      ("decompose_point_weight", a.decompose_point_weight),
                      ("sr_shape_expo_power", a.shape_expo_power),
                      ("faint_source_share", a.faint_share), ("flat_bkg_prob", a.flat_bkg),
+                     ("flat_bkg_edge", a.flat_bkg_edge),
                      ("sr_position", None if a.position is None else bool(a.position)),
                      ("sr_align", None if a.align is None else bool(a.align))):
         if val is not None:
