@@ -60,6 +60,11 @@ V2_SR7_STEPS := 7002
 # to 13000 and kept 10487 (a POINTS clump above the flat-field bar at 50 ks)
 V2_SR_STEPS ?= 10487
 TRAIN_ON := $(VPY) -m xmm_enhance.training.train --out models/ --flat-bkg 0
+# sessions 12-13: from 10487 (its optimiser state) with flat-background crops, share 0.1 at 1-4x
+# the nominal level to the schedule's end at 13000, then share 0.15 with half of them centred
+# beyond 9' off axis to 14400 (lr at its floor, 2e-5); bundled: step 14400
+TRAIN_FLAT := $(VPY) -m xmm_enhance.training.train --out models/ --flat-bkg-range 1,4
+V2_SR_FLAT_STEPS ?= 14400
 # aperture rule's scale at 20 ks and (optional) its change per decade of exposure
 META := $(VPY) -c "import sys; from xmm_enhance.training.export import update_metadata as u; \
 	u(sys.argv[1], dict(zip(['aperture_interval_scale', 'aperture_interval_slope'], sys.argv[2:])))"
@@ -95,7 +100,11 @@ models: $(VENV)/.train
 	  --total-steps 11500 --decompose-point-weight 2 --shape-expo-power 1 --no-export
 	$(TRAIN_ON) --ckpt-dir runs/checkpoints/SR_v2 --task SR --steps $(V2_SR_STEPS) \
 	  --total-steps 13000 --decompose-point-weight 2 --shape-expo-power 1 --no-export
-	$(TRAIN_ON) --ckpt-dir runs/checkpoints/SR_v2 --task SR --export-only --which last \
+	$(TRAIN_FLAT) --ckpt-dir runs/checkpoints/SR_v2 --task SR --steps 13000 --flat-bkg 0.1 \
+	  --no-export
+	$(TRAIN_FLAT) --ckpt-dir runs/checkpoints/SR_v2 --task SR --steps $(V2_SR_FLAT_STEPS) \
+	  --flat-bkg 0.15 --flat-bkg-edge 0.5 --no-export
+	$(TRAIN_FLAT) --ckpt-dir runs/checkpoints/SR_v2 --task SR --export-only --which last \
 	  --interval-scale 1.3
 	$(META) models/XMM-SuperRes.onnx 0.92
 
