@@ -838,11 +838,6 @@ def check_exposure(img: InputImage, model: Model) -> None:
                       stacklevel=3)
 
 
-#: Listed sources claim the diffuse map's compact excess before the redraw
-#: (:func:`xmm_enhance.sources.claim_excess`).
-CLAIM_EXCESS = True
-
-
 def enhance_image(img: InputImage, model: Model, *, sources: bool = True,
                   redraw: bool = True) -> EnhanceResult:
     """Run ``model`` on ``img``; nothing is written.
@@ -882,10 +877,9 @@ def enhance_image(img: InputImage, model: Model, *, sources: bool = True,
         # this observation's PSF core radius (from its bright listed sources) over the model's
         core = psf_core_scale(np.rint(np.asarray(rate, np.float64) * img.exposure), mask, found,
                               img.exposure, axis=axis)
-        if CLAIM_EXCESS:
-            # listed sources take the diffuse map's compact excess under them (sum unchanged)
-            maps["points"], maps["diffuse"], _ = claim_excess(
-                maps["points"], maps["diffuse"], found, live2=out_mask & (pred > 0))
+        # listed sources take the diffuse map's compact excess under them (sum unchanged)
+        maps["points"], maps["diffuse"], _ = claim_excess(
+            maps["points"], maps["diffuse"], found, live2=out_mask & (pred > 0))
         # only where the prediction is positive, so the percentile maps can follow it
         pts, redrawn = redraw_points(maps["points"], found, axis=axis,
                                      live2=out_mask & (pred > 0), core_scale=core[0],

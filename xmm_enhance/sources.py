@@ -347,6 +347,12 @@ def detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None,
     fill_core = wy * wy + wx * wx <= DIP_FILL_RADIUS ** 2
     ring = (wy * wy + wx * wx > DIP_FILL_RADIUS ** 2) & (wy * wy + wx * wx <= R * R)
     dif_ring = (dif_win * (m * ring)).sum(1) / np.maximum((m * ring).sum(1), 1.0)
+    # the diffuse map may not dip below its mean just outside the candidate's core: the network
+    # moves flux from diffuse to points where it draws a point, so a dip there is its split, not
+    # the sky (a noise clump on a flat background otherwise sits on a background ~25 % too low
+    # and passes the threshold); the ring is close to the core so that a curved profile (a
+    # galaxy's) is not over-filled
+    dif_filled = np.where(fill_core[None], np.maximum(dif_win, dif_ring[:, None]), dif_win)
 
     def background(exclude):
         """Annulus means with the cores of the candidates ``exclude`` (bool [N]) left out."""
@@ -362,14 +368,8 @@ def detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None,
         n_use = use.sum(1)
         mean = (ann_counts * use).sum(1) / np.maximum(n_use, 1)
         flat = np.maximum(mean, 0.5 / np.maximum(n_use, 1))
-        # the diffuse map may not dip below its mean just outside the candidate's core: the
-        # network moves flux from diffuse to points where it draws a point, so a dip there is
-        # its split, not the sky (a noise clump on a flat background otherwise sits on a
-        # background ~25 % too low and passes the threshold); the ring is close to the core so
-        # that a curved profile (a galaxy's) is not over-filled
-        dif = np.where(fill_core[None], np.maximum(dif_win, dif_ring[:, None]), dif_win)
         # [N, P]: the flat level plus the diffuse emission in each fit window
-        return flat[:, None] + dif, n_use
+        return flat[:, None] + dif_filled, n_use
 
     good = (m.reshape(-1, 2 * R + 1, 2 * R + 1)[:, R - 1:R + 2, R - 1:R + 2]
                          .sum((1, 2)) >= 3)

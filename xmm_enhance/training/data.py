@@ -15,6 +15,7 @@ import numpy as np
 
 from ..detector import AXIS_PIXEL, detector_mask
 from ..simulate.instrument import COSMIC_RATE, PARTICLE_RATE
+from ..sources import PIXEL_ARCSEC
 
 __all__ = ["Frame", "toy_simulate", "simulator", "FrameBuffer", "pad_to_multiple",
            "validation_frames"]
@@ -361,7 +362,8 @@ class FrameBuffer:
         for _ in range(tries):
             y = int(self.rng.integers(0, ny - crop + 1))
             x = int(self.rng.integers(0, nx - crop + 1))
-            th = np.hypot(y + crop / 2 - AXIS_PIXEL[0], x + crop / 2 - AXIS_PIXEL[1]) * 4.0 / 60
+            th = (np.hypot(y + crop / 2 - AXIS_PIXEL[0], x + crop / 2 - AXIS_PIXEL[1])
+                  * PIXEL_ARCSEC / 60.0)
             if th >= FLAT_EDGE_THETA and mask[y:y + crop, x:x + crop].mean() >= min_coverage:
                 return y, x
         return default

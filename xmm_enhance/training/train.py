@@ -92,8 +92,8 @@ def recipe_string(task, cfg):
             f"{f_lo:g}-{f_hi:g}x the nominal particle + cosmic level (background: not in the SR "
             "target)." if p_flat else "")
     if p_flat and cfg.get("flat_bkg_edge"):
-        flat += (f" A share {cfg['flat_bkg_edge']:g} of those crops is centred beyond 9' off "
-                 "axis.")
+        flat += (f" A share {cfg['flat_bkg_edge']:g} of those crops is centred beyond "
+                 f"{D.FLAT_EDGE_THETA:g}' off axis.")
     if cfg.get("expo_range"):
         lo, hi = cfg["expo_range"]
         extra += (f" Exposure input (log10(T/20 ks) channel, counts = rate x T), crops drawn "
@@ -553,8 +553,8 @@ def main(argv=None):
                     help="LO,HI: that extra background's level in units of the nominal "
                          "particle + cosmic rate (default %g,%g)" % DEFAULTS["flat_bkg_range"])
     ap.add_argument("--flat-bkg-edge", type=float, default=None,
-                    help="share of those crops centred beyond 9' off axis (default %g)"
-                         % DEFAULTS["flat_bkg_edge"])
+                    help="share of those crops centred beyond %g' off axis (default %g)"
+                         % (D.FLAT_EDGE_THETA, DEFAULTS["flat_bkg_edge"]))
     ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default %g)"
                     % DEFAULTS["lr"])
     ap.add_argument("--lr-min", type=float, default=None,
