@@ -95,6 +95,33 @@ def test_extended_blob_is_not_a_point_source():
     assert not any(np.hypot(d["y"] - 48, d["x"] - 48) < 4 for d in found)
 
 
+def test_support_returns_the_unlisted_candidates_that_keep_their_points():
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[:96, :150]
+    # an extended blob (not listed: a wider profile fits better) and a point source
+    lam = 0.3 + 600.0 * np.exp(-((yy - 48) ** 2 + (xx - 48) ** 2) / (2 * 5.0 ** 2)) / (
+        2 * np.pi * 25.0)
+    counts = rng.poisson(lam).astype(float)
+    counts += king_image((96, 150), [(40.0, 110.0, 300.0)], 0.0, rng)[0]
+    pts = _points_map(counts, 20e3)
+    live = np.ones(counts.shape, bool)
+    plain = sources.detect_sources(counts, live, 20e3, pts)
+    support = []
+    found = sources.detect_sources(counts, live, 20e3, pts, support=support)
+    # the list is the same with or without the support list
+    assert [(d["y"], d["x"], d["signif"]) for d in found] == \
+        [(d["y"], d["x"], d["signif"]) for d in plain]
+    assert any(np.hypot(d["y"] - 40, d["x"] - 110) < 1 for d in found)
+    # the blob: significant, not listed, in the support list
+    blob = [d for d in support if np.hypot(d["y"] - 48, d["x"] - 48) < 4]
+    assert blob and all(d["signif"] >= sources.POINTS_SUPPORT_SIGNIF for d in support)
+    assert not any(np.hypot(d["y"] - 48, d["x"] - 48) < 4 for d in found)
+    # a higher support threshold drops the weaker ones
+    strict = []
+    sources.detect_sources(counts, live, 20e3, pts, support=strict, support_signif=1e6)
+    assert strict == []
+
+
 @pytest.mark.parametrize("seed", [0, 2])
 def test_a_knot_the_diffuse_map_explains_is_not_listed_a_point_on_it_is(seed):
     """A filament with a compact knot (Gaussian, sigma 6") and a real point source on it: with
@@ -213,6 +240,42 @@ def test_listed_sources_claim_the_compact_diffuse_excess_and_smooth_emission_sta
     assert moved4 == 0.0 and np.array_equal(p4, points.astype(np.float32))
     p5, d5, moved5 = sources.claim_excess(points, diffuse, [])
     assert moved5 == 0.0 and np.array_equal(d5, diffuse.astype(np.float32))
+
+
+def test_points_keeps_the_listed_sources_and_the_rest_moves_to_diffuse():
+    from xmm_enhance.simulate import psf as _psf
+
+    yy, xx = np.mgrid[:300, :300]
+    T = 20e3
+    # a bright listed source with King wings (halved PSF), an unlisted faint clump far from it
+    # and a low smear of points everywhere (the network's hedge), over a flat diffuse map
+    rc, alpha = _psf.king_params(0.0)
+    r2 = (yy - 100.0) ** 2 + (xx - 100.0) ** 2
+    bright = 5000.0 / T * (alpha - 1) / (np.pi * (rc / 4) ** 2) * (1 + r2 / (rc / 4) ** 2) ** -alpha
+    clump = 15.0 / T / (2 * np.pi * 1.5 ** 2) * np.exp(-((yy - 220.0) ** 2 + (xx - 230.0) ** 2)
+                                                       / (2 * 1.5 ** 2))
+    smear = np.full(yy.shape, 1e-3 / T)
+    points = bright + clump + smear
+    diffuse = np.full(yy.shape, 2e-5)
+    src = [{"y2": 100.0, "x2": 100.0, "counts": 5000.0, "fit_counts": 4900.0}]
+    radius = sources.support_radius(5000.0)
+    assert sources.SUPPORT_MIN_RADIUS_2X < radius < sources.SUPPORT_MAX_RADIUS_2X
+    # the wing at the support radius: about SUPPORT_WING_COUNTS per pixel
+    assert bright[100, 100 + radius] * T == pytest.approx(sources.SUPPORT_WING_COUNTS, rel=0.2)
+    p2, d2, moved = sources.release_unlisted(points, diffuse, src)
+    assert p2.dtype == np.float32 and d2.dtype == np.float32
+    np.testing.assert_allclose(p2.astype(np.float64) + d2, points + diffuse, rtol=1e-5)
+    keep = np.hypot(yy - 100.0, xx - 100.0) <= radius
+    # the listed source keeps its points, wings included; nothing stays anywhere else
+    assert np.array_equal(p2[keep], points[keep].astype(np.float32))
+    assert np.all(p2[~keep] == 0.0)
+    assert moved == pytest.approx(points[~keep].sum(), rel=1e-5)
+    assert d2[220, 230] > 0.9 * (clump[220, 230] + smear[220, 230])
+    # a faint listed source keeps 20" around it; no listed source: points all moves
+    assert sources.support_radius(20.0) == sources.SUPPORT_MIN_RADIUS_2X
+    assert sources.support_radius(1e7) == sources.SUPPORT_MAX_RADIUS_2X
+    p3, d3, moved3 = sources.release_unlisted(points, diffuse, [])
+    assert np.all(p3 == 0.0) and moved3 == pytest.approx(points.sum(), rel=1e-5)
 
 
 def test_gaussian_fwhm_matches_the_scipy_fit():
@@ -409,6 +472,20 @@ def test_sr_output_contract(tmp_path, v2_models):
             assert h[0].header["PTREDRAW"] == len(t) >= 2
             # the redraw's PSF core scale and what it was measured on (1.0 from too few counts)
             assert 0.8 <= h[0].header["PSFSCALE"] <= 1.25 and h[0].header["PSFNSRC"] >= 0
+            # POINTS holds the sources the counts demand only: nothing beyond 128" of the listed
+            # ones and the unlisted candidates of >= PTSIGMIN; the stand-in's other points (0.9 x
+            # the rate everywhere) went to DIFFUSE
+            yy, xx = np.mgrid[:832, :832]
+            near = np.zeros(p.shape, bool)
+            keep = [(y2, x2) for y2, x2 in zip(t["Y"], t["X"])]
+            keep += [(d["y2"], d["x2"]) for d in res["result"].support]
+            assert all(d["signif"] >= h[0].header["PTSIGMIN"] for d in res["result"].support)
+            for y2, x2 in keep:
+                near |= np.hypot(yy - y2, xx - x2) <= sources.SUPPORT_MAX_RADIUS_2X + 1
+            assert np.all(h["POINTS"].data[~near] == 0) and np.any(h["POINTS"].data[near] > 0)
+            assert (~near).mean() > 0.5
+            assert np.allclose(h["DIFFUSE"].data[~near], p[~near], rtol=1e-4, atol=1e-30)
+            assert h[0].header["PTMOVED"] > 0 and "PTSIGMIN" in h["POINTS"].header["CONTENT"]
             assert list(t.columns.names)[:8] == ["RA", "DEC", "X", "Y", "RATE", "RATE_ERR",
                                                  "COUNTS", "COUNTS_ERR"]
             assert "SIGNIF" in t.columns.names and np.all(t["SIGNIF"] > 0)

@@ -430,13 +430,22 @@ class EnhanceResult:
         The input's PSF core radius over the King model's that the redraw used, and the number
         of sources it was measured on (:func:`xmm_enhance.sources.psf_core_scale`; (1.0, 0)
         when none).
+    released : float or None
+        Rate (count/s) of ``points`` away from every supporting source that moved to
+        ``diffuse`` (:func:`xmm_enhance.sources.release_unlisted`); None when not applied.
+    support : list of dict
+        Unlisted candidates whose ``points`` stayed (:func:`xmm_enhance.sources.detect_sources`
+        ``support``), padded 2x grid positions ``y2``/``x2``.
     """
 
     def __init__(self, task, input_rate, input_mask, prediction, input_wcs, output_wcs, pad,
-                 image, model, extras=None, sources=None, redrawn=0, psf_core=(1.0, 0)):
+                 image, model, extras=None, sources=None, redrawn=0, psf_core=(1.0, 0),
+                 released=None, support=None):
         self.extras = dict(extras or {})
+        self.support = list(support or [])
         self.sources = sources
         self.redrawn = int(redrawn)
+        self.released = None if released is None else float(released)
         self.psf_core = (float(psf_core[0]), int(psf_core[1]))
         self.task = task
         self.input_rate = input_rate
@@ -848,7 +857,9 @@ def enhance_image(img: InputImage, model: Model, *, sources: bool = True,
     into ``points`` (:func:`xmm_enhance.sources.claim_excess`; their sum is unchanged), and
     redraw it in ``points`` (and so in the prediction) as the halved PSF with the map's own
     flux (:func:`xmm_enhance.sources.redraw_points`); the percentile maps follow the
-    prediction's change pixel by pixel.
+    prediction's change pixel by pixel. Last, ``points`` away from every listed source moves
+    to ``diffuse`` (:func:`xmm_enhance.sources.release_unlisted`; sum unchanged), so that
+    ``points`` holds the listed sources only.
     """
     check_exposure(img, model)
     rate, mask, keep, (top, left) = prepare(img)
@@ -865,39 +876,48 @@ def enhance_image(img: InputImage, model: Model, *, sources: bool = True,
     in_sky = img.sky.padded(top, left) if img.sky is not None else None
     out_sky = in_sky.upscaled(s) if (in_sky is not None and s > 1) else in_sky
     found = None
+    weak = []  # candidates below the list's threshold whose points stay (release_unlisted)
     if sources and s == 2 and "points" in maps:
+        from . import sources as S
+
         found = find_sources(img, rate, mask, maps["points"], (top, left), out_sky,
-                             diffuse2=maps.get("diffuse"))
-    redrawn, core = 0, (1.0, 0)
-    if found and redraw and "diffuse" in maps:
-        from .sources import claim_excess, psf_core_scale, redraw_points
+                             diffuse2=maps.get("diffuse"), support=weak,
+                             support_signif=S.POINTS_SUPPORT_SIGNIF)
+    redrawn, core, released = 0, (1.0, 0), None
+    if found is not None and redraw and "diffuse" in maps:
+        from .sources import claim_excess, psf_core_scale, redraw_points, release_unlisted
 
         axis = ((detector.AXIS_PIXEL[0] + top, detector.AXIS_PIXEL[1] + left)
                 if _is_pn_grid(img) else None)
-        # this observation's PSF core radius (from its bright listed sources) over the model's
-        core = psf_core_scale(np.rint(np.asarray(rate, np.float64) * img.exposure), mask, found,
-                              img.exposure, axis=axis)
-        # listed sources take the diffuse map's compact excess under them (sum unchanged)
-        maps["points"], maps["diffuse"], _ = claim_excess(
-            maps["points"], maps["diffuse"], found, live2=out_mask & (pred > 0))
-        # only where the prediction is positive, so the percentile maps can follow it
-        pts, redrawn = redraw_points(maps["points"], found, axis=axis,
-                                     live2=out_mask & (pred > 0), core_scale=core[0],
-                                     exposure=img.exposure)
-        if redrawn:
-            # only the redrawn pixels change (all have pred > 0, see live2)
-            idx = np.nonzero(pts != maps["points"])
-            new = pts[idx] + maps["diffuse"][idx]
-            ratio = new / pred[idx]
-            for k in ("lo68", "hi68"):
-                if k in maps:
-                    maps[k][idx] *= ratio
-            maps["points"] = pts
-            pred[idx] = new
+        if found:
+            # this observation's PSF core radius (from its bright listed sources) over the
+            # model's
+            core = psf_core_scale(np.rint(np.asarray(rate, np.float64) * img.exposure), mask,
+                                  found, img.exposure, axis=axis)
+            # listed sources take the diffuse map's compact excess under them (sum unchanged)
+            maps["points"], maps["diffuse"], _ = claim_excess(
+                maps["points"], maps["diffuse"], found, live2=out_mask & (pred > 0))
+            # only where the prediction is positive, so the percentile maps can follow it
+            pts, redrawn = redraw_points(maps["points"], found, axis=axis,
+                                         live2=out_mask & (pred > 0), core_scale=core[0],
+                                         exposure=img.exposure)
+            if redrawn:
+                # only the redrawn pixels change (all have pred > 0, see live2)
+                idx = np.nonzero(pts != maps["points"])
+                new = pts[idx] + maps["diffuse"][idx]
+                ratio = new / pred[idx]
+                for k in ("lo68", "hi68"):
+                    if k in maps:
+                        maps[k][idx] *= ratio
+                maps["points"] = pts
+                pred[idx] = new
+        # points keeps the listed sources only; the rest is diffuse (sum unchanged)
+        maps["points"], maps["diffuse"], released = release_unlisted(
+            maps["points"], maps["diffuse"], found + weak, axis=axis)
     return EnhanceResult(task=model.task, input_rate=rate, input_mask=mask, prediction=pred,
                          input_wcs=in_sky, output_wcs=out_sky, pad=(top, left), image=img,
                          model=model, extras=maps, sources=found, redrawn=redrawn,
-                         psf_core=core)
+                         psf_core=core, released=released, support=weak)
 
 
 def find_sources(img: InputImage, rate, mask, points, pad, out_sky, **kwargs) -> list:
@@ -1035,6 +1055,16 @@ def _header(res: EnhanceResult, *, wcs, exposure, pixel_arcsec, what) -> fits.He
                 h["HISTORY"] = (f"{res.redrawn} listed sources redrawn within 16\" as the halved"
                                 " King PSF (core x PSFSCALE) with the POINTS map's own counts, or"
                                 " for sources of >= 1000 counts at least their PSF-fit counts")
+            if res.released is not None:
+                from . import sources as S
+
+                h["PTMOVED"] = (round(res.released * img.exposure, 1),
+                                "[counts] unlisted POINTS moved to DIFFUSE")
+                h["PTSIGMIN"] = (S.POINTS_SUPPORT_SIGNIF,
+                                 "[sigma] POINTS kept only near sources this signif.")
+                h["HISTORY"] = (f"POINTS keeps only the SOURCES and unlisted candidates of >= "
+                                f"{S.POINTS_SUPPORT_SIGNIF:g} sigma (within 20-128\" of each, by "
+                                "brightness); the network's other points flux is in DIFFUSE")
             if _is_pn_grid(img):
                 h["HISTORY"] = (f"SR: sky x exp(-d / {detector.FOV_EDGE_ARCSEC:g} arcsec) at a "
                                 "distance d outside the FoV circle")
@@ -1052,6 +1082,11 @@ EXTENSION_TEXT = {
     "DIFFUSE": "extended emission without the point sources",
     "LO68": "16th percentile of the true rate given the input",
     "HI68": "84th percentile of the true rate given the input",
+}
+#: The same once ``points`` keeps only the sources the counts demand (header ``PTMOVED``).
+LISTED_TEXT = {
+    "POINTS": "sources of >= PTSIGMIN sigma on the input, halved PSF",
+    "DIFFUSE": "extended emission and unlisted faint sources",
 }
 
 
@@ -1096,7 +1131,8 @@ def _image_extension(data, name, h_out, aperture_scale=None, interval_scale=None
                 "INEXPO", "OBS_ID"):
         if key in h_out:
             h[key] = (h_out[key], h_out.comments[key])
-    h["CONTENT"] = EXTENSION_TEXT[name]
+    h["CONTENT"] = (LISTED_TEXT if "PTMOVED" in h_out else EXTENSION_TEXT).get(
+        name, EXTENSION_TEXT[name])
     h["SIGBITS"] = (MANTISSA_BITS[name], "significant bits kept of 24 (float32)")
     if name in ("LO68", "HI68") and aperture_scale is not None:
         h["APERSCAL"] = (aperture_scale, "aperture 68%: sum -+ APERSCAL x summed widths")

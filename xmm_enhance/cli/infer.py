@@ -39,8 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exposure", type=float,
                    help="exposure in s, for inputs without an EXPOSURE keyword")
     p.add_argument("--no-redraw", action="store_true",
-                   help="SR: keep the network's own drawing of the listed sources (default: "
-                   "each SOURCES entry redrawn as the halved PSF with the POINTS map's counts)")
+                   help="SR: keep the network's own drawing and point/diffuse split (default: "
+                   "each SOURCES entry redrawn as the halved PSF with the POINTS map's counts, "
+                   "and POINTS kept only near sources of >= 4.5 sigma)")
     p.add_argument("--version", action="version", version=f"xmm_enhance {__version__}")
     add_verbosity(p)
     return p
