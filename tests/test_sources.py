@@ -247,34 +247,41 @@ def test_points_keeps_the_listed_sources_and_the_rest_moves_to_diffuse():
 
     yy, xx = np.mgrid[:300, :300]
     T = 20e3
-    # a bright listed source with King wings (halved PSF), an unlisted faint clump far from it
+    # a bright listed source drawn with the halved King PSF, an unlisted faint clump far from it
     # and a low smear of points everywhere (the network's hedge), over a flat diffuse map
     rc, alpha = _psf.king_params(0.0)
-    r2 = (yy - 100.0) ** 2 + (xx - 100.0) ** 2
-    bright = 5000.0 / T * (alpha - 1) / (np.pi * (rc / 4) ** 2) * (1 + r2 / (rc / 4) ** 2) ** -alpha
-    clump = 15.0 / T / (2 * np.pi * 1.5 ** 2) * np.exp(-((yy - 220.0) ** 2 + (xx - 230.0) ** 2)
+    a = rc / 4.0
+    r2 = (yy - 150.0) ** 2 + (xx - 150.0) ** 2
+    bright = 3000.0 / T * (alpha - 1) / (np.pi * a * a) * (1 + r2 / (a * a)) ** -alpha
+    clump = 15.0 / T / (2 * np.pi * 1.5 ** 2) * np.exp(-((yy - 40.0) ** 2 + (xx - 260.0) ** 2)
                                                        / (2 * 1.5 ** 2))
-    smear = np.full(yy.shape, 1e-3 / T)
+    smear = np.full(yy.shape, 2e-3 / T)
     points = bright + clump + smear
     diffuse = np.full(yy.shape, 2e-5)
-    src = [{"y2": 100.0, "x2": 100.0, "counts": 5000.0, "fit_counts": 4900.0}]
-    radius = sources.support_radius(5000.0)
-    assert sources.SUPPORT_MIN_RADIUS_2X < radius < sources.SUPPORT_MAX_RADIUS_2X
-    # the wing at the support radius: about SUPPORT_WING_COUNTS per pixel
-    assert bright[100, 100 + radius] * T == pytest.approx(sources.SUPPORT_WING_COUNTS, rel=0.2)
-    p2, d2, moved = sources.release_unlisted(points, diffuse, src)
+    src = [{"y2": 150.0, "x2": 150.0, "counts": 3000.0, "fit_counts": 2900.0}]
+    radius = sources.support_radius(3000.0)
+    assert radius == sources.SUPPORT_MAX_RADIUS_2X
+    p2, d2, moved = sources.release_unlisted(points, diffuse, src, T)
     assert p2.dtype == np.float32 and d2.dtype == np.float32
     np.testing.assert_allclose(p2.astype(np.float64) + d2, points + diffuse, rtol=1e-5)
-    keep = np.hypot(yy - 100.0, xx - 100.0) <= radius
-    # the listed source keeps its points, wings included; nothing stays anywhere else
-    assert np.array_equal(p2[keep], points[keep].astype(np.float32))
-    assert np.all(p2[~keep] == 0.0)
-    assert moved == pytest.approx(points[~keep].sum(), rel=1e-5)
-    assert d2[220, 230] > 0.9 * (clump[220, 230] + smear[220, 230])
-    # a faint listed source keeps 20" around it; no listed source: points all moves
-    assert sources.support_radius(20.0) == sources.SUPPORT_MIN_RADIUS_2X
-    assert sources.support_radius(1e7) == sources.SUPPORT_MAX_RADIUS_2X
-    p3, d3, moved3 = sources.release_unlisted(points, diffuse, [])
+    assert moved == pytest.approx(points.sum() - p2.sum(dtype=np.float64), rel=1e-4)
+    r = np.sqrt(r2)
+    # the listed source keeps its points (wings and the smear on them) out to 0.4 of its
+    # window, where the tapered cap still exceeds them; nothing stays beyond the window
+    inner = r <= 0.4 * radius
+    np.testing.assert_allclose(p2[inner], points[inner], rtol=1e-6)
+    assert np.all(p2[r >= radius] == 0.0)
+    # the clump and the smear away from the source move to diffuse
+    assert p2[40, 260] == 0.0 and d2[40, 260] == pytest.approx(diffuse[40, 260] + points[40, 260],
+                                                               rel=1e-5)
+    # no edge: along a row out of the source, diffuse changes by far less than the jump a disc
+    # cut at the window (all the points there at once) would give, and points only falls
+    row_d, row_p = d2[150, 150:300].astype(np.float64), p2[150, 150:300].astype(np.float64)
+    assert np.abs(np.diff(row_d)).max() < 0.3 * points[150, 150 + radius]
+    assert np.all(np.diff(row_p) <= 1e-12)
+    # a faint source's window is smaller; no source: points all moves
+    assert sources.SUPPORT_MIN_RADIUS_2X <= sources.support_radius(5.0) < radius
+    p3, d3, moved3 = sources.release_unlisted(points, diffuse, [], T)
     assert np.all(p3 == 0.0) and moved3 == pytest.approx(points.sum(), rel=1e-5)
 
 

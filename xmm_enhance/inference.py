@@ -913,7 +913,8 @@ def enhance_image(img: InputImage, model: Model, *, sources: bool = True,
                 pred[idx] = new
         # points keeps the listed sources only; the rest is diffuse (sum unchanged)
         maps["points"], maps["diffuse"], released = release_unlisted(
-            maps["points"], maps["diffuse"], found + weak, axis=axis)
+            maps["points"], maps["diffuse"], found + weak, img.exposure, axis=axis,
+            core_scale=core[0])
     return EnhanceResult(task=model.task, input_rate=rate, input_mask=mask, prediction=pred,
                          input_wcs=in_sky, output_wcs=out_sky, pad=(top, left), image=img,
                          model=model, extras=maps, sources=found, redrawn=redrawn,
@@ -1062,9 +1063,10 @@ def _header(res: EnhanceResult, *, wcs, exposure, pixel_arcsec, what) -> fits.He
                                 "[counts] unlisted POINTS moved to DIFFUSE")
                 h["PTSIGMIN"] = (S.POINTS_SUPPORT_SIGNIF,
                                  "[sigma] POINTS kept only near sources this signif.")
-                h["HISTORY"] = (f"POINTS keeps only the SOURCES and unlisted candidates of >= "
-                                f"{S.POINTS_SUPPORT_SIGNIF:g} sigma (within 20-128\" of each, by "
-                                "brightness); the network's other points flux is in DIFFUSE")
+                h["HISTORY"] = (f"POINTS: at most {S.SUPPORT_PSF_FACTOR:g} x the halved King PSFs"
+                                " of the SOURCES and of unlisted candidates of >= "
+                                f"{S.POINTS_SUPPORT_SIGNIF:g} sigma; the network's other points "
+                                "flux is in DIFFUSE")
             if _is_pn_grid(img):
                 h["HISTORY"] = (f"SR: sky x exp(-d / {detector.FOV_EDGE_ARCSEC:g} arcsec) at a "
                                 "distance d outside the FoV circle")

@@ -868,42 +868,57 @@ def redraw_points(points2, sources, *, axis=None, live2=None, radius=REDRAW_RADI
 #: Candidates at least this significant (sigma) that are not listed keep their ``points`` too
 #: (:func:`detect_sources` ``support``, :func:`release_unlisted`).
 POINTS_SUPPORT_SIGNIF = 4.5
-#: Radius (2x pixels, 20") within which ``points`` stays around every listed source, and the
-#: largest (128", the halved PSF's extent in the training targets) (:func:`release_unlisted`).
+#: Window radii (2x pixels) of a source's halved PSF in :func:`release_unlisted`: at least 20",
+#: at most 128" (the halved PSF's extent in the training targets).
 SUPPORT_MIN_RADIUS_2X = 10
 SUPPORT_MAX_RADIUS_2X = 64
-#: Beyond a source's support radius its halved PSF puts fewer counts than this per 2x pixel.
-SUPPORT_WING_COUNTS = 0.01
+#: The window reaches out to where the halved PSF puts this many counts per 2x pixel.
+SUPPORT_WING_COUNTS = 1e-4
+#: ``points`` may exceed its sources' halved King PSFs by this factor before the excess moves to
+#: ``diffuse``: room for the redraw's core scales of up to 1.25, the network's own (wider)
+#: drawing beyond the redraw's 16" and of the unlisted candidates. With 2, bright sources
+#: (>= 100 counts in 20") lost ~1 % of their 20" flux to ``diffuse`` (simulations); with 4,
+#: none.
+SUPPORT_PSF_FACTOR = 4.0
 
 
-def support_radius(counts, theta_arcmin=0.0):
-    """Radius (2x pixels) around a listed source of ``counts`` (whole PSF) at off-axis angle
-    ``theta_arcmin`` out to which its halved King PSF puts at least ``SUPPORT_WING_COUNTS`` per
-    2" pixel, within [``SUPPORT_MIN_RADIUS_2X``, ``SUPPORT_MAX_RADIUS_2X``]."""
+def _king_halved(counts, theta_arcmin):
+    """(a, alpha, peak): the halved King PSF of a source of ``counts`` (whole PSF) at off-axis
+    angle ``theta_arcmin`` on the 2" grid: core radius ``a`` (pixels), slope and its surface
+    brightness at the centre (counts per pixel)."""
     from .simulate import psf as _psf
 
     rc, alpha = _psf.king_params(float(theta_arcmin))
     a = rc / 4.0  # the halved core radius in 2" pixels
-    peak = max(float(counts), 0.0) * (alpha - 1.0) / (math.pi * a * a)
+    return a, alpha, max(float(counts), 0.0) * (alpha - 1.0) / (math.pi * a * a)
+
+
+def support_radius(counts, theta_arcmin=0.0):
+    """Radius (2x pixels) out to which the halved King PSF of a source of ``counts`` (whole PSF)
+    at off-axis angle ``theta_arcmin`` puts at least ``SUPPORT_WING_COUNTS`` per 2" pixel,
+    within [``SUPPORT_MIN_RADIUS_2X``, ``SUPPORT_MAX_RADIUS_2X``]."""
+    a, alpha, peak = _king_halved(counts, theta_arcmin)
     r = a * math.sqrt(max((peak / SUPPORT_WING_COUNTS) ** (1.0 / alpha) - 1.0, 0.0))
     return int(np.clip(math.ceil(r), SUPPORT_MIN_RADIUS_2X, SUPPORT_MAX_RADIUS_2X))
 
 
-def release_unlisted(points2, diffuse2, sources, *, axis=None, live2=None):
+def release_unlisted(points2, diffuse2, sources, exposure, *, axis=None, live2=None,
+                     core_scale=1.0):
     """``points`` keeps the sources the counts demand; the rest of it moves to ``diffuse``.
 
     The network's ``points`` map is a posterior mean: where the photons hint at a point but do
-    not show one it still draws a faint clump or a low smear. On a flat background at 2-3x the
-    nominal level these reach 10-21 counts in 20" (simulations) although no PSF fit on the
-    input counts finds a source there at 4.5 sigma. The issue's rule is that a knot stays
-    diffuse unless the counts demand a point source, so ``points`` keeps its flux only within
-    the :func:`support_radius` (20" for a faint source, out to where the halved PSF's wings
-    fall below ``SUPPORT_WING_COUNTS`` per pixel for a bright one) of each of ``sources``: the
-    listed ones and the candidates of at least :data:`POINTS_SUPPORT_SIGNIF` that
-    :func:`detect_sources` returns in ``support`` (just below the list's threshold, or better
-    fitted by a wider profile: a piled-up core is no less a point). Every other pixel's
-    ``points`` flux goes to ``diffuse``; their sum is unchanged pixel by pixel, so the SR
-    image, its percentiles and the list do not change. Real sources below the support
+    not show one it still draws a faint clump, and it lays a low smear of points flux over
+    the whole field. On a flat background at 2-3x the nominal level the clumps reach 10-21
+    counts in 20" (simulations) although no PSF fit on the input counts finds a source there
+    at 4.5 sigma. The issue's rule is that a knot stays diffuse unless the counts demand a
+    point source. So ``points`` may hold, in each pixel, at most ``SUPPORT_PSF_FACTOR`` times
+    what the halved King PSFs of ``sources`` put there (each with its counts, at its position
+    and off-axis angle, tapered to zero at its :func:`support_radius`): the listed sources and the
+    candidates of at least :data:`POINTS_SUPPORT_SIGNIF` that :func:`detect_sources` returns
+    in ``support`` (just below the list's threshold, or better fitted by a wider profile: a
+    piled-up core is no less a point). The excess, a smooth function of position with no
+    edge, goes to ``diffuse`` in the same pixel: their sum is unchanged pixel by pixel, so the
+    SR image, its percentiles and the list do not change. Real sources below the support
     threshold end up in ``diffuse`` as compact knots, as in a map masked with a catalogue.
 
     Parameters
@@ -911,12 +926,17 @@ def release_unlisted(points2, diffuse2, sources, *, axis=None, live2=None):
     points2, diffuse2 : ndarray [2H, 2W]
         SR component maps (count/s per 2" pixel); not modified.
     sources : list of dict
-        The sources that keep their ``points`` (``y2``, ``x2``, ``counts``, ``fit_counts``):
-        :func:`detect_sources` output and its ``support`` list.
+        The sources that keep their ``points`` (``y2``, ``x2``, ``counts``, ``fit_counts``,
+        optional ``psf_scale``): :func:`detect_sources` output and its ``support`` list.
+    exposure : float
+        Input exposure (s): ``counts`` are at this exposure.
     axis : (float, float), optional
         Optical axis, 1x pixel ``[y, x]`` (on-axis PSF everywhere if None).
     live2 : bool ndarray [2H, 2W], optional
         Pixels that may change.
+    core_scale : float
+        King core radius scale of sources without their own ``psf_scale``
+        (:func:`psf_core_scale`).
 
     Returns
     -------
@@ -925,29 +945,33 @@ def release_unlisted(points2, diffuse2, sources, *, axis=None, live2=None):
     """
     P = np.array(points2, np.float32, copy=True)
     D = np.array(diffuse2, np.float32, copy=True)
-    keep = np.zeros(P.shape, bool)
+    H2, W2 = P.shape
+    cap = np.zeros(P.shape, np.float64)  # counts per pixel the sources' halved PSFs allow
     for d in sources:
         theta = 0.0
         if axis is not None:
             theta = (math.hypot((d["y2"] - 0.5) / 2.0 - axis[0], (d["x2"] - 0.5) / 2.0 - axis[1])
                      * PIXEL_ARCSEC / 60.0)
         n = max(float(d.get("counts", 0.0)), float(d.get("fit_counts", 0.0)))
-        _paint_disc(keep, d["y2"], d["x2"], support_radius(n, theta))
-    free = ~keep
+        r = support_radius(n, theta)
+        a, alpha, peak = _king_halved(n, theta)
+        sc = float(d.get("psf_scale", core_scale))
+        a, peak = a * sc, peak / (sc * sc)
+        iy, ix = int(round(d["y2"])), int(round(d["x2"]))
+        y0, y1 = max(iy - r, 0), min(iy + r + 1, H2)
+        x0, x1 = max(ix - r, 0), min(ix + r + 1, W2)
+        if y0 >= y1 or x0 >= x1:
+            continue
+        yy, xx = np.ogrid[y0:y1, x0:x1]
+        r2 = (yy - d["y2"]) ** 2 + (xx - d["x2"]) ** 2
+        # tapered to zero at the window's edge, so that what stays has no edge either
+        taper = np.clip(1.0 - r2 / float(r * r), 0.0, None) ** 2
+        cap[y0:y1, x0:x1] += peak * (1.0 + r2 / (a * a)) ** -alpha * taper
+    keep = np.minimum(P, (SUPPORT_PSF_FACTOR * cap / float(exposure)).astype(np.float32))
     if live2 is not None:
-        free &= np.asarray(live2, bool)
-    moved = float(P[free].sum(dtype=np.float64))
-    D[free] += P[free]
-    P[free] = 0.0
+        keep = np.where(np.asarray(live2, bool), keep, P)
+    excess = P - keep
+    moved = float(excess.sum(dtype=np.float64))
+    D += excess
+    P = keep
     return P, D, moved
-
-
-def _paint_disc(a, y, x, r):
-    """Set ``a`` (bool, 2-d) true within ``r`` pixels of (``y``, ``x``), in place."""
-    iy, ix = int(round(y)), int(round(x))
-    y0, y1 = max(iy - r, 0), min(iy + r + 1, a.shape[0])
-    x0, x1 = max(ix - r, 0), min(ix + r + 1, a.shape[1])
-    if y0 >= y1 or x0 >= x1:
-        return
-    yy, xx = np.ogrid[y0 - iy:y1 - iy, x0 - ix:x1 - ix]
-    a[y0:y1, x0:x1] |= yy * yy + xx * xx <= r * r
