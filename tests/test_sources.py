@@ -95,6 +95,37 @@ def test_extended_blob_is_not_a_point_source():
     assert not any(np.hypot(d["y"] - 48, d["x"] - 48) < 4 for d in found)
 
 
+def test_a_blended_pair_is_fitted_together():
+    """A source of 120 counts 5 pixels (20") from one of 600: its fit window holds the bright
+    one's wing, which alone made it look extended; with the bright one's PSF in its background
+    it is listed, and the bright one's flux no longer takes the faint one's."""
+    found_faint, bright_fit = 0, []
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        src = [(40.0, 40.0, 600.0), (40.3, 45.0, 120.0)]
+        counts, _ = king_image((96, 96), src, 0.3, rng)
+        found = sources.detect_sources(counts, np.ones(counts.shape, bool), 20e3,
+                                       _points_map(counts, 20e3))
+        found_faint += any(np.hypot(d["y"] - 40.3, d["x"] - 45.0) <= 1.0 for d in found)
+        bright_fit += [d["fit_counts"] for d in found if np.hypot(d["y"] - 40, d["x"] - 40) <= 1]
+        # nothing else is listed
+        assert len(found) <= 2
+    assert found_faint >= 5
+    assert len(bright_fit) == 6 and abs(np.median(bright_fit) - 600.0) < 30.0
+
+
+def test_a_duplicate_peak_on_a_bright_sources_wing_takes_none_of_its_flux():
+    rng = np.random.default_rng(11)
+    counts, _ = king_image((96, 96), [(40.0, 40.0, 3000.0)], 0.3, rng)
+    pts = _points_map(counts, 20e3)
+    # a spurious peak in the points map 3 pixels (12") out on the wing
+    pts[2 * 40:2 * 40 + 2, 2 * 43:2 * 43 + 2] += 20.0 / 20e3
+    found = sources.detect_sources(counts, np.ones(counts.shape, bool), 20e3, pts)
+    bright = [d for d in found if np.hypot(d["y"] - 40, d["x"] - 40) <= 1]
+    assert len(bright) == 1 and abs(bright[0]["fit_counts"] - 3000.0) < 3 * bright[0]["counts_err"]
+    assert not any(np.hypot(d["y"] - 40, d["x"] - 43) <= 1 for d in found)
+
+
 def test_support_returns_the_unlisted_candidates_that_keep_their_points():
     rng = np.random.default_rng(5)
     yy, xx = np.mgrid[:96, :150]

@@ -60,6 +60,8 @@ NET_RADIUS_2X = 10
 SEARCH_Q = 1
 #: Candidates closer than this (1x pixels) are one source.
 MERGE_PX = 2.5
+#: Neighbours brighter than this (whole-PSF counts) are not modelled in a fit's background.
+NEIGHBOUR_MAX_COUNTS = 1e4
 #: 1x pixel size (arcsec).
 PIXEL_ARCSEC = 4.0
 
@@ -407,8 +409,55 @@ def detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None,
             if not likely.any():
                 break
             bkg, nb = background(likely)
+    # blends: a likely neighbour's PSF (at its fitted flux) joins the background of a fit whose
+    # window it reaches, as emldetect fits neighbours together. First each candidate gets its
+    # more significant neighbours (a weaker candidate on a bright source's wing, or the fainter
+    # of a pair, is fitted without the brighter one's light), then the weaker ones that are
+    # still likely after that refit (so a duplicate peak on a bright source's wing, which the
+    # first refit leaves with ~no flux, does not take the source's own flux). Only neighbours
+    # that the PSF fits (not better fitted by the wider profile) and of at most
+    # NEIGHBOUR_MAX_COUNTS are modelled: a piled-up core's PSF fit leaves most of its wings, and
+    # a per-cent error of the model of a very bright source leaves hundreds of counts, which
+    # must not become point sources beside it
+    pos_y = cy + qy[n, j] / 4.0
+    pos_x = cx + qx[n, j] / 4.0
+    wins = [(tb[i], ab[i]) for i in range(len(cy))]
     Ke = _kernels([(tb[i], ab[i], qy[i, j[i]], qx[i, j[i]], 1) for i in range(len(cy))])
-    cst_ext = _fit_flux(c, bkg, Ke, m)[1]
+    fits_psf = _fit_flux(c, bkg, Ke, m)[1] - cst <= EXTENT_C
+    bkg_nb = bkg
+    for stage in (0, 1):
+        sig_now = _signif(cst)
+        like = (sig_now >= 3.0) & fits_psf & (f <= NEIGHBOUR_MAX_COUNTS)
+        extra = np.zeros_like(bkg)
+        keys, rows, fl = [], [], []
+        for i, k in _neighbour_pairs(pos_y, pos_x, like):
+            if stage == 0 and not sig_now[k] > sig_now[i]:
+                continue
+            keys.append((wins[i][0], wins[i][1], int(round(4 * (pos_y[k] - cy[i]))),
+                         int(round(4 * (pos_x[k] - cx[i]))), 0))
+            rows.append(i)
+            fl.append(f[k])
+        if not keys:
+            break
+        np.add.at(extra, np.array(rows), np.array(fl)[:, None] * _kernels(keys))
+        bkg_nb = bkg + extra
+        redo = np.unique(rows)
+        f_, c_, v_ = _fit_flux(c[redo, None, :], bkg_nb[redo, None, :], K[redo], m[redo, None, :])
+        cst_grid = cst_grid.copy()
+        cst_grid[redo] = c_
+        jj = np.argmax(c_, axis=1)
+        r_ = np.arange(len(redo))
+        f, cst, var, j = f.copy(), cst.copy(), var.copy(), j.copy()
+        f[redo], cst[redo], var[redo], j[redo] = f_[r_, jj], c_[r_, jj], v_[r_, jj], jj
+        # whether the PSF now fits the refitted ones (a faint neighbour looked extended when
+        # its brighter neighbour's wing was part of its background)
+        Kr = _kernels([(tb[i], ab[i], qy[i, j[i]], qx[i, j[i]], 1) for i in redo])
+        fits_psf = fits_psf.copy()
+        fits_psf[redo] = _fit_flux(c[redo], bkg_nb[redo], Kr, m[redo])[1] - cst[redo] <= EXTENT_C
+        pos_y[redo] = cy[redo] + qy[redo, j[redo]] / 4.0
+        pos_x[redo] = cx[redo] + qx[redo, j[redo]] / 4.0
+    Ke = _kernels([(tb[i], ab[i], qy[i, j[i]], qx[i, j[i]], 1) for i in range(len(cy))])
+    cst_ext = _fit_flux(c, bkg_nb, Ke, m)[1]
     sig = _signif(cst)
     point_like = cst_ext - cst <= EXTENT_C
     listed = good & (nb >= 10) & (f > 0) & (sig >= min_signif) & point_like
@@ -464,6 +513,17 @@ def detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None,
         elif all(math.hypot(d["y"] - e_["y"], d["x"] - e_["x"]) >= MERGE_PX for e_ in out):
             out.append(d)
     return out
+
+
+def _neighbour_pairs(y, x, likely, reach=FIT_RADIUS + 3):
+    """(i, k) for every candidate i and likely candidate k != i between ``MERGE_PX`` and
+    ``reach`` 1x pixels from it (positions ``y``, ``x``)."""
+    idx = np.flatnonzero(likely)
+    if not len(idx) or len(y) < 2:
+        return []
+    d = np.hypot(y[:, None] - y[idx][None], x[:, None] - x[idx][None])
+    ii, kk = np.nonzero((d >= MERGE_PX) & (d <= reach))
+    return list(zip(ii.tolist(), idx[kk].tolist()))
 
 
 def psf_fraction(y, x, radius_px, *, axis=None):
