@@ -857,9 +857,9 @@ def enhance_image(img: InputImage, model: Model, *, sources: bool = True,
     into ``points`` (:func:`xmm_enhance.sources.claim_excess`; their sum is unchanged), and
     redraw it in ``points`` (and so in the prediction) as the halved PSF with the map's own
     flux (:func:`xmm_enhance.sources.redraw_points`); the percentile maps follow the
-    prediction's change pixel by pixel. Last, ``points`` away from every listed source moves
-    to ``diffuse`` (:func:`xmm_enhance.sources.release_unlisted`; sum unchanged), so that
-    ``points`` holds the listed sources only.
+    prediction's change pixel by pixel. Last, the ``points`` flux that neither a listed
+    source nor an unlisted candidate of ``POINTS_SUPPORT_SIGNIF`` explains moves to ``diffuse``
+    (:func:`xmm_enhance.sources.release_unlisted`; sum unchanged).
     """
     check_exposure(img, model)
     rate, mask, keep, (top, left) = prepare(img)
@@ -878,11 +878,8 @@ def enhance_image(img: InputImage, model: Model, *, sources: bool = True,
     found = None
     weak = []  # candidates below the list's threshold whose points stay (release_unlisted)
     if sources and s == 2 and "points" in maps:
-        from . import sources as S
-
         found = find_sources(img, rate, mask, maps["points"], (top, left), out_sky,
-                             diffuse2=maps.get("diffuse"), support=weak,
-                             support_signif=S.POINTS_SUPPORT_SIGNIF)
+                             diffuse2=maps.get("diffuse"), support=weak)
     redrawn, core, released = 0, (1.0, 0), None
     if found is not None and redraw and "diffuse" in maps:
         from .sources import claim_excess, psf_core_scale, redraw_points, release_unlisted
@@ -911,7 +908,7 @@ def enhance_image(img: InputImage, model: Model, *, sources: bool = True,
                         maps[k][idx] *= ratio
                 maps["points"] = pts
                 pred[idx] = new
-        # points keeps the listed sources only; the rest is diffuse (sum unchanged)
+        # points keeps the sources the counts demand; the rest is diffuse (sum unchanged)
         maps["points"], maps["diffuse"], released = release_unlisted(
             maps["points"], maps["diffuse"], found + weak, img.exposure, axis=axis,
             core_scale=core[0])

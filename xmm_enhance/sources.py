@@ -421,10 +421,8 @@ def detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None,
     # must not become point sources beside it
     pos_y = cy + qy[n, j] / 4.0
     pos_x = cx + qx[n, j] / 4.0
-    wins = [(tb[i], ab[i]) for i in range(len(cy))]
     Ke = _kernels([(tb[i], ab[i], qy[i, j[i]], qx[i, j[i]], 1) for i in range(len(cy))])
     fits_psf = _fit_flux(c, bkg, Ke, m)[1] - cst <= EXTENT_C
-    bkg_nb = bkg
     for stage in (0, 1):
         sig_now = _signif(cst)
         like = (sig_now >= 3.0) & fits_psf & (f <= NEIGHBOUR_MAX_COUNTS)
@@ -433,7 +431,7 @@ def detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None,
         for i, k in _neighbour_pairs(pos_y, pos_x, like):
             if stage == 0 and not sig_now[k] > sig_now[i]:
                 continue
-            keys.append((wins[i][0], wins[i][1], int(round(4 * (pos_y[k] - cy[i]))),
+            keys.append((tb[i], ab[i], int(round(4 * (pos_y[k] - cy[i]))),
                          int(round(4 * (pos_x[k] - cx[i]))), 0))
             rows.append(i)
             fl.append(f[k])
@@ -443,24 +441,19 @@ def detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None,
         bkg_nb = bkg + extra
         redo = np.unique(rows)
         f_, c_, v_ = _fit_flux(c[redo, None, :], bkg_nb[redo, None, :], K[redo], m[redo, None, :])
-        cst_grid = cst_grid.copy()
         cst_grid[redo] = c_
         jj = np.argmax(c_, axis=1)
         r_ = np.arange(len(redo))
-        f, cst, var, j = f.copy(), cst.copy(), var.copy(), j.copy()
         f[redo], cst[redo], var[redo], j[redo] = f_[r_, jj], c_[r_, jj], v_[r_, jj], jj
         # whether the PSF now fits the refitted ones (a faint neighbour looked extended when
         # its brighter neighbour's wing was part of its background)
         Kr = _kernels([(tb[i], ab[i], qy[i, j[i]], qx[i, j[i]], 1) for i in redo])
-        fits_psf = fits_psf.copy()
         fits_psf[redo] = _fit_flux(c[redo], bkg_nb[redo], Kr, m[redo])[1] - cst[redo] <= EXTENT_C
         pos_y[redo] = cy[redo] + qy[redo, j[redo]] / 4.0
         pos_x[redo] = cx[redo] + qx[redo, j[redo]] / 4.0
-    Ke = _kernels([(tb[i], ab[i], qy[i, j[i]], qx[i, j[i]], 1) for i in range(len(cy))])
-    cst_ext = _fit_flux(c, bkg_nb, Ke, m)[1]
+    # fits_psf: the extent test of each candidate's last fit, over that fit's background
     sig = _signif(cst)
-    point_like = cst_ext - cst <= EXTENT_C
-    listed = good & (nb >= 10) & (f > 0) & (sig >= min_signif) & point_like
+    listed = good & (nb >= 10) & (f > 0) & (sig >= min_signif) & fits_psf
     keep = listed
     if support is not None:
         lo = POINTS_SUPPORT_SIGNIF if support_signif is None else support_signif
@@ -922,7 +915,6 @@ def redraw_points(points2, sources, *, axis=None, live2=None, radius=REDRAW_RADI
         cut[disc] = (flux * k / k.sum())[disc]
         n += 1
     return out, n
-
 
 
 #: Candidates at least this significant (sigma) that are not listed keep their ``points`` too
