@@ -1059,7 +1059,7 @@ def _header(res: EnhanceResult, *, wcs, exposure, pixel_arcsec, what) -> fits.He
                 h["PTMOVED"] = (round(res.released * img.exposure, 1),
                                 "[counts] unlisted POINTS moved to DIFFUSE")
                 h["PTSIGMIN"] = (S.POINTS_SUPPORT_SIGNIF,
-                                 "[sigma] POINTS kept only near sources this signif.")
+                                 "[sigma] POINTS kept near sources >= this")
                 h["HISTORY"] = (f"POINTS: at most {S.SUPPORT_PSF_FACTOR:g} x the halved King PSFs"
                                 " of the SOURCES and of unlisted candidates of >= "
                                 f"{S.POINTS_SUPPORT_SIGNIF:g} sigma; the network's other points "
