@@ -24,7 +24,9 @@ Each run is a look at the real images (``../shared/data/real-pn``): report it in
   >= 5 sigma point sources it recovers (within 8"), share of its entries whose flux the
   independent photons (``full - split``) exclude at 3 sigma (10" aperture, King EEF) and share
   that they do not show at all (see ``_check_sources``); the same for a plain PSF-fit detection
-  on the input (no network) as the baseline, per field.
+  on the input (no network) as the baseline, per field; and both lists' completeness by the
+  reference source's counts expected in the input (its full-exposure fit scaled by the input's
+  share of the exposure: a reference source of 10 counts at 20 ks is beyond any 5 sigma list).
 """
 from __future__ import annotations
 
@@ -125,6 +127,10 @@ def _flat_points(counts, exposure):
     return np.repeat(np.repeat(counts, 2, 0), 2, 1) / 4.0 / exposure
 
 
+#: Lower edges of the bins of the completeness by reference counts expected in the input.
+REF_BINS = (0.0, 20.0, 50.0, 200.0)
+
+
 def _check_sources(found, ref, held, th, mask, detail=None):
     """``[recovered, n_ref, n_listed, excluded, absent, testable, excluded20, testable20,
     excluded_t]`` of a
@@ -194,6 +200,7 @@ def sr_tables(obs, fn, name):
     sel = {o.obsid: ev.select_real_point_sources(o, mask) for o in obs}
     for which in ("20ks", "50ks"):
         rows, faint, tally, scales, details = [], [], {}, [], {}
+        by_counts = {}  # list name: [bin] (recovered, reference sources)
         cores = []
         for o in obs:
             c, e = _split(o, which)
@@ -251,6 +258,14 @@ def sr_tables(obs, fn, name):
                     t = tally.setdefault(name_, {})
                     t[o.obsid] = _check_sources(lst, ref, full - c, o.exposure_full - e, mask,
                                                 details.setdefault(name_, []))
+                    # completeness by the reference source's counts expected in the input
+                    # (its full-exposure PSF fit scaled by the input's share of the exposure)
+                    for r in ref:
+                        n_in = r["fit_counts"] * e / o.exposure_full
+                        hit = any(np.hypot(d["y"] - r["y"], d["x"] - r["x"]) <= 2 for d in lst)
+                        k_ = next(i for i, lo in enumerate(REF_BINS[::-1]) if n_in >= lo)
+                        b_ = by_counts.setdefault(name_, np.zeros((len(REF_BINS), 2), int))
+                        b_[len(REF_BINS) - 1 - k_] += (int(hit), 1)
         fw = np.median([r["fwhm_ratio"] for r in rows]) if rows else np.nan
         fl = np.median([r["flux_ratio"] for r in rows]) if rows else np.nan
         line = (f"  {which}: bright isolated ({len(rows)}) FWHM ratio {fw:.3f} flux 20/40 "
@@ -279,6 +294,12 @@ def sr_tables(obs, fn, name):
                   + ", ".join(f"{k} {v[6]}/{v[7]} = {v[6] / max(v[7], 1):.2f}"
                               for k, v in t.items()))
             _print_exclusion_bins(details.get(name_, []))
+            bc_ = by_counts.get(name_)
+            if bc_ is not None:
+                edges = list(REF_BINS) + [np.inf]
+                print("      complete by the reference's counts expected in the input: "
+                      + "; ".join(f"{edges[i]:g}-{edges[i + 1]:g} {bc_[i, 0]}/{bc_[i, 1]}"
+                                  for i in range(len(REF_BINS))))
 
 
 def main(argv=None):

@@ -20,7 +20,7 @@ from xmm_enhance import detector, inference, skywcs  # noqa: E402
 from xmm_enhance.cli.infer import main  # noqa: E402
 from xmm_enhance.errors import ModelError  # noqa: E402
 
-from onnx_graphs import identity_dn, offset_model, replicate_sr  # noqa: E402
+from onnx_graphs import exposure_aware, identity_dn, offset_model, replicate_sr  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -699,21 +699,28 @@ def test_write_error_one_line_and_no_partial_files(tmp_path, models, capsys, mon
     assert wcs_outputs(out) == ["img_input_wcs_DN.fits.gz", "img_predict_wcs_DN.fits.gz"]
 
 
-@pytest.mark.parametrize("name_length", [55, 90])
-def test_outputs_open_without_any_warning(tmp_path, models, name_length):
-    # a name whose INFILE card cannot hold its comment (55) or needs CONTINUE cards (90)
+@pytest.mark.parametrize("name_length,recipe", [(55, 1), (90, 1), (55, 2)])
+def test_outputs_open_without_any_warning(tmp_path, models, name_length, recipe):
+    # a name whose INFILE card cannot hold its comment (55) or needs CONTINUE cards (90);
+    # recipe 2: the POINTS, DIFFUSE, LO68, HI68 and SOURCES extensions as well
     name = ("pn_cleaned_" + "x" * name_length)[:name_length] + ".fits"
     img, _ = make_image(tmp_path / name, extra={
         "DATE-OBS": "2019-07-11T11:42:31", "DATE-END": "2019-07-12T07:09:25",
         "MJDREF": 50814.0, "TIMESYS": "TT", "BUNIT": "count", "BINSIZE": 80.0})
+    sr = models["SR"] if recipe == 1 else exposure_aware(tmp_path / "sr2.onnx", "SR",
+                                                          point_share=0.9)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert main([str(img), "--which", "SR", "--model", str(models["SR"])]) == 0
+        assert main([str(img), "--which", "SR", "--model", str(sr)]) == 0
         for p in inference.output_paths(img, "SR"):
             with fits.open(p, checksum=True) as h:
                 h.verify("exception")
                 hdr = h[0].header
-            WCS(hdr)
+                # every image's WCS too (POINTS, DIFFUSE, LO68, HI68): astropy.wcs has nothing
+                # to fix (a DATEREF without its MJDREF gets a 'datfix' warning)
+                for e in h:
+                    if e.is_image and e.header.get("NAXIS") == 2:
+                        WCS(e.header)
     from astropy.time import Time
     assert hdr["MJD-OBS"] == pytest.approx(Time("2019-07-11T11:42:31", scale="tt").mjd,
                                            abs=1e-8)

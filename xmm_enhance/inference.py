@@ -1125,8 +1125,9 @@ def _image_extension(data, name, h_out, aperture_scale=None, interval_scale=None
                      ) -> fits.ImageHDU:
     h = fits.Header()
     for key in ("WCSAXES", "CTYPE1", "CTYPE2", "CUNIT1", "CUNIT2", "CRPIX1", "CRPIX2", "CRVAL1",
-                "CRVAL2", "CD1_1", "CD1_2", "CD2_1", "CD2_2", "RADESYS", "EQUINOX", "DATEREF",
-                "MJD-OBS", "MJD-END", "DATE-OBS", "DATE-END", "BUNIT", "PIXSIZE", "EXPOSURE",
+                "CRVAL2", "CD1_1", "CD1_2", "CD2_1", "CD2_2", "RADESYS", "EQUINOX", "TIMESYS",
+                "MJDREF", "DATEREF", "MJD-OBS", "MJD-END", "DATE-OBS", "DATE-END", "BUNIT",
+                "PIXSIZE", "EXPOSURE",
                 "INEXPO", "OBS_ID"):
         if key in h_out:
             h[key] = (h_out[key], h_out.comments[key])
