@@ -615,7 +615,8 @@ def test_exposure_dependent_calibration_scales_reach_the_headers(tmp_path):
     assert model.aperture_scale_at(None) == 0.42  # no exposure: the 20 ks value
     assert model.interval_scale_at(2e9) == 0.25  # the graph's floor
     path = _point_image(tmp_path / "obs.fits", 200e3)
-    res = inference.enhance_file(path, "DN", model=model)
+    with pytest.warns(inference.InputWarning, match="5-150 ks"):  # 200 ks is outside
+        res = inference.enhance_file(path, "DN", model=model)
     with fits.open(res["predict"]) as h:
         assert h["LO68"].header["APERSCAL"] == pytest.approx(0.52)
         assert h["HI68"].header["INTSCALE"] == pytest.approx(0.9)
