@@ -5,6 +5,7 @@ import warnings
 import numpy as np
 import pytest
 from astropy.io import fits
+from astropy.wcs import WCS
 
 from xmm_enhance import detector, inference, sources
 from xmm_enhance.simulate import psf
@@ -496,7 +497,8 @@ def test_sr_output_contract(tmp_path, v2_models):
         warnings.simplefilter("error")
         with fits.open(pred) as h:
             names = [x.name for x in h]
-            assert names == ["PRIMARY", "POINTS", "DIFFUSE", "LO68", "HI68", "SOURCES"]
+            assert names == ["PRIMARY", "POINTS", "DIFFUSE", "LO68", "HI68", "SOURCES",
+                             "CANDIDATES"]
             p = h[0].data
             assert p.shape == (832, 832)
             w = WCS(h[0].header)
@@ -528,6 +530,23 @@ def test_sr_output_contract(tmp_path, v2_models):
             assert (~near).mean() > 0.5
             assert np.allclose(h["DIFFUSE"].data[~near], p[~near], rtol=1e-4, atol=1e-30)
             assert h[0].header["PTMOVED"] > 0 and "PTSIGMIN" in h["POINTS"].header["CONTENT"]
+            # the file alone says what POINTS holds: the SOURCES rows and the CANDIDATES rows
+            # (the unlisted candidates it keeps, same columns, at >= PTSIGMIN and not listed)
+            cand = h["CANDIDATES"].data
+            assert list(cand.columns.names) == list(t.columns.names)
+            assert h["CANDIDATES"].header["MINSIG"] == h[0].header["PTSIGMIN"]
+            assert np.all(cand["SIGNIF"] >= h[0].header["PTSIGMIN"])
+            near_f = np.zeros(p.shape, bool)
+            for y2, x2 in zip(np.r_[t["Y"], cand["Y"]], np.r_[t["X"], cand["X"]]):
+                assert not any(np.hypot(y2 - a, x2 - b) < 1e-6 for a, b in
+                               zip(t["Y"], t["X"])) or (y2, x2) in zip(t["Y"], t["X"])
+                near_f |= (np.hypot(yy - y2, xx - x2)
+                           <= sources.SUPPORT_MAX_RADIUS_2X + 2 * sources.MERGE_PX + 1)
+            assert np.all(h["POINTS"].data[~near_f] == 0)
+            if len(cand):
+                ra, dec = w.pixel_to_world_values(cand["X"], cand["Y"])
+                np.testing.assert_allclose(cand["RA"], ra, atol=1e-9)
+                np.testing.assert_allclose(cand["DEC"], dec, atol=1e-9)
             assert list(t.columns.names)[:8] == ["RA", "DEC", "X", "Y", "RATE", "RATE_ERR",
                                                  "COUNTS", "COUNTS_ERR"]
             assert "SIGNIF" in t.columns.names and np.all(t["SIGNIF"] > 0)
@@ -600,6 +619,43 @@ def test_aperture_scale_from_the_metadata_reaches_the_percentile_maps(tmp_path):
     with fits.open(res["predict"]) as h:
         assert h["LO68"].header["APERSCAL"] == 0.42 and h["HI68"].header["APERSCAL"] == 0.42
         assert "APERSCAL" not in h[0].header
+
+
+def test_candidates_table_lists_what_points_keeps_beyond_the_sources(tmp_path, v2_models):
+    """A blob 2.5x wider than the PSF is not a listed source, but POINTS keeps its points (a
+    piled-up core looks like this): the CANDIDATES table says so; the region file does not."""
+    T = 30e3
+    rng = np.random.default_rng(5)
+    counts, _ = king_image(detector.PN_SHAPE, [(250.2, 170.7, 900.0)], 0.2, rng)
+    yy, xx = np.mgrid[:detector.PN_SHAPE[0], :detector.PN_SHAPE[1]]
+    blob = 3000.0 * np.exp(-((yy - 160.0) ** 2 + (xx - 240.0) ** 2) / (2 * 3.5 ** 2))
+    counts = counts + rng.poisson(blob / (2 * np.pi * 3.5 ** 2))
+    counts[~detector.detector_mask(corners=False)] = 0
+    p, _ = make_image(tmp_path / "blob.fits", exposure=T)
+    with fits.open(p) as h:
+        hdr = h[0].header
+    fits.writeto(p, counts.astype(np.int32), hdr, overwrite=True)
+    res = inference.enhance_file(p, "SR", model=inference.load_model("SR", v2_models["SR"]))
+    with fits.open(res["predict"]) as h:
+        t, cand = h["SOURCES"].data, h["CANDIDATES"].data
+        w = WCS(h[0].header)
+        pts = h["POINTS"].data
+    # X, Y on the padded 2x grid: input pixel (y, x) is (2 (y + top) + 0.5, 2 (x + left) + 0.5)
+    top, left = res["result"].pad
+
+    def at(tab, y1, x1, r):
+        return [i for i, (y, x) in enumerate(zip(tab["Y"], tab["X"]))
+                if np.hypot((y - 0.5) / 2 - top - y1, (x - 0.5) / 2 - left - x1) < r]
+
+    assert len(at(t, 250.2, 170.7, 1.0)) == 1 and not at(t, 160, 240, 6)
+    blob_rows = at(cand, 160, 240, 6)  # a wide blob has several peaks, each a candidate
+    assert blob_rows and not at(cand, 250.2, 170.7, 6)
+    r = cand[blob_rows[0]]
+    assert r["SIGNIF"] >= sources.POINTS_SUPPORT_SIGNIF and r["COUNTS"] > 0
+    assert np.allclose(w.pixel_to_world_values(r["X"], r["Y"]), (r["RA"], r["DEC"]), atol=1e-9)
+    assert pts[int(round(r["Y"])), int(round(r["X"]))] > 0  # POINTS kept it
+    reg = inference.region_path(p).read_text()
+    assert reg.count("circle(") == len(t)
 
 
 def test_exposure_dependent_calibration_scales_reach_the_headers(tmp_path):

@@ -39,7 +39,7 @@ __all__ = [
     "output_mask", "pad_to", "sky_transmission",
     "prepare", "enhance_image", "write_outputs", "enhance_file", "output_paths",
     "check_output_collisions", "approx_sky", "check_exposure", "find_sources", "region_path",
-    "sources_hdu", "EXTRA_OUTPUTS",
+    "sources_hdu", "candidates_of", "EXTRA_OUTPUTS",
 ]
 
 log = logging.getLogger(__name__)
@@ -933,14 +933,16 @@ def find_sources(img: InputImage, rate, mask, points, pad, out_sky, **kwargs) ->
         axis = (detector.AXIS_PIXEL[0] + pad[0], detector.AXIS_PIXEL[1] + pad[1])
         sky = _place(detector.fov_mask(), rate.shape, pad[0], pad[1])
     found = S.detect_sources(counts, mask, img.exposure, points, axis=axis, sky=sky, **kwargs)
-    if found:
-        x2 = np.array([d["x2"] for d in found])
-        y2 = np.array([d["y2"] for d in found])
+    for lst in (found, kwargs.get("support") or []):
+        if not lst:
+            continue
+        x2 = np.array([d["x2"] for d in lst])
+        y2 = np.array([d["y2"] for d in lst])
         if out_sky is not None:
             ra, dec = out_sky.pixel_to_world(x2, y2)
         else:
-            ra = dec = np.full(len(found), np.nan)
-        for d, a, b in zip(found, ra, dec):
+            ra = dec = np.full(len(lst), np.nan)
+        for d, a, b in zip(lst, ra, dec):
             d["ra"], d["dec"] = float(a), float(b)
     return found
 
@@ -1142,8 +1144,24 @@ def _image_extension(data, name, h_out, aperture_scale=None, interval_scale=None
                                         _ROUNDING.get(name, "nearest")), h, name=name)
 
 
-def sources_hdu(sources, exposure: float) -> fits.BinTableHDU:
-    """The ``SOURCES`` table (columns of :data:`xmm_enhance.sources.SOURCE_COLUMNS`)."""
+def candidates_of(res: EnhanceResult) -> list:
+    """The unlisted candidates whose points ``POINTS`` keeps (``res.support``: PSF-fit
+    significance at least ``POINTS_SUPPORT_SIGNIF`` on the input counts, but below the list's
+    threshold or better fitted by the wider profile), without those within ``MERGE_PX`` of a
+    listed source or of a more significant candidate; most significant first."""
+    from .sources import MERGE_PX
+
+    out = []
+    for d in sorted(res.support or [], key=lambda d: -d["signif"]):
+        if all(math.hypot(d["y"] - e["y"], d["x"] - e["x"]) >= MERGE_PX
+               for e in list(res.sources or []) + out):
+            out.append(d)
+    return out
+
+
+def sources_hdu(sources, exposure: float, name: str = "SOURCES") -> fits.BinTableHDU:
+    """The ``SOURCES`` table (columns of :data:`xmm_enhance.sources.SOURCE_COLUMNS`); with
+    ``name="CANDIDATES"`` the same columns for :func:`candidates_of`."""
     from .sources import SOURCE_COLUMNS
 
     keys = {"RA": "ra", "DEC": "dec", "X": "x2", "Y": "y2", "RATE": "rate",
@@ -1151,19 +1169,29 @@ def sources_hdu(sources, exposure: float) -> fits.BinTableHDU:
             "FIT_COUNTS": "fit_counts",
             "SIGNIF": "signif", "BKG": "bkg"}
     cols = []
-    for name, unit, _ in SOURCE_COLUMNS:
-        vals = np.array([float(d[keys[name]]) for d in sources], np.float64)
-        cols.append(fits.Column(name=name, format="D", unit=unit, array=vals))
+    for col, unit, _ in SOURCE_COLUMNS:
+        vals = np.array([float(d[keys[col]]) for d in sources], np.float64)
+        cols.append(fits.Column(name=col, format="D", unit=unit, array=vals))
     # BinTableHDU(data=...) and from_columns import astropy.table (~0.1 s of a 1 s command-line
     # call) to check for a Table; a FITS_rec assigned to an empty HDU gives the same HDU
-    hdu = fits.BinTableHDU(name="SOURCES")
+    hdu = fits.BinTableHDU(name=name)
     hdu.data = fits.FITS_rec.from_columns(fits.ColDefs(cols))
     for i, (_, _, text) in enumerate(SOURCE_COLUMNS, start=1):
         hdu.header.comments[f"TTYPE{i}"] = text[:46]
     hdu.header["EXPOSURE"] = (exposure, "[s] input exposure (COUNTS = RATE x EXPOSURE)")
     hdu.header["XYREF"] = ("0-based", "X, Y: 0-based pixel on the primary grid")
-    from .sources import DEFAULT_MIN_SIGNIF
-    hdu.header["MINSIG"] = (DEFAULT_MIN_SIGNIF, "detection threshold (sigma)")
+    from .sources import DEFAULT_MIN_SIGNIF, POINTS_SUPPORT_SIGNIF
+    if name == "CANDIDATES":
+        hdu.header["CONTENT"] = ("unlisted point candidates whose POINTS are kept",
+                                 "not in SOURCES")
+        hdu.header["MINSIG"] = (POINTS_SUPPORT_SIGNIF, "candidate threshold (sigma)")
+        hdu.header["LISTSIG"] = (DEFAULT_MIN_SIGNIF, "SOURCES threshold (sigma)")
+        hdu.header["HISTORY"] = ("Candidates of the SR source list that POINTS keeps but "
+                                 "SOURCES does not list: below its threshold, or better fitted "
+                                 "by a profile 2.5x wider than the PSF (a piled-up core, a "
+                                 "compact knot). Not in the region file.")
+    else:
+        hdu.header["MINSIG"] = (DEFAULT_MIN_SIGNIF, "detection threshold (sigma)")
     hdu.header["SIGMETH"] = ("PSF-fit likelihood ratio on the input counts", "")
     hdu.header["BKGMODEL"] = ("DIFFUSE map + flat annulus level", "background of each fit")
     return hdu
@@ -1183,7 +1211,9 @@ def write_outputs(res: EnhanceResult, *, outdir: Path | None = None, overwrite: 
 
     The prediction file's primary HDU is the prediction; models with more outputs add the
     image extensions ``POINTS``, ``DIFFUSE`` (SR), ``LO68``, ``HI68`` on the same grid and WCS,
-    and SR with a ``points`` map the ``SOURCES`` table and ``<stem>_sources_SR.reg``.
+    and SR with a ``points`` map the ``SOURCES`` table and ``<stem>_sources_SR.reg``; after the
+    release of unsupported points (``res.released``) also the ``CANDIDATES`` table
+    (:func:`candidates_of`).
     """
     p_in, p_pred = output_paths(res.image.path, res.task, outdir)
     pix = detector.pixel_size_arcsec()
@@ -1203,6 +1233,9 @@ def write_outputs(res: EnhanceResult, *, outdir: Path | None = None, overwrite: 
         from .sources import region_text
 
         pred.append(sources_hdu(res.sources, res.image.exposure))
+        if res.released is not None:
+            # what else POINTS holds (release_unlisted keeps these candidates' points)
+            pred.append(sources_hdu(candidates_of(res), res.image.exposure, "CANDIDATES"))
         text = region_text([d["ra"] for d in res.sources], [d["dec"] for d in res.sources],
                            labels=[f"{d['signif']:.1f}sig" for d in res.sources])
         items.append((text.encode(), region_path(res.image.path, outdir)))
