@@ -325,6 +325,27 @@ def test_extra_panel_on_the_same_stretch_and_its_own_source_switch():
     assert [sum(p.get_gid() == "source" for p in ax.patches) for ax in axes] == [1, 1, 0]
 
 
+def test_sr_result_circles_sources_and_dashes_candidates_on_the_diffuse_panel():
+    res = fake_result(rot_deg=60.0)
+    ra, dec = marker_radec()
+    res.extras = {"diffuse": res.prediction * 0.5}
+    res.sources = [{"ra": ra, "dec": dec, "y": 10.0, "x": 10.0, "signif": 9.0}]
+    # two candidates: one kept, one within MERGE_PX of the listed source (left out)
+    res.support = [{"ra": RA0, "dec": DEC0, "y": 40.0, "x": 40.0, "signif": 4.8},
+                   {"ra": ra, "dec": dec, "y": 11.0, "x": 10.0, "signif": 4.6}]
+    res.released = 0.0
+    axes = image_axes(display.quicklook_figure(res))
+    assert [sum(p.get_gid() == "source" for p in ax.patches) for ax in axes] == [0, 0, 1]
+    dashed = [p for p in axes[2].patches if p.get_gid() == "candidate"]
+    assert len(dashed) == 1 and dashed[0].get_linestyle() == "--"
+    ny, nx = axes[2].images[0].get_array().shape
+    assert dashed[0].center == pytest.approx(((nx - 1) / 2, (ny - 1) / 2), abs=0.02)
+    assert axes[2].get_title().endswith("1 point source circled, 1 candidate dashed")
+    res.released = None  # --no-redraw: POINTS was not trimmed, no candidates drawn
+    axes = image_axes(display.quicklook_figure(res))
+    assert not [p for p in axes[2].patches if p.get_gid() == "candidate"]
+
+
 def test_png_refuses_to_overwrite(tmp_path):
     p = tmp_path / "q.png"
     p.write_bytes(b"x")

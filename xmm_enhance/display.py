@@ -312,18 +312,20 @@ def _compass(ax, wcs, shape):
                 va="center", fontsize=9, gid=f"compass-{name}-label")
 
 
-def _source_circles(ax, sources, wcs, pixel_arcsec, radius_arcsec):
+def _source_circles(ax, sources, wcs, pixel_arcsec, radius_arcsec, *, candidates=False):
     from matplotlib.patches import Circle
 
     x, y = _source_pixels(sources, wcs)
     r = radius_arcsec / pixel_arcsec
+    style = (dict(edgecolor="yellow", linestyle="--", gid="candidate") if candidates
+             else dict(edgecolor="cyan", gid="source"))
     for xi, yi in zip(x, y):
-        ax.add_patch(Circle((xi, yi), r, fill=False, edgecolor="cyan", lw=1.2, gid="source"))
+        ax.add_patch(Circle((xi, yi), r, fill=False, lw=1.2, **style))
 
 
 def panels_figure(panels, *, title: str = "", stretch: str = DEFAULT_STRETCH, sources=None,
                   source_radius_arcsec: float = 20.0, sky_orient: bool = True,
-                  panel_inches: float = 4.2, figsize=None):
+                  panel_inches: float = 4.2, figsize=None, candidates=None):
     """Figure of ``panels`` side by side on one colour scale, sky panels north up/east left.
 
     Parameters
@@ -341,6 +343,9 @@ def panels_figure(panels, *, title: str = "", stretch: str = DEFAULT_STRETCH, so
         panels that have a WCS and ``show_sources``.
     source_radius_arcsec : float
         Circle radius.
+    candidates : same types as ``sources``, optional
+        Drawn as dashed circles on the same panels (the SR result's unlisted candidates whose
+        points ``POINTS`` keeps).
     sky_orient : bool
         Resample panels with a WCS to north up, east left (:func:`sky_oriented`). Without
         ``reproject`` installed they are drawn as they are, with a warning; the compass then
@@ -418,6 +423,9 @@ def panels_figure(panels, *, title: str = "", stretch: str = DEFAULT_STRETCH, so
             _compass(ax, wcs, img.shape)
             if sources is not None and p.show_sources:
                 _source_circles(ax, sources, wcs, pix, source_radius_arcsec)
+            if candidates is not None and len(candidates) and p.show_sources:
+                _source_circles(ax, candidates, wcs, pix, source_radius_arcsec,
+                                candidates=True)
         ax.set_xlim(-0.5, img.shape[1] - 0.5)
         ax.set_ylim(-0.5, img.shape[0] - 0.5)
     cax = fig.add_axes([(width - right - cb_w) / width, (bottom + 0.3) / height,
@@ -462,10 +470,23 @@ def quicklook_panels(res) -> list:
     diffuse = getattr(res, "extras", {}).get("diffuse")
     if diffuse is not None:
         n = len(res.sources or [])
-        panels.append(Panel(diffuse, res.output_wcs,
-                            f"diffuse component, {n} point source{'s' * (n != 1)} circled",
-                            pix_in / res.model.scale))
+        label = f"diffuse component, {n} point source{'s' * (n != 1)} circled"
+        m = len(_result_candidates(res) if res.output_wcs is not None else [])
+        if m:
+            label += f", {m} candidate{'s' * (m != 1)} dashed"
+        panels.append(Panel(diffuse, res.output_wcs, label, pix_in / res.model.scale))
     return panels
+
+
+def _result_candidates(res):
+    """(N, 2) RA/Dec of an SR result's unlisted candidates whose points ``POINTS`` keeps
+    (:func:`xmm_enhance.inference.candidates_of`; none before the release of unsupported
+    points, e.g. with ``--no-redraw``)."""
+    if getattr(res, "released", None) is None or not getattr(res, "support", None):
+        return np.zeros((0, 2))
+    from .inference import candidates_of
+
+    return np.array([[d["ra"], d["dec"]] for d in candidates_of(res)], float).reshape(-1, 2)
 
 
 def _result_sources(res):
@@ -486,7 +507,8 @@ def quicklook_figure(res, *, stretch: str = DEFAULT_STRETCH, sources=None,
     stretch : {'asinh', 'sqrt', 'log', 'linear'}
     sources : table of RA/Dec, SkyCoord or (N, 2) array, optional
         Circled on the panels that show sources (see :func:`panels_figure`); default: the SR
-        result's point-source list, circled on its diffuse-component panel.
+        result's point-source list, circled on its diffuse-component panel, with the unlisted
+        candidates whose points ``POINTS`` keeps dashed.
     source_radius_arcsec : float
     extra_panels : sequence of Panel
         Drawn right of the prediction, on the same stretch.
@@ -498,14 +520,18 @@ def quicklook_figure(res, *, stretch: str = DEFAULT_STRETCH, sources=None,
     matplotlib.figure.Figure
     """
     panels = quicklook_panels(res)
+    candidates = None
     if sources is None and _result_sources(res) is not None:
-        # the SR source list: circled on the diffuse panel only, the sharp image stays clean
+        # the SR source list: circled on the diffuse panel only, the sharp image stays clean;
+        # the unlisted candidates whose points POINTS keeps, dashed
         sources = _result_sources(res)
+        candidates = _result_candidates(res)
         for p in panels[:2]:
             p.show_sources = False
     return panels_figure(panels + list(extra_panels), title=_title(res),
                          stretch=stretch, sources=sources,
-                         source_radius_arcsec=source_radius_arcsec, figsize=figsize)
+                         source_radius_arcsec=source_radius_arcsec, figsize=figsize,
+                         candidates=candidates)
 
 
 def quicklook_png(res, path, *, overwrite=False, dpi=110, **kwargs) -> Path:
