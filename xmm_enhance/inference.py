@@ -1062,10 +1062,14 @@ def _header(res: EnhanceResult, *, wcs, exposure, pixel_arcsec, what) -> fits.He
                                 "[counts] unlisted POINTS moved to DIFFUSE")
                 h["PTSIGMIN"] = (S.POINTS_SUPPORT_SIGNIF,
                                  "[sigma] POINTS kept near sources >= this")
+                h["PTFREE"] = (S.UNSUPPORTED_MAX_COUNTS,
+                               "[counts] max other POINTS in any 20\" aperture")
                 h["HISTORY"] = (f"POINTS: at most {S.SUPPORT_PSF_FACTOR:g} x the halved King PSFs"
                                 " of the SOURCES and of unlisted candidates of >= "
-                                f"{S.POINTS_SUPPORT_SIGNIF:g} sigma; the network's other points "
-                                "flux is in DIFFUSE")
+                                f"{S.POINTS_SUPPORT_SIGNIF:g} sigma (CANDIDATES), plus the "
+                                "network's other points flux scaled to at most PTFREE counts in "
+                                "any 20 arcsec aperture (sources too faint for the list); the "
+                                "rest is in DIFFUSE")
             if _is_pn_grid(img):
                 h["HISTORY"] = (f"SR: sky x exp(-d / {detector.FOV_EDGE_ARCSEC:g} arcsec) at a "
                                 "distance d outside the FoV circle")
@@ -1086,8 +1090,8 @@ EXTENSION_TEXT = {
 }
 #: The same once ``points`` keeps only the sources the counts demand (header ``PTMOVED``).
 LISTED_TEXT = {
-    "POINTS": "sources of >= PTSIGMIN sigma on the input, halved PSF",
-    "DIFFUSE": "extended emission and unlisted faint sources",
+    "POINTS": "sources >= PTSIGMIN sigma, halved PSF; <= PTFREE else",
+    "DIFFUSE": "extended emission and most of unlisted faint sources",
 }
 
 

@@ -1046,20 +1046,23 @@ def release_unlisted(points2, diffuse2, sources, exposure, *, axis=None, live2=N
         keep = np.where(np.asarray(live2, bool), keep, P)
     excess = P - keep
     if UNSUPPORTED_MAX_COUNTS > 0 and excess.any():
-        # the unsupported part stays scaled down to UNSUPPORTED_MAX_COUNTS in every 20"
-        # aperture: each pixel by the limit over its (4r + 1)^2 window's sum, which holds
-        # every (2r + 1)^2 square (and so every r-radius disc) that contains the pixel, so
-        # each aperture keeps at most the limit
+        # the unsupported part stays, scaled down to at most UNSUPPORTED_MAX_COUNTS in every
+        # 20" aperture
         e = np.clip(excess, 0, None).astype(np.float64) * float(exposure)
         r = UNSUPPORTED_RADIUS_2X
         if H2 % 2 == 0 and W2 % 2 == 0:
-            # on 2 x 2 blocks (4x fewer pixels): a block's window of r blocks either side still
-            # holds the 4r + 1 pixels around each of its pixels
+            # on 2 x 2 blocks (4x fewer pixels): the (2h + 1)^2-block window of a block, h =
+            # ceil(r / 2), holds the (2r + 1)^2 square (and the r-radius disc) around each of
+            # its pixels; an aperture that holds a pixel is centred within h blocks of it. So
+            # each pixel is scaled by the limit over the largest such window sum near it, and
+            # every aperture keeps at most the limit
+            h = (r + 1) // 2
             blocks = e[0::2, 0::2] + e[1::2, 0::2] + e[0::2, 1::2] + e[1::2, 1::2]
-            f = np.minimum(1.0, UNSUPPORTED_MAX_COUNTS
-                           / np.maximum(_window_sum(blocks, r), 1e-30))
+            worst = _box_max(_window_sum(blocks, h), h)
+            f = np.minimum(1.0, UNSUPPORTED_MAX_COUNTS / np.maximum(worst, 1e-30))
             f = np.repeat(np.repeat(f, 2, 0), 2, 1)
         else:
+            # the (4r + 1)^2 window of each pixel holds every (2r + 1)^2 square containing it
             f = np.minimum(1.0, UNSUPPORTED_MAX_COUNTS
                            / np.maximum(_window_sum(e, 2 * r), 1e-30))
         keep = np.minimum(keep + (e * f / float(exposure)).astype(np.float32), P)
