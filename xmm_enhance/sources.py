@@ -1048,7 +1048,7 @@ def release_unlisted(points2, diffuse2, sources, exposure, *, axis=None, live2=N
     if UNSUPPORTED_MAX_COUNTS > 0 and excess.any():
         # the unsupported part stays, scaled down to at most UNSUPPORTED_MAX_COUNTS in every
         # 20" aperture
-        e = np.clip(excess, 0, None).astype(np.float64) * float(exposure)
+        e = np.maximum(excess, 0.0) * np.float32(exposure)  # counts (float32)
         r = UNSUPPORTED_RADIUS_2X
         if H2 % 2 == 0 and W2 % 2 == 0:
             # on 2 x 2 blocks (4x fewer pixels): the (2h + 1)^2-block window of a block, h =
@@ -1060,12 +1060,13 @@ def release_unlisted(points2, diffuse2, sources, exposure, *, axis=None, live2=N
             blocks = e[0::2, 0::2] + e[1::2, 0::2] + e[0::2, 1::2] + e[1::2, 1::2]
             worst = _box_max(_window_sum(blocks, h), h)
             f = np.minimum(1.0, UNSUPPORTED_MAX_COUNTS / np.maximum(worst, 1e-30))
-            f = np.repeat(np.repeat(f, 2, 0), 2, 1)
+            f = np.repeat(np.repeat(f.astype(np.float32), 2, 0), 2, 1)
         else:
             # the (4r + 1)^2 window of each pixel holds every (2r + 1)^2 square containing it
             f = np.minimum(1.0, UNSUPPORTED_MAX_COUNTS
-                           / np.maximum(_window_sum(e, 2 * r), 1e-30))
-        keep = np.minimum(keep + (e * f / float(exposure)).astype(np.float32), P)
+                           / np.maximum(_window_sum(e, 2 * r), 1e-30)).astype(np.float32)
+        # (rounded down a hair so that float32 sums cannot exceed the limit)
+        keep = np.minimum(keep + excess * (f * np.float32(1.0 - 1e-6)), P)
         excess = P - keep
     moved = float(excess.sum(dtype=np.float64))
     D += excess
