@@ -263,9 +263,8 @@ def sr_tables(obs, fn, name):
                     for r in ref:
                         n_in = r["fit_counts"] * e / o.exposure_full
                         hit = any(np.hypot(d["y"] - r["y"], d["x"] - r["x"]) <= 2 for d in lst)
-                        k_ = next(i for i, lo in enumerate(REF_BINS[::-1]) if n_in >= lo)
                         b_ = by_counts.setdefault(name_, np.zeros((len(REF_BINS), 2), int))
-                        b_[len(REF_BINS) - 1 - k_] += (int(hit), 1)
+                        b_[np.searchsorted(REF_BINS, n_in, side="right") - 1] += (int(hit), 1)
         fw = np.median([r["fwhm_ratio"] for r in rows]) if rows else np.nan
         fl = np.median([r["flux_ratio"] for r in rows]) if rows else np.nan
         line = (f"  {which}: bright isolated ({len(rows)}) FWHM ratio {fw:.3f} flux 20/40 "
