@@ -159,7 +159,7 @@ def _psf_bins(cy, cx, axis):
 
 def _fit_flux(c, b, k, m, iters=25):
     """Maximum-likelihood ``F >= 0`` of ``c ~ Poisson(b + F k)`` over the pixels ``m``, for many
-    fits at once.
+    fits at once (Newton steps, at most ``iters``).
 
     Parameters
     ----------
@@ -177,12 +177,20 @@ def _fit_flux(c, b, k, m, iters=25):
     k = k * m
     ksum = k.sum(-1)
     f = np.maximum(((c - b) * m).sum(-1) / np.maximum(ksum, 1e-12), 0.0)
+    ck = c * k
     for _ in range(iters):
         lam = b + f[..., None] * k
-        g = (c * k / lam).sum(-1) - ksum
-        h = (c * k * k / (lam * lam)).sum(-1)
+        r = ck / lam
+        g = r.sum(-1) - ksum
+        h = (r * (k / lam)).sum(-1)
         step = np.where(h > 0, g / np.maximum(h, 1e-30), 0.0)
-        f = np.maximum(f + step, 0.0)
+        f_new = np.maximum(f + step, 0.0)
+        # Newton converges quadratically (7-8 steps to machine precision on the benchmark field):
+        # stop once no fit moves by more than 1e-12 of its flux
+        done = not np.any(np.abs(f_new - f) > 1e-12 * (1.0 + f))
+        f = f_new
+        if done:
+            break
     lam = b + f[..., None] * k
     cstat = 2.0 * ((c * m * np.log(lam / b)).sum(-1) - f * ksum)
     info = (k * k / lam).sum(-1)
