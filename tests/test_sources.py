@@ -18,8 +18,10 @@ from test_inference import make_image  # noqa: E402
 def king_image(shape, sources_, bkg, rng, *, theta=0.0, rc_scale=1.0):
     """Counts with King-profile point sources ``(y, x, counts)`` on a flat background; the PSF
     comes from the simulator's ``psf.king_kernel`` (not from the code under test), sampled on a
-    4x finer grid and binned, so sub-pixel positions are exact. ``rc_scale`` scales the core
-    radius (an observation whose PSF differs from the model)."""
+    4x finer grid and binned. A source is drawn at the centre of the 1" sub-pixel nearest to
+    it, so positions are exact when ``y`` and ``x`` are 1/8 + a multiple of 1/4 pixel (else up
+    to 1/8 pixel off). ``rc_scale`` scales the core radius (an observation whose PSF differs
+    from the model)."""
     rc, alpha = psf.king_params(theta)
     rc *= rc_scale
     k = psf.king_kernel(rc / 1.0, alpha, 96)  # 1" sub-pixels, radius 96"
@@ -54,6 +56,54 @@ def test_a_point_source_is_found_where_it_is_with_its_counts():
     assert d["signif"] > 10
     assert d["rate"] == pytest.approx(d["counts"] / 20e3)
     assert d["x2"] == pytest.approx(2 * d["x"] + 0.5) and d["y2"] == pytest.approx(2 * d["y"] + 0.5)
+
+
+def test_position_errors_match_the_scatter_of_the_fitted_positions(monkeypatch):
+    # sources at exact sub-pixel positions (see king_image), two brightnesses; the crude
+    # candidate map puts the search's start up to ~0.5 pixel off. The PSF is the fit's own,
+    # so the statistical part alone must match the scatter (the floor is for the simulator's
+    # PSF variants and the interpolation on real fields)
+    monkeypatch.setattr(sources, "POSITION_ERR_FLOOR_ARCSEC", 0.0)
+    rng = np.random.default_rng(11)
+    errs = {}
+    for n in (150.0, 600.0):
+        q, e = [], []
+        for _ in range(15):
+            truth = [(30 + 36 * a + rng.choice([.125, .375, .625, .875]),
+                      30 + 36 * b + rng.choice([.125, .375, .625, .875]), n)
+                     for a in (0, 1) for b in (0, 1)]
+            counts, _ = king_image((96, 96), truth, 0.3, rng)
+            found = sources.detect_sources(counts, np.ones(counts.shape, bool), 20e3,
+                                           _points_map(counts, 20e3))
+            for t in truth:
+                d = min(found, key=lambda d: np.hypot(d["y"] - t[0], d["x"] - t[1]))
+                q.append(4.0 * np.hypot(d["y"] - t[0], d["x"] - t[1]) / d["radec_err"])
+                e.append(d["radec_err"])
+        # a 2-D Gaussian error puts 63 % of the true positions within RADEC_ERR (60 each:
+        # binomial sigma 0.06)
+        assert 0.45 <= np.mean(np.array(q) < 1.0) <= 0.82, (n, np.mean(np.array(q) < 1.0))
+        errs[n] = np.median(e)
+    # the statistical error shrinks as 1 / sqrt(counts)
+    assert 0.4 < errs[600.0] / errs[150.0] < 0.6
+    assert 0.5 < errs[150.0] < 1.2  # arcsec: ~ the PSF's core over sqrt(counts)
+
+
+def test_a_source_off_the_networks_centroid_is_placed_where_the_counts_put_it(monkeypatch):
+    # the candidate map's peak 1 pixel (4") from the source: the search around it reaches
+    # 1", the re-centred grid follows the likelihood to the source; the flux, significance
+    # and list are those of the first search
+    rng = np.random.default_rng(5)
+    truth = (40.125, 52.375, 800.0)
+    counts, _ = king_image((96, 96), [truth], 0.3, rng)
+    shifted = np.roll(_points_map(counts, 20e3), 2, axis=1)  # 2 2x pixels = 1 1x pixel
+    args = (counts, np.ones(counts.shape, bool), 20e3, shifted)
+    d = sources.detect_sources(*args)[0]
+    assert np.hypot(d["y"] - truth[0], d["x"] - truth[1]) < 0.2
+    monkeypatch.setattr(sources, "POSITION_STEPS", 0)
+    d0 = sources.detect_sources(*args)[0]
+    assert np.hypot(d0["y"] - truth[0], d0["x"] - truth[1]) > 0.4  # stuck 1" from its start
+    for k in ("signif", "fit_counts", "counts_err"):
+        assert d[k] == d0[k]
 
 
 def test_listed_flux_is_the_points_maps_over_the_whole_psf():
@@ -611,6 +661,11 @@ def test_sr_output_contract(tmp_path, v2_models):
             assert list(t.columns.names)[:8] == ["RA", "DEC", "X", "Y", "RATE", "RATE_ERR",
                                                  "COUNTS", "COUNTS_ERR"]
             assert "SIGNIF" in t.columns.names and np.all(t["SIGNIF"] > 0)
+            # position errors: finite, at least the interpolation floor, pointing in the header
+            assert t.columns["RADEC_ERR"].unit == "arcsec"
+            assert np.all(np.isfinite(t["RADEC_ERR"]))
+            assert np.all(t["RADEC_ERR"] >= sources.POSITION_ERR_FLOOR_ARCSEC)
+            assert h["SOURCES"].header["SYSERR"] == sources.SYSTEMATIC_POS_ERR_ARCSEC
             assert np.allclose(t["COUNTS"], t["RATE"] * T)
             ra, dec = w.pixel_to_world_values(t["X"], t["Y"])
             assert np.allclose(ra, t["RA"], atol=1e-7) and np.allclose(dec, t["DEC"], atol=1e-7)

@@ -1171,7 +1171,7 @@ def sources_hdu(sources, exposure: float, name: str = "SOURCES") -> fits.BinTabl
     keys = {"RA": "ra", "DEC": "dec", "X": "x2", "Y": "y2", "RATE": "rate",
             "RATE_ERR": "rate_err", "COUNTS": "counts", "COUNTS_ERR": "counts_err",
             "FIT_COUNTS": "fit_counts",
-            "SIGNIF": "signif", "BKG": "bkg"}
+            "SIGNIF": "signif", "BKG": "bkg", "RADEC_ERR": "radec_err"}
     cols = []
     for col, unit, _ in SOURCE_COLUMNS:
         vals = np.array([float(d[keys[col]]) for d in sources], np.float64)
@@ -1184,7 +1184,10 @@ def sources_hdu(sources, exposure: float, name: str = "SOURCES") -> fits.BinTabl
         hdu.header.comments[f"TTYPE{i}"] = text[:46]
     hdu.header["EXPOSURE"] = (exposure, "[s] input exposure (COUNTS = RATE x EXPOSURE)")
     hdu.header["XYREF"] = ("0-based", "X, Y: 0-based pixel on the primary grid")
-    from .sources import DEFAULT_MIN_SIGNIF, POINTS_SUPPORT_SIGNIF
+    from .sources import (DEFAULT_MIN_SIGNIF, POINTS_SUPPORT_SIGNIF,
+                          SYSTEMATIC_POS_ERR_ARCSEC)
+    hdu.header["SYSERR"] = (SYSTEMATIC_POS_ERR_ARCSEC,
+                            "[arcsec] pointing, not in RADEC_ERR (4XMM)")
     if name == "CANDIDATES":
         hdu.header["CONTENT"] = ("unlisted point candidates whose POINTS are kept",
                                  "not in SOURCES")
