@@ -37,7 +37,8 @@ For exposure-aware models (recipe 2) on simulated frames never used in training 
   protons; "flat max");
 * SR **source list** (``xmm_enhance.sources`` at its default threshold): completeness for
   listed sources of >= 20 / >= 50 counts and the share of false entries (no simulated source
-  of >= 5 counts within 8");
+  of >= 5 counts within 8"); the share of listed sources whose simulated position lies within
+  their ``RADEC_ERR`` (63 % for a calibrated 2-D Gaussian error);
 * SR **flat background** (``--flat-levels 1,2,3``, ``--flat-only`` for just this): the
   issue's case, source-free frames of a flat, unvignetted background at multiples of the
   simulator's nominal level; brightest 20" aperture of POINTS per frame, the share of the input
@@ -132,10 +133,13 @@ def point_fluxes(out, truth, diffuse_truth, meta, exposure):
     return rows
 
 
-def source_list_scores(counts, mask, listed, out, exposure):
+def source_list_scores(counts, mask, listed, out, exposure, positions=None):
     """(found, listed) per count threshold and (false, entries) of the default source list.
 
-    ``listed``: simulated point sources ``(y, x, counts at exposure)`` down to 5 counts.
+    ``listed``: simulated point sources ``(y, x, counts at exposure)`` down to 5 counts (the
+    simulator draws each at the centre of its 2" pixel, and ``y``, ``x`` are that centre).
+    ``positions``, a list, gets ``(offset, RADEC_ERR)`` (arcsec) of every entry within 2 pixels
+    of a simulated source (the nearest one).
     """
     fov1 = fov_mask()
     # the pipeline's own list (--pipeline), else the list made as the CLI makes it
@@ -153,6 +157,11 @@ def source_list_scores(counts, mask, listed, out, exposure):
         res[cmin] = (hit, len(want))
     false = sum(not any(np.hypot(d["y"] - t[0], d["x"] - t[1]) <= 2.0 for t in listed)
                 for d in found)
+    if positions is not None and listed:
+        for d in found:
+            r = min(np.hypot(d["y"] - t[0], d["x"] - t[1]) for t in listed)
+            if r <= 2.0 and "radec_err" in d:
+                positions.append((r * 4.0, d["radec_err"]))
     return res, (false, len(found))
 
 
@@ -198,6 +207,7 @@ def run(dn, sr, frames, exposures, seed, aperture_scale=None, pixel_scales=(), p
             flat_max = 0.0
             comp = {20.0: [0, 0], 50.0: [0, 0]}
             fal = [0, 0]
+            posr = []  # (offset, RADEC_ERR) of the listed sources, arcsec
             for i in range(frames):
                 rng = np.random.default_rng([seed, int(T), i])
                 # simulated at 8 T so that its source list reaches 5 counts at T; the input
@@ -225,7 +235,7 @@ def run(dn, sr, frames, exposures, seed, aperture_scale=None, pixel_scales=(), p
                     wide[w][2].append(wn)
                 if task == "SR":
                     prow += point_fluxes(out, obs.sr_target, obs.sr_diffuse, obs.meta, T)
-                    r, f = source_list_scores(counts, obs.mask, listed, out, T)
+                    r, f = source_list_scores(counts, obs.mask, listed, out, T, posr)
                     for k in comp:
                         comp[k][0] += r[k][0]
                         comp[k][1] += r[k][1]
@@ -274,6 +284,12 @@ def run(dn, sr, frames, exposures, seed, aperture_scale=None, pixel_scales=(), p
                 # flat-background case
                 fa = (pr[:, 0] >= 20.0) & (pr[:, 0] < 100.0) & (pr[:, 3] < pr[:, 0])
                 tf, pf, df, _ = pr[fa].sum(0)
+                if posr:
+                    pe = np.array(posr)
+                    print(f"   SOURCES positions ({len(pe)} on a simulated source): within "
+                          f"RADEC_ERR {np.mean(pe[:, 0] < pe[:, 1]):.3f} (a 2-D Gaussian: 0.632), "
+                          f"median offset {np.median(pe[:, 0]):.2f}\" and RADEC_ERR "
+                          f"{np.median(pe[:, 1]):.2f}\"", flush=True)
                 print(f"   sources of 20-100 counts ({int(fa.sum())}): POINTS "
                       f"{100 * pf / max(tf, 1e-9):.1f} %, DIFFUSE {100 * df / max(tf, 1e-9):.1f} %",
                       flush=True)

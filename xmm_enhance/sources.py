@@ -66,7 +66,7 @@ SEARCH_Q = 1
 #: Added in quadrature to each source's statistical position error (arcsec): the position is
 #: interpolated between 1" grid points by a parabola, which the likelihood's peak only
 #: approximates, and the simulator's PSF variants that the fit's King model does not follow.
-#: Chosen on simulations (``runs/eval16/poserr.py``, 12 frames at 20 and 50 ks): seed 515151,
+#: Chosen on simulations (``bench_calibration.py``, 12 frames at 20 and 50 ks): seed 515151,
 #: 61.7 % of the true positions within ``RADEC_ERR``; held-out seed 424242, 61.0 % (59-66 %
 #: in every brightness bin); a 2-D Gaussian gives 63 %.
 POSITION_ERR_FLOOR_ARCSEC = 0.3
