@@ -869,3 +869,36 @@ def test_a_deep_input_never_gets_the_20ks_models_50ks_claim(tmp_path):
             res = inference.enhance_file(path, "DN", model=model)
         h = fits.getheader(res["predict"])
         assert h["EXPOSURE"] == want and word in h.comments["EXPOSURE"]
+
+
+def test_min_signif_sets_the_list_threshold_and_the_headers_say_so(tmp_path, v2_models):
+    from xmm_enhance.cli.infer import main
+
+    T = 30e3
+    rng = np.random.default_rng(8)
+    faint = [(200.0 + 25 * (i // 4), 150.0 + 30 * (i % 4), 30.0) for i in range(8)]
+    counts, _ = king_image(detector.PN_SHAPE, [(250.2, 170.7, 900.0)] + faint, 0.2, rng)
+    counts[~detector.detector_mask(corners=False)] = 0
+    p, _ = make_image(tmp_path / "faint.fits", exposure=T)
+    with fits.open(p) as h:
+        hdr = h[0].header
+    fits.writeto(p, counts.astype(np.int32), hdr, overwrite=True)
+    tables = {}
+    for sig, sub in ((None, "default"), (3.5, "low")):
+        argv = [str(p), "--which", "SR", "--model", str(v2_models["SR"]), "--outdir",
+                str(tmp_path / sub), "-q"] + ([] if sig is None else ["--min-signif", str(sig)])
+        assert main(argv) == 0
+        with fits.open(tmp_path / sub / "faint_predict_wcs_SR.fits.gz") as h:
+            want = 5.0 if sig is None else sig
+            t = h["SOURCES"]
+            assert t.header["MINSIG"] == want and np.all(t.data["SIGNIF"] >= want)
+            assert h["CANDIDATES"].header["LISTSIG"] == want
+            assert h["CANDIDATES"].header["MINSIG"] == min(want, 4.5) == h[0].header["PTSIGMIN"]
+            tables[sub] = np.stack([t.data["X"], t.data["Y"]], 1)
+    # the lower threshold lists more sources, and every default entry among them
+    assert len(tables["low"]) > len(tables["default"]) >= 1
+    for x, y in tables["default"]:
+        assert np.hypot(*(tables["low"] - (x, y)).T).min() < 0.5
+    # a DN run lists no sources; a threshold below 3 sigma lists mostly noise
+    assert main([str(p), "--which", "DN", "--min-signif", "4"]) == 2
+    assert main([str(p), "--which", "SR", "--min-signif", "2"]) == 2

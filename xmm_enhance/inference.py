@@ -436,11 +436,18 @@ class EnhanceResult:
     support : list of dict
         Unlisted candidates whose ``points`` stayed (:func:`xmm_enhance.sources.detect_sources`
         ``support``), padded 2x grid positions ``y2``/``x2``.
+    list_signif, support_signif : float
+        The thresholds (sigma) of ``sources`` and of ``support``.
     """
 
     def __init__(self, task, input_rate, input_mask, prediction, input_wcs, output_wcs, pad,
                  image, model, extras=None, sources=None, redrawn=0, psf_core=(1.0, 0),
-                 released=None, support=None):
+                 released=None, support=None, list_signif=None, support_signif=None):
+        from .sources import DEFAULT_MIN_SIGNIF, POINTS_SUPPORT_SIGNIF
+
+        self.list_signif = float(DEFAULT_MIN_SIGNIF if list_signif is None else list_signif)
+        self.support_signif = float(POINTS_SUPPORT_SIGNIF if support_signif is None
+                                    else support_signif)
         self.extras = dict(extras or {})
         self.support = list(support or [])
         self.sources = sources
@@ -848,11 +855,14 @@ def check_exposure(img: InputImage, model: Model) -> None:
 
 
 def enhance_image(img: InputImage, model: Model, *, sources: bool = True,
-                  redraw: bool = True) -> EnhanceResult:
+                  redraw: bool = True, min_signif: float | None = None) -> EnhanceResult:
     """Run ``model`` on ``img``; nothing is written.
 
     ``sources``: for SR models with a ``points`` map, list the point sources
-    (:func:`xmm_enhance.sources.detect_sources`, significances from the input counts).
+    (:func:`xmm_enhance.sources.detect_sources`, significances from the input counts) of at
+    least ``min_signif`` sigma (default ``DEFAULT_MIN_SIGNIF``); the unlisted candidates that
+    keep their points are those of at least ``POINTS_SUPPORT_SIGNIF``, or ``min_signif`` when
+    lower.
     ``redraw``: then let each listed source take the ``diffuse`` map's compact excess under it
     into ``points`` (:func:`xmm_enhance.sources.claim_excess`; their sum is unchanged), and
     redraw it in ``points`` (and so in the prediction) as the halved PSF with the map's own
@@ -875,11 +885,16 @@ def enhance_image(img: InputImage, model: Model, *, sources: bool = True,
     pred = maps.pop("rate")
     in_sky = img.sky.padded(top, left) if img.sky is not None else None
     out_sky = in_sky.upscaled(s) if (in_sky is not None and s > 1) else in_sky
+    from .sources import DEFAULT_MIN_SIGNIF, POINTS_SUPPORT_SIGNIF
+
+    list_sig = float(DEFAULT_MIN_SIGNIF if min_signif is None else min_signif)
+    support_sig = min(POINTS_SUPPORT_SIGNIF, list_sig)
     found = None
     weak = []  # candidates below the list's threshold whose points stay (release_unlisted)
     if sources and s == 2 and "points" in maps:
         found = find_sources(img, rate, mask, maps["points"], (top, left), out_sky,
-                             diffuse2=maps.get("diffuse"), support=weak)
+                             diffuse2=maps.get("diffuse"), support=weak, min_signif=list_sig,
+                             support_signif=support_sig)
     redrawn, core, released = 0, (1.0, 0), None
     if found is not None and redraw and "diffuse" in maps:
         from .sources import claim_excess, psf_core_scale, redraw_points, release_unlisted
@@ -915,7 +930,8 @@ def enhance_image(img: InputImage, model: Model, *, sources: bool = True,
     return EnhanceResult(task=model.task, input_rate=rate, input_mask=mask, prediction=pred,
                          input_wcs=in_sky, output_wcs=out_sky, pad=(top, left), image=img,
                          model=model, extras=maps, sources=found, redrawn=redrawn,
-                         psf_core=core, released=released, support=weak)
+                         psf_core=core, released=released, support=weak,
+                         list_signif=list_sig, support_signif=support_sig)
 
 
 def find_sources(img: InputImage, rate, mask, points, pad, out_sky, **kwargs) -> list:
@@ -1060,13 +1076,13 @@ def _header(res: EnhanceResult, *, wcs, exposure, pixel_arcsec, what) -> fits.He
 
                 h["PTMOVED"] = (round(res.released * img.exposure, 1),
                                 "[counts] unlisted POINTS moved to DIFFUSE")
-                h["PTSIGMIN"] = (S.POINTS_SUPPORT_SIGNIF,
+                h["PTSIGMIN"] = (res.support_signif,
                                  "[sigma] POINTS kept near sources >= this")
                 h["PTFREE"] = (S.UNSUPPORTED_MAX_COUNTS,
                                "[counts] max other POINTS in any 20\" aperture")
                 h["HISTORY"] = (f"POINTS: at most {S.SUPPORT_PSF_FACTOR:g} x the halved King PSFs"
                                 " of the SOURCES and of unlisted candidates of >= "
-                                f"{S.POINTS_SUPPORT_SIGNIF:g} sigma (CANDIDATES), plus the "
+                                f"{res.support_signif:g} sigma (CANDIDATES), plus the "
                                 "network's other points flux scaled to at most PTFREE counts in "
                                 "any 20 arcsec aperture (sources too faint for the list); the "
                                 "rest is in DIFFUSE")
@@ -1163,9 +1179,12 @@ def candidates_of(res: EnhanceResult) -> list:
     return out
 
 
-def sources_hdu(sources, exposure: float, name: str = "SOURCES") -> fits.BinTableHDU:
+def sources_hdu(sources, exposure: float, name: str = "SOURCES", *,
+                list_signif: float | None = None,
+                support_signif: float | None = None) -> fits.BinTableHDU:
     """The ``SOURCES`` table (columns of :data:`xmm_enhance.sources.SOURCE_COLUMNS`); with
-    ``name="CANDIDATES"`` the same columns for :func:`candidates_of`."""
+    ``name="CANDIDATES"`` the same columns for :func:`candidates_of`. ``list_signif`` and
+    ``support_signif``: the thresholds used (default: the package's)."""
     from .sources import SOURCE_COLUMNS
 
     keys = {"RA": "ra", "DEC": "dec", "X": "x2", "Y": "y2", "RATE": "rate",
@@ -1186,19 +1205,21 @@ def sources_hdu(sources, exposure: float, name: str = "SOURCES") -> fits.BinTabl
     hdu.header["XYREF"] = ("0-based", "X, Y: 0-based pixel on the primary grid")
     from .sources import (DEFAULT_MIN_SIGNIF, POINTS_SUPPORT_SIGNIF,
                           SYSTEMATIC_POS_ERR_ARCSEC)
+    list_signif = DEFAULT_MIN_SIGNIF if list_signif is None else list_signif
+    support_signif = POINTS_SUPPORT_SIGNIF if support_signif is None else support_signif
     hdu.header["SYSERR"] = (SYSTEMATIC_POS_ERR_ARCSEC,
                             "[arcsec] pointing, not in RADEC_ERR (4XMM)")
     if name == "CANDIDATES":
         hdu.header["CONTENT"] = ("unlisted point candidates whose POINTS are kept",
                                  "not in SOURCES")
-        hdu.header["MINSIG"] = (POINTS_SUPPORT_SIGNIF, "candidate threshold (sigma)")
-        hdu.header["LISTSIG"] = (DEFAULT_MIN_SIGNIF, "SOURCES threshold (sigma)")
+        hdu.header["MINSIG"] = (support_signif, "candidate threshold (sigma)")
+        hdu.header["LISTSIG"] = (list_signif, "SOURCES threshold (sigma)")
         hdu.header["HISTORY"] = ("Candidates of the SR source list that POINTS keeps but "
                                  "SOURCES does not list: below its threshold, or better fitted "
                                  "by a profile 2.5x wider than the PSF (a piled-up core, a "
                                  "compact knot). Not in the region file.")
     else:
-        hdu.header["MINSIG"] = (DEFAULT_MIN_SIGNIF, "detection threshold (sigma)")
+        hdu.header["MINSIG"] = (list_signif, "detection threshold (sigma)")
     hdu.header["SIGMETH"] = ("PSF-fit likelihood ratio on the input counts", "")
     hdu.header["BKGMODEL"] = ("DIFFUSE map + flat annulus level", "background of each fit")
     return hdu
@@ -1239,10 +1260,12 @@ def write_outputs(res: EnhanceResult, *, outdir: Path | None = None, overwrite: 
     if res.sources is not None:
         from .sources import region_text
 
-        pred.append(sources_hdu(res.sources, res.image.exposure))
+        sig = {"list_signif": res.list_signif, "support_signif": res.support_signif}
+        pred.append(sources_hdu(res.sources, res.image.exposure, **sig))
         if res.released is not None:
             # what else POINTS holds (release_unlisted keeps these candidates' points)
-            pred.append(sources_hdu(candidates_of(res), res.image.exposure, "CANDIDATES"))
+            pred.append(sources_hdu(candidates_of(res), res.image.exposure, "CANDIDATES",
+                                    **sig))
         text = region_text([d["ra"] for d in res.sources], [d["dec"] for d in res.sources],
                            labels=[f"{d['signif']:.1f}sig" for d in res.sources])
         items.append((text.encode(), region_path(res.image.path, outdir)))
@@ -1253,13 +1276,13 @@ def write_outputs(res: EnhanceResult, *, outdir: Path | None = None, overwrite: 
 
 def enhance_file(path, which: str, *, model: Model | None = None, outdir=None,
                  overwrite: bool = False, exposure: float | None = None, png: bool = False,
-                 redraw: bool = True) -> dict:
+                 redraw: bool = True, min_signif: float | None = None) -> dict:
     """Read ``path``, run the ``which`` model, write outputs (and a PNG). Returns the paths.
 
-    ``redraw``: see :func:`enhance_image`."""
+    ``redraw``, ``min_signif``: see :func:`enhance_image`."""
     img = read_input(path, exposure=exposure)
     model = model or load_model(which)
-    res = enhance_image(img, model, redraw=redraw)
+    res = enhance_image(img, model, redraw=redraw, min_signif=min_signif)
     p_in, p_pred = write_outputs(res, outdir=outdir, overwrite=overwrite)
     out = {"input": p_in, "predict": p_pred, "result": res}
     if png:

@@ -42,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="SR: keep the network's own drawing and point/diffuse split (default: "
                    "each SOURCES entry redrawn as the halved PSF with the POINTS map's counts, "
                    "and POINTS kept only near sources of >= 4.5 sigma)")
+    p.add_argument("--min-signif", type=float, metavar="SIGMA",
+                   help="SR: list point sources of at least this significance (PSF-fit "
+                        "likelihood ratio on the input counts, 3 degrees of freedom; default 5: "
+                        "false entries rare; 4-4.5 finds more faint sources and more noise "
+                        "peaks; 3-100)")
     p.add_argument("--version", action="version", version=f"xmm_enhance {__version__}")
     add_verbosity(p)
     return p
@@ -56,6 +61,12 @@ def main(argv=None) -> int:
         if args.exposure is not None and not (math.isfinite(args.exposure)
                                               and args.exposure > 0):
             raise UsageError(f"--exposure must be a number of seconds > 0, got {args.exposure}")
+        if args.min_signif is not None:
+            if args.which != "SR":
+                raise UsageError("--min-signif applies to --which SR (DN lists no sources)")
+            if not (math.isfinite(args.min_signif) and 3.0 <= args.min_signif <= 100.0):
+                raise UsageError(f"--min-signif must be between 3 and 100 sigma, got "
+                                 f"{args.min_signif}")
         from ..inference import check_output_collisions, enhance_file, load_model
         from ..fitsio import ensure_output_dir
         # two inputs with one stem would write the same outputs: refuse before any writing
@@ -70,7 +81,7 @@ def main(argv=None) -> int:
         try:
             out = enhance_file(f, args.which, model=model, outdir=args.outdir,
                                overwrite=args.overwrite, exposure=args.exposure, png=args.png,
-                               redraw=not args.no_redraw)
+                               redraw=not args.no_redraw, min_signif=args.min_signif)
         except XmmEnhanceError as exc:
             report_error(exc)
             failed.append(f)
