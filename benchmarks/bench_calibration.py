@@ -133,7 +133,7 @@ def point_fluxes(out, truth, diffuse_truth, meta, exposure):
     return rows
 
 
-def source_list_scores(counts, mask, listed, out, exposure, positions=None):
+def source_list_scores(counts, mask, listed, out, exposure, positions=None, min_signif=None):
     """(found, listed) per count threshold and (false, entries) of the default source list.
 
     ``listed``: simulated point sources ``(y, x, counts at exposure)`` down to 5 counts (the
@@ -145,7 +145,7 @@ def source_list_scores(counts, mask, listed, out, exposure, positions=None):
     # the pipeline's own list (--pipeline), else the list made as the CLI makes it
     found = out["sources"] if "sources" in out else S.detect_sources(
         counts, mask, exposure, out["points"], diffuse2=out["diffuse"], axis=AXIS_PIXEL,
-        sky=fov1)
+        sky=fov1, min_signif=S.DEFAULT_MIN_SIGNIF if min_signif is None else min_signif)
     ny, nx = fov1.shape
     inside = [t for t in listed if 0 <= round(t[0]) < ny and 0 <= round(t[1]) < nx
               and fov1[int(round(t[0])), int(round(t[1]))]]
@@ -179,20 +179,21 @@ def widened(out, s):
 
 
 def run(dn, sr, frames, exposures, seed, aperture_scale=None, pixel_scales=(), pipeline=False,
-        aperture_slope=None):
+        aperture_slope=None, min_signif=None):
     """Print the tables; returns {task: the aperture scale c covering 68 % over all exposures}.
 
     ``aperture_scale``: {task: c} to check (coverage of m -+ c x summed half-widths), with
     ``aperture_slope`` {task: its change per decade of exposure about 20 ks} as the model's
     metadata ``aperture_interval_slope`` states it (coverage per exposure and over all);
-    ``pixel_scales``: log-space widenings whose pixel coverage is printed too."""
+    ``pixel_scales``: log-space widenings whose pixel coverage is printed too; ``min_signif``:
+    the SR source list's threshold (default the command line's)."""
     fov1, fov2 = fov_mask(), fov_mask(pn_grid(scale=2))
     all_needs, all_cover = {}, {}
     for task, path in (("DN", dn), ("SR", sr)):
         if not path:
             continue
-        predict = (ev.pipeline_predictor(path, task, all_outputs=True) if pipeline
-                   else ev.onnx_predictor(path, all_outputs=True))
+        predict = (ev.pipeline_predictor(path, task, all_outputs=True, min_signif=min_signif)
+                   if pipeline else ev.onnx_predictor(path, all_outputs=True))
         print(f"\n{task} {Path(path).name}: held-out simulations, seeds [{seed}, i], "
               f"{frames} frames per exposure")
         print("exposure    pixels  pixels>0  20in sum  20in ind"
@@ -235,7 +236,8 @@ def run(dn, sr, frames, exposures, seed, aperture_scale=None, pixel_scales=(), p
                     wide[w][2].append(wn)
                 if task == "SR":
                     prow += point_fluxes(out, obs.sr_target, obs.sr_diffuse, obs.meta, T)
-                    r, f = source_list_scores(counts, obs.mask, listed, out, T, posr)
+                    r, f = source_list_scores(counts, obs.mask, listed, out, T, posr,
+                                              min_signif)
                     for k in comp:
                         comp[k][0] += r[k][0]
                         comp[k][1] += r[k][1]
@@ -311,7 +313,7 @@ def run(dn, sr, frames, exposures, seed, aperture_scale=None, pixel_scales=(), p
     return {t: float(np.quantile(np.concatenate(v), 0.68)) for t, v in all_needs.items()}
 
 
-def flat_background(sr, exposures, levels, frames, seed, pipeline=False):
+def flat_background(sr, exposures, levels, frames, seed, pipeline=False, min_signif=None):
     """The issue-13 flat case: source-free frames of a flat, unvignetted background (``level``
     times the simulator's nominal particle + cosmic rate on every live detector pixel, Poisson
     counts at T). Prints, per exposure and level, the brightest 20" aperture of ``POINTS``
@@ -319,8 +321,8 @@ def flat_background(sr, exposures, levels, frames, seed, pipeline=False):
     that SR keeps in ``DIFFUSE`` (all of it is background) and the number of listed sources."""
     from xmm_enhance.simulate.instrument import COSMIC_RATE, PARTICLE_RATE
 
-    predict = (ev.pipeline_predictor(sr, "SR", all_outputs=True) if pipeline
-               else ev.onnx_predictor(sr, all_outputs=True))
+    predict = (ev.pipeline_predictor(sr, "SR", all_outputs=True, min_signif=min_signif)
+               if pipeline else ev.onnx_predictor(sr, all_outputs=True))
     fov1 = fov_mask()
     fov2 = np.repeat(np.repeat(fov1, 2, 0), 2, 1)
     mask = detector_mask()
@@ -366,6 +368,8 @@ def main(argv=None):
                          "the nominal background (e.g. 1,2,3)")
     ap.add_argument("--flat-frames", type=int, default=4)
     ap.add_argument("--flat-only", action="store_true", help="only the flat case")
+    ap.add_argument("--min-signif", type=float, default=None,
+                    help="SR source list threshold, sigma (default: the command line's)")
     a = ap.parse_args(argv)
     exposures = [float(v) * 1e3 for v in a.exposures.split(",")]
     levels = [float(v) for v in a.flat_levels.split(",") if v.strip()]
@@ -381,9 +385,11 @@ def main(argv=None):
         slope = {"DN": d, "SR": s_}
     if not a.flat_only:
         run(a.dn, a.sr, a.frames, exposures, a.seed, scale,
-            [float(v) for v in a.pixel_scales.split(",") if v.strip()], a.pipeline, slope)
+            [float(v) for v in a.pixel_scales.split(",") if v.strip()], a.pipeline, slope,
+            a.min_signif)
     if levels and a.sr:
-        flat_background(a.sr, exposures, levels, a.flat_frames, a.seed, a.pipeline)
+        flat_background(a.sr, exposures, levels, a.flat_frames, a.seed, a.pipeline,
+                        a.min_signif)
     return 0
 
 

@@ -127,6 +127,9 @@ def _flat_points(counts, exposure):
     return np.repeat(np.repeat(counts, 2, 0), 2, 1) / 4.0 / exposure
 
 
+#: Threshold (sigma) of the reference list, a plain PSF-fit detection on the full exposure
+#: (the list's default until session 16).
+REF_SIGNIF = 5.0
 #: Lower edges of the bins of the completeness by reference counts expected in the input.
 REF_BINS = (0.0, 20.0, 50.0, 200.0)
 
@@ -234,9 +237,11 @@ def sr_tables(obs, fn, name):
                                          sky=fov)
                 for p in plain:  # the plain list's flux: its PSF fit (no points map)
                     p["rate"] = p["fit_counts"] / e
+                # the reference: what the full exposure shows at REF_SIGNIF, fixed so that it
+                # does not move with the list's default threshold
                 ref = S.detect_sources(full, mask, o.exposure_full,
                                        _flat_points(full, o.exposure_full), axis=AXIS_PIXEL,
-                                       sky=fov)
+                                       sky=fov, min_signif=REF_SIGNIF)
                 # flux scale of the list: listed RATE over the full exposure's 40" net rate
                 # (60-90" annulus) divided by the King EEF(40"), on the bright isolated sources
                 for y, x in sel[o.obsid]:

@@ -889,11 +889,12 @@ def test_min_signif_sets_the_list_threshold_and_the_headers_say_so(tmp_path, v2_
                 str(tmp_path / sub), "-q"] + ([] if sig is None else ["--min-signif", str(sig)])
         assert main(argv) == 0
         with fits.open(tmp_path / sub / "faint_predict_wcs_SR.fits.gz") as h:
-            want = 5.0 if sig is None else sig
+            want = sources.DEFAULT_MIN_SIGNIF if sig is None else sig
             t = h["SOURCES"]
             assert t.header["MINSIG"] == want and np.all(t.data["SIGNIF"] >= want)
             assert h["CANDIDATES"].header["LISTSIG"] == want
-            assert h["CANDIDATES"].header["MINSIG"] == min(want, 4.5) == h[0].header["PTSIGMIN"]
+            assert (h["CANDIDATES"].header["MINSIG"] == min(want, sources.POINTS_SUPPORT_SIGNIF)
+                    == h[0].header["PTSIGMIN"])
             tables[sub] = np.stack([t.data["X"], t.data["Y"]], 1)
     # the lower threshold lists more sources, and every default entry among them
     assert len(tables["low"]) > len(tables["default"]) >= 1

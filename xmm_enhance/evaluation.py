@@ -703,14 +703,16 @@ def evaluate_sr_sources(rate_in, mask_in, rate_sr, *, sources=None, exposure=20e
     return rows
 
 
-def pipeline_predictor(path, which="SR", *, threads=None, redraw=True, all_outputs=False):
+def pipeline_predictor(path, which="SR", *, threads=None, redraw=True, all_outputs=False,
+                       min_signif=None):
     """``predict(rate, mask, exposure=None)`` running the whole command-line pipeline
     (:func:`xmm_enhance.inference.enhance_image`: its own masking, the network, the source list
     and, with ``redraw``, the listed sources redrawn) on one pn-grid frame, as
     :func:`onnx_predictor` returns it (maps cropped to the frame; ``mask`` is not used, the
     pipeline derives its own from the counts). ``all_outputs`` adds ``sources`` (padded-grid
     positions shifted to the frame) and ``psf_core`` (the redraw's PSF core scale and the
-    number of sources it was measured on)."""
+    number of sources it was measured on). ``min_signif``: the source list's threshold
+    (default the command line's)."""
     import warnings
 
     from astropy.io import fits
@@ -727,7 +729,7 @@ def pipeline_predictor(path, which="SR", *, threads=None, redraw=True, all_outpu
         img = I.InputImage(counts, T, hdr)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            res = I.enhance_image(img, model, redraw=redraw)
+            res = I.enhance_image(img, model, redraw=redraw, min_signif=min_signif)
         s, (top, left) = model.scale, res.pad
         h, w = counts.shape
         cut = (slice(s * top, s * (top + h)), slice(s * left, s * (left + w)))

@@ -44,8 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "and POINTS kept only near sources of >= 4.5 sigma)")
     p.add_argument("--min-signif", type=float, metavar="SIGMA",
                    help="SR: list point sources of at least this significance (PSF-fit "
-                        "likelihood ratio on the input counts, 3 degrees of freedom; default 5: "
-                        "false entries rare; 4-4.5 finds more faint sources and more noise "
+                        "likelihood ratio on the input counts, 3 degrees of freedom; default 4.5: "
+                        "false entries rare; lower finds more faint sources and more noise "
                         "peaks; 3-100)")
     p.add_argument("--version", action="version", version=f"xmm_enhance {__version__}")
     add_verbosity(p)
