@@ -224,6 +224,7 @@ def test_skip_valid_outputs_redo_damaged_ones_and_dry_run(tmp_path, pps_root, mo
     assert [first[o]["status"] for o in ids] == ["done", "done"]
     assert first[ids[0]]["steps"] == "image:ran SR:ran DN:ran"
     assert first[ids[0]]["exposure_s"] > 15e3 and first[ids[0]]["counts"] > 0
+    assert first[ids[0]]["sr_sources"] == ""  # this stand-in SR model lists no sources
     rows = list(csv.DictReader(open(f"{rep}.csv")))
     assert [r["obsid"] for r in rows] == ids and float(rows[0]["sr_s"]) > 0
     out = tmp_path / "out"

@@ -678,6 +678,10 @@ def test_sr_output_contract(tmp_path, v2_models):
                 assert d.min() <= 1.5
     # seed-compatible readers: the primary HDU alone
     assert fits.getdata(pred).shape == (832, 832)
+    # the batch report's count of listed sources reads the same table
+    from xmm_enhance.batch import source_count
+    with fits.open(pred) as h:
+        assert source_count(pred) == len(h["SOURCES"].data) >= 2
     reg = (tmp_path / "obs_sources_SR.reg").read_text().splitlines()
     circles = [ln for ln in reg if ln.startswith("circle(")]
     assert "fk5" in reg and len(circles) == len(t)

@@ -138,8 +138,8 @@ class BatchConfig:
 
 #: Columns of the CSV report, in order.
 REPORT_FIELDS = ("obsid", "status", "steps", "download_s", "image_s", "sr_s", "dn_s", "png_s",
-                 "total_s", "cpu_s", "exposure_s", "counts", "image", "error", "log", "host",
-                 "pid", "peak_rss_mb", "started_utc")
+                 "total_s", "cpu_s", "exposure_s", "counts", "sr_sources", "image", "error",
+                 "log", "host", "pid", "peak_rss_mb", "started_utc")
 
 
 @dataclass
@@ -151,7 +151,9 @@ class ObsResult:
     each step did, e.g. ``download:skipped image:ran SR:ran DN:ran``. Times are seconds of
     wall clock per step (0 when skipped); ``png_s`` is the quick-look PNGs' share; ``cpu_s`` is
     the CPU time (all threads) the worker spent on the observation; ``peak_rss_mb`` is the
-    worker process's peak resident memory so far.
+    worker process's peak resident memory so far; ``sr_sources`` is the number of rows of the
+    SR prediction's ``SOURCES`` table (None without one), read from the file, so a resumed run
+    reports it too.
     """
 
     obsid: str
@@ -166,6 +168,7 @@ class ObsResult:
     cpu_s: float = 0.0
     exposure_s: float | None = None
     counts: float | None = None
+    sr_sources: int | None = None
     image: str = ""
     error: str = ""
     log: str = ""
@@ -804,6 +807,20 @@ def _run_steps(obsid: str, cfg: BatchConfig, res: ObsResult) -> None:
             setattr(res, "sr_s" if which == "SR" else "dn_s", round(dt, 3))
             _step(res, which, "ran", dt)
         res.outputs[which] = [str(p) for p in paths]
+        if which == "SR":
+            res.sr_sources = source_count(paths[1])
+
+
+def source_count(pred: Path) -> int | None:
+    """Rows of the ``SOURCES`` table of an SR prediction file; None when it has none (a model
+    without a source list). Reads the headers only."""
+    from astropy.io import fits
+
+    with fits.open(pred, memmap=False, lazy_load_hdus=True) as hdul:
+        for hdu in hdul:
+            if hdu.name == "SOURCES":
+                return int(hdu.header.get("NAXIS2", 0))
+    return None
 
 
 def _image_summary(image: Path) -> tuple[float | None, float | None]:
