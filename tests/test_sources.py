@@ -666,6 +666,7 @@ def test_sr_output_contract(tmp_path, v2_models):
             assert np.all(np.isfinite(t["RADEC_ERR"]))
             assert np.all(t["RADEC_ERR"] >= sources.POSITION_ERR_FLOOR_ARCSEC)
             assert h["SOURCES"].header["SYSERR"] == sources.SYSTEMATIC_POS_ERR_ARCSEC
+            assert np.all(t["EXT_DC"] <= sources.EXTENT_C)  # listed: point-like
             assert np.allclose(t["COUNTS"], t["RATE"] * T)
             ra, dec = w.pixel_to_world_values(t["X"], t["Y"])
             assert np.allclose(ra, t["RA"], atol=1e-7) and np.allclose(dec, t["DEC"], atol=1e-7)
@@ -772,6 +773,7 @@ def test_candidates_table_lists_what_points_keeps_beyond_the_sources(tmp_path, v
     assert blob_rows and not at(cand, 250.2, 170.7, 6)
     r = cand[blob_rows[0]]
     assert r["SIGNIF"] >= sources.POINTS_SUPPORT_SIGNIF and r["COUNTS"] > 0
+    assert r["EXT_DC"] > sources.EXTENT_C  # not listed: the wider profile fits it better
     assert np.allclose(w.pixel_to_world_values(r["X"], r["Y"]), (r["RA"], r["DEC"]), atol=1e-9)
     assert pts[int(round(r["Y"])), int(round(r["X"]))] > 0  # POINTS kept it
     reg = inference.region_path(p).read_text()

@@ -1190,11 +1190,11 @@ def sources_hdu(sources, exposure: float, name: str = "SOURCES", *,
     keys = {"RA": "ra", "DEC": "dec", "X": "x2", "Y": "y2", "RATE": "rate",
             "RATE_ERR": "rate_err", "COUNTS": "counts", "COUNTS_ERR": "counts_err",
             "FIT_COUNTS": "fit_counts",
-            "SIGNIF": "signif", "BKG": "bkg", "RADEC_ERR": "radec_err"}
+            "SIGNIF": "signif", "BKG": "bkg", "RADEC_ERR": "radec_err", "EXT_DC": "ext_dc"}
     cols = []
     for col, unit, _ in SOURCE_COLUMNS:
         vals = np.array([float(d[keys[col]]) for d in sources], np.float64)
-        cols.append(fits.Column(name=col, format="D", unit=unit, array=vals))
+        cols.append(fits.Column(name=col, format="D", unit=unit or None, array=vals))
     # BinTableHDU(data=...) and from_columns import astropy.table (~0.1 s of a 1 s command-line
     # call) to check for a Table; a FITS_rec assigned to an empty HDU gives the same HDU
     hdu = fits.BinTableHDU(name=name)

@@ -97,6 +97,7 @@ SOURCE_COLUMNS = (
     ("SIGNIF", "sigma", "PSF-fit likelihood-ratio significance on the input counts"),
     ("BKG", "count/pixel", "local background per 4\" input pixel"),
     ("RADEC_ERR", "arcsec", "1-sigma position error (pointing: SYSERR)"),
+    ("EXT_DC", "", "C(2.5x wider King) - C(PSF); > 9: extended"),
 )
 #: Systematic position error (arcsec, 1 sigma) of an XMM-Newton field without astrometric
 #: correction (4XMM, Webb et al. 2020: about 1.3"); not in ``RADEC_ERR``, written to the table's
@@ -340,7 +341,9 @@ def detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None,
         points map's counts over the whole PSF at ``exposure``; the fit's where the map holds
         none), ``counts_err`` (the fit's 1-sigma error), ``rate``, ``rate_err``, ``fit_counts``
         (maximum-likelihood PSF fit on the input counts), ``signif``, ``bkg`` (counts per 1x
-        pixel), ``radec_err`` (arcsec); most significant first.
+        pixel), ``radec_err`` (arcsec), ``ext_dc`` (the likelihood-ratio gain of the King
+        profile ``EXTENT_RC_FACTOR`` times wider over the PSF: above ``EXTENT_C`` the candidate
+        is extended and not listed); most significant first.
     """
     counts = np.asarray(counts, np.float64)
     mask = np.asarray(mask, bool)
@@ -466,7 +469,8 @@ def detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None,
     pos_y = cy + qy[n, j] / 4.0
     pos_x = cx + qx[n, j] / 4.0
     Ke = _kernels([(tb[i], ab[i], qy[i, j[i]], qx[i, j[i]], 1) for i in range(len(cy))])
-    fits_psf = _fit_flux(c, bkg, Ke, m)[1] - cst <= EXTENT_C
+    ext_dc = _fit_flux(c, bkg, Ke, m)[1] - cst  # the wider profile's likelihood gain
+    fits_psf = ext_dc <= EXTENT_C
     bfit = bkg.copy()  # the background of each candidate's last fit
     for stage in (0, 1):
         sig_now = _signif(cst)
@@ -494,7 +498,8 @@ def detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None,
         # whether the PSF now fits the refitted ones (a faint neighbour looked extended when
         # its brighter neighbour's wing was part of its background)
         Kr = _kernels([(tb[i], ab[i], qy[i, j[i]], qx[i, j[i]], 1) for i in redo])
-        fits_psf[redo] = _fit_flux(c[redo], bkg_nb[redo], Kr, m[redo])[1] - cst[redo] <= EXTENT_C
+        ext_dc[redo] = _fit_flux(c[redo], bkg_nb[redo], Kr, m[redo])[1] - cst[redo]
+        fits_psf[redo] = ext_dc[redo] <= EXTENT_C
         pos_y[redo] = cy[redo] + qy[redo, j[redo]] / 4.0
         pos_x[redo] = cx[redo] + qx[redo, j[redo]] / 4.0
     # fits_psf: the extent test of each candidate's last fit, over that fit's background
@@ -561,7 +566,8 @@ def detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None,
                       "signif": float(sig[i]),
                       "listed": bool(listed[i]),
                       "bkg": float(bkg[i, centre]),
-                      "radec_err": float(pos_err[i])})
+                      "radec_err": float(pos_err[i]),
+                      "ext_dc": float(ext_dc[i])})
     found.sort(key=lambda d: -d["signif"])
     out = []
     for d in found:
