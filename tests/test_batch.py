@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from onnx_graphs import identity_dn, replicate_sr
+from onnx_graphs import exposure_aware, identity_dn, replicate_sr
 from xmm_enhance import batch
 from xmm_enhance.batch import (LOG_NAME, BatchConfig, ObservationLock, fits_is_valid,
                                png_is_valid, read_obsid_list)
@@ -846,6 +846,37 @@ def test_which_is_read_alike_by_infer_and_batch(tmp_path, capsys):
         infer_parser().parse_args(["x.fits", "--which", "xx"])
     assert exc.value.code == 2
     assert main(["--save_dir", str(tmp_path), "--which", "xx", "0123456789"]) == 2
+
+
+def test_source_threshold_reaches_the_sr_list_and_a_change_redoes_it(tmp_path, pps_root,
+                                                                      models):
+    from xmm_enhance.sources import DEFAULT_MIN_SIGNIF
+
+    sr2 = exposure_aware(tmp_path / "sr2.onnx", "SR", point_share=0.9)  # with a points map
+    obsid, out = OBSIDS[0], tmp_path / "out"
+
+    def run(tag, *extra):
+        rep = tmp_path / tag
+        assert main(_args(out, (sr2, models[1]), obsid, "--which", "SR", "--report", rep,
+                          *extra, pps_root=pps_root)) == 0
+        row = _report(rep)[obsid]
+        pred = next((out / obsid).glob("*_predict_wcs_SR.fits.gz"))
+        with fits.open(pred) as h:
+            assert row["sr_sources"] == len(h["SOURCES"].data)
+            return row, h["SOURCES"].header["MINSIG"]
+
+    row, minsig = run("r1")
+    assert row["steps"] == "image:ran SR:ran" and minsig == DEFAULT_MIN_SIGNIF
+    n_default = row["sr_sources"]
+    row, minsig = run("r2", "--min-signif", "3.5")   # another threshold: SR is redone
+    assert row["steps"] == "image:skipped SR:ran" and minsig == 3.5
+    assert row["sr_sources"] >= n_default
+    assert "source list made at 4.5 sigma, 3.5 asked" in (out / obsid / LOG_NAME).read_text()
+    row, _ = run("r3", "--min-signif", "3.5")        # the same one: nothing to do
+    assert row["steps"] == "image:skipped SR:skipped"
+    # DN lists no sources; below 3 sigma a list is mostly noise
+    assert main(_args(out, models, obsid, "--which", "DN", "--min-signif", "4")) == 2
+    assert main(_args(out, models, obsid, "--min-signif", "2")) == 2
 
 
 def test_usage_errors(tmp_path, models, capsys):

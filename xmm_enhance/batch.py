@@ -112,6 +112,9 @@ class BatchConfig:
         First back-off delay (s), doubled after each failed attempt.
     archive_url : str, optional
         XSA ``data-action-aio`` URL (a mirror; default: astroquery's configuration).
+    min_signif : float, optional
+        SR source list threshold (sigma; default the command line's). An SR prediction made
+        with another one (its ``SOURCES`` ``MINSIG``) is redone.
     """
 
     save_dir: Path
@@ -131,6 +134,7 @@ class BatchConfig:
     retries: int = 3
     backoff_s: float = 2.0
     archive_url: str | None = None
+    min_signif: float | None = None
 
     def model_path(self, which: str) -> Path | None:
         return self.sr_model if which == "SR" else self.dn_model
@@ -509,7 +513,27 @@ def _prediction_ok(image: Path, which: str, cfg: BatchConfig) -> tuple[bool, str
         made_by = fits.getheader(paths[1]).get("MODELSHA")
         if made_by != sha:
             return False, f"{paths[1].name}: made by another {which} model"
+    if which == "SR":
+        from .sources import DEFAULT_MIN_SIGNIF
+
+        want = DEFAULT_MIN_SIGNIF if cfg.min_signif is None else float(cfg.min_signif)
+        made = _list_threshold(paths[1])
+        if made is not None and made != want:
+            return False, (f"{paths[1].name}: source list made at {made:g} sigma, "
+                           f"{want:g} asked")
     return True, ""
+
+
+def _list_threshold(pred: Path) -> float | None:
+    """``MINSIG`` of the ``SOURCES`` table of an SR prediction; None without one."""
+    from astropy.io import fits
+
+    with fits.open(pred, memmap=False, lazy_load_hdus=True) as hdul:
+        for hdu in hdul:
+            if hdu.name == "SOURCES":
+                v = hdu.header.get("MINSIG")
+                return None if v is None else float(v)
+    return None
 
 
 def observation_state(obsid: str, cfg: BatchConfig) -> dict:
@@ -790,7 +814,8 @@ def _run_steps(obsid: str, cfg: BatchConfig, res: ObsResult) -> None:
                 log.info("OBS_ID %s: %s outputs will be remade (%s)", obsid, which, why)
             model = _model(which, cfg)
             t = time.perf_counter()
-            out = enhance_file(image, which, model=model, overwrite=True, png=False)
+            out = enhance_file(image, which, model=model, overwrite=True, png=False,
+                               min_signif=cfg.min_signif if which == "SR" else None)
             dt = time.perf_counter() - t
             if cfg.png:
                 from .display import quicklook_png

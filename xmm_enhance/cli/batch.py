@@ -22,7 +22,8 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import UsageError, XmmEnhanceError
-from .common import add_verbosity, report_error, setup_logging
+from .common import (MIN_SIGNIF_HELP, add_verbosity, check_min_signif, report_error,
+                     setup_logging)
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma list of SR, DN (any case), or 'none' for images only "
                         "(default SR,DN)")
     m.add_argument("--png", action="store_true", help="quick-look PNG per prediction")
+    m.add_argument("--min-signif", type=float, metavar="SIGMA", help=MIN_SIGNIF_HELP)
     m.add_argument("--sr-model", type=Path, help="SR ONNX model (default: bundled)")
     m.add_argument("--dn-model", type=Path, help="DN ONNX model (default: bundled)")
     m.add_argument("--threads", type=int,
@@ -120,6 +122,7 @@ def _config(args):
                          "80 = 4\")")
     if not math.isfinite(args.expo_time):
         raise UsageError(f"--expo_time {args.expo_time}: must be a number of ks (<= 0: all)")
+    check_min_signif(args.min_signif, _which(args.which))
     if args.pps_dir is not None and not args.pps_dir.is_dir():
         raise UsageError(f"--pps_dir {args.pps_dir}: no such folder; pass the folder holding "
                          "<OBS_ID>/pps trees")
@@ -142,7 +145,8 @@ def _config(args):
         dn_model=args.dn_model.resolve() if args.dn_model else None,
         threads=threads,
         credentials_file=args.credentials_file.resolve() if args.credentials_file else None,
-        retries=args.retries, backoff_s=args.backoff, archive_url=args.archive_url)
+        retries=args.retries, backoff_s=args.backoff, archive_url=args.archive_url,
+        min_signif=args.min_signif)
 
 
 def _quiet_console(verbose: bool) -> None:

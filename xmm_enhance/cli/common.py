@@ -22,7 +22,27 @@ import warnings
 from ..errors import XmmEnhanceError
 
 __all__ = ["setup_logging", "add_verbosity", "add_version", "report_error", "command_prog",
-           "invoked_as", "QUIET_HELP", "VERBOSE_HELP", "version_text"]
+           "invoked_as", "QUIET_HELP", "VERBOSE_HELP", "version_text", "MIN_SIGNIF_HELP",
+           "check_min_signif"]
+
+MIN_SIGNIF_HELP = ("SR: list point sources of at least this significance (PSF-fit likelihood "
+                   "ratio on the input counts, 3 degrees of freedom; default 4.5: false "
+                   "entries rare; lower finds more faint sources and more noise peaks; 3-100)")
+
+
+def check_min_signif(value, which) -> None:
+    """Raise UsageError unless ``value`` (``--min-signif``, None when not given) is a valid SR
+    list threshold for the predictions ``which``."""
+    import math
+
+    from ..errors import UsageError
+
+    if value is None:
+        return
+    if "SR" not in which:
+        raise UsageError("--min-signif applies to SR predictions (DN lists no sources)")
+    if not (math.isfinite(value) and 3.0 <= value <= 100.0):
+        raise UsageError(f"--min-signif must be between 3 and 100 sigma, got {value}")
 
 QUIET_HELP = "quiet: print only warnings and errors"
 VERBOSE_HELP = "verbose: print debug messages too"

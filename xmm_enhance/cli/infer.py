@@ -13,7 +13,8 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import UsageError, XmmEnhanceError
-from .common import add_verbosity, command_prog, report_error, setup_logging
+from .common import (MIN_SIGNIF_HELP, add_verbosity, check_min_signif, command_prog,
+                     report_error, setup_logging)
 
 log = logging.getLogger("xmm_enhance")
 
@@ -42,11 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="SR: keep the network's own drawing and point/diffuse split (default: "
                    "each SOURCES entry redrawn as the halved PSF with the POINTS map's counts, "
                    "and POINTS kept only near sources of >= 4.5 sigma)")
-    p.add_argument("--min-signif", type=float, metavar="SIGMA",
-                   help="SR: list point sources of at least this significance (PSF-fit "
-                        "likelihood ratio on the input counts, 3 degrees of freedom; default 4.5: "
-                        "false entries rare; lower finds more faint sources and more noise "
-                        "peaks; 3-100)")
+    p.add_argument("--min-signif", type=float, metavar="SIGMA", help=MIN_SIGNIF_HELP)
     p.add_argument("--version", action="version", version=f"xmm_enhance {__version__}")
     add_verbosity(p)
     return p
@@ -61,12 +58,7 @@ def main(argv=None) -> int:
         if args.exposure is not None and not (math.isfinite(args.exposure)
                                               and args.exposure > 0):
             raise UsageError(f"--exposure must be a number of seconds > 0, got {args.exposure}")
-        if args.min_signif is not None:
-            if args.which != "SR":
-                raise UsageError("--min-signif applies to --which SR (DN lists no sources)")
-            if not (math.isfinite(args.min_signif) and 3.0 <= args.min_signif <= 100.0):
-                raise UsageError(f"--min-signif must be between 3 and 100 sigma, got "
-                                 f"{args.min_signif}")
+        check_min_signif(args.min_signif, (args.which,))
         from ..inference import check_output_collisions, enhance_file, load_model
         from ..fitsio import ensure_output_dir
         # two inputs with one stem would write the same outputs: refuse before any writing
