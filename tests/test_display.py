@@ -344,6 +344,9 @@ def test_sr_result_circles_sources_and_dashes_candidates_on_the_diffuse_panel():
     res.released = None  # --no-redraw: POINTS was not trimmed, no candidates drawn
     axes = image_axes(display.quicklook_figure(res))
     assert not [p for p in axes[2].patches if p.get_gid() == "candidate"]
+    res.list_signif = 4.0  # the list's threshold (an EnhanceResult has it) is in the title
+    axes = image_axes(display.quicklook_figure(res))
+    assert axes[2].get_title() == "diffuse component, 1 point source (≥ 4σ) circled"
 
 
 def test_png_refuses_to_overwrite(tmp_path):

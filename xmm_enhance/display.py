@@ -470,7 +470,10 @@ def quicklook_panels(res) -> list:
     diffuse = getattr(res, "extras", {}).get("diffuse")
     if diffuse is not None:
         n = len(res.sources or [])
-        label = f"diffuse component, {n} point source{'s' * (n != 1)} circled"
+        sig = getattr(res, "list_signif", None)
+        label = (f"diffuse component, {n} point source{'s' * (n != 1)}"
+                 + (f" (≥ {sig:g}σ)" if sig is not None and res.sources is not None else "")
+                 + " circled")
         m = len(_result_candidates(res) if res.output_wcs is not None else [])
         if m:
             label += f", {m} candidate{'s' * (m != 1)} dashed"
