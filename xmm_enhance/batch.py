@@ -517,22 +517,23 @@ def _prediction_ok(image: Path, which: str, cfg: BatchConfig) -> tuple[bool, str
         from .sources import DEFAULT_MIN_SIGNIF
 
         want = DEFAULT_MIN_SIGNIF if cfg.min_signif is None else float(cfg.min_signif)
-        made = _list_threshold(paths[1])
+        h = _sources_header(paths[1])
+        made = None if h is None or h.get("MINSIG") is None else float(h["MINSIG"])
         if made is not None and made != want:
             return False, (f"{paths[1].name}: source list made at {made:g} sigma, "
                            f"{want:g} asked")
     return True, ""
 
 
-def _list_threshold(pred: Path) -> float | None:
-    """``MINSIG`` of the ``SOURCES`` table of an SR prediction; None without one."""
+def _sources_header(pred: Path):
+    """Header of the ``SOURCES`` table of an SR prediction file; None without one (a model
+    without a source list)."""
     from astropy.io import fits
 
     with fits.open(pred, memmap=False, lazy_load_hdus=True) as hdul:
         for hdu in hdul:
             if hdu.name == "SOURCES":
-                v = hdu.header.get("MINSIG")
-                return None if v is None else float(v)
+                return hdu.header.copy()
     return None
 
 
@@ -838,14 +839,9 @@ def _run_steps(obsid: str, cfg: BatchConfig, res: ObsResult) -> None:
 
 def source_count(pred: Path) -> int | None:
     """Rows of the ``SOURCES`` table of an SR prediction file; None when it has none (a model
-    without a source list). Reads the headers only."""
-    from astropy.io import fits
-
-    with fits.open(pred, memmap=False, lazy_load_hdus=True) as hdul:
-        for hdu in hdul:
-            if hdu.name == "SOURCES":
-                return int(hdu.header.get("NAXIS2", 0))
-    return None
+    without a source list)."""
+    h = _sources_header(pred)
+    return None if h is None else int(h.get("NAXIS2", 0))
 
 
 def _image_summary(image: Path) -> tuple[float | None, float | None]:

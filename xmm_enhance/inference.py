@@ -1194,7 +1194,7 @@ def sources_hdu(sources, exposure: float, name: str = "SOURCES", *,
     cols = []
     for col, unit, _ in SOURCE_COLUMNS:
         vals = np.array([float(d[keys[col]]) for d in sources], np.float64)
-        cols.append(fits.Column(name=col, format="D", unit=unit or None, array=vals))
+        cols.append(fits.Column(name=col, format="D", unit=unit, array=vals))
     # BinTableHDU(data=...) and from_columns import astropy.table (~0.1 s of a 1 s command-line
     # call) to check for a Table; a FITS_rec assigned to an empty HDU gives the same HDU
     hdu = fits.BinTableHDU(name=name)

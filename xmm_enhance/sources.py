@@ -97,7 +97,7 @@ SOURCE_COLUMNS = (
     ("SIGNIF", "sigma", "PSF-fit likelihood-ratio significance on the input counts"),
     ("BKG", "count/pixel", "local background per 4\" input pixel"),
     ("RADEC_ERR", "arcsec", "1-sigma position error (pointing: SYSERR)"),
-    ("EXT_DC", "", "C(2.5x wider King) - C(PSF); > 9: extended"),
+    ("EXT_DC", None, "C(2.5x wider King) - C(PSF); > 9: extended"),
 )
 #: Systematic position error (arcsec, 1 sigma) of an XMM-Newton field without astrometric
 #: correction (4XMM, Webb et al. 2020: about 1.3"); not in ``RADEC_ERR``, written to the table's

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import sys
 import warnings
 
-from ..errors import XmmEnhanceError
+from ..errors import UsageError, XmmEnhanceError
 
 __all__ = ["setup_logging", "add_verbosity", "add_version", "report_error", "command_prog",
            "invoked_as", "QUIET_HELP", "VERBOSE_HELP", "version_text", "MIN_SIGNIF_HELP",
@@ -33,10 +34,6 @@ MIN_SIGNIF_HELP = ("SR: list point sources of at least this significance (PSF-fi
 def check_min_signif(value, which) -> None:
     """Raise UsageError unless ``value`` (``--min-signif``, None when not given) is a valid SR
     list threshold for the predictions ``which``."""
-    import math
-
-    from ..errors import UsageError
-
     if value is None:
         return
     if "SR" not in which:
