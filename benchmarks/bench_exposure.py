@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 from xmm_enhance import evaluation as ev  # noqa: E402
 from xmm_enhance import sources as S  # noqa: E402
 from xmm_enhance.detector import detector_mask, fov_mask  # noqa: E402
-from xmm_enhance.detector import AXIS_PIXEL  # noqa: E402
+from xmm_enhance.detector import AXIS_PIXEL, coverage_map  # noqa: E402
 from xmm_enhance.simulate.psf import king_eef, king_params  # noqa: E402
 
 PAIR = ("0400620101", "0724270101")
@@ -143,7 +143,9 @@ def _check_sources(found, ref, held, th, mask, detail=None):
     * recovered: ``ref`` sources with a listed source within 2 pixels (8");
     * excluded: listed sources whose flux the independent counts exclude at 3 sigma: 10" net
       counts (background from an 8-16 pixel annulus) below ``want - 3 sqrt(want + bkg + 1)``,
-      ``want = RATE x th x EEF(10")`` with the list's King PSF. Bright real sources fail this
+      ``want = RATE x th x EEF(10")`` with the list's King PSF (both the PSF and the background
+      times each pixel's coverage, :func:`xmm_enhance.detector.coverage_map`, and masked pixels
+      not counted). Bright real sources fail this
       when their flux is off by 10-20 % (PSF model, variability), so the next number as well:
     * absent: excluded, and the 10" net counts themselves under 2 sigma of the background: the
       independent photons show no source there at all;
@@ -157,15 +159,18 @@ def _check_sources(found, ref, held, th, mask, detail=None):
     rec = sum(any(np.hypot(d["y"] - r["y"], d["x"] - r["x"]) <= 2 for d in found) for r in ref)
     exc = absent = test = exc_t = exc20 = test20 = 0
     apertures = ((2.5, (8.0, 16.0)), (5.0, (15.0, 22.5)))
-    # pixels whose centre lies within each aperture radius (21 and 81)
-    n_pix = {r: int((np.hypot(*np.mgrid[-6:7, -6:7]) <= r).sum()) for r, _ in apertures}
+    # per full pixel: the partly covered columns and rows next to the CCD gaps collect their
+    # coverage's share of the source and the background
+    cov = coverage_map() * mask
     for d in found:
         y, x = int(round(d["y"])), int(round(d["x"]))
         for r_ap, (r_in, r_out) in apertures:
-            b = ev._annulus_mean(held, mask, y, x, r_in, r_out)
-            obs_n = ev.aperture_flux(held, y, x, r_ap, background=b)
-            want = d["rate"] * th * S.psf_fraction(d["y"], d["x"], r_ap, axis=AXIS_PIXEL)
-            bk = b * n_pix[r_ap]
+            b = (ev._annulus_mean(held, mask, y, x, r_in, r_out)
+                 / max(ev._annulus_mean(cov, mask, y, x, r_in, r_out), 1e-3))
+            bk = b * ev.aperture_flux(cov, y, x, r_ap)
+            obs_n = ev.aperture_flux(held, y, x, r_ap) - bk
+            want = d["rate"] * th * S.psf_fraction(d["y"], d["x"], r_ap, axis=AXIS_PIXEL,
+                                                   coverage=cov)
             limit = want - 3 * np.sqrt(want + bk + 1.0)
             out = obs_n < limit
             if r_ap == 2.5:
@@ -199,6 +204,7 @@ def _print_exclusion_bins(detail):
 def sr_tables(obs, fn, name):
     mask = detector_mask()
     fov = fov_mask()
+    cov = coverage_map()  # partly covered columns and rows next to the CCD gaps
     print(f"\nSR {name} on real point sources")
     sel = {o.obsid: ev.select_real_point_sources(o, mask) for o in obs}
     for which in ("20ks", "50ks"):
@@ -232,16 +238,17 @@ def sr_tables(obs, fn, name):
             if "points" in out:
                 # the pipeline's own list (--pipeline), else the list made as the CLI makes it
                 found = out["sources"] if "sources" in out else S.detect_sources(
-                    c, mask, e, out["points"], diffuse2=out["diffuse"], axis=AXIS_PIXEL, sky=fov)
+                    c, mask, e, out["points"], diffuse2=out["diffuse"], axis=AXIS_PIXEL, sky=fov,
+                    coverage=cov)
                 plain = S.detect_sources(c, mask, e, _flat_points(c, e), axis=AXIS_PIXEL,
-                                         sky=fov)
+                                         sky=fov, coverage=cov)
                 for p in plain:  # the plain list's flux: its PSF fit (no points map)
                     p["rate"] = p["fit_counts"] / e
                 # the reference: what the full exposure shows at REF_SIGNIF, fixed so that it
                 # does not move with the list's default threshold
                 ref = S.detect_sources(full, mask, o.exposure_full,
                                        _flat_points(full, o.exposure_full), axis=AXIS_PIXEL,
-                                       sky=fov, min_signif=REF_SIGNIF)
+                                       sky=fov, min_signif=REF_SIGNIF, coverage=cov)
                 # flux scale of the list: listed RATE over the full exposure's 40" net rate
                 # (60-90" annulus) divided by the King EEF(40"), on the bright isolated sources
                 for y, x in sel[o.obsid]:

@@ -136,6 +136,70 @@ def test_no_false_sources_in_flat_background_at_the_default_threshold():
     assert n_cand > 300  # the test did try many candidates
 
 
+def _cluster_beside_a_gap(seed):
+    """Counts of a bright smooth cluster beside a CCD gap (columns 60-61 dead) whose neighbour
+    columns collect a quarter and a fifth of the events, as the pn's columns next to its gaps
+    do (``detector.PARTIAL_COLUMNS``): (counts, mask, coverage)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:96, :120]
+    lam = 40.0 + 200.0 * np.exp(-np.hypot(yy - 48, xx - 75) / 25.0)
+    cov = np.ones(lam.shape)
+    cov[:, 59], cov[:, 62] = 0.25, 0.2
+    mask = np.ones(lam.shape, bool)
+    mask[:, 60:62] = False
+    return rng.poisson(lam * cov * mask).astype(float), mask, cov
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_partly_covered_columns_beside_a_gap_make_no_sources_with_the_coverage(seed):
+    counts, mask, cov = _cluster_beside_a_gap(seed)
+    kw = dict(min_counts=0.5, max_candidates=10000)
+    pts = _points_map(counts, 20e3)
+    # without the coverage the low columns pull the annulus level down: the emission beside
+    # the gap looks like a row of sources (the artefact the coverage removes)
+    naive = sources.detect_sources(counts, mask, 20e3, pts, **kw)
+    assert sum(abs(d["x"] - 56) <= 1 for d in naive) >= 2
+    assert sources.detect_sources(counts, mask, 20e3, pts, coverage=cov, **kw) == []
+
+
+def test_a_source_on_a_partly_covered_column_gets_its_whole_flux():
+    rng = np.random.default_rng(11)
+    truth = (48.125, 40.125, 600.0)
+    lam = king_image((96, 96), [truth], 0.3, rng)[1]
+    cov = np.ones(lam.shape)
+    cov[:, 40] = 0.25  # the column through the source's core
+    counts = rng.poisson(lam * cov).astype(float)
+    mask = np.ones(lam.shape, bool)
+    pts = _points_map(counts, 20e3)
+    d = sources.detect_sources(counts, mask, 20e3, pts, coverage=cov)[0]
+    assert abs(d["fit_counts"] - truth[2]) < 3 * d["counts_err"]
+    assert abs(d["x"] - truth[1]) <= 0.5
+    naive = sources.detect_sources(counts, mask, 20e3, pts)[0]
+    assert naive["fit_counts"] < truth[2] - 3 * naive["counts_err"]  # the column's loss
+    # the share of the flux a 10" aperture collects there follows the coverage too
+    f_cov = sources.psf_fraction(truth[0], truth[1], 2.5, coverage=cov)
+    assert f_cov < 0.75 * sources.psf_fraction(truth[0], truth[1], 2.5)
+
+
+def test_the_pipeline_fits_with_the_pn_columns_coverage(monkeypatch):
+    seen = {}
+
+    def fake(counts, mask, exposure, points, **kw):
+        seen.update(kw)
+        return []
+
+    monkeypatch.setattr(sources, "detect_sources", fake)
+    img = inference.InputImage(np.zeros(detector.PN_SHAPE), 20e3, fits.Header())
+    rate, mask, _, pad = inference.prepare(img)
+    inference.find_sources(img, rate, mask, np.zeros((832, 832)), pad, None)
+    cov = seen["coverage"]
+    top, left = pad
+    ny, nx = detector.PN_SHAPE
+    assert cov.shape == rate.shape
+    assert np.allclose(cov[top:top + ny, left:left + nx], detector.coverage_map(), atol=1e-6)
+    assert cov[:top].min() == 1.0 and cov.min() == pytest.approx(detector.coverage_map().min(), rel=1e-5)
+
+
 def test_extended_blob_is_not_a_point_source():
     rng = np.random.default_rng(5)
     yy, xx = np.mgrid[:96, :96]

@@ -20,7 +20,7 @@ __all__ = [
     "DETX_MIN", "DETY_MIN", "DETX_MAX", "DETY_MAX", "PN_BINSIZE", "PN_SHAPE",
     "FOV_CENTRE_DET", "FOV_RADIUS_DET", "OPTICAL_AXIS_DET", "AXIS_PIXEL", "Grid", "pn_grid",
     "live_mask", "fov_mask", "detector_mask", "corner_mask", "pixel_size_arcsec",
-    "FOV_EDGE_ARCSEC", "fov_transmission",
+    "FOV_EDGE_ARCSEC", "fov_transmission", "PARTIAL_COLUMNS", "PARTIAL_ROWS", "coverage_map",
 ]
 
 #: Lower edges of the evselect DET image range (DET units, 0.05").
@@ -217,3 +217,38 @@ def radius_arcmin(grid: Grid | None = None, centre=OPTICAL_AXIS_DET) -> np.ndarr
     g = _grid_of(grid)
     x, y = g.centres()
     return np.hypot(x[None, :] - centre[0], y[:, None] - centre[1]) * 0.05 / 60.0
+
+
+#: Fractional coverage of DET columns next to CCD gaps and edges, per row of CCDs ("lower":
+#: 0-based rows 10-203, "upper": 206-399), 0-based column -> fraction of a full column's events.
+#: The 4.1" raw pixels only partly overlap these 4" DET bins. Measured as the median along each
+#: column of the eexpmap exposure map of obs 0723801301 divided by the vignetting (geometric,
+#: the same for every observation: the real images show the same dips).
+PARTIAL_COLUMNS = {
+    "lower": {0: 0.47, 64: 0.48, 67: 0.1, 92: 0.65, 95: 0.23, 128: 0.77, 135: 0.7, 150: 0.74,
+              153: 0.14, 193: 0.91, 195: 0.13, 202: 0.2, 234: 0.77, 237: 0.12, 265: 0.73,
+              270: 0.81, 334: 0.15, 337: 0.44, 401: 0.53},
+    "upper": {0: 0.47, 64: 0.49, 67: 0.1, 131: 0.86, 135: 0.71, 179: 0.64, 182: 0.25, 199: 0.25,
+              202: 0.2, 266: 0.76, 270: 0.81, 271: 0.2, 274: 0.68, 288: 0.73, 291: 0.15,
+              322: 0.78, 325: 0.1, 334: 0.15, 337: 0.44, 369: 0.52, 372: 0.35, 401: 0.52},
+}
+#: Same for rows (0-based row -> fraction), measured the same way.
+PARTIAL_ROWS = {11: 0.12, 203: 0.8, 206: 0.15, 398: 0.75}
+
+
+def coverage_map():
+    """Fraction of a full pixel's events collected by each 1x pixel, float32 [411, 403].
+
+    1 everywhere except the partially covered DET columns and rows next to CCD gaps and edges
+    (``PARTIAL_COLUMNS``, ``PARTIAL_ROWS``).
+    """
+    g = pn_grid()
+    _, yc = g.centres()
+    cov = np.ones(g.shape, np.float32)
+    for half, (lo, hi) in _HALF_Y.items():
+        rows = (yc >= lo) & (yc < hi)
+        for c, f in PARTIAL_COLUMNS[half].items():
+            cov[rows, c] *= f
+    for r, f in PARTIAL_ROWS.items():
+        cov[r] *= f
+    return cov

@@ -944,11 +944,15 @@ def find_sources(img: InputImage, rate, mask, points, pad, out_sky, **kwargs) ->
     from . import sources as S
 
     counts = np.rint(np.asarray(rate, np.float64) * img.exposure)
-    axis = sky = None
+    axis = sky = cov = None
     if _is_pn_grid(img):
         axis = (detector.AXIS_PIXEL[0] + pad[0], detector.AXIS_PIXEL[1] + pad[1])
         sky = _place(detector.fov_mask(), rate.shape, pad[0], pad[1])
-    found = S.detect_sources(counts, mask, img.exposure, points, axis=axis, sky=sky, **kwargs)
+        # the partly covered columns and rows next to the CCD gaps (1 in the padding)
+        cov = 1.0 + _place(detector.coverage_map().astype(np.float64) - 1.0, rate.shape, pad[0],
+                           pad[1])
+    found = S.detect_sources(counts, mask, img.exposure, points, axis=axis, sky=sky,
+                             coverage=cov, **kwargs)
     for lst in (found, kwargs.get("support") or []):
         if not lst:
             continue

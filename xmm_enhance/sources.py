@@ -291,7 +291,7 @@ def _box_max(a, half):
 
 def detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None, sky=None,
                    min_signif=DEFAULT_MIN_SIGNIF, min_counts=2.0, max_candidates=400,
-                   support=None, support_signif=None):
+                   support=None, support_signif=None, coverage=None):
     """Point sources of an SR prediction, tested on the input counts.
 
     Parameters
@@ -333,6 +333,14 @@ def detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None,
         keeps their ``points`` too.
     support_signif : float, optional
         Default :data:`POINTS_SUPPORT_SIGNIF`.
+    coverage : ndarray [H, W], optional
+        Share of a full pixel's events each input pixel collects (the pn columns and rows next
+        to CCD gaps, :func:`xmm_enhance.detector.coverage_map`): the flat background and the
+        PSF are scaled by it in every fit, and the annulus level is per full pixel, as
+        ``emldetect`` fits over an exposure map. Without it every pixel counts fully, and a
+        bright diffuse field beside a gap, whose partial columns lower the annulus mean, gives
+        false sources along the gap. ``diffuse2`` already holds the coverage (the SR target
+        does).
 
     Returns
     -------
@@ -349,6 +357,8 @@ def detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None,
     mask = np.asarray(mask, bool)
     T = float(exposure)
     h, w = counts.shape
+    cov_map = (np.ones((h, w)) if coverage is None
+               else np.clip(np.asarray(coverage, np.float64), 1e-3, None))
     box = _box_sum(np.asarray(points2, np.float64), 1) * T
     peaks = (box == _box_max(box, 2)) & (box >= min_counts)
     py, px = np.nonzero(peaks)
@@ -393,6 +403,7 @@ def detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None,
         dif = np.asarray(diffuse2, np.float64)[:2 * h, :2 * w]
         dif1 = _binomial_blur(dif.reshape(h, 2, w, 2).sum((1, 3)) * T, mask)
     ann_counts = counts[ysc, xsc] - dif1[ysc, xsc]
+    ann_cov = cov_map[ysc, xsc]
 
     # windows [N, P]
     wy, wx = np.mgrid[-R:R + 1, -R:R + 1]
@@ -400,6 +411,7 @@ def detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None,
     c = counts[cy[:, None] + wy, cx[:, None] + wx]
     m = mask[cy[:, None] + wy, cx[:, None] + wx].astype(np.float64)
     dif_win = dif1[cy[:, None] + wy, cx[:, None] + wx]
+    covw = cov_map[cy[:, None] + wy, cx[:, None] + wx]  # [N, P]
     centre = len(wy) // 2  # the window's centre pixel
     fill_core = wy * wy + wx * wx <= DIP_FILL_RADIUS ** 2
     ring = (wy * wy + wx * wx > DIP_FILL_RADIUS ** 2) & (wy * wy + wx * wx <= R * R)
@@ -423,10 +435,12 @@ def detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None,
         clean = live & ~core[ysc, xsc]
         use = np.where((clean.sum(1) >= 20)[:, None], clean, live)
         n_use = use.sum(1)
-        mean = (ann_counts * use).sum(1) / np.maximum(n_use, 1)
+        # per full pixel: the annulus counts over the annulus coverage
+        mean = (ann_counts * use).sum(1) / np.maximum((ann_cov * use).sum(1), 1e-9)
         flat = np.maximum(mean, 0.5 / np.maximum(n_use, 1))
-        # [N, P]: the flat level plus the diffuse emission in each fit window
-        return flat[:, None] + dif_filled, n_use
+        # [N, P]: the flat level (times each pixel's coverage) plus the diffuse emission in
+        # each fit window
+        return flat[:, None] * covw + dif_filled, n_use
 
     good = (m.reshape(-1, 2 * R + 1, 2 * R + 1)[:, R - 1:R + 2, R - 1:R + 2]
                          .sum((1, 2)) >= 3)
@@ -442,6 +456,7 @@ def detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None,
     qx = np.stack([q0x + ox for _, ox in offs], 1)
     K = _kernels([(tb[i], ab[i], qy[i, j], qx[i, j], 0) for i in range(len(cy))
                   for j in range(len(offs))]).reshape(len(cy), len(offs), -1)
+    K = K * covw[:, None, :]  # a PSF on a partly covered column loses the same share
     # two passes: the annuli first include every candidate (a crowd of insignificant peaks would
     # otherwise leave only the low pixels), then exclude the cores of the likely sources
     n = np.arange(len(cy))
@@ -468,7 +483,7 @@ def detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None,
     # must not become point sources beside it
     pos_y = cy + qy[n, j] / 4.0
     pos_x = cx + qx[n, j] / 4.0
-    Ke = _kernels([(tb[i], ab[i], qy[i, j[i]], qx[i, j[i]], 1) for i in range(len(cy))])
+    Ke = _kernels([(tb[i], ab[i], qy[i, j[i]], qx[i, j[i]], 1) for i in range(len(cy))]) * covw
     ext_dc = _fit_flux(c, bkg, Ke, m)[1] - cst  # the wider profile's likelihood gain
     fits_psf = ext_dc <= EXTENT_C
     bfit = bkg.copy()  # the background of each candidate's last fit
@@ -486,7 +501,8 @@ def detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None,
             fl.append(f[k])
         if not keys:
             break
-        np.add.at(extra, np.array(rows), np.array(fl)[:, None] * _kernels(keys))
+        rows_ = np.array(rows)
+        np.add.at(extra, rows_, np.array(fl)[:, None] * _kernels(keys) * covw[rows_])
         bkg_nb = bkg + extra
         redo = np.unique(rows)
         f_, c_, v_ = _fit_flux(c[redo, None, :], bkg_nb[redo, None, :], K[redo], m[redo, None, :])
@@ -497,7 +513,7 @@ def detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None,
         bfit[redo] = bkg_nb[redo]
         # whether the PSF now fits the refitted ones (a faint neighbour looked extended when
         # its brighter neighbour's wing was part of its background)
-        Kr = _kernels([(tb[i], ab[i], qy[i, j[i]], qx[i, j[i]], 1) for i in redo])
+        Kr = _kernels([(tb[i], ab[i], qy[i, j[i]], qx[i, j[i]], 1) for i in redo]) * covw[redo]
         ext_dc[redo] = _fit_flux(c[redo], bkg_nb[redo], Kr, m[redo])[1] - cst[redo]
         fits_psf[redo] = ext_dc[redo] <= EXTENT_C
         pos_y[redo] = cy[redo] + qy[redo, j[redo]] / 4.0
@@ -534,6 +550,7 @@ def detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None,
         nx_ = qx[edge, j[edge]][:, None] + np.array([ox for _, ox in offs])[None]
         Kn = _kernels([(tb[i], ab[i], ny_[a, b], nx_[a, b], 0) for a, i in enumerate(edge)
                        for b in range(len(offs))]).reshape(len(edge), len(offs), -1)
+        Kn = Kn * covw[edge, None, :]
         cn = _fit_flux(c[edge, None, :], bfit[edge, None, :], Kn, m[edge, None, :])[1]
         qy[edge], qx[edge], K[edge], cst_grid[edge] = ny_, nx_, Kn, cn
         j[edge] = np.argmax(cn, axis=1)
@@ -624,16 +641,23 @@ def _neighbour_pairs(y, x, likely, reach=FIT_RADIUS + 3):
     return list(zip(ii.tolist(), idx[kk].tolist()))
 
 
-def psf_fraction(y, x, radius_px, *, axis=None):
+def psf_fraction(y, x, radius_px, *, axis=None, coverage=None):
     """Fraction of a point source's whole-PSF counts at 1x position ``(y, x)`` that falls in
     the pixels within ``radius_px`` (<= ``FIT_RADIUS``) of pixel ``(round(y), round(x))``: the
-    King PSF of :func:`detect_sources`, at the source's off-axis angle and azimuth."""
+    King PSF of :func:`detect_sources`, at the source's off-axis angle and azimuth.
+    ``coverage`` (the image's [H, W] share of a full pixel's events, as in
+    :func:`detect_sources`): the fraction those pixels actually collect."""
     cy, cx = int(round(y)), int(round(x))
     tb, ab = (int(v[0]) for v in _psf_bins(np.array([cy]), np.array([cx]), axis))
     k = _kernel(tb, ab, int(round(4 * (y - cy))), int(round(4 * (x - cx))), False)
     n = 2 * FIT_RADIUS + 1
     yy, xx = np.mgrid[-FIT_RADIUS:FIT_RADIUS + 1, -FIT_RADIUS:FIT_RADIUS + 1]
-    return float(k.reshape(n, n)[yy * yy + xx * xx <= radius_px ** 2].sum())
+    k = k.reshape(n, n)
+    if coverage is not None:
+        cov = np.asarray(coverage, np.float64)
+        ys, xs = np.clip(cy + yy, 0, cov.shape[0] - 1), np.clip(cx + xx, 0, cov.shape[1] - 1)
+        k = k * cov[ys, xs]
+    return float(k[yy * yy + xx * xx <= radius_px ** 2].sum())
 
 
 def region_text(ra, dec, *, radius_arcsec=10.0, labels=None):

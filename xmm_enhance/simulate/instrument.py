@@ -21,6 +21,7 @@ import numpy as np
 from scipy import fft as sfft
 
 from .. import detector
+from ..detector import PARTIAL_COLUMNS, PARTIAL_ROWS, coverage_map  # noqa: F401 (re-exported)
 from . import psf as _psf
 from .sky import AXIS_C2, FIELD_KINDS, draw_sky
 
@@ -42,21 +43,6 @@ VIGNETTING_TABLE = (
     (1.0, 0.997, 0.979, 0.937, 0.895, 0.842, 0.793, 0.733, 0.669, 0.612, 0.557, 0.51, 0.465,
      0.42, 0.379, 0.348, 0.315, 0.306, 0.305, 0.30),
 )
-#: Fractional coverage of DET columns next to CCD gaps and edges, per row of CCDs ("lower":
-#: 0-based rows 10-203, "upper": 206-399), 0-based column -> fraction of a full column's events.
-#: The 4.1" raw pixels only partly overlap these 4" DET bins. Measured as the median along each
-#: column of the eexpmap exposure map of obs 0723801301 divided by the vignetting (geometric,
-#: the same for every observation: the real images show the same dips).
-PARTIAL_COLUMNS = {
-    "lower": {0: 0.47, 64: 0.48, 67: 0.1, 92: 0.65, 95: 0.23, 128: 0.77, 135: 0.7, 150: 0.74,
-              153: 0.14, 193: 0.91, 195: 0.13, 202: 0.2, 234: 0.77, 237: 0.12, 265: 0.73,
-              270: 0.81, 334: 0.15, 337: 0.44, 401: 0.53},
-    "upper": {0: 0.47, 64: 0.49, 67: 0.1, 131: 0.86, 135: 0.71, 179: 0.64, 182: 0.25, 199: 0.25,
-              202: 0.2, 266: 0.76, 270: 0.81, 271: 0.2, 274: 0.68, 288: 0.73, 291: 0.15,
-              322: 0.78, 325: 0.1, 334: 0.15, 337: 0.44, 369: 0.52, 372: 0.35, 401: 0.52},
-}
-#: Same for rows (0-based row -> fraction), measured the same way.
-PARTIAL_ROWS = {11: 0.12, 203: 0.8, 206: 0.15, 398: 0.75}
 #: Out-of-time event fraction in full-frame mode.
 OOT_FRACTION = 0.063
 #: Corner pixels (outside the FoV) in the rows next to the rows excluded at the outer CCD edges
@@ -142,24 +128,6 @@ class SimulatedObservation:
     bkg_rate: np.ndarray
     meta: dict = field(default_factory=dict)
     sr_diffuse: np.ndarray | None = None
-
-
-def coverage_map():
-    """Fraction of a full pixel's events collected by each 1x pixel, float32 [411, 403].
-
-    1 everywhere except the partially covered DET columns and rows next to CCD gaps and edges
-    (``PARTIAL_COLUMNS``, ``PARTIAL_ROWS``).
-    """
-    g = detector.pn_grid()
-    _, yc = g.centres()
-    cov = np.ones(g.shape, np.float32)
-    for half, (lo, hi) in detector._HALF_Y.items():
-        rows = (yc >= lo) & (yc < hi)
-        for c, f in PARTIAL_COLUMNS[half].items():
-            cov[rows, c] *= f
-    for r, f in PARTIAL_ROWS.items():
-        cov[r] *= f
-    return cov
 
 
 @functools.lru_cache(maxsize=1)
