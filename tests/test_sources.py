@@ -181,6 +181,19 @@ def test_a_source_on_a_partly_covered_column_gets_its_whole_flux():
     assert f_cov < 0.75 * sources.psf_fraction(truth[0], truth[1], 2.5)
 
 
+def test_the_coverage_is_used_where_the_counts_show_it():
+    rng = np.random.default_rng(4)
+    mask = detector.detector_mask()
+    cov = detector.coverage_map()
+    lam = np.full(mask.shape, 0.1) * mask  # 0.1 counts per pixel: a short exposure
+    # a real pn image: the columns beside the gaps collect their share
+    assert sources.coverage_in_counts(rng.poisson(lam * cov), mask, cov) is cov
+    # an image that fills every live pixel (a flat simulation made without the partial
+    # columns): fitting it with the coverage would list those columns as sources
+    assert sources.coverage_in_counts(rng.poisson(lam), mask, cov) is None
+    assert sources.coverage_in_counts(np.zeros(mask.shape), mask, cov) is cov  # cannot tell
+
+
 def test_the_pipeline_fits_with_the_pn_columns_coverage(monkeypatch):
     seen = {}
 
@@ -191,7 +204,8 @@ def test_the_pipeline_fits_with_the_pn_columns_coverage(monkeypatch):
     monkeypatch.setattr(sources, "detect_sources", fake)
     img = inference.InputImage(np.zeros(detector.PN_SHAPE), 20e3, fits.Header())
     rate, mask, _, pad = inference.prepare(img)
-    inference.find_sources(img, rate, mask, np.zeros((832, 832)), pad, None)
+    inference.find_sources(img, rate, mask, np.zeros((832, 832)), pad, None,
+                           coverage=inference.input_coverage(img))
     cov = seen["coverage"]
     top, left = pad
     ny, nx = detector.PN_SHAPE
@@ -710,6 +724,9 @@ def test_sr_output_contract(tmp_path, v2_models):
             cand = h["CANDIDATES"].data
             assert list(cand.columns.names) == list(t.columns.names)
             assert h["CANDIDATES"].header["MINSIG"] == h[0].header["PTSIGMIN"]
+            # the pn-grid fits say whether they used the gap columns' coverage
+            assert h["SOURCES"].header["COVMAP"] == res["result"].coverage
+            assert isinstance(res["result"].coverage, bool)
             assert np.all(cand["SIGNIF"] >= h[0].header["PTSIGMIN"])
             for y2, x2 in zip(cand["Y"], cand["X"]):  # no candidate is a listed source
                 assert not any(np.hypot(y2 - a, x2 - b) < 1e-6 for a, b in zip(t["Y"], t["X"]))

@@ -438,12 +438,18 @@ class EnhanceResult:
         ``support``), padded 2x grid positions ``y2``/``x2``.
     list_signif, support_signif : float
         The thresholds (sigma) of ``sources`` and of ``support``.
+    coverage : bool or None
+        Whether the source fits used the pn coverage map (:func:`input_coverage`); None when
+        no source list was made or the input is not on the pn grid.
     """
 
     def __init__(self, task, input_rate, input_mask, prediction, input_wcs, output_wcs, pad,
                  image, model, extras=None, sources=None, redrawn=0, psf_core=(1.0, 0),
-                 released=None, support=None, list_signif=None, support_signif=None):
+                 released=None, support=None, list_signif=None, support_signif=None,
+                 coverage=None):
         from .sources import DEFAULT_MIN_SIGNIF, POINTS_SUPPORT_SIGNIF
+
+        self.coverage = coverage
 
         self.list_signif = float(DEFAULT_MIN_SIGNIF if list_signif is None else list_signif)
         self.support_signif = float(POINTS_SUPPORT_SIGNIF if support_signif is None
@@ -889,12 +895,14 @@ def enhance_image(img: InputImage, model: Model, *, sources: bool = True,
 
     list_sig = float(DEFAULT_MIN_SIGNIF if min_signif is None else min_signif)
     support_sig = min(POINTS_SUPPORT_SIGNIF, list_sig)
-    found = None
+    found = cov_used = None
     weak = []  # candidates below the list's threshold whose points stay (release_unlisted)
     if sources and s == 2 and "points" in maps:
+        cov1 = input_coverage(img)
+        cov_used = (cov1 is not None) if _is_pn_grid(img) else None
         found = find_sources(img, rate, mask, maps["points"], (top, left), out_sky,
                              diffuse2=maps.get("diffuse"), support=weak, min_signif=list_sig,
-                             support_signif=support_sig)
+                             support_signif=support_sig, coverage=cov1)
     redrawn, core, released = 0, (1.0, 0), None
     if found is not None and redraw and "diffuse" in maps:
         from .sources import claim_excess, psf_core_scale, redraw_points, release_unlisted
@@ -931,15 +939,30 @@ def enhance_image(img: InputImage, model: Model, *, sources: bool = True,
                          input_wcs=in_sky, output_wcs=out_sky, pad=(top, left), image=img,
                          model=model, extras=maps, sources=found, redrawn=redrawn,
                          psf_core=core, released=released, support=weak,
-                         list_signif=list_sig, support_signif=support_sig)
+                         list_signif=list_sig, support_signif=support_sig,
+                         coverage=cov_used)
 
 
-def find_sources(img: InputImage, rate, mask, points, pad, out_sky, **kwargs) -> list:
+def input_coverage(img: InputImage) -> np.ndarray | None:
+    """The pn coverage map (:func:`xmm_enhance.detector.coverage_map`, float64 on the input
+    grid) when the input is a pn-grid image whose counts show it
+    (:func:`xmm_enhance.sources.coverage_in_counts`), else None."""
+    from . import sources as S
+
+    if not _is_pn_grid(img):
+        return None
+    return S.coverage_in_counts(img.counts, input_mask(img.counts),
+                                detector.coverage_map().astype(np.float64))
+
+
+def find_sources(img: InputImage, rate, mask, points, pad, out_sky, *, coverage=None,
+                 **kwargs) -> list:
     """Point sources of an SR ``points`` map, tested on the input counts (padded 1x grid) over
     a background of the SR ``diffuse`` map (``diffuse2=``) plus a flat level.
 
-    Adds ``ra``/``dec`` (deg; NaN without a sky WCS) to each source of
-    :func:`xmm_enhance.sources.detect_sources`; ``kwargs`` go to it.
+    ``coverage``: the input grid's coverage map (:func:`input_coverage`), placed on the padded
+    grid for the fits (None: every pixel counts fully). Adds ``ra``/``dec`` (deg; NaN without a
+    sky WCS) to each source of :func:`xmm_enhance.sources.detect_sources`; ``kwargs`` go to it.
     """
     from . import sources as S
 
@@ -948,9 +971,8 @@ def find_sources(img: InputImage, rate, mask, points, pad, out_sky, **kwargs) ->
     if _is_pn_grid(img):
         axis = (detector.AXIS_PIXEL[0] + pad[0], detector.AXIS_PIXEL[1] + pad[1])
         sky = _place(detector.fov_mask(), rate.shape, pad[0], pad[1])
-        # the partly covered columns and rows next to the CCD gaps (1 in the padding)
-        cov = 1.0 + _place(detector.coverage_map().astype(np.float64) - 1.0, rate.shape, pad[0],
-                           pad[1])
+    if coverage is not None:  # 1 in the padding
+        cov = 1.0 + _place(np.asarray(coverage, np.float64) - 1.0, rate.shape, pad[0], pad[1])
     found = S.detect_sources(counts, mask, img.exposure, points, axis=axis, sky=sky,
                              coverage=cov, **kwargs)
     for lst in (found, kwargs.get("support") or []):
@@ -1185,10 +1207,12 @@ def candidates_of(res: EnhanceResult) -> list:
 
 def sources_hdu(sources, exposure: float, name: str = "SOURCES", *,
                 list_signif: float | None = None,
-                support_signif: float | None = None) -> fits.BinTableHDU:
+                support_signif: float | None = None,
+                coverage: bool | None = None) -> fits.BinTableHDU:
     """The ``SOURCES`` table (columns of :data:`xmm_enhance.sources.SOURCE_COLUMNS`); with
     ``name="CANDIDATES"`` the same columns for :func:`candidates_of`. ``list_signif`` and
-    ``support_signif``: the thresholds used (default: the package's)."""
+    ``support_signif``: the thresholds used (default: the package's); ``coverage``: whether
+    the fits used the pn coverage map (header ``COVMAP``; none written when None)."""
     from .sources import SOURCE_COLUMNS
 
     keys = {"RA": "ra", "DEC": "dec", "X": "x2", "Y": "y2", "RATE": "rate",
@@ -1226,6 +1250,8 @@ def sources_hdu(sources, exposure: float, name: str = "SOURCES", *,
         hdu.header["MINSIG"] = (list_signif, "detection threshold (sigma)")
     hdu.header["SIGMETH"] = ("PSF-fit likelihood ratio on the input counts", "")
     hdu.header["BKGMODEL"] = ("DIFFUSE map + flat annulus level", "background of each fit")
+    if coverage is not None:
+        hdu.header["COVMAP"] = (bool(coverage), "fits used the pn gap columns' coverage")
     return hdu
 
 
@@ -1264,7 +1290,8 @@ def write_outputs(res: EnhanceResult, *, outdir: Path | None = None, overwrite: 
     if res.sources is not None:
         from .sources import region_text
 
-        sig = {"list_signif": res.list_signif, "support_signif": res.support_signif}
+        sig = {"list_signif": res.list_signif, "support_signif": res.support_signif,
+               "coverage": res.coverage}
         pred.append(sources_hdu(res.sources, res.image.exposure, **sig))
         if res.released is not None:
             # what else POINTS holds (release_unlisted keeps these candidates' points)

@@ -263,6 +263,34 @@ def _box_sum(a, half):
     return sum(rows[:, dx:dx + w] for dx in range(2 * half + 1))
 
 
+def coverage_in_counts(counts, mask, coverage):
+    """``coverage`` where the counts show it, else None.
+
+    A real pn image collects in each column next to a CCD gap the share of a full column's
+    events that ``coverage`` gives (:func:`xmm_enhance.detector.coverage_map`); an image made
+    another way (a simulation that fills every live pixel fully) does not, and fitting it with
+    the coverage would read those columns as sources. The test is one likelihood ratio over all
+    the partly covered live pixels: their counts against the level of the fully covered live
+    pixels within 2 pixels, times the coverage or not. None when the counts favour no coverage;
+    the coverage when they favour it or cannot tell (no counts).
+    """
+    counts = np.asarray(counts, np.float64)
+    cov = np.asarray(coverage, np.float64)
+    mask = np.asarray(mask, bool)
+    part = mask & (cov < 0.95)
+    full = mask & (cov >= 0.999)
+    den = _box_sum(full.astype(np.float64), 2)
+    level = np.where(den > 0, _box_sum(counts * full, 2) / np.maximum(den, 1), 0.0)
+    obs = counts[part].sum()
+    e_full = level[part].sum()
+    e_cov = (cov * level)[part].sum()
+    if e_full <= 0 or e_cov <= 0:
+        return coverage
+    # ln L(no coverage) - ln L(coverage) for Poisson counts obs
+    llr = obs * math.log(e_full / e_cov) - (e_full - e_cov)
+    return None if llr > 0 else coverage
+
+
 def _window_sum(a, half):
     """Sum of ``a`` over (2 half + 1)^2 windows, zero outside (a summed-area table: the cost
     does not grow with the window)."""

@@ -348,7 +348,7 @@ def _bad_columns(rng, geo):
 
 
 def simulate_observation(rng, *, exposure=20e3, sr=True, dn=True, kind=None, sources=True,
-                         decompose=False):
+                         decompose=False, points=True):
     """Simulate one EPIC-pn 0.5-2 keV observation on the 411 x 403 DETX/DETY grid.
 
     Parameters
@@ -367,6 +367,11 @@ def simulate_observation(rng, *, exposure=20e3, sr=True, dn=True, kind=None, sou
         False: a source-free field (no sky emission, no point sources, hence no out-of-time
         events), background only; the random draws are the same as with ``sources=True``, so the
         background, mask and PSF variant match that field's.
+    points : bool
+        False: the same field without its point sources (the diffuse sky, background, PSF and
+        mask of ``points=True``, from the same random draws; its ``dn_target`` is the first's
+        minus the point sources' part, their out-of-time events included). With both, a
+        counterfactual: what the point sources alone add to an input or an output.
     decompose : bool
         With ``sr``: also return ``sr_diffuse``, the extended emission's part of the SR target
         (one more half-PSF convolution; no random draw, so the other outputs are unchanged).
@@ -383,6 +388,7 @@ def simulate_observation(rng, *, exposure=20e3, sr=True, dn=True, kind=None, sou
     sky = draw_sky(rng, kind)
     if not sources:
         sky.image = np.zeros_like(sky.image)
+    if not (sources and points):
         sky.points_rate = np.zeros_like(sky.points_rate)
 
     # --- sky through the telescope (2x grid)
