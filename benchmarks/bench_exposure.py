@@ -130,6 +130,12 @@ def _flat_points(counts, exposure):
 #: Threshold (sigma) of the reference list, a plain PSF-fit detection on the full exposure
 #: (the list's default until session 16).
 REF_SIGNIF = 5.0
+#: Candidates (the brightest local maxima of the counts, 3x3 2x pixels) that the plain
+#: detections (the reference and the baseline) fit by default: ``detect_sources``' own 400, as
+#: in every session's numbers so far. The counts of these fields have 8000-20000 local maxima,
+#: so the 400 are mostly on the bright emission and the reference misses sources elsewhere
+#: (``--ref-candidates 30000`` fits them all: 223 reference sources instead of 125).
+PLAIN_CANDIDATES = 400
 #: Lower edges of the bins of the completeness by reference counts expected in the input.
 REF_BINS = (0.0, 20.0, 50.0, 200.0)
 
@@ -201,7 +207,7 @@ def _print_exclusion_bins(detail):
     print("      testable (10\") by predicted independent counts: " + "; ".join(parts))
 
 
-def sr_tables(obs, fn, name):
+def sr_tables(obs, fn, name, plain_candidates=PLAIN_CANDIDATES):
     mask = detector_mask()
     fov = fov_mask()
     cov = coverage_map()  # partly covered columns and rows next to the CCD gaps
@@ -241,14 +247,15 @@ def sr_tables(obs, fn, name):
                     c, mask, e, out["points"], diffuse2=out["diffuse"], axis=AXIS_PIXEL, sky=fov,
                     coverage=cov)
                 plain = S.detect_sources(c, mask, e, _flat_points(c, e), axis=AXIS_PIXEL,
-                                         sky=fov, coverage=cov)
+                                         sky=fov, coverage=cov, max_candidates=plain_candidates)
                 for p in plain:  # the plain list's flux: its PSF fit (no points map)
                     p["rate"] = p["fit_counts"] / e
                 # the reference: what the full exposure shows at REF_SIGNIF, fixed so that it
                 # does not move with the list's default threshold
                 ref = S.detect_sources(full, mask, o.exposure_full,
                                        _flat_points(full, o.exposure_full), axis=AXIS_PIXEL,
-                                       sky=fov, min_signif=REF_SIGNIF, coverage=cov)
+                                       sky=fov, min_signif=REF_SIGNIF, coverage=cov,
+                                       max_candidates=plain_candidates)
                 # flux scale of the list: listed RATE over the full exposure's 40" net rate
                 # (60-90" annulus) divided by the King EEF(40"), on the bright isolated sources
                 for y, x in sel[o.obsid]:
@@ -321,6 +328,9 @@ def main(argv=None):
     ap.add_argument("--pipeline", action="store_true",
                     help="SR through the whole command-line pipeline (its source list, the "
                          "listed sources redrawn with the halved PSF)")
+    ap.add_argument("--ref-candidates", type=int, default=PLAIN_CANDIDATES,
+                    help="candidates the plain detections (reference, baseline) fit "
+                         f"(default {PLAIN_CANDIDATES}; 30000: all of them, ~1 min more)")
     a = ap.parse_args(argv)
     obs = ev.load_real_observations()
     if not obs:
@@ -339,7 +349,8 @@ def main(argv=None):
     if a.sr:
         fn = (ev.pipeline_predictor(a.sr, all_outputs=True) if a.pipeline
               else ev.onnx_predictor(a.sr, all_outputs=True))
-        sr_tables(obs, fn, Path(a.sr).name + (" (pipeline, redraw)" if a.pipeline else ""))
+        sr_tables(obs, fn, Path(a.sr).name + (" (pipeline, redraw)" if a.pipeline else ""),
+                  a.ref_candidates)
     return 0
 
 
