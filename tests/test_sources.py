@@ -122,6 +122,43 @@ def test_listed_flux_is_the_points_maps_over_the_whole_psf():
     assert abs(found[0]["fit_counts"] - truth[2]) < 3 * found[0]["counts_err"]
 
 
+def test_listed_flux_and_redraw_follow_the_coverage_of_a_partly_covered_column():
+    rng = np.random.default_rng(4)
+    truth = (40.25, 52.25, 400.0)  # the centre of 2" pixel (81, 105): the kernel below sits there
+    cov = np.ones((96, 96))
+    cov[:, 52] = 0.25  # the column through the source
+    lam = king_image((96, 96), [truth], 0.3, rng)[1]
+    counts = rng.poisson(lam * cov).astype(float)
+    # the network's points map holds the coverage, as the SR target does
+    rc, alpha = psf.king_params(0.0)
+    k = psf.king_kernel(rc / 2.0 / 2.0, alpha, 64)
+    cov2 = np.repeat(np.repeat(cov, 2, 0), 2, 1)
+    points2 = np.zeros((192, 192))
+    y2, x2 = int(2 * truth[0] + 0.5), int(2 * truth[1] + 0.5)
+    points2[y2 - 64:y2 + 65, x2 - 64:x2 + 65] = truth[2] / 20e3 * k
+    points2 *= cov2
+    mask = np.ones(counts.shape, bool)
+    d = sources.detect_sources(counts, mask, 20e3, points2, coverage=cov)[0]
+    # the source's own counts, as if fully covered (the map alone holds 65 % of them); the
+    # share depends steeply on the fitted position, here ~0.5" from the truth
+    assert d["counts"] == pytest.approx(truth[2], rel=0.06)
+    naive = sources.detect_sources(counts, mask, 20e3, points2)[0]
+    assert naive["counts"] < 0.85 * truth[2]
+    # the redraw keeps the map's flux in its disc and draws the column's dip into it
+    out, n = sources.redraw_points(points2, [d], cov2=cov2)
+    assert n == 1
+    yy, xx = np.mgrid[:192, :192]
+    disc = np.hypot(yy - d["y2"], xx - d["x2"]) <= sources.REDRAW_RADIUS_2X - 1
+    assert out[disc].sum() == pytest.approx(points2[disc].sum(), rel=0.02)
+    # along the source's row, 2" columns 104-105 are the 25 % column: the drawn PSF peaks
+    # there, the drawing (PSF times coverage) beside it
+    iy = int(round(d["y2"]))
+    assert np.argmax(out[iy] / cov2[iy]) in (104, 105)
+    assert np.argmax(out[iy]) not in (104, 105)
+    plain = sources.redraw_points(points2, [d])[0]  # without cov2: no dip
+    assert np.argmax(plain[iy]) in (104, 105)
+
+
 def test_no_false_sources_in_flat_background_at_the_default_threshold():
     n_cand = 0
     for seed in range(6):

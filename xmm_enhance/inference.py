@@ -918,9 +918,13 @@ def enhance_image(img: InputImage, model: Model, *, sources: bool = True,
             maps["points"], maps["diffuse"], _ = claim_excess(
                 maps["points"], maps["diffuse"], found, live2=out_mask & (pred > 0))
             # only where the prediction is positive, so the percentile maps can follow it
+            cov2 = None
+            if cov1 is not None:  # the SR target holds the coverage: so does the drawing
+                cov2 = np.repeat(np.repeat(_padded_coverage(cov1, rate.shape, (top, left)), s,
+                                           0), s, 1)
             pts, redrawn = redraw_points(maps["points"], found, axis=axis,
                                          live2=out_mask & (pred > 0), core_scale=core[0],
-                                         exposure=img.exposure)
+                                         exposure=img.exposure, cov2=cov2)
             if redrawn:
                 # only the redrawn pixels change (all have pred > 0, see live2)
                 idx = np.nonzero(pts != maps["points"])
@@ -955,6 +959,12 @@ def input_coverage(img: InputImage) -> np.ndarray | None:
                                 detector.coverage_map().astype(np.float64))
 
 
+def _padded_coverage(coverage, shape, pad):
+    """The input grid's coverage map placed on the padded grid ``shape`` at ``pad`` (1 in
+    the padding), float64."""
+    return 1.0 + _place(np.asarray(coverage, np.float64) - 1.0, shape, pad[0], pad[1])
+
+
 def find_sources(img: InputImage, rate, mask, points, pad, out_sky, *, coverage=None,
                  **kwargs) -> list:
     """Point sources of an SR ``points`` map, tested on the input counts (padded 1x grid) over
@@ -971,8 +981,8 @@ def find_sources(img: InputImage, rate, mask, points, pad, out_sky, *, coverage=
     if _is_pn_grid(img):
         axis = (detector.AXIS_PIXEL[0] + pad[0], detector.AXIS_PIXEL[1] + pad[1])
         sky = _place(detector.fov_mask(), rate.shape, pad[0], pad[1])
-    if coverage is not None:  # 1 in the padding
-        cov = 1.0 + _place(np.asarray(coverage, np.float64) - 1.0, rate.shape, pad[0], pad[1])
+    if coverage is not None:
+        cov = _padded_coverage(coverage, rate.shape, pad)
     found = S.detect_sources(counts, mask, img.exposure, points, axis=axis, sky=sky,
                              coverage=cov, **kwargs)
     for lst in (found, kwargs.get("support") or []):

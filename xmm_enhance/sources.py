@@ -374,8 +374,8 @@ def detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None,
     -------
     list of dict
         Keys ``y``, ``x`` (1x pixels, fractional), ``y2``, ``x2`` (2x grid), ``counts`` (the
-        points map's counts over the whole PSF at ``exposure``; the fit's where the map holds
-        none), ``counts_err`` (the fit's 1-sigma error), ``rate``, ``rate_err``, ``fit_counts``
+        points map's counts over the whole PSF at ``exposure``, with ``coverage`` as if every
+        pixel were fully covered; the fit's where the map holds none), ``counts_err`` (the fit's 1-sigma error), ``rate``, ``rate_err``, ``fit_counts``
         (maximum-likelihood PSF fit on the input counts), ``signif``, ``bkg`` (counts per 1x
         pixel), ``radec_err`` (arcsec), ``ext_dc`` (the likelihood-ratio gain of the King
         profile ``EXTENT_RC_FACTOR`` times wider over the PSF: above ``EXTENT_C`` the candidate
@@ -604,6 +604,16 @@ def detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None,
         frac = (_psf.king_eef(NET_RADIUS_2X * PIXEL_ARCSEC / 2, rc / 2, alpha)
                 / _psf.king_eef(PSF_TOTAL_RADIUS_ARCSEC, rc / 2, alpha))
         net = float(pts[ys, xs].sum()) * T / frac
+        if coverage is not None:
+            # the points map holds each pixel's coverage (the SR target does): the source's own
+            # counts are the map's over the halved PSF's coverage-weighted share of the disc
+            # (the King profile integrated over each 2" pixel on a 4 x 4 sub-grid)
+            sub = (np.arange(4) - 1.5) / 4.0
+            dy = (ys - (2 * y1 + 0.5))[:, None, None] + sub[None, :, None]
+            dx = (xs - (2 * x1 + 0.5))[:, None, None] + sub[None, None, :]
+            r_as = np.hypot(dy, dx) * PIXEL_ARCSEC / 2
+            wk = ((1.0 + (r_as / (rc / 2)) ** 2) ** (-alpha)).sum((1, 2))
+            net /= max(float((wk * cov_map[ys // 2, xs // 2]).sum() / wk.sum()), 0.05)
         n_src = net if net > 0 else float(f[i])
         found.append({"y": y1, "x": x1, "y2": 2 * y1 + 0.5, "x2": 2 * x1 + 0.5,
                       "counts": n_src, "counts_err": err, "rate": n_src / T,
@@ -968,7 +978,7 @@ REDRAW_FIT_MIN_COUNTS = 1000.0
 
 
 def redraw_points(points2, sources, *, axis=None, live2=None, radius=REDRAW_RADIUS_2X,
-                  core_scale=1.0, exposure=None):
+                  core_scale=1.0, exposure=None, cov2=None):
     """The ``points`` map with each listed source redrawn as the halved PSF at its position.
 
     The network's ``points`` map is a posterior mean: near a source of a few hundred counts it
@@ -1006,6 +1016,10 @@ def redraw_points(points2, sources, *, axis=None, live2=None, radius=REDRAW_RADI
         faint); the fit, which knows the PSF and the dead pixels, is within ~5 % there and
         ~4 % low elsewhere, so the larger of the two is kept. Where the fit's is kept, the
         source's ``counts`` and ``rate`` in ``sources`` become the fit's (updated in place).
+    cov2 : ndarray [2H, 2W], optional
+        Each pixel's share of a full pixel's events (the pn coverage map on the 2x grid, as the
+        SR target holds it): the halved PSF is drawn times it, and the fit's flux in the disc
+        counts it.
 
     Returns
     -------
@@ -1051,7 +1065,8 @@ def redraw_points(points2, sources, *, axis=None, live2=None, radius=REDRAW_RADI
         full = ry * ry + rx * rx <= r * r
         disc = full & live[iy - r:iy + r + 1, ix - r:ix + r + 1]
         w = win[R - r:R + r + 1, R - r:R + r + 1]
-        k = np.where(disc, w, 0.0)
+        wc = w if cov2 is None else w * cov2[iy - r:iy + r + 1, ix - r:ix + r + 1]
+        k = np.where(disc, wc, 0.0)
         flux = float(cut[disc].sum())
         if k.sum() <= 0:
             continue
