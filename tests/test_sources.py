@@ -159,6 +159,47 @@ def test_listed_flux_and_redraw_follow_the_coverage_of_a_partly_covered_column()
     assert np.argmax(plain[iy]) in (104, 105)
 
 
+def _diffuse_case(seed, blob_counts):
+    """A flat diffuse field (2 counts per 2x pixel at 20 ks) with, in the counts and in the
+    map, a compact blob of ``blob_counts``; the map also holds knots of 8 counts that the
+    counts do not: (map, counts2, live2)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:160, :160]
+    truth = 2.0 + blob_counts * np.exp(-((yy - 80) ** 2 + (xx - 80) ** 2) / 8.0) / (8 * np.pi)
+    counts1 = rng.poisson(truth.reshape(80, 2, 80, 2).sum((1, 3)))
+    counts2 = np.repeat(np.repeat(counts1, 2, 0), 2, 1) / 4.0
+    knots = np.zeros_like(truth)
+    for y, x in rng.integers(20, 140, (12, 2)):
+        knots += 8.0 * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / 2.0) / (2 * np.pi)
+    live2 = np.ones(truth.shape, bool)
+    live2[:, :6] = False
+    return (truth + knots) / 20e3 * live2, counts2, live2, knots
+
+
+def test_smooth_diffuse_keeps_what_the_counts_demand_and_smooths_the_rest():
+    d, c2, live2, knots = _diffuse_case(1, 3000.0)
+    out = sources.smooth_diffuse(d, c2, 20e3, live2) * 20e3
+    assert out.dtype == np.float32 and np.all(out[~live2] == 0)
+    # flux kept (within the clip at zero)
+    assert out.sum() == pytest.approx(d.sum() * 20e3, rel=0.01)
+    # the knots the counts do not show are gone: away from the blob the map is ~flat
+    far = np.hypot(*(np.mgrid[:160, :160] - 80)) > 20
+    far &= live2
+    assert np.abs(out[far] - 2.0).max() < 0.5 * (knots[far] + 2.0 - 2.0).max()
+    # the blob the counts demand keeps its flux within 10" and most of its peak (its 2"
+    # pixel-scale curvature is below what the counts can show)
+    near = np.hypot(*(np.mgrid[:160, :160] - 80)) <= 5
+    assert out[near].sum() == pytest.approx(d[near].sum() * 20e3, rel=0.05)
+    assert out[78:83, 78:83].max() > 0.8 * d[78:83, 78:83].max() * 20e3
+
+
+def test_smooth_diffuse_without_demanded_structure_is_its_coarse_level():
+    d, c2, live2, knots = _diffuse_case(2, 0.0)
+    out = sources.smooth_diffuse(d, c2, 20e3, live2) * 20e3
+    # each knot's 8 counts spread over the 18" window: a fraction of its 1.3-count peak
+    assert np.abs(out - 2.0)[live2].max() < 0.25 * knots.max()
+
+
 def test_no_false_sources_in_flat_background_at_the_default_threshold():
     n_cand = 0
     for seed in range(6):
@@ -761,6 +802,9 @@ def test_sr_output_contract(tmp_path, v2_models):
             cand = h["CANDIDATES"].data
             assert list(cand.columns.names) == list(t.columns.names)
             assert h["CANDIDATES"].header["MINSIG"] == h[0].header["PTSIGMIN"]
+            # DIFFUSE keeps only the structure the counts demand, and the header says so
+            assert res["result"].smoothed
+            assert h[0].header["DIFSIGMA"] == sources.DIFFUSE_DETAIL_SIGNIF
             # the pn-grid fits say whether they used the gap columns' coverage
             assert h["SOURCES"].header["COVMAP"] == res["result"].coverage
             assert isinstance(res["result"].coverage, bool)

@@ -441,15 +441,19 @@ class EnhanceResult:
     coverage : bool or None
         Whether the source fits used the pn coverage map (:func:`input_coverage`); None when
         no source list was made or the input is not on the pn grid.
+    smoothed : bool
+        Whether ``diffuse`` (and so the prediction) keeps only the structure the input counts
+        demand (:func:`xmm_enhance.sources.smooth_diffuse`).
     """
 
     def __init__(self, task, input_rate, input_mask, prediction, input_wcs, output_wcs, pad,
                  image, model, extras=None, sources=None, redrawn=0, psf_core=(1.0, 0),
                  released=None, support=None, list_signif=None, support_signif=None,
-                 coverage=None):
+                 coverage=None, smoothed=False):
         from .sources import DEFAULT_MIN_SIGNIF, POINTS_SUPPORT_SIGNIF
 
         self.coverage = coverage
+        self.smoothed = bool(smoothed)
 
         self.list_signif = float(DEFAULT_MIN_SIGNIF if list_signif is None else list_signif)
         self.support_signif = float(POINTS_SUPPORT_SIGNIF if support_signif is None
@@ -875,7 +879,9 @@ def enhance_image(img: InputImage, model: Model, *, sources: bool = True,
     flux (:func:`xmm_enhance.sources.redraw_points`); the percentile maps follow the
     prediction's change pixel by pixel. Last, the ``points`` flux that neither a listed
     source nor an unlisted candidate of ``POINTS_SUPPORT_SIGNIF`` explains moves to ``diffuse``
-    (:func:`xmm_enhance.sources.release_unlisted`; sum unchanged).
+    (:func:`xmm_enhance.sources.release_unlisted`; sum unchanged). Then the ``diffuse`` map
+    keeps only the structure the input counts demand (:func:`xmm_enhance.sources.
+    smooth_diffuse`): the prediction and the percentile maps follow it pixel by pixel.
     """
     check_exposure(img, model)
     rate, mask, keep, (top, left) = prepare(img)
@@ -903,7 +909,7 @@ def enhance_image(img: InputImage, model: Model, *, sources: bool = True,
         found = find_sources(img, rate, mask, maps["points"], (top, left), out_sky,
                              diffuse2=maps.get("diffuse"), support=weak, min_signif=list_sig,
                              support_signif=support_sig, coverage=cov1)
-    redrawn, core, released = 0, (1.0, 0), None
+    redrawn, core, released, smoothed = 0, (1.0, 0), None, False
     if found is not None and redraw and "diffuse" in maps:
         from .sources import claim_excess, psf_core_scale, redraw_points, release_unlisted
 
@@ -939,12 +945,28 @@ def enhance_image(img: InputImage, model: Model, *, sources: bool = True,
         maps["points"], maps["diffuse"], released = release_unlisted(
             maps["points"], maps["diffuse"], found + weak, img.exposure, axis=axis,
             core_scale=core[0])
+        # the diffuse emission keeps only the structure the counts demand (where the
+        # prediction is positive, so the percentile maps can follow it)
+        from .sources import smooth_diffuse
+
+        live2 = out_mask & (pred > 0)
+        counts2 = np.repeat(np.repeat(np.rint(np.asarray(rate, np.float64) * img.exposure)
+                                      * mask, s, 0), s, 1) / float(s * s)
+        dif = smooth_diffuse(maps["diffuse"], counts2, img.exposure, live2)
+        new = np.where(live2, maps["points"] + dif, pred).astype(np.float32)
+        ratio = np.where(live2, new / np.where(live2, pred, 1.0), 1.0)
+        for k in ("lo68", "hi68"):
+            if k in maps:
+                maps[k] = (maps[k] * ratio).astype(np.float32)
+        maps["diffuse"] = np.where(live2, dif, maps["diffuse"]).astype(np.float32)
+        pred = new
+        smoothed = True
     return EnhanceResult(task=model.task, input_rate=rate, input_mask=mask, prediction=pred,
                          input_wcs=in_sky, output_wcs=out_sky, pad=(top, left), image=img,
                          model=model, extras=maps, sources=found, redrawn=redrawn,
                          psf_core=core, released=released, support=weak,
                          list_signif=list_sig, support_signif=support_sig,
-                         coverage=cov_used)
+                         coverage=cov_used, smoothed=smoothed)
 
 
 def input_coverage(img: InputImage) -> np.ndarray | None:
@@ -1122,6 +1144,14 @@ def _header(res: EnhanceResult, *, wcs, exposure, pixel_arcsec, what) -> fits.He
                                 "network's other points flux scaled to at most PTFREE counts in "
                                 "any 20 arcsec aperture (sources too faint for the list); the "
                                 "rest is in DIFFUSE")
+            if res.smoothed:
+                from . import sources as S
+
+                h["DIFSIGMA"] = (S.DIFFUSE_DETAIL_SIGNIF,
+                                 "[sigma] DIFFUSE detail kept if counts demand")
+                h["HISTORY"] = ("DIFFUSE: structure at 6, 10, 18 arcsec kept where the input "
+                                f"counts demand it at >= DIFSIGMA sigma, else smoothed; the "
+                                "prediction and LO68/HI68 follow")
             if _is_pn_grid(img):
                 h["HISTORY"] = (f"SR: sky x exp(-d / {detector.FOV_EDGE_ARCSEC:g} arcsec) at a "
                                 "distance d outside the FoV circle")
