@@ -347,22 +347,34 @@ def smooth_diffuse(diffuse2, counts2, exposure, live2, *, scales=DIFFUSE_SCALES,
     z_min = DIFFUSE_DETAIL_SIGNIF if z_min is None else float(z_min)
     T = float(exposure)
     live = np.asarray(live2, bool)
-    lf = live.astype(np.float64)
-    d = np.where(live, np.asarray(diffuse2, np.float64), 0.0) * T
-    c = np.where(live, np.asarray(counts2, np.float64), 0.0)
-    levels, noise = [d], [np.maximum(c, 0.0)]
-    for h in scales:
-        n = np.maximum(_window_sum(lf, h), 1.0)
-        levels.append(np.where(live, _window_sum(d, h) / n, 0.0))
-        noise.append(_window_sum(c, h))  # input counts in the window
-    out = levels[-1].copy()
+    lf = live.astype(np.float32)
+    d = np.where(live, np.asarray(diffuse2, np.float32) * np.float32(T), np.float32(0))
+    c = np.where(live, np.maximum(np.asarray(counts2, np.float32), 0), np.float32(0))
+
+    def bsum(a, h):  # (2 h + 1)^2 window sums, zero outside, in float32 (shifted adds)
+        hh, ww = a.shape
+        p_ = np.pad(a, h)
+        rows = p_[0:hh].copy()
+        for dy in range(1, 2 * h + 1):
+            rows += p_[dy:dy + hh]
+        out_ = rows[:, 0:ww].copy()
+        for dx in range(1, 2 * h + 1):
+            out_ += rows[:, dx:dx + ww]
+        return out_
+
+    levels, noise = [d], [c]
+    for k, h in enumerate(scales):
+        levels.append(np.where(live, bsum(d, h) / np.maximum(bsum(lf, h), 1), 0))
+        if k < len(scales) - 1:
+            noise.append(bsum(c, h))  # input counts in the window of the next detail
+    out = levels[-1].astype(np.float64)
     sizes = [0] + list(scales)
     for k in range(len(scales)):
         w = levels[k] - levels[k + 1]
         h = sizes[k]
         # the detail's counts in the finer window against the input's noise there
-        z = (_window_sum(w, h) if h else w) / np.sqrt(noise[k] + 1.0)
-        out += np.where(np.abs(z) >= z_min, w, 0.0)
+        z = (bsum(w, h) if h else w) / np.sqrt(noise[k] + 1)
+        out += np.where(np.abs(z) >= z_min, w, 0)
     return (np.maximum(out, 0.0) * live / T).astype(np.float32)
 
 
