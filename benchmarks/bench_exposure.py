@@ -26,7 +26,9 @@ Each run is a look at the real images (``../shared/data/real-pn``): report it in
   that they do not show at all (see ``_check_sources``); the same for a plain PSF-fit detection
   on the input (no network) as the baseline, per field; and both lists' completeness by the
   reference source's counts expected in the input (its full-exposure fit scaled by the input's
-  share of the exposure: a reference source of 10 counts at 20 ks is beyond any 5 sigma list).
+  share of the exposure: a reference source of 10 counts at 20 ks is beyond any 5 sigma list);
+  with ``--pipeline`` also the SR primary image's compact features tested the same way
+  (:func:`image_features`), near a listed source or elsewhere (the knots of issue 13).
 """
 from __future__ import annotations
 
@@ -207,6 +209,46 @@ def _print_exclusion_bins(detail):
     print("      testable (10\") by predicted independent counts: " + "; ".join(parts))
 
 
+#: SR image features (:func:`image_features`): at least this many counts at the input
+#: exposure within 6" over the 12-20" annulus of the primary.
+FEATURE_MIN_COUNTS = 10.0
+
+
+def image_features(rate2, exposure, held, th, mask, sources):
+    """``[listed, listed testable, listed excluded, other, other testable, other excluded]``:
+    the compact features of an SR primary image ``rate2`` (count/s per 2" pixel) tested
+    against the independent photons ``held`` (exposure ``th``).
+
+    A feature is a local maximum (7 x 7 2" pixels) of the 6"-radius sum with at least
+    ``FEATURE_MIN_COUNTS`` counts at ``exposure`` over the 12-20" annulus, in the field of
+    view. It is tested as a point source of that flux (the halved King PSF's share of 6"
+    turned into a whole-PSF rate) by ``_check_sources``' 10" rule: excluded when the
+    independent counts fall 3 sigma short. "Listed": within 8" (4 2" pixels) of a ``SOURCES``
+    entry (2x grid ``y2``, ``x2``).
+    """
+    from scipy import ndimage
+
+    p = np.asarray(rate2, np.float64) * exposure
+    yy, xx = np.mgrid[-10:11, -10:11]
+    rr = np.hypot(yy, xx)
+    disc, ann = (rr <= 3).astype(float), ((rr > 6) & (rr <= 10)).astype(float)
+    ds = ndimage.convolve(p, disc, mode="constant")
+    net = ds - ndimage.convolve(p, ann, mode="constant") / ann.sum() * disc.sum()
+    fov2 = np.repeat(np.repeat(fov_mask() & mask, 2, 0), 2, 1)
+    peaks = (ds == ndimage.maximum_filter(ds, size=7)) & (net >= FEATURE_MIN_COUNTS) & fov2
+    out = np.zeros(6, int)
+    for y2, x2 in np.argwhere(peaks):
+        y, x = (y2 - 0.5) / 2, (x2 - 0.5) / 2
+        rc, al = king_params(np.hypot(y - AXIS_PIXEL[0], x - AXIS_PIXEL[1]) * S.PIXEL_ARCSEC / 60)
+        whole = net[y2, x2] / (king_eef(6.0, rc / 2, al) / king_eef(128.0, rc / 2, al))
+        det = []
+        _check_sources([{"y": y, "x": x, "rate": whole / exposure}], [], held, th, mask, det)
+        _, obs_n, limit = det[0]
+        k = 0 if any(np.hypot(y2 - d["y2"], x2 - d["x2"]) <= 4 for d in sources) else 3
+        out[k:k + 3] += (1, limit > 0, (obs_n < limit) and limit > 0)
+    return out
+
+
 def sr_tables(obs, fn, name, plain_candidates=PLAIN_CANDIDATES):
     mask = detector_mask()
     fov = fov_mask()
@@ -215,12 +257,16 @@ def sr_tables(obs, fn, name, plain_candidates=PLAIN_CANDIDATES):
     sel = {o.obsid: ev.select_real_point_sources(o, mask) for o in obs}
     for which in ("20ks", "50ks"):
         rows, faint, tally, scales, details = [], [], {}, [], {}
+        features = {}  # obsid: image_features
         by_counts = {}  # list name: [bin] (recovered, reference sources)
         cores = []
         for o in obs:
             c, e = _split(o, which)
             rate = c / e * mask
             out = fn(rate, mask, e)
+            if "sources" in out:
+                features[o.obsid] = image_features(out["rate"], e, o.counts_full - c,
+                                                   o.exposure_full - e, mask, out["sources"])
             if "psf_core" in out:  # the pipeline's PSF core scale for the redraw (--pipeline)
                 cores.append(f"{o.obsid} {out['psf_core'][0]:.3f} ({out['psf_core'][1]})")
             if sel[o.obsid]:
@@ -297,6 +343,13 @@ def sr_tables(obs, fn, name, plain_candidates=PLAIN_CANDIDATES):
                   f"isolated ({len(sc)}): "
                   f"median {np.median(sc[:, 0]):.3f}; real 20\"/40\" counts over the King "
                   f"EEF(20\")/EEF(40\"): median {np.median(sc[:, 1]):.3f}")
+        if features:
+            f = np.sum(list(features.values()), axis=0)
+            print(f"    SR image compact features (>= {FEATURE_MIN_COUNTS:g} counts in 6\"), "
+                  f"excluded at 3 sigma / testable: near SOURCES {f[2]}/{f[1]}, elsewhere "
+                  f"{f[5]}/{f[4]}, all {f[2] + f[5]}/{f[1] + f[4]} = "
+                  f"{(f[2] + f[5]) / max(f[1] + f[4], 1):.3f}; per field "
+                  + ", ".join(f"{k} {v[2] + v[5]}/{v[1] + v[4]}" for k, v in features.items()))
         for name_, t in tally.items():
             tot = np.sum([v for v in t.values()], axis=0)
             label = ("SOURCES table" if name_ == "SR"
