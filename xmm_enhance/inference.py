@@ -903,12 +903,13 @@ def enhance_image(img: InputImage, model: Model, *, sources: bool = True,
     support_sig = min(POINTS_SUPPORT_SIGNIF, list_sig)
     found = cov_used = None
     weak = []  # candidates below the list's threshold whose points stay (release_unlisted)
+    fitted = []  # every candidate the PSF fits, any significance (smooth_diffuse)
     if sources and s == 2 and "points" in maps:
         cov1 = input_coverage(img)
         cov_used = (cov1 is not None) if _is_pn_grid(img) else None
         found = find_sources(img, rate, mask, maps["points"], (top, left), out_sky,
                              diffuse2=maps.get("diffuse"), support=weak, min_signif=list_sig,
-                             support_signif=support_sig, coverage=cov1)
+                             support_signif=support_sig, coverage=cov1, candidates=fitted)
     redrawn, core, released, smoothed = 0, (1.0, 0), None, False
     if found is not None and redraw and "diffuse" in maps:
         from .sources import claim_excess, psf_core_scale, redraw_points, release_unlisted
@@ -947,12 +948,14 @@ def enhance_image(img: InputImage, model: Model, *, sources: bool = True,
             core_scale=core[0])
         # the diffuse emission keeps only the structure the counts demand (where the
         # prediction is positive, so the percentile maps can follow it)
-        from .sources import smooth_diffuse
+        from .sources import protect_mask, smooth_diffuse
 
         live2 = out_mask & (pred > 0)
         counts2 = np.repeat(np.repeat(np.rint(np.asarray(rate, np.float64) * img.exposure)
                                       * mask, s, 0), s, 1) / float(s * s)
-        dif = smooth_diffuse(maps["diffuse"], counts2, img.exposure, live2)
+        # ... but keeps its drawing around the candidates of >= DIFFUSE_PROTECT_SIGNIF
+        dif = smooth_diffuse(maps["diffuse"], counts2, img.exposure, live2,
+                             protect2=protect_mask(pred.shape, fitted))
         new = np.where(live2, maps["points"] + dif, pred).astype(np.float32)
         ratio = np.where(live2, new / np.where(live2, pred, 1.0), 1.0)
         for k in ("lo68", "hi68"):
