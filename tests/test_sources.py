@@ -200,6 +200,32 @@ def test_smooth_diffuse_without_demanded_structure_is_its_coarse_level():
     assert np.abs(out - 2.0)[live2].max() < 0.25 * knots.max()
 
 
+def test_smooth_diffuse_keeps_the_drawing_around_candidates():
+    d, c2, live2, knots = _diffuse_case(2, 0.0)
+    y, x = np.unravel_index(np.argmax(knots * live2), knots.shape)
+    cands = [{"y2": float(y), "x2": float(x), "signif": 3.5},
+             {"y2": 30.0, "x2": 30.0, "signif": 2.0}]  # below DIFFUSE_PROTECT_SIGNIF
+    prot = sources.protect_mask(d.shape, cands)
+    assert prot[y, x] and not prot[30, 30]
+    assert prot.sum() == (np.hypot(*np.mgrid[-5:6, -5:6]) <= 5).sum()
+    out = sources.smooth_diffuse(d, c2, 20e3, live2, protect2=prot)
+    np.testing.assert_allclose(out[prot], d[prot], rtol=1e-5)  # the knot stays drawn
+    free = sources.smooth_diffuse(d, c2, 20e3, live2)
+    assert free[y, x] < 0.9 * d[y, x]  # and is smoothed without the candidate
+
+
+def test_candidates_lists_every_psf_fitted_candidate_with_its_significance():
+    rng = np.random.default_rng(3)
+    counts, _ = king_image((96, 96), [(40.3, 52.8, 400.0), (70.1, 20.1, 25.0)], 0.3, rng)
+    cands = []
+    found = sources.detect_sources(counts, np.ones(counts.shape, bool), 20e3,
+                                   _points_map(counts, 20e3), candidates=cands)
+    assert len(cands) > len(found)  # the faint one and noise peaks too
+    best = max(cands, key=lambda d: d["signif"])
+    assert abs(best["y2"] - found[0]["y2"]) <= 1 and abs(best["x2"] - found[0]["x2"]) <= 1
+    assert best["signif"] == pytest.approx(found[0]["signif"])
+
+
 def test_no_false_sources_in_flat_background_at_the_default_threshold():
     n_cand = 0
     for seed in range(6):
