@@ -441,19 +441,15 @@ class EnhanceResult:
     coverage : bool or None
         Whether the source fits used the pn coverage map (:func:`input_coverage`); None when
         no source list was made or the input is not on the pn grid.
-    smoothed : bool
-        Whether ``diffuse`` (and so the prediction) keeps only the structure the input counts
-        demand (:func:`xmm_enhance.sources.smooth_diffuse`).
     """
 
     def __init__(self, task, input_rate, input_mask, prediction, input_wcs, output_wcs, pad,
                  image, model, extras=None, sources=None, redrawn=0, psf_core=(1.0, 0),
                  released=None, support=None, list_signif=None, support_signif=None,
-                 coverage=None, smoothed=False):
+                 coverage=None):
         from .sources import DEFAULT_MIN_SIGNIF, POINTS_SUPPORT_SIGNIF
 
         self.coverage = coverage
-        self.smoothed = bool(smoothed)
 
         self.list_signif = float(DEFAULT_MIN_SIGNIF if list_signif is None else list_signif)
         self.support_signif = float(POINTS_SUPPORT_SIGNIF if support_signif is None
@@ -473,6 +469,13 @@ class EnhanceResult:
         self.pad = pad
         self.image = image
         self.model = model
+
+    @property
+    def smoothed(self) -> bool:
+        """Whether ``diffuse`` (and so the prediction) keeps only the structure the input
+        counts demand (:func:`xmm_enhance.sources.smooth_diffuse`): it runs with the release of
+        unlisted points, so whenever ``released`` is set."""
+        return self.released is not None
 
     @functools.cached_property
     def input_wcs(self):
@@ -910,7 +913,7 @@ def enhance_image(img: InputImage, model: Model, *, sources: bool = True,
         found = find_sources(img, rate, mask, maps["points"], (top, left), out_sky,
                              diffuse2=maps.get("diffuse"), support=weak, min_signif=list_sig,
                              support_signif=support_sig, coverage=cov1, candidates=fitted)
-    redrawn, core, released, smoothed = 0, (1.0, 0), None, False
+    redrawn, core, released = 0, (1.0, 0), None
     if found is not None and redraw and "diffuse" in maps:
         from .sources import claim_excess, psf_core_scale, redraw_points, release_unlisted
 
@@ -963,13 +966,12 @@ def enhance_image(img: InputImage, model: Model, *, sources: bool = True,
                 maps[k] = (maps[k] * ratio).astype(np.float32)
         maps["diffuse"] = np.where(live2, dif, maps["diffuse"]).astype(np.float32)
         pred = new
-        smoothed = True
     return EnhanceResult(task=model.task, input_rate=rate, input_mask=mask, prediction=pred,
                          input_wcs=in_sky, output_wcs=out_sky, pad=(top, left), image=img,
                          model=model, extras=maps, sources=found, redrawn=redrawn,
                          psf_core=core, released=released, support=weak,
                          list_signif=list_sig, support_signif=support_sig,
-                         coverage=cov_used, smoothed=smoothed)
+                         coverage=cov_used)
 
 
 def input_coverage(img: InputImage) -> np.ndarray | None:

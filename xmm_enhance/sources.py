@@ -255,12 +255,18 @@ def _binomial_blur(a, mask):
     return np.where(m > 0, out[0] / np.maximum(out[1], 1e-12), 0.0)
 
 
-def _box_sum(a, half):
-    """Sum of ``a`` over (2 half + 1)^2 windows, zero outside (separable shifted adds)."""
+def _box_sum(a, half, dtype=np.float64):
+    """Sum of ``a`` over (2 half + 1)^2 windows, zero outside (separable shifted adds, in
+    ``dtype``)."""
     h, w = a.shape
-    p = np.pad(np.asarray(a, np.float64), half)
-    rows = sum(p[dy:dy + h] for dy in range(2 * half + 1))
-    return sum(rows[:, dx:dx + w] for dx in range(2 * half + 1))
+    p = np.pad(np.asarray(a, dtype), half)
+    rows = p[0:h].copy()
+    for dy in range(1, 2 * half + 1):
+        rows += p[dy:dy + h]
+    out = rows[:, 0:w].copy()
+    for dx in range(1, 2 * half + 1):
+        out += rows[:, dx:dx + w]
+    return out
 
 
 def coverage_in_counts(counts, mask, coverage):
@@ -362,16 +368,8 @@ def smooth_diffuse(diffuse2, counts2, exposure, live2, *, scales=DIFFUSE_SCALES,
     d = np.where(live, np.asarray(diffuse2, np.float32) * np.float32(T), np.float32(0))
     c = np.where(live, np.maximum(np.asarray(counts2, np.float32), 0), np.float32(0))
 
-    def bsum(a, h):  # (2 h + 1)^2 window sums, zero outside, in float32 (shifted adds)
-        hh, ww = a.shape
-        p_ = np.pad(a, h)
-        rows = p_[0:hh].copy()
-        for dy in range(1, 2 * h + 1):
-            rows += p_[dy:dy + hh]
-        out_ = rows[:, 0:ww].copy()
-        for dx in range(1, 2 * h + 1):
-            out_ += rows[:, dx:dx + ww]
-        return out_
+    def bsum(a, h):  # window sums in float32
+        return _box_sum(a, h, np.float32)
 
     levels, noise = [d], [c]
     for k, h in enumerate(scales):
