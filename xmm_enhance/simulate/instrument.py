@@ -348,7 +348,7 @@ def _bad_columns(rng, geo):
 
 
 def simulate_observation(rng, *, exposure=20e3, sr=True, dn=True, kind=None, sources=True,
-                         decompose=False, points=True):
+                         decompose=False, points=True, halo_points=0.0):
     """Simulate one EPIC-pn 0.5-2 keV observation on the 411 x 403 DETX/DETY grid.
 
     Parameters
@@ -375,6 +375,9 @@ def simulate_observation(rng, *, exposure=20e3, sr=True, dn=True, kind=None, sou
     decompose : bool
         With ``sr``: also return ``sr_diffuse``, the extended emission's part of the SR target
         (one more half-PSF convolution; no random draw, so the other outputs are unchanged).
+    halo_points : float
+        Mean number of extra point sources that trace the light of the field's clusters and
+        galaxies (``sky.draw_sky``; training only). 0 (default) leaves the field as before.
 
     Returns
     -------
@@ -385,7 +388,7 @@ def simulate_observation(rng, *, exposure=20e3, sr=True, dn=True, kind=None, sou
     if kind is not None and kind not in FIELD_KINDS:
         raise ValueError(f"kind must be one of {sorted(FIELD_KINDS)}, got {kind!r}")
     geo = _geometry()
-    sky = draw_sky(rng, kind)
+    sky = draw_sky(rng, kind, halo_points=halo_points)
     if not sources:
         sky.image = np.zeros_like(sky.image)
     if not (sources and points):

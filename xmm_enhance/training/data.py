@@ -36,9 +36,10 @@ class Frame:
         Background-free expected rate per 2" pixel (half PSF).
     counts : float32 [H, W] or None
         A fixed Poisson draw (validation); training redraws.
-    sources : list of (y, x, counts)
+    sources : list of (y, x, counts) or (y, x, counts, diffuse_counts)
         1x pixel positions of point sources and their expected (vignetted) counts at
-        ``exposure``, for source-centred crops.
+        ``exposure``, for source-centred crops; with ``sr_diffuse``, also the expected diffuse
+        counts around each (:func:`_diffuse_near`), for halo crops.
     stamps : list of (y, x, y2, x2, rate, full_kernel, half_kernel) or None
         SR frames of the instrument simulator, when targets are aligned: the point sources
         :func:`align_point_sources` may move (1x and 2x positions, observed rate, PSF stamps).
@@ -222,16 +223,36 @@ def align_point_sources(target2, counts, lam, mask, origin, stamps, exposure):
     return np.maximum(target2 + delta * m2, 0.0).astype(np.float32)
 
 
+#: Halo crops (``FrameBuffer(halo_source_share=)``): the half-size (2x pixels) of the box
+#: in which a source's diffuse surroundings are summed, the least ratio of those diffuse counts
+#: to the source's own for a source "on a halo", and the sources' count range at the crop's
+#: exposure (the real sources the list misses most have 20-50 counts in 20 ks).
+HALO_BOX = 5
+HALO_RATIO = 0.5
+HALO_COUNTS = (15.0, 300.0)
+
+
+def _diffuse_near(diffuse, y, x, exposure):
+    """Expected diffuse counts at ``exposure`` in the 2x box of half-size ``HALO_BOX`` around
+    the 1x position ``(y, x)``."""
+    yc, xc = int(round(2 * y + 0.5)), int(round(2 * x + 0.5))
+    h = HALO_BOX
+    ys, xs = slice(max(yc - h, 0), yc + h + 1), slice(max(xc - h, 0), xc + h + 1)
+    return float(diffuse[ys, xs].sum(dtype=np.float64)) * exposure
+
+
 def _to_frame(obs, keep_counts=False, stamps=False, stamp_ratios=(1.0, 1.0)):
     diffuse = getattr(obs, "sr_diffuse", None)
+    srcs = [(float(d["y"]), float(d["x"]), float(d.get("counts", d.get("rate", 0.0) * obs.exposure)))
+            for d in getattr(obs, "meta", {}).get("sources", [])]
+    if diffuse is not None:
+        srcs = [s + (_diffuse_near(diffuse, s[0], s[1], float(obs.exposure)),) for s in srcs]
     return Frame(dn_target=np.asarray(obs.dn_target, np.float32), mask=np.asarray(obs.mask, bool),
                  exposure=float(obs.exposure),
                  sr_target=None if getattr(obs, "sr_target", None) is None
                  else np.asarray(obs.sr_target, np.float32),
                  counts=np.asarray(obs.counts, np.float32) if keep_counts else None,
-                 sources=[(float(d["y"]), float(d["x"]),
-                           float(d.get("counts", d.get("rate", 0.0) * obs.exposure)))
-                          for d in getattr(obs, "meta", {}).get("sources", [])],
+                 sources=srcs,
                  stamps=_stamps(obs, *stamp_ratios)
                  if stamps and getattr(obs, "sr_target", None) is not None else None,
                  sr_diffuse=None if diffuse is None else np.asarray(diffuse, np.float32))
@@ -294,6 +315,14 @@ class FrameBuffer:
         observation whose background is 1.5-2x the simulator's nominal level, flat across the
         field, is read as field-filling sky emission and its fluctuations are drawn as
         20-50-count clumps in ``points``.
+    halo_points : float
+        SR: the simulator's ``halo_points`` (mean number of extra sources tracing the light
+        of clusters and galaxies per frame; 0: the simulator's own field).
+    halo_source_share : float
+        Share of the source-centred crops centred on a source "on a halo": one of
+        ``HALO_COUNTS`` expected counts at the crop's exposure whose diffuse surroundings hold
+        at least ``HALO_RATIO`` of its own counts (needs ``decompose``). Such sources are where
+        the network fails on real halos: it reads them as knots of the emission.
     flat_bkg_range : (float, float)
     flat_bkg_edge : float
         Share of those flat-background crops placed with their centre at least
@@ -305,8 +334,11 @@ class FrameBuffer:
     def __init__(self, simulate, rng, *, task="DN", size=48, exposure=20e3,
                  source_crop_prob=0.0, empty_frame_prob=0.0, faint_source_share=0.0,
                  position=False, align=False, expo_range=None, decompose=False,
-                 flat_bkg_prob=0.0, flat_bkg_range=(0.3, 4.0), flat_bkg_edge=0.0):
+                 flat_bkg_prob=0.0, flat_bkg_range=(0.3, 4.0), flat_bkg_edge=0.0,
+                 halo_points=0.0, halo_source_share=0.0):
         self.simulate, self.rng, self.task = simulate, rng, task
+        self.halo_points = float(halo_points) if task == "SR" else 0.0
+        self.halo_source_share = float(halo_source_share) if task == "SR" else 0.0
         self.flat_bkg_edge = float(flat_bkg_edge)
         self.flat_bkg_prob = float(flat_bkg_prob)
         self.flat_bkg_range = (float(flat_bkg_range[0]), float(flat_bkg_range[1]))
@@ -331,6 +363,8 @@ class FrameBuffer:
             kw["sources"] = False
         if self.decompose:
             kw["decompose"] = True
+        if self.halo_points:
+            kw["halo_points"] = self.halo_points
         expo, ratios = self.exposure, (1.0, 1.0)
         if self.expo_range is not None:
             expo = self.expo_range[1]
@@ -347,6 +381,12 @@ class FrameBuffer:
     def _pick_source(self, sources, scale=1.0):
         """A source to centre a crop on; ``scale`` turns the listed counts into the crop's."""
         rng = self.rng
+        if self.halo_source_share and rng.random() < self.halo_source_share:
+            halo = [s for s in sources if len(s) > 3
+                    and HALO_COUNTS[0] <= s[2] * scale <= HALO_COUNTS[1]
+                    and s[3] >= HALO_RATIO * s[2]]
+            if halo:
+                return halo[int(rng.integers(len(halo)))]
         faint = [s for s in sources if MIN_SOURCE_COUNTS <= s[2] * scale < FAINT_COUNTS]
         bright = [s for s in sources if s[2] * scale >= FAINT_COUNTS]
         pool = bright  # share 0 is the older recipe: bright sources only

@@ -55,12 +55,15 @@ DEFAULTS = {
     "flat_bkg_prob": {"DN": 0.0, "SR": 0.25}, "flat_bkg_range": (0.3, 4.0),
     # session 13: a share of those crops centred beyond 9' off axis, where the clumps stayed
     "flat_bkg_edge": 0.0,
+    # session 18 (issue 13, faint sources on halos): extra sources tracing the light of
+    # clusters and galaxies, and a share of the source crops centred on such sources
+    "halo_points": {"DN": 0.0, "SR": 0.0}, "halo_source_share": {"DN": 0.0, "SR": 0.0},
 }
 #: Recipe keys that older checkpoints lack, with the value those checkpoints were trained with.
 LEGACY = {"sr_refine": 0, "sr_position": False, "faint_source_share": 0.0, "sr_align": False,
           "expo_range": None, "uncertainty": False, "decompose": False, "val_exposures": None,
           "decompose_point_weight": 0.0, "sr_shape_expo_power": 0.0, "flat_bkg_prob": 0.0,
-          "flat_bkg_edge": 0.0}
+          "flat_bkg_edge": 0.0, "halo_points": 0.0, "halo_source_share": 0.0}
 
 
 def recipe_version(cfg):
@@ -94,6 +97,13 @@ def recipe_string(task, cfg):
     if p_flat and cfg.get("flat_bkg_edge"):
         flat += (f" A share {cfg['flat_bkg_edge']:g} of those crops is centred beyond "
                  f"{D.FLAT_EDGE_THETA:g}' off axis.")
+    n_halo = _per_task(cfg, "halo_points", task)
+    p_halo = _per_task(cfg, "halo_source_share", task)
+    if n_halo or p_halo:
+        extra += (f" Frames get on average {n_halo:g} extra point sources tracing the light of "
+                  f"clusters and galaxies; a share {p_halo:g} of the source crops is centred on "
+                  f"a source of {D.HALO_COUNTS[0]:g}-{D.HALO_COUNTS[1]:g} counts whose diffuse "
+                  f"surroundings hold >= {D.HALO_RATIO:g}x its counts.")
     if cfg.get("expo_range"):
         lo, hi = cfg["expo_range"]
         extra += (f" Exposure input (log10(T/20 ks) channel, counts = rate x T), crops drawn "
@@ -307,6 +317,13 @@ def export_task(task, cfg, ckpt_dir, out_dir, *, extra_metrics=None, which="best
     if extra_metrics:
         metrics.update(extra_metrics)
     scale = net.scale
+    n_halo = _per_task(cfg, "halo_points", task)
+    p_halo = _per_task(cfg, "halo_source_share", task)
+    if n_halo or p_halo:
+        extra += (f" Frames get on average {n_halo:g} extra point sources tracing the light of "
+                  f"clusters and galaxies; a share {p_halo:g} of the source crops is centred on "
+                  f"a source of {D.HALO_COUNTS[0]:g}-{D.HALO_COUNTS[1]:g} counts whose diffuse "
+                  f"surroundings hold >= {D.HALO_RATIO:g}x its counts.")
     if cfg.get("expo_range"):
         lo, hi = cfg["expo_range"]
         in_expo = f"{lo / 1e3:g}-{hi / 1e3:g}"
@@ -398,7 +415,9 @@ def train(task, *, out="models", ckpt_dir="models/checkpoints", minutes=None, st
                         expo_range=cfg.get("expo_range"), decompose=_decompose(task, cfg),
                         flat_bkg_prob=_per_task(cfg, "flat_bkg_prob", task),
                         flat_bkg_range=cfg["flat_bkg_range"],
-                        flat_bkg_edge=cfg.get("flat_bkg_edge", 0.0))
+                        flat_bkg_edge=cfg.get("flat_bkg_edge", 0.0),
+                        halo_points=_per_task(cfg, "halo_points", task),
+                        halo_source_share=_per_task(cfg, "halo_source_share", task))
     val_frames = D.validation_frames(simulate, n=cfg["val_frames"], task=task,
                                      exposure=cfg["exposure"], align=bool(cfg.get("sr_align")),
                                      exposures=cfg.get("val_exposures") if cfg.get("expo_range")
@@ -555,6 +574,12 @@ def main(argv=None):
     ap.add_argument("--flat-bkg-edge", type=float, default=None,
                     help="share of those crops centred beyond %g' off axis (default %g)"
                          % (D.FLAT_EDGE_THETA, DEFAULTS["flat_bkg_edge"]))
+    ap.add_argument("--halo-points", type=float, default=None,
+                    help="SR: mean number of extra sources per frame tracing the light of "
+                         "clusters and galaxies (default 0)")
+    ap.add_argument("--halo-share", type=float, default=None,
+                    help="SR: share of the source crops centred on a faint source on a halo "
+                         "(default 0)")
     ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default %g)"
                     % DEFAULTS["lr"])
     ap.add_argument("--lr-min", type=float, default=None,
@@ -617,7 +642,8 @@ def main(argv=None):
                      ("decompose_point_weight", a.decompose_point_weight),
                      ("sr_shape_expo_power", a.shape_expo_power),
                      ("faint_source_share", a.faint_share), ("flat_bkg_prob", a.flat_bkg),
-                     ("flat_bkg_edge", a.flat_bkg_edge),
+                     ("flat_bkg_edge", a.flat_bkg_edge), ("halo_points", a.halo_points),
+                     ("halo_source_share", a.halo_share),
                      ("sr_position", None if a.position is None else bool(a.position)),
                      ("sr_align", None if a.align is None else bool(a.align))):
         if val is not None:
