@@ -233,3 +233,36 @@ def test_source_free_field_is_background_only():
     assert a.meta["particle_rate"] == b.meta["particle_rate"]
     assert a.meta["psf_variant"] == b.meta["psf_variant"]
     assert (a.dn_target - b.dn_target).sum() > 0
+
+
+def test_halo_points_trace_the_light_of_clusters_and_galaxies():
+    # off by default: the same random stream, hence the same field
+    a = simulate_observation(np.random.default_rng(12), exposure=20e3, kind="cluster")
+    b = simulate_observation(np.random.default_rng(12), exposure=20e3, kind="cluster",
+                             halo_points=0.0)
+    assert np.array_equal(a.counts, b.counts)
+    rng = np.random.default_rng(4)
+    base = sky.draw_sky(np.random.default_rng(4), "cluster")
+    s = sky.draw_sky(rng, "cluster", halo_points=40)
+    n0 = len(base.points_rate)
+    extra_yx, extra_rate = s.points_yx[n0:], s.points_rate[n0:]
+    assert np.array_equal(s.points_rate[:n0], base.points_rate)
+    assert 20 <= len(extra_rate) <= 65
+    lo, hi = sky.HALO_POINT_RATES
+    assert extra_rate.min() >= lo and extra_rate.max() <= hi
+    # they sit on the emission: the light under them is well above the lit pixels' median
+    iy = np.clip(np.rint(extra_yx[:, 0]).astype(int), 0, s.image.shape[0] - 1)
+    ix = np.clip(np.rint(extra_yx[:, 1]).astype(int), 0, s.image.shape[1] - 1)
+    lit = s.image[s.image > 0]
+    assert np.median(s.image[iy, ix]) > 5 * np.median(lit)  # ~1x if placed at random
+    # a remnant's light is not traced; only the galaxies and groups any field may hold are
+    for seed in range(6):
+        r0 = sky.draw_sky(np.random.default_rng(seed), "snr")
+        r = sky.draw_sky(np.random.default_rng(seed), "snr", halo_points=40)
+        others = [c for c in r.meta["components"] if c["type"] != "snr"]
+        if not others:
+            assert len(r.points_rate) == len(r0.points_rate)
+    # a source-free sky gets none
+    e = sky.draw_sky(np.random.default_rng(1), "blank", halo_points=40)
+    if not e.image.any():
+        assert len(e.points_rate) == len(sky.draw_sky(np.random.default_rng(1), "blank").points_rate)

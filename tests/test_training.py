@@ -551,3 +551,29 @@ def test_point_term_of_the_decomposition_loss_punishes_leaks_and_false_points():
     for p, d in ((leak_p, leak_d), (knot, dt)):
         plain, weighted = loss(p, d, 0.0), loss(p, d, 2.0)
         assert plain > 0 and weighted > 2 * plain
+
+
+def test_halo_crops_centre_on_faint_sources_over_bright_diffuse_emission():
+    sim = functools.partial(D.toy_simulate, shape=(64, 64))
+    # (y, x, counts, diffuse counts around): only the second is a faint source on a halo
+    srcs = [(10.0, 10.0, 50.0, 5.0), (20.0, 20.0, 30.0, 400.0), (30.0, 30.0, 900.0, 2000.0),
+            (40.0, 40.0, 5.0, 400.0)]
+    buf = D.FrameBuffer(sim, np.random.default_rng(5), task="SR", size=1,
+                        faint_source_share=0.5, halo_source_share=0.5)
+    picks = [buf._pick_source(srcs)[2] for _ in range(600)]
+    n_halo = sum(p == 30.0 for p in picks)
+    assert 240 < n_halo < 360  # half of the crops, and never elsewhere (30 < MIN_SOURCE_COUNTS)
+    assert 5.0 not in picks  # below HALO_COUNTS
+    # the counts scale with the crop's exposure: at 10x the source has 300 counts and is still
+    # a halo source; at 0.4x it has 12, too few
+    assert sum(buf._pick_source(srcs, 10.0)[2] == 30.0 for _ in range(200)) > 60
+    assert not any(buf._pick_source(srcs, 0.4)[2] == 30.0 for _ in range(200))
+    # the frames of a decomposing buffer carry each source's diffuse surroundings
+    obs = D.toy_simulate(np.random.default_rng(2), decompose=True)
+    obs.meta = {"sources": [{"y": 100.0, "x": 120.0, "counts": 50.0}]}
+    f = D._to_frame(obs)
+    want = obs.sr_diffuse[195:206, 235:246].sum(dtype=np.float64) * obs.exposure
+    assert f.sources[0][3] == pytest.approx(want, rel=1e-6)
+    # DN ignores the option
+    assert D.FrameBuffer(sim, np.random.default_rng(5), task="DN", size=1,
+                         halo_points=10, halo_source_share=1.0).halo_source_share == 0.0
