@@ -317,13 +317,6 @@ def export_task(task, cfg, ckpt_dir, out_dir, *, extra_metrics=None, which="best
     if extra_metrics:
         metrics.update(extra_metrics)
     scale = net.scale
-    n_halo = _per_task(cfg, "halo_points", task)
-    p_halo = _per_task(cfg, "halo_source_share", task)
-    if n_halo or p_halo:
-        extra += (f" Frames get on average {n_halo:g} extra point sources tracing the light of "
-                  f"clusters and galaxies; a share {p_halo:g} of the source crops is centred on "
-                  f"a source of {D.HALO_COUNTS[0]:g}-{D.HALO_COUNTS[1]:g} counts whose diffuse "
-                  f"surroundings hold >= {D.HALO_RATIO:g}x its counts.")
     if cfg.get("expo_range"):
         lo, hi = cfg["expo_range"]
         in_expo = f"{lo / 1e3:g}-{hi / 1e3:g}"
