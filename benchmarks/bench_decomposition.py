@@ -37,10 +37,12 @@ from xmm_enhance.simulate.instrument import simulate_observation  # noqa: E402
 RADIUS_2X = 10
 
 
-def frame_rows(predict, seed, T, i):
+def frame_rows(predict, seed, T, i, halo_points=0.0):
     """Rows ``(truth, POINTS gain, DIFFUSE gain, diffuse truth)`` (counts at ``T`` in 20")
-    of one frame's point sources, and the frame's field kind."""
-    args = dict(exposure=8 * T, sr=True)  # 8 T: the source list reaches 5 counts at T
+    of one frame's point sources, and the frame's field kind. ``halo_points``: the simulator's
+    extra sources on the halos of clusters and galaxies (0: the default fields)."""
+    # 8 T: the source list reaches 5 counts at T
+    args = dict(exposure=8 * T, sr=True, halo_points=halo_points)
     with_pts = simulate_observation(np.random.default_rng([seed, int(T), i]), **args)
     without = simulate_observation(np.random.default_rng([seed, int(T), i]), points=False,
                                    **args)
@@ -75,17 +77,21 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=515151)
     ap.add_argument("--bare", action="store_true",
                     help="the network alone (default: the whole command-line pipeline)")
+    ap.add_argument("--halo-points", type=float, default=0.0,
+                    help="fields with this mean number of extra sources tracing the light of "
+                         "clusters and galaxies (simulate_observation(halo_points=); default 0)")
     a = ap.parse_args(argv)
     predict = (ev.onnx_predictor(a.sr, all_outputs=True) if a.bare
                else ev.pipeline_predictor(a.sr, "SR", all_outputs=True))
     print(f"SR {Path(a.sr).name} ({'network alone' if a.bare else 'pipeline'}): what the point "
-          f"sources' photons add in 20\" around them, seed {a.seed}, {a.frames} frames")
+          f"sources' photons add in 20\" around them, seed {a.seed}, {a.frames} frames"
+          + (f", {a.halo_points:g} halo sources per field" if a.halo_points else ""))
     print(f"{'exposure':>8}  {'sources':28s} {'n':>5} {'true counts':>12} {'POINTS %':>9} "
           f"{'DIFFUSE %':>9}")
     for T in (float(v) * 1e3 for v in a.exposures.split(",")):
         rows, kinds = [], []
         for i in range(a.frames):
-            r, kind = frame_rows(predict, a.seed, T, i)
+            r, kind = frame_rows(predict, a.seed, T, i, a.halo_points)
             rows += r
             kinds += [kind] * len(r)
         if not rows:
