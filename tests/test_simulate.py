@@ -95,7 +95,7 @@ def test_psf_kernel_elongated():
 
 
 def _one_source_sky(yx2, rate):
-    def draw(rng, kind=None):
+    def draw(rng, kind=None, halo_points=0.0):
         return sky.Sky(image=np.zeros(sky.SHAPE2, np.float32),
                        points_yx=np.array([yx2], float), points_rate=np.array([rate], float),
                        kind="blank", meta={"components": [], "agn_norm": 1.0})

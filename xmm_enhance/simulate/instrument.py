@@ -388,7 +388,7 @@ def simulate_observation(rng, *, exposure=20e3, sr=True, dn=True, kind=None, sou
     if kind is not None and kind not in FIELD_KINDS:
         raise ValueError(f"kind must be one of {sorted(FIELD_KINDS)}, got {kind!r}")
     geo = _geometry()
-    sky = draw_sky(rng, kind, halo_points=halo_points) if halo_points else draw_sky(rng, kind)
+    sky = draw_sky(rng, kind, halo_points=halo_points)
     if not sources:
         sky.image = np.zeros_like(sky.image)
     if not (sources and points):

@@ -243,7 +243,8 @@ def _diffuse_near(diffuse, y, x, exposure):
 
 def _to_frame(obs, keep_counts=False, stamps=False, stamp_ratios=(1.0, 1.0)):
     diffuse = getattr(obs, "sr_diffuse", None)
-    srcs = [(float(d["y"]), float(d["x"]), float(d.get("counts", d.get("rate", 0.0) * obs.exposure)))
+    srcs = [(float(d["y"]), float(d["x"]),
+             float(d.get("counts", d.get("rate", 0.0) * obs.exposure)))
             for d in getattr(obs, "meta", {}).get("sources", [])]
     if diffuse is not None:
         srcs = [s + (_diffuse_near(diffuse, s[0], s[1], float(obs.exposure)),) for s in srcs]
