@@ -67,6 +67,24 @@ TRAIN_ON := $(VPY) -m xmm_enhance.training.train --out models/ --flat-bkg 0
 # 0.87 + 0.04 log10(T / 20 ks) (session 15, chosen on simulations; x1.3 and 0.92 before)
 TRAIN_FLAT := $(VPY) -m xmm_enhance.training.train --out models/ --flat-bkg-range 1,4
 V2_SR_FLAT_STEPS ?= 14400
+# session 18 (issue 13, faint sources on bright halos): a new run warm-started from the 14400 EMA
+# weights (fresh AdamW, lr 1.5e-4 cosine to 2e-5, the same flat-background crops), ~15 extra
+# sources per field tracing the light of clusters and galaxies, a share of the source crops on
+# those over bright diffuse emission: 0.3 to step 2284 of a 6000-step schedule, then 0.5 on an
+# 11000-step schedule to its end; bundled: step 11000 (version 2.25400 = 14400 + 11000)
+TRAIN_HALO := $(TRAIN_FLAT) --flat-bkg 0.15 --flat-bkg-edge 0.5 --halo-points 15 --lr 1.5e-4 \
+	--lr-min 2e-5
+# the exported model's training_history metadata
+SR_HISTORY := SR line: recipe-2 stages to 10487 (bundled sessions 8-12; see the model card), then from its \
+	optimiser state with flat-background crops: share 0.1 at 1-4x nominal to 13000 (sessions \
+	12-13), share 0.15 at 1-4x with half of them centred beyond 9 arcmin off axis to 14400 \
+	(session 13); EMA of step 14400; percentile maps widened at export x(1.45 - 0.40 log10(T / \
+	20 ks)) in log space (session 15; x1.3 at every exposure before), aperture rule c = 0.87 + \
+	0.04 log10(T / 20 ks) (0.92 before); then (session 18) a warm start from the 14400 EMA with \
+	fresh AdamW, lr 1.5e-4 cosine to 2e-5, the same flat-background crops, 15 halo sources per \
+	simulated field and halo-centred crops (share 0.3 to step 2284 of a 6000-step schedule, then \
+	0.5 on an 11000-step schedule to its end); EMA of that run's step 11000 (14400 + 11000 = \
+	25400 steps on this line)
 # aperture rule's scale at 20 ks and (optional) its change per decade of exposure
 META := $(VPY) -c "import sys; from xmm_enhance.training.export import update_metadata as u; \
 	u(sys.argv[1], dict(zip(['aperture_interval_scale', 'aperture_interval_slope'], sys.argv[2:])))"
@@ -106,9 +124,16 @@ models: $(VENV)/.train
 	  --no-export
 	$(TRAIN_FLAT) --ckpt-dir runs/checkpoints/SR_v2 --task SR --steps $(V2_SR_FLAT_STEPS) \
 	  --flat-bkg 0.15 --flat-bkg-edge 0.5 --no-export
-	$(TRAIN_FLAT) --ckpt-dir runs/checkpoints/SR_v2 --task SR --export-only --which last \
+	$(TRAIN_HALO) --ckpt-dir runs/checkpoints/SR_halo --task SR --steps 2284 --total-steps 6000 \
+	  --halo-share 0.3 --init-from runs/checkpoints/SR_v2/SR_last.pt --no-export
+	$(TRAIN_HALO) --ckpt-dir runs/checkpoints/SR_halo --task SR --steps 11000 \
+	  --total-steps 11000 --halo-share 0.5 --no-export
+	$(TRAIN_FLAT) --ckpt-dir runs/checkpoints/SR_halo --task SR --export-only --which last \
 	  --interval-scale 1.45 --interval-slope -0.40
 	$(META) models/XMM-SuperRes.onnx 0.87 0.04
+	$(VPY) -c "import sys; from xmm_enhance.training.export import update_metadata as u; \
+	  u(sys.argv[1], {'version': '2.25400', 'training_history': sys.argv[2]})" \
+	  models/XMM-SuperRes.onnx "$(SR_HISTORY)"
 
 clean:
 	rm -rf demo_output .pytest_cache
