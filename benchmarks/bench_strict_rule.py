@@ -28,6 +28,8 @@ on real data: the ``SOURCES`` list of the whole SR pipeline on an input of
 ``--input-exposure`` ks drawn from the same truth, against the same independent photons.
 Entries are classed by the true source within 8" (none: "no true source"); the excess over
 the first table is the list's own flux error (threshold fluctuations, absorbed emission).
+``--list-err`` adds each entry's ``RATE_ERR`` to the test: two independent measurements
+compared, where the issue's rule takes the listed flux as exact.
 
 Prints a table; numbers for the model card.
 """
@@ -82,11 +84,11 @@ def source_kinds(obs, th, fov):
     return out
 
 
-def test_entry(entry, held, th, mask, flux_sys):
+def test_entry(entry, held, th, mask, flux_sys, list_err=False):
     """``(want, excluded10, testable20, excluded20, obs/want, testable10)`` of one entry
     (``y``, ``x``, ``rate``) under ``bench_exposure._check_sources``."""
     det = []
-    res = _check_sources([entry], [], held, th, mask, det, flux_sys=flux_sys)
+    res = _check_sources([entry], [], held, th, mask, det, flux_sys=flux_sys, list_err=list_err)
     want, obs_n, limit = det[0]
     return want, obs_n < limit, res[7], res[6], obs_n / max(want, 1e-9), limit > 0
 
@@ -103,7 +105,7 @@ def rows_for_frame(obs, held, th, fov, flux_sys=0.0):
     return out
 
 
-def rows_for_list(obs, found, held, th, fov, flux_sys=0.0):
+def rows_for_list(obs, found, held, th, fov, flux_sys=0.0, list_err=False):
     """One row per testable listed entry, as :func:`rows_for_frame`; kind 3: no simulated
     source of any class within 8" (2 pixels)."""
     kinds = source_kinds(obs, th, fov)
@@ -111,8 +113,8 @@ def rows_for_list(obs, found, held, th, fov, flux_sys=0.0):
     kx = np.array([d["x"] for d, _ in kinds])
     out = []
     for e in found:
-        t = test_entry({"y": e["y"], "x": e["x"], "rate": e["rate"]}, held, th, obs.mask,
-                       flux_sys)
+        t = test_entry({"y": e["y"], "x": e["x"], "rate": e["rate"],
+                        "rate_err": e.get("rate_err")}, held, th, obs.mask, flux_sys, list_err)
         if not t[5]:
             continue
         r = np.hypot(ky - e["y"], kx - e["x"]) if len(kinds) else np.array([np.inf])
@@ -156,6 +158,9 @@ def main(argv=None):
                     help="also test this SR model's SOURCES list (whole pipeline)")
     ap.add_argument("--input-exposure", type=float, default=20.0,
                     help="with --sr: the input's exposure, ks (default 20)")
+    ap.add_argument("--list-err", action="store_true",
+                    help="with --sr: add each entry's RATE_ERR to the test (bench_exposure.py "
+                         "--list-err)")
     a = ap.parse_args(argv)
     fov = fov_mask()
     predict = None
@@ -175,7 +180,8 @@ def main(argv=None):
             if predict is not None:
                 counts = rng.poisson(obs.dn_target.astype(np.float64) * t_in)
                 out = predict(counts / t_in, obs.mask, t_in)
-                lrows += rows_for_list(obs, out["sources"], held, th, fov, a.flux_sys)
+                lrows += rows_for_list(obs, out["sources"], held, th, fov, a.flux_sys,
+                                       a.list_err)
     print_table(np.array(rows, float).reshape(-1, 6),
                 f"The strict 3-sigma rule on TRUE sources at their TRUE flux: seed {a.seed}, "
                 f"{a.frames} fields at each of {a.exposures} ks, halo points "
@@ -185,7 +191,8 @@ def main(argv=None):
         print_table(np.array(lrows, float).reshape(-1, 6),
                     f"The same rule on the SOURCES list of {Path(a.sr).name} from "
                     f"{a.input_exposure:g} ks inputs of the same fields (entries classed by the "
-                    "true source within 8\")")
+                    "true source within 8\")" + ("; the entries' RATE_ERR in the test"
+                                                  if a.list_err else ""))
     return 0
 
 
