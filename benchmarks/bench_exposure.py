@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from xmm_enhance import evaluation as ev  # noqa: E402
+from xmm_enhance import inference as I  # noqa: E402
 from xmm_enhance import sources as S  # noqa: E402
 from xmm_enhance.detector import detector_mask, fov_mask  # noqa: E402
 from xmm_enhance.detector import AXIS_PIXEL, coverage_map  # noqa: E402
@@ -223,7 +224,8 @@ def _print_exclusion_bins(detail):
 FEATURE_MIN_COUNTS = 10.0
 
 
-def image_features(rate2, exposure, held, th, mask, sources, flux_sys=0.0):
+def image_features(rate2, exposure, held, th, mask, sources, flux_sys=0.0, lo2=None,
+                   c_ap=None):
     """``[listed, listed testable, listed excluded, other, other testable, other excluded]``:
     the compact features of an SR primary image ``rate2`` (count/s per 2" pixel) tested
     against the independent photons ``held`` (exposure ``th``).
@@ -234,6 +236,11 @@ def image_features(rate2, exposure, held, th, mask, sources, flux_sys=0.0):
     turned into a whole-PSF rate) by ``_check_sources``' 10" rule: excluded when the
     independent counts fall 3 sigma short. "Listed": within 8" (4 2" pixels) of a ``SOURCES``
     entry (2x grid ``y2``, ``x2``).
+
+    ``lo2`` (the LO68 map) and ``c_ap`` (the model's aperture-rule scale at ``exposure``): each
+    feature also carries its own 1-sigma error, ``c_ap`` times the 6" sum of ``rate - lo68``
+    (the model card's aperture rule), scaled to the whole PSF like its flux, and the test adds
+    it in quadrature (``_check_sources(list_err=True)``).
     """
     from scipy import ndimage
 
@@ -242,6 +249,9 @@ def image_features(rate2, exposure, held, th, mask, sources, flux_sys=0.0):
     rr = np.hypot(yy, xx)
     disc, ann = (rr <= 3).astype(float), ((rr > 6) & (rr <= 10)).astype(float)
     ds = ndimage.convolve(p, disc, mode="constant")
+    if lo2 is not None and c_ap:
+        dlo = ndimage.convolve(np.clip(p - np.asarray(lo2, np.float64) * exposure, 0, None), disc,
+                               mode="constant") * c_ap
     net = ds - ndimage.convolve(p, ann, mode="constant") / ann.sum() * disc.sum()
     fov2 = np.repeat(np.repeat(fov_mask() & mask, 2, 0), 2, 1)
     peaks = (ds == ndimage.maximum_filter(ds, size=7)) & (net >= FEATURE_MIN_COUNTS) & fov2
@@ -249,10 +259,14 @@ def image_features(rate2, exposure, held, th, mask, sources, flux_sys=0.0):
     for y2, x2 in np.argwhere(peaks):
         y, x = (y2 - 0.5) / 2, (x2 - 0.5) / 2
         rc, al = king_params(np.hypot(y - AXIS_PIXEL[0], x - AXIS_PIXEL[1]) * S.PIXEL_ARCSEC / 60)
-        whole = net[y2, x2] / (king_eef(6.0, rc / 2, al) / king_eef(128.0, rc / 2, al))
+        share = king_eef(6.0, rc / 2, al) / king_eef(128.0, rc / 2, al)
+        whole = net[y2, x2] / share
+        entry = {"y": y, "x": x, "rate": whole / exposure}
+        if lo2 is not None and c_ap:
+            entry["rate_err"] = dlo[y2, x2] / share / exposure
         det = []
-        _check_sources([{"y": y, "x": x, "rate": whole / exposure}], [], held, th, mask, det,
-                       flux_sys=flux_sys)
+        _check_sources([entry], [], held, th, mask, det, flux_sys=flux_sys,
+                       list_err="rate_err" in entry)
         _, obs_n, limit = det[0]
         k = 0 if any(np.hypot(y2 - d["y2"], x2 - d["x2"]) <= 4 for d in sources) else 3
         out[k:k + 3] += (1, limit > 0, (obs_n < limit) and limit > 0)
@@ -260,7 +274,7 @@ def image_features(rate2, exposure, held, th, mask, sources, flux_sys=0.0):
 
 
 def sr_tables(obs, fn, name, plain_candidates=PLAIN_CANDIDATES, flux_sys=0.0,
-              list_err=False):
+              list_err=False, c_ap=None):
     mask = detector_mask()
     fov = fov_mask()
     cov = coverage_map()  # partly covered columns and rows next to the CCD gaps
@@ -276,9 +290,12 @@ def sr_tables(obs, fn, name, plain_candidates=PLAIN_CANDIDATES, flux_sys=0.0,
             rate = c / e * mask
             out = fn(rate, mask, e)
             if "sources" in out:
+                use_err = list_err and c_ap is not None and "lo68" in out
                 features[o.obsid] = image_features(out["rate"], e, o.counts_full - c,
                                                    o.exposure_full - e, mask, out["sources"],
-                                                   flux_sys=flux_sys)
+                                                   flux_sys=flux_sys,
+                                                   lo2=out["lo68"] if use_err else None,
+                                                   c_ap=c_ap(e) if use_err else None)
             if "psf_core" in out:  # the pipeline's PSF core scale for the redraw (--pipeline)
                 cores.append(f"{o.obsid} {out['psf_core'][0]:.3f} ({out['psf_core'][1]})")
             if sel[o.obsid]:
@@ -401,9 +418,9 @@ def main(argv=None):
                     help="add this share of the expected counts in quadrature to the 3 sigma "
                          "flux test (default 0: the issue's rule; see bench_strict_rule.py)")
     ap.add_argument("--list-err", action="store_true",
-                    help="add each listed entry's own RATE_ERR to the flux test (two "
-                         "independent measurements; the issue's rule takes the listed flux as "
-                         "exact)")
+                    help="add each listed entry's own RATE_ERR (and each SR image feature's "
+                         "aperture-rule error from LO68) to the flux test: two independent "
+                         "measurements; the issue's rule takes the listed flux as exact")
     a = ap.parse_args(argv)
     obs = ev.load_real_observations()
     if not obs:
@@ -423,7 +440,8 @@ def main(argv=None):
         fn = (ev.pipeline_predictor(a.sr, all_outputs=True) if a.pipeline
               else ev.onnx_predictor(a.sr, all_outputs=True))
         sr_tables(obs, fn, Path(a.sr).name + (" (pipeline, redraw)" if a.pipeline else ""),
-                  a.ref_candidates, flux_sys=a.flux_sys, list_err=a.list_err)
+                  a.ref_candidates, flux_sys=a.flux_sys, list_err=a.list_err,
+                  c_ap=I.load_model("SR", a.sr).aperture_scale_at if a.list_err else None)
     return 0
 
 
