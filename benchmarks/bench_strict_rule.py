@@ -48,15 +48,14 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_exposure import _check_sources  # noqa: E402
 from xmm_enhance.detector import fov_mask  # noqa: E402
 from xmm_enhance.simulate.instrument import simulate_observation  # noqa: E402
+# a source is on a halo as the training's halo crops define it: the diffuse truth in the 2x
+# box of half-size HALO_BOX around it holds >= HALO_RATIO of its counts
+from xmm_enhance.training.data import HALO_BOX, HALO_RATIO  # noqa: E402
 
 #: A neighbour within this many 4" pixels (the background annulus' outer radius) and at least
 #: this share of the source's counts makes the source "crowded".
 NEIGHBOUR_PX = 16.0
 NEIGHBOUR_SHARE = 0.2
-#: Half-size (2" pixels) of the box whose diffuse truth makes a source a "halo" source, and the
-#: share of the source's own counts that the box must hold (as ``training.data.HALO_*``).
-HALO_BOX = 5
-HALO_RATIO = 0.5
 BINS = ((0.0, 50.0), (50.0, 200.0), (200.0, np.inf))
 
 
