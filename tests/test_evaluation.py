@@ -144,3 +144,45 @@ def test_radial_tangential_widths_follow_the_axis():
     rnd = 5.0 + 400.0 * np.exp(-((xx - 30) ** 2 + (yy - 30) ** 2) / (2 * 1.3 ** 2))
     a, b = ev.radial_tangential_widths(rnd, mask, 30, 30, (0.0, 0.0))
     assert abs(a / b - 1) < 1e-6
+
+
+def test_forward_test_passes_true_sources_and_fails_invented_knots():
+    """The forward test of SR features (bench_exposure's like-for-like test): the PSF-matching
+    kernel turns the halved King PSF into the full one, a source the SR image draws as the
+    truth holds it passes against independent photons, a knot the truth lacks fails."""
+    from scipy.signal import fftconvolve
+    from xmm_enhance.simulate.psf import king_kernel, king_params
+
+    for theta in (1.0, 7.5, 13.0):
+        k = ev.psf_matching_kernel(theta, radius=40)
+        rc, al = king_params(theta)
+        full, half = king_kernel(rc / 2.0, al, 40), king_kernel(rc / 4.0, al, 40)
+        assert abs(k.sum() - 1.0) < 1e-9
+        assert np.abs(fftconvolve(half, k, mode="same") - full).max() < 1e-3 * full.max()
+    assert [ev.forward_ring(t) for t in (0.0, 4.0, 11.9, 20.0)] == [0, 1, 3, 4]
+
+    rc, al = king_params(1.0)
+    n2, expo = 140, 30e3
+    flat = 2e-5  # count/s per 2" pixel
+    sky_half = np.full((n2, n2), flat)
+    sky_full = np.full((n2, n2), flat)
+    rate = 0.02  # count/s: 600 counts in 30 ks
+    for img, kern in ((sky_half, king_kernel(rc / 4.0, al, 40)),
+                      (sky_full, king_kernel(rc / 2.0, al, 40))):
+        img[40 - 40:40 + 41, 40 - 40:40 + 41] += rate * kern
+    truth4 = sky_full.reshape(70, 2, 70, 2).sum((1, 3)) * expo
+    counts = np.random.default_rng(5).poisson(truth4).astype(float)
+    mask = np.ones((70, 70), bool)
+    knot = sky_half.copy()
+    knot[90 - 40:90 + 41, 90 - 40:90 + 41] += 0.01 * king_kernel(rc / 4.0, al, 40)
+    maps = ev.forward_counts(knot, expo, np.ones((70, 70)))
+    assert len(maps) == len(ev.FORWARD_RINGS)
+    pred = maps[ev.forward_ring(1.0)]
+    # the forward model of the drawn source predicts the truth's counts
+    assert np.allclose(pred[10:30, 10:30], truth4[10:30, 10:30], rtol=0.02)
+    pnet, onet, limit = ev.forward_test(pred, counts, mask, 20, 20)
+    assert limit > 0 and onet >= limit
+    assert abs(pnet / ev.forward_test(truth4, counts, mask, 20, 20)[0] - 1) < 0.02
+    pnet, onet, limit = ev.forward_test(pred, counts, mask, 45, 45)
+    assert limit > 0 and onet < limit  # 300 predicted counts the independent photons lack
+    assert ev.forward_test(pred, counts, mask, 3, 30) is None  # off the edge

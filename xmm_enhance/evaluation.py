@@ -646,6 +646,72 @@ def max_aperture_counts(rate_2x, *, exposure=20e3, radius_arcsec=20.0, pixel_arc
     return float(ap.max())
 
 
+#: The forward test of SR features (:func:`forward_counts`): one PSF-matching kernel per
+#: off-axis ring (arcmin); the kernels' half-size in 2" pixels.
+FORWARD_RINGS = ((0.0, 3.0), (3.0, 6.0), (6.0, 9.0), (9.0, 12.0), (12.0, np.inf))
+FORWARD_KERNEL_RADIUS = 60
+
+
+def psf_matching_kernel(theta_arcmin, radius=FORWARD_KERNEL_RADIUS):
+    """The kernel ``K`` on the 2" grid for which (King PSF halved) (x) ``K`` = King PSF at
+    off-axis angle ``theta_arcmin``: the ratio of their Fourier transforms, Wiener-regularised
+    (the full PSF's transform falls faster than the halved one's, so the ratio stays bounded).
+    Unit sum, shape ``(2 radius + 1,) * 2``."""
+    from .simulate.psf import king_kernel, king_params
+
+    rc, al = king_params(theta_arcmin)  # rc in arcsec
+    full = king_kernel(rc / 2.0, al, radius)
+    half = king_kernel(rc / 4.0, al, radius)
+    f = np.fft.rfft2(np.fft.ifftshift(full))
+    h = np.fft.rfft2(np.fft.ifftshift(half))
+    k = np.fft.fftshift(np.fft.irfft2(f * np.conj(h) / (np.abs(h) ** 2 + 1e-6), s=full.shape))
+    return k / k.sum()
+
+
+def forward_ring(theta_arcmin):
+    """Index of the :data:`FORWARD_RINGS` ring holding ``theta_arcmin``."""
+    return next(i for i, (lo, hi) in enumerate(FORWARD_RINGS) if lo <= theta_arcmin < hi)
+
+
+def forward_counts(rate2, exposure, coverage):
+    """The counts an SR image ``rate2`` (sky x halved PSF, count/s per 2" pixel) predicts for
+    photons of ``exposure`` s on the 4" grid: one map per :data:`FORWARD_RINGS` ring, convolved
+    to the full PSF with that ring's kernel, binned 2 x 2 and times ``coverage`` (each 4"
+    pixel's share of exposure, 0 where masked)."""
+    r2 = np.asarray(rate2, np.float64)
+    h, w = r2.shape
+    out = []
+    for lo, hi in FORWARD_RINGS:
+        b = signal.fftconvolve(r2, psf_matching_kernel(0.5 * (lo + min(hi, 15.0))), mode="same")
+        out.append(b.reshape(h // 2, 2, w // 2, 2).sum((1, 3)) * exposure * coverage)
+    return out
+
+
+_FWD_R = np.hypot(*np.mgrid[-6:7, -6:7])
+_FWD_AP, _FWD_ANN = _FWD_R <= 2.5, (_FWD_R > 3) & (_FWD_R <= 5)  # 10"; 12-20"
+
+
+def forward_test(predicted, counts, mask, y, x):
+    """``(predicted net, observed net, 3-sigma lower limit)`` of the 10" aperture at 4" pixel
+    ``(y, x)`` over its 12-20" annulus (masked pixels left out), the same in the ``predicted``
+    map (:func:`forward_counts`) and in the independent ``counts``; the variance is the
+    predicted aperture counts plus the scaled annulus counts, + 1. ``None`` off the grid's edge
+    or without 5 annulus pixels. The prediction fails where the observed net is below the
+    limit; it can only fail where the limit is above 0 ("testable")."""
+    if y < 6 or x < 6 or y + 7 > counts.shape[0] or x + 7 > counts.shape[1]:
+        return None
+    sl = (slice(y - 6, y + 7), slice(x - 6, x + 7))
+    good = np.asarray(mask[sl]) > 0
+    a, b = _FWD_AP & good, _FWD_ANN & good
+    if a.sum() == 0 or b.sum() < 5:
+        return None
+    s = a.sum() / b.sum()
+    pa, pb = float(predicted[sl][a].sum()), float(predicted[sl][b].sum())
+    c = np.asarray(counts[sl], np.float64)
+    pnet = pa - s * pb
+    return pnet, float(c[a].sum() - s * c[b].sum()), pnet - 3.0 * math.sqrt(pa + s * s * pb + 1.0)
+
+
 def evaluate_sr_sources(rate_in, mask_in, rate_sr, *, sources=None, exposure=20e3,
                         min_counts=150.0, truth_2x=None):
     """FWHM and flux ratios of point sources between a 1x input and a 2x prediction.
