@@ -287,17 +287,24 @@ def image_features(rate2, exposure, held, th, mask, sources, flux_sys=0.0, lo2=N
     return out
 
 
-def forward_features(rate2, exposure, held, th, mask, sources):
+def forward_features(rate2, exposure, held, th, mask, sources, counts=None):
     """:func:`image_features`' counts with a like-for-like test: the SR primary predicts the
     independent photons (``evaluation.forward_counts``), and each feature is tested by the same
     10" aperture net of a 12-20" annulus in both maps (``evaluation.forward_test``): excluded
     when the independent net falls 3 sigma short of the predicted one, testable when the
     predicted net is above 3 sigma. No point-source model: a diffuse knot is tested as drawn, and the
     local annulus follows a cluster core's slope where ``_check_sources``' 32-64" one does
-    not."""
+    not.
+
+    ``counts`` (the input counts): also return the same six numbers for the input's own
+    counts, times ``th / exposure``, as the prediction at the same features, with the
+    testable ones of the SR prediction: what an estimator that repeats its input scores, the
+    data's own share (Poisson noise of the input, which the rule does not count, and on real
+    data variability and differences between the two time ranges)."""
     peaks, _ = feature_peaks(rate2, exposure, mask)
     maps = ev.forward_counts(rate2, th, coverage_map() * mask)
-    out = np.zeros(6, int)
+    scaled = None if counts is None else np.asarray(counts, np.float64) * (th / exposure)
+    out, base = np.zeros(6, int), np.zeros(6, int)
     for y2, x2 in peaks:
         y, x = y2 // 2, x2 // 2
         theta = np.hypot(y - AXIS_PIXEL[0], x - AXIS_PIXEL[1]) * S.PIXEL_ARCSEC / 60
@@ -307,7 +314,10 @@ def forward_features(rate2, exposure, held, th, mask, sources):
         _, hnet, limit = t
         k = 0 if any(np.hypot(y2 - d["y2"], x2 - d["x2"]) <= 4 for d in sources) else 3
         out[k:k + 3] += (1, limit > 0, (hnet < limit) and limit > 0)
-    return out
+        if scaled is not None and limit > 0:
+            _, hnet_, limit_ = ev.forward_test(scaled, held, mask, y, x)
+            base[k:k + 3] += (1, 1, hnet_ < limit_)
+    return out if counts is None else (out, base)
 
 
 def sr_tables(obs, fn, name, plain_candidates=PLAIN_CANDIDATES, flux_sys=0.0,
@@ -320,7 +330,7 @@ def sr_tables(obs, fn, name, plain_candidates=PLAIN_CANDIDATES, flux_sys=0.0,
     for which in ("20ks", "50ks"):
         rows, faint, tally, scales, details = [], [], {}, [], {}
         features = {}  # obsid: image_features
-        forward = {}   # obsid: forward_features
+        forward = {}   # obsid: forward_features (the SR primary, the input repeated)
         by_counts = {}  # list name: [bin] (recovered, reference sources)
         cores = []
         for o in obs:
@@ -335,7 +345,8 @@ def sr_tables(obs, fn, name, plain_candidates=PLAIN_CANDIDATES, flux_sys=0.0,
                                                    lo2=out["lo68"] if use_err else None,
                                                    c_ap=c_ap(e) if use_err else None)
                 forward[o.obsid] = forward_features(out["rate"], e, o.counts_full - c,
-                                                    o.exposure_full - e, mask, out["sources"])
+                                                    o.exposure_full - e, mask, out["sources"],
+                                                    counts=c)
             if "psf_core" in out:  # the pipeline's PSF core scale for the redraw (--pipeline)
                 cores.append(f"{o.obsid} {out['psf_core'][0]:.3f} ({out['psf_core'][1]})")
             if sel[o.obsid]:
@@ -420,12 +431,15 @@ def sr_tables(obs, fn, name, plain_candidates=PLAIN_CANDIDATES, flux_sys=0.0,
                   f"{f[5]}/{f[4]}, all {f[2] + f[5]}/{f[1] + f[4]} = "
                   f"{(f[2] + f[5]) / max(f[1] + f[4], 1):.3f}; per field "
                   + ", ".join(f"{k} {v[2] + v[5]}/{v[1] + v[4]}" for k, v in features.items()))
-            f = np.sum(list(forward.values()), axis=0)
-            print(f"      the same features, forward test (the primary convolved to the full "
-                  f"PSF predicts the independent photons; 10\" net over 12-20\" in both): near "
-                  f"SOURCES {f[2]}/{f[1]}, elsewhere {f[5]}/{f[4]}, all {f[2] + f[5]}/"
-                  f"{f[1] + f[4]} = {(f[2] + f[5]) / max(f[1] + f[4], 1):.3f}; per field "
-                  + ", ".join(f"{k} {v[2] + v[5]}/{v[1] + v[4]}" for k, v in forward.items()))
+            for j, what in enumerate(("forward test (the primary convolved to the full PSF "
+                                      "predicts the independent photons; 10\" net over 12-20\" "
+                                      "in both)", "the input's own counts as that prediction")):
+                f = np.sum([v[j] for v in forward.values()], axis=0)
+                print(f"      the same features, {what}: near SOURCES {f[2]}/{f[1]}, elsewhere "
+                      f"{f[5]}/{f[4]}, all {f[2] + f[5]}/{f[1] + f[4]} = "
+                      f"{(f[2] + f[5]) / max(f[1] + f[4], 1):.3f}; per field "
+                      + ", ".join(f"{k} {v[j][2] + v[j][5]}/{v[j][1] + v[j][4]}"
+                                  for k, v in forward.items()))
         for name_, t in tally.items():
             tot = np.sum([v for v in t.values()], axis=0)
             label = ("SOURCES table" if name_ == "SR"
