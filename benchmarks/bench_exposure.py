@@ -1,6 +1,8 @@
 """Issues 12 and 13 on the real images: exposure-aware DN/SR, calibration, sources (real looks).
 
     python benchmarks/bench_exposure.py --dn D.onnx --sr S.onnx [--dn-old models/XMM-DeNoise.onnx]
+    python benchmarks/bench_exposure.py --sr S.onnx --features [--sr-baseline OLD.onnx]
+                                        [--ref-candidates 30000]
 
 Each run is a look at the real images (``../shared/data/real-pn``): report it in the model card.
 
@@ -31,6 +33,9 @@ Each run is a look at the real images (``../shared/data/real-pn``): report it in
   (:func:`image_features`), near a listed source or elsewhere (the knots of issue 13), and by
   a like-for-like forward test (:func:`forward_features`: the primary convolved to the full PSF
   predicts the independent photons, the same local aperture in both; no point-source model).
+* **SR image features** (``--features``, issue 13; only this table): the same two tests and
+  the input repeated as a baseline, with the features' completeness, for the bundled SR's
+  network output and pipeline and for ``--sr-baseline`` (:func:`feature_tables`).
 """
 from __future__ import annotations
 
@@ -320,6 +325,52 @@ def forward_features(rate2, exposure, held, th, mask, sources, counts=None):
     return out if counts is None else (out, base)
 
 
+def feature_tables(obs, fns, plain_candidates=PLAIN_CANDIDATES):
+    """``--features``: for each SR predictor of ``fns`` ({name: predict}) and both splits, its
+    primary's compact features (:func:`feature_peaks`) tested by the point rule
+    (:func:`image_features`) and the forward test (:func:`forward_features`, with the input
+    repeated as a baseline), and the share of the full exposure's ``REF_SIGNIF`` sources (the
+    plain detection with ``plain_candidates``; 30000 for the complete reference) that have a
+    feature within 8". A model without a source list (e.g. the recipe-1 SR, issue 13's "today's
+    SR") has every feature counted as "elsewhere"."""
+    mask, fov, cov = detector_mask(), fov_mask(), coverage_map()
+    refs = {o.obsid: S.detect_sources(o.counts_full, mask, o.exposure_full,
+                                      _flat_points(o.counts_full, o.exposure_full),
+                                      axis=AXIS_PIXEL, sky=fov, min_signif=REF_SIGNIF,
+                                      coverage=cov, max_candidates=plain_candidates)
+            for o in obs}
+    n_ref = sum(len(v) for v in refs.values())
+    print(f"\nSR image compact features (>= {FEATURE_MIN_COUNTS:g} counts in 6\"): excluded / "
+          f"testable by the point rule, by the forward test, and with the input repeated; "
+          f"found: reference sources ({n_ref}, >= {REF_SIGNIF:g} sigma in the full exposure) "
+          "with a feature within 8\"")
+    for which in ("20ks", "50ks"):
+        for name, fn in fns.items():
+            tot = np.zeros((3, 6), int)
+            per = {}
+            found = n_feat = 0
+            for o in obs:
+                c, e = _split(o, which)
+                out = fn(c / e * mask, mask, e)
+                srcs = out.get("sources", [])
+                held, th = o.counts_full - c, o.exposure_full - e
+                f0 = image_features(out["rate"], e, held, th, mask, srcs)
+                f1, f2 = forward_features(out["rate"], e, held, th, mask, srcs, counts=c)
+                tot += (f0, f1, f2)
+                per[o.obsid] = f"{f0[2] + f0[5]}/{f0[1] + f0[4]}, {f1[2] + f1[5]}/{f1[1] + f1[4]}"
+                peaks, _ = feature_peaks(out["rate"], e, mask)
+                n_feat += len(peaks)
+                found += sum(bool(len(peaks)) and
+                             np.hypot(peaks[:, 0] - r["y2"], peaks[:, 1] - r["x2"]).min() <= 4
+                             for r in refs[o.obsid])
+            cells = [f"{t[2] + t[5]}/{t[1] + t[4]} = {(t[2] + t[5]) / max(t[1] + t[4], 1):.3f}"
+                     for t in tot]
+            print(f"  {which} {name}: {n_feat} features; point rule {cells[0]}; forward "
+                  f"{cells[1]}; input repeated {cells[2]}; found {found}/{n_ref} = "
+                  f"{found / max(n_ref, 1):.2f}   per field (point, forward) "
+                  + "; ".join(f"{k} {v}" for k, v in per.items()), flush=True)
+
+
 def sr_tables(obs, fn, name, plain_candidates=PLAIN_CANDIDATES, flux_sys=0.0,
               list_err=False, c_ap=None):
     mask = detector_mask()
@@ -474,6 +525,12 @@ def main(argv=None):
     ap.add_argument("--ref-candidates", type=int, default=PLAIN_CANDIDATES,
                     help="candidates the plain detections (reference, baseline) fit "
                          f"(default {PLAIN_CANDIDATES}; 30000: all of them, ~1 min more)")
+    ap.add_argument("--features", action="store_true",
+                    help="with --sr: the SR image's compact features by both tests and their "
+                         "completeness (feature_tables); the SR through the pipeline")
+    ap.add_argument("--sr-baseline", default=None,
+                    help="with --features: also this SR model's network output, e.g. the "
+                         "recipe-1 SR (git show 79528b3:models/XMM-SuperRes.onnx)")
     ap.add_argument("--flux-sys", type=float, default=0.0,
                     help="add this share of the expected counts in quadrature to the 3 sigma "
                          "flux test (default 0: the issue's rule; see bench_strict_rule.py)")
@@ -499,6 +556,15 @@ def main(argv=None):
     if a.sr:
         fn = (ev.pipeline_predictor(a.sr, all_outputs=True) if a.pipeline
               else ev.onnx_predictor(a.sr, all_outputs=True))
+        if a.features:
+            fns = {}
+            if a.sr_baseline:
+                fns[Path(a.sr_baseline).name + " (network)"] = ev.onnx_predictor(
+                    a.sr_baseline, all_outputs=True)
+            fns[Path(a.sr).name + " (network)"] = ev.onnx_predictor(a.sr, all_outputs=True)
+            fns[Path(a.sr).name + " (pipeline)"] = ev.pipeline_predictor(a.sr, all_outputs=True)
+            feature_tables(obs, fns, a.ref_candidates)
+            return 0
         sr_tables(obs, fn, Path(a.sr).name + (" (pipeline, redraw)" if a.pipeline else ""),
                   a.ref_candidates, flux_sys=a.flux_sys, list_err=a.list_err,
                   c_ap=I.load_model("SR", a.sr).aperture_scale_at if a.list_err else None)
