@@ -539,6 +539,10 @@ def main(argv=None):
                          "aperture-rule error from LO68) to the flux test: two independent "
                          "measurements; the issue's rule takes the listed flux as exact")
     a = ap.parse_args(argv)
+    if a.sr_baseline and not a.features:
+        ap.error("--sr-baseline only counts with --features")
+    if a.features and not a.sr:
+        ap.error("--features needs --sr MODEL")
     obs = ev.load_real_observations()
     if not obs:
         print("no real images found (../shared/data/real-pn); nothing to do")
