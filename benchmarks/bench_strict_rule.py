@@ -176,6 +176,10 @@ def main(argv=None):
                     help="with --sr: add each entry's RATE_ERR to the test (bench_exposure.py "
                          "--list-err)")
     a = ap.parse_args(argv)
+    for flag, val in (("--features", a.features), ("--list-err", a.list_err),
+                      ("--protect-signif", a.protect_signif is not None)):
+        if val and not a.sr:
+            ap.error(f"{flag} needs --sr MODEL")
     fov = fov_mask()
     predict = None
     if a.sr:
