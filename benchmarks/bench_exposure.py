@@ -246,20 +246,27 @@ def feature_peaks(rate2, exposure, mask):
     return np.argwhere(peaks), net
 
 
+def feature_near(peaks, y2, x2, radius=4.0):
+    """Whether any of :func:`feature_peaks`' ``peaks`` lies within ``radius`` 2" pixels (8")
+    of ``(y2, x2)``."""
+    return bool(len(peaks)) and float(np.hypot(peaks[:, 0] - y2, peaks[:, 1] - x2).min()) <= radius
+
+
 _RR2 = np.hypot(*np.mgrid[-10:11, -10:11])
 _DISC6 = (_RR2 <= 3).astype(float)                      # 6" on the 2" grid
 _ANN12_20 = ((_RR2 > 6) & (_RR2 <= 10)).astype(float)  # 12-20"
 
 
 def image_features(rate2, exposure, held, th, mask, sources, flux_sys=0.0, lo2=None,
-                   c_ap=None):
+                   c_ap=None, features=None):
     """``[listed, listed testable, listed excluded, other, other testable, other excluded]``:
     the compact features of an SR primary image ``rate2`` (count/s per 2" pixel) tested
     against the independent photons ``held`` (exposure ``th``).
 
-    A feature (:func:`feature_peaks`) is tested as a point source of that flux (the halved King PSF's share of 6"
-    turned into a whole-PSF rate) by ``_check_sources``' 10" rule: excluded when the
-    independent counts fall 3 sigma short. "Listed": within 8" (4 2" pixels) of a ``SOURCES``
+    A feature (:func:`feature_peaks`; ``features``: its result when already computed) is
+    tested as a point source of that flux (the halved King PSF's share of 6" turned into a
+    whole-PSF rate) by ``_check_sources``' 10" rule: excluded when the independent counts fall
+    3 sigma short. "Listed": within 8" (4 2" pixels) of a ``SOURCES``
     entry (2x grid ``y2``, ``x2``).
 
     ``lo2`` (the LO68 map) and ``c_ap`` (the model's aperture-rule scale at ``exposure``): each
@@ -269,7 +276,7 @@ def image_features(rate2, exposure, held, th, mask, sources, flux_sys=0.0, lo2=N
     """
     from scipy import ndimage
 
-    peaks, net = feature_peaks(rate2, exposure, mask)
+    peaks, net = features if features is not None else feature_peaks(rate2, exposure, mask)
     if lo2 is not None and c_ap:
         p = np.asarray(rate2, np.float64) * exposure
         dlo = ndimage.convolve(np.clip(p - np.asarray(lo2, np.float64) * exposure, 0, None),
@@ -292,21 +299,21 @@ def image_features(rate2, exposure, held, th, mask, sources, flux_sys=0.0, lo2=N
     return out
 
 
-def forward_features(rate2, exposure, held, th, mask, sources, counts=None):
+def forward_features(rate2, exposure, held, th, mask, sources, counts=None, features=None):
     """:func:`image_features`' counts with a like-for-like test: the SR primary predicts the
     independent photons (``evaluation.forward_counts``), and each feature is tested by the same
     10" aperture net of a 12-20" annulus in both maps (``evaluation.forward_test``): excluded
     when the independent net falls 3 sigma short of the predicted one, testable when the
-    predicted net is above 3 sigma. No point-source model: a diffuse knot is tested as drawn, and the
-    local annulus follows a cluster core's slope where ``_check_sources``' 32-64" one does
-    not.
+    predicted net is above 3 sigma. No point-source model: a diffuse knot is tested as drawn,
+    and the local annulus follows a cluster core's slope where ``_check_sources``' 32-64" one
+    does not. ``features``: :func:`feature_peaks`' result when already computed.
 
     ``counts`` (the input counts): also return the same six numbers for the input's own
     counts, times ``th / exposure``, as the prediction at the same features, with the
     testable ones of the SR prediction: what an estimator that repeats its input scores, the
     data's own share (Poisson noise of the input, which the rule does not count, and on real
     data variability and differences between the two time ranges)."""
-    peaks, _ = feature_peaks(rate2, exposure, mask)
+    peaks, _ = features if features is not None else feature_peaks(rate2, exposure, mask)
     maps = ev.forward_counts(rate2, th, coverage_map() * mask)
     scaled = None if counts is None else np.asarray(counts, np.float64) * (th / exposure)
     out, base = np.zeros(6, int), np.zeros(6, int)
@@ -354,15 +361,14 @@ def feature_tables(obs, fns, plain_candidates=PLAIN_CANDIDATES):
                 out = fn(c / e * mask, mask, e)
                 srcs = out.get("sources", [])
                 held, th = o.counts_full - c, o.exposure_full - e
-                f0 = image_features(out["rate"], e, held, th, mask, srcs)
-                f1, f2 = forward_features(out["rate"], e, held, th, mask, srcs, counts=c)
+                feats = feature_peaks(out["rate"], e, mask)
+                f0 = image_features(out["rate"], e, held, th, mask, srcs, features=feats)
+                f1, f2 = forward_features(out["rate"], e, held, th, mask, srcs, counts=c,
+                                          features=feats)
                 tot += (f0, f1, f2)
                 per[o.obsid] = f"{f0[2] + f0[5]}/{f0[1] + f0[4]}, {f1[2] + f1[5]}/{f1[1] + f1[4]}"
-                peaks, _ = feature_peaks(out["rate"], e, mask)
-                n_feat += len(peaks)
-                found += sum(bool(len(peaks)) and
-                             np.hypot(peaks[:, 0] - r["y2"], peaks[:, 1] - r["x2"]).min() <= 4
-                             for r in refs[o.obsid])
+                n_feat += len(feats[0])
+                found += sum(feature_near(feats[0], r["y2"], r["x2"]) for r in refs[o.obsid])
             cells = [f"{t[2] + t[5]}/{t[1] + t[4]} = {(t[2] + t[5]) / max(t[1] + t[4], 1):.3f}"
                      for t in tot]
             print(f"  {which} {name}: {n_feat} features; point rule {cells[0]}; forward "
