@@ -421,6 +421,8 @@ def main(argv=None):
     a = ap.parse_args(argv)
     exposures = [float(v) * 1e3 for v in a.exposures.split(",")]
     levels = [float(v) for v in a.flat_levels.split(",") if v.strip()]
+    if not (a.dn or a.sr):
+        ap.error("give --dn and/or --sr (the models to check)")
     if a.flat_only and not (levels and a.sr):
         ap.error("--flat-only needs --sr and --flat-levels")
     scale = None

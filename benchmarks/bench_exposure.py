@@ -341,10 +341,12 @@ def feature_tables(obs, fns, plain_candidates=PLAIN_CANDIDATES):
     feature within 8". A model without a source list (e.g. the recipe-1 SR, issue 13's "today's
     SR") has every feature counted as "elsewhere"."""
     mask, fov, cov = detector_mask(), fov_mask(), coverage_map()
+    # the reference with Poisson errors only, as in sr_tables
     refs = {o.obsid: S.detect_sources(o.counts_full, mask, o.exposure_full,
                                       _flat_points(o.counts_full, o.exposure_full),
                                       axis=AXIS_PIXEL, sky=fov, min_signif=REF_SIGNIF,
-                                      coverage=cov, max_candidates=plain_candidates)
+                                      coverage=cov, max_candidates=plain_candidates,
+                                      bkg_systematic=0.0)
             for o in obs}
     n_ref = sum(len(v) for v in refs.values())
     print(f"\nSR image compact features (>= {FEATURE_MIN_COUNTS:g} counts in 6\"): excluded / "
@@ -430,15 +432,17 @@ def sr_tables(obs, fn, name, plain_candidates=PLAIN_CANDIDATES, flux_sys=0.0,
                     c, mask, e, out["points"], diffuse2=out["diffuse"], axis=AXIS_PIXEL, sky=fov,
                     coverage=cov)
                 plain = S.detect_sources(c, mask, e, _flat_points(c, e), axis=AXIS_PIXEL,
-                                         sky=fov, coverage=cov, max_candidates=plain_candidates)
+                                         sky=fov, coverage=cov, max_candidates=plain_candidates,
+                                         bkg_systematic=0.0)
                 for p in plain:  # the plain list's flux: its PSF fit (no points map)
                     p["rate"] = p["fit_counts"] / e
                 # the reference: what the full exposure shows at REF_SIGNIF, fixed so that it
-                # does not move with the list's default threshold
+                # does not move with the list's default threshold or its background
+                # systematic (the plain detection keeps Poisson errors too)
                 ref = S.detect_sources(full, mask, o.exposure_full,
                                        _flat_points(full, o.exposure_full), axis=AXIS_PIXEL,
                                        sky=fov, min_signif=REF_SIGNIF, coverage=cov,
-                                       max_candidates=plain_candidates)
+                                       max_candidates=plain_candidates, bkg_systematic=0.0)
                 # flux scale of the list: listed RATE over the full exposure's 40" net rate
                 # (60-90" annulus) divided by the King EEF(40"), on the bright isolated sources
                 for y, x in sel[o.obsid]:

@@ -411,6 +411,48 @@ def test_a_knot_the_diffuse_map_explains_is_not_listed_a_point_on_it_is(seed):
     assert abs(near[0]["fit_counts"] - 250.0) < 3 * near[0]["counts_err"]
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_bright_cusp_makes_no_source_with_a_background_systematic(seed):
+    """A bright cluster cusp (a beta-like profile, 20" core, ~4000 counts per pixel at its
+    centre) given as the exact diffuse map: the fit's blur of that map (from the half PSF back
+    to the input's) misses a few per cent of its peak, which Poisson errors alone call a
+    point source. With a 3 % background systematic the cusp is not listed; a 4000-count point
+    source on its slope is."""
+    T = 20e3
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:96, :96]
+    dif = 4000.0 * (1 + ((yy - 48.0) ** 2 + (xx - 48.0) ** 2) / 5.0 ** 2) ** -1.2
+    pts, _ = king_image((96, 96), [(48.0, 66.0, 4000.0)], 0.0, rng)
+    counts = pts + rng.poisson(dif)
+    dif2 = np.repeat(np.repeat(dif, 2, 0), 2, 1) / 4.0 / T
+    live = np.ones(counts.shape, bool)
+
+    def near(found, y, x):
+        return [d for d in found if np.hypot(d["y"] - y, d["x"] - x) < 3]
+
+    found = sources.detect_sources(counts, live, T, _points_map(counts, T), diffuse2=dif2,
+                                   bkg_systematic=0.03)
+    assert near(found, 48, 48) == []
+    src = near(found, 48, 66)
+    assert len(src) == 1 and src[0]["signif"] > 10
+    poisson_only = sources.detect_sources(counts, live, T, _points_map(counts, T),
+                                          diffuse2=dif2, bkg_systematic=0.0)
+    assert near(poisson_only, 48, 48)  # the premise: Poisson errors alone list the cusp
+
+
+def test_a_background_systematic_leaves_sources_on_a_faint_background_alone():
+    rng = np.random.default_rng(5)
+    counts, _ = king_image((96, 96), [(40.3, 52.8, 60.0), (60.1, 30.6, 400.0)], 0.3, rng)
+    live = np.ones(counts.shape, bool)
+    with_sys = sources.detect_sources(counts, live, 20e3, _points_map(counts, 20e3),
+                                      bkg_systematic=0.03)
+    without = sources.detect_sources(counts, live, 20e3, _points_map(counts, 20e3),
+                                     bkg_systematic=0.0)
+    assert len(with_sys) == len(without) == 2
+    for a, b in zip(with_sys, without):
+        assert a["signif"] == pytest.approx(b["signif"], rel=0.01)
+        assert a["signif"] < b["signif"]
+
 def test_candidates_outside_the_sky_mask_are_skipped():
     rng = np.random.default_rng(9)
     counts, _ = king_image((96, 96), [(30.0, 30.0, 300.0), (60.0, 70.0, 300.0)], 0.3, rng)
@@ -562,10 +604,10 @@ def test_unsupported_points_keep_at_most_the_limit_in_any_20_arcsec_aperture():
         return counts / T / (2 * np.pi * s * s) * np.exp(-((yy - y) ** 2 + (xx - x) ** 2)
                                                         / (2 * s * s))
 
-    # a faint source below the list (3 counts), a noise clump (15 counts), a clump pair 12"
+    # a faint source below the list (3 counts), a noise clump (20 counts), a clump pair 12"
     # apart (2 x 4 counts) and a low smear everywhere; no supporting source
     smear = np.full(yy.shape, 1e-3 / T)
-    points = clump(3.0, 60, 60) + clump(15.0, 200, 220) + clump(4.0, 150, 60) \
+    points = clump(3.0, 60, 60) + clump(20.0, 200, 220) + clump(4.0, 150, 60) \
         + clump(4.0, 150, 66) + smear
     diffuse = np.full(yy.shape, 2e-5)
     lim = sources.UNSUPPORTED_MAX_COUNTS
@@ -820,7 +862,8 @@ def test_sr_output_contract(tmp_path, v2_models):
             assert far_apertures(near) <= h[0].header["PTFREE"] * (1 + 1e-4)
             assert h[0].header["PTFREE"] == sources.UNSUPPORTED_MAX_COUNTS
             assert np.any(h["POINTS"].data[near] > 0) and (~near).mean() > 0.5
-            assert h["POINTS"].data[~near].sum() < 0.25 * p[~near].sum()
+            # (the stand-in's 0.9 of the rate, cut to PTFREE counts in every 20")
+            assert h["POINTS"].data[~near].sum() < 0.4 * p[~near].sum()
             assert h[0].header["PTMOVED"] > 0 and "PTSIGMIN" in h["POINTS"].header["CONTENT"]
             assert "PTFREE" in h["POINTS"].header["CONTENT"]
             # the file alone says what POINTS holds: the SOURCES rows and the CANDIDATES rows
@@ -854,6 +897,7 @@ def test_sr_output_contract(tmp_path, v2_models):
             assert np.all(np.isfinite(t["RADEC_ERR"]))
             assert np.all(t["RADEC_ERR"] >= sources.POSITION_ERR_FLOOR_ARCSEC)
             assert h["SOURCES"].header["SYSERR"] == sources.SYSTEMATIC_POS_ERR_ARCSEC
+            assert h["SOURCES"].header["BKGSYS"] == sources.BKG_SYSTEMATIC
             assert np.all(t["EXT_DC"] <= sources.EXTENT_C)  # listed: point-like
             assert np.allclose(t["COUNTS"], t["RATE"] * T)
             ra, dec = w.pixel_to_world_values(t["X"], t["Y"])

@@ -1276,7 +1276,7 @@ def sources_hdu(sources, exposure: float, name: str = "SOURCES", *,
         hdu.header.comments[f"TTYPE{i}"] = text[:46]
     hdu.header["EXPOSURE"] = (exposure, "[s] input exposure (COUNTS = RATE x EXPOSURE)")
     hdu.header["XYREF"] = ("0-based", "X, Y: 0-based pixel on the primary grid")
-    from .sources import (DEFAULT_MIN_SIGNIF, POINTS_SUPPORT_SIGNIF,
+    from .sources import (BKG_SYSTEMATIC, DEFAULT_MIN_SIGNIF, POINTS_SUPPORT_SIGNIF,
                           SYSTEMATIC_POS_ERR_ARCSEC)
     list_signif = DEFAULT_MIN_SIGNIF if list_signif is None else list_signif
     support_signif = POINTS_SUPPORT_SIGNIF if support_signif is None else support_signif
@@ -1295,6 +1295,7 @@ def sources_hdu(sources, exposure: float, name: str = "SOURCES", *,
         hdu.header["MINSIG"] = (list_signif, "detection threshold (sigma)")
     hdu.header["SIGMETH"] = ("PSF-fit likelihood ratio on the input counts", "")
     hdu.header["BKGMODEL"] = ("DIFFUSE map + flat annulus level", "background of each fit")
+    hdu.header["BKGSYS"] = (BKG_SYSTEMATIC, "its fractional error, in SIGNIF")
     if coverage is not None:
         hdu.header["COVMAP"] = (bool(coverage), "fits used the pn gap columns' coverage")
     return hdu
