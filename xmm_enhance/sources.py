@@ -238,7 +238,7 @@ def _fit_flux(c, b, k, m, iters=25):
     return f, np.maximum(cstat, 0.0), np.where(info > 0, 1.0 / np.maximum(info, 1e-30), np.inf)
 
 
-def _background_systematic(c, b, f, k, m):
+def _background_systematic(b, f, k, m):
     """``B``: the background counts the flux fit of :func:`_fit_flux` weighs under each source,
     ``sum(w b)`` with its weights ``w = var k / lam`` (``lam = b + F k``), so that a fractional
     error ``e`` of the background shifts ``F`` by ``e B``. Arrays [N, P] (``f`` [N])."""
@@ -699,7 +699,7 @@ def detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None,
         pos_y[redo] = cy[redo] + qy[redo, j[redo]] / 4.0
         pos_x[redo] = cx[redo] + qx[redo, j[redo]] / 4.0
     # fits_psf: the extent test of each candidate's last fit, over that fit's background
-    sig = _signif(_with_systematic(cst, var, _background_systematic(c, bfit, f, K[n, j], m),
+    sig = _signif(_with_systematic(cst, var, _background_systematic(bfit, f, K[n, j], m),
                                    bkg_systematic))
     listed = good & (nb >= 10) & (f > 0) & (sig >= min_signif) & fits_psf
     if candidates is not None:
