@@ -699,8 +699,9 @@ def detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None,
         pos_y[redo] = cy[redo] + qy[redo, j[redo]] / 4.0
         pos_x[redo] = cx[redo] + qx[redo, j[redo]] / 4.0
     # fits_psf: the extent test of each candidate's last fit, over that fit's background
-    sig = _signif(_with_systematic(cst, var, _background_systematic(bfit, f, K[n, j], m),
-                                   bkg_systematic))
+    frac = BKG_SYSTEMATIC if bkg_systematic is None else float(bkg_systematic)
+    sig = _signif(_with_systematic(cst, var, _background_systematic(bfit, f, K[n, j], m), frac)
+                  if frac > 0 else cst)
     listed = good & (nb >= 10) & (f > 0) & (sig >= min_signif) & fits_psf
     if candidates is not None:
         for i in np.flatnonzero(good & (nb >= 10) & (f > 0) & fits_psf):
