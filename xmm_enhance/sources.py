@@ -248,13 +248,10 @@ def _background_systematic(b, f, k, m):
     return (k * b / lam).sum(-1) / np.maximum(info, 1e-30)
 
 
-def _with_systematic(cstat, var, bkg_counts, frac=None):
+def _with_systematic(cstat, var, bkg_counts, frac):
     """Likelihood ratios ``cstat`` of flux fits with Poisson variance ``var`` deflated for a
-    systematic error ``frac * bkg_counts`` of the fitted flux (default
-    :data:`BKG_SYSTEMATIC`): ``C var / (var + (frac B)^2)``, as ``C ~ F^2 / var``."""
-    frac = BKG_SYSTEMATIC if frac is None else float(frac)
-    if frac <= 0:
-        return cstat
+    systematic error ``frac * bkg_counts`` of the fitted flux: ``C var / (var + (frac B)^2)``,
+    as ``C ~ F^2 / var``."""
     s2 = (frac * np.asarray(bkg_counts, np.float64)) ** 2
     v = np.asarray(var, np.float64)
     return np.where(np.isfinite(v), cstat * v / np.maximum(v + s2, 1e-300), cstat)
