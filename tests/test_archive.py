@@ -44,6 +44,7 @@ class FakeXSA:
         self.hostile = None            # callable(obsid) -> tar bytes served instead
         self.creds = None              # (user, password) required when set
         self.unknown = 404             # answer to an unknown OBS_ID; "text" = 200 + HTML page
+        self.no_ctype = None           # HTTP code answered with no Content-Type (not an archive)
         self.hits = []                 # (method, query dict)
         self.lock = threading.Lock()
 
@@ -88,6 +89,11 @@ def _handler(state: FakeXSA):
                 failing = state.fail.pop(0) if state.fail else None
             if failing:
                 self.send_error(failing)
+                return
+            if state.no_ctype:
+                self.send_response(state.no_ctype)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
                 return
             status, body, fname, ctype = state.payload(q)
             if status != 200:
@@ -263,7 +269,7 @@ def test_find_corrupt_ftz(tmp_path, fake_pps, damage):
     with pytest.raises(PPSError) as err:
         find_pps_files(folder)
     msg = str(err.value)
-    assert ev.name in msg and "delete it" in msg
+    assert ev.name in msg and "replace it with an intact copy" in msg
 
 
 def test_find_obsid_mismatch_and_mixed_folders(tmp_path, fake_pps):
@@ -524,6 +530,19 @@ def test_credentials_absent_from_errors(xsa, tmp_path, caplog, capsys, sleeps, f
         assert "credentials" in str(err.value) and len(xsa.hits) == 1   # not retried
     said = _everything_said(err, caplog, capsys)
     assert user not in said and password not in said
+    assert _leftovers(tmp_path / "save") == []
+
+
+def test_reply_without_content_type_is_not_called_a_credentials_problem(xsa, tmp_path, sleeps):
+    # astroquery raises LoginError("Incorrect credentials") for any reply without a
+    # Content-Type: a wrong archive URL, not the user's credentials (there are none here)
+    xsa.no_ctype = 404
+    with pytest.raises(ArchiveError) as err:
+        download_pps(OBSID, tmp_path / "save", retries=2, backoff_s=0.01)
+    msg = str(err.value)
+    assert "not an archive file" in msg and "archive URL" in msg
+    assert "refused the credentials" not in msg
+    assert len(xsa.hits) == 1 and sleeps == []     # permanent: not retried
     assert _leftovers(tmp_path / "save") == []
 
 

@@ -379,6 +379,46 @@ def test_sas_backend_without_sas_is_a_clear_error(small_pps, monkeypatch, capsys
 def test_output_name():
     assert output_name(20, 500, 2000, 80) == DEFAULT_NAME
     assert output_name(-1, 200, 12000, 40) == "pn_cleaned_full_detxy_200_12000_40.fits"
+    # a name never hides a second of difference: 20.04 ks is not the 20 ks image
+    assert output_name(20.04, 500, 2000, 80) == "pn_cleaned_20.04ks_detxy_500_2000_80.fits"
+    assert output_name(2.5, 500, 2000, 80) == "pn_cleaned_2.5ks_detxy_500_2000_80.fits"
+    assert output_name(20.0001, 500, 2000, 80) == DEFAULT_NAME   # 0.1 s: the same image
+
+
+def test_image_of_another_observation_is_never_replaced(small_pps, tmp_path, capsys):
+    """Two observations with one --save_dir make the same file name: the second one stops,
+    even with --overwrite, and says to use a folder per observation."""
+    args = [OBSID, "--pps_dir", str(small_pps), "--save_dir", str(tmp_path), "-q",
+            "--expo_time", "0"]
+    assert main(args) == 0
+    (p,) = tmp_path.glob("pn_cleaned_*.fits")
+    with fits.open(p, mode="update") as hdul:   # as if another observation had made it
+        hdul[0].header["OBS_ID"] = "0999999999"
+    before = p.read_bytes()
+    capsys.readouterr()
+    for extra in ([], ["--overwrite"]):
+        assert main(args + extra) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "holds OBS_ID 0999999999" in err[0], err
+        assert str(tmp_path / OBSID) in err[0]
+        assert p.read_bytes() == before
+
+
+def test_pps_dir_that_is_a_file(small_pps, tmp_path, capsys):
+    f = next(small_pps.glob("*PIEVLI*"))
+    code, err = _run_bad([OBSID, "--pps_dir", str(f), "--save_dir", str(tmp_path)], tmp_path,
+                         capsys)
+    assert code == 1 and len(err) == 1 and "is a file, not a folder" in err[0]
+
+
+def test_empty_band_warns(small_pps, tmp_path, capsys):
+    """A band with no events (above the pn's PI range) still writes the (empty) image, with one
+    warning naming the band, and says where the WCS came from instead of an rms of nan."""
+    assert main([OBSID, "--pps_dir", str(small_pps), "--save_dir", str(tmp_path),
+                 "--low_pi", "20000", "--high_pi", "30000", "--expo_time", "0", "-q"]) == 0
+    err = capsys.readouterr().err
+    assert "no events selected (PI 20000-30000 eV" in err and "the image is empty" in err
+    assert fits.getdata(tmp_path / "pn_cleaned_full_detxy_20000_30000_80.fits").sum() == 0
 
 
 def test_root_script_runs(small_pps, tmp_path):

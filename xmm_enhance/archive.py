@@ -40,7 +40,7 @@ from pathlib import Path
 
 from astropy.io import fits
 
-from .errors import ArchiveError, PPSError, UsageError
+from .errors import REPLACE_FIX, ArchiveError, PPSError, UsageError
 
 __all__ = [
     "PPSFiles", "SUPPORTED_SUBMODES", "validate_obsid", "pps_filename", "parse_pps_filename",
@@ -207,8 +207,7 @@ class PPSFiles:
 
 def _corrupt(path: Path, exc: BaseException) -> PPSError:
     reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return PPSError(f"{path}: corrupt or truncated FITS file ({reason}); delete it and run again "
-                    "to download it anew")
+    return PPSError(f"{path}: corrupt or truncated FITS file ({reason}); {REPLACE_FIX}")
 
 
 _READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, IndexError, TypeError)
@@ -292,8 +291,8 @@ def _check_readable(path: Path, extname: str | None = None) -> None:
                 try:
                     hdul[extname].header
                 except KeyError:
-                    raise PPSError(f"{path}: has no {extname} extension; delete it and run again "
-                                   "to download it anew") from None
+                    raise PPSError(f"{path}: has no {extname} extension; {REPLACE_FIX}") \
+                        from None
             else:
                 hdul[0].header
     except PPSError:
@@ -561,9 +560,18 @@ def _fetch_once(obsid: str, product: str, query: dict, raw_dir: Path, secrets) -
     except (requests.RequestException, LoginError, ConnectionError, TimeoutError) as exc:
         kind = _classify(exc)
         code = getattr(getattr(exc, "response", None), "status_code", None)
-        if isinstance(exc, LoginError) or code in (401, 403):
+        if code in (401, 403) or (isinstance(exc, LoginError)
+                                  and "proprietary" in str(exc).lower()):
             msg = (f"{what}: the archive refused the credentials or the data are proprietary; "
                    "check --credentials_file (section [xmm_newton], username, password)")
+        elif isinstance(exc, LoginError):
+            # astroquery raises LoginError("Incorrect credentials") for any reply without a
+            # Content-Type header: a wrong archive URL or a proxy page as often as a refusal
+            msg = (f"{what}: the server's reply was not an archive file (no Content-Type; "
+                   "astroquery calls this incorrect credentials); check the archive URL "
+                   "(--archive-url) and the network"
+                   + (", and --credentials_file" if prop else
+                      ", or pass --credentials_file for proprietary data"))
         elif code == 404:
             msg = (f"{what}: not found in the XMM archive (HTTP 404); check the OBS_ID and "
                    "that the observation has EPIC-pn imaging data")

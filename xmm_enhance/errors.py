@@ -38,3 +38,9 @@ class ModelError(XmmEnhanceError):
 
 class OutputError(XmmEnhanceError):
     """An output cannot be written (folder not writable, exists without --overwrite)."""
+
+
+#: The fix for a damaged PPS file: a --pps_dir may be the user's own archive copy, so it is not
+#: deleted on our advice; a folder this tool downloaded is fetched anew once the file is gone.
+REPLACE_FIX = ("replace it with an intact copy from the XMM archive (in a folder this tool "
+               "downloaded: delete the file and rerun)")

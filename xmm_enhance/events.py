@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from .errors import PPSError
+from .errors import REPLACE_FIX, PPSError
 
 __all__ = ["EventList", "read_events", "read_header", "selection_mask", "selection_expression",
            "read_table", "IMAGE_COLUMNS"]
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 IMAGE_COLUMNS = ("TIME", "DETX", "DETY", "X", "Y")
 _SELECT_COLUMNS = ("FLAG", "PATTERN", "PI")
 _BLOCK = 2880
-_FIX = "delete it and download the PPS again"
+_FIX = REPLACE_FIX
 
 
 def selection_mask(flag, pattern, pi, low_pi: int, high_pi: int, *, max_pattern: int = 4,

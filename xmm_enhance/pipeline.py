@@ -84,14 +84,22 @@ def _fmt_bin(binsize) -> str:
     return str(int(b)) if b.is_integer() else f"{b:g}"
 
 
+def _fmt_ks(expo_ks: float) -> str:
+    """Exposure (ks) for a file name: one decimal (``20.0``) unless that would hide a
+    difference of a second or more (``20.04``, not ``20.0``)."""
+    ks = round(float(expo_ks), 3)
+    return f"{ks:.1f}" if ks == round(ks, 1) else f"{ks:.3f}".rstrip("0")
+
+
 def output_name(expo_time_ks: float, low_pi: int, high_pi: int, binsize) -> str:
-    """``pn_cleaned_{expo:.1f}ks_detxy_{low}_{high}_{binsize}.fits`` (``full`` for expo <= 0).
+    """``pn_cleaned_{expo}ks_detxy_{low}_{high}_{binsize}.fits`` (``full`` for expo <= 0;
+    ``expo`` with one decimal, ``20.0``, or to the second when that differs: ``20.04``).
 
     This is the name of an image that holds the requested exposure. When the observation has
     less good time than requested, :func:`make_image` keeps all of it and uses the ``full``
     name instead (see :func:`find_image`).
     """
-    expo = f"{expo_time_ks:.1f}ks" if expo_time_ks and expo_time_ks > 0 else "full"
+    expo = f"{_fmt_ks(expo_time_ks)}ks" if expo_time_ks and expo_time_ks > 0 else "full"
     return f"pn_cleaned_{expo}_detxy_{low_pi}_{high_pi}_{_fmt_bin(binsize)}.fits"
 
 
@@ -183,6 +191,26 @@ def _check_out_dir(folder: Path) -> None:
 
 # --------------------------------------------------------------------------------------------
 
+def _check_existing(path: Path, obsid: str, overwrite: bool, what: str = ";") -> None:
+    """Refuse to replace ``path`` without ``overwrite``, and never when it holds the image of
+    another observation (its ``OBS_ID``): images of several observations written to one
+    folder have the same name, and a per-observation folder is the fix."""
+    if not path.exists():
+        return
+    other = None
+    try:
+        from astropy.io import fits
+
+        other = str(fits.getheader(path).get("OBS_ID", "")).strip() or None
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        pass  # unreadable: --overwrite replaces it
+    if other is not None and other != obsid:
+        raise OutputError(f"{path}: exists and holds OBS_ID {other}, not {obsid}; give each "
+                          f"observation its own --save_dir (e.g. {path.parent / obsid})")
+    if not overwrite:
+        raise OutputError(f"{path}: exists{what} pass --overwrite to replace it")
+
+
 def make_image(obsid: str, *, low_pi: int = 500, high_pi: int = 2000,
                expo_time_ks: float = 20.0, binsize: float = 80, save_dir=None, pps_dir=None,
                backend: str = "auto", overwrite: bool = False, gti_plot: bool = False,
@@ -249,6 +277,9 @@ def make_image(obsid: str, *, low_pi: int = 500, high_pi: int = 2000,
         out_dir = pps_folder
     else:
         pps_folder = Path(pps_dir)
+        if pps_folder.is_file():
+            raise PPSError(f"{pps_folder}: --pps_dir is a file, not a folder; pass the folder "
+                           "that holds the P<OBSID>... PPS files")
         if not pps_folder.is_dir():
             raise PPSError(f"{pps_folder}: --pps_dir does not exist; pass the folder that "
                            "holds the P<OBSID>... PPS files")
@@ -261,8 +292,7 @@ def make_image(obsid: str, *, low_pi: int = 500, high_pi: int = 2000,
     # the name holds the request unless the good time is shorter (known after reading the
     # events): fail early for the likely name, check again once the name is final
     out_path = name_for(expo_time_ks)
-    if out_path.exists() and not overwrite:
-        raise OutputError(f"{out_path}: exists; pass --overwrite to replace it")
+    _check_existing(out_path, obsid, overwrite)
     _check_out_dir(out_path.parent)
     files = arch.find_pps_files(pps_folder, obsid)
     if files.fbktsr is None:
@@ -305,9 +335,9 @@ def make_image(obsid: str, *, low_pi: int = 500, high_pi: int = 2000,
         warnings.warn(f"{obsid}: requested {expo_time_ks:g} ks but only {good_time / 1e3:.2f} "
                       f"ks of good time; kept all of it (EXPOSURE {exposure:.1f} s) in "
                       f"{out_path.name}", gti.ExposureWarning, stacklevel=2)
-        if out_path.exists() and not overwrite:
-            raise OutputError(f"{out_path}: exists (all {good_time / 1e3:.2f} ks of good time, "
-                              "less than requested); use it, or pass --overwrite to replace it")
+        _check_existing(out_path, obsid, overwrite,
+                        f" (all {good_time / 1e3:.2f} ks of good time, less than requested); "
+                        "use it, or")
 
     # ---- sky WCS from the events
     if int(in_kept.sum()) >= _MIN_FIT_EVENTS:
@@ -375,8 +405,14 @@ def make_image(obsid: str, *, low_pi: int = 500, high_pi: int = 2000,
         t0 = mark("gti_plot", t0)
     stages.append(("total", t_begin, time.perf_counter()))
     counts = int(image.sum(dtype=np.int64))
-    log.info("%s: %d counts, EXPOSURE %.1f s, WCS rms %.2f\"", out_path, counts, exposure,
-             fit.rms_arcsec)
+    if counts == 0:
+        warnings.warn(f"{out_path.name}: no events selected (PI {low_pi}-{high_pi} eV, FLAG==0, "
+                      f"PATTERN<=4, {exposure:.1f} s kept): the image is empty; check "
+                      "--low_pi/--high_pi (eV; the models take 500-2000)", UserWarning,
+                      stacklevel=2)
+    log.info("%s: %d counts, EXPOSURE %.1f s, WCS %s", out_path, counts, exposure,
+             f"rms {fit.rms_arcsec:.2f}\"" if fit.method == "EVENTFIT" else
+             "from the pointing (approximate)")
     return ImageResult(path=out_path, exposure=exposure, counts=counts, obsid=obsid,
                        backend=backend, gti=kept, good_time=good_time,
                        requested_exposure=expo_s, binsize=binsize, low_pi=low_pi,
