@@ -147,11 +147,26 @@ def test_read_obsid_list(tmp_path, caplog):
     assert read_obsid_list([str(f), "0000000001"]) == ["0123456789", "0123456790",
                                                         "0000000001"]
     assert "more than once" in caplog.text
-    f.write_text("0123456789\n012345\n")
+    f.write_text("0123456789\n012345\n123456789  # from a spreadsheet\n0123456790\n")
+    # Without a place for them, a malformed line is a usage error (the Python API's default).
     with pytest.raises(UsageError, match=r"ids.txt line 2: '012345'"):
         read_obsid_list([str(f)])
+    # With one, the good ids come back and each malformed line is warned about and kept.
+    caplog.clear()
+    bad = []
+    assert read_obsid_list([str(f)], bad=bad) == ["0123456789", "0123456790"]
+    assert [(b.where, b.line, b.text) for b in bad] == [(str(f), 2, "012345"),
+                                                       (str(f), 3, "123456789")]
+    assert "not a ten-digit OBS_ID" in bad[0].reason and "comment it out" in bad[0].reason
+    assert "leading zero" in bad[1].reason and "0123456789" in bad[1].reason
+    assert f"{f} line 2: '012345'" in caplog.text and f"{f} line 3" in caplog.text
+    row = bad[0].result()
+    assert row.status == "failed" and row.obsid == "012345" and "line 2" in row.error
+    # On the command line (not in a file) a malformed id stays a usage error.
     with pytest.raises(UsageError, match="neither a ten-digit OBS_ID nor"):
-        read_obsid_list(["12345"])
+        read_obsid_list(["12345"], bad=[])
+    with pytest.raises(UsageError, match="leading zero.*write it as 0123456789"):
+        read_obsid_list(["123456789"], bad=[])
 
 
 def test_fits_and_png_validity(tmp_path):
@@ -182,6 +197,40 @@ def test_fits_and_png_validity(tmp_path):
     assert png_is_valid(png) == (True, "")
     png.write_bytes(png.read_bytes()[:-5])
     assert not png_is_valid(png)[0]
+
+
+def _prediction_like(path: Path) -> Path:
+    """A gzipped FITS file shaped like an SR prediction: a primary image and the POINTS,
+    DIFFUSE, LO68, HI68 images (noise, so that gzip cannot shrink them to nothing)."""
+    from xmm_enhance.fitsio import atomic_write_hdul
+
+    rng = np.random.default_rng(7)
+    hdus = [fits.PrimaryHDU(rng.poisson(2.0, (96, 96)).astype(np.float32))]
+    hdus += [fits.ImageHDU(rng.poisson(2.0, (96, 96)).astype(np.float32), name=n)
+             for n in ("POINTS", "DIFFUSE", "LO68", "HI68")]
+    return atomic_write_hdul(fits.HDUList(hdus), path)
+
+
+@pytest.mark.parametrize("share", [0.3, 0.7, 0.99])
+def test_truncated_gzip_fits_is_invalid(tmp_path, share):
+    """A .fits.gz cut short anywhere is invalid. astropy alone stops reading at the HDU where
+    the cut falls and returns the HDUs before it, without an error: the gzip stream must be
+    read to its end-of-stream marker and trailer."""
+    good = _prediction_like(tmp_path / "p_predict_wcs_SR.fits.gz")
+    assert fits_is_valid(good) == (True, "")
+    assert batch.gzip_is_complete(good) == (True, "")
+    raw = good.read_bytes()
+    cut = tmp_path / "cut.fits.gz"
+    cut.write_bytes(raw[: int(len(raw) * share)])
+    ok, why = fits_is_valid(cut)
+    assert not ok and "truncated gzip" in why
+    assert not batch.gzip_is_complete(cut)[0]
+    # a whole stream whose trailer does not match (a flipped bit in the CRC-32) is corrupt
+    flipped = bytearray(raw)
+    flipped[-6] ^= 0x01
+    cut.write_bytes(bytes(flipped))
+    ok, why = fits_is_valid(cut)
+    assert not ok and "corrupt gzip" in why
 
 
 def test_lock_is_exclusive_and_dies_with_its_process(tmp_path):
@@ -897,3 +946,140 @@ def test_usage_errors(tmp_path, models, capsys):
         batch.run_batch(["0123456789"], BatchConfig(save_dir=tmp_path), jobs=0)
     r = batch.process_observation("../../etc", BatchConfig(save_dir=tmp_path / "s"))
     assert r.status == "failed" and "10 digits" in r.error and not (tmp_path / "s").exists()
+
+
+def test_prediction_missing_an_extension_or_cut_short_is_redone(tmp_path, pps_root):
+    """A prediction file that lacks an extension its model writes, or is a truncated gzip
+    (astropy then reads the HDUs before the cut without an error), is redone by a rerun."""
+    from xmm_enhance.fitsio import atomic_write_hdul
+
+    sr = exposure_aware(tmp_path / "sr.onnx", "SR", point_share=0.9)   # every extension
+    dn = exposure_aware(tmp_path / "dn.onnx", "DN")                      # LO68, HI68
+    cfg = BatchConfig(save_dir=tmp_path / "out", sr_model=sr, dn_model=dn)
+    assert batch.required_extensions(batch._model("SR", cfg)) == (
+        "POINTS", "DIFFUSE", "LO68", "HI68", "SOURCES")
+    assert batch.required_extensions(batch._model("DN", cfg)) == ("LO68", "HI68")
+    obsid, out = OBSIDS[0], tmp_path / "out"
+
+    def run(tag):
+        rep = tmp_path / tag
+        assert main(_args(out, (sr, dn), obsid, "--report", rep, pps_root=pps_root)) == 0
+        return _report(rep)[obsid]
+
+    first = run("r1")
+    assert first["steps"] == "image:ran SR:ran DN:ran"
+    n_sources = first["sr_sources"]
+    assert isinstance(n_sources, int)
+    preds = {w: next((out / obsid).glob(f"*_predict_wcs_{w}.fits.gz")) for w in ("SR", "DN")}
+
+    # Rewritten without one extension: complete, checksums verify, same model, newer than
+    # the image; only the extension is missing.
+    for w, drop in (("SR", "HI68"), ("DN", "LO68")):
+        with fits.open(preds[w]) as hdul:
+            kept = fits.HDUList([h.copy() for h in hdul if h.name != drop])
+        atomic_write_hdul(kept, preds[w], overwrite=True)
+        assert fits_is_valid(preds[w]) == (True, "")
+    cfg = BatchConfig(save_dir=out, pps_root=pps_root, sr_model=sr, dn_model=dn)
+    assert batch.observation_state(obsid, cfg) == {"image": "skip", "SR": "redo", "DN": "redo"}
+    second = run("r2")
+    assert second["steps"] == "image:skipped SR:ran DN:ran"
+    text = (out / obsid / LOG_NAME).read_text()
+    assert "no HI68 extension" in text and "no LO68 extension" in text
+    for w in ("SR", "DN"):
+        with fits.open(preds[w]) as hdul:
+            assert {"LO68", "HI68"} <= {h.name for h in hdul}
+
+    # Cut short: the report's source count comes from the remade file, never blank.
+    raw = preds["SR"].read_bytes()
+    preds["SR"].write_bytes(raw[: int(len(raw) * 0.7)])
+    third = run("r3")
+    assert third["steps"] == "image:skipped SR:ran DN:skipped"
+    assert third["sr_sources"] == n_sources
+    assert fits_is_valid(preds["SR"])[0]
+    assert run("r4")["steps"] == "image:skipped SR:skipped DN:skipped"
+
+
+def test_malformed_list_lines_are_reported_and_the_good_ids_run(tmp_path, pps_root, models,
+                                                                capsys):
+    ids = tmp_path / "obsids.txt"
+    nine = OBSIDS[1][1:]                                # its leading zero lost
+    ids.write_text(f"# nightly list\n{OBSIDS[0]}\nabc\n{nine}\n")
+    rep = tmp_path / "rep"
+    code = main(_args(tmp_path / "out", models, ids, "--which", "none", "--report", rep,
+                      pps_root=pps_root))
+    assert code == 1                                    # like any failed observation
+    std = capsys.readouterr()
+    assert f"{ids} line 3: 'abc' is not a ten-digit OBS_ID" in std.err
+    assert f"{ids} line 4: '{nine}' has 9 digits" in std.err and OBSIDS[1] in std.err
+    assert "2 of 3 observations failed" in std.err
+    assert "3 observations: 1 done, 2 failed, 0 busy" in std.out
+    r = _report(rep)
+    assert r[OBSIDS[0]]["status"] == "done" and r[OBSIDS[0]]["steps"] == "image:ran"
+    assert r["abc"]["status"] == "failed" and "line 3" in r["abc"]["error"]
+    assert r[nine]["status"] == "failed" and f"write it as {OBSIDS[1]}" in r[nine]["error"]
+    assert json.loads(Path(f"{rep}.json").read_text())["totals"] == {"done": 1, "failed": 2}
+    assert not (tmp_path / "out" / nine).exists() and not (tmp_path / "out" / "abc").exists()
+    # --dry-run lists them too; a malformed id on the command line is still a usage error
+    assert main(_args(tmp_path / "out", models, ids, "--which", "none", "--dry-run",
+                      pps_root=pps_root)) == 0
+    out = capsys.readouterr().out
+    assert f"{OBSIDS[0]}  skip" in out and "line 3: 'abc'" in out and "2 malformed" in out
+    assert main(_args(tmp_path / "out", models, nine, pps_root=pps_root)) == 2
+    assert f"write it as {OBSIDS[1]}" in capsys.readouterr().err
+
+
+def test_prune_reports_keeps_the_newest_runs_and_nothing_else(tmp_path):
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    runs = [f"batch_202601{d:02d}T021500Z_{100 + d}" for d in range(1, 8)]   # oldest first
+    for base in runs:
+        for ext in ("csv", "json"):
+            (folder / f"{base}.{ext}").write_text(base)
+    others = ["latest.csv", "latest.json", "notes.txt", "batch_manual.csv", "my_batch.csv",
+              f"{runs[0]}.csv.bak", f".{runs[0]}.csv.abc123.tmp"]
+    for name in others:
+        (folder / name).write_text("keep me")
+    (folder / "batch_20250101T000000Z_1.csv").mkdir()   # a folder by that name: left alone
+    deleted = batch.prune_reports(folder, keep=3, current=folder / runs[1])
+    # the newest 3 runs and the current one (started earlier, ended later) stay
+    assert sorted(p.name for p in deleted) == sorted(f"{b}.{e}" for b in (runs[0], *runs[2:4])
+                                                     for e in ("csv", "json"))
+    left = sorted(p.name for p in folder.iterdir())
+    assert left == sorted([*others, "batch_20250101T000000Z_1.csv",
+                           *(f"{b}.{e}" for b in (runs[1], *runs[4:]) for e in ("csv", "json"))])
+    # the next run's pruning (without that current run) deletes it
+    deleted = batch.prune_reports(folder, keep=3)
+    assert sorted(p.name for p in deleted) == [f"{runs[1]}.csv", f"{runs[1]}.json"]
+    assert batch.REPORTS_KEPT >= 10
+    with pytest.raises(ValueError):
+        batch.prune_reports(folder, keep=0)
+
+
+def test_default_reports_are_rotated_and_the_newest_copied_to_latest(tmp_path, pps_root,
+                                                                      models, monkeypatch):
+    out = tmp_path / "out"
+    reports = out / "reports"
+    reports.mkdir(parents=True)
+    old = [reports / f"batch_202601{d:02d}T021500Z_{d}.{e}" for d in range(1, 4)
+           for e in ("csv", "json")]
+    for p in old:
+        p.write_text("old")
+    mine = reports / "notes.txt"
+    mine.write_text("mine")
+    monkeypatch.setattr(batch, "REPORTS_KEPT", 2)
+    assert main(_args(out, models, OBSIDS[0], "--which", "none", pps_root=pps_root)) == 0
+    new = sorted(reports.glob(f"batch_*_{os.getpid()}.csv"))
+    assert len(new) == 1
+    # this run and the newest old one are kept; the two oldest runs are gone; nothing else
+    assert sorted(p.name for p in reports.iterdir()) == sorted(
+        [new[0].name, new[0].with_suffix(".json").name, old[4].name, old[5].name,
+         "latest.csv", "latest.json", "notes.txt"])
+    assert (reports / "latest.csv").read_text() == new[0].read_text()
+    assert (reports / "latest.json").read_text() == new[0].with_suffix(".json").read_text()
+    assert mine.read_text() == "mine"
+    # with --report the user's names are left alone: no rotation, no latest copies
+    rep = tmp_path / "mine" / "rep"
+    assert main(_args(out, models, OBSIDS[0], "--which", "none", "--report", rep,
+                      pps_root=pps_root)) == 0
+    assert sorted(p.name for p in rep.parent.iterdir()) == ["rep.csv", "rep.json"]
+    assert _report(rep)[OBSIDS[0]]["status"] == "done"

@@ -301,12 +301,14 @@ def test_bad_inputs_one_line_exit_1_untouched(tmp_path, models, capsys, kind):
                      "20000", "-q"]) == 0
 
 
-def test_all_zero_image_runs_with_warning(tmp_path, models, capsys):
+def test_all_zero_image_is_refused(tmp_path, models, capsys):
+    """No counts: nothing to predict from (an empty band or selection), one error line."""
     p = tmp_path / "zeros.fits"
     fits.PrimaryHDU(np.zeros(detector.PN_SHAPE, np.int32),
                     fits.Header({"EXPOSURE": 2e4})).writeto(p)
-    assert main([str(p), "--which", "DN", "--model", str(models["DN"])]) == 0
-    assert "all zeros" in capsys.readouterr().err
+    code, err = run_cli([str(p), "--which", "DN", "--model", str(models["DN"])], capsys)
+    assert code == 1 and len(err) == 1 and "no counts" in err[0] and "zeros.fits" in err[0]
+    assert not list(tmp_path.glob("zeros_*"))   # nothing written
 
 
 def test_model_missing_corrupt_wrong_meta(tmp_path, models, capsys):

@@ -4,15 +4,17 @@ One task function, :func:`process_observation`, does everything for one OBS_ID; 
 picklable function of ``(obsid, config)`` returning a plain :class:`ObsResult`, so the same task
 runs in-process (``jobs=1``), in a local process pool (``jobs=N``) or on a ``dask.distributed``
 cluster (``scheduler=ADDRESS``). :func:`run_batch` drives it and :func:`write_report` writes the
-CSV/JSON report.
+CSV/JSON report (:func:`prune_reports` keeps the newest :data:`REPORTS_KEPT` runs' reports).
 
 What makes it safe to run from cron over and over (design §7):
 
 * **Idempotent.** A step is skipped when its outputs are *complete and valid*: every FITS file
-  opens, every HDU carries CHECKSUM/DATASUM and they verify (:func:`fits_is_valid`), every PNG
+  opens, a gzipped one decompresses to the end of its stream (:func:`gzip_is_complete`),
+  every HDU carries CHECKSUM/DATASUM and they verify (:func:`fits_is_valid`), every PNG
   has its signature and final ``IEND`` chunk (:func:`png_is_valid`), no output is older
-  than the image it was made from, and each prediction was made by the model file that would
-  be used now (its ``MODELSHA``). Anything else is redone (``overwrite``), so a file damaged
+  than the image it was made from, each prediction was made by the model file that would
+  be used now (its ``MODELSHA``) and holds every extension that model writes
+  (:func:`required_extensions`). Anything else is redone (``overwrite``), so a file damaged
   on disk heals on the next run.
 * **Locked.** Each observation is worked on under an exclusive ``fcntl.flock`` on
   ``<save_dir>/<OBS_ID>/.xmm_enhance.lock``. The kernel drops the lock when its process dies,
@@ -49,13 +51,16 @@ import traceback
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from .errors import UsageError, XmmEnhanceError
 
 __all__ = [
     "STEPS", "LOCK_NAME", "LOG_NAME", "BatchConfig", "ObsResult", "ObservationLock",
-    "read_obsid_list", "fits_is_valid", "png_is_valid", "observation_state",
-    "process_observation", "run_batch", "write_report", "summary_table", "REPORT_FIELDS",
+    "BadListLine", "read_obsid_list", "fits_is_valid", "gzip_is_complete", "png_is_valid",
+    "required_extensions", "observation_state", "process_observation", "run_batch",
+    "write_report", "default_report_path", "prune_reports", "summary_table", "REPORT_FIELDS",
+    "REPORTS_KEPT", "LATEST_REPORT",
 ]
 
 log = logging.getLogger(__name__)
@@ -67,6 +72,9 @@ LOG_NAME = "xmm_enhance_batch.log"
 _PNG_SIG = b"\x89PNG\r\n\x1a\n"
 _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 _TMP_RE = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")
+_GZIP_MAGIC = b"\x1f\x8b"
+#: Bytes decompressed at a time when a gzip file is checked to its end.
+_GZIP_CHUNK = 1 << 20
 #: Threads working on an observation right now (the CLI keeps their records off the console).
 _OBS_THREADS: set = set()
 
@@ -140,6 +148,15 @@ class BatchConfig:
         return self.sr_model if which == "SR" else self.dn_model
 
 
+#: Runs whose default reports (``SAVE_DIR/reports/batch_<UTC>_<pid>.csv/.json``) are kept:
+#: after each run, :func:`prune_reports` deletes the older ones (a nightly cron job would
+#: otherwise add ~730 files a year). ``latest.csv``/``latest.json`` copy the newest.
+REPORTS_KEPT = 50
+#: Name (without suffix) of the copies of the newest report in the default report folder.
+LATEST_REPORT = "latest"
+#: Names of the default reports, the only files :func:`prune_reports` ever deletes.
+_REPORT_RE = re.compile(r"^batch_(\d{8}T\d{6}Z)_(\d+)\.(csv|json)$")
+
 #: Columns of the CSV report, in order.
 REPORT_FIELDS = ("obsid", "status", "steps", "download_s", "image_s", "sr_s", "dn_s", "png_s",
                  "total_s", "cpu_s", "exposure_s", "counts", "sr_sources", "image", "error",
@@ -190,24 +207,61 @@ class ObsResult:
 # --------------------------------------------------------------------------------------------
 # OBS_ID lists
 # --------------------------------------------------------------------------------------------
-def read_obsid_list(items) -> list[str]:
+class BadListLine(NamedTuple):
+    """A malformed line of an OBS_ID list file (see :func:`read_obsid_list`)."""
+
+    where: str      # the list file, or "stdin"
+    line: int       # 1-based line number
+    text: str       # the line without its comment and blanks
+    reason: str     # what is wrong and how to fix it
+
+    @property
+    def message(self) -> str:
+        return f"{self.where} line {self.line}: {self.text!r} {self.reason}"
+
+    def result(self) -> ObsResult:
+        """The line as a failed row of the report (``obsid`` is the text as written)."""
+        return ObsResult(obsid=self.text, status="failed", error=self.message,
+                         host=socket.gethostname(), started_utc=_utc())
+
+
+def _obsid_problem(text: str) -> str:
+    """Why ``text`` is not an OBS_ID, with the fix ("" when it is one).
+
+    The same rule as ``archive.validate_obsid``, without importing astropy into the parent
+    process of a pool or Dask run.
+    """
+    if re.fullmatch(r"\d{10}", text):
+        return ""
+    if re.fullmatch(r"\d{9}", text):
+        return (f"has 9 digits, an OBS_ID 10: a leading zero was probably lost (e.g. by a "
+                f"spreadsheet); write it as 0{text}")
+    return "is not a ten-digit OBS_ID; fix it or comment it out with #"
+
+
+def read_obsid_list(items, *, bad: list | None = None) -> list[str]:
     """OBS_IDs from command-line items: ten-digit ids and/or list files (``-`` is stdin).
 
     A list file has one OBS_ID a line; ``#`` starts a comment; blank lines are ignored.
     Duplicates are dropped (first occurrence kept, with a warning).
 
+    Parameters
+    ----------
+    items : iterable of str
+        OBS_IDs and list file names, as on the command line.
+    bad : list, optional
+        Where malformed lines of list files go. Given, each such line is logged as a warning
+        and appended to it as a :class:`BadListLine` (file, line, text, reason and fix), and
+        the good ids are still returned, so that one typo in a growing cron list stops no
+        run; the caller reports them (``xmm-enhance batch`` counts each as failed). Without
+        it, the first malformed line raises :class:`UsageError`.
+
     Raises
     ------
     UsageError
-        A malformed OBS_ID (naming the file and line) or a missing list file.
+        An item that is neither a ten-digit OBS_ID nor a list file, an unreadable list file,
+        or (without ``bad``) a malformed line of a list file.
     """
-    # The same rule as archive.validate_obsid, without importing astropy into the parent
-    # process of a pool or Dask run.
-    def validate_obsid(text: str) -> str:
-        if not re.fullmatch(r"\d{10}", text):
-            raise UsageError(f"OBS_ID {text!r}: must be exactly 10 digits")
-        return text
-
     out: list[str] = []
     for item in items:
         item = str(item)
@@ -218,6 +272,8 @@ def read_obsid_list(items) -> list[str]:
             text, where = sys.stdin.read(), "stdin"
         else:
             path = Path(item)
+            if not path.is_file() and re.fullmatch(r"\s*\d{9}\s*", item):
+                raise UsageError(f"{item.strip()}: {_obsid_problem(item.strip())}")
             if not path.is_file():
                 raise UsageError(f"{item}: neither a ten-digit OBS_ID nor an OBS_ID list file; "
                                  "pass ids like 0123456789 or a file with one id a line")
@@ -231,11 +287,15 @@ def read_obsid_list(items) -> list[str]:
             line = line.split("#", 1)[0].strip()
             if not line:
                 continue
-            try:
-                out.append(validate_obsid(line))
-            except UsageError:
-                raise UsageError(f"{where} line {n}: {line!r} is not a ten-digit OBS_ID; fix "
-                                 "or comment it out with #") from None
+            problem = _obsid_problem(line)
+            if not problem:
+                out.append(line)
+                continue
+            entry = BadListLine(where, n, line, problem)
+            if bad is None:
+                raise UsageError(entry.message)
+            log.warning("%s (skipped, counted as failed)", entry.message)
+            bad.append(entry)
     seen, unique = set(), []
     for o in out:
         if o in seen:
@@ -249,11 +309,54 @@ def read_obsid_list(items) -> list[str]:
 # --------------------------------------------------------------------------------------------
 # Integrity checks
 # --------------------------------------------------------------------------------------------
+def gzip_is_complete(path) -> tuple[bool, str]:
+    """Whether the gzip file ``path`` decompresses to the end of its stream.
+
+    Reads the whole stream in chunks (never all of it in memory) up to the gzip trailer,
+    whose CRC-32 and length must match. This is what catches a truncated ``.fits.gz``:
+    astropy stops reading at the HDU where the cut falls and returns the HDUs before it,
+    without any error.
+
+    Returns
+    -------
+    (bool, str)
+        Completeness and, when incomplete or corrupt, the reason.
+    """
+    try:
+        from isal import igzip as gz    # the same format, several times faster than zlib
+    except ImportError:  # pragma: no cover - exercised where isal is missing
+        import gzip as gz
+    import zlib
+
+    try:
+        with gz.open(path, "rb") as fh:
+            while fh.read(_GZIP_CHUNK):
+                pass
+    except EOFError:
+        return False, "truncated gzip stream (the file ends before its end-of-stream marker)"
+    except FileNotFoundError:
+        return False, "missing"
+    except (OSError, zlib.error) as exc:   # gzip.BadGzipFile (CRC, length, bad header)
+        return False, f"corrupt gzip stream ({str(exc).strip()[:80] or type(exc).__name__})"
+    return True, ""
+
+
+def _is_gzip(path: Path) -> bool:
+    """Whether ``path`` starts with the gzip magic bytes (as astropy decides, not the name)."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(2) == _GZIP_MAGIC
+    except OSError:
+        return False
+
+
 def fits_is_valid(path) -> tuple[bool, str]:
     """Whether ``path`` is a complete FITS file whose checksums verify.
 
-    Every HDU must carry ``CHECKSUM`` and ``DATASUM``, its data must read to the end (gzip
-    included), and astropy's verification must not warn.
+    A gzip file must decompress to the end of its stream with a matching trailer
+    (:func:`gzip_is_complete`); every HDU must carry ``CHECKSUM`` and ``DATASUM``, its data
+    must read to the end, and astropy's verification must not warn. Which HDUs a product
+    must contain is checked by the batch's prediction check, not here.
 
     Returns
     -------
@@ -265,6 +368,10 @@ def fits_is_valid(path) -> tuple[bool, str]:
     path = Path(path)
     if not path.is_file():
         return False, "missing"
+    if _is_gzip(path):
+        ok, why = gzip_is_complete(path)
+        if not ok:
+            return False, why
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -499,9 +606,35 @@ def _model_sha(which: str, cfg: BatchConfig) -> str | None:
     return _SHA_CACHE[key]
 
 
+def required_extensions(model) -> tuple[str, ...]:
+    """Extensions every prediction file of ``model`` (an :class:`inference.Model`) holds.
+
+    One image extension per optional graph output (``POINTS``, ``DIFFUSE``, ``LO68``,
+    ``HI68``; see ``inference.EXTRA_OUTPUTS``) and, for an SR model with a ``points`` map,
+    the ``SOURCES`` table, as ``inference.write_outputs`` writes them. A model without these
+    outputs (recipe 1: the prediction alone) requires none.
+    """
+    from .inference import EXTRA_OUTPUTS
+
+    names = [o.name for o in model.session.get_outputs()][1:]   # the first is the rate
+    need = [ext for key, ext in EXTRA_OUTPUTS.items() if key in names]
+    if model.task == "SR" and model.scale == 2 and "points" in names:
+        need.append("SOURCES")
+    return tuple(need)
+
+
+def _hdu_names(path: Path) -> list[str]:
+    """Names of the HDUs of a FITS file, in order (headers only are parsed)."""
+    from astropy.io import fits
+
+    with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
+        return [hdu.name for hdu in hdul]
+
+
 def _prediction_ok(image: Path, which: str, cfg: BatchConfig) -> tuple[bool, str]:
-    """Outputs of ``which`` complete, valid, newer than ``image`` and made by the model that
-    would be used now (``MODELSHA`` in the prediction's header)."""
+    """Outputs of ``which`` complete, valid, newer than ``image``, made by the model that
+    would be used now (``MODELSHA`` in the prediction's header) and holding every extension
+    that model writes (:func:`required_extensions`)."""
     paths = _pred_outputs(image, which, cfg.png)
     ok, why = _outputs_ok(paths, newer_than=image)
     if not ok:
@@ -513,6 +646,13 @@ def _prediction_ok(image: Path, which: str, cfg: BatchConfig) -> tuple[bool, str
         made_by = fits.getheader(paths[1]).get("MODELSHA")
         if made_by != sha:
             return False, f"{paths[1].name}: made by another {which} model"
+        # The same model file made it, so it loads; its outputs say what the file must hold.
+        names = set(_hdu_names(paths[1]))
+        lacking = [ext for ext in required_extensions(_model(which, cfg)) if ext not in names]
+        if lacking:
+            return False, (f"{paths[1].name}: no {', '.join(lacking)} extension"
+                           f"{'s' if len(lacking) > 1 else ''}, which this {which} model "
+                           "writes")
     if which == "SR":
         from .sources import DEFAULT_MIN_SIGNIF
 
@@ -1113,13 +1253,24 @@ def _atomic_text(path: Path, text: str) -> None:
         raise
 
 
-def write_report(results, path, *, meta: dict | None = None) -> tuple[Path, Path]:
+def default_report_path(save_dir, started_utc: str, pid: int | None = None) -> Path:
+    """``<save_dir>/reports/batch_<started_utc>_<pid>`` (no suffix), where a run's report goes
+    without ``--report``; ``started_utc`` as ``20261128T021500Z``, ``pid`` this process's by
+    default."""
+    pid = os.getpid() if pid is None else pid
+    return Path(save_dir) / "reports" / f"batch_{started_utc}_{pid}"
+
+
+def write_report(results, path, *, meta: dict | None = None, latest: bool = False
+                 ) -> tuple[Path, Path]:
     """Write the report as ``<path>.csv`` and ``<path>.json`` (atomically); return both paths.
 
     ``path`` may end in ``.csv`` or ``.json`` (the other is written beside it) or have no such
     suffix. The JSON holds ``meta`` (command, start, end...), ``totals`` and one
     object per observation with the CSV's columns plus ``outputs`` (``totals``: observations
-    per status).
+    per status). ``latest``: also write the same two files as ``latest.csv`` and
+    ``latest.json`` in the same folder, a stable name for the newest report (copies, each
+    replaced atomically, so they are safe on network file systems where symlinks are not).
     """
     path = Path(path)
     base = path.with_suffix("") if path.suffix.lower() in (".csv", ".json") else path
@@ -1135,8 +1286,71 @@ def write_report(results, path, *, meta: dict | None = None) -> tuple[Path, Path
         counts[r.status] = counts.get(r.status, 0) + 1
     doc = {"meta": meta or {}, "totals": counts,
            "observations": [dict(_row(r), outputs=r.outputs) for r in results]}
-    _atomic_text(p_json, json.dumps(doc, indent=1, default=str) + "\n")
+    text_json = json.dumps(doc, indent=1, default=str) + "\n"
+    _atomic_text(p_json, text_json)
+    if latest:
+        _atomic_text(p_csv.with_name(f"{LATEST_REPORT}.csv"), buf.getvalue())
+        _atomic_text(p_csv.with_name(f"{LATEST_REPORT}.json"), text_json)
     return p_csv, p_json
+
+
+def prune_reports(folder, keep: int | None = None, *, current=None) -> list[Path]:
+    """Delete all but the newest ``keep`` (default :data:`REPORTS_KEPT`) runs' default reports
+    in ``folder``.
+
+    Only files named like the default reports (``batch_<UTC>_<pid>.csv`` / ``.json``, see
+    :func:`default_report_path`) are considered; anything else in the folder (``latest.*``,
+    reports written with ``--report``, the user's own files) is never touched. A run is one
+    ``batch_<UTC>_<pid>`` name (its CSV and JSON go together); runs are ordered by the UTC
+    time in the name. ``current`` (a report path of this run) is kept whatever its time (a
+    long run may end after newer ones started). A file that cannot be deleted is left with a
+    warning: pruning never fails a batch.
+
+    Returns
+    -------
+    list of Path
+        The files deleted.
+    """
+    keep = REPORTS_KEPT if keep is None else int(keep)
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1, got {keep}")
+    folder = Path(folder)
+    keep_base = None
+    if current is not None:
+        current = Path(current)
+        keep_base = (current.with_suffix("") if current.suffix.lower() in (".csv", ".json")
+                     else current).name
+    runs: dict = {}
+    try:
+        entries = list(os.scandir(folder))
+    except OSError as exc:
+        log.warning("%s: cannot list the reports to prune them (%s)", folder, exc.strerror)
+        return []
+    for e in entries:
+        m = _REPORT_RE.match(e.name)
+        if m is None or e.is_dir(follow_symlinks=False):
+            continue
+        base = e.name.rsplit(".", 1)[0]
+        runs.setdefault(base, (m.group(1), int(m.group(2)), []))[2].append(Path(e.path))
+    newest_first = sorted(runs, key=lambda b: runs[b][:2], reverse=True)
+    kept = set(newest_first[:keep]) | ({keep_base} if keep_base else set())
+    deleted = []
+    for base in newest_first:
+        if base in kept:
+            continue
+        for path in runs[base][2]:
+            try:
+                path.unlink()
+                deleted.append(path)
+            except FileNotFoundError:       # another run pruned it meanwhile
+                pass
+            except OSError as exc:
+                log.warning("%s: cannot delete this old report (%s); delete it by hand",
+                            path, exc.strerror)
+    if deleted:
+        log.info("reports: deleted %d file(s) of runs older than the newest %d in %s",
+                 len(deleted), keep, folder)
+    return deleted
 
 
 def summary_table(results, *, max_rows: int = 40) -> str:
@@ -1148,10 +1362,12 @@ def summary_table(results, *, max_rows: int = 40) -> str:
     lines = [head, "-" * len(head)]
     ordered = sorted(results, key=lambda r: (r.status == "done", r.status == "busy"))
     for r in (results if len(results) <= max_rows else ordered[:max_rows]):
+        # a malformed line of a list file is a row too (its text, shortened, as the OBS_ID)
+        obsid = r.obsid if len(r.obsid) <= 10 else r.obsid[:9] + "~"
         expo = f"{r.exposure_s / 1e3:.1f}" if r.exposure_s else "-"
         cnt = f"{r.counts:.0f}" if r.counts is not None else "-"
         err = r.error if len(r.error) <= 90 else r.error[:87] + "..."
-        lines.append(f"{r.obsid:10s}  {r.status:6s}  {r.download_s + r.image_s:7.1f}  "
+        lines.append(f"{obsid:10s}  {r.status:6s}  {r.download_s + r.image_s:7.1f}  "
                      f"{r.sr_s:7.1f}  {r.dn_s:7.1f}  {r.total_s:7.1f}  {expo:>7s}  {cnt:>8s}  "
                      f"{err}")
     if len(results) > max_rows:

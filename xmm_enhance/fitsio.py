@@ -67,6 +67,30 @@ def check_writable_dir(folder: Path) -> None:
                           "choose another output folder") from None
 
 
+def check_creatable_dir(folder: Path, fix: str = "choose another output folder") -> None:
+    """Raise :class:`OutputError` unless ``folder`` is a writable folder or can be made as one
+    (``mkdir -p``) in a writable folder. Nothing is created: the caller makes it when it
+    writes, so that a run that writes nothing leaves no empty folder. ``fix``: the message's
+    advice."""
+    folder = Path(folder)
+    if folder.exists():
+        if not folder.is_dir():
+            raise OutputError(f"{folder}: is a file, not a folder; {fix}")
+        check_writable_dir(folder)
+        return
+    parent = folder.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputError(f"{folder}: cannot create the output folder ({parent} is not a "
+                          f"folder); {fix}")
+    try:
+        check_writable_dir(parent)
+    except OutputError:
+        raise OutputError(f"{folder}: cannot create the output folder ({parent} is not "
+                          f"writable); {fix}") from None
+
+
 def ensure_output_dir(folder: Path) -> Path:
     """Create ``folder`` and its parents if missing (``mkdir -p``), then check it is writable.
 

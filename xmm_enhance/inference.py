@@ -29,8 +29,8 @@ import numpy as np
 from astropy.io import fits
 
 from . import __version__, detector, skywcs
-from .errors import InputError, ModelError, UsageError
-from .fitsio import atomic_write_hduls
+from .errors import InputError, ModelError, OutputError, UsageError
+from .fitsio import atomic_write_hduls, ensure_output_dir
 
 __all__ = [
     "PAD_SIZE", "MODEL_FILES", "TASKS", "InputImage", "Model", "EnhanceResult", "SkyTan",
@@ -39,7 +39,8 @@ __all__ = [
     "output_mask", "pad_to", "sky_transmission",
     "prepare", "enhance_image", "write_outputs", "enhance_file", "output_paths",
     "check_output_collisions", "approx_sky", "check_exposure", "find_sources", "region_path",
-    "sources_hdu", "candidates_of", "EXTRA_OUTPUTS",
+    "sources_hdu", "candidates_of", "EXTRA_OUTPUTS", "input_band", "MODEL_BAND_PI",
+    "png_path", "run_outputs", "outputs_complete",
 ]
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,12 @@ PIXEL_ARCSEC = 4.0
 #: networks' reference exposure, ``training.net.EXPOSURE_REF``).
 CALIBRATION_REF_EXPOSURE = 20e3
 PIXEL_TOLERANCE = 0.03
+#: PI band (eV, inclusive) of the images the models were trained on (0.5-2 keV), and how far
+#: (eV) an input's stated band edges may lie from it without a warning (``PI < 2000``...).
+MODEL_BAND_PI = (500, 2000)
+BAND_TOLERANCE_PI = 10
+#: Relative difference between ``--exposure`` and a header's ``EXPOSURE`` taken as agreement.
+EXPOSURE_TOLERANCE = 1e-3
 #: Keywords that only this tool's outputs carry (with ``MODEL``, ``SOFTVER``, ``INFILE``).
 PROVENANCE_KEYS = ("MODELSHA", "MODELVER", "INEXPO")
 #: ``BUNIT`` values (lower case, spaces removed, ``/pixel`` dropped) that mean counts.
@@ -340,6 +347,11 @@ class Model:
         ``pixel_interval_slope`` is its change per decade of exposure about 20 ks (the graph's
         floor is 0.25)."""
         return self._at_exposure(self.interval_scale, "pixel_interval_slope", exposure, 0.25)
+
+    @property
+    def output_names(self) -> list[str]:
+        """Names of the graph's outputs (the first is the prediction)."""
+        return [o.name for o in self.session.get_outputs()]
 
     @property
     def takes_exposure(self) -> bool:
@@ -651,6 +663,135 @@ def _check_pixel_scale(path: Path, header) -> None:
                 f"--binSize {round(PIXEL_ARCSEC / skywcs.ARCSEC_PER_DET)}")
 
 
+_NUMBER = r"[-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?"
+#: ``PI in [lo:hi]`` (SAS: ``(`` / ``)`` exclude the bound; several ``lo:hi`` comma-separated).
+_PI_IN = re.compile(r"\bPI\s+in\s*([\[(])([^\])]*)([\])])", re.IGNORECASE)
+_PI_CMP = re.compile(rf"\bPI\s*(<=|>=|==|<|>)\s*({_NUMBER})", re.IGNORECASE)
+_CMP_PI = re.compile(rf"({_NUMBER})\s*(<=|>=|==|<|>)\s*PI\b", re.IGNORECASE)
+_MIRROR = {"<": ">", ">": "<", "<=": ">=", ">=": "<=", "==": "=="}
+
+
+def _ranges(text: str, lo_open: bool = False, hi_open: bool = False
+            ) -> tuple[float, float] | None:
+    """Extent (lo, hi) of ``"a:b[,c:d...]"`` (an empty bound is unbounded; ``lo_open`` /
+    ``hi_open``: the first lower / last upper bound excluded, PI being an integer); None when
+    ``text`` is not such a list."""
+    bounds = []
+    for piece in text.split(","):
+        a, sep, b = (s.strip() for s in piece.partition(":"))
+        try:
+            lo = float(a) if a else -math.inf
+            hi = (float(b) if b else math.inf) if sep else lo
+        except ValueError:
+            return None
+        bounds.append((lo, hi))
+    if not bounds:
+        return None
+    lo, hi = min(b[0] for b in bounds), max(b[1] for b in bounds)
+    return lo + (1 if lo_open else 0), hi - (1 if hi_open else 0)
+
+
+def _band_of_expression(expr: str) -> tuple[float, float] | None:
+    """PI band (eV) that a SAS selection expression keeps: its ``PI in [...]`` terms and
+    comparisons of PI with a number, all taken as joined by ``&&``; None without a PI term, or
+    when several are joined by ``||`` (a union this does not judge)."""
+    lows, highs = [], []
+    terms = 0
+    for m in _PI_IN.finditer(expr):
+        r = _ranges(m.group(2), m.group(1) == "(", m.group(3) == ")")
+        if r is None:
+            return None
+        lows.append(r[0])
+        highs.append(r[1])
+        terms += 1
+    compares = [(op, float(v)) for op, v in _PI_CMP.findall(expr)]
+    compares += [(_MIRROR[op], float(v)) for v, op in _CMP_PI.findall(expr)]
+    for op, v in compares:
+        terms += 1
+        if op in (">", ">="):
+            lows.append(v + 1 if op == ">" else v)
+        elif op in ("<", "<="):
+            highs.append(v - 1 if op == "<" else v)
+        else:
+            lows.append(v)
+            highs.append(v)
+    if not terms or (terms > 1 and "||" in expr):
+        return None
+    return max(lows, default=-math.inf), min(highs, default=math.inf)
+
+
+def input_band(header, primary=None) -> tuple[float, float, str] | None:
+    """The PI band (eV, inclusive) an image's header says its events were selected in.
+
+    Read from ``SLCTEXPR`` (the selection expression make_detxy_pn_image_pps.py writes, e.g.
+    ``(PI in [500:2000])``, or ``PI >= 500 && PI <= 2000``), else from the data-subspace
+    keywords SAS writes (``DSTYPn = 'PI'``, ``DSVALn = '500:2000'``), in ``header`` then
+    ``primary``.
+
+    Returns
+    -------
+    (lo, hi, source) or None
+        The band (an unbounded side is -inf / inf) and the keyword(s) it came from; None when
+        the header states no band (or one this cannot read).
+    """
+    for h in (header, primary):
+        if h is None:
+            continue
+        expr = h.get("SLCTEXPR")
+        if isinstance(expr, str):
+            band = _band_of_expression(expr)
+            if band is not None:
+                return band[0], band[1], "SLCTEXPR"
+        for i in range(1, 100):
+            kind = h.get(f"DSTYP{i}")
+            if kind is None:
+                break
+            if str(kind).strip().upper() != "PI":
+                continue
+            band = _ranges(str(h.get(f"DSVAL{i}", "")))
+            if band is not None:
+                if str(h.get(f"DSUNI{i}", "")).strip().lower() == "kev":
+                    band = (band[0] * 1e3, band[1] * 1e3)
+                return band[0], band[1], f"DSTYP{i}/DSVAL{i}"
+    return None
+
+
+def _band_text(lo: float, hi: float) -> str:
+    """``PI 500-2000`` (``PI >= 2001`` / ``PI <= 400`` for an unbounded side)."""
+    f = lambda v: f"{v:.0f}" if float(v).is_integer() else f"{v:g}"  # noqa: E731
+    if math.isinf(hi) and math.isinf(lo):
+        return "PI (any)"
+    if math.isinf(hi):
+        return f"PI >= {f(lo)}"
+    if math.isinf(lo):
+        return f"PI <= {f(hi)}"
+    return f"PI {f(lo)}-{f(hi)}"
+
+
+def _check_band(path: Path, band) -> None:
+    """Warn (InputWarning) when ``band`` (:func:`input_band`) is not the models' 0.5-2 keV."""
+    if band is None:
+        return
+    lo, hi, source = band
+    if (abs(lo - MODEL_BAND_PI[0]) <= BAND_TOLERANCE_PI
+            and abs(hi - MODEL_BAND_PI[1]) <= BAND_TOLERANCE_PI):
+        return
+    warnings.warn(f"{path.name}: energy band {_band_text(lo, hi)} eV (from {source}), but the "
+                  f"models were trained on 0.5-2 keV images (PI {MODEL_BAND_PI[0]}-"
+                  f"{MODEL_BAND_PI[1]}); expect unreliable predictions (make the image with "
+                  f"--low_pi {MODEL_BAND_PI[0]} --high_pi {MODEL_BAND_PI[1]})", InputWarning,
+                  stacklevel=3)
+
+
+def _positive_seconds(value) -> float | None:
+    """``value`` as a finite number > 0, else None."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) and v > 0 else None
+
+
 def read_input(path: str | Path, *, exposure: float | None = None) -> InputImage:
     """Read and validate a pn counts image.
 
@@ -658,14 +799,23 @@ def read_input(path: str | Path, *, exposure: float | None = None) -> InputImage
     ----------
     path : path to a FITS image (optionally gzipped).
     exposure : float, optional
-        Exposure in seconds; overrides / replaces the header's ``EXPOSURE``.
+        Exposure in seconds for an image whose header has no valid ``EXPOSURE`` (a positive
+        number). The header's, where valid, is used: an ``exposure`` differing from it by more
+        than ``EXPOSURE_TOLERANCE`` (0.1 %) only draws an :class:`InputWarning`.
 
     Raises
     ------
     InputError
         Missing or unreadable file, no 2-D image, not a counts image (an output of this tool,
         a ``BUNIT`` other than counts, non-integer values), NaN/inf or negative pixels, a pixel
-        scale other than 4" (sky WCS, ``BINSIZE`` or DET axes), no exposure.
+        scale other than 4" (sky WCS, ``BINSIZE`` or DET axes), no counts at all, no exposure.
+
+    Warns
+    -----
+    InputWarning
+        The header states an energy band other than the models' 0.5-2 keV
+        (:func:`input_band`); ``exposure`` disagrees with the header's ``EXPOSURE``; no sky
+        WCS.
     """
     path = Path(path)
     if not path.exists():
@@ -692,20 +842,33 @@ def read_input(path: str | Path, *, exposure: float | None = None) -> InputImage
         if key not in header and key in primary:
             header[key] = primary[key]
     notes = []
-    if exposure is None:
-        exposure = header.get("EXPOSURE")
-        if exposure is None:
+    band = input_band(header, primary)
+    # every pixel with counts is in the input mask (input_mask), so none there means none at
+    # all: the networks would paint a rate from nothing
+    if not np.any(counts > 0):
+        stated = f" ({_band_text(band[0], band[1])} eV)" if band is not None else ""
+        raise InputError(f"{path}: no counts in the image (every pixel is 0); check its energy "
+                         f"band{stated} and good-time selection, and make it again with "
+                         "make_detxy_pn_image_pps.py")
+    in_header = _positive_seconds(header.get("EXPOSURE"))
+    if in_header is not None:
+        if exposure is not None and not abs(float(exposure) / in_header - 1) <= (
+                EXPOSURE_TOLERANCE):
+            warnings.warn(f"{path.name}: --exposure {float(exposure):.6g} s differs from the "
+                          f"header's EXPOSURE {in_header:.6g} s; using the header's "
+                          "(--exposure is only for inputs without a valid EXPOSURE)",
+                          InputWarning, stacklevel=2)
+        exposure = in_header
+    elif exposure is None:
+        if "EXPOSURE" not in header:
             raise InputError(f"{path}: no EXPOSURE keyword; pass --exposure SECONDS")
-    try:
-        exposure = float(exposure)
-    except (TypeError, ValueError):
-        exposure = float("nan")
-    if not np.isfinite(exposure) or exposure <= 0:
+        raise InputError(f"{path}: EXPOSURE = {header['EXPOSURE']!r} is not a positive number "
+                         "of seconds; pass --exposure SECONDS")
+    elif _positive_seconds(exposure) is None:
         raise InputError(f"{path}: exposure {exposure} s is not positive; pass --exposure "
                          "SECONDS")
-    if counts.sum() == 0:
-        warnings.warn(f"{path.name}: image is all zeros; the prediction will be empty",
-                      InputWarning, stacklevel=2)
+    exposure = float(exposure)
+    _check_band(path, band)
     sky, note = _sky_wcs_of(header, path)
     return InputImage(counts=counts, exposure=exposure, header=header, wcs=sky, wcs_note=note,
                       path=path, notes=notes)
@@ -1189,6 +1352,68 @@ def region_path(infile: Path, outdir: Path | None = None) -> Path:
     return folder / f"{_stem(infile)}_sources_SR.reg"
 
 
+def png_path(p_pred: Path) -> Path:
+    """The quick-look PNG of a prediction file: ``<stem>_predict_wcs_<W>.png``."""
+    p_pred = Path(p_pred)
+    return p_pred.with_name(p_pred.name.replace(".fits.gz", ".png"))
+
+
+def run_outputs(infile: Path, model: Model, outdir: Path | None = None, *, png: bool = False
+                ) -> list[Path]:
+    """Every file :func:`enhance_file` writes for ``infile`` with ``model``: the input and
+    prediction files, the region file of an SR model with a ``points`` map (its source list),
+    and the PNG with ``png``."""
+    p_in, p_pred = output_paths(infile, model.task, outdir)
+    out = [p_in, p_pred]
+    if model.scale == 2 and "points" in model.output_names:
+        out.append(region_path(infile, outdir))
+    if png:
+        out.append(png_path(p_pred))
+    return out
+
+
+def _region_is_valid(path: Path) -> tuple[bool, str]:
+    """Whether ``path`` is a whole region file as :func:`xmm_enhance.sources.region_text`
+    writes it (its header line first, a newline last)."""
+    try:
+        text = Path(path).read_bytes()
+    except OSError:
+        return False, "missing"
+    if not text.startswith(b"# Region file format") or not text.endswith(b"\n"):
+        return False, "not a complete region file"
+    return True, ""
+
+
+def outputs_complete(paths) -> tuple[bool, str]:
+    """Whether every file of ``paths`` (:func:`run_outputs`) exists and is complete: FITS files
+    read to the end with verified checksums (:func:`xmm_enhance.batch.fits_is_valid`), PNGs
+    whole (:func:`xmm_enhance.batch.png_is_valid`), region files whole.
+
+    Returns
+    -------
+    (bool, str)
+        Completeness and, when incomplete, the first file that is not with the reason.
+    """
+    from .batch import fits_is_valid, png_is_valid
+
+    for p in map(Path, paths):
+        name = p.name.lower()
+        check = (png_is_valid if name.endswith(".png") else
+                 _region_is_valid if name.endswith(".reg") else fits_is_valid)
+        ok, why = check(p)
+        if not ok:
+            return False, f"{p.name}: {why}"
+    return True, ""
+
+
+def _refuse_existing(paths) -> None:
+    """Raise OutputError for the first of ``paths`` that exists (the run has no --overwrite)."""
+    for p in map(Path, paths):
+        if p.exists():
+            raise OutputError(f"{p}: exists; pass --overwrite to replace it, or --skip-existing "
+                              "to keep complete outputs and redo the rest")
+
+
 #: Significant bits kept in the extension maps (float32 has 24): the lower ones are noise that
 #: gzip cannot compress. 14 bits (relative error <= 3e-5) keep POINTS + DIFFUSE equal to the
 #: primary within 1e-4; 10 bits (5e-4) are far below any percentile's own uncertainty.
@@ -1317,7 +1542,7 @@ def write_outputs(res: EnhanceResult, *, outdir: Path | None = None, overwrite: 
     image extensions ``POINTS``, ``DIFFUSE`` (SR), ``LO68``, ``HI68`` on the same grid and WCS,
     and SR with a ``points`` map the ``SOURCES`` table and ``<stem>_sources_SR.reg``; after the
     release of unsupported points (``res.released``) also the ``CANDIDATES`` table
-    (:func:`candidates_of`).
+    (:func:`candidates_of`). ``outdir`` is created (with its parents) if missing.
     """
     p_in, p_pred = output_paths(res.image.path, res.task, outdir)
     pix = detector.pixel_size_arcsec()
@@ -1346,6 +1571,10 @@ def write_outputs(res: EnhanceResult, *, outdir: Path | None = None, overwrite: 
         text = region_text([d["ra"] for d in res.sources], [d["dec"] for d in res.sources],
                            labels=[f"{d['signif']:.1f}sig" for d in res.sources])
         items.append((text.encode(), region_path(res.image.path, outdir)))
+    if not overwrite:
+        _refuse_existing(path for _, path in items)
+    if outdir is not None and not Path(outdir).is_dir():
+        ensure_output_dir(outdir)  # created only now, when there is something to write
     # all or none: a failed write (disk full...) leaves no file and no temporary
     atomic_write_hduls(items, overwrite=overwrite)
     return p_in, p_pred
@@ -1356,7 +1585,13 @@ def enhance_file(path, which: str, *, model: Model | None = None, outdir=None,
                  redraw: bool = True, min_signif: float | None = None) -> dict:
     """Read ``path``, run the ``which`` model, write outputs (and a PNG). Returns the paths.
 
-    ``redraw``, ``min_signif``: see :func:`enhance_image`."""
+    ``exposure``: for an input without a valid ``EXPOSURE`` (see :func:`read_input`).
+    ``redraw``, ``min_signif``: see :func:`enhance_image`. Without ``overwrite`` an existing
+    output is refused before anything is read or written; ``outdir`` is created when the
+    outputs are written (a refused input leaves none behind)."""
+    if not overwrite:
+        p_in, p_pred = output_paths(path, which, outdir)
+        _refuse_existing([p_in, p_pred] + ([png_path(p_pred)] if png else []))
     img = read_input(path, exposure=exposure)
     model = model or load_model(which)
     res = enhance_image(img, model, redraw=redraw, min_signif=min_signif)
@@ -1364,8 +1599,7 @@ def enhance_file(path, which: str, *, model: Model | None = None, outdir=None,
     out = {"input": p_in, "predict": p_pred, "result": res}
     if png:
         from .display import quicklook_png
-        out["png"] = quicklook_png(res, p_pred.with_name(p_pred.name.replace(".fits.gz", ".png")),
-                                   overwrite=overwrite)
+        out["png"] = quicklook_png(res, png_path(p_pred), overwrite=overwrite)
     log.info("%s: wrote %s and %s", Path(path).name, p_in, p_pred)
     return out
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from . import detector, events, gti, imaging, skywcs
 from .errors import InputError, OutputError, PPSError, UsageError
-from .fitsio import atomic_write_hdul, check_writable_dir
+from .fitsio import atomic_write_hdul, check_creatable_dir
 
 __all__ = ["ImageResult", "make_image", "output_name", "find_image", "resolve_backend",
            "BACKENDS"]
@@ -176,17 +176,7 @@ def _one_line(err) -> str:
 def _check_out_dir(folder: Path) -> None:
     """The output folder exists and is writable, or can be made (``mkdir -p`` at write time,
     so a failed run leaves no empty folder behind)."""
-    folder = Path(folder)
-    if folder.is_dir():
-        check_writable_dir(folder)
-        return
-    parent = folder
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise OutputError(f"{folder}: cannot create the output folder ({parent} is not a "
-                          "folder); choose another --save_dir")
-    check_writable_dir(parent)
+    check_creatable_dir(folder, "choose another --save_dir")
 
 
 # --------------------------------------------------------------------------------------------

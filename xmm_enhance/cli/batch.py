@@ -6,8 +6,9 @@ Examples::
     xmm-enhance batch 0852030101 0852030201 --which DN --pps_dir /archive/pps
     xmm-enhance batch obsids.txt --save_dir /shared/xmm --dask-scheduler tcp://head:8786
 
-Exit status: 0 when every observation is done (or busy in another batch), 1 when any failed,
-2 on usage errors, 130 when interrupted (the report then lists what finished).
+Exit status: 0 when every observation is done (or busy in another batch), 1 when any failed
+(a malformed line of a list file counts as a failed observation: it is reported, the other ids
+still run), 2 on usage errors, 130 when interrupted (the report then lists what finished).
 """
 from __future__ import annotations
 
@@ -29,15 +30,20 @@ log = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ..batch import REPORTS_KEPT
+
     p = argparse.ArgumentParser(
         prog="xmm-enhance batch",
         description="Make images and SR/DN predictions for many OBS_IDs; resumable (finished, "
                     "valid outputs are skipped), locked per observation, parallel.",
         epilog="Per observation everything lands in SAVE_DIR/<OBS_ID>/, with its log in "
-               "xmm_enhance_batch.log; the report goes to SAVE_DIR/reports/ unless --report. "
-               "Exit 0 all done, 1 some failed, 2 usage error.")
+               "xmm_enhance_batch.log; the report goes to SAVE_DIR/reports/ unless --report "
+               f"(the newest also as latest.csv/.json there; the newest {REPORTS_KEPT} runs' "
+               "reports are kept). Exit 0 all done, 1 some failed (a malformed line of a list "
+               "file counts as failed), 2 usage error.")
     p.add_argument("obsids", nargs="+", metavar="OBSID_OR_FILE",
-                   help="ten-digit OBS_IDs and/or files with one OBS_ID a line (# comments); "
+                   help="ten-digit OBS_IDs and/or files with one OBS_ID a line (# comments; "
+                        "a malformed line is reported and counted as failed, the others run); "
                         "'-' reads the list from stdin")
     g = p.add_argument_group("image maker (as make_detxy_pn_image_pps.py)")
     g.add_argument("--save_dir", type=Path, default=Path("."),
@@ -75,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "SAVE_DIR must be shared with its workers")
     r.add_argument("--report", type=Path,
                    help="report path; FILE.csv and FILE.json are written, folders created "
-                        "as needed (default SAVE_DIR/reports/batch_<UTC>_<pid>)")
+                        "as needed (default SAVE_DIR/reports/batch_<UTC>_<pid>, copied to "
+                        f"latest.csv/.json; only the newest {REPORTS_KEPT} runs' are kept)")
     r.add_argument("--dry-run", action="store_true", help="list what would run, do nothing")
     r.add_argument("--retries", type=int, default=3,
                    help="download retries for transient archive errors (default 3)")
@@ -161,7 +168,7 @@ def _quiet_console(verbose: bool) -> None:
             h.addFilter(keep)
 
 
-def _dry_run(obsids, cfg) -> int:
+def _dry_run(obsids, cfg, bad=()) -> int:
     from ..batch import LOCK_NAME, ObservationLock, observation_state
 
     steps = (["download"] if cfg.pps_root is None else []) + ["image", *cfg.which]
@@ -179,7 +186,11 @@ def _dry_run(obsids, cfg) -> int:
         state = "free" if lk.is_free() else f"busy ({lk.holder()})"
         todo += any(a != "skip" for a in plan.values())
         print(f"{o:10s}  " + "  ".join(f"{plan.get(s, '-'):8s}" for s in steps) + f"  {state}")
-    print(f"{len(obsids)} observations, {todo} with work to do (dry run: nothing was done)")
+    for b in bad:                           # already warned about on stderr, as a real run
+        print(f"{'(bad line)':10s}  error: {b.message}")
+    skipped = f"; {len(bad)} malformed list line(s) skipped" if bad else ""
+    print(f"{len(obsids)} observations, {todo} with work to do{skipped} (dry run: nothing "
+          "was done)")
     return 0
 
 
@@ -208,22 +219,25 @@ def main(argv=None) -> int:
     setup_logging(args)
     _quiet_console(args.verbose)
     try:
-        from ..batch import read_obsid_list
+        from ..batch import default_report_path, read_obsid_list
         cfg = _config(args)
-        obsids = read_obsid_list(args.obsids)
-        if not obsids:
+        # A malformed line of a list file (a typo in a growing cron list) stops no run: it is
+        # warned about, the good ids are processed and it counts as failed in the report.
+        bad: list = []
+        obsids = read_obsid_list(args.obsids, bad=bad)
+        if not obsids and not bad:
             raise UsageError("no OBS_IDs given (the list is empty or all comments)")
         if args.dry_run:
-            return _dry_run(obsids, cfg)
+            return _dry_run(obsids, cfg, bad)
         _check_folder(cfg.save_dir, "--save_dir")
         started = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        report = args.report or cfg.save_dir / "reports" / f"batch_{started}_{os.getpid()}"
+        report = args.report or default_report_path(cfg.save_dir, started)
         # the report is written at the end: find out now if it cannot be
         _check_folder(report.parent, "--report" if args.report else "--save_dir")
     except XmmEnhanceError as exc:
         return report_error(exc)
 
-    from ..batch import run_batch, summary_table, write_report
+    from ..batch import prune_reports, run_batch, summary_table, write_report
 
     where = (f"Dask scheduler {args.dask_scheduler}" if args.dask_scheduler
              else f"{args.jobs} worker process(es)" if args.jobs > 1 else "this process")
@@ -278,22 +292,31 @@ def main(argv=None) -> int:
             bar.close()
 
     order = {o: i for i, o in enumerate(obsids)}
-    results = sorted(finished, key=lambda r: order.get(r.obsid, 0))
+    done_n = len(finished)
+    # the malformed list lines follow the observations, as failed rows
+    results = sorted(finished, key=lambda r: order.get(r.obsid, 0)) + [b.result() for b in bad]
     meta["ended_utc"] = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     meta["interrupted"] = interrupted
-    p_csv, p_json = write_report(results, report, meta=meta)
+    # Without --report the reports go to SAVE_DIR/reports/: the newest is also copied to
+    # latest.csv/.json there, and only the newest REPORTS_KEPT runs' reports are kept.
+    p_csv, p_json = write_report(results, report, meta=meta, latest=args.report is None)
+    if args.report is None:
+        prune_reports(report.parent, current=report)
     if not args.quiet:  # the table is the command's output (stdout); logs stay on stderr
         print(summary_table(results), flush=True)
     log.info("report: %s and %s", p_csv, p_json)
     if interrupted:
-        print(f"error: interrupted after {len(results)} of {len(obsids)} observations; "
+        print(f"error: interrupted after {done_n} of {len(obsids)} observations; "
               "rerun the same command to finish (finished ones are skipped)", file=sys.stderr)
         return 130
     failed = [r.obsid for r in results if r.status == "failed"]
     if failed:
-        print(f"error: {len(failed)} of {len(obsids)} observations failed "
-              f"({', '.join(failed[:10])}{'...' if len(failed) > 10 else ''}); see {p_csv}",
-              file=sys.stderr)
+        total = len(obsids) + len(bad)
+        what = (f"; {len(bad)} of them malformed list line(s), fix them in the list"
+                if bad else "")
+        print(f"error: {len(failed)} of {total} observations failed "
+              f"({', '.join(failed[:10])}{'...' if len(failed) > 10 else ''}){what}; "
+              f"see {p_csv}", file=sys.stderr)
         return 1
     return 0
 

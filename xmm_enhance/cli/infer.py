@@ -33,12 +33,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--display", action="store_true", help="show input and prediction")
     p.add_argument("--png", action="store_true", help="write a quick-look PNG per input")
     p.add_argument("--outdir", type=Path,
-                   help="output folder, created if missing (default: beside each input)")
+                   help="output folder, created with its parents when the first output is "
+                        "written (default: beside each input)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="resume a run: skip an input whose outputs (input and prediction "
+                        "files, SR region file, PNG with --png) all exist and are complete; "
+                        "redo those with any missing or incomplete (not with --overwrite)")
     p.add_argument("--model", type=Path, help="ONNX model (default: the bundled one)")
     p.add_argument("--threads", type=int, help="CPU threads for onnxruntime (default: all)")
-    p.add_argument("--exposure", type=float,
-                   help="exposure in s, for inputs without an EXPOSURE keyword")
+    p.add_argument("--exposure", type=float, metavar="SECONDS",
+                   help="exposure in s for inputs without a valid EXPOSURE keyword; an input "
+                        "with one uses the header's, and an --exposure differing from it by "
+                        "more than 0.1 %% is ignored with a warning")
     p.add_argument("--no-redraw", action="store_true",
                    help="SR: keep the network's own drawing and point/diffuse split (default: "
                    "each SOURCES entry redrawn as the halved PSF with the POINTS map's counts, "
@@ -58,21 +65,36 @@ def main(argv=None) -> int:
         if args.exposure is not None and not (math.isfinite(args.exposure)
                                               and args.exposure > 0):
             raise UsageError(f"--exposure must be a number of seconds > 0, got {args.exposure}")
+        if args.skip_existing and args.overwrite:
+            raise UsageError("--skip-existing keeps complete outputs and --overwrite replaces "
+                             "them: pass one of the two")
         check_min_signif(args.min_signif, (args.which,))
-        from ..inference import check_output_collisions, enhance_file, load_model
-        from ..fitsio import ensure_output_dir
+        from ..fitsio import check_creatable_dir
+        from ..inference import (check_output_collisions, enhance_file, load_model,
+                                 outputs_complete, run_outputs)
         # two inputs with one stem would write the same outputs: refuse before any writing
         inputs = check_output_collisions(args.filein, args.which, args.outdir)
         if args.outdir is not None:
-            ensure_output_dir(args.outdir)
+            # made when the first output is written: a run that writes nothing leaves none
+            check_creatable_dir(args.outdir)
         model = load_model(args.which, args.model, threads=args.threads)
     except XmmEnhanceError as exc:
         return report_error(exc)
     failed = []
     for f in inputs:
+        overwrite = args.overwrite
+        if args.skip_existing and Path(f).is_file():
+            paths = run_outputs(f, model, args.outdir, png=args.png)
+            done, why = outputs_complete(paths)
+            if done:
+                log.info("%s: skipped, its outputs are complete (--skip-existing)", f)
+                continue
+            if any(p.exists() for p in paths):  # a partial set: redo all of it
+                log.info("%s: redoing its outputs (%s)", f, why)
+                overwrite = True
         try:
             out = enhance_file(f, args.which, model=model, outdir=args.outdir,
-                               overwrite=args.overwrite, exposure=args.exposure, png=args.png,
+                               overwrite=overwrite, exposure=args.exposure, png=args.png,
                                redraw=not args.no_redraw, min_signif=args.min_signif)
         except XmmEnhanceError as exc:
             report_error(exc)

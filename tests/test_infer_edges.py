@@ -1,0 +1,253 @@
+"""run_inference_on_real.py edges: the input's energy band, empty images, --exposure against
+the header's EXPOSURE, resumable reruns (--skip-existing) and --outdir left as it was when
+nothing is written."""
+from __future__ import annotations
+
+import gzip
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+pytest.importorskip("onnx")
+
+from xmm_enhance import detector, events, inference  # noqa: E402
+from xmm_enhance.cli.infer import build_parser, main  # noqa: E402
+
+from onnx_graphs import exposure_aware, identity_dn  # noqa: E402
+from test_inference import make_image, wcs_outputs  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("restore_logging")
+
+
+@pytest.fixture
+def dn_model(tmp_path):
+    d = tmp_path / "models"
+    d.mkdir()
+    return identity_dn(d / "dn.onnx")
+
+
+def run(args, capsys):
+    """Exit code, warning lines and error lines of one command-line run."""
+    code = main([str(a) for a in args])
+    err = capsys.readouterr().err.strip().splitlines()
+    return (code, [e for e in err if e.startswith("warning")],
+            [e for e in err if e.startswith("error")], err)
+
+
+def band_expr(lo, hi):
+    """SLCTEXPR as make_detxy_pn_image_pps.py writes it."""
+    return events.selection_expression(lo, hi, gti="STDGTI")
+
+
+def stamps(paths):
+    return [Path(p).stat().st_mtime_ns for p in paths]
+
+
+# ----------------------------------------------------------------------------- 1. band
+@pytest.mark.parametrize("extra,shown", [
+    ({"SLCTEXPR": band_expr(2000, 10000)}, "PI 2000-10000"),
+    ({"SLCTEXPR": "PI > 2000 && FLAG == 0"}, "PI >= 2001"),
+    ({"DSTYP1": "PI", "DSVAL1": "200:500", "DSUNI1": "eV"}, "PI 200-500"),
+])
+def test_other_band_warns_once_naming_the_file(tmp_path, dn_model, capsys, extra, shown):
+    img, _ = make_image(tmp_path / "hard.fits", extra=extra)
+    code, warns, errors, _ = run([img, "--which", "DN", "--model", dn_model], capsys)
+    assert code == 0 and not errors
+    band = [w for w in warns if "band" in w]
+    assert len(band) == 1, warns
+    assert "hard.fits" in band[0] and shown in band[0] and "0.5-2 keV" in band[0]
+    with pytest.warns(inference.InputWarning, match="hard.fits: energy band"):
+        inference.read_input(img)
+
+
+@pytest.mark.parametrize("extra", [
+    {"SLCTEXPR": band_expr(500, 2000)},
+    {"SLCTEXPR": "(PI >= 500) && (PI < 2000)"},  # 1999: within the tolerance
+    {"DSTYP1": "PI", "DSVAL1": "500:2000"},
+    {"SLCTEXPR": "FLAG == 0 && PATTERN <= 4"},  # no PI term: cannot tell
+    {},  # no band information at all: images from elsewhere
+])
+def test_models_band_or_no_band_information_does_not_warn(tmp_path, extra):
+    img, _ = make_image(tmp_path / "img.fits", extra=extra)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", inference.InputWarning)
+        inference.read_input(img)
+
+
+def test_input_band_reads_the_image_makers_header():
+    h = fits.Header({"SLCTEXPR": band_expr(2000, 10000)})
+    assert inference.input_band(h)[:2] == (2000, 10000)
+    h = fits.Header({"SLCTEXPR": "PI in (500:2000)"})  # exclusive bounds, integer PI
+    assert inference.input_band(h)[:2] == (501, 1999)
+    h = fits.Header({"SLCTEXPR": "PI in [500:1000] || PI in [3000:4000]"})
+    assert inference.input_band(h) is None  # a union: not judged
+    assert inference.input_band(fits.Header({"SLCTEXPR": "PIXEL > 3"})) is None
+
+
+# ----------------------------------------------------------------------------- 2. no counts
+def test_image_without_counts_is_refused_and_nothing_written(tmp_path, dn_model, capsys):
+    p = tmp_path / "empty.fits"
+    h = fits.Header({"EXPOSURE": 2e4, "SLCTEXPR": band_expr(20000, 30000)})
+    fits.PrimaryHDU(np.zeros(detector.PN_SHAPE, np.int32), h).writeto(p)
+    out = tmp_path / "newdir"
+    code, _, errors, _ = run([p, "--which", "DN", "--model", dn_model, "--outdir", out], capsys)
+    assert code == 1 and len(errors) == 1, errors
+    e = errors[0]
+    assert "empty.fits" in e and "no counts" in e and "energy band" in e
+    assert "good-time" in e and "PI 20000-30000" in e
+    assert not out.exists() and not wcs_outputs(tmp_path)
+
+
+# ----------------------------------------------------------------------------- 3. --exposure
+def test_exposure_option_differing_from_the_header_warns_and_the_header_is_used(
+        tmp_path, dn_model, capsys):
+    img, _ = make_image(tmp_path / "img.fits", exposure=20e3)
+    code, warns, errors, _ = run([img, "--which", "DN", "--model", dn_model,
+                                  "--exposure", "5000"], capsys)
+    assert code == 0 and not errors
+    assert len(warns) == 1, warns
+    w = warns[0]
+    assert "img.fits" in w and "20000" in w and "5000" in w and "using the header's" in w
+    p_in, p_pred = inference.output_paths(img, "DN")
+    counts = fits.getdata(img).astype(float)
+    assert fits.getheader(p_pred)["INEXPO"] == 20e3
+    assert fits.getdata(p_in).sum() == pytest.approx(counts.sum() / 20e3, rel=1e-5)
+
+
+def test_exposure_option_within_0p1_percent_or_for_a_bad_header_is_silent(tmp_path, dn_model,
+                                                                          capsys):
+    img, _ = make_image(tmp_path / "img.fits", exposure=20e3)
+    code, warns, _, _ = run([img, "--which", "DN", "--model", dn_model, "--exposure",
+                             "20015"], capsys)
+    assert code == 0 and warns == []
+    assert fits.getheader(inference.output_paths(img, "DN")[1])["INEXPO"] == 20e3
+    # a header EXPOSURE that is not a positive number: the option stands in for it
+    bad, _ = make_image(tmp_path / "bad.fits", exposure=0.0)
+    code, warns, _, _ = run([bad, "--which", "DN", "--model", dn_model, "--exposure",
+                             "22000"], capsys)
+    assert code == 0 and warns == []
+    assert fits.getheader(inference.output_paths(bad, "DN")[1])["INEXPO"] == 22e3
+
+
+def test_exposure_help_says_what_happens():
+    text = " ".join(build_parser().format_help().split())
+    assert "without a valid EXPOSURE" in text and "0.1 %" in text and "header's" in text
+
+
+# ----------------------------------------------------------------------------- 4. reruns
+def test_rerun_with_skip_existing_skips_complete_outputs(tmp_path, dn_model, capsys):
+    a, _ = make_image(tmp_path / "a.fits")
+    args = [a, "--which", "DN", "--model", dn_model]
+    assert main([str(x) for x in args] + ["-q"]) == 0
+    done = inference.output_paths(a, "DN")
+    before = stamps(done)
+    # plain rerun: the error names both ways out
+    code, _, errors, _ = run(args, capsys)
+    assert code == 1 and "--overwrite" in errors[0] and "--skip-existing" in errors[0]
+    # one finished input and one new one
+    b, _ = make_image(tmp_path / "b.fits", seed=3)
+    code, _, errors, err = run([a, b] + args[1:] + ["--skip-existing"], capsys)
+    assert code == 0 and not errors, err
+    assert any("a.fits" in e and "skipped" in e for e in err), err
+    assert stamps(done) == before
+    assert wcs_outputs(tmp_path) == ["a_input_wcs_DN.fits.gz", "a_predict_wcs_DN.fits.gz",
+                                     "b_input_wcs_DN.fits.gz", "b_predict_wcs_DN.fits.gz"]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete"])
+def test_skip_existing_redoes_incomplete_outputs(tmp_path, dn_model, capsys, damage):
+    a, _ = make_image(tmp_path / "a.fits")
+    args = [str(a), "--which", "DN", "--model", str(dn_model), "-q"]
+    assert main(args) == 0
+    p_in, p_pred = inference.output_paths(a, "DN")
+    if damage == "truncate":  # a complete gzip stream of a cut FITS file
+        raw = gzip.decompress(p_pred.read_bytes())
+        p_pred.write_bytes(gzip.compress(raw[: len(raw) // 2]))
+    else:
+        p_pred.unlink()
+    os.utime(p_in, ns=(0, 0))
+    assert main(args + ["--skip-existing"]) == 0
+    assert p_in.stat().st_mtime_ns > 0  # the whole set was redone
+    with fits.open(p_pred, checksum=True) as h:
+        assert h[0].data.shape == (416, 416)
+
+
+def test_skip_existing_needs_the_sr_region_file(tmp_path, capsys):
+    model = exposure_aware(tmp_path / "sr.onnx", "SR")
+    a, _ = make_image(tmp_path / "a.fits")
+    args = [str(a), "--which", "SR", "--model", str(model), "--skip-existing"]
+    assert main(args + ["-q"]) == 0
+    reg = inference.region_path(a)
+    assert reg.is_file()
+    paths = list(inference.output_paths(a, "SR")) + [reg]
+    before = stamps(paths)
+    code, _, errors, err = run(args, capsys)
+    assert code == 0 and not errors and stamps(paths) == before
+    assert any("skipped" in e for e in err), err
+    reg.unlink()
+    code, _, errors, err = run(args, capsys)
+    assert code == 0 and not errors and reg.is_file()
+    assert any("redo" in e and reg.name in e for e in err), err
+
+
+def test_skip_existing_needs_the_png_with_png(tmp_path, dn_model, capsys):
+    pytest.importorskip("matplotlib")
+    a, _ = make_image(tmp_path / "a.fits")
+    args = [str(a), "--which", "DN", "--model", str(dn_model), "-q"]
+    assert main(args) == 0  # no PNG yet
+    p_pred = inference.output_paths(a, "DN")[1]
+    png = inference.png_path(p_pred)
+    assert main(args + ["--skip-existing", "--png"]) == 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    stamp = png.stat().st_mtime_ns
+    assert main(args + ["--skip-existing", "--png"]) == 0
+    assert png.stat().st_mtime_ns == stamp
+    png.write_bytes(png.read_bytes()[:100])  # cut short
+    assert main(args + ["--skip-existing", "--png"]) == 0
+    assert png.stat().st_mtime_ns != stamp and png.read_bytes()[-8:-4] == b"IEND"
+
+
+def test_skip_existing_with_overwrite_is_a_usage_error(tmp_path, dn_model, capsys):
+    a, _ = make_image(tmp_path / "a.fits")
+    code, _, errors, _ = run([a, "--which", "DN", "--model", dn_model, "--skip-existing",
+                              "--overwrite"], capsys)
+    assert code == 2 and len(errors) == 1 and "--skip-existing" in errors[0]
+    assert not wcs_outputs(tmp_path)
+
+
+def test_existing_png_is_refused_before_anything_is_written(tmp_path, dn_model, capsys):
+    a, _ = make_image(tmp_path / "a.fits")
+    png = inference.png_path(inference.output_paths(a, "DN")[1])
+    png.write_bytes(b"not ours")
+    code, _, errors, _ = run([a, "--which", "DN", "--model", dn_model, "--png"], capsys)
+    assert code == 1 and png.name in errors[0] and "--skip-existing" in errors[0]
+    assert wcs_outputs(tmp_path) == [png.name] and png.read_bytes() == b"not ours"
+
+
+# ----------------------------------------------------------------------------- 5. --outdir
+@pytest.mark.parametrize("kind", ["nan", "negative"])
+def test_refused_input_leaves_no_outdir(tmp_path, dn_model, capsys, kind):
+    img, _ = make_image(tmp_path / "img.fits")
+    with fits.open(img, mode="update") as h:
+        h[0].data = h[0].data.astype(np.float32)
+        h[0].data[100, 100] = np.nan if kind == "nan" else -1
+    out = tmp_path / "newdir" / "deeper"
+    code, _, errors, _ = run([img, "--which", "DN", "--model", dn_model, "--outdir", out],
+                             capsys)
+    assert code == 1 and len(errors) == 1 and "img.fits" in errors[0]
+    assert not (tmp_path / "newdir").exists()
+
+
+def test_outdir_under_a_file_is_refused_before_any_work(tmp_path, dn_model, capsys):
+    img, _ = make_image(tmp_path / "img.fits")
+    f = tmp_path / "afile"
+    f.write_text("x")
+    code, _, errors, _ = run([img, "--which", "DN", "--model", dn_model, "--outdir",
+                              f / "sub"], capsys)
+    assert code == 1 and len(errors) == 1 and "afile" in errors[0]
+    assert "cannot create the output folder" in errors[0]
+    assert f.read_text() == "x"
