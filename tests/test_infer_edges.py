@@ -176,6 +176,30 @@ def test_skip_existing_redoes_incomplete_outputs(tmp_path, dn_model, capsys, dam
         assert h[0].data.shape == (416, 416)
 
 
+def test_skip_existing_redoes_outputs_of_another_model_or_an_older_input(tmp_path, dn_model,
+                                                                         capsys):
+    a, _ = make_image(tmp_path / "a.fits")
+    args = [str(a), "--which", "DN", "--model", str(dn_model), "-q", "--skip-existing"]
+    assert main(args) == 0
+    p_in, p_pred = inference.output_paths(a, "DN")
+    # another model file (the same graph, another version): the outputs are not its own
+    other = identity_dn(tmp_path / "models" / "dn2.onnx", version="test-1")
+    os.utime(p_in, ns=(1, 1))
+    assert main([str(a), "--which", "DN", "--model", str(other), "-q", "--skip-existing"]) == 0
+    assert p_in.stat().st_mtime_ns > 1
+    sha = fits.getheader(p_pred)["MODELSHA"]
+    # the input made again after its outputs: predicted again
+    later = p_pred.stat().st_mtime_ns + 10**9
+    os.utime(a, ns=(later, later))
+    assert main([str(a), "--which", "DN", "--model", str(other), "-q", "--skip-existing"]) == 0
+    assert p_pred.stat().st_mtime_ns > later - 10**9 and fits.getheader(p_pred)["MODELSHA"] == sha
+    # and with outputs newer than the input and of this model, skipped
+    os.utime(a, ns=(1, 1))
+    before = stamps([p_in, p_pred])
+    assert main([str(a), "--which", "DN", "--model", str(other), "-q", "--skip-existing"]) == 0
+    assert stamps([p_in, p_pred]) == before
+
+
 def test_skip_existing_needs_the_sr_region_file(tmp_path, capsys):
     model = exposure_aware(tmp_path / "sr.onnx", "SR")
     a, _ = make_image(tmp_path / "a.fits")

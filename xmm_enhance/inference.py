@@ -1384,10 +1384,12 @@ def _region_is_valid(path: Path) -> tuple[bool, str]:
     return True, ""
 
 
-def outputs_complete(paths) -> tuple[bool, str]:
+def outputs_complete(paths, *, model: Model | None = None, infile=None) -> tuple[bool, str]:
     """Whether every file of ``paths`` (:func:`run_outputs`) exists and is complete: FITS files
     read to the end with verified checksums (:func:`xmm_enhance.batch.fits_is_valid`), PNGs
-    whole (:func:`xmm_enhance.batch.png_is_valid`), region files whole.
+    whole (:func:`xmm_enhance.batch.png_is_valid`), region files whole. With ``model``, its
+    prediction (the second path) must also have been made by that model file (``MODELSHA``);
+    with ``infile``, no output may be older than it (an input made again is predicted again).
 
     Returns
     -------
@@ -1396,13 +1398,22 @@ def outputs_complete(paths) -> tuple[bool, str]:
     """
     from .batch import fits_is_valid, png_is_valid
 
-    for p in map(Path, paths):
+    paths = [Path(p) for p in paths]
+    for p in paths:
         name = p.name.lower()
         check = (png_is_valid if name.endswith(".png") else
                  _region_is_valid if name.endswith(".reg") else fits_is_valid)
         ok, why = check(p)
         if not ok:
             return False, f"{p.name}: {why}"
+    if infile is not None:
+        made = Path(infile).stat().st_mtime_ns
+        old = [p.name for p in paths if p.stat().st_mtime_ns < made]
+        if old:
+            return False, f"{old[0]}: older than {Path(infile).name}"
+    if model is not None and len(paths) > 1:
+        if fits.getheader(paths[1]).get("MODELSHA") != model.sha256:
+            return False, f"{paths[1].name}: made by another {model.task} model"
     return True, ""
 
 

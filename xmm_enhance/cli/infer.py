@@ -38,8 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--skip-existing", action="store_true",
                    help="resume a run: skip an input whose outputs (input and prediction "
-                        "files, SR region file, PNG with --png) all exist and are complete; "
-                        "redo those with any missing or incomplete (not with --overwrite)")
+                        "files, SR region file, PNG with --png) all exist, are complete, are "
+                        "newer than the input and were made by this model file; redo the "
+                        "others (not with --overwrite)")
     p.add_argument("--model", type=Path, help="ONNX model (default: the bundled one)")
     p.add_argument("--threads", type=int, help="CPU threads for onnxruntime (default: all)")
     p.add_argument("--exposure", type=float, metavar="SECONDS",
@@ -85,7 +86,7 @@ def main(argv=None) -> int:
         overwrite = args.overwrite
         if args.skip_existing and Path(f).is_file():
             paths = run_outputs(f, model, args.outdir, png=args.png)
-            done, why = outputs_complete(paths)
+            done, why = outputs_complete(paths, model=model, infile=f)
             if done:
                 log.info("%s: skipped, its outputs are complete (--skip-existing)", f)
                 continue
