@@ -315,6 +315,7 @@ def test_malformed_obsid(small_pps, obsid, capsys):
     (["--low_pi", "2000", "--high_pi", "500"], "--low_pi"),
     (["--low_pi", "1000", "--high_pi", "1000"], "--low_pi"),
     (["--binSize", "2"], "--binSize"),
+    (["--expo_time", "1e-5"], "in ks"),
 ])
 def test_usage_errors(small_pps, extra, word, capsys):
     code, err = _run_bad([OBSID, "--pps_dir", str(small_pps)] + extra, small_pps, capsys)

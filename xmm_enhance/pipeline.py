@@ -144,6 +144,10 @@ def resolve_backend(backend: str) -> str:
     return "sas" if sas.available() else "native"
 
 
+#: Shortest --expo_time (ks): the file name holds it to the second (:func:`output_name`).
+_MIN_EXPO_KS = 0.001
+
+
 def _check_args(low_pi, high_pi, binsize, expo_time_ks):
     for name, v in (("--low_pi", low_pi), ("--high_pi", high_pi)):
         if v is None or int(v) != v or v < 0:
@@ -158,6 +162,9 @@ def _check_args(low_pi, high_pi, binsize, expo_time_ks):
                          f"a bin size of at least {_min_binsize()} (80 = 4\")")
     if expo_time_ks is None or not np.isfinite(expo_time_ks):
         raise UsageError(f"--expo_time {expo_time_ks}: must be a number of ks (<= 0: all)")
+    if 0 < expo_time_ks < _MIN_EXPO_KS:
+        raise UsageError(f"--expo_time {expo_time_ks:g}: under {_MIN_EXPO_KS * 1e3:g} s; it is "
+                         "in ks (20 = 20000 s; <= 0: all good time)")
 
 
 def _keep(good, expo_s: float):
