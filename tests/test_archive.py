@@ -179,6 +179,12 @@ def test_validate_obsid_rejects(bad):
     assert "10 digits" in str(err.value) and "\n" not in str(err.value)
 
 
+def test_nine_digits_get_the_lost_zero_hint():
+    with pytest.raises(UsageError, match="leading zero was probably lost.*write it as "
+                                         "0852030101"):
+        validate_obsid("852030101")
+
+
 # --------------------------------------------------------------------------------------------
 # find_pps_files
 # --------------------------------------------------------------------------------------------
@@ -562,18 +568,24 @@ def test_download_validates_obsid_before_network(xsa, tmp_path):
     assert xsa.hits == [] and not os.listdir(tmp_path)
 
 
-def test_download_connection_refused_is_retried(tmp_path, sleeps, monkeypatch):
+@pytest.fixture
+def refused_port(monkeypatch):
+    """astroquery pointed at a 127.0.0.1 port nobody listens on; yields the port."""
     import socket
 
     from astroquery.esa.xmm_newton import conf
 
-    with socket.socket() as sock:       # a port nobody listens on
+    with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     with conf.set_temp("DATA_ACTION_AIO", f"http://127.0.0.1:{port}/data-action-aio?"):
-        with pytest.raises(ArchiveError) as err:
-            download_pps(OBSID, tmp_path, retries=2, backoff_s=0.01)
+        yield port
+
+
+def test_download_connection_refused_is_retried(tmp_path, sleeps, refused_port):
+    with pytest.raises(ArchiveError) as err:
+        download_pps(OBSID, tmp_path, retries=2, backoff_s=0.01)
     assert "3 attempts" in str(err.value) and "Connection" in str(err.value)
     assert len(str(err.value)) < 400 and "\n" not in str(err.value)
     assert sleeps == pytest.approx([0.01, 0.02]) and _leftovers(tmp_path) == []
@@ -602,3 +614,55 @@ def test_download_of_simulated_pps_round_trip(tmp_path_factory, tmp_path, monkey
     for a, b in ((got.events, want.events), (got.fbktsr, want.fbktsr),
                  (got.attitude, want.attitude), (got.calind, want.calind)):
         assert a.name == b.name and a.read_bytes() == b.read_bytes()
+
+
+# --------------------------------------------------------------------------------------------
+# A mirror URL (--archive-url): joined as astroquery needs it, named in the errors it may cause
+# --------------------------------------------------------------------------------------------
+def test_archive_url_gets_its_question_mark(xsa, tmp_path):
+    from astroquery.esa.xmm_newton import conf
+
+    from xmm_enhance.batch import _archive_url
+
+    assert archive.aio_url("http://h/data-action-aio") == "http://h/data-action-aio?"
+    assert archive.aio_url(" http://h/x?site=2 ") == "http://h/x?site=2&"
+    for url in ("http://h/x?", "http://h/x?site=2&"):
+        assert archive.aio_url(url) == url
+    bare = conf.DATA_ACTION_AIO.rstrip("?")              # as a user types it
+    with _archive_url(bare):
+        assert conf.DATA_ACTION_AIO == bare + "?"
+    with conf.set_temp("DATA_ACTION_AIO", bare):        # set directly (the Python API)
+        pps = download_pps(OBSID, tmp_path, backoff_s=0.01)
+    assert {p.name for p in pps.iterdir()} == _expected_names() | {MARKER_NAME}
+    assert all(q.get("obsno") == OBSID for _, q in xsa.hits)
+
+
+@pytest.mark.parametrize("answer", [404, "text"])
+def test_errors_name_a_mirror_url_as_a_suspect(xsa, tmp_path, sleeps, monkeypatch, answer):
+    from astroquery.esa.xmm_newton import conf
+
+    xsa.unknown = answer
+    with pytest.raises(ArchiveError) as err:
+        download_pps("0999999999", tmp_path, retries=1, backoff_s=0.01)
+    msg = str(err.value)
+    assert conf.DATA_ACTION_AIO in msg and "--archive-url" in msg and "0999999999" in msg
+    assert ("HTTP 404" in msg) if answer == 404 else ("sent no file" in msg)
+    # with astroquery's own archive URL the OBS_ID alone is the suspect, as before
+    monkeypatch.setattr(archive, "_archive_url", lambda: (conf.DATA_ACTION_AIO, False))
+    with pytest.raises(ArchiveError) as err:
+        download_pps("0999999999", tmp_path, retries=1, backoff_s=0.01)
+    msg = str(err.value)
+    assert "--archive-url" not in msg and conf.DATA_ACTION_AIO not in msg
+    assert ("not found in the XMM archive (HTTP 404)" in msg if answer == 404
+            else "the XMM archive sent no file" in msg)
+
+
+def test_connection_error_shows_its_root_cause(tmp_path, sleeps, refused_port):
+    port = refused_port
+    with pytest.raises(ArchiveError) as err:
+        download_pps(OBSID, tmp_path, retries=0)
+    msg = str(err.value)
+    assert msg.startswith(f"OBS_ID {OBSID} PN PIEVLI: download failed after 1 attempt (")
+    assert f"cannot reach 127.0.0.1:{port} (ConnectionError: Connection refused)" in msg
+    assert msg.count(OBSID) == 1 and "..." not in msg and len(msg) < 250
+    assert sleeps == [] and _leftovers(tmp_path) == []

@@ -938,10 +938,9 @@ def test_usage_errors(tmp_path, models, capsys):
         assert main(["--save_dir", str(tmp_path / "s"), opt, bad, "0123456789"]) == 2, opt
         assert f"{opt} {bad}" in capsys.readouterr().err
         assert not (tmp_path / "s").exists()
-    empty = tmp_path / "empty.txt"
-    empty.write_text("# nothing\n")
-    assert main(["--save_dir", str(tmp_path), str(empty)]) == 2
-    assert "no OBS_IDs" in capsys.readouterr().err
+    assert main(["--save_dir", str(tmp_path), "--archive-url", "nxsa.esac.esa.int/x",
+                 "0123456789"]) == 2
+    assert "--archive-url 'nxsa.esac.esa.int/x': not an http(s) URL" in capsys.readouterr().err
     with pytest.raises(UsageError):
         batch.run_batch(["0123456789"], BatchConfig(save_dir=tmp_path), jobs=0)
     r = batch.process_observation("../../etc", BatchConfig(save_dir=tmp_path / "s"))
@@ -1009,7 +1008,8 @@ def test_malformed_list_lines_are_reported_and_the_good_ids_run(tmp_path, pps_ro
                       pps_root=pps_root))
     assert code == 1                                    # like any failed observation
     std = capsys.readouterr()
-    assert f"{ids} line 3: 'abc' is not a ten-digit OBS_ID" in std.err
+    # as every other console warning (cron logs are grepped for "warning:")
+    assert f"warning: {ids} line 3: 'abc' is not a ten-digit OBS_ID" in std.err
     assert f"{ids} line 4: '{nine}' has 9 digits" in std.err and OBSIDS[1] in std.err
     assert "2 of 3 observations failed" in std.err
     assert "3 observations: 1 done, 2 failed, 0 busy" in std.out
@@ -1019,9 +1019,10 @@ def test_malformed_list_lines_are_reported_and_the_good_ids_run(tmp_path, pps_ro
     assert r[nine]["status"] == "failed" and f"write it as {OBSIDS[1]}" in r[nine]["error"]
     assert json.loads(Path(f"{rep}.json").read_text())["totals"] == {"done": 1, "failed": 2}
     assert not (tmp_path / "out" / nine).exists() and not (tmp_path / "out" / "abc").exists()
-    # --dry-run lists them too; a malformed id on the command line is still a usage error
+    # --dry-run lists them too, and exits 1 as the real run would; a malformed id on the
+    # command line is still a usage error
     assert main(_args(tmp_path / "out", models, ids, "--which", "none", "--dry-run",
-                      pps_root=pps_root)) == 0
+                      pps_root=pps_root)) == 1
     out = capsys.readouterr().out
     assert f"{OBSIDS[0]}  skip" in out and "line 3: 'abc'" in out and "2 malformed" in out
     assert main(_args(tmp_path / "out", models, nine, pps_root=pps_root)) == 2
@@ -1083,3 +1084,146 @@ def test_default_reports_are_rotated_and_the_newest_copied_to_latest(tmp_path, p
                       pps_root=pps_root)) == 0
     assert sorted(p.name for p in rep.parent.iterdir()) == ["rep.csv", "rep.json"]
     assert _report(rep)[OBSIDS[0]]["status"] == "done"
+
+
+# --------------------------------------------------------------------------------------------
+# Audit edges: list encodings, empty lists, stale PNG/region files, warnings on the console
+# --------------------------------------------------------------------------------------------
+def test_list_files_in_other_encodings_and_lone_csv_cells(tmp_path, monkeypatch, caplog):
+    caplog.set_level(logging.WARNING, logger="xmm_enhance.batch")
+    ids = OBSIDS[:4]
+    f = tmp_path / "ids.txt"
+    # a UTF-8 byte-order mark (Windows editors) opens line 1; a Latin-1 byte in a comment
+    f.write_bytes(b"\xef\xbb\xbf" + f"{ids[0]}\n# r\xe9sum\xe9 of tonight\n".encode("latin-1")
+                  + f"{ids[1]}  # caf\xe9\n".encode("latin-1"))
+    assert read_obsid_list([str(f)]) == ids[:2]
+    # a spreadsheet's one-column export: quoted cells, trailing separators, CRLF
+    f.write_bytes(f'"{ids[0]}"\r\n{ids[1]},\r\n{ids[2]};\r\n"{ids[3]}",;\r\n'
+                  f"'{ids[0]}'\r\n".encode())
+    assert read_obsid_list([str(f)]) == ids
+    # UTF-16 with its mark (Notepad's "Unicode")
+    f.write_text(f"{ids[0]}\n{ids[1]}\n", encoding="utf-16")
+    assert read_obsid_list([str(f)]) == ids[:2]
+    # a byte that is not UTF-8 in the id part is a bad line of its own, not an unreadable list
+    f.write_bytes(f"{ids[0]}\n{ids[1]}\xe9\n{ids[2]},{ids[3]}\n".encode("latin-1"))
+    bad = []
+    assert read_obsid_list([str(f)], bad=bad) == [ids[0]]
+    assert [(b.line, b.reason.split(";")[0]) for b in bad] == [
+        (2, "holds bytes that are not UTF-8 text (the list was saved in another encoding)"),
+        (3, "is not a ten-digit OBS_ID")]
+    assert "save the list as UTF-8" in bad[0].reason
+    assert json.dumps(bad[0].result().error)            # reportable (no lone surrogates)
+    # stdin: bytes with a byte-order mark, and a text stream (no buffer) alike
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(
+        b"\xef\xbb\xbf" + f'"{ids[2]}"\n'.encode())))
+    assert read_obsid_list(["-"]) == [ids[2]]
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"\ufeff{ids[3]};\n"))
+    assert read_obsid_list(["-"]) == [ids[3]]
+
+
+def test_an_empty_list_is_nothing_to_do_and_save_dir_must_be_a_folder(tmp_path, models,
+                                                                       monkeypatch, capsys):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing tonight\n\n")
+    out = tmp_path / "out"
+    assert main(_args(out, models, empty)) == 0           # cron must not mail every night
+    assert "nothing to do" in capsys.readouterr().err
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"")))
+    assert main(_args(out, models, "-")) == 0             # batch - < /dev/null
+    assert main(_args(out, models, empty, "-q")) == 0
+    assert capsys.readouterr().err.count("nothing to do") == 1
+    assert not out.exists()                               # no report, no folder
+    with pytest.raises(SystemExit) as exc:                # no item at all: a usage error
+        main(_args(out, models))
+    assert exc.value.code == 2
+    capsys.readouterr()
+    # --save_dir naming a regular file: say so (not "fix its permissions")
+    assert main(_args(empty, models, OBSIDS[0])) == 2
+    err = capsys.readouterr().err
+    assert f"--save_dir {empty}: it is a file, not a folder; pass a folder" in err
+    assert "permissions" not in err
+    assert main(_args(empty / "sub", models, OBSIDS[0])) == 2
+    assert f"{empty} is a file, not a folder" in capsys.readouterr().err
+
+
+def test_stale_png_or_missing_region_file_redoes_sr(tmp_path, pps_root):
+    sr = exposure_aware(tmp_path / "sr.onnx", "SR", point_share=0.9)   # SOURCES + region
+    obsid, out = OBSIDS[0], tmp_path / "out"
+
+    def run(tag, *extra):
+        rep = tmp_path / tag
+        assert main(_args(out, (sr, sr), obsid, "--which", "SR", "--report", rep, *extra,
+                          pps_root=pps_root)) == 0
+        return _report(rep)[obsid]
+
+    first = run("r1", "--png")
+    assert first["steps"] == "image:ran SR:ran"
+    reg = next((out / obsid).glob("*_sources_SR.reg"))
+    png = next((out / obsid).glob("*_predict_wcs_SR.png"))
+    pred = next((out / obsid).glob("*_predict_wcs_SR.fits.gz"))
+    assert str(reg) in first["outputs"]["SR"]
+    # as if made yesterday: everything one minute older, in the same order
+    for p in (out / obsid).iterdir():
+        if p.is_file():
+            t = p.stat().st_mtime_ns - 60 * 10**9
+            os.utime(p, ns=(t, t))
+    # another threshold without --png: SR redone, the PNG left as it was (now stale)
+    assert run("r2", "--min-signif", "6")["steps"] == "image:skipped SR:ran"
+    assert png.stat().st_mtime < pred.stat().st_mtime - 30
+    cfg = BatchConfig(save_dir=out, pps_root=pps_root, sr_model=sr, which=("SR",), png=True,
+                      min_signif=6.0)
+    assert batch.observation_state(obsid, cfg) == {"image": "skip", "SR": "redo"}
+    assert run("r3", "--min-signif", "6", "--png")["steps"] == "image:skipped SR:ran"
+    assert f"{png.name}: older than {pred.name}" in (out / obsid / LOG_NAME).read_text()
+    assert png.stat().st_mtime >= pred.stat().st_mtime
+    # a fresh set (region and PNG written within the same second as the prediction) is valid
+    assert run("r4", "--min-signif", "6", "--png")["steps"] == "image:skipped SR:skipped"
+    # the region file is part of the SR outputs of a model that lists sources
+    reg.unlink()
+    assert batch.observation_state(obsid, cfg) == {"image": "skip", "SR": "redo"}
+    assert run("r5", "--min-signif", "6", "--png")["steps"] == "image:skipped SR:ran"
+    assert reg.is_file()
+    reg.write_text(reg.read_text()[:30])                     # cut short
+    assert run("r6", "--min-signif", "6", "--png")["steps"] == "image:skipped SR:ran"
+    assert f"{reg.name}: not a complete region file" in (out / obsid / LOG_NAME).read_text()
+    assert run("r7", "--min-signif", "6", "--png")["steps"] == "image:skipped SR:skipped"
+
+
+def test_observation_warnings_reach_the_console_and_the_report(tmp_path, pps_root, models,
+                                                               capsys):
+    from xmm_enhance import inference
+    from xmm_enhance.cli import batch as cli_batch
+
+    assert cli_batch.MODEL_BAND_PI == inference.MODEL_BAND_PI
+    assert cli_batch.BAND_TOLERANCE_PI == inference.BAND_TOLERANCE_PI
+    ids = OBSIDS[:2]
+    rep = tmp_path / "rep"
+    # -q keeps warnings (docs/batch.md); the warnings come back from the worker processes
+    assert main(_args(tmp_path / "out", models, *ids, "--which", "DN", "--low_pi", "2000",
+                      "--high_pi", "10000", "--expo_time", "30", "--jobs", "2", "-q",
+                      "--report", rep, pps_root=pps_root)) == 0
+    std = capsys.readouterr()
+    assert std.out == ""                                  # -q: no table
+    band = [ln for ln in std.err.splitlines() if "trained on 0.5-2 keV" in ln
+            and ln.startswith("warning: --low_pi 2000 --high_pi 10000")]
+    assert len(band) == 1                                  # said once, before anything runs
+    r = _report(rep)
+    for o in ids:
+        assert r[o]["status"] == "done" and r[o]["pid"] != os.getpid()
+        short = [w for w in r[o]["warnings"] if "requested 30 ks but only" in w]
+        assert len(short) == 1 and not short[0].startswith((o, "OBS_ID"))
+        assert f"warning: OBS_ID {o}: {short[0]}" in std.err
+        assert all(_mentions(o, ln) == 1 for ln in std.err.splitlines() if o in ln)
+    rows = {row["obsid"]: row for row in csv.DictReader(open(f"{rep}.csv"))}
+    assert "requested 30 ks but only" in rows[ids[0]]["warnings"]
+    # a rerun that skips every step has nothing to say
+    assert main(_args(tmp_path / "out", models, *ids, "--which", "DN", "--low_pi", "2000",
+                      "--high_pi", "10000", "--expo_time", "30", "--report", tmp_path / "r2",
+                      pps_root=pps_root)) == 0
+    assert all(row["warnings"] == [] for row in _report(tmp_path / "r2").values())
+    # in this process (--jobs 1), -v: each warning once (not live and again at the end)
+    assert main(_args(tmp_path / "out2", models, ids[0], "--which", "none", "--expo_time",
+                      "30", "-v", "--report", tmp_path / "r3", pps_root=pps_root)) == 0
+    err = capsys.readouterr().err
+    assert err.count("requested 30 ks but only") == 1
+    assert f"warning: OBS_ID {ids[0]}: requested 30 ks" in err

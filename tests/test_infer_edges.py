@@ -235,6 +235,89 @@ def test_skip_existing_needs_the_png_with_png(tmp_path, dn_model, capsys):
     assert png.stat().st_mtime_ns != stamp and png.read_bytes()[-8:-4] == b"IEND"
 
 
+def test_skip_existing_redoes_sr_outputs_made_with_other_source_settings(tmp_path, capsys):
+    model = exposure_aware(tmp_path / "sr.onnx", "SR")
+    a, _ = make_image(tmp_path / "a.fits")
+    args = [a, "--which", "SR", "--model", model, "--skip-existing"]
+    assert main([str(x) for x in args] + ["-q"]) == 0
+    p_pred = inference.output_paths(a, "SR")[1]
+    paths = list(inference.output_paths(a, "SR")) + [inference.region_path(a)]
+
+    def sources_minsig():
+        with fits.open(p_pred) as h:
+            return h["SOURCES"].header["MINSIG"]
+
+    assert sources_minsig() == 4.5 and "PTMOVED" in fits.getheader(p_pred)
+    for extra, why in [(["--min-signif", "3"], "made with --min-signif 4.5, not 3"),
+                       (["--min-signif", "3", "--no-redraw"], "made without --no-redraw"),
+                       (["--no-redraw"], "made with --min-signif 3, not 4.5 (the default)"),
+                       ([], "made with --no-redraw")]:
+        before = stamps(paths)
+        code, _, errors, err = run(args + extra, capsys)
+        assert code == 0 and not errors, err
+        assert any("redo" in e and p_pred.name in e and why in e for e in err), (extra, err)
+        assert all(t1 > t0 for t0, t1 in zip(before, stamps(paths))), extra
+        assert sources_minsig() == (3 if "3" in extra else 4.5)
+        assert ("PTMOVED" in fits.getheader(p_pred)) == ("--no-redraw" not in extra)
+        # the same settings again: skipped
+        before = stamps(paths)
+        code, _, errors, err = run(args + extra, capsys)
+        assert code == 0 and any("skipped" in e for e in err), (extra, err)
+        assert stamps(paths) == before
+    assert inference.source_settings_differ(p_pred) == ""
+    assert inference.source_settings_differ(p_pred, min_signif=4.5, redraw=False) == (
+        "made without --no-redraw")
+    # DN lists no sources: nothing to compare
+    dn = identity_dn(tmp_path / "dn.onnx")
+    assert main([str(a), "--which", "DN", "--model", str(dn), "-q"]) == 0
+    p_dn = inference.output_paths(a, "DN")[1]
+    assert inference.source_settings_differ(p_dn, min_signif=3, redraw=False) == ""
+
+
+def test_skip_existing_redoes_a_region_file_older_than_its_prediction(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    model = exposure_aware(tmp_path / "sr.onnx", "SR")
+    a, _ = make_image(tmp_path / "a.fits")
+    args = [a, "--which", "SR", "--model", model, "--skip-existing", "--png"]
+    assert main([str(x) for x in args] + ["-q"]) == 0
+    p_in, p_pred = inference.output_paths(a, "SR")
+    reg, png = inference.region_path(a), inference.png_path(p_pred)
+    # the files of one run: the region file and the PNG are never older than the prediction
+    made = p_pred.stat().st_mtime_ns
+    assert reg.stat().st_mtime_ns >= made and png.stat().st_mtime_ns >= made
+    before = stamps([p_in, p_pred, reg, png])
+    code, _, errors, err = run(args, capsys)
+    assert code == 0 and not errors and stamps([p_in, p_pred, reg, png]) == before, err
+    # a region file left by an earlier prediction (but newer than the input): redone
+    os.utime(a, ns=(1, 1))
+    os.utime(reg, ns=(made - 10**9, made - 10**9))
+    code, _, errors, err = run(args, capsys)
+    assert code == 0 and not errors, err
+    assert any("redo" in e and f"{reg.name}: older than {p_pred.name}" in e for e in err), err
+    assert reg.stat().st_mtime_ns >= p_pred.stat().st_mtime_ns > made
+
+
+def test_skip_existing_redoes_a_png_older_than_its_prediction(tmp_path, dn_model, capsys):
+    pytest.importorskip("matplotlib")
+    a, _ = make_image(tmp_path / "a.fits")
+    args = [a, "--which", "DN", "--model", dn_model]
+    assert main([str(x) for x in args] + ["-q", "--png"]) == 0
+    p_pred = inference.output_paths(a, "DN")[1]
+    png = inference.png_path(p_pred)
+    # the prediction made again without --png: the PNG shows the one before
+    assert main([str(x) for x in args] + ["-q", "--overwrite"]) == 0
+    made = p_pred.stat().st_mtime_ns
+    os.utime(png, ns=(made - 10**9, made - 10**9))
+    os.utime(a, ns=(1, 1))  # the PNG is still newer than the input
+    code, _, errors, err = run(args + ["--skip-existing", "--png"], capsys)
+    assert code == 0 and not errors, err
+    assert any("redo" in e and f"{png.name}: older than {p_pred.name}" in e for e in err), err
+    assert png.stat().st_mtime_ns >= p_pred.stat().st_mtime_ns > made
+    stamp = png.stat().st_mtime_ns
+    code, _, errors, err = run(args + ["--skip-existing", "--png"], capsys)
+    assert code == 0 and any("skipped" in e for e in err) and png.stat().st_mtime_ns == stamp
+
+
 def test_skip_existing_with_overwrite_is_a_usage_error(tmp_path, dn_model, capsys):
     a, _ = make_image(tmp_path / "a.fits")
     code, _, errors, _ = run([a, "--which", "DN", "--model", dn_model, "--skip-existing",
@@ -275,3 +358,14 @@ def test_outdir_under_a_file_is_refused_before_any_work(tmp_path, dn_model, caps
     assert code == 1 and len(errors) == 1 and "afile" in errors[0]
     assert "cannot create the output folder" in errors[0]
     assert f.read_text() == "x"
+
+
+def test_outdir_that_is_a_file_names_the_option(tmp_path, dn_model, capsys):
+    img, _ = make_image(tmp_path / "img.fits")
+    f = tmp_path / "afile"
+    f.write_text("x")
+    code, _, errors, _ = run([img, "--which", "DN", "--model", dn_model, "--outdir", f],
+                             capsys)
+    assert code == 1 and len(errors) == 1, errors
+    assert "afile" in errors[0] and "not a folder" in errors[0] and "--outdir" in errors[0]
+    assert f.read_text() == "x" and not wcs_outputs(tmp_path)

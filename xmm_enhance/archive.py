@@ -41,10 +41,11 @@ from pathlib import Path
 from astropy.io import fits
 
 from .errors import REPLACE_FIX, ArchiveError, PPSError, UsageError
+from .obsid import obsid_problem
 
 __all__ = [
     "PPSFiles", "SUPPORTED_SUBMODES", "validate_obsid", "pps_filename", "parse_pps_filename",
-    "find_pps_files", "download_pps", "pps_folder_is_complete",
+    "find_pps_files", "download_pps", "pps_folder_is_complete", "aio_url",
 ]
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,9 @@ def validate_obsid(obsid: str) -> str:
                          "(e.g. '0123456789'; quote it to keep leading zeros)")
     text = obsid.strip()
     if not _OBSID_RE.fullmatch(text):
-        raise UsageError(f"OBS_ID {obsid!r}: must be exactly 10 digits, e.g. 0123456789")
+        hint = obsid_problem(text) if re.fullmatch(r"\d{9}", text) else ""
+        raise UsageError(f"OBS_ID {obsid!r}: " + (hint or "must be exactly 10 digits, e.g. "
+                                                  "0123456789"))
     return text
 
 
@@ -455,6 +458,56 @@ def _one_line(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def aio_url(url: str) -> str:
+    """``url`` as astroquery needs it: it appends ``obsno=...`` to the data-action-aio URL as
+    it is, so the URL must end in ``?`` (or ``&`` after a query of its own); added when
+    missing."""
+    url = url.strip()
+    if url.endswith(("?", "&")):
+        return url
+    return url + ("&" if "?" in url else "?")
+
+
+def _archive_url() -> tuple[str, bool]:
+    """(the data-action-aio URL in use, whether it is another than astroquery's default)."""
+    from astroquery.esa import xmm_newton
+
+    url = aio_url(xmm_newton.conf.DATA_ACTION_AIO)
+    default = aio_url(type(xmm_newton.conf).DATA_ACTION_AIO.defaultvalue)
+    return url, url != default
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The innermost exception under ``exc``: requests wraps urllib3's ``MaxRetryError``,
+    whose ``reason`` (``NewConnectionError``...) was raised from the socket's error."""
+    seen = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        inner = (getattr(exc, "reason", None), exc.args[0] if exc.args else None,
+                 exc.__cause__, exc.__context__)
+        nxt = next((e for e in inner if isinstance(e, BaseException)), None)
+        if nxt is None:
+            break
+        exc = nxt
+    return exc
+
+
+def _connection_failure(exc: BaseException) -> str:
+    """A connection error or time-out as one short line naming the host and the root cause
+    (:func:`_root_cause`), e.g. ``cannot reach 127.0.0.1:8080 (ConnectionError: Connection
+    refused)``; requests' own text is cut before that cause by :func:`_one_line`."""
+    from urllib.parse import urlsplit
+
+    root = _root_cause(exc)
+    cause = root.strerror if isinstance(root, OSError) and root.strerror else str(root)
+    cause = re.sub(r"^<[^>]*>:\s*|^\w+\(host=[^)]*\):\s*", "", cause.strip())
+    cause = _one_line(cause or type(root).__name__, 120)
+    url = getattr(getattr(exc, "request", None), "url", None)
+    host = urlsplit(url).netloc.rsplit("@", 1)[-1] if url else ""
+    where = f"cannot reach {host} " if host else ""
+    return f"{where}({type(exc).__name__}: {cause})"
+
+
 def _read_credentials(credentials_file) -> tuple[str, str]:
     """(username, password) from an astroquery-style ini file, checked before any request."""
     path = Path(credentials_file)
@@ -490,7 +543,7 @@ def _make_client(target_dir: Path):
         def __init__(self):
             # A placeholder TAP handler: only the data URL is used, so no TAP service is set up.
             super().__init__(tap_handler=object())
-            self.data_aio_url = xmm_newton.conf.DATA_ACTION_AIO
+            self.data_aio_url = aio_url(xmm_newton.conf.DATA_ACTION_AIO)
             self.written: Path | None = None
             self.server_filename: str | None = None
             adapter = _TimeoutAdapter()
@@ -547,7 +600,8 @@ def _fetch_once(obsid: str, product: str, query: dict, raw_dir: Path, secrets) -
         old.unlink()
     client = _make_client(raw_dir)
     kwargs = dict(level="PPS", name=product, extension="FTZ", **query)
-    what = f"OBS_ID {obsid} {query.get('instname', '')} {product}".replace("  ", " ")
+    what = _what(obsid, product, query)
+    url, mirror = _archive_url()
     prop = bool(secrets)
     try:
         with _quiet_astroquery(), _scrub_http_logs(secrets[:2]):
@@ -572,20 +626,35 @@ def _fetch_once(obsid: str, product: str, query: dict, raw_dir: Path, secrets) -
                    "(--archive-url) and the network"
                    + (", and --credentials_file" if prop else
                       ", or pass --credentials_file for proprietary data"))
+        elif code == 404 and mirror:
+            msg = (f"{what}: not found at the archive URL {url} (HTTP 404); check that URL "
+                   "(--archive-url: the mirror's data-action-aio servlet), the OBS_ID and that "
+                   "the observation has EPIC-pn imaging data")
+            raise _Permanent(_scrub(msg, secrets[:2]), missing=True) from None
         elif code == 404:
             msg = (f"{what}: not found in the XMM archive (HTTP 404); check the OBS_ID and "
                    "that the observation has EPIC-pn imaging data")
             raise _Permanent(msg, missing=True) from None
         elif code is not None:
-            msg = f"{what}: the XMM archive answered HTTP {code}"
+            msg = (f"{what}: the archive at {url} answered HTTP {code}" if mirror
+                   else f"{what}: the XMM archive answered HTTP {code}")
+        elif isinstance(exc, (requests.ConnectionError, requests.Timeout, ConnectionError,
+                              TimeoutError)):
+            msg = f"{what}: {_connection_failure(exc)}"
         else:
             msg = f"{what}: {type(exc).__name__}: {_one_line(_scrub(str(exc), secrets[:2]))}"
         raise kind(_scrub(msg, secrets[:2])) from None
     except (UnboundLocalError, KeyError):
         # astroquery's _request_link leaves `params` unset when the archive answers 200 with a
         # text page (no file) or without a Content-Disposition header.
-        raise _Permanent(f"{what}: the XMM archive sent no file; check that the OBS_ID exists "
-                         "and is public (or pass --credentials_file)", missing=True) from None
+        if mirror:
+            msg = (f"{what}: the archive at {url} sent no file; check that URL "
+                   "(--archive-url: the mirror's data-action-aio servlet), that the OBS_ID "
+                   "exists and is public, or pass --credentials_file")
+        else:
+            msg = (f"{what}: the XMM archive sent no file; check that the OBS_ID exists and "
+                   "is public (or pass --credentials_file)")
+        raise _Permanent(_scrub(msg, secrets[:2]), missing=True) from None
     except Exception as exc:  # anything else astroquery raises: report it without credentials
         raise _Permanent(f"{what}: {type(exc).__name__}: "
                          f"{_one_line(_scrub(str(exc), secrets[:2]))}") from None
@@ -744,10 +813,16 @@ def _unpack(path: Path, server_name: str, product: str, flat: Path, obsid: str) 
     return [target]
 
 
+def _what(obsid: str, product: str, query: dict) -> str:
+    """``OBS_ID <obsid> [<instname>] <product>``, what opens a download's messages."""
+    return f"OBS_ID {obsid} {query.get('instname', '')} {product}".replace("  ", " ")
+
+
 def _fetch_product(obsid, product, query, stage: Path, secrets, retries, backoff_s) -> list[Path]:
     raw = stage / "raw"
     flat = stage / "flat"
     attempts = retries + 1
+    what = _what(obsid, product, query)
     last = ""
     for attempt in range(1, attempts + 1):
         raw.mkdir(exist_ok=True)
@@ -759,6 +834,7 @@ def _fetch_product(obsid, product, query, stage: Path, secrets, retries, backoff
                        and i["product"] == product]
         except _Transient as exc:
             last = str(exc)
+            last = last[len(what) + 2:] if last.startswith(f"{what}: ") else last
         finally:
             shutil.rmtree(raw, ignore_errors=True)
         if outcome is not None:
@@ -769,11 +845,12 @@ def _fetch_product(obsid, product, query, stage: Path, secrets, retries, backoff
             return outcome
         if attempt < attempts:
             delay = backoff_s * 2 ** (attempt - 1)
-            log.warning("OBS_ID %s %s: attempt %d/%d failed (%s); retrying in %.3g s", obsid,
-                        product, attempt, attempts, last, delay)
+            log.warning("%s: attempt %d/%d failed (%s); retrying in %.3g s", what,
+                        attempt, attempts, last, delay)
             time.sleep(delay)
-    raise ArchiveError(f"OBS_ID {obsid} {product}: download failed after {attempts} attempts "
-                       f"({last}); try again later or check the network")
+    raise ArchiveError(f"{what}: download failed after {attempts} "
+                       f"attempt{'s' if attempts != 1 else ''} ({last}); try again later or "
+                       "check the network")
 
 
 def _marker_ok(pps: Path) -> bool:

@@ -12,10 +12,11 @@ What makes it safe to run from cron over and over (design §7):
   opens, a gzipped one decompresses to the end of its stream (:func:`gzip_is_complete`),
   every HDU carries CHECKSUM/DATASUM and they verify (:func:`fits_is_valid`), every PNG
   has its signature and final ``IEND`` chunk (:func:`png_is_valid`), no output is older
-  than the image it was made from, each prediction was made by the model file that would
-  be used now (its ``MODELSHA``) and holds every extension that model writes
-  (:func:`required_extensions`). Anything else is redone (``overwrite``), so a file damaged
-  on disk heals on the next run.
+  than the image it was made from, no PNG or region file is older than its prediction,
+  each prediction was made by the model file that would be used now (its ``MODELSHA``)
+  and holds every extension that model writes (:func:`required_extensions`), and an SR
+  prediction with a ``SOURCES`` table has its whole ``*_sources_SR.reg`` beside it. Anything
+  else is redone (``overwrite``), so a file damaged on disk heals on the next run.
 * **Locked.** Each observation is worked on under an exclusive ``fcntl.flock`` on
   ``<save_dir>/<OBS_ID>/.xmm_enhance.lock``. The kernel drops the lock when its process dies,
   so a lock left by a killed run (``kill -9``, OOM killer, reboot) is never stale; the file
@@ -28,7 +29,8 @@ What makes it safe to run from cron over and over (design §7):
   lock before the observation is worked on again.
 * **Logged.** Each observation appends to ``<save_dir>/<OBS_ID>/xmm_enhance_batch.log``: one
   header line per attempt, what each step did (``step image: ran in 3.1 s``) and any warning
-  or error.
+  or error. Its warnings also travel back in :attr:`ObsResult.warnings` (from pool workers
+  and Dask workers alike), for the console and the report.
 * **Failure-isolated.** An observation that fails (archive unreachable after the download's
   retries with back-off, corrupt PPS file, model error...) is marked ``failed`` with a one-line
   message; the batch goes on.
@@ -54,13 +56,14 @@ from pathlib import Path
 from typing import NamedTuple
 
 from .errors import UsageError, XmmEnhanceError
+from .obsid import obsid_problem
 
 __all__ = [
     "STEPS", "LOCK_NAME", "LOG_NAME", "BatchConfig", "ObsResult", "ObservationLock",
     "BadListLine", "read_obsid_list", "fits_is_valid", "gzip_is_complete", "png_is_valid",
     "required_extensions", "observation_state", "process_observation", "run_batch",
     "write_report", "default_report_path", "prune_reports", "summary_table", "REPORT_FIELDS",
-    "REPORTS_KEPT", "LATEST_REPORT",
+    "REPORTS_KEPT", "LATEST_REPORT", "MAX_WARNINGS",
 ]
 
 log = logging.getLogger(__name__)
@@ -119,7 +122,8 @@ class BatchConfig:
     backoff_s : float
         First back-off delay (s), doubled after each failed attempt.
     archive_url : str, optional
-        XSA ``data-action-aio`` URL (a mirror; default: astroquery's configuration).
+        XSA ``data-action-aio`` URL (a mirror; default: astroquery's configuration); ``?``
+        is appended when missing (:func:`archive.aio_url`).
     min_signif : float, optional
         SR source list threshold (sigma; default the command line's). An SR prediction made
         with another one (its ``SOURCES`` ``MINSIG``) is redone.
@@ -160,7 +164,9 @@ _REPORT_RE = re.compile(r"^batch_(\d{8}T\d{6}Z)_(\d+)\.(csv|json)$")
 #: Columns of the CSV report, in order.
 REPORT_FIELDS = ("obsid", "status", "steps", "download_s", "image_s", "sr_s", "dn_s", "png_s",
                  "total_s", "cpu_s", "exposure_s", "counts", "sr_sources", "image", "error",
-                 "log", "host", "pid", "peak_rss_mb", "started_utc")
+                 "log", "host", "pid", "peak_rss_mb", "started_utc", "warnings")
+#: Most warnings an :class:`ObsResult` carries; the others are in the observation's log.
+MAX_WARNINGS = 20
 
 
 @dataclass
@@ -174,7 +180,9 @@ class ObsResult:
     the CPU time (all threads) the worker spent on the observation; ``peak_rss_mb`` is the
     worker process's peak resident memory so far; ``sr_sources`` is the number of rows of the
     SR prediction's ``SOURCES`` table (None without one), read from the file, so a resumed run
-    reports it too.
+    reports it too. ``warnings`` holds the one-line text of each distinct warning logged while
+    the observation was worked on (without its OBS_ID; at most :data:`MAX_WARNINGS`); the
+    CSV report joins them with `` | ``, the JSON report keeps the list.
     """
 
     obsid: str
@@ -198,6 +206,7 @@ class ObsResult:
     peak_rss_mb: float | None = None
     started_utc: str = ""
     outputs: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -225,25 +234,42 @@ class BadListLine(NamedTuple):
                          host=socket.gethostname(), started_utc=_utc())
 
 
-def _obsid_problem(text: str) -> str:
-    """Why ``text`` is not an OBS_ID, with the fix ("" when it is one).
+#: Why a line whose OBS_ID part could not be decoded is refused, with the fix.
+_UNDECODABLE = ("holds bytes that are not UTF-8 text (the list was saved in another encoding); "
+                "save the list as UTF-8 or retype the line")
 
-    The same rule as ``archive.validate_obsid``, without importing astropy into the parent
-    process of a pool or Dask run.
+
+def _decode_list(raw) -> str:
+    """The text of a list file or of stdin (``raw``: bytes, or str from a text stream).
+
+    UTF-8, with or without a byte-order mark; a UTF-16 file (with its mark) is read as such.
+    Bytes that are not UTF-8 become U+FFFD: they only matter on a line whose OBS_ID part
+    holds one (a Latin-1 accent in a comment is harmless).
     """
-    if re.fullmatch(r"\d{10}", text):
-        return ""
-    if re.fullmatch(r"\d{9}", text):
-        return (f"has 9 digits, an OBS_ID 10: a leading zero was probably lost (e.g. by a "
-                f"spreadsheet); write it as 0{text}")
-    return "is not a ten-digit OBS_ID; fix it or comment it out with #"
+    if isinstance(raw, str):
+        return raw.lstrip("\ufeff")
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return raw.decode("utf-16", errors="replace").lstrip("\ufeff")
+    return raw.decode("utf-8-sig", errors="replace")
+
+
+def _list_cell(text: str) -> str:
+    """The OBS_ID part of a list line (comment and blanks removed): a lone spreadsheet cell
+    as exported to CSV (``"0123456789"``, ``0123456789,`` or ``0123456789;``) is its id."""
+    cell = re.sub(r"[\s,;]+$", "", text)
+    if len(cell) >= 2 and cell[0] == cell[-1] and cell[0] in "\"'":
+        cell = cell[1:-1].strip()
+    return cell
 
 
 def read_obsid_list(items, *, bad: list | None = None) -> list[str]:
     """OBS_IDs from command-line items: ten-digit ids and/or list files (``-`` is stdin).
 
     A list file has one OBS_ID a line; ``#`` starts a comment; blank lines are ignored.
-    Duplicates are dropped (first occurrence kept, with a warning).
+    It is read as UTF-8 (a byte-order mark is ignored; bytes that are not UTF-8 only matter
+    on a line whose OBS_ID part holds them, which is then malformed). A lone CSV cell, as a
+    spreadsheet exports one column (``"0123456789"``, ``0123456789,``, ``0123456789;``), is
+    read as its id. Duplicates are dropped (first occurrence kept, with a warning).
 
     Parameters
     ----------
@@ -255,6 +281,11 @@ def read_obsid_list(items, *, bad: list | None = None) -> list[str]:
         the good ids are still returned, so that one typo in a growing cron list stops no
         run; the caller reports them (``xmm-enhance batch`` counts each as failed). Without
         it, the first malformed line raises :class:`UsageError`.
+
+    Returns
+    -------
+    list of str
+        The OBS_IDs, in order, once each; empty when the list files (or stdin) hold none.
 
     Raises
     ------
@@ -269,37 +300,39 @@ def read_obsid_list(items, *, bad: list | None = None) -> list[str]:
             out.append(item.strip())
             continue
         if item == "-":
-            text, where = sys.stdin.read(), "stdin"
+            stream = getattr(sys.stdin, "buffer", sys.stdin)   # bytes where there are some
+            text, where = _decode_list(stream.read()), "stdin"
         else:
             path = Path(item)
             if not path.is_file() and re.fullmatch(r"\s*\d{9}\s*", item):
-                raise UsageError(f"{item.strip()}: {_obsid_problem(item.strip())}")
+                raise UsageError(f"{item.strip()}: {obsid_problem(item.strip())}")
             if not path.is_file():
                 raise UsageError(f"{item}: neither a ten-digit OBS_ID nor an OBS_ID list file; "
                                  "pass ids like 0123456789 or a file with one id a line")
             try:
-                text = path.read_text()
-            except (OSError, UnicodeDecodeError) as exc:
-                raise UsageError(f"{path}: cannot read the OBS_ID list ({exc}); pass a text "
-                                 "file with one id a line") from None
+                text = _decode_list(path.read_bytes())
+            except OSError as exc:
+                raise UsageError(f"{path}: cannot read the OBS_ID list ({exc.strerror or exc});"
+                                 " pass a readable text file with one id a line") from None
             where = str(path)
         for n, line in enumerate(text.splitlines(), 1):
-            line = line.split("#", 1)[0].strip()
+            line = line.split("#", 1)[0].replace("\ufeff", "").strip()
             if not line:
                 continue
-            problem = _obsid_problem(line)
+            cell = _list_cell(line)
+            problem = _UNDECODABLE if "\ufffd" in line else obsid_problem(cell)
             if not problem:
-                out.append(line)
+                out.append(cell)
                 continue
             entry = BadListLine(where, n, line, problem)
             if bad is None:
                 raise UsageError(entry.message)
-            log.warning("%s (skipped, counted as failed)", entry.message)
+            log.warning("warning: %s (skipped, counted as failed)", entry.message)
             bad.append(entry)
     seen, unique = set(), []
     for o in out:
         if o in seen:
-            log.warning("OBS_ID %s is listed more than once; processing it once", o)
+            log.warning("warning: OBS_ID %s is listed more than once; processing it once", o)
             continue
         seen.add(o)
         unique.append(o)
@@ -557,6 +590,8 @@ def _image_path(cfg: BatchConfig, obsid: str) -> Path:
 
 
 def _pred_outputs(image: Path, which: str, png: bool) -> list[Path]:
+    """``[input, prediction(, PNG)]`` of ``which`` made from ``image`` (the region file of an
+    SR prediction with a source list is checked apart: :func:`_region_ok`)."""
     from .inference import output_paths
 
     p_in, p_pred = output_paths(image, which)
@@ -570,15 +605,65 @@ def _png_path(p_pred: Path) -> Path:
     return p_pred.with_name(p_pred.name.replace(".fits.gz", ".png"))
 
 
-def _outputs_ok(paths, *, newer_than: Path | None = None) -> tuple[bool, str]:
-    """All ``paths`` complete and valid and not older than ``newer_than``."""
-    ref = newer_than.stat().st_mtime if newer_than is not None and newer_than.exists() else None
+def _region_path(image: Path) -> Path:
+    from .inference import region_path
+
+    return region_path(image)
+
+
+#: A PNG or region file whose mtime is more than this (s) before its prediction file's is stale.
+#: ``inference.write_outputs`` writes the region right after the prediction and the PNG comes
+#: later still, so a fresh set is never flagged, whatever the file system's mtime granularity
+#: (up to 2 s on FAT) or a small clock step between the writes.
+MTIME_SLACK_S = 2.0
+
+
+def _older(path: Path, than: Path, slack_s: float = 0.0) -> bool:
+    """Whether ``path`` was modified more than ``slack_s`` before ``than`` (False if ``than``
+    is missing)."""
+    try:
+        ref = than.stat().st_mtime
+    except OSError:
+        return False
+    return path.stat().st_mtime < ref - slack_s
+
+
+def _outputs_ok(paths, *, newer_than: Path | None = None, prediction: Path | None = None
+                ) -> tuple[bool, str]:
+    """All ``paths`` complete and valid, not older than ``newer_than`` (the image) and, for a
+    PNG, not older than ``prediction`` (beyond :data:`MTIME_SLACK_S`): a PNG left from an
+    earlier prediction is stale."""
     for p in paths:
         ok, why = _valid(p)
         if not ok:
             return False, f"{p.name}: {why}"
-        if ref is not None and p.stat().st_mtime < ref:
+        if newer_than is not None and _older(p, newer_than):
             return False, f"{p.name}: older than the image"
+        if (prediction is not None and p.suffix.lower() == ".png"
+                and _older(p, prediction, MTIME_SLACK_S)):
+            return False, f"{p.name}: older than {prediction.name} (made from an earlier " \
+                          "prediction)"
+    return True, ""
+
+
+def _region_ok(image: Path, pred: Path, n_sources: int) -> tuple[bool, str]:
+    """Whether the ds9 region file of the SR prediction ``pred`` (``n_sources`` rows in its
+    ``SOURCES`` table) is whole: its header, one circle per source, the final newline, and
+    not older than ``pred`` (beyond :data:`MTIME_SLACK_S`)."""
+    reg = _region_path(image)
+    try:
+        text = reg.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return False, f"{reg.name}: missing"
+    except (OSError, UnicodeDecodeError) as exc:
+        return False, f"{reg.name}: unreadable ({type(exc).__name__})"
+    if not text.startswith("# Region file format") or not text.endswith("\n"):
+        return False, f"{reg.name}: not a complete region file"
+    circles = sum(line.startswith("circle(") for line in text.splitlines())
+    if circles != n_sources:
+        return False, f"{reg.name}: {circles} sources, {pred.name} lists {n_sources}"
+    if _older(reg, pred, MTIME_SLACK_S):
+        return False, f"{reg.name}: older than {pred.name} (made from an earlier prediction)"
     return True, ""
 
 
@@ -632,11 +717,13 @@ def _hdu_names(path: Path) -> list[str]:
 
 
 def _prediction_ok(image: Path, which: str, cfg: BatchConfig) -> tuple[bool, str]:
-    """Outputs of ``which`` complete, valid, newer than ``image``, made by the model that
-    would be used now (``MODELSHA`` in the prediction's header) and holding every extension
-    that model writes (:func:`required_extensions`)."""
+    """Outputs of ``which`` complete, valid, newer than ``image`` (the PNG not older than the
+    prediction), made by the model that would be used now (``MODELSHA`` in the prediction's
+    header), holding every extension that model writes (:func:`required_extensions`) and,
+    for an SR prediction with a ``SOURCES`` table (the model writes one), with its whole
+    region file (:func:`_region_ok`) and the asked source threshold."""
     paths = _pred_outputs(image, which, cfg.png)
-    ok, why = _outputs_ok(paths, newer_than=image)
+    ok, why = _outputs_ok(paths, newer_than=image, prediction=paths[1])
     if not ok:
         return ok, why
     sha = _model_sha(which, cfg)
@@ -662,6 +749,8 @@ def _prediction_ok(image: Path, which: str, cfg: BatchConfig) -> tuple[bool, str
         if made is not None and made != want:
             return False, (f"{paths[1].name}: source list made at {made:g} sigma, "
                            f"{want:g} asked")
+        if h is not None:       # written with its region file, in one set
+            return _region_ok(image, paths[1], int(h.get("NAXIS2", 0)))
     return True, ""
 
 
@@ -751,25 +840,88 @@ def _observation_log(path: Path):
         handler.close()
 
 
+#: Python warnings about the code rather than the data: logged at INFO, not relayed.
+_CODE_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, ImportWarning)
+
+
 @contextlib.contextmanager
 def _warnings_to_log(obsid: str):
+    """Log the Python warnings raised in the block (one line each, WARNING; those about the
+    code, such as deprecations, at INFO) once it ends."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             yield
         finally:
             for w in caught:
-                log.warning("OBS_ID %s: %s", obsid, str(w.message).strip().splitlines()[0])
+                text = str(w.message).strip()
+                level = (logging.INFO if issubclass(w.category, _CODE_WARNINGS)
+                         else logging.WARNING)
+                log.log(level, "OBS_ID %s: %s", obsid,
+                        text.splitlines()[0] if text else w.category.__name__)
+
+
+def _without_obsid(obsid: str, text: str) -> str:
+    """``text`` without the ``OBS_ID <obsid>:`` / ``<obsid>:`` it may open with (the console
+    line and the report row name the observation already)."""
+    for _ in range(2):      # "OBS_ID 0123456789: 0123456789: requested 20 ks but..."
+        text = re.sub(rf"^(OBS_ID )?{re.escape(obsid)}(:\s*|\s+(?=\S))", "", text)
+    return text
+
+
+class _WarningCollector(logging.Handler):
+    """Keeps the one-line text of each distinct WARNING record of the thread working on an
+    observation (at most :data:`MAX_WARNINGS`); errors are the result's ``error``."""
+
+    def __init__(self, obsid: str, into: list):
+        super().__init__(logging.WARNING)
+        self.obsid, self.into, self.more = obsid, into, 0
+        self.thread = threading.get_ident()
+
+    def emit(self, record) -> None:
+        if record.thread != self.thread or record.levelno != logging.WARNING:
+            return
+        try:
+            text = record.getMessage().strip()
+        except Exception:  # a malformed record: its format string alone
+            text = str(record.msg).strip()
+        text = _without_obsid(self.obsid, text.splitlines()[0] if text else "")
+        if not text or text in self.into:
+            return
+        if len(self.into) < MAX_WARNINGS:
+            self.into.append(text)
+        else:
+            self.more += 1
+
+
+@contextlib.contextmanager
+def _collect_warnings(obsid: str, into: list, log_path: Path):
+    """Append the warnings logged by this thread in the block to ``into`` (see
+    :class:`_WarningCollector`); needs the package logger at WARNING or below, as
+    :func:`_observation_log` leaves it."""
+    pkg = logging.getLogger("xmm_enhance")
+    handler = _WarningCollector(obsid, into)
+    pkg.addHandler(handler)
+    try:
+        yield
+    finally:
+        pkg.removeHandler(handler)
+        if handler.more:
+            into.append(f"{handler.more} more warning(s) in {log_path}")
 
 
 @contextlib.contextmanager
 def _archive_url(url: str | None):
+    """Use the data-action-aio URL ``url`` (a mirror) in the block, ``?`` appended when
+    missing (:func:`archive.aio_url`: astroquery joins ``obsno=...`` to it as it is)."""
     if not url:
         yield
         return
     from astroquery.esa.xmm_newton import conf
 
-    with conf.set_temp("DATA_ACTION_AIO", url):
+    from .archive import aio_url
+
+    with conf.set_temp("DATA_ACTION_AIO", aio_url(url)):
         yield
 
 
@@ -818,7 +970,7 @@ def process_observation(obsid: str, cfg: BatchConfig) -> ObsResult:
         res.total_s = round(time.perf_counter() - t0, 3)
         return res
     try:
-        with _observation_log(log_path):
+        with _observation_log(log_path), _collect_warnings(res.obsid, res.warnings, log_path):
             log.info("=== OBS_ID %s: batch attempt by pid %d on %s", obsid, res.pid, res.host)
             try:
                 removed = _clean_temporaries(obs_dir)
@@ -965,7 +1117,10 @@ def _run_steps(obsid: str, cfg: BatchConfig, res: ObsResult) -> None:
                 quicklook_png(out["result"], _png_path(out["predict"]), overwrite=True)
                 res.png_s = round(res.png_s + time.perf_counter() - t, 3)
             del out
-            ok, why = _outputs_ok(paths, newer_than=image)
+            ok, why = _outputs_ok(paths, newer_than=image, prediction=paths[1])
+            n = source_count(paths[1]) if ok and which == "SR" else None
+            if n is not None:
+                ok, why = _region_ok(image, paths[1], n)
             if not ok:
                 from .errors import OutputError
                 raise OutputError(f"OBS_ID {obsid}: {which} output not valid after writing "
@@ -975,6 +1130,8 @@ def _run_steps(obsid: str, cfg: BatchConfig, res: ObsResult) -> None:
         res.outputs[which] = [str(p) for p in paths]
         if which == "SR":
             res.sr_sources = source_count(paths[1])
+            if res.sr_sources is not None:
+                res.outputs[which].append(str(_region_path(image)))
 
 
 def source_count(pred: Path) -> int | None:
@@ -1171,8 +1328,8 @@ def _run_pool(obsids, cfg, jobs, record, task) -> None:
     if not broken:
         return
     broken = [o for o in obsids if o in set(broken)]
-    log.warning("a worker process died; running the %d observation(s) its pool still held "
-                "each in a process of its own", len(broken))
+    log.warning("warning: a worker process died; running the %d observation(s) its pool "
+                "still held each in a process of its own", len(broken))
 
     def isolated(o):
         with ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_worker_init,
@@ -1234,7 +1391,9 @@ def _run_dask(obsids, cfg, address, record, task) -> None:
 # Report
 # --------------------------------------------------------------------------------------------
 def _row(r: ObsResult) -> dict:
+    """The CSV row of ``r`` (None as "", the warnings joined with `` | ``)."""
     d = asdict(r)
+    d["warnings"] = " | ".join(d["warnings"])
     return {k: ("" if d[k] is None else d[k]) for k in REPORT_FIELDS}
 
 
@@ -1266,9 +1425,9 @@ def write_report(results, path, *, meta: dict | None = None, latest: bool = Fals
     """Write the report as ``<path>.csv`` and ``<path>.json`` (atomically); return both paths.
 
     ``path`` may end in ``.csv`` or ``.json`` (the other is written beside it) or have no such
-    suffix. The JSON holds ``meta`` (command, start, end...), ``totals`` and one
-    object per observation with the CSV's columns plus ``outputs`` (``totals``: observations
-    per status). ``latest``: also write the same two files as ``latest.csv`` and
+    suffix. The JSON holds ``meta`` (command, start, end...), ``totals`` (observations per
+    status) and one object per observation with the CSV's columns plus ``outputs``, and its
+    ``warnings`` as a list. ``latest``: also write the same two files as ``latest.csv`` and
     ``latest.json`` in the same folder, a stable name for the newest report (copies, each
     replaced atomically, so they are safe on network file systems where symlinks are not).
     """
@@ -1285,7 +1444,8 @@ def write_report(results, path, *, meta: dict | None = None, latest: bool = Fals
     for r in results:
         counts[r.status] = counts.get(r.status, 0) + 1
     doc = {"meta": meta or {}, "totals": counts,
-           "observations": [dict(_row(r), outputs=r.outputs) for r in results]}
+           "observations": [dict(_row(r), outputs=r.outputs, warnings=list(r.warnings))
+                            for r in results]}
     text_json = json.dumps(doc, indent=1, default=str) + "\n"
     _atomic_text(p_json, text_json)
     if latest:
@@ -1324,7 +1484,8 @@ def prune_reports(folder, keep: int | None = None, *, current=None) -> list[Path
     try:
         entries = list(os.scandir(folder))
     except OSError as exc:
-        log.warning("%s: cannot list the reports to prune them (%s)", folder, exc.strerror)
+        log.warning("warning: %s: cannot list the reports to prune them (%s)", folder,
+                    exc.strerror)
         return []
     for e in entries:
         m = _REPORT_RE.match(e.name)
@@ -1345,8 +1506,8 @@ def prune_reports(folder, keep: int | None = None, *, current=None) -> list[Path
             except FileNotFoundError:       # another run pruned it meanwhile
                 pass
             except OSError as exc:
-                log.warning("%s: cannot delete this old report (%s); delete it by hand",
-                            path, exc.strerror)
+                log.warning("warning: %s: cannot delete this old report (%s); delete it by "
+                            "hand", path, exc.strerror)
     if deleted:
         log.info("reports: deleted %d file(s) of runs older than the newest %d in %s",
                  len(deleted), keep, folder)

@@ -40,7 +40,7 @@ __all__ = [
     "prepare", "enhance_image", "write_outputs", "enhance_file", "output_paths",
     "check_output_collisions", "approx_sky", "check_exposure", "find_sources", "region_path",
     "sources_hdu", "candidates_of", "EXTRA_OUTPUTS", "input_band", "MODEL_BAND_PI",
-    "png_path", "run_outputs", "outputs_complete",
+    "png_path", "run_outputs", "outputs_complete", "source_settings_differ",
 ]
 
 log = logging.getLogger(__name__)
@@ -1384,12 +1384,70 @@ def _region_is_valid(path: Path) -> tuple[bool, str]:
     return True, ""
 
 
-def outputs_complete(paths, *, model: Model | None = None, infile=None) -> tuple[bool, str]:
+def source_settings_differ(pred, *, min_signif: float | None = None, redraw: bool = True
+                           ) -> str:
+    """Why the SR prediction file ``pred`` was made with other source-list settings than
+    ``min_signif`` and ``redraw`` (see :func:`enhance_image`); "" when made with these.
+
+    Compared are the ``SOURCES`` table's ``MINSIG`` (the list's threshold; exactly, as
+    ``xmm_enhance.batch`` compares it: the header keeps the float it was given, and an older
+    file without the keyword passes) and, for a model with a ``diffuse`` map (a ``DIFFUSE``
+    extension), the redraw: a redrawn prediction always records its release of unlisted points
+    (``PTMOVED`` in the primary header), one made with ``redraw=False`` never does. A file
+    without a ``SOURCES`` table (DN, or a model without a ``points`` map) made no source list:
+    nothing to compare. Reads headers only (``pred`` is assumed valid:
+    :func:`outputs_complete`).
+
+    Returns
+    -------
+    str
+        The first setting that differs, as the command-line option that would have made the
+        file (``"made with --min-signif 4.5, not 3"``, ``"made with --no-redraw"``...), or "".
+    """
+    from .sources import DEFAULT_MIN_SIGNIF
+
+    with fits.open(pred, memmap=False, lazy_load_hdus=True) as hdul:
+        primary = hdul[0].header.copy()
+        names, table = set(), None
+        for hdu in hdul:
+            names.add(hdu.name)
+            if hdu.name == "SOURCES":
+                table = hdu.header.copy()
+    if table is None:
+        return ""
+    want = float(DEFAULT_MIN_SIGNIF if min_signif is None else min_signif)
+    made = table.get("MINSIG")
+    if made is not None and float(made) != want:
+        default = " (the default)" if min_signif is None else ""
+        return f"made with --min-signif {float(made):g}, not {want:g}{default}"
+    if "DIFFUSE" in names:
+        redrawn = "PTMOVED" in primary
+        if redrawn and not redraw:
+            return "made without --no-redraw"
+        if redraw and not redrawn:
+            return "made with --no-redraw"
+    return ""
+
+
+def outputs_complete(paths, *, model: Model | None = None, infile=None,
+                     min_signif: float | None = None, redraw: bool = True
+                     ) -> tuple[bool, str]:
     """Whether every file of ``paths`` (:func:`run_outputs`) exists and is complete: FITS files
     read to the end with verified checksums (:func:`xmm_enhance.batch.fits_is_valid`), PNGs
     whole (:func:`xmm_enhance.batch.png_is_valid`), region files whole. With ``model``, its
     prediction (the second path) must also have been made by that model file (``MODELSHA``);
     with ``infile``, no output may be older than it (an input made again is predicted again).
+    An SR prediction's source list must have been made with ``min_signif`` and ``redraw``
+    (:func:`source_settings_differ`; the defaults are :func:`enhance_file`'s).
+
+    The region file and the PNG belong to the prediction: neither may be older than it
+    (``st_mtime_ns``, equal allowed), else a run that made the prediction again without
+    them (without ``--png``, or by another route) left them stale. Equal-or-newer holds for
+    the files of one run on any clock granularity: :func:`write_outputs` writes the
+    prediction's data before the region file's (one atomic set, each to a temporary file, then
+    renamed in that order; a rename keeps the mtime), and :func:`enhance_file` writes the PNG
+    after both. No tolerance is allowed: one would keep a PNG made seconds before the
+    prediction, and a wall clock stepped back between the writes only costs a redo.
 
     Returns
     -------
@@ -1411,9 +1469,18 @@ def outputs_complete(paths, *, model: Model | None = None, infile=None) -> tuple
         old = [p.name for p in paths if p.stat().st_mtime_ns < made]
         if old:
             return False, f"{old[0]}: older than {Path(infile).name}"
-    if model is not None and len(paths) > 1:
-        if fits.getheader(paths[1]).get("MODELSHA") != model.sha256:
-            return False, f"{paths[1].name}: made by another {model.task} model"
+    if len(paths) > 1:
+        pred = paths[1]
+        made = pred.stat().st_mtime_ns
+        old = [p.name for p in paths[2:] if p.name.lower().endswith((".png", ".reg"))
+               and p.stat().st_mtime_ns < made]
+        if old:
+            return False, f"{old[0]}: older than {pred.name}"
+        if model is not None and fits.getheader(pred).get("MODELSHA") != model.sha256:
+            return False, f"{pred.name}: made by another {model.task} model"
+        why = source_settings_differ(pred, min_signif=min_signif, redraw=redraw)
+        if why:
+            return False, f"{pred.name}: {why}"
     return True, ""
 
 

@@ -6,9 +6,11 @@ Examples::
     xmm-enhance batch 0852030101 0852030201 --which DN --pps_dir /archive/pps
     xmm-enhance batch obsids.txt --save_dir /shared/xmm --dask-scheduler tcp://head:8786
 
-Exit status: 0 when every observation is done (or busy in another batch), 1 when any failed
-(a malformed line of a list file counts as a failed observation: it is reported, the other ids
-still run), 2 on usage errors, 130 when interrupted (the report then lists what finished).
+Exit status: 0 when every observation is done (or busy in another batch), and when the list
+files (or stdin) hold no OBS_ID at all (nothing to do), 1 when any failed (a malformed line of a
+list file counts as a failed observation: it is reported, the other ids still run; a dry run
+finding one exits 1 too), 2 on usage errors, 130 when interrupted (the report then lists what
+finished).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import argparse
 import logging
 import math
 import os
+import re
 import signal
 import sys
 import time
@@ -28,6 +31,12 @@ from .common import (MIN_SIGNIF_HELP, add_verbosity, check_min_signif, report_er
 
 log = logging.getLogger(__name__)
 
+#: PI band (eV) of the images the models were trained on and the tolerance of its edges, as
+#: ``inference.MODEL_BAND_PI`` and ``BAND_TOLERANCE_PI`` (copied: the parent of a pool or Dask
+#: run does not import the inference module).
+MODEL_BAND_PI = (500, 2000)
+BAND_TOLERANCE_PI = 10
+
 
 def build_parser() -> argparse.ArgumentParser:
     from ..batch import REPORTS_KEPT
@@ -39,8 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Per observation everything lands in SAVE_DIR/<OBS_ID>/, with its log in "
                "xmm_enhance_batch.log; the report goes to SAVE_DIR/reports/ unless --report "
                f"(the newest also as latest.csv/.json there; the newest {REPORTS_KEPT} runs' "
-               "reports are kept). Exit 0 all done, 1 some failed (a malformed line of a list "
-               "file counts as failed), 2 usage error.")
+               "reports are kept). Exit 0 all done (or the lists hold no OBS_ID), 1 some "
+               "failed (a malformed line of a list file counts as failed, in a dry run too), "
+               "2 usage error.")
     p.add_argument("obsids", nargs="+", metavar="OBSID_OR_FILE",
                    help="ten-digit OBS_IDs and/or files with one OBS_ID a line (# comments; "
                         "a malformed line is reported and counted as failed, the others run); "
@@ -88,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="download retries for transient archive errors (default 3)")
     r.add_argument("--backoff", type=float, default=2.0,
                    help="first retry delay in s, doubled each time (default 2)")
-    r.add_argument("--archive-url", help="XSA data-action-aio URL (a mirror)")
+    r.add_argument("--archive-url", help="XSA data-action-aio URL (a mirror; '?' is "
+                                         "appended when missing)")
     r.add_argument("--progress", choices=("auto", "bar", "lines"), default="auto",
                    help="progress bar on a terminal, log lines otherwise (default auto)")
     p.add_argument("--version", action="version", version=f"xmm_enhance {__version__}")
@@ -133,6 +144,11 @@ def _config(args):
     if args.pps_dir is not None and not args.pps_dir.is_dir():
         raise UsageError(f"--pps_dir {args.pps_dir}: no such folder; pass the folder holding "
                          "<OBS_ID>/pps trees")
+    if args.archive_url is not None and not re.match(r"https?://[^/?#\s]+",
+                                                     args.archive_url.strip()):
+        raise UsageError(f"--archive-url {args.archive_url!r}: not an http(s) URL; pass the "
+                         "mirror's data-action-aio URL, e.g. https://host/nxsa-sl/servlet/"
+                         "data-action-aio?")
     for opt, path in (("--sr-model", args.sr_model), ("--dn-model", args.dn_model),
                       ("--credentials_file", args.credentials_file)):
         if path is not None and not path.is_file():
@@ -157,11 +173,18 @@ def _config(args):
 
 
 def _quiet_console(verbose: bool) -> None:
-    """Keep per-observation detail (it is in each observation's log) off the console."""
+    """Keep per-observation detail (it is in each observation's log) off the console.
+
+    An observation's warnings come back in its result (``ObsResult.warnings``, from worker
+    processes too) and are printed once from there (:func:`_warning_lines`, as each
+    observation finishes), so they are kept off the console as they happen even with ``-v``.
+    """
     from .. import batch
 
     def keep(record):
-        return verbose or record.thread not in batch._OBS_THREADS
+        if record.thread not in batch._OBS_THREADS:
+            return True
+        return verbose and record.levelno != logging.WARNING
 
     for h in logging.getLogger().handlers + logging.getLogger("xmm_enhance").handlers:
         if getattr(h, "_xmm_enhance_cli", False) or h in logging.getLogger().handlers:
@@ -191,7 +214,25 @@ def _dry_run(obsids, cfg, bad=()) -> int:
     skipped = f"; {len(bad)} malformed list line(s) skipped" if bad else ""
     print(f"{len(obsids)} observations, {todo} with work to do{skipped} (dry run: nothing "
           "was done)")
-    return 0
+    return 1 if bad else 0                  # as the real run would: fix the list first
+
+
+def _band_warning(cfg) -> None:
+    """Warn once, before anything runs, when SR/DN are asked for on images of another band
+    than the models' (each observation's SR/DN step warns again, in its log and result)."""
+    lo, hi = MODEL_BAND_PI
+    if not cfg.which or (abs(cfg.low_pi - lo) <= BAND_TOLERANCE_PI
+                         and abs(cfg.high_pi - hi) <= BAND_TOLERANCE_PI):
+        return
+    log.warning("warning: --low_pi %d --high_pi %d: the SR and DN models were trained on "
+                "0.5-2 keV images (PI %d-%d); expect unreliable %s predictions (drop "
+                "--low_pi/--high_pi, or use --which none for images only)", cfg.low_pi,
+                cfg.high_pi, lo, hi, "/".join(cfg.which))
+
+
+def _warning_lines(r) -> list:
+    """The console lines of the warnings of result ``r``, each naming its OBS_ID."""
+    return [f"warning: OBS_ID {r.obsid}: {w}" for w in getattr(r, "warnings", ())]
 
 
 def _check_folder(folder: Path, option: str) -> None:
@@ -199,6 +240,14 @@ def _check_folder(folder: Path, option: str) -> None:
     import: the parent of a pool or Dask run stays light)."""
     import tempfile
 
+    for p in (folder, *folder.parents):     # the first that exists must be a folder
+        if p.exists():
+            if not p.is_dir():
+                where = "it" if p == folder else str(p)
+                fix = "a folder" if option == "--save_dir" else "a report path in a folder"
+                raise UsageError(f"{option} {folder}: {where} is a file, not a folder; "
+                                 f"pass {fix}")
+            break
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".xmm_enhance_probe.", dir=folder)
@@ -226,7 +275,11 @@ def main(argv=None) -> int:
         bad: list = []
         obsids = read_obsid_list(args.obsids, bad=bad)
         if not obsids and not bad:
-            raise UsageError("no OBS_IDs given (the list is empty or all comments)")
+            # list files or stdin without an id (argparse refuses a bare command): a nightly
+            # cron run over an empty list is not an error
+            log.info("batch: nothing to do (the OBS_ID list is empty or all comments)")
+            return 0
+        _band_warning(cfg)
         if args.dry_run:
             return _dry_run(obsids, cfg, bad)
         _check_folder(cfg.save_dir, "--save_dir")
@@ -262,10 +315,15 @@ def main(argv=None) -> int:
             bar.set_postfix_str(f"last {r.obsid} {r.status}")
             if r.status == "failed":
                 bar.write(line, file=sys.stderr)
-        elif r.status == "failed":
+            for w in _warning_lines(r):
+                bar.write(w, file=sys.stderr)
+            return
+        if r.status == "failed":
             log.error("%s", line)
         else:
             log.info("%s", line)
+        for w in _warning_lines(r):        # kept by -q, as every warning
+            log.warning("%s", w)
 
     meta = {"command": "xmm-enhance batch " + " ".join(sys.argv[1:] if argv is None
                                                        else map(str, argv)),

@@ -39,8 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-existing", action="store_true",
                    help="resume a run: skip an input whose outputs (input and prediction "
                         "files, SR region file, PNG with --png) all exist, are complete, are "
-                        "newer than the input and were made by this model file; redo the "
-                        "others (not with --overwrite)")
+                        "newer than the input (region file and PNG: than the prediction) and "
+                        "were made by this model file with this --min-signif and --no-redraw; "
+                        "redo the others (not with --overwrite)")
     p.add_argument("--model", type=Path, help="ONNX model (default: the bundled one)")
     p.add_argument("--threads", type=int, help="CPU threads for onnxruntime (default: all)")
     p.add_argument("--exposure", type=float, metavar="SECONDS",
@@ -77,7 +78,7 @@ def main(argv=None) -> int:
         inputs = check_output_collisions(args.filein, args.which, args.outdir)
         if args.outdir is not None:
             # made when the first output is written: a run that writes nothing leaves none
-            check_creatable_dir(args.outdir)
+            check_creatable_dir(args.outdir, "choose another --outdir")
         model = load_model(args.which, args.model, threads=args.threads)
     except XmmEnhanceError as exc:
         return report_error(exc)
@@ -86,7 +87,9 @@ def main(argv=None) -> int:
         overwrite = args.overwrite
         if args.skip_existing and Path(f).is_file():
             paths = run_outputs(f, model, args.outdir, png=args.png)
-            done, why = outputs_complete(paths, model=model, infile=f)
+            done, why = outputs_complete(paths, model=model, infile=f,
+                                         min_signif=args.min_signif,
+                                         redraw=not args.no_redraw)
             if done:
                 log.info("%s: skipped, its outputs are complete (--skip-existing)", f)
                 continue
