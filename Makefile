@@ -7,6 +7,8 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test bench models venv clean
 
 $(STAMP): requirements.txt requirements-test.txt pyproject.toml
+	@$(PY) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || \
+		{ echo "error: $(PY) is Python < 3.10; run with PY=python3.10 (or newer)" >&2; exit 1; }
 	test -x $(VPY) || $(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -r requirements-test.txt

@@ -934,7 +934,7 @@ def test_usage_errors(tmp_path, models, capsys):
     assert main(["--save_dir", str(tmp_path), "--jobs", "0", "0123456789"]) == 2
     # the image maker's argument errors are usage errors here too, before anything runs
     for opt, bad in (("--binSize", "0"), ("--binSize", "-80"), ("--low_pi", "-1"),
-                     ("--expo_time", "nan")):
+                     ("--expo_time", "nan"), ("--binSize", "1"), ("--expo_time", "0.0005")):
         assert main(["--save_dir", str(tmp_path / "s"), opt, bad, "0123456789"]) == 2, opt
         assert f"{opt} {bad}" in capsys.readouterr().err
         assert not (tmp_path / "s").exists()

@@ -94,11 +94,14 @@ def test_copied_cards_fit_without_truncation_warnings():
     ev_hdr["DATE-END"] = ("2019-07-12T03:38:55.5", "End Time (UTC) of exposure")
     ev_hdr["MJDREF"] = (50814.0, "[d] 1998-01-01T00:00:00 (TT) expressed in MJD")
     w = skywcs.approx_sky_wcs(10.0, 20.0, 30.0)
+    # kept GTI: 10:58:55 to 03:38:55 UTC (TT - UTC = 69.184 s); the dates are rewritten from it
+    t0 = (58675 + (10 * 3600 + 58 * 60 + 55 + 69.184) / 86400 - 50814.0) * 86400
+    t1 = t0 + 16 * 3600 + 40 * 60
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         h = imaging.image_header(ev_hdr, binsize=80, sky_wcs_header=skywcs.wcs_to_header(w),
-                                 selection="x", exposure=1.0, gti=[[0, 1]])
+                                 selection="x", exposure=1.0, gti=[[t0, t1]])
         imaging.add_history(h, "word " * 40)
         hdul = imaging.make_image_hdul(np.zeros((2, 2), np.int32), h, [[0, 1]])
         hdul.writeto(buf)
@@ -113,8 +116,9 @@ def test_copied_cards_fit_without_truncation_warnings():
     # time keywords: MJDs of the dates as written (MJD 58675 = 2019-07-11)
     assert p["DATEREF"] == "1998-01-01T00:00:00"
     assert p["MJD-OBS"] == pytest.approx(58675 + (10 * 3600 + 58 * 60 + 55) / 86400, abs=1e-10)
-    assert p["MJD-END"] == pytest.approx(58676 + (3 * 3600 + 38 * 60 + 55.5) / 86400,
+    assert p["MJD-END"] == pytest.approx(58676 + (3 * 3600 + 38 * 60 + 55) / 86400,
                                          abs=1e-10)
+    assert p["DATE-OBS"] == "2019-07-11T10:58:55" and p["DATE-END"] == "2019-07-12T03:38:55"
 
 
 # ---- sky WCS fit ----------------------------------------------------------------------------

@@ -507,6 +507,16 @@ def test_sub_gti_choice_end_to_end(known, tmp_path, expo_ks, name, ranges):
     assert h["EXPOSURE"] == pytest.approx(length, abs=1e-5)
     assert h["EXPREQ"] == expo_ks * 1e3
     assert h["GOODTIME"] == pytest.approx(sum(b - a for a, b in GOOD), abs=1e-5)
+    # the dates are those of the kept time, in UTC as XMM writes them (TT - UTC = 69.184 s
+    # from 2017 on), not the event list's whole exposure
+    from astropy.time import Time
+    for key, t in (("DATE-OBS", ranges[0][0]), ("DATE-END", ranges[-1][1])):
+        tt = Time(50814.0, (T0 + t) / 86400.0, format="mjd", scale="tt")
+        want = Time(tt.mjd - 69.184 / 86400.0, format="mjd", scale="utc")
+        assert abs((Time(h[key], scale="utc") - want).sec) < 1.0, (key, h[key], want.isot)
+        assert h[key.replace("DATE", "MJD")] == pytest.approx(Time(h[key]).mjd, abs=1e-9)
+    if ranges[0][0] >= 1:   # a later start than the exposure's is seen in DATE-OBS
+        assert h["DATE-OBS"] != fits.getheader(known.events, "EVENTS")["DATE-OBS"]
     # exactly the events of those time ranges were binned, on the DET grid of the header
     d = _events_in(known.events, ranges)
     ex = h["CRVAL1L"] - h["CDELT1L"] / 2 + h["CDELT1L"] * np.arange(h["NAXIS1"] + 1)

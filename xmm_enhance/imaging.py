@@ -166,13 +166,22 @@ def image_header(events_header: fits.Header, *, binsize: float, sky_wcs_header: 
     selection : str
         SAS-style selection expression (``SLCTEXPR``).
     exposure : float
-        Kept good time in s (``EXPOSURE``, ``ONTIME``, ``LIVETIME`` are all set to it; see the
-        module docstring for its exact meaning).
+        Kept good time in s (``EXPOSURE`` and ``ONTIME`` are set to it; see the module
+        docstring for its exact meaning).
     gti : array [n, 2]
-        Kept good time intervals (for ``TSTART``/``TSTOP``).
+        Kept good time intervals (for ``TSTART``/``TSTOP``, and ``DATE-OBS``/``DATE-END`` in
+        UTC as XMM writes them).
     """
     h = fits.Header()
     _copy_obs_keywords(h, events_header, primary_header)
+    g = np.asarray(gti, dtype=np.float64).reshape(-1, 2)
+    if len(g) and "MJDREF" in h:
+        # the event list's dates span its whole exposure; the image holds the kept GTIs only
+        for key, t, what in (("DATE-OBS", g[0, 0], "Start (UTC) of the first kept GTI"),
+                             ("DATE-END", g[-1, 1], "End (UTC) of the last kept GTI")):
+            date = skywcs.mission_time_utc(t, float(h["MJDREF"]), h.get("TIMESYS", "TT"))
+            if date is not None:
+                h[key] = (date, what)
     # DATEREF / MJD-OBS / MJD-END from MJDREF and DATE-OBS/-END, so that WCS readers need not
     # derive them (astropy's 'datfix' warning)
     h.update(skywcs.time_keywords(h))
@@ -186,7 +195,6 @@ def image_header(events_header: fits.Header, *, binsize: float, sky_wcs_header: 
     h["BUNIT"] = ("count", "counts per pixel")
     h["SLCTEXPR"] = selection  # no comment: a long value would truncate it
     h["BINSIZE"] = (float(binsize), "[0.05 arcsec] DET units per pixel")
-    g = np.asarray(gti, dtype=np.float64).reshape(-1, 2)
     if len(g):
         h["TSTART"] = (float(g[0, 0]), "[s] start of the first kept GTI")
         h["TSTOP"] = (float(g[-1, 1]), "[s] end of the last kept GTI")

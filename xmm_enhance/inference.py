@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import re
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +58,7 @@ EXTRA_OUTPUTS = {"points": "POINTS", "diffuse": "DIFFUSE", "lo68": "LO68", "hi68
 OBS_KEYS = ("TELESCOP", "INSTRUME", "OBS_ID", "EXP_ID", "EXPIDSTR", "OBJECT", "OBSERVER",
             "DATE-OBS", "DATE-END", "DATAMODE", "SUBMODE", "FILTER", "FRMTIME", "RA_OBJ",
             "DEC_OBJ", "RA_NOM", "DEC_NOM", "RA_PNT", "DEC_PNT", "PA_PNT", "TIMESYS", "MJDREF",
-            "SLCTEXPR", "REVOLUT")
+            "TSTART", "TSTOP", "SLCTEXPR", "REVOLUT")
 REQUIRED_META = ("task", "scale", "version")
 #: Input pixel size the models were trained for (arcsec) and the relative tolerance accepted.
 PIXEL_ARCSEC = 4.0
@@ -1271,7 +1272,7 @@ def _header(res: EnhanceResult, *, wcs, exposure, pixel_arcsec, what) -> fits.He
         h["PREDTYPE"] = ("expected rate" if res.task == "DN" else "sky rate, PSF/2",
                          "noise-free estimate from EXPOSURE s of data")
     h["INEXPO"] = (img.exposure, "[s] exposure of the input image")
-    h["PADTOP"] = (res.pad[0], "rows added below the input grid (neg: cropped)")
+    h["PADTOP"] = (res.pad[0], "rows added before input row 1 (neg: cropped)")
     h["PADLEFT"] = (res.pad[1], "columns added left of input grid (neg: cropped)")
     h["TASK"] = (res.task, "SR: super-resolution, DN: de-noising")
     h["CONTENT"] = ("masked padded input rate" if what == "input" else f"{res.task} prediction")
@@ -1283,6 +1284,7 @@ def _header(res: EnhanceResult, *, wcs, exposure, pixel_arcsec, what) -> fits.He
     h["MODELSHA"] = model.sha256  # sha256 of the model file (64 hex digits: no room for a comment)
     h["SOFTVER"] = (__version__, "xmm_enhance version")
     _set(h, "INFILE", img.path.name, "input image")
+    h["DATE"] = (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()), "file creation date (UTC)")
     h["HISTORY"] = f"xmm_enhance {__version__} run_inference_on_real --which {res.task}"
     h["HISTORY"] = f"input {img.path.name}: counts / EXPOSURE, detector mask, pad to {PAD_SIZE}"
     if what != "input":
@@ -1527,6 +1529,7 @@ def _image_extension(data, name, h_out, aperture_scale=None, interval_scale=None
                 "INEXPO", "OBS_ID"):
         if key in h_out:
             h[key] = (h_out[key], h_out.comments[key])
+    h["INHERIT"] = (True, "the primary header's keywords apply too")
     h["CONTENT"] = (LISTED_TEXT if "PTMOVED" in h_out else EXTENSION_TEXT).get(
         name, EXTENSION_TEXT[name])
     h["SIGBITS"] = (MANTISSA_BITS[name], "significant bits kept of 24 (float32)")
@@ -1646,6 +1649,12 @@ def write_outputs(res: EnhanceResult, *, outdir: Path | None = None, overwrite: 
             # what else POINTS holds (release_unlisted keeps these candidates' points)
             pred.append(sources_hdu(candidates_of(res), res.image.exposure, "CANDIDATES",
                                     **sig))
+        for hdu in pred[1:]:
+            if isinstance(hdu, fits.BinTableHDU):
+                hdu.header["INHERIT"] = (True, "the primary header's keywords apply too")
+                for key in ("RADESYS", "EQUINOX"):  # the frame of RA, DEC (the image WCS)
+                    if key in h_out:
+                        hdu.header[key] = (h_out[key], h_out.comments[key])
         text = region_text([d["ra"] for d in res.sources], [d["dec"] for d in res.sources],
                            labels=[f"{d['signif']:.1f}sig" for d in res.sources])
         items.append((text.encode(), region_path(res.image.path, outdir)))

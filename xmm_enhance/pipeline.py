@@ -29,6 +29,7 @@ import numpy as np
 from . import detector, events, gti, imaging, skywcs
 from .errors import InputError, OutputError, PPSError, UsageError
 from .fitsio import atomic_write_hdul, check_creatable_dir
+from .imageargs import check_image_args
 
 __all__ = ["ImageResult", "make_image", "output_name", "find_image", "resolve_backend",
            "BACKENDS"]
@@ -39,15 +40,6 @@ BACKENDS = ("auto", "native", "sas")
 #: Below this many selected events in the kept time, the WCS is fitted on all band-selected
 #: events of the list (the DET -> sky map does not depend on time beyond the attitude wander).
 _MIN_FIT_EVENTS = 1000
-#: Largest image accepted (pixels): ~200 MB of int32 counts.
-_MAX_PIXELS = 50_000_000
-
-
-def _min_binsize():
-    b = 1
-    while np.prod(detector.pn_grid(b).shape) > _MAX_PIXELS:
-        b += 1
-    return b
 
 
 @dataclass
@@ -144,29 +136,6 @@ def resolve_backend(backend: str) -> str:
     return "sas" if sas.available() else "native"
 
 
-#: Shortest --expo_time (ks): the file name holds it to the second (:func:`output_name`).
-_MIN_EXPO_KS = 0.001
-
-
-def _check_args(low_pi, high_pi, binsize, expo_time_ks):
-    for name, v in (("--low_pi", low_pi), ("--high_pi", high_pi)):
-        if v is None or int(v) != v or v < 0:
-            raise UsageError(f"{name} {v}: must be a non-negative integer (eV)")
-    if low_pi >= high_pi:
-        raise UsageError(f"--low_pi {low_pi} must be below --high_pi {high_pi}")
-    if binsize is None or not np.isfinite(binsize) or binsize <= 0:
-        raise UsageError(f"--binSize {binsize}: must be > 0 (DET units of 0.05\"; 80 = 4\")")
-    ny, nx = detector.pn_grid(binsize).shape
-    if ny * nx > _MAX_PIXELS:
-        raise UsageError(f"--binSize {binsize}: the image would have {ny} x {nx} pixels; use "
-                         f"a bin size of at least {_min_binsize()} (80 = 4\")")
-    if expo_time_ks is None or not np.isfinite(expo_time_ks):
-        raise UsageError(f"--expo_time {expo_time_ks}: must be a number of ks (<= 0: all)")
-    if 0 < expo_time_ks < _MIN_EXPO_KS:
-        raise UsageError(f"--expo_time {expo_time_ks:g}: under {_MIN_EXPO_KS * 1e3:g} s; it is "
-                         "in ks (20 = 20000 s; <= 0: all good time)")
-
-
 def _keep(good, expo_s: float):
     """The kept GTIs: all of ``good`` when ``expo_s <= 0`` or longer than the good time (the
     caller warns), else :func:`gti.sub_gti`."""
@@ -259,7 +228,7 @@ def make_image(obsid: str, *, low_pi: int = 500, high_pi: int = 2000,
         stages.append((name, t0, time.perf_counter()))
         return time.perf_counter()
 
-    _check_args(low_pi, high_pi, binsize, expo_time_ks)
+    check_image_args(low_pi, high_pi, binsize, expo_time_ks)
     low_pi, high_pi = int(low_pi), int(high_pi)
     from . import archive as arch  # lazy: astroquery is only needed to download
 

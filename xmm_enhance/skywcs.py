@@ -142,6 +142,29 @@ def _mjd_to_iso(mjd: float) -> str:
                                                 if t.microsecond else "")
 
 
+def mission_time_utc(t: float, mjdref: float = 50814.0, timesys: str = "TT") -> str | None:
+    """UTC date ``YYYY-MM-DDThh:mm:ss`` (to the nearest second) of mission time ``t`` (s after
+    ``mjdref``, in the time scale ``timesys``), as XMM writes ``DATE-OBS`` ("Start Time
+    (UTC)"); None for a time scale astropy does not know or a non-finite time.
+
+    astropy's bundled leap-second table is used as it is (no download: the tools run offline);
+    none has been added since 2017.
+    """
+    import warnings
+
+    from astropy.time import Time
+    from astropy.utils import iers
+
+    scale = str(timesys).strip().lower()
+    if scale not in Time.SCALES or not (math.isfinite(t) and math.isfinite(mjdref)):
+        return None
+    with iers.conf.set_temp("auto_download", False), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # an expired bundled leap-second table
+        # + 0.5 s: strftime drops the fraction, so this rounds to the nearest second
+        tm = Time(mjdref, (float(t) + 0.5) / 86400.0, format="mjd", scale=scale).utc
+        return tm.strftime("%Y-%m-%dT%H:%M:%S")
+
+
 def time_keywords(header) -> fits.Header:
     """``DATEREF``, ``MJD-OBS`` and ``MJD-END`` consistent with the header's time keywords.
 

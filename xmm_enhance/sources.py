@@ -102,8 +102,8 @@ PIXEL_ARCSEC = 4.0
 
 #: Columns of the ``SOURCES`` table: name, unit, description.
 SOURCE_COLUMNS = (
-    ("RA", "deg", "right ascension (ICRS)"),
-    ("DEC", "deg", "declination (ICRS)"),
+    ("RA", "deg", "right ascension (frame: RADESYS)"),
+    ("DEC", "deg", "declination (frame: RADESYS)"),
     ("X", "pixel", "0-based column on the output grid"),
     ("Y", "pixel", "0-based row on the output grid"),
     ("RATE", "count/s", "SR points-map rate over the whole PSF (not vignetting-corrected)"),
@@ -111,7 +111,8 @@ SOURCE_COLUMNS = (
     ("COUNTS", "count", "source counts over the whole PSF at the input exposure"),
     ("COUNTS_ERR", "count", "1-sigma error of COUNTS"),
     ("FIT_COUNTS", "count", "maximum-likelihood PSF-fit counts on the input"),
-    ("SIGNIF", "sigma", "PSF-fit likelihood-ratio significance on the input counts"),
+    # sigma is no FITS unit (readers drop it with a warning): the description says it
+    ("SIGNIF", None, "significance (sigma), PSF-fit LR on the input"),
     ("BKG", "count/pixel", "local background per 4\" input pixel"),
     ("RADEC_ERR", "arcsec", "1-sigma position error (pointing: SYSERR)"),
     ("EXT_DC", None, "C(2.5x wider King) - C(PSF); > 9: extended"),

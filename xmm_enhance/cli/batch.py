@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import re
 import signal
@@ -68,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bin size in DET units of 0.05\" (default 80 = 4\")")
     g.add_argument("--backend", choices=("auto", "native", "sas"), default="auto",
                    help="native (numpy/astropy), sas (XMM-SAS via pysas) or auto: sas when "
-                        "pysas imports, else native (default auto)")
+                        "pysas imports and SAS_DIR is set, else native (default auto)")
     g.add_argument("--credentials_file", type=Path, help="XSA credentials (proprietary data)")
     g.add_argument("--overwrite", action="store_true",
                    help="redo every step even when its outputs are complete and valid")
@@ -128,18 +127,11 @@ def _config(args):
     if args.retries < 0 or args.backoff < 0:
         raise UsageError("--retries and --backoff must not be negative")
     # The image maker's own argument checks, here so that they are usage errors (exit 2)
-    # before any observation starts, as in `xmm-enhance image` (the parent stays light: no
-    # pipeline import).
-    for name, v in (("--low_pi", args.low_pi), ("--high_pi", args.high_pi)):
-        if v < 0:
-            raise UsageError(f"{name} {v}: must be a non-negative integer (eV)")
-    if args.low_pi >= args.high_pi:
-        raise UsageError(f"--low_pi {args.low_pi} must be below --high_pi {args.high_pi}")
-    if args.binSize <= 0:
-        raise UsageError(f"--binSize {args.binSize}: must be > 0 (DET units of 0.05\"; "
-                         "80 = 4\")")
-    if not math.isfinite(args.expo_time):
-        raise UsageError(f"--expo_time {args.expo_time}: must be a number of ks (<= 0: all)")
+    # before any observation starts, as in `xmm-enhance image` (numpy only: the parent stays
+    # light).
+    from ..imageargs import check_image_args
+
+    check_image_args(args.low_pi, args.high_pi, args.binSize, args.expo_time)
     check_min_signif(args.min_signif, _which(args.which))
     if args.pps_dir is not None and not args.pps_dir.is_dir():
         raise UsageError(f"--pps_dir {args.pps_dir}: no such folder; pass the folder holding "

@@ -52,7 +52,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         "missing)")
     p.add_argument("--backend", choices=("auto", "native", "sas"), default="auto",
                    help="native (numpy/astropy), sas (XMM-SAS via pysas) or auto: sas when "
-                        "pysas imports, else native; default auto")
+                        "pysas imports and SAS_DIR is set, else native; default auto")
     p.add_argument("--gti-plot", "--gti_plot", action="store_true", dest="gti_plot",
                    help="also write <image>_gti.png: light curve, threshold, kept intervals")
     p.add_argument("--overwrite", action="store_true", help="replace an existing image")

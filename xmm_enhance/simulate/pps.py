@@ -312,8 +312,10 @@ def _subtract(iv, cut):
 
 
 def _date(t):
-    d = _dt.datetime(1998, 1, 1) + _dt.timedelta(seconds=float(t) - 64.184)
-    return d.strftime("%Y-%m-%dT%H:%M:%S")
+    """UTC date of mission time ``t`` (TT s after MJDREF), as XMM's DATE-OBS."""
+    from ..skywcs import mission_time_utc
+
+    return mission_time_utc(t, MJDREF, "TT")
 
 
 def write_pps(folder, obsid: str = "0123456789", *, ra_pnt: float = 150.1, dec_pnt: float = 2.2,

@@ -1,0 +1,45 @@
+"""The image maker's option checks, shared by ``make_detxy_pn_image_pps.py`` and ``xmm-enhance
+batch`` (which runs them before any observation starts, so a bad option is a usage error, exit
+2, there too). Imports only numpy: a batch's parent process stays light."""
+from __future__ import annotations
+
+import numpy as np
+
+from . import detector
+from .errors import UsageError
+
+__all__ = ["check_image_args", "MAX_PIXELS", "MIN_EXPO_KS"]
+
+#: Largest image accepted (pixels): ~200 MB of int32 counts.
+MAX_PIXELS = 50_000_000
+#: Shortest --expo_time (ks): the file name holds it to the second
+#: (:func:`xmm_enhance.pipeline.output_name`).
+MIN_EXPO_KS = 0.001
+
+
+def _min_binsize() -> int:
+    b = 1
+    while np.prod(detector.pn_grid(b).shape) > MAX_PIXELS:
+        b += 1
+    return b
+
+
+def check_image_args(low_pi, high_pi, binsize, expo_time_ks) -> None:
+    """Raise :class:`UsageError` (naming the option and the fix) for a PI band, bin size or
+    exposure that cannot make an image."""
+    for name, v in (("--low_pi", low_pi), ("--high_pi", high_pi)):
+        if v is None or int(v) != v or v < 0:
+            raise UsageError(f"{name} {v}: must be a non-negative integer (eV)")
+    if low_pi >= high_pi:
+        raise UsageError(f"--low_pi {low_pi} must be below --high_pi {high_pi}")
+    if binsize is None or not np.isfinite(binsize) or binsize <= 0:
+        raise UsageError(f"--binSize {binsize}: must be > 0 (DET units of 0.05\"; 80 = 4\")")
+    ny, nx = detector.pn_grid(binsize).shape
+    if ny * nx > MAX_PIXELS:
+        raise UsageError(f"--binSize {binsize}: the image would have {ny} x {nx} pixels; use "
+                         f"a bin size of at least {_min_binsize()} (80 = 4\")")
+    if expo_time_ks is None or not np.isfinite(expo_time_ks):
+        raise UsageError(f"--expo_time {expo_time_ks}: must be a number of ks (<= 0: all)")
+    if 0 < expo_time_ks < MIN_EXPO_KS:
+        raise UsageError(f"--expo_time {expo_time_ks:g}: under {MIN_EXPO_KS * 1e3:g} s; it is "
+                         "in ks (20 = 20000 s; <= 0: all good time)")
