@@ -271,7 +271,8 @@ def test_skip_valid_outputs_redo_damaged_ones_and_dry_run(tmp_path, pps_root, mo
                       pps_root=pps_root)) == 0
     first = _report(rep)
     assert [first[o]["status"] for o in ids] == ["done", "done"]
-    assert first[ids[0]]["steps"] == "image:ran SR:ran DN:ran"
+    assert first[ids[0]]["steps"] == "image:ran SR:ran DN:ran png:ran"
+    assert first[ids[0]]["png_s"] > 0
     assert first[ids[0]]["exposure_s"] > 15e3 and first[ids[0]]["counts"] > 0
     assert first[ids[0]]["sr_sources"] == ""  # this stand-in SR model lists no sources
     rows = list(csv.DictReader(open(f"{rep}.csv")))
@@ -297,8 +298,9 @@ def test_skip_valid_outputs_redo_damaged_ones_and_dry_run(tmp_path, pps_root, mo
     rep2 = tmp_path / "r2"
     assert main(_args(out, models, *ids, "--png", "--report", rep2, pps_root=pps_root)) == 0
     second = _report(rep2)
-    assert second[ids[0]]["steps"] == "image:skipped SR:ran DN:skipped"
-    assert second[ids[1]]["steps"] == "image:skipped SR:skipped DN:skipped"
+    assert second[ids[0]]["steps"] == "image:skipped SR:ran DN:skipped png:ran"
+    assert second[ids[1]]["steps"] == "image:skipped SR:skipped DN:skipped png:skipped"
+    assert second[ids[1]]["png_s"] == 0
     assert fits_is_valid(pred)[0]
     assert _ran_counts(out, ids[0]) == {"download": 0, "image": 1, "SR": 2, "DN": 1}
     assert _leftovers(out) == []
@@ -309,7 +311,7 @@ def test_skip_valid_outputs_redo_damaged_ones_and_dry_run(tmp_path, pps_root, mo
     assert main(_args(out, (models[0], dn2), *ids, "--png", "--report", rep3,
                       pps_root=pps_root)) == 0
     third = _report(rep3)
-    assert all(third[o]["steps"] == "image:skipped SR:skipped DN:ran" for o in ids)
+    assert all(third[o]["steps"] == "image:skipped SR:skipped DN:ran png:ran" for o in ids)
     assert "made by another DN model" in (out / ids[0] / LOG_NAME).read_text()
 
     # Progress: a bar when asked (a terminal), one plain line per observation otherwise (cron).
@@ -322,6 +324,7 @@ def test_skip_valid_outputs_redo_damaged_ones_and_dry_run(tmp_path, pps_root, mo
                       pps_root=pps_root)) == 0
     err = capsys.readouterr().err
     assert f"[1/2] {ids[0]} done" in err and f"[2/2] {ids[1]} done" in err and "2/2 [" not in err
+    assert "DN:skipped png:skipped)" in err                 # progress lines name the PNG step
 
 
 def test_corrupt_observation_fails_alone(tmp_path, pps_root, models, capsys):
@@ -597,8 +600,9 @@ def test_sigkill_mid_run_then_rerun_resumes(tmp_path, pps_root, models, xsa):
                       server.url)) == 0
     r = _report(rep)
     assert all(r[o]["status"] == "done" for o in ids)
-    assert r[ids[0]]["steps"] == "download:skipped image:skipped SR:skipped DN:skipped"
-    assert r[ids[3]]["steps"] == "download:ran image:ran SR:ran DN:ran"
+    assert (r[ids[0]]["steps"]
+            == "download:skipped image:skipped SR:skipped DN:skipped png:skipped")
+    assert r[ids[3]]["steps"] == "download:ran image:ran SR:ran DN:ran png:ran"
     assert {p: p.stat().st_mtime_ns for p in _products(out, ids[0])} == before
     for o in ids:                                       # no step ran twice
         counts = _ran_counts(out, o)
@@ -633,8 +637,14 @@ def test_sigterm_stops_cleanly_with_a_partial_report(tmp_path, pps_root, models,
     assert "interrupted after 1 of 4 observations" in err and "rerun the same command" in err
     doc = json.loads(Path(f"{tmp_path / 'partial'}.json").read_text())
     assert doc["meta"]["interrupted"] is True
-    assert [(o["obsid"], o["status"]) for o in doc["observations"]] == [(ids[0], "done")]
-    assert ids[0] in out_text and "1 observations: 1 done" in out_text   # summary on stdout
+    # every observation asked for is listed: the unfinished ones as interrupted
+    assert ([(o["obsid"], o["status"]) for o in doc["observations"]]
+            == [(ids[0], "done")] + [(o, "interrupted") for o in ids[1:]])
+    assert doc["totals"] == {"done": 1, "interrupted": 3}
+    assert all("interrupted" in o["error"] for o in doc["observations"][1:])
+    assert ids[0] in out_text                                           # summary on stdout
+    assert "4 observations: 1 done, 0 failed, 0 busy" in out_text
+    assert "3 interrupted" in out_text
     assert all(ObservationLock(out / o / batch.LOCK_NAME).is_free() for o in ids)
     assert _leftovers(out) == []
 
@@ -719,7 +729,7 @@ def test_two_batches_at_once_process_each_observation_once(tmp_path, pps_root, m
         statuses = sorted(rep[o]["status"] for rep in reps)
         assert statuses in (["busy", "done"], ["done", "done"]), statuses
         ran = [rep[o] for rep in reps if "ran" in rep[o]["steps"]]
-        assert len(ran) == 1 and ran[0]["steps"] == "image:ran SR:ran DN:ran"
+        assert len(ran) == 1 and ran[0]["steps"] == "image:ran SR:ran DN:ran png:ran"
     assert _leftovers(out) == []
 
 
@@ -1157,7 +1167,7 @@ def test_stale_png_or_missing_region_file_redoes_sr(tmp_path, pps_root):
         return _report(rep)[obsid]
 
     first = run("r1", "--png")
-    assert first["steps"] == "image:ran SR:ran"
+    assert first["steps"] == "image:ran SR:ran png:ran"
     reg = next((out / obsid).glob("*_sources_SR.reg"))
     png = next((out / obsid).glob("*_predict_wcs_SR.png"))
     pred = next((out / obsid).glob("*_predict_wcs_SR.fits.gz"))
@@ -1173,20 +1183,25 @@ def test_stale_png_or_missing_region_file_redoes_sr(tmp_path, pps_root):
     cfg = BatchConfig(save_dir=out, pps_root=pps_root, sr_model=sr, which=("SR",), png=True,
                       min_signif=6.0)
     assert batch.observation_state(obsid, cfg) == {"image": "skip", "SR": "redo"}
-    assert run("r3", "--min-signif", "6", "--png")["steps"] == "image:skipped SR:ran"
+    assert (run("r3", "--min-signif", "6", "--png")["steps"]
+            == "image:skipped SR:ran png:ran")
     assert f"{png.name}: older than {pred.name}" in (out / obsid / LOG_NAME).read_text()
     assert png.stat().st_mtime >= pred.stat().st_mtime
     # a fresh set (region and PNG written within the same second as the prediction) is valid
-    assert run("r4", "--min-signif", "6", "--png")["steps"] == "image:skipped SR:skipped"
+    assert (run("r4", "--min-signif", "6", "--png")["steps"]
+            == "image:skipped SR:skipped png:skipped")
     # the region file is part of the SR outputs of a model that lists sources
     reg.unlink()
     assert batch.observation_state(obsid, cfg) == {"image": "skip", "SR": "redo"}
-    assert run("r5", "--min-signif", "6", "--png")["steps"] == "image:skipped SR:ran"
+    assert (run("r5", "--min-signif", "6", "--png")["steps"]
+            == "image:skipped SR:ran png:ran")
     assert reg.is_file()
     reg.write_text(reg.read_text()[:30])                     # cut short
-    assert run("r6", "--min-signif", "6", "--png")["steps"] == "image:skipped SR:ran"
+    assert (run("r6", "--min-signif", "6", "--png")["steps"]
+            == "image:skipped SR:ran png:ran")
     assert f"{reg.name}: not a complete region file" in (out / obsid / LOG_NAME).read_text()
-    assert run("r7", "--min-signif", "6", "--png")["steps"] == "image:skipped SR:skipped"
+    assert (run("r7", "--min-signif", "6", "--png")["steps"]
+            == "image:skipped SR:skipped png:skipped")
 
 
 def test_observation_warnings_reach_the_console_and_the_report(tmp_path, pps_root, models,
@@ -1227,3 +1242,183 @@ def test_observation_warnings_reach_the_console_and_the_report(tmp_path, pps_roo
     err = capsys.readouterr().err
     assert err.count("requested 30 ks but only") == 1
     assert f"warning: OBS_ID {ids[0]}: requested 30 ks" in err
+
+
+# --------------------------------------------------------------------------------------------
+# Cron hygiene: UTC log stamps, capped logs, interrupted rows, the PNG step, ISO meta times
+# --------------------------------------------------------------------------------------------
+_ISO_Z = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
+
+
+@contextlib.contextmanager
+def _time_zone(tz: str):
+    old = os.environ.get("TZ")
+    os.environ["TZ"] = tz
+    time.tzset()
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TZ", None)
+        else:
+            os.environ["TZ"] = old
+        time.tzset()
+
+
+def _iso_seconds(stamp: str) -> float:
+    """Seconds since the epoch of an ISO 8601 UTC stamp ``...T..:..:...mmmZ``."""
+    import calendar
+
+    return calendar.timegm(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S")) + float(stamp[19:-1])
+
+
+def test_observation_log_is_stamped_in_utc(tmp_path, pps_root, models):
+    """The log's stamps are UTC with a Z, as the lock file's and the report's, whatever TZ."""
+    obsid, out = OBSIDS[0], tmp_path / "out"
+    with _time_zone("America/Los_Angeles"):
+        before = time.time()
+        assert main(_args(out, models, obsid, "--which", "none", "--report", tmp_path / "r",
+                          pps_root=pps_root)) == 0
+        after = time.time()
+    lines = (out / obsid / LOG_NAME).read_text().splitlines()
+    assert lines and all(re.match(rf"{_ISO_Z} (INFO|WARNING|ERROR) ", ln) for ln in lines)
+    stamps = [_iso_seconds(ln.split(" ", 1)[0]) for ln in lines]
+    assert before - 1 <= stamps[0] and stamps[-1] <= after + 1, (before, lines, after)
+    assert stamps == sorted(stamps)
+    row = _report(tmp_path / "r")[obsid]                  # the report's stamp: the same clock
+    assert abs(_iso_seconds(row["started_utc"]) - stamps[0]) < 2
+    holder = ObservationLock(out / obsid / batch.LOCK_NAME).holder()
+    assert re.search(_ISO_Z, holder), holder
+
+
+def test_observation_log_is_capped_with_one_backup(tmp_path, pps_root, models, monkeypatch):
+    obsid, out = OBSIDS[0], tmp_path / "out"
+    cap = 2000                                            # a few attempts' worth
+    monkeypatch.setattr(batch, "LOG_MAX_BYTES", cap)
+    log_path, backup = out / obsid / LOG_NAME, out / obsid / f"{LOG_NAME}.1"
+
+    def run(tag):
+        assert main(_args(out, models, obsid, "--which", "none", "--report", tmp_path / tag,
+                          pps_root=pps_root)) == 0
+
+    run("r1")
+    assert log_path.stat().st_size < cap and not backup.exists()
+    with open(log_path, "a") as fh:                       # a year of nightly attempts
+        fh.write("2026-01-01T00:00:00.000Z INFO old attempt\n" * 200)
+    old = log_path.read_text()
+    run("r2")
+    assert backup.read_text() == old                      # the old log, whole, as .log.1
+    text = log_path.read_text()
+    assert len(text.encode()) < cap and "old attempt" not in text
+    assert text.count("=== OBS_ID") == 1                  # this attempt, from its header on
+    attempts = 1
+    while "old attempt" in backup.read_text():            # until the log rotates again
+        attempts += 1
+        assert attempts < 50, "the log was never rotated again"
+        run(f"r{attempts + 1}")
+        assert log_path.stat().st_size < cap
+    # one backup only, replaced: the two files hold the last attempts, each whole
+    assert sorted(p.name for p in (out / obsid).glob(f"{LOG_NAME}*")) == [LOG_NAME,
+                                                                          f"{LOG_NAME}.1"]
+    kept = backup.read_text()
+    assert len(kept.encode()) < cap and kept.startswith(text)
+    assert kept.count("=== OBS_ID") == attempts - 1
+    assert log_path.read_text().count("=== OBS_ID") == 1
+
+
+def _interrupted_run_batch(n_done: int):
+    """A stand-in for run_batch that finishes ``n_done`` observations, then is interrupted."""
+    def run_batch(obsids, cfg, *, jobs=1, scheduler=None, on_result=None, task=None):
+        for o in list(obsids)[:n_done]:
+            on_result(batch.ObsResult(obsid=o, status="done", steps="image:skipped",
+                                      started_utc=batch._utc()))
+        raise KeyboardInterrupt
+
+    return run_batch
+
+
+def test_interrupted_run_reports_every_unfinished_observation(tmp_path, pps_root, models,
+                                                              monkeypatch, capsys):
+    """latest.csv/.json of an interrupted run list the unfinished observations, so that a
+    script reading them does not see a stopped run as one where nothing failed."""
+    ids = OBSIDS[:4]
+    lst = tmp_path / "obsids.txt"
+    lst.write_text(f"{ids[0]}\n{ids[1]}\n12345\n{ids[2]}\n{ids[3]}\n")
+    monkeypatch.setattr(batch, "run_batch", _interrupted_run_batch(1))
+    out = tmp_path / "out"
+    assert main(_args(out, models, lst, pps_root=pps_root)) == 130
+    std = capsys.readouterr()
+    assert "interrupted after 1 of 4 observations (3 not finished" in std.err
+    rows = list(csv.DictReader(open(out / "reports" / "latest.csv")))
+    assert ([(r["obsid"], r["status"]) for r in rows]
+            == [(ids[0], "done")] + [(o, "interrupted") for o in ids[1:]] + [("12345", "failed")])
+    for r in rows[1:4]:
+        assert "interrupted" in r["error"] and "rerun" in r["error"] and r["host"]
+    doc = json.loads((out / "reports" / "latest.json").read_text())
+    assert doc["meta"]["interrupted"] is True
+    assert doc["totals"] == {"done": 1, "interrupted": 3, "failed": 1}
+    assert [o["status"] for o in doc["observations"]] == [r["status"] for r in rows]
+    assert ("5 observations: 1 done, 1 failed, 0 busy (locked by another batch), "
+            "3 interrupted (not finished)") in std.out
+    # a run that finishes lists no interrupted row, and its summary line does not mention it
+    monkeypatch.setattr(batch, "run_batch", _interrupted_run_batch(0))
+    assert main(_args(out, models, ids[0], pps_root=pps_root)) == 130
+    assert [r["status"] for r in csv.DictReader(open(out / "reports" / "latest.csv"))] == [
+        "interrupted"]
+    capsys.readouterr()
+    monkeypatch.undo()
+    assert main(_args(out, models, ids[0], "--which", "none", pps_root=pps_root)) == 0
+    assert "interrupted" not in capsys.readouterr().out
+    assert [r["status"] for r in csv.DictReader(open(out / "reports" / "latest.csv"))] == [
+        "done"]
+
+
+def test_png_step_is_reported(tmp_path, pps_root, models, capsys):
+    obsid, out = OBSIDS[0], tmp_path / "out"
+
+    def run(tag, *extra):
+        assert main(_args(out, models, obsid, "--which", "DN", "--report", tmp_path / tag,
+                          *extra, pps_root=pps_root)) == 0
+        return _report(tmp_path / tag)[obsid]
+
+    first = run("r1", "--png")
+    assert first["steps"] == "image:ran DN:ran png:ran" and first["png_s"] > 0
+    err = capsys.readouterr().err
+    assert f"{obsid} done in" in err and "(image:ran DN:ran png:ran)" in err
+    assert "step png: ran in" in (out / obsid / LOG_NAME).read_text()
+    second = run("r2", "--png")
+    assert second["steps"] == "image:skipped DN:skipped png:skipped" and second["png_s"] == 0
+    assert run("r3")["steps"] == "image:skipped DN:skipped"           # no --png, no PNG step
+
+
+def test_summary_table_shows_the_png_time():
+    r = batch.ObsResult(obsid=OBSIDS[0], status="done", image_s=1.0, sr_s=2.0, dn_s=3.0,
+                        png_s=4.0, total_s=10.5)
+    lines = batch.summary_table([r]).splitlines()
+    assert lines[0].index("image") == lines[2].index("1.0") + 3 - len("image")
+    assert lines[0].split()[:8] == ["OBS_ID", "status", "image", "SR", "DN", "PNG", "total",
+                                    "expo"]
+    assert lines[2].split()[:7] == [OBSIDS[0], "done", "1.0", "2.0", "3.0", "4.0", "10.5"]
+    unfinished = batch.interrupted_result(OBSIDS[1])
+    assert unfinished.status == "interrupted" and not unfinished.ok
+    both = batch.summary_table([r, unfinished]).splitlines()
+    assert both[2].index("1.0") == both[3].index("0.0")          # the columns stay aligned
+    assert both[-1] == (
+        "2 observations: 1 done, 0 failed, 0 busy (locked by another batch), "
+        "1 interrupted (not finished)")
+
+
+def test_report_meta_times_are_iso_utc(tmp_path, pps_root, models):
+    out = tmp_path / "out"
+    assert main(_args(out, models, OBSIDS[0], "--which", "none", pps_root=pps_root)) == 0
+    doc = json.loads((out / "reports" / "latest.json").read_text())
+    meta, row = doc["meta"], doc["observations"][0]
+    for key in ("started_utc", "ended_utc"):
+        assert re.fullmatch(_ISO_Z, meta[key]), meta
+    assert re.fullmatch(_ISO_Z, row["started_utc"])
+    assert meta["started_utc"] <= row["started_utc"] <= meta["ended_utc"]
+    # the file name keeps the compact form, the same second as the meta's start
+    (name,) = [p.name for p in (out / "reports").glob("batch_*.json")]
+    compact = re.fullmatch(r"batch_(\d{8}T\d{6}Z)_\d+\.json", name).group(1)
+    assert compact == time.strftime("%Y%m%dT%H%M%SZ", time.strptime(meta["started_utc"][:19],
+                                                                    "%Y-%m-%dT%H:%M:%S"))

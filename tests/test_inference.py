@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import os
 import signal
 import subprocess
 import sys
@@ -820,3 +821,46 @@ def test_threaded_gzip_is_one_standard_member(backend, monkeypatch):
         assert d.decompress(g[10:]) == raw and d.unused_data == g[-8:]
         if shutil.which("gzip"):
             assert subprocess.run(["gzip", "-t"], input=g).returncode == 0
+
+
+def test_onnxruntime_writes_nothing_under_home(tmp_path):
+    """Importing the package before onnxruntime turns its telemetry off: no device id or upload
+    queue under $HOME (the control, a bare import, writes them)."""
+    env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
+    for name, code in (("bare", "import onnxruntime"),
+                       ("ours", "import xmm_enhance.inference as I, onnxruntime; "
+                                "I.load_model('DN')")):
+        home = tmp_path / name
+        home.mkdir()
+        subprocess.run([sys.executable, "-c", code], env={**env, "HOME": str(home)},
+                       check=True, cwd=ROOT)
+        written = sorted(p.name for p in home.rglob("*"))
+        if name == "bare":
+            if not written:
+                pytest.skip("this onnxruntime build has no telemetry")
+            assert ".onnxruntime" in written
+        else:
+            assert written == [], written
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_written_files_follow_the_umask(tmp_path, umask):
+    """FITS files and PNGs are written through 0600 temporaries, then given 0666 less the
+    umask, as open() would make them: proprietary data stay private under umask 077."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from xmm_enhance.fitsio import atomic_savefig, atomic_write_hdul
+
+    old = os.umask(umask)
+    try:
+        f = atomic_write_hdul(fits.HDUList([fits.PrimaryHDU(np.zeros((2, 2)))]),
+                              tmp_path / "a.fits.gz")
+        fig = plt.figure(figsize=(1, 1))
+        p = atomic_savefig(fig, tmp_path / "a.png")
+        plt.close(fig)
+    finally:
+        os.umask(old)
+    for path in (f, p):
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, (path, oct(path.stat().st_mode))

@@ -29,7 +29,10 @@ What makes it safe to run from cron over and over (design §7):
   lock before the observation is worked on again.
 * **Logged.** Each observation appends to ``<save_dir>/<OBS_ID>/xmm_enhance_batch.log``: one
   header line per attempt, what each step did (``step image: ran in 3.1 s``) and any warning
-  or error. Its warnings also travel back in :attr:`ObsResult.warnings` (from pool workers
+  or error, each line stamped in UTC (``2026-12-05T01:42:12.552Z``, as the lock file and the
+  report). The log is capped: past :data:`LOG_MAX_BYTES` it is renamed ``.log.1`` (replacing
+  the older one) and a new one is begun, so it never holds more than about twice that. Its
+  warnings also travel back in :attr:`ObsResult.warnings` (from pool workers
   and Dask workers alike), for the console and the report.
 * **Failure-isolated.** An observation that fails (archive unreachable after the download's
   retries with back-off, corrupt PPS file, model error...) is marked ``failed`` with a one-line
@@ -42,6 +45,7 @@ import csv
 import io
 import json
 import logging
+import logging.handlers
 import os
 import re
 import shutil
@@ -56,6 +60,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from .errors import UsageError, XmmEnhanceError
+from .fsmode import file_mode
 from .obsid import obsid_problem
 
 __all__ = [
@@ -63,7 +68,7 @@ __all__ = [
     "BadListLine", "read_obsid_list", "fits_is_valid", "gzip_is_complete", "png_is_valid",
     "required_extensions", "observation_state", "process_observation", "run_batch",
     "write_report", "default_report_path", "prune_reports", "summary_table", "REPORT_FIELDS",
-    "REPORTS_KEPT", "LATEST_REPORT", "MAX_WARNINGS",
+    "REPORTS_KEPT", "LATEST_REPORT", "MAX_WARNINGS", "LOG_MAX_BYTES", "interrupted_result",
 ]
 
 log = logging.getLogger(__name__)
@@ -72,6 +77,10 @@ log = logging.getLogger(__name__)
 STEPS = ("download", "image", "SR", "DN")
 LOCK_NAME = ".xmm_enhance.lock"
 LOG_NAME = "xmm_enhance_batch.log"
+#: Size (bytes) past which an observation's log is renamed ``<LOG_NAME>.1`` (the one backup
+#: kept, replacing the older) and a new log begun: ~150 kB a year of nightly runs otherwise
+#: piles up for good.
+LOG_MAX_BYTES = 1_000_000
 _PNG_SIG = b"\x89PNG\r\n\x1a\n"
 _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 _TMP_RE = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")
@@ -174,9 +183,12 @@ class ObsResult:
     """The outcome of one observation (one row of the report).
 
     ``status`` is ``done`` (every requested output is complete and valid), ``failed`` (see
-    ``error``) or ``busy`` (another batch held its lock; nothing was done). ``steps`` says what
-    each step did, e.g. ``download:skipped image:ran SR:ran DN:ran``. Times are seconds of
-    wall clock per step (0 when skipped); ``png_s`` is the quick-look PNGs' share; ``cpu_s`` is
+    ``error``), ``busy`` (another batch held its lock; nothing was done) or ``interrupted``
+    (the batch was stopped before the observation finished, see :func:`interrupted_result`).
+    ``steps`` says what each step did, e.g. ``download:skipped image:ran SR:ran DN:ran
+    png:ran`` (``png`` with ``BatchConfig.png`` only: ``ran`` when any PNG was made). Times are
+    seconds of wall clock per step (0 when skipped); ``png_s`` is the quick-look PNGs' time
+    (not part of ``sr_s``/``dn_s``); ``cpu_s`` is
     the CPU time (all threads) the worker spent on the observation; ``peak_rss_mb`` is the
     worker process's peak resident memory so far; ``sr_sources`` is the number of rows of the
     SR prediction's ``SOURCES`` table (None without one), read from the file, so a resumed run
@@ -466,7 +478,7 @@ class ObservationLock:
         for attempt in range(3):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)  # less the umask
                 break
             except FileNotFoundError:   # the folder was just removed by a failed run: redo
                 if attempt == 2:
@@ -809,14 +821,28 @@ def _clean_temporaries(obs_dir: Path) -> int:
     return n
 
 
-class _ObsLogHandler(logging.FileHandler):
-    """Per-observation log file; only records from the thread that works on it."""
+def _utc_formatter() -> logging.Formatter:
+    """Log lines stamped in UTC with milliseconds and a ``Z`` (``2026-12-05T01:42:12.552Z``),
+    as :func:`_utc` stamps the lock file and the report, whatever the local time zone."""
+    fmt = logging.Formatter("%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s: %(message)s",
+                            "%Y-%m-%dT%H:%M:%S")
+    fmt.converter = time.gmtime
+    return fmt
+
+
+class _ObsLogHandler(logging.handlers.RotatingFileHandler):
+    """Per-observation log file; only records from the thread that works on it.
+
+    Past :data:`LOG_MAX_BYTES` the file is renamed ``<name>.1`` and a new one begun. Only one
+    process writes an observation's log at a time (it holds the observation's lock), so the
+    renaming races with no other writer.
+    """
 
     def __init__(self, path: Path):
-        super().__init__(path, mode="a", encoding="utf-8", delay=False)
+        super().__init__(path, mode="a", maxBytes=LOG_MAX_BYTES, backupCount=1,
+                         encoding="utf-8", delay=False)
         self.thread = threading.get_ident()
-        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
-                                            "%Y-%m-%dT%H:%M:%S"))
+        self.setFormatter(_utc_formatter())
         self.addFilter(lambda r: r.thread == self.thread)
 
 
@@ -1097,6 +1123,7 @@ def _run_steps(obsid: str, cfg: BatchConfig, res: ObsResult) -> None:
 
     from .inference import enhance_file
 
+    png_ran = False
     for which in cfg.which:
         paths = _pred_outputs(image, which, cfg.png)
         ok, why = _prediction_ok(image, which, cfg)
@@ -1114,8 +1141,14 @@ def _run_steps(obsid: str, cfg: BatchConfig, res: ObsResult) -> None:
                 from .display import quicklook_png
 
                 t = time.perf_counter()
-                quicklook_png(out["result"], _png_path(out["predict"]), overwrite=True)
+                try:
+                    quicklook_png(out["result"], _png_path(out["predict"]), overwrite=True)
+                except Exception:
+                    res.png_s = round(res.png_s + time.perf_counter() - t, 3)
+                    _step(res, "png", "failed", res.png_s)
+                    raise
                 res.png_s = round(res.png_s + time.perf_counter() - t, 3)
+                png_ran = True
             del out
             ok, why = _outputs_ok(paths, newer_than=image, prediction=paths[1])
             n = source_count(paths[1]) if ok and which == "SR" else None
@@ -1132,6 +1165,8 @@ def _run_steps(obsid: str, cfg: BatchConfig, res: ObsResult) -> None:
             res.sr_sources = source_count(paths[1])
             if res.sr_sources is not None:
                 res.outputs[which].append(str(_region_path(image)))
+    if cfg.png and cfg.which:   # one PNG per prediction, made (or not) with it
+        _step(res, "png", "ran" if png_ran else "skipped", res.png_s)
 
 
 def source_count(pred: Path) -> int | None:
@@ -1161,6 +1196,16 @@ def _image_summary(image: Path) -> tuple[float | None, float | None]:
 def _failed(obsid: str, message: str) -> ObsResult:
     return ObsResult(obsid=obsid, status="failed", error=_short_error(obsid, message),
                      host=socket.gethostname(), started_utc=_utc())
+
+
+def interrupted_result(obsid: str) -> ObsResult:
+    """The report row of an observation that was asked for but had not finished when the
+    batch was interrupted (SIGTERM, Ctrl-C): status ``interrupted``, so that a reader of the
+    report does not take a stopped run for a complete one. Whatever it had begun is left
+    consistent (no partial files, its lock dropped) and the next run takes it up again."""
+    return ObsResult(obsid=str(obsid), status="interrupted",
+                     error="not finished: the batch was interrupted (SIGTERM or Ctrl-C); "
+                           "rerun it", host=socket.gethostname())
 
 
 #: prctl(2) option: the signal this process gets when its parent ends (Linux).
@@ -1405,7 +1450,7 @@ def _atomic_text(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
             fh.write(text)
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -1516,10 +1561,15 @@ def prune_reports(folder, keep: int | None = None, *, current=None) -> list[Path
 
 def summary_table(results, *, max_rows: int = 40) -> str:
     """A plain-text table of the results: one row per observation (failures first when the
-    list is long), then the totals."""
+    list is long), then the totals.
+
+    The time columns are seconds: ``image`` (the download's included), ``SR``, ``DN``,
+    ``PNG`` (the quick-look PNGs of both) and ``total``, the observation's whole wall clock
+    (all of those, plus checks and bookkeeping)."""
     results = list(results)
-    head = (f"{'OBS_ID':10s}  {'status':6s}  {'image':>7s}  {'SR':>7s}  {'DN':>7s}  "
-            f"{'total':>7s}  {'expo ks':>7s}  {'counts':>8s}  error")
+    width = max([6] + [len(r.status) for r in results])     # "interrupted" too
+    head = (f"{'OBS_ID':10s}  {'status':{width}s}  {'image':>7s}  {'SR':>7s}  {'DN':>7s}  "
+            f"{'PNG':>7s}  {'total':>7s}  {'expo ks':>7s}  {'counts':>8s}  error")
     lines = [head, "-" * len(head)]
     ordered = sorted(results, key=lambda r: (r.status == "done", r.status == "busy"))
     for r in (results if len(results) <= max_rows else ordered[:max_rows]):
@@ -1528,13 +1578,16 @@ def summary_table(results, *, max_rows: int = 40) -> str:
         expo = f"{r.exposure_s / 1e3:.1f}" if r.exposure_s else "-"
         cnt = f"{r.counts:.0f}" if r.counts is not None else "-"
         err = r.error if len(r.error) <= 90 else r.error[:87] + "..."
-        lines.append(f"{obsid:10s}  {r.status:6s}  {r.download_s + r.image_s:7.1f}  "
-                     f"{r.sr_s:7.1f}  {r.dn_s:7.1f}  {r.total_s:7.1f}  {expo:>7s}  {cnt:>8s}  "
-                     f"{err}")
+        lines.append(f"{obsid:10s}  {r.status:{width}s}  {r.download_s + r.image_s:7.1f}  "
+                     f"{r.sr_s:7.1f}  {r.dn_s:7.1f}  {r.png_s:7.1f}  {r.total_s:7.1f}  "
+                     f"{expo:>7s}  {cnt:>8s}  {err}")
     if len(results) > max_rows:
         lines.append(f"... {len(results) - max_rows} more rows in the report")
-    n = {s: sum(r.status == s for r in results) for s in ("done", "failed", "busy")}
+    n = {s: sum(r.status == s for r in results)
+         for s in ("done", "failed", "busy", "interrupted")}
     lines.append("-" * len(head))
     lines.append(f"{len(results)} observations: {n['done']} done, {n['failed']} failed, "
-                 f"{n['busy']} busy (locked by another batch)")
+                 f"{n['busy']} busy (locked by another batch)"
+                 + (f", {n['interrupted']} interrupted (not finished)"
+                    if n["interrupted"] else ""))
     return "\n".join(lines)

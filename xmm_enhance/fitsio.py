@@ -11,6 +11,7 @@ from pathlib import Path
 from astropy.io import fits
 
 from .errors import OutputError
+from .fsmode import file_mode
 
 __all__ = ["atomic_write_hdul", "atomic_write_hduls", "atomic_savefig", "check_writable_dir",
            "ensure_output_dir", "remove_stale_temporaries", "GZIP_LEVEL"]
@@ -207,7 +208,7 @@ def atomic_write_hduls(items, *, overwrite: bool = False) -> list[Path]:
             tmps.append(tmp)
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
-            os.chmod(tmp, 0o644)
+            os.chmod(tmp, file_mode())
         for (_, path), tmp in zip(items, tmps):
             os.replace(tmp, path)
             done.append(path)
@@ -244,7 +245,7 @@ def atomic_savefig(fig, path: Path, *, dpi=None) -> Path:
     os.close(fd)
     try:
         fig.savefig(tmp, format="png", dpi=dpi)
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -10,7 +10,7 @@ Exit status: 0 when every observation is done (or busy in another batch), and wh
 files (or stdin) hold no OBS_ID at all (nothing to do), 1 when any failed (a malformed line of a
 list file counts as a failed observation: it is reported, the other ids still run; a dry run
 finding one exits 1 too), 2 on usage errors, 130 when interrupted (the report then lists what
-finished).
+finished, and each observation that did not as ``interrupted``).
 """
 from __future__ import annotations
 
@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                f"(the newest also as latest.csv/.json there; the newest {REPORTS_KEPT} runs' "
                "reports are kept). Exit 0 all done (or the lists hold no OBS_ID), 1 some "
                "failed (a malformed line of a list file counts as failed, in a dry run too), "
-               "2 usage error.")
+               "2 usage error, 130 interrupted (SIGTERM, Ctrl-C: the report lists the "
+               "observations not finished as interrupted).")
     p.add_argument("obsids", nargs="+", metavar="OBSID_OR_FILE",
                    help="ten-digit OBS_IDs and/or files with one OBS_ID a line (# comments; "
                         "a malformed line is reported and counted as failed, the others run); "
@@ -275,14 +276,17 @@ def main(argv=None) -> int:
         if args.dry_run:
             return _dry_run(obsids, cfg, bad)
         _check_folder(cfg.save_dir, "--save_dir")
-        started = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        t_start = time.time()
+        # compact in the report's file name, ISO 8601 (as the rows' times) in its meta
+        started = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(t_start))
         report = args.report or default_report_path(cfg.save_dir, started)
         # the report is written at the end: find out now if it cannot be
         _check_folder(report.parent, "--report" if args.report else "--save_dir")
     except XmmEnhanceError as exc:
         return report_error(exc)
 
-    from ..batch import prune_reports, run_batch, summary_table, write_report
+    from ..batch import (_utc, interrupted_result, prune_reports, run_batch, summary_table,
+                         write_report)
 
     where = (f"Dask scheduler {args.dask_scheduler}" if args.dask_scheduler
              else f"{args.jobs} worker process(es)" if args.jobs > 1 else "this process")
@@ -319,7 +323,7 @@ def main(argv=None) -> int:
 
     meta = {"command": "xmm-enhance batch " + " ".join(sys.argv[1:] if argv is None
                                                        else map(str, argv)),
-            "version": __version__, "started_utc": started, "jobs": args.jobs,
+            "version": __version__, "started_utc": _utc(t_start), "jobs": args.jobs,
             "dask_scheduler": args.dask_scheduler, "save_dir": str(cfg.save_dir)}
     previous = signal.getsignal(signal.SIGTERM)
     in_main = _is_main_thread()
@@ -343,9 +347,16 @@ def main(argv=None) -> int:
 
     order = {o: i for i, o in enumerate(obsids)}
     done_n = len(finished)
+    # An interrupted run lists every observation it was asked for: those that had not
+    # finished as "interrupted" rows, so that a reader of latest.csv sees the run incomplete.
+    seen = {r.obsid for r in finished}
+    unfinished = ([interrupted_result(o) for o in dict.fromkeys(obsids) if o not in seen]
+                  if interrupted else [])
     # the malformed list lines follow the observations, as failed rows
-    results = sorted(finished, key=lambda r: order.get(r.obsid, 0)) + [b.result() for b in bad]
-    meta["ended_utc"] = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    results = (sorted(finished + unfinished, key=lambda r: order.get(r.obsid, 0))
+               + [b.result() for b in bad])
+    meta["ended_utc"] = _utc()
+    # True when SIGTERM or Ctrl-C stopped the run (its unfinished observations: "interrupted")
     meta["interrupted"] = interrupted
     # Without --report the reports go to SAVE_DIR/reports/: the newest is also copied to
     # latest.csv/.json there, and only the newest REPORTS_KEPT runs' reports are kept.
@@ -356,7 +367,8 @@ def main(argv=None) -> int:
         print(summary_table(results), flush=True)
     log.info("report: %s and %s", p_csv, p_json)
     if interrupted:
-        print(f"error: interrupted after {done_n} of {len(obsids)} observations; "
+        print(f"error: interrupted after {done_n} of {len(obsids)} observations "
+              f"({len(unfinished)} not finished, listed as interrupted in {p_csv}); "
               "rerun the same command to finish (finished ones are skipped)", file=sys.stderr)
         return 130
     failed = [r.obsid for r in results if r.status == "failed"]
