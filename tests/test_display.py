@@ -218,6 +218,20 @@ def test_masked_input_pixels_are_nan_and_drawn_in_background_colour():
     assert bad[3] > 0 and tuple(bad[:3]) != tuple(a.get_cmap()(0.0)[:3])
 
 
+def test_prediction_off_the_chips_is_nan_like_the_masked_input():
+    """Where no photon can land (``output_keep`` False: gaps, off-chip, padding) the
+    prediction panels show no data, as the input's masked pixels; elsewhere its values."""
+    res = fake_result(rot_deg=0.0)
+    keep = np.ones(res.prediction.shape, bool)
+    keep[:, :6] = False
+    res.output_keep = keep
+    pred = display.quicklook_panels(res)[1].rate
+    assert np.isnan(pred[:, :6]).all()
+    np.testing.assert_array_equal(pred[:, 6:], res.prediction[:, 6:])
+    del res.output_keep   # a result without it (older callers): the maps as they are
+    np.testing.assert_array_equal(display.quicklook_panels(res)[1].rate, res.prediction)
+
+
 def test_title_has_obs_id_and_colour_bar_names_stretch():
     fig = display.quicklook_figure(fake_result(obsid="0852030101"))
     assert "OBS_ID 0852030101" in fig._suptitle.get_text()

@@ -456,16 +456,22 @@ def quicklook_panels(res) -> list:
     """The input and prediction :class:`Panel` s of an enhancement result.
 
     The input's masked pixels (outside the detector mask, bad columns, padding) are NaN, drawn
-    in the background colour. Append panels to the list and pass it to :func:`panels_figure`
+    in the background colour; so are the output pixels where no photon can land (gaps,
+    off-chip, padding: ``res.output_keep``), which the maps hold as 0. Append panels to the list and pass it to :func:`panels_figure`
     for a wider figure.
     """
     from .detector import pixel_size_arcsec
 
     pix_in = pixel_size_arcsec()
     rate_in = np.where(np.asarray(res.input_mask, bool), res.input_rate, np.nan)
+    keep = getattr(res, "output_keep", None)
+
+    def shown(a):  # no data where no photon can land
+        return a if keep is None else np.where(keep, a, np.nan)
+
     panels = [Panel(rate_in, res.input_wcs,
                     f"input {res.image.exposure / 1e3:.1f} ks (masked, padded)", pix_in),
-              Panel(res.prediction, res.output_wcs, f"{res.task} prediction",
+              Panel(shown(res.prediction), res.output_wcs, f"{res.task} prediction",
                     pix_in / res.model.scale)]
     diffuse = getattr(res, "extras", {}).get("diffuse")
     if diffuse is not None:
@@ -477,7 +483,7 @@ def quicklook_panels(res) -> list:
         m = len(_result_candidates(res) if res.output_wcs is not None else [])
         if m:
             label += f", {m} candidate{'s' * (m != 1)} dashed"
-        panels.append(Panel(diffuse, res.output_wcs, label, pix_in / res.model.scale))
+        panels.append(Panel(shown(diffuse), res.output_wcs, label, pix_in / res.model.scale))
     return panels
 
 

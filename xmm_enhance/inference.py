@@ -454,15 +454,19 @@ class EnhanceResult:
     coverage : bool or None
         Whether the source fits used the pn coverage map (:func:`input_coverage`); None when
         no source list was made or the input is not on the pn grid.
+    output_keep : bool ndarray [416 s, 416 s] or None
+        Where the maps hold a prediction (:func:`output_mask` on the output grid); elsewhere
+        they are 0 because no photon can land there (gaps, off-chip, padding).
     """
 
     def __init__(self, task, input_rate, input_mask, prediction, input_wcs, output_wcs, pad,
                  image, model, extras=None, sources=None, redrawn=0, psf_core=(1.0, 0),
                  released=None, support=None, list_signif=None, support_signif=None,
-                 coverage=None):
+                 coverage=None, output_keep=None):
         from .sources import DEFAULT_MIN_SIGNIF, POINTS_SUPPORT_SIGNIF
 
         self.coverage = coverage
+        self.output_keep = output_keep
 
         self.list_signif = float(DEFAULT_MIN_SIGNIF if list_signif is None else list_signif)
         self.support_signif = float(POINTS_SUPPORT_SIGNIF if support_signif is None
@@ -1135,7 +1139,7 @@ def enhance_image(img: InputImage, model: Model, *, sources: bool = True,
                          model=model, extras=maps, sources=found, redrawn=redrawn,
                          psf_core=core, released=released, support=weak,
                          list_signif=list_sig, support_signif=support_sig,
-                         coverage=cov_used)
+                         coverage=cov_used, output_keep=out_mask)
 
 
 def input_coverage(img: InputImage) -> np.ndarray | None:
