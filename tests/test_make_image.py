@@ -9,6 +9,7 @@ import contextlib
 import errno
 import gzip
 import io
+import os
 import shutil
 import subprocess
 import sys
@@ -403,6 +404,43 @@ def test_image_of_another_observation_is_never_replaced(small_pps, tmp_path, cap
         assert len(err) == 1 and "holds OBS_ID 0999999999" in err[0], err
         assert str(tmp_path / OBSID) in err[0]
         assert p.read_bytes() == before
+
+
+def test_skip_existing_keeps_a_complete_image_and_remakes_a_cut_one(small_pps, tmp_path,
+                                                                    capsys):
+    args = [OBSID, "--pps_dir", str(small_pps), "--save_dir", str(tmp_path), "--expo_time", "0"]
+    assert main(args + ["-q"]) == 0
+    (p,) = tmp_path.glob("pn_cleaned_*.fits")
+    os.utime(p, ns=(1, 1))
+    capsys.readouterr()
+    assert main(args + ["--skip-existing"]) == 0
+    out = capsys.readouterr().out
+    assert "already made" in out and str(p) in out and p.stat().st_mtime_ns == 1
+    assert f"counts: {int(fits.getdata(p).sum())}" in out
+    # a cut file (a killed copy, a full disk) is made again
+    p.write_bytes(p.read_bytes()[:20000])
+    assert main(args + ["--skip-existing", "-q"]) == 0
+    with fits.open(p, checksum=True) as h:
+        assert h[0].data.shape == (411, 403) and p.stat().st_mtime_ns > 1
+    # with --overwrite: a usage error
+    capsys.readouterr()
+    assert main(args + ["--skip-existing", "--overwrite"]) == 2
+    assert "--skip-existing" in capsys.readouterr().err
+    # another observation's image is never taken for this one's
+    with fits.open(p, mode="update") as hdul:
+        hdul[0].header["OBS_ID"] = "0999999999"
+    assert main(args + ["--skip-existing", "-q"]) == 1
+    assert "holds OBS_ID 0999999999" in capsys.readouterr().err
+
+
+def test_skip_existing_looks_where_a_download_puts_the_image(small_pps, tmp_path, capsys):
+    """Without --pps_dir the image is beside the downloaded PPS, <save_dir>/<obsid>/pps: a
+    rerun finds it there and does not go to the archive."""
+    folder = _copy(small_pps, tmp_path / OBSID / "pps")
+    assert main([OBSID, "--pps_dir", str(folder), "-q"]) == 0
+    capsys.readouterr()
+    assert main([OBSID, "--save_dir", str(tmp_path), "--skip-existing"]) == 0
+    assert f"image: {folder / DEFAULT_NAME} (already made" in capsys.readouterr().out
 
 
 def test_pps_dir_that_is_a_file(small_pps, tmp_path, capsys):

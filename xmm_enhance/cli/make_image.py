@@ -56,6 +56,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--gti-plot", "--gti_plot", action="store_true", dest="gti_plot",
                    help="also write <image>_gti.png: light curve, threshold, kept intervals")
     p.add_argument("--overwrite", action="store_true", help="replace an existing image")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="resume: when the image these options make is already there, complete "
+                        "(checksums verify) and of this OBS_ID, print it and exit 0 without "
+                        "downloading or binning; an incomplete one is made again")
     p.add_argument("--credentials_file", default=None,
                    help="astroquery credentials file for proprietary data (never printed)")
     add_verbosity(p)
@@ -75,10 +79,25 @@ def main(argv=None) -> int:
         parser.print_usage(sys.stderr)
         print(f"{prog}: error: --expo_time must be a finite number of ks", file=sys.stderr)
         return 2
+    if args.skip_existing and args.overwrite:
+        parser.print_usage(sys.stderr)
+        print(f"{prog}: error: --skip-existing keeps a complete image and --overwrite replaces "
+              "it: pass one of the two", file=sys.stderr)
+        return 2
     setup_logging(args)
 
     from ..errors import XmmEnhanceError
     from ..pipeline import make_image
+
+    overwrite = args.overwrite
+    if args.skip_existing:
+        done, overwrite = _existing_image(args)
+        if done is not None:
+            if not args.quiet:
+                print(f"image: {done[0]} (already made, --skip-existing)")
+                print(f"exposure: {done[1]:.1f} s")
+                print(f"counts: {done[2]}")
+            return 0
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -86,7 +105,7 @@ def main(argv=None) -> int:
             res = make_image(args.obsid, low_pi=args.low_pi, high_pi=args.high_pi,
                              expo_time_ks=args.expo_time, binsize=args.binsize,
                              save_dir=args.save_dir, pps_dir=args.pps_dir,
-                             backend=args.backend, overwrite=args.overwrite,
+                             backend=args.backend, overwrite=overwrite,
                              gti_plot=args.gti_plot, credentials_file=args.credentials_file)
         except XmmEnhanceError as err:
             _print_warnings(caught, prog)
@@ -105,6 +124,41 @@ def main(argv=None) -> int:
         if res.gti_plot is not None:
             print(f"gti plot: {res.gti_plot}")
     return 0
+
+
+def _existing_image(args):
+    """With --skip-existing: ``((path, exposure, counts), False)`` when the image these options
+    make exists, is complete and holds this OBS_ID; else ``(None, overwrite)``, where
+    ``overwrite`` says whether an incomplete file of this OBS_ID is to be replaced. A malformed
+    OBS_ID or a file of another observation is left to :func:`make_image`'s own errors."""
+    from pathlib import Path
+
+    from ..batch import fits_is_valid
+    from ..pipeline import find_image
+
+    obsid = args.obsid.strip()
+    if args.pps_dir is not None:
+        folder = Path(args.save_dir if args.save_dir is not None else args.pps_dir)
+    else:
+        folder = Path(args.save_dir if args.save_dir is not None else ".") / obsid / "pps"
+    path = find_image(folder, args.expo_time, args.low_pi, args.high_pi, args.binsize)
+    if not path.exists():
+        return None, False
+    ok, why = fits_is_valid(path)
+    try:
+        from astropy.io import fits
+
+        header = fits.getheader(path)
+        mine = str(header.get("OBS_ID", "")).strip() == obsid
+    except (OSError, ValueError):
+        header, mine = None, False
+    if ok and mine:
+        counts = int(fits.getdata(path).sum(dtype="int64"))
+        return (path, float(header.get("EXPOSURE", float("nan"))), counts), False
+    if not ok and (mine or header is None):
+        logging.getLogger("xmm_enhance").info("%s: incomplete (%s); making it again", path, why)
+        return None, True
+    return None, False
 
 
 def _print_warnings(caught, prog=PROG):
