@@ -604,17 +604,13 @@ def _image_path(cfg: BatchConfig, obsid: str) -> Path:
 def _pred_outputs(image: Path, which: str, png: bool) -> list[Path]:
     """``[input, prediction(, PNG)]`` of ``which`` made from ``image`` (the region file of an
     SR prediction with a source list is checked apart: :func:`_region_ok`)."""
-    from .inference import output_paths
+    from .inference import output_paths, png_path
 
     p_in, p_pred = output_paths(image, which)
     out = [p_in, p_pred]
     if png:
-        out.append(_png_path(p_pred))
+        out.append(png_path(p_pred))
     return out
-
-
-def _png_path(p_pred: Path) -> Path:
-    return p_pred.with_name(p_pred.name.replace(".fits.gz", ".png"))
 
 
 def _region_path(image: Path) -> Path:
@@ -662,18 +658,12 @@ def _region_ok(image: Path, pred: Path, n_sources: int) -> tuple[bool, str]:
     """Whether the ds9 region file of the SR prediction ``pred`` (``n_sources`` rows in its
     ``SOURCES`` table) is whole: its header, one circle per source, the final newline, and
     not older than ``pred`` (beyond :data:`MTIME_SLACK_S`)."""
+    from .inference import region_problem
+
     reg = _region_path(image)
-    try:
-        text = reg.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return False, f"{reg.name}: missing"
-    except (OSError, UnicodeDecodeError) as exc:
-        return False, f"{reg.name}: unreadable ({type(exc).__name__})"
-    if not text.startswith("# Region file format") or not text.endswith("\n"):
-        return False, f"{reg.name}: not a complete region file"
-    circles = sum(line.startswith("circle(") for line in text.splitlines())
-    if circles != n_sources:
-        return False, f"{reg.name}: {circles} sources, {pred.name} lists {n_sources}"
+    why = region_problem(reg, n_sources)
+    if why:
+        return False, f"{reg.name}: {why}"
     if _older(reg, pred, MTIME_SLACK_S):
         return False, f"{reg.name}: older than {pred.name} (made from an earlier prediction)"
     return True, ""
@@ -713,19 +703,11 @@ def required_extensions(model) -> tuple[str, ...]:
     """
     from .inference import EXTRA_OUTPUTS
 
-    names = [o.name for o in model.session.get_outputs()][1:]   # the first is the rate
+    names = model.output_names[1:]   # the first is the rate
     need = [ext for key, ext in EXTRA_OUTPUTS.items() if key in names]
     if model.task == "SR" and model.scale == 2 and "points" in names:
         need.append("SOURCES")
     return tuple(need)
-
-
-def _hdu_names(path: Path) -> list[str]:
-    """Names of the HDUs of a FITS file, in order (headers only are parsed)."""
-    from astropy.io import fits
-
-    with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
-        return [hdu.name for hdu in hdul]
 
 
 def _prediction_ok(image: Path, which: str, cfg: BatchConfig) -> tuple[bool, str]:
@@ -738,15 +720,14 @@ def _prediction_ok(image: Path, which: str, cfg: BatchConfig) -> tuple[bool, str
     ok, why = _outputs_ok(paths, newer_than=image, prediction=paths[1])
     if not ok:
         return ok, why
+    from .inference import prediction_headers
+
+    primary, names, h = prediction_headers(paths[1])
     sha = _model_sha(which, cfg)
     if sha is not None:
-        from astropy.io import fits
-
-        made_by = fits.getheader(paths[1]).get("MODELSHA")
-        if made_by != sha:
+        if primary.get("MODELSHA") != sha:
             return False, f"{paths[1].name}: made by another {which} model"
         # The same model file made it, so it loads; its outputs say what the file must hold.
-        names = set(_hdu_names(paths[1]))
         lacking = [ext for ext in required_extensions(_model(which, cfg)) if ext not in names]
         if lacking:
             return False, (f"{paths[1].name}: no {', '.join(lacking)} extension"
@@ -756,7 +737,6 @@ def _prediction_ok(image: Path, which: str, cfg: BatchConfig) -> tuple[bool, str
         from .sources import DEFAULT_MIN_SIGNIF
 
         want = DEFAULT_MIN_SIGNIF if cfg.min_signif is None else float(cfg.min_signif)
-        h = _sources_header(paths[1])
         made = None if h is None or h.get("MINSIG") is None else float(h["MINSIG"])
         if made is not None and made != want:
             return False, (f"{paths[1].name}: source list made at {made:g} sigma, "
@@ -764,18 +744,6 @@ def _prediction_ok(image: Path, which: str, cfg: BatchConfig) -> tuple[bool, str
         if h is not None:       # written with its region file, in one set
             return _region_ok(image, paths[1], int(h.get("NAXIS2", 0)))
     return True, ""
-
-
-def _sources_header(pred: Path):
-    """Header of the ``SOURCES`` table of an SR prediction file; None without one (a model
-    without a source list)."""
-    from astropy.io import fits
-
-    with fits.open(pred, memmap=False, lazy_load_hdus=True) as hdul:
-        for hdu in hdul:
-            if hdu.name == "SOURCES":
-                return hdu.header.copy()
-    return None
 
 
 def observation_state(obsid: str, cfg: BatchConfig) -> dict:
@@ -1142,7 +1110,7 @@ def _run_steps(obsid: str, cfg: BatchConfig, res: ObsResult) -> None:
 
                 t = time.perf_counter()
                 try:
-                    quicklook_png(out["result"], _png_path(out["predict"]), overwrite=True)
+                    quicklook_png(out["result"], paths[-1], overwrite=True)
                 except Exception:
                     res.png_s = round(res.png_s + time.perf_counter() - t, 3)
                     _step(res, "png", "failed", res.png_s)
@@ -1172,7 +1140,9 @@ def _run_steps(obsid: str, cfg: BatchConfig, res: ObsResult) -> None:
 def source_count(pred: Path) -> int | None:
     """Rows of the ``SOURCES`` table of an SR prediction file; None when it has none (a model
     without a source list)."""
-    h = _sources_header(pred)
+    from .inference import prediction_headers
+
+    h = prediction_headers(pred)[2]
     return None if h is None else int(h.get("NAXIS2", 0))
 
 

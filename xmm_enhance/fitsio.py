@@ -14,7 +14,8 @@ from .errors import OutputError
 from .fsmode import file_mode
 
 __all__ = ["atomic_write_hdul", "atomic_write_hduls", "atomic_savefig", "check_writable_dir",
-           "ensure_output_dir", "remove_stale_temporaries", "GZIP_LEVEL"]
+           "check_creatable_dir", "ensure_output_dir", "refuse_existing",
+           "remove_stale_temporaries", "GZIP_LEVEL"]
 
 #: zlib level of ``.gz`` outputs. Float images hardly compress beyond their runs of zeros, so
 #: level 1 with run-length matching (``Z_RLE``) gives files as small as level 6 (or 9) in less
@@ -190,9 +191,7 @@ def atomic_write_hduls(items, *, overwrite: bool = False) -> list[Path]:
     """
     items = [(hdul, Path(path)) for hdul, path in items]
     if not overwrite:
-        for _, path in items:
-            if path.exists():
-                raise OutputError(f"{path}: exists; pass --overwrite to replace it")
+        refuse_existing(path for _, path in items)
     for folder in dict.fromkeys(path.parent for _, path in items):
         check_writable_dir(folder)
     tmps: list[str] = []
@@ -227,6 +226,15 @@ def atomic_write_hduls(items, *, overwrite: bool = False) -> list[Path]:
                               ) from None
         raise
     return [path for _, path in items]
+
+
+def refuse_existing(paths) -> None:
+    """Raise :class:`OutputError` for the first of ``paths`` that exists (a run without
+    ``--overwrite``; both commands that write FITS also have ``--skip-existing``)."""
+    for p in map(Path, paths):
+        if p.exists():
+            raise OutputError(f"{p}: exists; pass --overwrite to replace it, or --skip-existing "
+                              "to keep complete outputs and redo the rest")
 
 
 def atomic_write_hdul(hdul: fits.HDUList, path: Path, *, overwrite: bool = False) -> Path:

@@ -8,7 +8,13 @@ import numpy as np
 from . import detector
 from .errors import UsageError
 
-__all__ = ["check_image_args", "MAX_PIXELS", "MIN_EXPO_KS"]
+__all__ = ["check_image_args", "MAX_PIXELS", "MIN_EXPO_KS", "MODEL_BAND_PI",
+           "BAND_TOLERANCE_PI", "is_model_band"]
+
+#: PI band (eV, inclusive) of the images the models were trained on (0.5-2 keV), and how far
+#: (eV) a band's edges may lie from it and still count as that band (``PI < 2000``...).
+MODEL_BAND_PI = (500, 2000)
+BAND_TOLERANCE_PI = 10
 
 #: Largest image accepted (pixels): ~200 MB of int32 counts.
 MAX_PIXELS = 50_000_000
@@ -43,3 +49,10 @@ def check_image_args(low_pi, high_pi, binsize, expo_time_ks) -> None:
     if 0 < expo_time_ks < MIN_EXPO_KS:
         raise UsageError(f"--expo_time {expo_time_ks:g}: under {MIN_EXPO_KS * 1e3:g} s; it is "
                          "in ks (20 = 20000 s; <= 0: all good time)")
+
+
+def is_model_band(low_pi: float, high_pi: float) -> bool:
+    """Whether the PI band ``[low_pi, high_pi]`` (eV) is the models' 0.5-2 keV
+    (:data:`MODEL_BAND_PI`, within :data:`BAND_TOLERANCE_PI`)."""
+    return (abs(low_pi - MODEL_BAND_PI[0]) <= BAND_TOLERANCE_PI
+            and abs(high_pi - MODEL_BAND_PI[1]) <= BAND_TOLERANCE_PI)

@@ -30,8 +30,9 @@ import numpy as np
 from astropy.io import fits
 
 from . import __version__, detector, skywcs
-from .errors import InputError, ModelError, OutputError, UsageError
-from .fitsio import atomic_write_hduls, ensure_output_dir
+from .errors import InputError, ModelError, UsageError
+from .fitsio import atomic_write_hduls, ensure_output_dir, refuse_existing
+from .imageargs import BAND_TOLERANCE_PI, MODEL_BAND_PI, is_model_band  # noqa: F401
 
 __all__ = [
     "PAD_SIZE", "MODEL_FILES", "TASKS", "InputImage", "Model", "EnhanceResult", "SkyTan",
@@ -42,6 +43,7 @@ __all__ = [
     "check_output_collisions", "approx_sky", "check_exposure", "find_sources", "region_path",
     "sources_hdu", "candidates_of", "EXTRA_OUTPUTS", "input_band", "MODEL_BAND_PI",
     "png_path", "run_outputs", "outputs_complete", "source_settings_differ",
+    "prediction_headers", "region_problem",
 ]
 
 log = logging.getLogger(__name__)
@@ -66,10 +68,6 @@ PIXEL_ARCSEC = 4.0
 #: networks' reference exposure, ``training.net.EXPOSURE_REF``).
 CALIBRATION_REF_EXPOSURE = 20e3
 PIXEL_TOLERANCE = 0.03
-#: PI band (eV, inclusive) of the images the models were trained on (0.5-2 keV), and how far
-#: (eV) an input's stated band edges may lie from it without a warning (``PI < 2000``...).
-MODEL_BAND_PI = (500, 2000)
-BAND_TOLERANCE_PI = 10
 #: Relative difference between ``--exposure`` and a header's ``EXPOSURE`` taken as agreement.
 EXPOSURE_TOLERANCE = 1e-3
 #: Keywords that only this tool's outputs carry (with ``MODEL``, ``SOFTVER``, ``INFILE``).
@@ -778,8 +776,7 @@ def _check_band(path: Path, band) -> None:
     if band is None:
         return
     lo, hi, source = band
-    if (abs(lo - MODEL_BAND_PI[0]) <= BAND_TOLERANCE_PI
-            and abs(hi - MODEL_BAND_PI[1]) <= BAND_TOLERANCE_PI):
+    if is_model_band(lo, hi):
         return
     warnings.warn(f"{path.name}: energy band {_band_text(lo, hi)} eV (from {source}), but the "
                   f"models were trained on 0.5-2 keV images (PI {MODEL_BAND_PI[0]}-"
@@ -1378,20 +1375,45 @@ def run_outputs(infile: Path, model: Model, outdir: Path | None = None, *, png: 
     return out
 
 
-def _region_is_valid(path: Path) -> tuple[bool, str]:
-    """Whether ``path`` is a whole region file as :func:`xmm_enhance.sources.region_text`
-    writes it (its header line first, a newline last)."""
+def region_problem(path: Path, n_sources: int | None = None) -> str:
+    """What is wrong with ``path`` as a region file :func:`write_outputs` wrote ("" when
+    nothing): missing or unreadable, not whole (:func:`xmm_enhance.sources.region_text` puts
+    its header line first and a newline last), or, given ``n_sources`` (the rows of its
+    ``SOURCES`` table), another number of circles."""
     try:
         text = Path(path).read_bytes()
-    except OSError:
-        return False, "missing"
+    except FileNotFoundError:
+        return "missing"
+    except OSError as exc:
+        return f"unreadable ({type(exc).__name__})"
     if not text.startswith(b"# Region file format") or not text.endswith(b"\n"):
-        return False, "not a complete region file"
-    return True, ""
+        return "not a complete region file"
+    if n_sources is not None:
+        circles = sum(line.startswith(b"circle(") for line in text.splitlines())
+        if circles != n_sources:
+            return f"{circles} sources, its prediction lists {n_sources}"
+    return ""
 
 
-def source_settings_differ(pred, *, min_signif: float | None = None, redraw: bool = True
-                           ) -> str:
+def _region_is_valid(path: Path) -> tuple[bool, str]:
+    why = region_problem(path)
+    return not why, why
+
+
+def prediction_headers(pred) -> tuple[fits.Header, set, fits.Header | None]:
+    """(primary header, HDU names, ``SOURCES`` header or None) of a prediction file, in one
+    pass over its headers (no data is read)."""
+    with fits.open(pred, memmap=False, lazy_load_hdus=True) as hdul:
+        primary, names, table = hdul[0].header.copy(), set(), None
+        for hdu in hdul:
+            names.add(hdu.name)
+            if hdu.name == "SOURCES":
+                table = hdu.header.copy()
+    return primary, names, table
+
+
+def source_settings_differ(pred, *, min_signif: float | None = None, redraw: bool = True,
+                           headers=None) -> str:
     """Why the SR prediction file ``pred`` was made with other source-list settings than
     ``min_signif`` and ``redraw`` (see :func:`enhance_image`); "" when made with these.
 
@@ -1402,7 +1424,7 @@ def source_settings_differ(pred, *, min_signif: float | None = None, redraw: boo
     (``PTMOVED`` in the primary header), one made with ``redraw=False`` never does. A file
     without a ``SOURCES`` table (DN, or a model without a ``points`` map) made no source list:
     nothing to compare. Reads headers only (``pred`` is assumed valid:
-    :func:`outputs_complete`).
+    :func:`outputs_complete`), or takes them as ``headers`` (:func:`prediction_headers`).
 
     Returns
     -------
@@ -1412,13 +1434,7 @@ def source_settings_differ(pred, *, min_signif: float | None = None, redraw: boo
     """
     from .sources import DEFAULT_MIN_SIGNIF
 
-    with fits.open(pred, memmap=False, lazy_load_hdus=True) as hdul:
-        primary = hdul[0].header.copy()
-        names, table = set(), None
-        for hdu in hdul:
-            names.add(hdu.name)
-            if hdu.name == "SOURCES":
-                table = hdu.header.copy()
+    primary, names, table = headers if headers is not None else prediction_headers(pred)
     if table is None:
         return ""
     want = float(DEFAULT_MIN_SIGNIF if min_signif is None else min_signif)
@@ -1482,20 +1498,14 @@ def outputs_complete(paths, *, model: Model | None = None, infile=None,
                and p.stat().st_mtime_ns < made]
         if old:
             return False, f"{old[0]}: older than {pred.name}"
-        if model is not None and fits.getheader(pred).get("MODELSHA") != model.sha256:
+        headers = prediction_headers(pred)
+        if model is not None and headers[0].get("MODELSHA") != model.sha256:
             return False, f"{pred.name}: made by another {model.task} model"
-        why = source_settings_differ(pred, min_signif=min_signif, redraw=redraw)
+        why = source_settings_differ(pred, min_signif=min_signif, redraw=redraw,
+                                     headers=headers)
         if why:
             return False, f"{pred.name}: {why}"
     return True, ""
-
-
-def _refuse_existing(paths) -> None:
-    """Raise OutputError for the first of ``paths`` that exists (the run has no --overwrite)."""
-    for p in map(Path, paths):
-        if p.exists():
-            raise OutputError(f"{p}: exists; pass --overwrite to replace it, or --skip-existing "
-                              "to keep complete outputs and redo the rest")
 
 
 #: Significant bits kept in the extension maps (float32 has 24): the lower ones are noise that
@@ -1662,8 +1672,8 @@ def write_outputs(res: EnhanceResult, *, outdir: Path | None = None, overwrite: 
         text = region_text([d["ra"] for d in res.sources], [d["dec"] for d in res.sources],
                            labels=[f"{d['signif']:.1f}sig" for d in res.sources])
         items.append((text.encode(), region_path(res.image.path, outdir)))
-    if not overwrite:
-        _refuse_existing(path for _, path in items)
+    if not overwrite:  # before the folder is made (atomic_write_hduls checks too)
+        refuse_existing(path for _, path in items)
     if outdir is not None and not Path(outdir).is_dir():
         ensure_output_dir(outdir)  # created only now, when there is something to write
     # all or none: a failed write (disk full...) leaves no file and no temporary
@@ -1682,7 +1692,7 @@ def enhance_file(path, which: str, *, model: Model | None = None, outdir=None,
     outputs are written (a refused input leaves none behind)."""
     if not overwrite:
         p_in, p_pred = output_paths(path, which, outdir)
-        _refuse_existing([p_in, p_pred] + ([png_path(p_pred)] if png else []))
+        refuse_existing([p_in, p_pred] + ([png_path(p_pred)] if png else []))
     img = read_input(path, exposure=exposure)
     model = model or load_model(which)
     res = enhance_image(img, model, redraw=redraw, min_signif=min_signif)

@@ -95,6 +95,15 @@ def output_name(expo_time_ks: float, low_pi: int, high_pi: int, binsize) -> str:
     return f"pn_cleaned_{expo}_detxy_{low_pi}_{high_pi}_{_fmt_bin(binsize)}.fits"
 
 
+def image_folder(obsid: str, save_dir=None, pps_dir=None) -> Path:
+    """Where :func:`make_image` writes the image: beside the downloaded PPS,
+    ``<save_dir>/<obsid>/pps`` (``save_dir`` default: the current folder), or with ``pps_dir``
+    into ``save_dir`` when given, else into ``pps_dir``."""
+    if pps_dir is None:
+        return Path(save_dir if save_dir is not None else ".") / obsid / "pps"
+    return Path(save_dir if save_dir is not None else pps_dir)
+
+
 def find_image(folder, expo_time_ks: float, low_pi: int, high_pi: int, binsize) -> Path:
     """Path of the image :func:`make_image` makes (or made) in ``folder`` for these options.
 
@@ -249,7 +258,7 @@ def make_image(obsid: str, *, low_pi: int = 500, high_pi: int = 2000,
         if not pps_folder.is_dir():
             raise PPSError(f"{pps_folder}: --pps_dir does not exist; pass the folder that "
                            "holds the P<OBSID>... PPS files")
-        out_dir = Path(save_dir) if save_dir is not None else pps_folder
+        out_dir = image_folder(obsid, save_dir, pps_dir)
 
     def name_for(expo_ks):
         return Path(output) if output is not None else \

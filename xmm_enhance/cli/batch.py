@@ -25,16 +25,11 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import UsageError, XmmEnhanceError
+from ..imageargs import BAND_TOLERANCE_PI, MODEL_BAND_PI, is_model_band  # noqa: F401
 from .common import (MIN_SIGNIF_HELP, add_verbosity, check_min_signif, report_error,
                      setup_logging)
 
 log = logging.getLogger(__name__)
-
-#: PI band (eV) of the images the models were trained on and the tolerance of its edges, as
-#: ``inference.MODEL_BAND_PI`` and ``BAND_TOLERANCE_PI`` (copied: the parent of a pool or Dask
-#: run does not import the inference module).
-MODEL_BAND_PI = (500, 2000)
-BAND_TOLERANCE_PI = 10
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -214,8 +209,7 @@ def _band_warning(cfg) -> None:
     """Warn once, before anything runs, when SR/DN are asked for on images of another band
     than the models' (each observation's SR/DN step warns again, in its log and result)."""
     lo, hi = MODEL_BAND_PI
-    if not cfg.which or (abs(cfg.low_pi - lo) <= BAND_TOLERANCE_PI
-                         and abs(cfg.high_pi - hi) <= BAND_TOLERANCE_PI):
+    if not cfg.which or is_model_band(cfg.low_pi, cfg.high_pi):
         return
     log.warning("warning: --low_pi %d --high_pi %d: the SR and DN models were trained on "
                 "0.5-2 keV images (PI %d-%d); expect unreliable %s predictions (drop "

@@ -131,17 +131,12 @@ def _existing_image(args):
     make exists, is complete and holds this OBS_ID; else ``(None, overwrite)``, where
     ``overwrite`` says whether an incomplete file of this OBS_ID is to be replaced. A malformed
     OBS_ID or a file of another observation is left to :func:`make_image`'s own errors."""
-    from pathlib import Path
-
     from ..batch import fits_is_valid
-    from ..pipeline import find_image
+    from ..pipeline import find_image, image_folder
 
     obsid = args.obsid.strip()
-    if args.pps_dir is not None:
-        folder = Path(args.save_dir if args.save_dir is not None else args.pps_dir)
-    else:
-        folder = Path(args.save_dir if args.save_dir is not None else ".") / obsid / "pps"
-    path = find_image(folder, args.expo_time, args.low_pi, args.high_pi, args.binsize)
+    path = find_image(image_folder(obsid, args.save_dir, args.pps_dir), args.expo_time,
+                      args.low_pi, args.high_pi, args.binsize)
     if not path.exists():
         return None, False
     ok, why = fits_is_valid(path)
