@@ -169,7 +169,16 @@ def test_read_obsid_list(tmp_path, caplog):
         read_obsid_list(["123456789"], bad=[])
 
 
-def test_fits_and_png_validity(tmp_path):
+@pytest.fixture(params=["in memory", "streamed"])
+def gzip_mode(request, monkeypatch):
+    """fits_is_valid checks a .fits.gz from memory up to GZIP_IN_MEMORY_MAX, streamed above:
+    both must give the same answers."""
+    if request.param == "streamed":
+        monkeypatch.setattr(batch, "GZIP_IN_MEMORY_MAX", 0)
+    return request.param
+
+
+def test_fits_and_png_validity(tmp_path, gzip_mode):
     from xmm_enhance.fitsio import atomic_write_hdul
 
     data = np.arange(64 * 64, dtype=np.float32).reshape(64, 64)
@@ -184,6 +193,11 @@ def test_fits_and_png_validity(tmp_path):
     cut = tmp_path / "cut.fits.gz"
     cut.write_bytes(good.read_bytes()[:300])
     assert not fits_is_valid(cut)[0]
+    # a whole gzip stream of a FITS file cut inside its data
+    short = tmp_path / "short.fits.gz"
+    short.write_bytes(gzip.compress(gzip.decompress(good.read_bytes())[:2880 + 5000]))
+    ok, why = fits_is_valid(short)
+    assert not ok and why
     plain = tmp_path / "nosum.fits"
     fits.PrimaryHDU(data).writeto(plain)               # complete, but no CHECKSUM to verify
     assert fits_is_valid(plain) == (False, "HDU 0 has no CHECKSUM/DATASUM")
@@ -212,7 +226,7 @@ def _prediction_like(path: Path) -> Path:
 
 
 @pytest.mark.parametrize("share", [0.3, 0.7, 0.99])
-def test_truncated_gzip_fits_is_invalid(tmp_path, share):
+def test_truncated_gzip_fits_is_invalid(tmp_path, share, gzip_mode):
     """A .fits.gz cut short anywhere is invalid. astropy alone stops reading at the HDU where
     the cut falls and returns the HDUs before it, without an error: the gzip stream must be
     read to its end-of-stream marker and trailer."""

@@ -20,7 +20,6 @@ from astropy.table import Table
 from astropy.wcs import WCS
 
 pytest.importorskip("matplotlib")
-pytest.importorskip("reproject")
 
 from xmm_enhance import display  # noqa: E402
 from xmm_enhance.errors import OutputError  # noqa: E402
@@ -135,6 +134,42 @@ def test_north_up_wcs_orientation_scale_centre_and_extent():
     assert np.all((x >= -0.5) & (x <= shape[1] - 0.5) & (y >= -0.5) & (y <= shape[0] - 0.5))
     span = N * (math.cos(math.radians(60)) + math.sin(math.radians(60)))
     assert span <= shape[0] <= span + 3 and span <= shape[1] <= span + 3
+
+
+def pn_like_wcs(n, pix, pa_deg, ra=150.1, dec=62.2):
+    """A TAN WCS turned by ``pa_deg`` like an XMM roll, far from the equator (larger
+    differences between the two tangent planes than at DEC0)."""
+    t = math.radians(pa_deg)
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval = [ra, dec]
+    w.wcs.crpix = [n / 2 + 0.5 + 17.3, n / 2 + 0.5 - 9.1]   # tangent point off the centre
+    w.wcs.cd = pix / 3600.0 * np.array([[-math.cos(t), math.sin(t)],
+                                        [math.sin(t), math.cos(t)]])
+    return w
+
+
+@pytest.mark.parametrize("n, pix, pa", [(416, 4.0, 70.0), (832, 2.0, 233.0), (403, 4.0, 0.0)])
+def test_interpolated_pixel_map_matches_the_exact_transform(n, pix, pa):
+    w = pn_like_wcs(n, pix, pa)
+    w_out, shape = display.north_up_wcs(w, (n, n))
+    x, y = display.input_pixels(w, w_out, shape)
+    px, py = np.meshgrid(np.arange(shape[1], dtype=float), np.arange(shape[0], dtype=float))
+    ex, ey = w.all_world2pix(*w_out.all_pix2world(px, py, 0), 0)
+    assert np.abs(x - ex).max() < 1e-6 and np.abs(y - ey).max() < 1e-6
+
+
+def test_nearest_resampling_is_reproject_nearest_neighbour():
+    reproject = pytest.importorskip("reproject")
+    n = 200
+    w = pn_like_wcs(n, 4.0, 70.0)
+    img = np.random.default_rng(5).poisson(3.0, (n, n)).astype(float)
+    img[50, 60] = np.nan
+    sky = display.sky_oriented(img, w)
+    ref, foot = reproject.reproject_interp((img, w), sky.wcs, shape_out=sky.data.shape,
+                                           order="nearest-neighbor", roundtrip_coords=False)
+    np.testing.assert_array_equal(sky.data, ref)             # NaN in the same places too
+    np.testing.assert_array_equal(sky.footprint, foot)
 
 
 def test_outside_and_nan_are_nan():
@@ -286,11 +321,22 @@ def test_approximate_wcs_is_said_in_the_title():
     assert "approximate" in fig._suptitle.get_text()
 
 
-def test_without_reproject_draws_unresampled_with_a_true_compass(monkeypatch, caplog):
+def test_without_reproject_the_figure_is_still_north_up(monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "reproject", None)      # import reproject -> ImportError
     fig = display.quicklook_figure(fake_result(rot_deg=180.0))
-    assert "reproject" in caplog.text
-    assert fig.sky_images == [None, None]
+    assert "reproject" not in caplog.text
+    assert all(s is not None for s in fig.sky_images)
+    with pytest.raises(ImportError):                          # only other orders need it
+        display.sky_oriented(np.ones((N, N)), sky_wcs(), order="bilinear")
+
+
+def test_unresampled_panels_get_a_true_compass():
+    from xmm_enhance.display import Panel
+
+    res = fake_result(rot_deg=180.0)
+    panel = Panel(res.input_rate, res.input_wcs, "input")
+    fig = display.panels_figure([panel], sky_orient=False)
+    assert fig.sky_images == [None]
     ax = image_axes(fig)[0]
     arrows = {t.get_gid(): t for t in ax.texts if (t.get_gid() or "").startswith("compass")}
     # sky turned by 180 deg: north points down and east right on the stored grid

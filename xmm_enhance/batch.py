@@ -354,36 +354,55 @@ def read_obsid_list(items, *, bad: list | None = None) -> list[str]:
 # --------------------------------------------------------------------------------------------
 # Integrity checks
 # --------------------------------------------------------------------------------------------
-def gzip_is_complete(path) -> tuple[bool, str]:
-    """Whether the gzip file ``path`` decompresses to the end of its stream.
+#: A ``.fits.gz`` up to this size (compressed) is checked from memory by
+#: :func:`fits_is_valid`: astropy reads a gzip file with backward seeks, and each one
+#: decompresses the stream again from its start (0.95 s for an SR prediction, against 0.06 s
+#: from memory). Larger files are streamed, never held whole.
+GZIP_IN_MEMORY_MAX = 256 * 1024 * 1024
 
-    Reads the whole stream in chunks (never all of it in memory) up to the gzip trailer,
-    whose CRC-32 and length must match. This is what catches a truncated ``.fits.gz``:
-    astropy stops reading at the HDU where the cut falls and returns the HDUs before it,
-    without any error.
 
-    Returns
-    -------
-    (bool, str)
-        Completeness and, when incomplete or corrupt, the reason.
-    """
+def _gzip_module():
     try:
         from isal import igzip as gz    # the same format, several times faster than zlib
     except ImportError:  # pragma: no cover - exercised where isal is missing
         import gzip as gz
+    return gz
+
+
+def gzip_is_complete(path, *, keep: bool = False):
+    """Whether the gzip file ``path`` decompresses to the end of its stream.
+
+    Reads the whole stream up to the gzip trailer, whose CRC-32 and length must match. This
+    is what catches a truncated ``.fits.gz``: astropy stops reading at the HDU where the cut
+    falls and returns the HDUs before it, without any error. In chunks, never all of it in
+    memory, unless ``keep``.
+
+    Returns
+    -------
+    (bool, str) or, with ``keep``, (bool, str, bytes or None)
+        Completeness and, when incomplete or corrupt, the reason; with ``keep`` also the
+        decompressed content (None when incomplete).
+    """
     import zlib
 
+    gz = _gzip_module()
+    data = None
     try:
         with gz.open(path, "rb") as fh:
-            while fh.read(_GZIP_CHUNK):
-                pass
+            if keep:
+                data = fh.read()
+            else:
+                while fh.read(_GZIP_CHUNK):
+                    pass
     except EOFError:
-        return False, "truncated gzip stream (the file ends before its end-of-stream marker)"
+        why = "truncated gzip stream (the file ends before its end-of-stream marker)"
     except FileNotFoundError:
-        return False, "missing"
+        why = "missing"
     except (OSError, zlib.error) as exc:   # gzip.BadGzipFile (CRC, length, bad header)
-        return False, f"corrupt gzip stream ({str(exc).strip()[:80] or type(exc).__name__})"
-    return True, ""
+        why = f"corrupt gzip stream ({str(exc).strip()[:80] or type(exc).__name__})"
+    else:
+        return (True, "", data) if keep else (True, "")
+    return (False, why, None) if keep else (False, why)
 
 
 def _is_gzip(path: Path) -> bool:
@@ -413,14 +432,19 @@ def fits_is_valid(path) -> tuple[bool, str]:
     path = Path(path)
     if not path.is_file():
         return False, "missing"
+    source = path
     if _is_gzip(path):
-        ok, why = gzip_is_complete(path)
+        if path.stat().st_size <= GZIP_IN_MEMORY_MAX:
+            ok, why, data = gzip_is_complete(path, keep=True)
+            source = io.BytesIO(data) if ok else source
+        else:
+            ok, why = gzip_is_complete(path)
         if not ok:
             return False, why
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            with fits.open(path, checksum=True, memmap=False) as hdul:
+            with fits.open(source, checksum=True, memmap=False) as hdul:
                 for i, hdu in enumerate(hdul):
                     if "CHECKSUM" not in hdu.header or "DATASUM" not in hdu.header:
                         return False, f"HDU {i} has no CHECKSUM/DATASUM"
