@@ -548,7 +548,16 @@ def main(argv=None):
                     help="add each listed entry's own RATE_ERR (and each SR image feature's "
                          "aperture-rule error from LO68) to the flux test: two independent "
                          "measurements; the issue's rule takes the listed flux as exact")
+    ap.add_argument("--protect-signif", type=float, default=None,
+                    help="with --sr: the pipeline's DIFFUSE_PROTECT_SIGNIF for this run "
+                         "(default the bundled setting; as in bench_strict_rule.py)")
     a = ap.parse_args(argv)
+    if a.protect_signif is not None:
+        if not a.sr:
+            ap.error("--protect-signif needs --sr MODEL")
+        from xmm_enhance import sources as S
+
+        S.DIFFUSE_PROTECT_SIGNIF = a.protect_signif
     if a.sr_baseline and not a.features:
         ap.error("--sr-baseline only counts with --features")
     if a.features and not a.sr:

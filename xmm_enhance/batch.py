@@ -1117,6 +1117,7 @@ def _run_steps(obsid: str, cfg: BatchConfig, res: ObsResult) -> None:
 
     png_ran = False
     for which in cfg.which:
+        n = None   # rows of the SR prediction's SOURCES table, once read
         paths = _pred_outputs(image, which, cfg.png)
         ok, why = _prediction_ok(image, which, cfg)
         if ok and not image_ran and not cfg.overwrite:
@@ -1154,7 +1155,7 @@ def _run_steps(obsid: str, cfg: BatchConfig, res: ObsResult) -> None:
             _step(res, which, "ran", dt)
         res.outputs[which] = [str(p) for p in paths]
         if which == "SR":
-            res.sr_sources = source_count(paths[1])
+            res.sr_sources = n if n is not None else source_count(paths[1])
             if res.sr_sources is not None:
                 res.outputs[which].append(str(_region_path(image)))
     if cfg.png and cfg.which:   # one PNG per prediction, made (or not) with it
