@@ -369,3 +369,32 @@ def test_outdir_that_is_a_file_names_the_option(tmp_path, dn_model, capsys):
     assert code == 1 and len(errors) == 1, errors
     assert "afile" in errors[0] and "not a folder" in errors[0] and "--outdir" in errors[0]
     assert f.read_text() == "x" and not wcs_outputs(tmp_path)
+
+
+# ----------------------------------------------------------------------------- 6. file names
+def test_non_ascii_file_and_model_names_are_written_escaped(tmp_path, capsys):
+    """A file or folder name with a non-ASCII character (or a tab) ran into astropy's "FITS
+    header values must contain standard printable ASCII characters" after the model had run:
+    a traceback and no output. INFILE, MODEL and the HISTORY now hold the name escaped."""
+    from xmm_enhance.fitsio import header_text
+
+    folder = tmp_path / "données é"
+    folder.mkdir()
+    img, _ = make_image(folder / "imagé\t1.fits")
+    models = tmp_path / "modèles"
+    models.mkdir()
+    dn = identity_dn(models / "dé.onnx")
+    code, _, errors, _ = run([img, "--which", "DN", "--model", dn, "--png"], capsys)
+    assert code == 0 and not errors
+    _, pred = inference.output_paths(img, "DN")
+    h = fits.getheader(pred)
+    assert h["INFILE"] == "imag\\xe9\\t1.fits" and h["MODEL"] == "d\\xe9.onnx"
+    history = " ".join(str(v) for v in h["HISTORY"])
+    assert "input imag\\xe9\\t1.fits:" in history and "model d\\xe9.onnx" in history
+    # the escape is Python's own: the name comes back from it
+    assert h["INFILE"].encode().decode("unicode_escape") == img.name
+    assert header_text("plain name.fits") == "plain name.fits"
+    # a rerun finds them complete
+    code, _, errors, err = run([img, "--which", "DN", "--model", dn, "--png",
+                                "--skip-existing"], capsys)
+    assert code == 0 and not errors and any("skipped" in e for e in err)

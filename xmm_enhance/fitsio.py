@@ -14,7 +14,7 @@ from .errors import OutputError
 from .fsmode import file_mode
 
 __all__ = ["atomic_write_hdul", "atomic_write_hduls", "atomic_savefig", "check_writable_dir",
-           "check_creatable_dir", "ensure_output_dir", "refuse_existing",
+           "check_creatable_dir", "ensure_output_dir", "header_text", "refuse_existing",
            "remove_stale_temporaries", "GZIP_LEVEL"]
 
 #: zlib level of ``.gz`` outputs. Float images hardly compress beyond their runs of zeros, so
@@ -38,6 +38,17 @@ def _deflater():
     if _isal is not None:
         return _isal.compressobj(ISAL_LEVEL, _isal.DEFLATED, -15)
     return zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -15, 9, zlib.Z_RLE)
+
+
+def header_text(text) -> str:
+    """``text`` as a FITS header string: printable ASCII as it is, any other character (a
+    file name's ``é``, a tab) as its Python escape (``\\xe9``, ``\\t``), which astropy would
+    otherwise refuse ("FITS header values must contain standard printable ASCII
+    characters"). Readable, and the original name can be recovered from it."""
+    s = str(text)
+    if all(" " <= c <= "~" for c in s):
+        return s
+    return "".join(c if " " <= c <= "~" else ascii(c)[1:-1] for c in s)
 
 
 def remove_stale_temporaries(path: Path) -> int:

@@ -31,7 +31,7 @@ from astropy.io import fits
 
 from . import __version__, detector, skywcs
 from .errors import InputError, ModelError, UsageError
-from .fitsio import atomic_write_hduls, ensure_output_dir, refuse_existing
+from .fitsio import atomic_write_hduls, ensure_output_dir, header_text, refuse_existing
 from .imageargs import BAND_TOLERANCE_PI, MODEL_BAND_PI, is_model_band  # noqa: F401
 
 __all__ = [
@@ -1277,19 +1277,21 @@ def _header(res: EnhanceResult, *, wcs, exposure, pixel_arcsec, what) -> fits.He
     h["PADLEFT"] = (res.pad[1], "columns added left of input grid (neg: cropped)")
     h["TASK"] = (res.task, "SR: super-resolution, DN: de-noising")
     h["CONTENT"] = ("masked padded input rate" if what == "input" else f"{res.task} prediction")
-    h["MODEL"] = (model.path.name, "ONNX model file")
+    h["MODEL"] = (header_text(model.path.name), "ONNX model file")
     h["MODELVER"] = (model.version, "model version")
     if model.meta.get("status"):
         h["MODELSTA"] = (str(model.meta["status"]).split(":")[0][:40],
                          "model status (MODEL_CARD.md)")
     h["MODELSHA"] = model.sha256  # sha256 of the model file (64 hex digits: no room for a comment)
     h["SOFTVER"] = (__version__, "xmm_enhance version")
-    _set(h, "INFILE", img.path.name, "input image")
+    _set(h, "INFILE", header_text(img.path.name), "input image")
     h["DATE"] = (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()), "file creation date (UTC)")
     h["HISTORY"] = f"xmm_enhance {__version__} run_inference_on_real --which {res.task}"
-    h["HISTORY"] = f"input {img.path.name}: counts / EXPOSURE, detector mask, pad to {PAD_SIZE}"
+    h["HISTORY"] = (f"input {header_text(img.path.name)}: counts / EXPOSURE, detector mask, "
+                    f"pad to {PAD_SIZE}")
     if what != "input":
-        h["HISTORY"] = f"model {model.path.name} v{model.version} sha256 {model.sha256[:16]}"
+        h["HISTORY"] = (f"model {header_text(model.path.name)} v{model.version} "
+                        f"sha256 {model.sha256[:16]}")
         if res.task == "SR":
             h["HISTORY"] = "SR: 2x grid, PSF halved, background removed"
             if res.redrawn:
