@@ -426,3 +426,32 @@ def test_importing_display_imports_no_plotting_or_reproject():
 def test_figsize_is_kept():
     fig = display.quicklook_figure(fake_result(), figsize=(11, 5.2))
     assert tuple(fig.get_size_inches()) == pytest.approx((11, 5.2))
+
+
+def test_quicklook_png_lets_go_of_the_figures_images(tmp_path, monkeypatch):
+    """The figure's images are dropped once the PNG is written (or failed): only Python's
+    cyclic collector frees a matplotlib figure, late, and a batch worker held several."""
+    drawn = []
+    real = display.quicklook_figure
+
+    def spy(res, **kw):
+        fig = real(res, **kw)
+        drawn.append((fig, [im for ax in fig.axes for im in ax.get_images()]))
+        return fig
+
+    monkeypatch.setattr(display, "quicklook_figure", spy)
+    out = display.quicklook_png(fake_result(), tmp_path / "q.png")
+    from xmm_enhance.batch import png_is_valid
+    assert png_is_valid(out) == (True, "")
+    fig, images = drawn[-1]
+    assert images and all(im.get_array().size == 1 for im in images)
+    assert fig.axes == [] and fig.sky_images is None
+    # a failed write releases it too
+    def full_disk(fig, path, dpi=None):
+        raise OutputError(f"{path}: cannot write (No space left on device)")
+
+    monkeypatch.setattr("xmm_enhance.fitsio.atomic_savefig", full_disk)
+    with pytest.raises(OutputError):
+        display.quicklook_png(fake_result(), tmp_path / "q2.png")
+    fig, images = drawn[-1]
+    assert fig.axes == [] and all(im.get_array().size == 1 for im in images)

@@ -24,7 +24,7 @@ from .errors import OutputError
 
 __all__ = ["STRETCHES", "SkyImage", "Panel", "north_up_wcs", "sky_oriented",
            "pixel_scale_arcsec", "panels_figure", "quicklook_panels", "quicklook_figure",
-           "quicklook_png", "show"]
+           "quicklook_png", "release_figure", "show"]
 
 log = logging.getLogger(__name__)
 
@@ -602,7 +602,26 @@ def quicklook_png(res, path, *, overwrite=False, dpi=110, **kwargs) -> Path:
     if path.exists() and not overwrite:
         raise OutputError(f"{path}: exists; pass --overwrite to replace it")
     fig = quicklook_figure(res, **kwargs)
-    return atomic_savefig(fig, path, dpi=dpi)
+    try:
+        return atomic_savefig(fig, path, dpi=dpi)
+    finally:
+        release_figure(fig)
+
+
+def release_figure(fig) -> None:
+    """Let go of a drawn figure's image data now.
+
+    A matplotlib figure is a web of reference cycles (artists, axes, the colour bar) that only
+    Python's cyclic collector frees, and by the time it runs the figure has reached its oldest,
+    rarely collected generation. A batch worker making PNGs then held several figures' images
+    at once: 0.86 GB at its peak over 10 observations, 0.71 GB when each figure's images are
+    dropped here (session 23). The figure is empty afterwards.
+    """
+    for ax in fig.axes:
+        for im in ax.get_images():
+            im.set_data(np.zeros((1, 1)))
+    fig.sky_images = None
+    fig.clear()
 
 
 def show(res, **kwargs) -> None:
