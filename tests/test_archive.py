@@ -256,14 +256,89 @@ def test_find_timing_only_says_so(tmp_path, fake_pps):
         find_pps_files(folder)
 
 
-def test_find_without_fbktsr_names_the_exposure(tmp_path, fake_pps):
-    # FBKTSR only for the short exposure; the chosen (longest) one has none.
+def test_find_without_fbktsr_names_the_exposure(tmp_path, fake_pps, caplog):
+    # FBKTSR only for the short exposure: it is the one that can be imaged, and the warning
+    # names the longer one's missing file
     folder = fake_pps(tmp_path / "pps", OBSID, exposures=(("S001", 2000.0), ("U002", 45000.0)),
                       with_fbktsr={"S001"})
+    with caplog.at_level(logging.WARNING, logger="xmm_enhance.archive"):
+        found = find_pps_files(folder)
+    assert found.expid == "S001" and found.others == ("U002",)
+    warn = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warn) == 1 and f"P{OBSID}PNU002FBKTSR0000.FTZ" in warn[0] and "S001" in warn[0]
+    # no exposure with one: an error naming the best exposure's missing file
+    (folder / f"P{OBSID}PNS001FBKTSR0000.FTZ").unlink()
     with pytest.raises(PPSError) as err:
         find_pps_files(folder)
     msg = str(err.value)
     assert "FBKTSR" in msg and "U002" in msg and "\n" not in msg
+
+
+def test_find_prefers_a_full_frame_exposure_and_lists_the_others(tmp_path, fake_pps, caplog):
+    folder = fake_pps(tmp_path / "pps", OBSID,
+                      exposures=(("S003", 60000.0, "PrimeSmallWindow"), ("U002", 30000.0),
+                                 ("U004", 1000.0)))
+    with caplog.at_level(logging.WARNING, logger="xmm_enhance.archive"):
+        found = find_pps_files(folder)
+    assert found.expid == "U002" and found.submode == "PrimeFullWindow"
+    assert found.others == ("U004", "S003")
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    # what make_image moves on to when an exposure has no good time
+    assert find_pps_files(folder, exclude=["U002"]).expid == "U004"
+    assert find_pps_files(folder, exclude=["U002", "U004"]).expid == "S003"
+    with pytest.raises(PPSError, match="no other pn imaging exposure"):
+        find_pps_files(folder, exclude=["U002", "U004", "S003"])
+
+
+@pytest.mark.parametrize("layout", ["OBSID/PPS", "parent of OBSID/PPS", "parent of OBSID/pps",
+                                    "parent of OBSID"])
+def test_find_heasarc_layout_and_a_parent_folder(tmp_path, fake_pps, layout):
+    sub = {"OBSID/PPS": "PPS", "parent of OBSID/PPS": "PPS", "parent of OBSID/pps": "pps",
+           "parent of OBSID": ""}[layout]
+    folder = fake_pps(tmp_path / OBSID / sub if sub else tmp_path / OBSID, OBSID)
+    (tmp_path / OBSID / "ODF").mkdir(exist_ok=True)
+    given = tmp_path / OBSID if layout == "OBSID/PPS" else tmp_path
+    found = find_pps_files(given, OBSID)
+    assert found.folder == folder and found.expid == "S003"
+
+
+def test_find_in_an_unreadable_folder_or_file_says_permission(tmp_path, fake_pps, monkeypatch):
+    folder = fake_pps(tmp_path / "pps", OBSID)
+    real = Path.iterdir
+
+    def denied(self):
+        if self == folder:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "iterdir", denied)
+    with pytest.raises(PPSError) as err:
+        find_pps_files(folder)
+    assert "permission denied" in str(err.value) and "chmod" in str(err.value)
+    monkeypatch.setattr(Path, "iterdir", real)
+    from astropy.io import fits as afits
+    real_open = afits.open
+
+    def no_read(name, *a, **k):
+        if str(name).endswith("FBKTSR0000.FTZ"):
+            raise PermissionError(13, "Permission denied", str(name))
+        return real_open(name, *a, **k)
+
+    monkeypatch.setattr(afits, "open", no_read)
+    with pytest.raises(PPSError) as err:
+        find_pps_files(folder)
+    assert "permission denied" in str(err.value) and "corrupt" not in str(err.value)
+
+
+def test_find_ignores_an_unreadable_optional_file(tmp_path, fake_pps, caplog):
+    folder = fake_pps(tmp_path / "pps", OBSID)
+    att = next(folder.glob("*ATTTSR*"))
+    att.write_bytes(b"")
+    with caplog.at_level(logging.WARNING, logger="xmm_enhance.archive"):
+        found = find_pps_files(folder)
+    assert found.attitude is None and found.calind is not None
+    assert any(att.name in r.getMessage() and "ignored" in r.getMessage()
+               for r in caplog.records)
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])

@@ -245,6 +245,43 @@ def test_gti_plot(sim_default, tmp_path):
     assert res.gti_plot.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_gti_plot_that_cannot_be_written_is_one_line(sim_default, tmp_path, capsys):
+    """The image is written first; a plot that cannot be (disk full, a folder of its name)
+    was a traceback. Now one line that says the image is there and how to get the plot."""
+    pytest.importorskip("matplotlib")
+    (tmp_path / "pn_cleaned_20.0ks_detxy_500_2000_80_gti.png").mkdir()
+    code = main([OBSID, "--pps_dir", str(sim_default.folder), "--save_dir", str(tmp_path),
+                 "--gti-plot", "-q"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "error:" in err[0], err
+    assert "_gti.png: cannot write" in err[0] and "--overwrite --gti-plot" in err[0]
+    assert (tmp_path / DEFAULT_NAME).is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_all_flare_exposure_gives_way_to_the_next_one(tmp_path, capsys):
+    """Two pn exposures, the longer one all flare: the other one is imaged, with a warning
+    (before, the run stopped with 'choose another observation')."""
+    folder = tmp_path / OBSID
+    sim.write_pps(folder, OBSID, n_events=30_000, flcutthr=0.01, seed=4, expidstr="S003")
+    clean = sim.write_pps(folder, OBSID, n_events=30_000, duration=30e3, flare=None, seed=5,
+                          expidstr="U002")
+    with pytest.warns(gti.ExposureWarning, match="S003 has no good time.*U002"):
+        res = make_image(OBSID, pps_dir=folder, save_dir=tmp_path / "out", backend="native")
+    h = fits.getheader(res.path)
+    assert h["PPSEVLI"] == clean.events.name and "U002" in h["PPSFBK"]
+    assert res.exposure == pytest.approx(20e3)
+    # every exposure all flare: the error names them all
+    sim.write_pps(folder, OBSID, n_events=30_000, duration=30e3, flcutthr=0.01, seed=5,
+                  expidstr="U002")
+    code = main([OBSID, "--pps_dir", str(folder), "--save_dir", str(tmp_path / "o2"), "-q"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    err = [e for e in lines if "error:" in e]
+    assert code == 1 and len(err) == 1 and "no good time" in err[0], lines
+    assert "U002PIEVLI" in err[0] and "exposure S003 has none either" in err[0]
+    assert any("warning:" in e and "using exposure U002" in e for e in lines)
+
+
 def test_overwrite(sim_default, tmp_path, capsys):
     args = [OBSID, "--pps_dir", str(sim_default.folder), "--save_dir", str(tmp_path), "-q",
             "--expo_time", "2"]

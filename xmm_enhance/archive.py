@@ -9,8 +9,8 @@ Three jobs, each usable on its own:
   Transient failures are retried with exponential back-off, a truncated or corrupt download is
   removed and fetched again, archives are extracted with tarfile's ``data`` filter and flattened,
   and nothing reaches the ``pps`` folder until every required product arrived intact.
-* :func:`find_pps_files` picks, in a PPS folder, the pn imaging exposure with the largest
-  ``ONTIME`` and its ``FBKTSR``.
+* :func:`find_pps_files` picks, in a PPS folder, the pn imaging exposure to image (one with an
+  ``FBKTSR``, in a full-frame mode, with the largest ``ONTIME``) and its ``FBKTSR``.
 
 PPS file names follow the XMM Data Files Handbook (reference sheet §1), e.g.
 ``P0123456789PNS003PIEVLI0000.FTZ``: ``P`` + OBS_ID + instrument + exposure flag and number +
@@ -40,7 +40,7 @@ from pathlib import Path
 
 from astropy.io import fits
 
-from .errors import REPLACE_FIX, ArchiveError, PPSError, UsageError
+from .errors import READ_FIX, REPLACE_FIX, ArchiveError, PPSError, UsageError
 from .obsid import obsid_problem
 
 __all__ = [
@@ -195,6 +195,9 @@ class PPSFiles:
         ``SUBMODE`` of the event list (``''`` if the keyword is missing).
     ontime : float
         ``ONTIME`` of the event list in s (see :func:`find_pps_files` for the fallbacks).
+    others : tuple of str
+        The folder's other pn imaging exposures, best first (what ``exclude`` of
+        :func:`find_pps_files` can move on to).
     """
 
     obsid: str
@@ -206,10 +209,13 @@ class PPSFiles:
     expid: str
     submode: str
     ontime: float
+    others: tuple = ()
 
 
 def _corrupt(path: Path, exc: BaseException) -> PPSError:
     reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if isinstance(exc, PermissionError):
+        return PPSError(f"{path}: cannot read it (permission denied); {READ_FIX}")
     return PPSError(f"{path}: corrupt or truncated FITS file ({reason}); {REPLACE_FIX}")
 
 
@@ -305,19 +311,48 @@ def _check_readable(path: Path, extname: str | None = None) -> None:
 
 
 def _scan(folder: Path) -> list[tuple[Path, dict]]:
-    return sorted(((p, info) for p in folder.iterdir()
+    try:
+        names = list(folder.iterdir())
+    except PermissionError:
+        raise PPSError(f"{folder}: cannot read the PPS folder (permission denied); "
+                       f"{READ_FIX}") from None
+    except OSError as exc:
+        raise PPSError(f"{folder}: cannot read the PPS folder ({exc.strerror or exc}); pass "
+                       "another --pps_dir") from None
+    return sorted(((p, info) for p in names
                    if p.is_file() and (info := parse_pps_filename(p.name)) is not None),
                   key=lambda t: t[0].name)
 
 
-def find_pps_files(folder, obsid: str | None = None) -> PPSFiles:
+#: Sub-folders searched when the given folder holds no PPS file: as ``download_pps`` leaves
+#: them (``pps``), and as the HEASARC mirror and the XSA tarballs lay them out (``PPS``).
+_PPS_SUBFOLDERS = ("pps", "PPS")
+
+
+def _pps_folder(folder: Path, obsid: str | None) -> tuple[Path, list]:
+    """The folder holding the PPS files: ``folder`` itself, else its ``pps``/``PPS``, else (with
+    ``obsid``) ``folder/<obsid>`` or its ``pps``/``PPS`` (a parent of observations)."""
+    tries = [folder] + [folder / sub for sub in _PPS_SUBFOLDERS]
+    if obsid is not None:
+        tries += [folder / obsid] + [folder / obsid / sub for sub in _PPS_SUBFOLDERS]
+    for f in tries:
+        if f is folder or f.is_dir():
+            files = _scan(f)
+            if files:
+                return f, files
+    return folder, []
+
+
+def find_pps_files(folder, obsid: str | None = None, *, exclude=()) -> PPSFiles:
     """Find the pn imaging exposure and its companions in a PPS folder.
 
-    The event list (``PIEVLI``, instrument ``PN``) with the largest ``ONTIME`` is chosen
-    (``S`` and ``U`` exposures alike). ``ONTIME`` is read from the ``EVENTS`` header; if it is
-    missing, the largest ``ONTIMEnn``, then the largest per-CCD sum of ``STDGTInn`` intervals,
-    then ``TSTOP - TSTART`` is used. If ``folder`` holds no PPS file but has a ``pps``
-    sub-folder, that sub-folder is searched.
+    Of the pn imaging event lists (``PIEVLI``; ``S`` and ``U`` exposures alike) the one chosen
+    has, in this order of preference, a flaring-background time series (``FBKTSR``), a
+    full-frame ``SUBMODE`` (the models' mode) and the largest ``ONTIME``. ``ONTIME`` is read
+    from the ``EVENTS`` header; if it is missing, the largest ``ONTIMEnn``, then the largest
+    per-CCD sum of ``STDGTInn`` intervals, then ``TSTOP - TSTART`` is used. If ``folder``
+    holds no PPS file, its ``pps`` or ``PPS`` sub-folder is searched, and with ``obsid`` also
+    ``folder/<obsid>`` (and its ``pps``/``PPS``).
 
     Parameters
     ----------
@@ -325,6 +360,9 @@ def find_pps_files(folder, obsid: str | None = None) -> PPSFiles:
         Folder with PPS files (flat, as :func:`download_pps` leaves them).
     obsid : str, optional
         Only consider files of this OBS_ID; by default the single OBS_ID found in the folder.
+    exclude : iterable of str
+        Exposures (``'S003'``...) not to choose: ``make_image`` moves on to the next one when
+        an exposure has no good time.
 
     Returns
     -------
@@ -344,10 +382,10 @@ def find_pps_files(folder, obsid: str | None = None) -> PPSFiles:
     A ``SUBMODE`` other than ``PrimeFullWindow``/``PrimeFullWindowExtended`` is logged as a
     warning: the models were trained on full-frame images only.
     """
-    return _find(folder, obsid, report=True)
+    return _find(folder, obsid, report=True, exclude=exclude)
 
 
-def _find(folder, obsid, *, report):
+def _find(folder, obsid, *, report, exclude=()):
     """:func:`find_pps_files`; with ``report=False`` it logs no choice and no mode warning."""
     folder = Path(folder)
     if obsid is not None:
@@ -355,10 +393,7 @@ def _find(folder, obsid, *, report):
     if not folder.is_dir():
         raise PPSError(f"{folder}: PPS folder does not exist; pass the folder holding the "
                        "P<OBSID>...FTZ files, or leave --pps_dir out to download them")
-    files = _scan(folder)
-    if not files and (folder / "pps").is_dir():
-        folder = folder / "pps"
-        files = _scan(folder)
+    folder, files = _pps_folder(folder, obsid)
     if not files:
         raise PPSError(f"{folder}: no PPS files (P<OBSID>PN...PIEVLI0000.FTZ etc.) in this folder; "
                        "pass the right --pps_dir, or leave it out to download the PPS")
@@ -381,22 +416,40 @@ def _find(folder, obsid, *, report):
         raise PPSError(f"{folder}: no EPIC-pn imaging event list (P{obsid}PN...PIEVLI0000.FTZ) "
                        f"for OBS_ID {obsid}; {hint}")
 
+    exclude = {str(e).upper() for e in exclude}
+    fbk_of = {}
+    for p, i in mine:
+        if i["inst"] == "PN" and i["product"] == "FBKTSR":
+            fbk_of.setdefault(i["expid"], []).append(p)
     candidates = []
     for path, info in events:
         ontime, submode = _event_list_info(path)
         log.debug("%s: exposure %s, ONTIME %.1f s, SUBMODE %r", path.name, info["expid"],
                   ontime, submode)
-        candidates.append((ontime, path, info, submode))
-    # Largest ONTIME wins; max() keeps the first of equal values, i.e. the first file name.
-    ontime, events_path, info, submode = max(candidates, key=lambda c: c[0])
+        candidates.append((info["expid"] in fbk_of, submode in SUPPORTED_SUBMODES, ontime,
+                           path, info, submode))
+    # best first; sorted() is stable, so equal keys keep the file-name order
+    candidates.sort(key=lambda c: c[:3], reverse=True)
+    usable = [c for c in candidates if c[4]["expid"] not in exclude]
+    if not usable:
+        raise PPSError(f"{folder}: no other pn imaging exposure for OBS_ID {obsid} (tried "
+                       f"{', '.join(sorted(exclude))})")
+    has_fbk, _, ontime, events_path, info, submode = usable[0]
     expid = info["expid"]
+    others = tuple(c[4]["expid"] for c in usable[1:])
 
-    fbk = [p for p, i in mine if i["inst"] == "PN" and i["product"] == "FBKTSR"
-           and i["expid"] == expid]
-    if not fbk:
+    if not has_fbk:
         raise PPSError(f"{folder}: no flaring-background time series "
-                       f"P{obsid}PN{expid}FBKTSR0000.FTZ for pn exposure {expid} (the one with the "
-                       "largest ONTIME); download the PPS again or add that file")
+                       f"P{obsid}PN{expid}FBKTSR0000.FTZ for pn exposure {expid} (nor for any "
+                       "other pn imaging exposure); download the PPS again or add that file")
+    longer = [c for c in usable[1:] if c[2] > ontime and not c[0]]
+    if report and longer:
+        c = max(longer, key=lambda c: c[2])
+        log.warning("warning: OBS_ID %s: pn exposure %s (ONTIME %.0f s) has no flaring-"
+                    "background time series P%sPN%sFBKTSR0000.FTZ; using exposure %s (ONTIME "
+                    "%.0f s) instead; add that file to image %s", obsid, c[4]["expid"], c[2],
+                    obsid, c[4]["expid"], expid, ontime, c[4]["expid"])
+    fbk = fbk_of[expid]
     if len(fbk) > 1:
         log.warning("%s: several FBKTSR files for exposure %s; using %s", folder, expid,
                     fbk[0].name)
@@ -404,16 +457,22 @@ def _find(folder, obsid, *, report):
     _check_readable(fbktsr, "RATE")
 
     def first(product):
+        """The first file of an optional product (not needed by the native image), or None
+        when there is none or it cannot be read (with a warning)."""
         hits = [p for p, i in mine if i["product"] == product]
         if not hits:
             return None
-        _check_readable(hits[0])
+        try:
+            _check_readable(hits[0])
+        except PPSError as exc:
+            log.warning("warning: %s; it is not needed for the image and is ignored", exc)
+            return None
         return hits[0]
 
     attitude, calind = first("ATTTSR"), first("CALIND")
     found = PPSFiles(obsid=obsid, folder=folder, events=events_path, fbktsr=fbktsr,
                      attitude=attitude, calind=calind, expid=expid, submode=submode,
-                     ontime=ontime)
+                     ontime=ontime, others=others)
     if not report:
         return found
     if attitude is None:

@@ -44,3 +44,6 @@ class OutputError(XmmEnhanceError):
 #: deleted on our advice; a folder this tool downloaded is fetched anew once the file is gone.
 REPLACE_FIX = ("replace it with an intact copy from the XMM archive (in a folder this tool "
                "downloaded: delete the file and rerun)")
+#: The fix for a PPS file or folder this user cannot read (another user's data under umask 077).
+READ_FIX = ("make it readable for this user (chmod u+r, or ask its owner) or copy it to a "
+            "folder of your own")

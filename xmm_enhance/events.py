@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from .errors import REPLACE_FIX, PPSError
+from .errors import READ_FIX, REPLACE_FIX, PPSError
 
 __all__ = ["EventList", "read_events", "read_header", "selection_mask", "selection_expression",
            "read_table", "IMAGE_COLUMNS"]
@@ -243,6 +243,8 @@ def _short(err) -> str:
 
 
 def _corrupt(path: Path, err) -> PPSError:
+    if isinstance(err, PermissionError):
+        return PPSError(f"{path}: cannot read it (permission denied); {READ_FIX}")
     return PPSError(f"{path.name}: corrupt or truncated FITS file ({_short(err)}); {_FIX}")
 
 

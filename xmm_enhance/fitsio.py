@@ -259,14 +259,20 @@ def atomic_write_hdul(hdul: fits.HDUList, path: Path, *, overwrite: bool = False
 def atomic_savefig(fig, path: Path, *, dpi=None) -> Path:
     """Save a matplotlib figure as PNG through a temporary file + rename; return ``path``."""
     path = Path(path)
-    remove_stale_temporaries(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
+        remove_stale_temporaries(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
         fig.savefig(tmp, format="png", dpi=dpi)
         os.chmod(tmp, file_mode())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):   # disk full, no such folder, a folder of that name...
+            raise OutputError(f"{path}: cannot write ({_reason(exc)}); free disk space, fix "
+                              "the folder's permissions or choose another output folder"
+                              ) from None
         raise
     return path

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import PPSError
+from .errors import READ_FIX, PPSError
 
 __all__ = [
     "ExposureWarning", "RateCurve", "as_gti", "merge", "intersect", "intersect_many", "total",
@@ -262,6 +262,8 @@ def read_fbktsr(path) -> RateCurve:
             keep = {k: hdr[k] for k in ("FLCUTTHR", "TIMEDEL", "TSTART", "TSTOP") if k in hdr}
     except PPSError:
         raise
+    except PermissionError:
+        raise PPSError(f"{path}: cannot read it (permission denied); {READ_FIX}") from None
     except (OSError, EOFError, ValueError, KeyError, TypeError) as err:
         raise PPSError(f"{path.name}: unreadable or corrupt FITS file ({_short(err)}); {fix}") \
             from err

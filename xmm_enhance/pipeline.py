@@ -270,24 +270,36 @@ def make_image(obsid: str, *, low_pi: int = 500, high_pi: int = 2000,
     _check_existing(out_path, obsid, overwrite)
     _check_out_dir(out_path.parent)
     files = arch.find_pps_files(pps_folder, obsid)
-    if files.fbktsr is None:
-        raise PPSError(f"{pps_folder}: no FBKTSR flaring-background file for the pn exposure; "
-                       "download the PPS again")
-    t0 = mark("locate", t0)
+    tried = []
+    while True:
+        if files.fbktsr is None:
+            raise PPSError(f"{pps_folder}: no FBKTSR flaring-background file for the pn "
+                           "exposure; download the PPS again")
+        t0 = mark("locate", t0)
 
-    # ---- flare GTI (FBKTSR) and the event list
-    curve = gti.read_fbktsr(files.fbktsr)
-    flare_gti = gti.gti_from_rate(curve.time, curve.rate, curve.threshold, curve.timedel)
-    t0 = mark("flare_gti", t0)
-    ev = events.read_events(files.events, low_pi=low_pi, high_pi=high_pi)
-    t0 = mark("read_events", t0)
-    own = ev.own_gti()
-    good = gti.intersect(flare_gti, own)
+        # ---- flare GTI (FBKTSR) and the event list
+        curve = gti.read_fbktsr(files.fbktsr)
+        flare_gti = gti.gti_from_rate(curve.time, curve.rate, curve.threshold, curve.timedel)
+        t0 = mark("flare_gti", t0)
+        ev = events.read_events(files.events, low_pi=low_pi, high_pi=high_pi)
+        t0 = mark("read_events", t0)
+        own = ev.own_gti()
+        good = gti.intersect(flare_gti, own)
+        if len(good) or not files.others:
+            break
+        # an exposure that is all flare: the observation's next pn exposure may be clean
+        tried.append(files.expid)
+        warnings.warn(f"{obsid}: pn exposure {files.expid} has no good time left after the "
+                      f"flare filter; using exposure {files.others[0]} instead",
+                      gti.ExposureWarning, stacklevel=2)
+        files = arch.find_pps_files(pps_folder, obsid, exclude=tried)
     if len(good) == 0:
+        also = (f" (exposure{'s' if len(tried) > 1 else ''} {', '.join(tried)} "
+                f"{'have' if len(tried) > 1 else 'has'} none either)" if tried else "")
         raise InputError(f"{files.events.name}: no good time left after the flare filter "
                          f"({Path(files.fbktsr).name} RATE <= FLCUTTHR = "
-                         f"{curve.threshold:g}) and the event list's GTIs; the exposure is all "
-                         "flare or gaps, nothing to image: choose another observation")
+                         f"{curve.threshold:g}) and the event list's GTIs{also}; the exposure is "
+                         "all flare or gaps, nothing to image: choose another observation")
     expo_s = float(expo_time_ks) * 1e3
     if backend == "sas":
         from . import sas
@@ -308,7 +320,8 @@ def make_image(obsid: str, *, low_pi: int = 500, high_pi: int = 2000,
     if short:
         out_path = name_for(0)
         warnings.warn(f"{obsid}: requested {expo_time_ks:g} ks but only {good_time / 1e3:.2f} "
-                      f"ks of good time; kept all of it (EXPOSURE {exposure:.1f} s) in "
+                      f"ks ({good_time:.3f} s) of good time; kept all of it (EXPOSURE "
+                      f"{exposure:.3f} s) in "
                       f"{out_path.name}", gti.ExposureWarning, stacklevel=2)
         _check_existing(out_path, obsid, overwrite,
                         f" (all {good_time / 1e3:.2f} ks of good time, less than requested); "
@@ -374,9 +387,13 @@ def make_image(obsid: str, *, low_pi: int = 500, high_pi: int = 2000,
     if gti_plot:
         png = out_path.with_name(out_path.name.removesuffix(".gz").removesuffix(".fits")
                                  + "_gti.png")
-        gti.plot_gti(curve, kept, png, flare_gti=good,
-                     title=f"{obsid} pn {files.expid}: kept {exposure / 1e3:.2f} ks of "
-                           f"{good_time / 1e3:.2f} ks good time")
+        try:
+            gti.plot_gti(curve, kept, png, flare_gti=good,
+                         title=f"{obsid} pn {files.expid}: kept {exposure / 1e3:.2f} ks of "
+                               f"{good_time / 1e3:.2f} ks good time")
+        except OutputError as err:  # the image is written: say so, and how to get the plot
+            raise OutputError(f"{err} (the image {out_path.name} is written: rerun with "
+                              "--overwrite --gti-plot once fixed)") from None
         t0 = mark("gti_plot", t0)
     stages.append(("total", t_begin, time.perf_counter()))
     counts = int(image.sum(dtype=np.int64))
