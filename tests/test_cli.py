@@ -147,3 +147,47 @@ def test_demo_writes_what_the_readme_promises(tmp_path, capsys):
 def test_demo_usage_error_exits_2(capsys):
     assert main(["demo", "--seed", "x"]) == 2
     assert "usage: xmm-enhance demo" in capsys.readouterr().err
+
+
+def test_sigterm_as_interrupt_raises_keyboardinterrupt_and_restores_the_handler():
+    import os
+    import signal
+
+    from xmm_enhance.cli.common import sigterm_as_interrupt
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        with sigterm_as_interrupt():
+            os.kill(os.getpid(), signal.SIGTERM)
+            import time
+            time.sleep(5)          # the handler runs here at the latest
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_make_image_sigterm_exits_130(tmp_path):
+    """make_detxy_pn_image_pps.py stopped by SIGTERM: exit 130, 'interrupted', no temporary."""
+    import signal
+    import subprocess
+    import sys
+
+    code = f"""
+import sys, time
+sys.path.insert(0, {str(ROOT)!r})
+import xmm_enhance.pipeline as p
+def slow(*a, **k):
+    print("working", flush=True)
+    time.sleep(60)
+p.make_image = slow
+import xmm_enhance.cli.make_image as m
+sys.exit(m.main(["0123456789", "--pps_dir", {str(tmp_path)!r}]))
+"""
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "working"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and "interrupted" in err, err

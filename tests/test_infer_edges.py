@@ -4,6 +4,7 @@ nothing is written."""
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import warnings
 from pathlib import Path
@@ -398,3 +399,159 @@ def test_non_ascii_file_and_model_names_are_written_escaped(tmp_path, capsys):
     code, _, errors, err = run([img, "--which", "DN", "--model", dn, "--png",
                                 "--skip-existing"], capsys)
     assert code == 0 and not errors and any("skipped" in e for e in err)
+
+
+# ----------------------------------------------------------------------------- 7. odd headers
+def test_unreadable_wcs_number_is_one_line_and_the_other_inputs_go_on(tmp_path, dn_model,
+                                                                      capsys):
+    """A WCS keyword that is not a number was a ValueError traceback, and every input after it
+    was dropped. EQUINOX = 'J2000' (a common non-standard form) is read as 2000."""
+    bad, _ = make_image(tmp_path / "bad.fits", extra={"CRPIX1": "abc"})
+    j2000, _ = make_image(tmp_path / "j2000.fits", extra={"EQUINOX": "J2000"})
+    good, _ = make_image(tmp_path / "good.fits", seed=3)
+    code, _, errors, err = run([bad, j2000, good, "--which", "DN", "--model", dn_model], capsys)
+    assert code == 1 and not any("Traceback" in e for e in err), err
+    assert errors[0] == (f"error: {bad}: its sky WCS has CRPIX1 = 'abc' is not a number; "
+                         "correct that keyword (e.g. astropy.io.fits.setval) or delete the WCS "
+                         "keywords, and rerun")
+    assert "1 of 3 inputs failed" in errors[-1]
+    assert fits.getheader(inference.output_paths(j2000, "DN")[1])["EQUINOX"] == 2000.0
+    assert inference.output_paths(good, "DN")[1].is_file()
+    assert not inference.output_paths(bad, "DN")[1].exists()
+
+
+def test_pointing_that_is_not_a_number_gives_pixel_coordinates(tmp_path, dn_model, capsys):
+    img, _ = make_image(tmp_path / "det.fits", sky=False, extra={"RA_PNT": "N/A"})
+    code, warns, errors, _ = run([img, "--which", "DN", "--model", dn_model], capsys)
+    assert code == 0 and not errors
+    assert any("RA_PNT = 'N/A'" in w and "pixel coordinates only" in w for w in warns), warns
+    assert "CTYPE1" not in fits.getheader(inference.output_paths(img, "DN")[1])
+
+
+def test_an_unexpected_error_is_one_line_and_the_other_inputs_go_on(tmp_path, dn_model, capsys,
+                                                                     monkeypatch):
+    a, _ = make_image(tmp_path / "a.fits")
+    b, _ = make_image(tmp_path / "b.fits", seed=3)
+    real = inference.enhance_image
+
+    def flaky(img, model, **kw):
+        if img.path.name == "a.fits":
+            raise ValueError("something no test foresaw\nsecond line")
+        return real(img, model, **kw)
+
+    monkeypatch.setattr(inference, "enhance_image", flaky)
+    code, _, errors, err = run([a, b, "--which", "DN", "--model", dn_model], capsys)
+    assert code == 1 and not any("Traceback" in e for e in err), err
+    assert errors[0].startswith(f"error: {a}: unexpected ValueError: something no test foresaw;")
+    assert inference.output_paths(b, "DN")[1].is_file()
+
+
+def test_too_long_a_name_is_refused_before_any_work(tmp_path, dn_model, capsys):
+    """A stem of ~220-235 characters made output (or temporary) names over the file system's
+    255 bytes: an OSError traceback, or 'free disk space' advice after the model had run."""
+    long_in, _ = make_image(tmp_path / ("p" * 228 + ".fits"))
+    good, _ = make_image(tmp_path / "ok.fits", seed=3)
+    code, _, errors, err = run([long_in, good, "--which", "DN", "--model", dn_model], capsys)
+    assert code == 1 and not any("Traceback" in e for e in err), err
+    assert "output file name too long" in errors[0] and "shorter name" in errors[0]
+    assert inference.output_paths(good, "DN")[1].is_file()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith((".", "ppp"))) == [
+        long_in.name]
+
+
+@pytest.mark.parametrize("binsize", [40, 160])
+def test_pn_grid_of_another_binsize_without_scale_keywords_is_refused(tmp_path, dn_model,
+                                                                      capsys, binsize):
+    shape = (math.ceil((detector.DETY_MAX - detector.DETY_MIN) / binsize),
+             math.ceil((detector.DETX_MAX - detector.DETX_MIN) / binsize))
+    assert inference.pn_grid_binsize(shape) == binsize
+    assert inference.pn_grid_binsize(detector.PN_SHAPE) == 80
+    img = tmp_path / "noscale.fits"
+    h = fits.Header()
+    h["EXPOSURE"], h["BUNIT"] = 20e3, "count"
+    fits.PrimaryHDU(np.random.default_rng(1).poisson(0.5, shape).astype(np.int32),
+                    h).writeto(img)
+    code, _, errors, _ = run([img, "--which", "DN", "--model", dn_model], capsys)
+    assert code == 1 and f"grid at binSize {binsize}" in errors[0] and "--binSize 80" in errors[0]
+
+
+def test_near_integer_float_pixels_are_rounded(tmp_path, dn_model):
+    """Values within 1e-3 of integers pass as counts; unrounded, every 1e-5 pixel counted as
+    having counts and opened the detector mask on the chip gaps and the corners."""
+    ints, _ = make_image(tmp_path / "ints.fits")
+    with fits.open(ints) as hdul:
+        fits.PrimaryHDU((hdul[0].data + 1e-5).astype(np.float32),
+                        hdul[0].header).writeto(tmp_path / "floats.fits")
+    a = inference.read_input(ints)
+    b = inference.read_input(tmp_path / "floats.fits")
+    np.testing.assert_array_equal(a.counts, b.counts)
+    assert np.array_equal(inference.input_mask(a.counts), inference.input_mask(b.counts))
+
+
+def test_logical_exposure_is_not_one_second(tmp_path, dn_model, capsys):
+    img, _ = make_image(tmp_path / "t.fits", extra={"EXPOSURE": True})
+    code, _, errors, _ = run([img, "--which", "DN", "--model", dn_model], capsys)
+    assert code == 1 and "EXPOSURE = True is not a positive number" in errors[0]
+    code, _, errors, _ = run([img, "--which", "DN", "--model", dn_model, "--exposure", "20000"],
+                             capsys)
+    assert code == 0 and not errors
+
+
+@pytest.mark.parametrize("name", ["x.fits.bz2", "x.fits.fz", "x.fit.fz", "x.fits.gz", "x.fits"])
+def test_compressed_input_names_give_the_plain_stem(tmp_path, name):
+    assert inference.output_paths(tmp_path / name, "SR")[1].name == "x_predict_wcs_SR.fits.gz"
+
+
+def test_blank_pixels_are_named_as_blank(tmp_path, dn_model, capsys):
+    img, _ = make_image(tmp_path / "b.fits")
+    with fits.open(img) as hdul:
+        data = hdul[0].data.astype(np.int16)
+        data[:3, :3] = -32768
+        h = hdul[0].header
+        h["BLANK"] = -32768
+        fits.PrimaryHDU(data, h).writeto(tmp_path / "blank.fits")
+    code, _, errors, _ = run([tmp_path / "blank.fits", "--which", "DN", "--model", dn_model],
+                             capsys)
+    assert code == 1 and "9 pixels equal to its BLANK value (-32768)" in errors[0], errors
+
+
+def test_sigterm_exits_130_and_leaves_no_temporary(tmp_path, dn_model):
+    """kill (SIGTERM) of run_inference_on_real.py: as Ctrl-C, exit 130, temporaries removed."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    img, _ = make_image(tmp_path / "k.fits")
+    code = f"""
+import sys, time
+sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+from xmm_enhance import fitsio
+from xmm_enhance.cli.infer import main
+real = fitsio.atomic_write_hduls
+def slow(items, **kw):
+    import tempfile, os
+    fd, tmp = tempfile.mkstemp(prefix=".k.", suffix=".tmp", dir={str(tmp_path)!r})
+    os.close(fd)
+    print("writing", flush=True)
+    try:
+        time.sleep(60)
+    finally:
+        os.unlink(tmp)
+fitsio.atomic_write_hduls = slow
+import xmm_enhance.inference as inf
+inf.atomic_write_hduls = slow
+sys.exit(main([{str(img)!r}, "--which", "DN", "--model", {str(dn_model)!r}, "-q"]))
+"""
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "writing"
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and "interrupted" in err, err
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

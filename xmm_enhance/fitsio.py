@@ -14,7 +14,8 @@ from .errors import OutputError
 from .fsmode import file_mode
 
 __all__ = ["atomic_write_hdul", "atomic_write_hduls", "atomic_savefig", "check_writable_dir",
-           "check_creatable_dir", "ensure_output_dir", "header_text", "refuse_existing",
+           "check_creatable_dir", "check_name_length", "ensure_output_dir", "header_text",
+           "refuse_existing",
            "remove_stale_temporaries", "GZIP_LEVEL"]
 
 #: zlib level of ``.gz`` outputs. Float images hardly compress beyond their runs of zeros, so
@@ -237,6 +238,35 @@ def atomic_write_hduls(items, *, overwrite: bool = False) -> list[Path]:
                               ) from None
         raise
     return [path for _, path in items]
+
+
+#: What a temporary name adds to a final one: ``.<name>.XXXXXXXX.tmp`` (tempfile.mkstemp).
+_TMP_EXTRA = len("." + "." + "XXXXXXXX" + ".tmp")
+
+
+def _name_max(folder: Path) -> int:
+    """The file system's longest file name (bytes) in ``folder`` or its nearest existing
+    ancestor; 255 where it cannot be asked."""
+    f = Path(folder)
+    while not f.exists() and f != f.parent:
+        f = f.parent
+    try:
+        return int(os.pathconf(f, "PC_NAME_MAX"))
+    except (OSError, ValueError, AttributeError):
+        return 255
+
+
+def check_name_length(paths, fix: str = "give the input a shorter name") -> None:
+    """Raise :class:`OutputError` for the first of ``paths`` whose name, or its temporary
+    name, is too long for its file system (before any work, rather than an ``OSError`` at
+    the end)."""
+    for p in map(Path, paths):
+        n = len(os.fsencode(p.name)) + _TMP_EXTRA
+        limit = _name_max(p.parent)
+        if n > limit:
+            raise OutputError(f"{p.parent / (p.name[:40] + '...')}: output file name too long "
+                              f"for the file system ({n} bytes with the temporary name's, at "
+                              f"most {limit}); {fix}")
 
 
 def refuse_existing(paths) -> None:

@@ -31,7 +31,8 @@ from astropy.io import fits
 
 from . import __version__, detector, skywcs
 from .errors import InputError, ModelError, UsageError
-from .fitsio import atomic_write_hduls, ensure_output_dir, header_text, refuse_existing
+from .fitsio import (atomic_write_hduls, check_name_length, ensure_output_dir, header_text,
+                     refuse_existing)
 from .imageargs import BAND_TOLERANCE_PI, MODEL_BAND_PI, is_model_band  # noqa: F401
 
 __all__ = [
@@ -83,6 +84,29 @@ class InputWarning(UserWarning):
 
 class ModelWarning(UserWarning):
     """The model is usable but flagged in its metadata (e.g. a preview below its quality bars)."""
+
+
+class HeaderValueError(ValueError):
+    """A header keyword whose value is not what its standard says (a number, mostly)."""
+
+    def __init__(self, key: str, value):
+        super().__init__(f"{key} = {value!r} is not a number")
+        self.key, self.value = key, value
+
+
+def _equinox_years(value) -> float:
+    """EQUINOX/EPOCH as years: a number, or the strings 'J2000' / 'B1950' / '2000.0' some
+    writers use."""
+    if isinstance(value, bool):
+        raise HeaderValueError("EQUINOX", value)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        text = str(value).strip().upper()
+        try:
+            return float(text[1:]) if text[:1] in ("J", "B") else float(text)
+        except ValueError:
+            raise HeaderValueError("EQUINOX", value) from None
 
 
 class SkyTan:
@@ -190,7 +214,15 @@ class SkyTan:
         if any(str(h.get(f"CUNIT{i}", "deg")).strip().lower() not in ("deg", "")
                for i in (1, 2)):
             return None
-        g = lambda k, d: float(h.get(k, d))  # noqa: E731
+        def g(k, d):
+            v = h.get(k, d)
+            try:
+                if isinstance(v, bool):
+                    raise ValueError
+                return float(v)
+            except (TypeError, ValueError):
+                raise HeaderValueError(k, v) from None
+
         crpix = (g("CRPIX1", 0.0), g("CRPIX2", 0.0))
         crval = (g("CRVAL1", 0.0), g("CRVAL2", 0.0))
         if any(f"CD{i}_{j}" in h for i in (1, 2) for j in (1, 2)):
@@ -208,9 +240,10 @@ class SkyTan:
             return None
         radesys = h.get("RADESYS", h.get("RADECSYS"))
         equinox = h.get("EQUINOX", h.get("EPOCH"))
+        equinox = None if equinox is None else _equinox_years(equinox)
         if radesys is None:  # FITS defaults (paper II §3.1)
-            radesys = "ICRS" if equinox is None else ("FK4" if float(equinox) < 1984 else "FK5")
-        return cls(crpix, crval, cd, radesys, 2000.0 if equinox is None else float(equinox))
+            radesys = "ICRS" if equinox is None else ("FK4" if equinox < 1984 else "FK5")
+        return cls(crpix, crval, cd, radesys, 2000.0 if equinox is None else equinox)
 
 
 def _lazy_wcs(sky):
@@ -657,13 +690,42 @@ def pixel_scales(header) -> list[tuple[float, str]]:
     return out
 
 
-def _check_pixel_scale(path: Path, header) -> None:
-    for scale, source in pixel_scales(header):
+def pn_grid_binsize(shape) -> int | None:
+    """The integer ``binSize`` (DET units) whose pn DETX/DETY grid (``imaging.bin_det``: the
+    evselect range in ``ceil(range / binSize)`` bins) has ``shape``, or None."""
+    ny, nx = (int(n) for n in shape)
+    for b in range(8, 2001):
+        if (math.ceil((detector.DETY_MAX - detector.DETY_MIN) / b) == ny
+                and math.ceil((detector.DETX_MAX - detector.DETX_MIN) / b) == nx):
+            return b
+    return None
+
+
+def _bad_wcs_keyword(path, exc: HeaderValueError) -> InputError:
+    return InputError(f"{path}: its sky WCS has {exc}; correct that keyword (e.g. "
+                      "astropy.io.fits.setval) or delete the WCS keywords, and rerun")
+
+
+def _check_pixel_scale(path: Path, header, shape=None) -> None:
+    want = round(PIXEL_ARCSEC / skywcs.ARCSEC_PER_DET)
+    try:
+        scales = pixel_scales(header)
+    except HeaderValueError as exc:
+        raise _bad_wcs_keyword(path, exc) from None
+    for scale, source in scales:
         if abs(scale / PIXEL_ARCSEC - 1) > PIXEL_TOLERANCE:
             raise InputError(
                 f"{path}: pixel scale {scale:.3g}\"/pixel (from the {source}), but the models "
                 f"need {PIXEL_ARCSEC:g}\"/pixel; make the image with make_detxy_pn_image_pps.py "
-                f"--binSize {round(PIXEL_ARCSEC / skywcs.ARCSEC_PER_DET)}")
+                f"--binSize {want}")
+    # nothing says the scale: an image of the pn grid at another binSize shows it by its shape
+    b = pn_grid_binsize(shape) if shape is not None and not scales else None
+    if b is not None and abs(b / want - 1) > PIXEL_TOLERANCE:
+        raise InputError(
+            f"{path}: {shape[0]}x{shape[1]} pixels is the pn DETX/DETY grid at binSize {b} "
+            f"({b * skywcs.ARCSEC_PER_DET:.3g}\"/pixel), but the models need "
+            f"{PIXEL_ARCSEC:g}\"/pixel; make the image with make_detxy_pn_image_pps.py "
+            f"--binSize {want}")
 
 
 _NUMBER = r"[-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?"
@@ -786,7 +848,9 @@ def _check_band(path: Path, band) -> None:
 
 
 def _positive_seconds(value) -> float | None:
-    """``value`` as a finite number > 0, else None."""
+    """``value`` as a finite number > 0, else None (a FITS logical T is not a number)."""
+    if isinstance(value, (bool, np.bool_)):
+        return None
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -832,14 +896,20 @@ def read_input(path: str | Path, *, exposure: float | None = None) -> InputImage
                          "DETX/DETY counts image")
     _check_counts(path, data, header, primary)
     counts = data.astype(np.float64)
+    if data.dtype.kind == "f":
+        # within 1e-3 of integers (_check_counts): counts; a pixel of 1e-5 would otherwise
+        # count as "has counts" and open the detector mask on it
+        counts = np.round(counts)
     if not np.all(np.isfinite(counts)):
         n = int(np.sum(~np.isfinite(counts)))
-        raise InputError(f"{path}: {n} NaN/inf pixels; pass a counts image (replace them by 0 "
+        what = (f"pixels equal to its BLANK value ({header['BLANK']}), which mark no data"
+                if "BLANK" in header else "NaN/inf pixels")
+        raise InputError(f"{path}: {n} {what}; pass a counts image (replace them by 0 "
                          "if they are off the detector)")
     if np.any(counts < 0):
         raise InputError(f"{path}: {int(np.sum(counts < 0))} negative pixels; pass a counts "
                          "image, not a background-subtracted one")
-    _check_pixel_scale(path, header)
+    _check_pixel_scale(path, header, counts.shape)
     for key in OBS_KEYS + ("EXPOSURE",):
         if key not in header and key in primary:
             header[key] = primary[key]
@@ -898,14 +968,28 @@ def approx_sky(ra_pnt: float, dec_pnt: float, pa_pnt: float, *,
 
 def _sky_wcs_of(header, path):
     if skywcs.has_sky_wcs(header):
-        sky = SkyTan.from_header(header) or _sky_from_astropy(header)
+        try:
+            sky = SkyTan.from_header(header) or _sky_from_astropy(header)
+        except HeaderValueError as exc:
+            raise _bad_wcs_keyword(path, exc) from None
         if sky is not None:
             return sky, ""
     keys = ("RA_PNT", "DEC_PNT", "PA_PNT")
+    pnt = None
     if all(k in header for k in keys):
+        try:
+            pnt = [float(header[k]) for k in keys if not isinstance(header[k], bool)]
+        except (TypeError, ValueError):
+            pnt = None
+        if pnt is None or len(pnt) != 3 or not all(map(math.isfinite, pnt)):
+            bad = ", ".join(f"{k} = {header[k]!r}" for k in keys)
+            warnings.warn(f"{path.name}: no sky WCS, and the pointing is not numeric ({bad}); "
+                          "outputs will have pixel coordinates only", InputWarning,
+                          stacklevel=3)
+            return None, "no sky WCS available"
+    if pnt is not None:
         binsize = _det_binsize(header) or detector.PN_BINSIZE
-        sky = approx_sky(float(header["RA_PNT"]), float(header["DEC_PNT"]),
-                         float(header["PA_PNT"]), binsize=binsize)
+        sky = approx_sky(*pnt, binsize=binsize)
         warnings.warn(f"{path.name}: no sky WCS in the file; using an approximate one from "
                       "RA_PNT/DEC_PNT/PA_PNT (good to a few arcsec)", InputWarning,
                       stacklevel=3)
@@ -920,8 +1004,12 @@ def _det_binsize(header) -> float | None:
     for suffix in ("", "L"):
         if str(header.get("CTYPE1" + suffix, "")).strip() == "DETX":
             cd = header.get("CDELT1" + suffix)
-            if cd:
-                return abs(float(cd))
+            try:
+                cd = abs(float(cd)) if cd and not isinstance(cd, bool) else None
+            except (TypeError, ValueError):  # not a number: as if absent
+                cd = None
+            if cd and math.isfinite(cd):
+                return cd
     return None
 
 
@@ -1027,7 +1115,8 @@ def check_exposure(img: InputImage, model: Model) -> None:
     if not lo <= img.exposure <= hi:
         what = (f"{lo / 1e3:g}-{hi / 1e3:g} ks inputs" if model.takes_exposure
                 else "20 ks inputs")
-        warnings.warn(f"{img.path.name}: exposure {img.exposure / 1e3:.1f} ks; the {model.task} "
+        warnings.warn(f"{img.path.name}: exposure {img.exposure / 1e3:.3g} ks "
+                      f"({img.exposure:.6g} s); the {model.task} "
                       f"model was trained for {what}, expect degraded results", InputWarning,
                       stacklevel=3)
 
@@ -1194,7 +1283,8 @@ def find_sources(img: InputImage, rate, mask, points, pad, out_sky, *, coverage=
 # --------------------------------------------------------------------------- output
 def _stem(path: Path) -> str:
     name = path.name
-    for ext in (".fits.gz", ".fit.gz", ".fts.gz", ".fits", ".fit", ".fts", ".gz"):
+    for ext in (".fits.gz", ".fit.gz", ".fts.gz", ".fits.bz2", ".fit.bz2", ".fits.fz",
+                ".fit.fz", ".fits", ".fit", ".fts", ".gz", ".bz2", ".fz"):
         if name.lower().endswith(ext):
             return name[: -len(ext)]
     return path.stem
@@ -1692,8 +1782,10 @@ def enhance_file(path, which: str, *, model: Model | None = None, outdir=None,
     ``redraw``, ``min_signif``: see :func:`enhance_image`. Without ``overwrite`` an existing
     output is refused before anything is read or written; ``outdir`` is created when the
     outputs are written (a refused input leaves none behind)."""
+    p_in, p_pred = output_paths(path, which, outdir)
+    # the longest names this input's outputs get (the SR region file's is shorter)
+    check_name_length([p_in, p_pred] + ([png_path(p_pred)] if png else []))
     if not overwrite:
-        p_in, p_pred = output_paths(path, which, outdir)
         refuse_existing([p_in, p_pred] + ([png_path(p_pred)] if png else []))
     img = read_input(path, exposure=exposure)
     model = model or load_model(which)

@@ -132,3 +132,26 @@ def report_error(exc: BaseException) -> int:
     text = str(exc).splitlines()[0] if str(exc) else ""
     print(f"error: {type(exc).__name__}: {text}", file=sys.stderr)
     return 1
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """While inside: SIGTERM (``kill``, cron and batch systems stopping a job) raises
+    KeyboardInterrupt in the main thread, as Ctrl-C does, so that the command cleans up its
+    temporary files and exits 130 instead of dying with them on disk. The previous handler
+    is put back on exit (nothing is changed outside the main thread)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigterm(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -14,7 +14,7 @@ from pathlib import Path
 from .. import __version__
 from ..errors import UsageError, XmmEnhanceError
 from .common import (MIN_SIGNIF_HELP, add_verbosity, check_min_signif, command_prog,
-                     report_error, setup_logging)
+                     report_error, setup_logging, sigterm_as_interrupt)
 
 log = logging.getLogger("xmm_enhance")
 
@@ -59,6 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    with sigterm_as_interrupt():
+        try:
+            return _main(argv)
+        except KeyboardInterrupt:   # Ctrl-C or SIGTERM: temporaries are gone, finals whole
+            print("interrupted", file=sys.stderr)
+            return 130
+
+
+def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args)
     try:
@@ -85,18 +94,18 @@ def main(argv=None) -> int:
     failed = []
     for f in inputs:
         overwrite = args.overwrite
-        if args.skip_existing and Path(f).is_file():
-            paths = run_outputs(f, model, args.outdir, png=args.png)
-            done, why = outputs_complete(paths, model=model, infile=f,
-                                         min_signif=args.min_signif,
-                                         redraw=not args.no_redraw)
-            if done:
-                log.info("%s: skipped, its outputs are complete (--skip-existing)", f)
-                continue
-            if any(p.exists() for p in paths):  # a partial set: redo all of it
-                log.info("%s: redoing its outputs (%s)", f, why)
-                overwrite = True
         try:
+            if args.skip_existing and Path(f).is_file():
+                paths = run_outputs(f, model, args.outdir, png=args.png)
+                done, why = outputs_complete(paths, model=model, infile=f,
+                                             min_signif=args.min_signif,
+                                             redraw=not args.no_redraw)
+                if done:
+                    log.info("%s: skipped, its outputs are complete (--skip-existing)", f)
+                    continue
+                if any(p.exists() for p in paths):  # a partial set: redo all of it
+                    log.info("%s: redoing its outputs (%s)", f, why)
+                    overwrite = True
             out = enhance_file(f, args.which, model=model, outdir=args.outdir,
                                overwrite=overwrite, exposure=args.exposure, png=args.png,
                                redraw=not args.no_redraw, min_signif=args.min_signif)
@@ -104,9 +113,14 @@ def main(argv=None) -> int:
             report_error(exc)
             failed.append(f)
             continue
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            return 130
+        except Exception as exc:  # a bug, or a file unlike any tested: one line, go on
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            print(f"error: {f}: unexpected {type(exc).__name__}: {first}; the other inputs "
+                  "go on; please report it with the file's header (-v prints the "
+                  "traceback)", file=sys.stderr)
+            log.debug("traceback of %s", f, exc_info=True)
+            failed.append(f)
+            continue
         res = out["result"]
         log.info("%s -> %s (%.4g count/s in, %.4g count/s predicted)", f, out["predict"],
                  float(res.input_rate.sum()), float(res.prediction.sum()))

@@ -14,7 +14,7 @@ import math
 import sys
 import warnings
 
-from .common import add_verbosity, add_version, command_prog, setup_logging
+from .common import add_verbosity, add_version, command_prog, setup_logging, sigterm_as_interrupt
 
 __all__ = ["main", "build_parser"]
 
@@ -68,7 +68,17 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    """Run the command; returns the exit code."""
+    """Run the command; returns the exit code (130 when Ctrl-C or SIGTERM stops it: the
+    temporary files are then removed, and no final file is left half-written)."""
+    with sigterm_as_interrupt():
+        try:
+            return _main(argv)
+        except KeyboardInterrupt:
+            print(f"{build_parser().prog}: interrupted", file=sys.stderr)
+            return 130
+
+
+def _main(argv=None) -> int:
     parser = build_parser()
     prog = parser.prog
     try:
