@@ -191,3 +191,23 @@ sys.exit(m.main(["0123456789", "--pps_dir", {str(tmp_path)!r}]))
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130 and "interrupted" in err, err
+
+
+def test_library_warnings_read_as_warning_lines(capsys, restore_logging):
+    """A warning the library logs (an unsupported pn SUBMODE, a retry) reads 'warning: ...' on
+    the console like the commands' own, so that a cron log can be grepped for it."""
+    import argparse
+    import logging
+
+    from xmm_enhance.cli.common import setup_logging
+
+    setup_logging(argparse.Namespace(quiet=False, verbose=False))
+    log = logging.getLogger("xmm_enhance.archive")
+    log.info("plain info")
+    log.warning("OBS_ID 0123456789 exposure S003: pn SUBMODE 'PrimeSmallWindow' ...")
+    log.warning("warning: already prefixed")
+    log.error("something failed")
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["plain info",
+                   "warning: OBS_ID 0123456789 exposure S003: pn SUBMODE 'PrimeSmallWindow' ...",
+                   "warning: already prefixed", "error: something failed"]

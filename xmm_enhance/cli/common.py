@@ -87,6 +87,19 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     print(f"warning: {text}", file=sys.stderr)
 
 
+class _LevelPrefixFormatter(logging.Formatter):
+    """Warnings and errors logged by the library read as the commands' own ``warning:`` /
+    ``error:`` lines (a cron log is grepped for them); info and debug lines stay bare."""
+
+    def format(self, record):
+        text = super().format(record)
+        if record.levelno >= logging.WARNING:
+            word = "error" if record.levelno >= logging.ERROR else "warning"
+            if not text.lower().startswith(("warning", "error")):
+                text = f"{word}: {text}"
+        return text
+
+
 class _StderrHandler(logging.StreamHandler):
     """Writes to whatever ``sys.stderr`` is at the time of the message (tests swap it)."""
 
@@ -118,7 +131,7 @@ def setup_logging(args) -> None:
     for h in [h for h in logger.handlers if getattr(h, "_xmm_enhance_cli", False)]:
         logger.removeHandler(h)
     handler = _StderrHandler()
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.setFormatter(_LevelPrefixFormatter("%(message)s"))
     logger.addHandler(handler)
     logger.setLevel(level)
     warnings.showwarning = _one_line_warning
