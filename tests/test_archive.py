@@ -353,6 +353,28 @@ def test_find_corrupt_ftz(tmp_path, fake_pps, damage):
     assert ev.name in msg and "replace it with an intact copy" in msg
 
 
+def test_find_names_a_doubly_gzipped_file_and_a_cut_fbktsr(tmp_path, fake_pps):
+    import gzip as gz
+
+    folder = fake_pps(tmp_path / "pps", OBSID)
+    ev = folder / f"P{OBSID}PNS003PIEVLI0000.FTZ"
+    twice = folder / (ev.name + ".gz")
+    twice.write_bytes(gz.compress(ev.read_bytes()))       # the .FTZ gzipped once more
+    ev.unlink()
+    with pytest.raises(PPSError) as err:
+        find_pps_files(folder)
+    assert twice.name in str(err.value) and "compressed twice" in str(err.value)
+    assert "gunzip" in str(err.value)
+    # an FBKTSR cut before its RATE table: "truncated", not "has no RATE extension"
+    folder = fake_pps(tmp_path / "pps2", OBSID)
+    fbk = folder / f"P{OBSID}PNS003FBKTSR0000.FTZ"
+    raw = gz.decompress(fbk.read_bytes())
+    fbk.write_bytes(gz.compress(raw)[: len(gz.compress(raw[:2880 * 2]))])
+    with pytest.raises(PPSError) as err:
+        find_pps_files(folder)
+    assert "gzip stream ends early" in str(err.value) and "no RATE extension" not in str(err.value)
+
+
 def test_find_obsid_mismatch_and_mixed_folders(tmp_path, fake_pps):
     folder = fake_pps(tmp_path / "pps", OBSID)
     with pytest.raises(PPSError, match=OBSID):

@@ -212,10 +212,36 @@ class PPSFiles:
     others: tuple = ()
 
 
+def gzip_damage(path: Path) -> str | None:
+    """What is wrong with a gzip file that FITS readers refuse: ``"compressed twice"``,
+    ``"truncated"``, or None (not gzip, or a whole stream). Only asked on an error path: it
+    reads the whole stream."""
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(2) != b"\x1f\x8b":
+                return None
+        with gzip.open(path, "rb") as fh:
+            if fh.read(2) == b"\x1f\x8b":
+                return "compressed twice"
+            while fh.read(1 << 22):
+                pass
+    except EOFError:
+        return "truncated"
+    except (OSError, zlib.error):
+        return None
+    return None
+
+
 def _corrupt(path: Path, exc: BaseException) -> PPSError:
     reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if isinstance(exc, PermissionError):
         return PPSError(f"{path}: cannot read it (permission denied); {READ_FIX}")
+    damage = gzip_damage(path)
+    if damage == "compressed twice":
+        return PPSError(f"{path}: gzip-compressed twice (a FITS file inside a gzip inside a "
+                        "gzip); decompress it once (gunzip) and rerun")
+    if damage == "truncated":
+        reason = "the gzip stream ends early"
     return PPSError(f"{path}: corrupt or truncated FITS file ({reason}); {REPLACE_FIX}")
 
 
@@ -300,6 +326,8 @@ def _check_readable(path: Path, extname: str | None = None) -> None:
                 try:
                     hdul[extname].header
                 except KeyError:
+                    if gzip_damage(path) == "truncated":   # cut before that extension
+                        raise _corrupt(path, EOFError("the gzip stream ends early")) from None
                     raise PPSError(f"{path}: has no {extname} extension; {REPLACE_FIX}") \
                         from None
             else:

@@ -245,6 +245,11 @@ def _short(err) -> str:
 def _corrupt(path: Path, err) -> PPSError:
     if isinstance(err, PermissionError):
         return PPSError(f"{path}: cannot read it (permission denied); {READ_FIX}")
+    from .archive import gzip_damage
+
+    if gzip_damage(path) == "compressed twice":
+        return PPSError(f"{path.name}: gzip-compressed twice (a FITS file inside a gzip inside "
+                        "a gzip); decompress it once (gunzip) and rerun")
     return PPSError(f"{path.name}: corrupt or truncated FITS file ({_short(err)}); {_FIX}")
 
 

@@ -245,8 +245,10 @@ def read_fbktsr(path) -> RateCurve:
             hdr = hdu.header
             thr = hdr.get("FLCUTTHR")
             if thr is None or not math.isfinite(float(thr)):
-                raise PPSError(f"{path.name}: RATE header has no FLCUTTHR flare threshold; "
-                               "this pn exposure cannot be cleaned with the PPS threshold")
+                raise PPSError(f"{path.name}: RATE header has no FLCUTTHR flare threshold, "
+                               "so this pn exposure cannot be cleaned with the PPS threshold; "
+                               "replace the file with the archive's current FBKTSR (download "
+                               "the PPS again), or use another observation")
             cols = [c.upper() for c in hdu.columns.names]
             for c in ("TIME", "RATE"):
                 if c not in cols:

@@ -153,7 +153,9 @@ def _existing_image(args):
     try:
         from astropy.io import fits
 
-        header = fits.getheader(path)
+        with warnings.catch_warnings():   # a cut file's "may have been truncated": said below
+            warnings.simplefilter("ignore")
+            header = fits.getheader(path)
         mine = str(header.get("OBS_ID", "")).strip() == obsid
     except (OSError, ValueError):
         header, mine = None, False
