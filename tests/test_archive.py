@@ -763,3 +763,19 @@ def test_connection_error_shows_its_root_cause(tmp_path, sleeps, refused_port):
     assert f"cannot reach 127.0.0.1:{port} (ConnectionError: Connection refused)" in msg
     assert msg.count(OBSID) == 1 and "..." not in msg and len(msg) < 250
     assert sleeps == [] and _leftovers(tmp_path) == []
+
+
+def test_failed_download_leaves_no_empty_save_dir(xsa, tmp_path, sleeps):
+    """make_detxy_pn_image_pps.py with a --save_dir that did not exist and an unknown OBS_ID:
+    the error, and no empty folders left (an existing --save_dir stays)."""
+    from xmm_enhance.pipeline import make_image
+
+    xsa.unknown = 404
+    save = tmp_path / "new" / "save"
+    with pytest.raises(ArchiveError):
+        make_image("0999999999", save_dir=save, backend="native")
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(ArchiveError):
+        make_image("0999999999", save_dir=tmp_path / "kept", backend="native")
+    assert (tmp_path / "kept").is_dir()

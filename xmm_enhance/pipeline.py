@@ -18,6 +18,7 @@ promises more exposure than the file holds. :func:`find_image` finds such a file
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import warnings
@@ -248,7 +249,14 @@ def make_image(obsid: str, *, low_pi: int = 500, high_pi: int = 2000,
     t0 = time.perf_counter()
     if pps_dir is None:
         root = Path(save_dir) if save_dir is not None else Path.cwd()
-        pps_folder = Path(arch.download_pps(obsid, root, credentials_file=credentials_file))
+        new_dirs = [d for d in [root, *root.parents] if not d.exists()]
+        try:
+            pps_folder = Path(arch.download_pps(obsid, root, credentials_file=credentials_file))
+        except BaseException:
+            for d in new_dirs:     # a failed download leaves no empty --save_dir behind
+                with contextlib.suppress(OSError):
+                    d.rmdir()      # only when empty
+            raise
         out_dir = pps_folder
     else:
         pps_folder = Path(pps_dir)
