@@ -555,3 +555,24 @@ sys.exit(main([{str(img)!r}, "--which", "DN", "--model", {str(dn_model)!r}, "-q"
             proc.kill()
     assert proc.returncode == 130 and "interrupted" in err, err
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_galactic_wcs_is_named_and_the_pointing_used(tmp_path, dn_model, capsys):
+    img, _ = make_image(tmp_path / "gal.fits", extra={"CTYPE1": "GLON-TAN",
+                                                     "CTYPE2": "GLAT-TAN"})
+    code, warns, errors, _ = run([img, "--which", "DN", "--model", dn_model], capsys)
+    assert code == 0 and not errors
+    assert any("GLON-TAN/GLAT-TAN, not RA/Dec" in w for w in warns), warns
+    assert any("approximate one from RA_PNT" in w for w in warns), warns
+    assert fits.getheader(inference.output_paths(img, "DN")[1])["CTYPE1"] == "RA---TAN"
+
+
+def test_lossy_fpack_float_image_gets_its_own_hint(tmp_path, dn_model, capsys):
+    img, _ = make_image(tmp_path / "c.fits")
+    with fits.open(img) as hdul:
+        data = hdul[0].data.astype(np.float32) * 1.0037     # what lossy quantisation leaves
+        fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(data, hdul[0].header)]).writeto(
+            tmp_path / "c2.fits.fz")
+    code, _, errors, _ = run([tmp_path / "c2.fits.fz", "--which", "DN", "--model", dn_model],
+                             capsys)
+    assert code == 1 and "fpack -q 0" in errors[0]

@@ -659,9 +659,12 @@ def _check_counts(path: Path, data: np.ndarray, header, primary) -> None:
         frac = np.abs(finite - np.round(finite))
         if frac.size and float(frac.max()) > 1e-3:
             n = int(np.sum(frac > 1e-3))
+            lossy = (" or a float image tile-compressed with loss (fpack's default "
+                     "quantisation: compress counts with fpack -q 0, or pass the uncompressed "
+                     "file)" if path.name.lower().endswith(".fz") else "")
             raise InputError(f"{path}: {n} pixels hold non-integer values: not a counts image "
-                             "(a rate, smoothed or exposure-corrected image?); pass the counts "
-                             "image from make_detxy_pn_image_pps.py")
+                             f"(a rate, smoothed or exposure-corrected image?{lossy}); pass the "
+                             "counts image from make_detxy_pn_image_pps.py")
 
 
 def pixel_scales(header) -> list[tuple[float, str]]:
@@ -974,6 +977,11 @@ def _sky_wcs_of(header, path):
             raise _bad_wcs_keyword(path, exc) from None
         if sky is not None:
             return sky, ""
+    ctype = str(header.get("CTYPE1", "")).strip()
+    if ctype[1:4] in ("LON",) or ctype.startswith(("GLON", "ELON", "SLON", "HPLN")):
+        warnings.warn(f"{path.name}: its sky WCS is {ctype}/{header.get('CTYPE2', '')}, not "
+                      "RA/Dec, which the outputs need; it is not used", InputWarning,
+                      stacklevel=3)
     keys = ("RA_PNT", "DEC_PNT", "PA_PNT")
     pnt = None
     if all(k in header for k in keys):
