@@ -113,10 +113,12 @@ def test_copied_cards_fit_without_truncation_warnings():
     assert p["OBJECT"] == "NGC 1399 and the Fornax cluster core region"
     assert p.comments["OBJECT"].startswith("Name of the")
     assert all(v.strip() and set(v.split()) == {"word"} for v in p["HISTORY"])
-    # time keywords: MJDs of the dates as written (MJD 58675 = 2019-07-11)
+    # time keywords: MJD-OBS / MJD-END are TSTART / TSTOP in TIMESYS (TT), 69.184 s after the
+    # UTC dates (MJD 58675 = 2019-07-11)
     assert p["DATEREF"] == "1998-01-01T00:00:00"
-    assert p["MJD-OBS"] == pytest.approx(58675 + (10 * 3600 + 58 * 60 + 55) / 86400, abs=1e-10)
-    assert p["MJD-END"] == pytest.approx(58676 + (3 * 3600 + 38 * 60 + 55) / 86400,
+    assert p["MJD-OBS"] == pytest.approx(58675 + (10 * 3600 + 58 * 60 + 55 + 69.184) / 86400,
+                                         abs=1e-10)
+    assert p["MJD-END"] == pytest.approx(58676 + (3 * 3600 + 38 * 60 + 55 + 69.184) / 86400,
                                          abs=1e-10)
     assert p["DATE-OBS"] == "2019-07-11T10:58:55" and p["DATE-END"] == "2019-07-12T03:38:55"
 

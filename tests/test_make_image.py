@@ -591,7 +591,10 @@ def test_sub_gti_choice_end_to_end(known, tmp_path, expo_ks, name, ranges):
         tt = Time(50814.0, (T0 + t) / 86400.0, format="mjd", scale="tt")
         want = Time(tt.mjd - 69.184 / 86400.0, format="mjd", scale="utc")
         assert abs((Time(h[key], scale="utc") - want).sec) < 1.0, (key, h[key], want.isot)
-        assert h[key.replace("DATE", "MJD")] == pytest.approx(Time(h[key]).mjd, abs=1e-9)
+        # MJD-OBS / MJD-END: the same instants in TIMESYS (TT), exactly, as FITS readers
+        # take them (not the UTC date read as TT: 69 s early)
+        assert h[key.replace("DATE", "MJD")] == pytest.approx(50814.0 + (T0 + t) / 86400.0,
+                                                              abs=1e-9)
     if ranges[0][0] >= 1:   # a later start than the exposure's is seen in DATE-OBS
         assert h["DATE-OBS"] != fits.getheader(known.events, "EVENTS")["DATE-OBS"]
     # exactly the events of those time ranges were binned, on the DET grid of the header
@@ -619,9 +622,16 @@ def test_image_header_opens_without_warnings(default_run):
             hdul[1].header.tostring()
     assert h["DATEREF"] == "1998-01-01T00:00:00"  # MJDREF 50814 = 1998-01-01
     assert h["MJDREF"] == 50814.0
-    for date, mjd in (("DATE-OBS", "MJD-OBS"), ("DATE-END", "MJD-END")):
-        assert h[mjd] == pytest.approx(Time(h[date], format="isot", scale="tt").mjd, abs=1e-9)
+    for date, mjd, met in (("DATE-OBS", "MJD-OBS", "TSTART"), ("DATE-END", "MJD-END", "TSTOP")):
+        assert h["TIMESYS"] == "TT"
+        assert h[mjd] == pytest.approx(h["MJDREF"] + h[met] / 86400.0, abs=1e-9)
+        # the UTC date (as XMM writes it) is the same instant to its 1 s rounding
+        utc_as_tt = Time(h[date], format="isot", scale="utc").tt.mjd
+        assert abs(h[mjd] - utc_as_tt) * 86400.0 < 0.6
     assert all(len(str(v)) <= 72 for v in h["HISTORY"])
+    # the GTI table read on its own (OGIP readers) has its times' zero point and scale
+    g = fits.getheader(default_run, "STDGTI")
+    assert g["MJDREF"] == h["MJDREF"] and g["TIMESYS"] == "TT" and g["TIMEUNIT"] == "s"
 
 
 # ---- run-time failures and fall-backs on broken PPS folders ---------------------------------

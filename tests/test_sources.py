@@ -898,6 +898,16 @@ def test_sr_output_contract(tmp_path, v2_models):
             assert np.all(t["RADEC_ERR"] >= sources.POSITION_ERR_FLOOR_ARCSEC)
             assert h["SOURCES"].header["SYSERR"] == sources.SYSTEMATIC_POS_ERR_ARCSEC
             assert h["SOURCES"].header["BKGSYS"] == sources.BKG_SYSTEMATIC
+            # HISTORY broken at spaces, not mid-word (read back joined by spaces)
+            history = " ".join(str(v) for v in h[0].header["HISTORY"])
+            assert "where the input counts demand it at >= DIFSIGMA sigma" in history
+            assert all(len(str(v)) <= 72 for v in h[0].header["HISTORY"])
+            # each column's description whole in its TTYPEn comment (none cut off)
+            for i, (name, _, text) in enumerate(sources.SOURCE_COLUMNS, start=1):
+                for table in ("SOURCES", "CANDIDATES"):
+                    if table in h:
+                        hh = h[table].header
+                        assert (hh[f"TTYPE{i}"], hh.comments[f"TTYPE{i}"]) == (name, text)
             assert np.all(t["EXT_DC"] <= sources.EXTENT_C)  # listed: point-like
             assert np.allclose(t["COUNTS"], t["RATE"] * T)
             ra, dec = w.pixel_to_world_values(t["X"], t["Y"])

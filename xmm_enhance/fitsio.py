@@ -13,7 +13,7 @@ from astropy.io import fits
 from .errors import OutputError
 from .fsmode import file_mode
 
-__all__ = ["atomic_write_hdul", "atomic_write_hduls", "atomic_savefig", "check_writable_dir",
+__all__ = ["add_history", "atomic_write_hdul", "atomic_write_hduls", "atomic_savefig", "check_writable_dir",
            "check_creatable_dir", "check_name_length", "ensure_output_dir", "header_text",
            "refuse_existing",
            "remove_stale_temporaries", "GZIP_LEVEL"]
@@ -39,6 +39,15 @@ def _deflater():
     if _isal is not None:
         return _isal.compressobj(ISAL_LEVEL, _isal.DEFLATED, -15)
     return zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -15, 9, zlib.Z_RLE)
+
+
+def add_history(header: fits.Header, text: str, width: int = 72) -> None:
+    """Add ``text`` as HISTORY cards broken at spaces (astropy breaks them mid-word)."""
+    import textwrap
+
+    for line in textwrap.wrap(str(text), width=width, break_long_words=True,
+                              break_on_hyphens=False) or [""]:
+        header.add_history(line)
 
 
 def header_text(text) -> str:

@@ -25,12 +25,12 @@ Header of the image (primary HDU, int32 counts, ``BUNIT = 'count'``):
 from __future__ import annotations
 
 import datetime as _dt
-import textwrap
 
 import numpy as np
 from astropy.io import fits
 
 from . import __version__, detector, skywcs
+from .fitsio import add_history
 
 __all__ = ["bin_det", "det_index", "det_pixel", "shape_for", "det_wcs_header", "image_header",
            "gti_hdu", "make_image_hdul", "add_history", "fit_comment", "OBS_KEYWORDS"]
@@ -143,13 +143,6 @@ def _copy_obs_keywords(dst: fits.Header, *srcs) -> None:
                 break
 
 
-def add_history(header: fits.Header, text: str, width: int = 72) -> None:
-    """Add ``text`` as HISTORY cards broken at spaces (astropy breaks them mid-word)."""
-    for line in textwrap.wrap(str(text), width=width, break_long_words=True,
-                              break_on_hyphens=False) or [""]:
-        header.add_history(line)
-
-
 def image_header(events_header: fits.Header, *, binsize: float, sky_wcs_header: fits.Header,
                  selection: str, exposure: float, gti, primary_header=None,
                  requested_exposure: float | None = None, extra=None) -> fits.Header:
@@ -182,9 +175,6 @@ def image_header(events_header: fits.Header, *, binsize: float, sky_wcs_header: 
             date = skywcs.mission_time_utc(t, float(h["MJDREF"]), h.get("TIMESYS", "TT"))
             if date is not None:
                 h[key] = (date, what)
-    # DATEREF / MJD-OBS / MJD-END from MJDREF and DATE-OBS/-END, so that WCS readers need not
-    # derive them (astropy's 'datfix' warning)
-    h.update(skywcs.time_keywords(h))
     h["CREATOR"] = (f"xmm-enhance {__version__}", "software that made this image")
     h["DATE"] = (_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"),
                  "file creation date (UTC)")
@@ -199,6 +189,9 @@ def image_header(events_header: fits.Header, *, binsize: float, sky_wcs_header: 
         h["TSTART"] = (float(g[0, 0]), "[s] start of the first kept GTI")
         h["TSTOP"] = (float(g[-1, 1]), "[s] end of the last kept GTI")
     h["EXPOSURE"] = (float(exposure), "[s] kept good time: sum of the STDGTI intervals")
+    # DATEREF / MJD-OBS / MJD-END (from MJDREF and TSTART/TSTOP), so that WCS readers need not
+    # derive them (astropy's 'datfix' warning, and a UTC DATE-OBS read as TT)
+    h.update(skywcs.time_keywords(h))
     h["ONTIME"] = (float(exposure), "[s] sum of the kept GTIs")
     if requested_exposure is not None:
         h["EXPREQ"] = (float(requested_exposure), "[s] requested exposure (<= 0: all)")
@@ -246,7 +239,13 @@ def make_image_hdul(image: np.ndarray, header: fits.Header, gti, *,
             prim.header.add_comment(card.value)
             continue
         prim.header[card.keyword] = (card.value, card.comment)
-    return fits.HDUList([prim, gti_hdu(gti, header_extra=gti_extra)])
+    gti_ext = gti_hdu(gti, header_extra=gti_extra)
+    # the table read on its own (OGIP GTI readers): its times' zero point and scale
+    for key in ("MJDREF", "MJDREFI", "MJDREFF", "TIMESYS", "TIMEREF", "TIMEZERO", "TASSIGN"):
+        if key in header:
+            gti_ext.header[key] = (header[key], header.comments[key])
+    gti_ext.header["INHERIT"] = (True, "the primary header's keywords apply too")
+    return fits.HDUList([prim, gti_ext])
 
 
 def shape_for(binsize: float) -> tuple:

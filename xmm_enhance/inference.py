@@ -31,8 +31,8 @@ from astropy.io import fits
 
 from . import __version__, detector, skywcs
 from .errors import InputError, ModelError, UsageError
-from .fitsio import (atomic_write_hduls, check_name_length, ensure_output_dir, header_text,
-                     refuse_existing)
+from .fitsio import (add_history as _history, atomic_write_hduls, check_name_length,
+                     ensure_output_dir, header_text, refuse_existing)
 from .imageargs import BAND_TOLERANCE_PI, MODEL_BAND_PI, is_model_band  # noqa: F401
 
 __all__ = [
@@ -1384,22 +1384,22 @@ def _header(res: EnhanceResult, *, wcs, exposure, pixel_arcsec, what) -> fits.He
     h["SOFTVER"] = (__version__, "xmm_enhance version")
     _set(h, "INFILE", header_text(img.path.name), "input image")
     h["DATE"] = (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()), "file creation date (UTC)")
-    h["HISTORY"] = f"xmm_enhance {__version__} run_inference_on_real --which {res.task}"
-    h["HISTORY"] = (f"input {header_text(img.path.name)}: counts / EXPOSURE, detector mask, "
-                    f"pad to {PAD_SIZE}")
+    _history(h, f"xmm_enhance {__version__} run_inference_on_real --which {res.task}")
+    _history(h, (f"input {header_text(img.path.name)}: counts / EXPOSURE, detector mask, "
+                    f"pad to {PAD_SIZE}"))
     if what != "input":
-        h["HISTORY"] = (f"model {header_text(model.path.name)} v{model.version} "
-                        f"sha256 {model.sha256[:16]}")
+        _history(h, (f"model {header_text(model.path.name)} v{model.version} "
+                        f"sha256 {model.sha256[:16]}"))
         if res.task == "SR":
-            h["HISTORY"] = "SR: 2x grid, PSF halved, background removed"
+            _history(h, "SR: 2x grid, PSF halved, background removed")
             if res.redrawn:
                 h["PTREDRAW"] = (res.redrawn, "SOURCES redrawn as the halved PSF (16\")")
                 h["PSFSCALE"] = (round(res.psf_core[0], 4),
                                  "input PSF core radius / King model's (redraw)")
                 h["PSFNSRC"] = (res.psf_core[1], "bright sources PSFSCALE was measured on")
-                h["HISTORY"] = (f"{res.redrawn} listed sources redrawn within 16\" as the halved"
+                _history(h, (f"{res.redrawn} listed sources redrawn within 16\" as the halved"
                                 " King PSF (core x PSFSCALE) with the POINTS map's own counts, or"
-                                " for sources of >= 1000 counts at least their PSF-fit counts")
+                                " for sources of >= 1000 counts at least their PSF-fit counts"))
             if res.released is not None:
                 from . import sources as S
 
@@ -1409,28 +1409,28 @@ def _header(res: EnhanceResult, *, wcs, exposure, pixel_arcsec, what) -> fits.He
                                  "[sigma] POINTS kept near sources >= this")
                 h["PTFREE"] = (S.UNSUPPORTED_MAX_COUNTS,
                                "[counts] max other POINTS in any 20\" aperture")
-                h["HISTORY"] = (f"POINTS: at most {S.SUPPORT_PSF_FACTOR:g} x the halved King PSFs"
+                _history(h, (f"POINTS: at most {S.SUPPORT_PSF_FACTOR:g} x the halved King PSFs"
                                 " of the SOURCES and of unlisted candidates of >= "
                                 f"{res.support_signif:g} sigma (CANDIDATES), plus the "
                                 "network's other points flux scaled to at most PTFREE counts in "
                                 "any 20 arcsec aperture (sources too faint for the list); the "
-                                "rest is in DIFFUSE")
+                                "rest is in DIFFUSE"))
             if res.smoothed:
                 from . import sources as S
 
                 h["DIFSIGMA"] = (S.DIFFUSE_DETAIL_SIGNIF,
                                  "[sigma] DIFFUSE detail kept if counts demand")
-                h["HISTORY"] = ("DIFFUSE: structure at 6, 10, 18 arcsec kept where the input "
+                _history(h, ("DIFFUSE: structure at 6, 10, 18 arcsec kept where the input "
                                 f"counts demand it at >= DIFSIGMA sigma, else smoothed; the "
-                                "prediction and LO68/HI68 follow")
+                                "prediction and LO68/HI68 follow"))
             if _is_pn_grid(img):
-                h["HISTORY"] = (f"SR: sky x exp(-d / {detector.FOV_EDGE_ARCSEC:g} arcsec) at a "
-                                "distance d outside the FoV circle")
+                _history(h, (f"SR: sky x exp(-d / {detector.FOV_EDGE_ARCSEC:g} arcsec) at a "
+                                "distance d outside the FoV circle"))
         else:
-            h["HISTORY"] = "DN: expected rate incl. background, de-noised"
+            _history(h, "DN: expected rate incl. background, de-noised")
         if model.takes_exposure:
-            h["HISTORY"] = (f"the network was told the input exposure ({img.exposure:.0f} s); "
-                            "its output estimates the noise-free rate from those photons")
+            _history(h, (f"the network was told the input exposure ({img.exposure:.0f} s); "
+                            "its output estimates the noise-free rate from those photons"))
     return h
 
 
@@ -1707,10 +1707,10 @@ def sources_hdu(sources, exposure: float, name: str = "SOURCES", *,
                                  "not in SOURCES")
         hdu.header["MINSIG"] = (support_signif, "candidate threshold (sigma)")
         hdu.header["LISTSIG"] = (list_signif, "SOURCES threshold (sigma)")
-        hdu.header["HISTORY"] = ("Candidates of the SR source list that POINTS keeps but "
+        _history(hdu.header, ("Candidates of the SR source list that POINTS keeps but "
                                  "SOURCES does not list: below its threshold, or better fitted "
                                  "by a profile 2.5x wider than the PSF (a piled-up core, a "
-                                 "compact knot). Not in the region file.")
+                                 "compact knot). Not in the region file."))
     else:
         hdu.header["MINSIG"] = (list_signif, "detection threshold (sigma)")
     hdu.header["SIGMETH"] = ("PSF-fit likelihood ratio on the input counts", "")

@@ -170,10 +170,12 @@ def time_keywords(header) -> fits.Header:
 
     FITS WCS readers (wcslib's ``datfix``, which astropy runs in ``WCS(header)``) fill these
     in from ``MJDREF`` (or ``MJDREFI + MJDREFF``), ``DATE-OBS`` and ``DATE-END`` and warn that
-    they did; writing them ourselves, with the same values, keeps our files warning-free.
-    ``MJD-OBS``/``MJD-END`` are the MJDs of ``DATE-OBS``/``DATE-END`` as written (in the time
-    scale ``TIMESYS`` names; no conversion). Keys whose source is missing or unparsable are
-    left out.
+    they did; writing them ourselves keeps our files warning-free. ``MJD-OBS``/``MJD-END`` are
+    ``MJDREF + TSTART/86400`` and ``MJDREF + TSTOP/86400``: exact, in the time scale
+    ``TIMESYS`` names, as a FITS reader takes them. Only without ``TSTART``/``TSTOP`` are they
+    the MJDs of ``DATE-OBS``/``DATE-END`` as written. (XMM writes ``DATE-OBS`` in UTC under
+    ``TIMESYS = 'TT'``, 69 s from TT since 2017: taken as written, it would put ``MJD-OBS``
+    69 s early.) Keys whose source is missing or unparsable are left out.
 
     Parameters
     ----------
@@ -192,12 +194,24 @@ def time_keywords(header) -> fits.Header:
         mjdref = float(header["MJDREFI"]) + float(header.get("MJDREFF", 0.0))
     if mjdref is not None and math.isfinite(mjdref) and "DATEREF" not in header:
         h["DATEREF"] = (_mjd_to_iso(mjdref), "time reference date, = MJDREF")
-    for src, dst, what in (("DATE-OBS", "MJD-OBS", "DATE-OBS"), ("DATE-END", "MJD-END",
-                                                                   "DATE-END")):
-        if src in header and dst not in header:
+    scale = str(header.get("TIMESYS", "TT")).strip().upper()
+    for src, met, dst, what in (("DATE-OBS", "TSTART", "MJD-OBS", "start"),
+                                ("DATE-END", "TSTOP", "MJD-END", "end")):
+        if dst in header:
+            continue
+        mjd = None
+        if mjdref is not None and met in header:
+            try:
+                t = float(header[met])
+            except (TypeError, ValueError):
+                t = math.nan
+            if math.isfinite(t) and math.isfinite(mjdref):
+                mjd = mjdref + t / 86400.0
+                h[dst] = (mjd, f"[d] MJD ({scale}) of {met}, the {what}")
+        if mjd is None and src in header:
             mjd = _iso_to_mjd(header[src])
             if mjd is not None:
-                h[dst] = (mjd, f"[d] MJD of {what}")
+                h[dst] = (mjd, f"[d] MJD of {src}")
     return h
 
 

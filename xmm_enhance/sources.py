@@ -100,15 +100,16 @@ NEIGHBOUR_MAX_COUNTS = 1e4
 #: 1x pixel size (arcsec).
 PIXEL_ARCSEC = 4.0
 
-#: Columns of the ``SOURCES`` table: name, unit, description.
+#: (name, unit, description) of the SOURCES / CANDIDATES columns; the description is the
+#: TTYPEn comment, which holds 46 characters beside an 8-character name.
 SOURCE_COLUMNS = (
     ("RA", "deg", "right ascension (frame: RADESYS)"),
     ("DEC", "deg", "declination (frame: RADESYS)"),
     ("X", "pixel", "0-based column on the output grid"),
     ("Y", "pixel", "0-based row on the output grid"),
-    ("RATE", "count/s", "SR points-map rate over the whole PSF (not vignetting-corrected)"),
+    ("RATE", "count/s", "points-map rate, whole PSF, not vignet.-corr."),
     ("RATE_ERR", "count/s", "1-sigma error of RATE"),
-    ("COUNTS", "count", "source counts over the whole PSF at the input exposure"),
+    ("COUNTS", "count", "counts over the whole PSF at input EXPOSURE"),
     ("COUNTS_ERR", "count", "1-sigma error of COUNTS"),
     ("FIT_COUNTS", "count", "maximum-likelihood PSF-fit counts on the input"),
     # sigma is no FITS unit (readers drop it with a warning): the description says it
