@@ -308,6 +308,11 @@ def test_skip_valid_outputs_redo_damaged_ones_and_dry_run(tmp_path, pps_root, mo
     assert f"{ids[0]}  skip      redo      skip" in table
     assert f"{ids[1]}  skip      skip      skip" in table
     assert not (out / "reports").exists()               # a dry run writes no report
+    # an OBS_ID --pps_dir does not hold: the dry run says it would fail, and exits 1
+    assert main(_args(out, models, ids[0], "0000000999", "--dry-run", pps_root=pps_root)) == 1
+    table = capsys.readouterr().out
+    assert "0000000999  error: OBS_ID 0000000999: no PPS folder" in table
+    assert "1 that would fail" in table
 
     rep2 = tmp_path / "r2"
     assert main(_args(out, models, *ids, "--png", "--report", rep2, pps_root=pps_root)) == 0
@@ -816,6 +821,115 @@ def test_pool_survives_a_dying_worker(tmp_path):
     assert "worker process died" in by["0000000102"].error
     assert all(by[o].status == "done" for o in ids if o != "0000000102")
     assert os.getpid() not in {by[o].pid for o in ids if o != "0000000102"}
+
+
+def mark_and_sleep(obsid, cfg):
+    """A task that says it started (a file in save_dir) and takes a second."""
+    (Path(cfg.save_dir) / f"started_{obsid}").write_text(str(os.getpid()))
+    time.sleep(1.0)
+    return batch.ObsResult(obsid=obsid, status="done", pid=os.getpid())
+
+
+def test_an_interrupted_pool_starts_nothing_more(tmp_path):
+    """Ctrl-C / SIGTERM (KeyboardInterrupt in the parent) with --jobs 2: the workers are
+    stopped. Before, the tasks already queued to them still ran after the report had called
+    them unfinished."""
+    ids = [f"00000003{i:02d}" for i in range(10)]
+
+    def stop(r):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        batch.run_batch(ids, BatchConfig(save_dir=tmp_path), jobs=2, task=mark_and_sleep,
+                        on_result=stop)
+    started = lambda: sorted(p.name for p in tmp_path.glob("started_*"))  # noqa: E731
+    n = len(started())
+    time.sleep(3.0)
+    assert len(started()) == n <= 4, started()
+    pids = {int(p.read_text()) for p in tmp_path.glob("started_*")}
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_a_report_that_cannot_be_written_is_one_line_and_leaves_no_stale_latest(
+        tmp_path, pps_root, models, capsys, monkeypatch):
+    out = tmp_path / "out"
+    o = OBSIDS[0]
+    assert main(_args(out, models, o, pps_root=pps_root)) == 0
+    latest = out / "reports" / "latest.csv"
+    assert latest.is_file()
+    real = batch._atomic_text
+
+    def full(path, text):
+        if str(path).endswith(".json"):
+            raise OSError(28, "No space left on device")
+        return real(path, text)
+
+    monkeypatch.setattr(batch, "_atomic_text", full)
+    capsys.readouterr()
+    time.sleep(1.1)                # another report name (UTC second + pid) than the first's
+    code = main(_args(out, models, o, pps_root=pps_root))
+    cap = capsys.readouterr()
+    assert code == 1
+    err = [e for e in cap.err.splitlines() if e.startswith("error")]
+    assert len(err) == 1 and "cannot write the report (No space left on device)" in err[0]
+    assert "latest.csv/.json removed" in err[0]
+    assert o in cap.out                       # the summary table is still printed
+    assert not latest.exists()
+    assert len(list((out / "reports").glob("batch_*.csv"))) == 1   # the first run's only
+
+
+def test_a_lock_whose_stamp_cannot_be_written_is_still_taken_and_released(tmp_path,
+                                                                          monkeypatch):
+    """A full disk made the holder's stamp fail after the flock was taken: the lock stayed
+    held with its descriptor open, and the observation read 'busy' until the process ended."""
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    lock = ObservationLock(tmp_path / "o" / ".lock")
+    monkeypatch.setattr(os, "pwrite", full)
+    assert lock.acquire()
+    assert not ObservationLock(tmp_path / "o" / ".lock").is_free()
+    lock.release()
+    assert ObservationLock(tmp_path / "o" / ".lock").is_free()
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_an_observation_log_on_a_full_disk_keeps_the_real_outcome(tmp_path, pps_root, capfd):
+    """Every write of the observation's log fails (ENOSPC): no '--- Logging error ---'
+    tracebacks on the console, and the row keeps the real outcome, not an OSError."""
+    obs = tmp_path / "out" / "0000000199"
+    obs.mkdir(parents=True)
+    (obs / batch.LOG_NAME).symlink_to("/dev/full")
+    r = batch.process_observation("0000000199", BatchConfig(save_dir=tmp_path / "out",
+                                                            pps_root=pps_root))
+    err = capfd.readouterr().err
+    assert "Logging error" not in err and "Traceback" not in err, err
+    assert r.status == "failed" and "OSError" not in r.error
+    assert "PPS" in r.error or "pps" in r.error, r.error
+
+
+def test_dask_addresses_that_are_no_scheduler_fail_in_one_line(tmp_path, monkeypatch):
+    pytest.importorskip("distributed")
+    import http.server
+    import threading
+
+    from xmm_enhance.errors import XmmEnhanceError
+    with pytest.raises(UsageError, match="not a scheduler address"):
+        batch.run_batch(["0123456789"], BatchConfig(save_dir=tmp_path), scheduler="garbage")
+    # an HTTP server (the dashboard's port, say): a clean error within the deadline
+    monkeypatch.setattr(batch, "DASK_CONNECT_S", 2.0)
+    srv = http.server.HTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(XmmEnhanceError, match="cannot connect"):
+            batch.run_batch(["0123456789"], BatchConfig(save_dir=tmp_path),
+                            scheduler=f"tcp://127.0.0.1:{srv.server_address[1]}")
+    finally:
+        srv.shutdown()
+    assert time.monotonic() - t0 < 15
 
 
 def test_predictions_older_than_a_replaced_image_are_redone(tmp_path, pps_root, models):

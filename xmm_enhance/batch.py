@@ -40,6 +40,7 @@ What makes it safe to run from cron over and over (design §7):
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import csv
 import io
@@ -517,8 +518,11 @@ class ObservationLock:
             raise
         self._fd = fd
         stamp = f"{os.getpid()} {socket.gethostname()} {_utc()}\n".encode()
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, stamp, 0)
+        try:   # the holder's stamp is for humans: the flock is the lock (a full disk: none)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, stamp, 0)
+        except OSError:
+            pass
         return True
 
     def is_free(self) -> bool:
@@ -774,7 +778,8 @@ def observation_state(obsid: str, cfg: BatchConfig) -> dict:
     """What a run would do for ``obsid``, without locking or writing: ``{step: action}``.
 
     Actions are ``skip`` (outputs complete and valid), ``run`` or ``redo`` (outputs present
-    but incomplete, invalid or stale). Used by ``--dry-run``.
+    but incomplete, invalid or stale). Used by ``--dry-run``. Raises ``PPSError`` when the
+    image is to be made from ``--pps_dir`` and that holds no folder for ``obsid``.
     """
     plan: dict = {}
     image = _image_path(cfg, obsid)
@@ -785,6 +790,8 @@ def observation_state(obsid: str, cfg: BatchConfig) -> dict:
     ok, _ = fits_is_valid(image)
     plan["image"] = "skip" if ok and not cfg.overwrite else ("redo" if image.exists() else "run")
     upstream_runs = plan["image"] != "skip"
+    if upstream_runs and cfg.pps_root is not None:
+        _local_pps(cfg, obsid)   # a PPSError, as the real run would fail
     for which in cfg.which:
         paths = _pred_outputs(image, which, cfg.png)
         ok, _ = _prediction_ok(image, which, cfg)
@@ -836,6 +843,18 @@ class _ObsLogHandler(logging.handlers.RotatingFileHandler):
         self.thread = threading.get_ident()
         self.setFormatter(_utc_formatter())
         self.addFilter(lambda r: r.thread == self.thread)
+        self.failed = False
+
+    def handleError(self, record):
+        """A log line that cannot be written (a full disk) is dropped, not printed with a
+        traceback: the observation's outcome is in the report either way."""
+        self.failed = True
+
+    def close(self):
+        try:
+            super().close()
+        except OSError:   # the last flush of a full disk
+            self.failed = True
 
 
 @contextlib.contextmanager
@@ -1360,9 +1379,22 @@ def _run_pool(obsids, cfg, jobs, record, task) -> None:
                 except Exception as exc:  # pickling trouble and the like
                     record(_failed(o, _one_line(exc)))
     except BaseException:
-        for f in futures:
-            f.cancel()
-        ex.shutdown(wait=False, cancel_futures=True)
+        # Interrupted (SIGTERM, Ctrl-C): stop the workers now. Tasks already handed to them
+        # cannot be cancelled, and the pool would otherwise start them after the report
+        # called them unfinished. What a killed worker leaves (temporaries, no lock: flock
+        # dies with its process) the next run cleans up. The futures are not cancelled: the
+        # pool marks them broken itself (cancelled ones make its manager thread fail with
+        # InvalidStateError on Python 3.11).
+        procs = list((getattr(ex, "_processes", None) or {}).values())
+        for proc in procs:
+            with contextlib.suppress(Exception):
+                proc.terminate()
+        for proc in procs:
+            with contextlib.suppress(Exception):
+                proc.join(timeout=5)
+                if proc.is_alive():
+                    proc.kill()
+        ex.shutdown(wait=False)
         raise
     ex.shutdown(wait=True)
     if not broken:
@@ -1389,35 +1421,118 @@ def _run_pool(obsids, cfg, jobs, record, task) -> None:
             record(r)
 
 
+#: Seconds to connect to a Dask scheduler (handshake included) before giving up.
+DASK_CONNECT_S = 30.0
+#: Seconds a Dask run waits with no worker at all before it fails the unfinished observations.
+DASK_NO_WORKER_S = 600.0
+
+_DASK_ADDRESS = re.compile(r"^(?:(?:tcp|tls|ws|wss|ucx)://)?[^\s/:]+:\d+/?$")
+
+
+async def _dask_identity(address: str, timeout: float) -> dict:
+    """The reply of whatever listens at ``address`` to the scheduler's ``identity`` call."""
+    from distributed.comm import connect
+
+    comm = await connect(address, timeout=timeout)
+    try:
+        await comm.write({"op": "identity", "reply": True})
+        return await comm.read()
+    finally:
+        await comm.close()
+
+
+def _dask_client(Client, address: str):
+    """A ``distributed.Client`` of the scheduler at ``address``, or a one-line error within
+    about ``DASK_CONNECT_S``.
+
+    The address is first asked who it is, in a daemon thread with a deadline: an address
+    that answers but is no scheduler (the dashboard's port, an HTTP server) stalls Client's
+    handshake past its own timeout, and a Client that fails half-built blocks the exit for a
+    minute in its ``__del__``. Only a scheduler gets a Client.
+    """
+    address = str(address).strip()
+    if not _DASK_ADDRESS.match(address):
+        raise UsageError(f"--dask-scheduler {address}: not a scheduler address; pass one like "
+                         "tcp://host:8786")
+    box: dict = {}
+
+    def probe():
+        try:
+            box["reply"] = asyncio.run(asyncio.wait_for(_dask_identity(address, DASK_CONNECT_S),
+                                                        DASK_CONNECT_S + 2.0))
+        except BaseException as exc:   # OSError, TimeoutError, a junk reply's MemoryError...
+            box["error"] = exc
+
+    t = threading.Thread(target=probe, name="xmm-enhance-dask-probe", daemon=True)
+    t.start()
+    t.join(DASK_CONNECT_S + 5.0)
+    reply, exc = box.get("reply"), box.get("error")
+    if isinstance(reply, dict) and reply.get("type") == "Scheduler":
+        try:
+            return Client(address, timeout=f"{DASK_CONNECT_S:g}s", set_as_default=False)
+        except Exception as err:
+            exc = err
+    if exc is not None:
+        why = _one_line(exc)
+    elif reply is not None:
+        why = f"it answers, but is not a Dask scheduler ({repr(reply)[:80]})"
+    else:
+        why = f"no answer within {DASK_CONNECT_S + 5:g} s"
+    raise XmmEnhanceError(f"--dask-scheduler {address}: cannot connect ({why}); check the "
+                          "address (the scheduler's port, usually 8786, not the dashboard's) "
+                          "and that the scheduler runs") from None
+
+
 def _run_dask(obsids, cfg, address, record, task) -> None:
     try:
-        from distributed import Client, as_completed
+        from distributed import Client, wait
     except ImportError:
         raise UsageError("--dask-scheduler needs dask.distributed; install it with "
                          "pip install 'xmm-enhance[batch]'") from None
-    try:
-        client = Client(address, timeout="20s", set_as_default=False)
-    except ValueError as exc:  # a malformed address
-        raise UsageError(f"--dask-scheduler {address}: {_one_line(exc)}; pass an address "
-                         "like tcp://host:8786") from None
-    except (OSError, TimeoutError) as exc:
-        raise XmmEnhanceError(f"--dask-scheduler {address}: cannot connect "
-                              f"({_one_line(exc)}); check the address and that the scheduler "
-                              "runs") from None
+    client = _dask_client(Client, address)
     futures = []
     try:
         token = f"{os.getpid()}-{time.time_ns()}"
         futures = [client.submit(task, o, cfg, key=f"xmm-enhance-{o}-{token}",
                                  pure=False, retries=0) for o in obsids]
         by_key = {f.key: o for f, o in zip(futures, obsids)}
-        with client.as_current():
-            for f in as_completed(futures):
+        pending = set(futures)
+        no_worker_since = None
+        while pending:
+            # distributed raises asyncio's TimeoutError (not the builtin one before 3.11)
+            with client.as_current(), contextlib.suppress(TimeoutError, asyncio.TimeoutError):
+                done = set()
+                done, pending = wait(pending, timeout=min(60.0, DASK_NO_WORKER_S),
+                                     return_when="FIRST_COMPLETED")
+            for f in done:
                 o = by_key[f.key]
                 try:
                     record(f.result())
                 except Exception as exc:  # KilledWorker, CommClosedError, ...
                     record(_failed(o, f"the Dask task failed ({_one_line(exc)}); rerun the "
                                       "batch"))
+                f.release()   # a lost worker's finished tasks are not computed again
+            if not pending or done:
+                no_worker_since = None
+                continue
+            try:
+                n_workers = len(client.scheduler_info().get("workers", {}))
+            except Exception:  # the scheduler itself is gone
+                n_workers = 0
+            if n_workers:
+                no_worker_since = None
+                continue
+            no_worker_since = no_worker_since or time.monotonic()
+            if time.monotonic() - no_worker_since >= DASK_NO_WORKER_S:
+                log.warning("warning: the Dask scheduler %s has had no worker for %.0f s; "
+                            "the %d unfinished observation(s) are marked failed", address,
+                            DASK_NO_WORKER_S, len(pending))
+                for f in pending:
+                    record(_failed(by_key[f.key], f"no Dask worker for {DASK_NO_WORKER_S:.0f}"
+                                   " s; start workers (dask worker ADDRESS) and rerun"))
+                with contextlib.suppress(Exception):
+                    client.cancel(list(pending))
+                pending = set()
     except BaseException:
         with contextlib.suppress(Exception):
             client.cancel(futures)
@@ -1474,6 +1589,24 @@ def write_report(results, path, *, meta: dict | None = None, latest: bool = Fals
     path = Path(path)
     base = path.with_suffix("") if path.suffix.lower() in (".csv", ".json") else path
     p_csv, p_json = Path(f"{base}.csv"), Path(f"{base}.json")
+    try:
+        return _write_report(results, p_csv, p_json, meta, latest)
+    except OSError as exc:
+        # no half report: neither this run's pair nor a latest.* that a reader would take for
+        # the newest run
+        gone = [p_csv, p_json] + ([p_csv.with_name(f"{LATEST_REPORT}{e}")
+                                   for e in (".csv", ".json")] if latest else [])
+        for p in gone:
+            with contextlib.suppress(OSError):
+                p.unlink()
+        from .errors import OutputError
+        raise OutputError(f"{p_csv}: cannot write the report ({exc.strerror or exc})"
+                          + ("; latest.csv/.json removed, so that no older run passes for this "
+                             "one" if latest else "") + "; free disk space and rerun (finished "
+                          "observations are skipped)") from None
+
+
+def _write_report(results, p_csv: Path, p_json: Path, meta, latest) -> tuple[Path, Path]:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=REPORT_FIELDS, lineterminator="\n")
     w.writeheader()

@@ -186,12 +186,13 @@ def _dry_run(obsids, cfg, bad=()) -> int:
     head = f"{'OBS_ID':10s}  " + "  ".join(f"{s:8s}" for s in steps) + "  lock"
     print(head)
     print("-" * len(head))
-    todo = 0
+    todo = errors = 0
     for o in obsids:
         try:
             plan = observation_state(o, cfg)
         except XmmEnhanceError as exc:
             print(f"{o:10s}  error: {exc}")
+            errors += 1
             continue
         lk = ObservationLock(cfg.save_dir / o / LOCK_NAME)
         state = "free" if lk.is_free() else f"busy ({lk.holder()})"
@@ -200,9 +201,10 @@ def _dry_run(obsids, cfg, bad=()) -> int:
     for b in bad:                           # already warned about on stderr, as a real run
         print(f"{'(bad line)':10s}  error: {b.message}")
     skipped = f"; {len(bad)} malformed list line(s) skipped" if bad else ""
-    print(f"{len(obsids)} observations, {todo} with work to do{skipped} (dry run: nothing "
-          "was done)")
-    return 1 if bad else 0                  # as the real run would: fix the list first
+    failing = f", {errors} that would fail" if errors else ""
+    print(f"{len(obsids)} observations, {todo} with work to do{failing}{skipped} (dry run: "
+          "nothing was done)")
+    return 1 if bad or errors else 0        # as the real run would: fix the list first
 
 
 def _band_warning(cfg) -> None:
@@ -354,11 +356,22 @@ def main(argv=None) -> int:
     meta["interrupted"] = interrupted
     # Without --report the reports go to SAVE_DIR/reports/: the newest is also copied to
     # latest.csv/.json there, and only the newest REPORTS_KEPT runs' reports are kept.
-    p_csv, p_json = write_report(results, report, meta=meta, latest=args.report is None)
-    if args.report is None:
-        prune_reports(report.parent, current=report)
-    if not args.quiet:  # the table is the command's output (stdout); logs stay on stderr
+    try:
+        p_csv, p_json = write_report(results, report, meta=meta, latest=args.report is None)
+        report_failed = None
+    except XmmEnhanceError as exc:   # a full disk: the table still tells what happened
+        p_csv = p_json = None
+        report_failed = exc
+    if args.report is None and report_failed is None:
+        try:
+            prune_reports(report.parent, current=report)
+        except OSError as exc:
+            log.warning("warning: %s: old reports not pruned (%s)", report.parent, exc)
+    if not args.quiet or report_failed is not None:  # the table is the command's output
         print(summary_table(results), flush=True)
+    if report_failed is not None:
+        report_error(report_failed)
+        return 130 if interrupted else 1
     log.info("report: %s and %s", p_csv, p_json)
     if interrupted:
         print(f"error: interrupted after {done_n} of {len(obsids)} observations "
