@@ -1550,3 +1550,46 @@ def test_report_meta_times_are_iso_utc(tmp_path, pps_root, models):
     compact = re.fullmatch(r"batch_(\d{8}T\d{6}Z)_\d+\.json", name).group(1)
     assert compact == time.strftime("%Y%m%dT%H%M%SZ", time.strptime(meta["started_utc"][:19],
                                                                     "%Y-%m-%dT%H:%M:%S"))
+
+
+def test_library_use_keeps_the_users_logging_and_checks_its_arguments(tmp_path, pps_root,
+                                                                      models):
+    """run_batch from a notebook: the observation's INFO lines go to its log file only, not
+    to the user's WARNING-level console; a bare string, an int id or which='SR' are refused
+    before anything runs."""
+    import logging
+
+    class Keep(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.records = []
+
+        def emit(self, record):
+            self.records.append(record)
+
+    root, pkg = logging.getLogger(), logging.getLogger("xmm_enhance")
+    keep = Keep()
+    saved = root.level, pkg.level, pkg.propagate
+    root.addHandler(keep)
+    root.setLevel(logging.WARNING)
+    pkg.setLevel(logging.NOTSET)
+    try:
+        cfg = BatchConfig(save_dir=tmp_path / "out", pps_root=pps_root, sr_model=models[0],
+                          dn_model=models[1])
+        res = batch.run_batch([OBSIDS[0], "0000000999"], cfg)
+    finally:
+        root.removeHandler(keep)
+        root.setLevel(saved[0])
+    assert [r.status for r in res] == ["done", "failed"]
+    assert not [r for r in keep.records if r.levelno < logging.WARNING], \
+        [r.getMessage() for r in keep.records][:3]
+    assert "step SR: ran" in (tmp_path / "out" / OBSIDS[0] / LOG_NAME).read_text()
+    assert (pkg.level, pkg.propagate) == saved[1:]
+    with pytest.raises(UsageError, match="not the one string"):
+        batch.run_batch(OBSIDS[0], cfg)
+    with pytest.raises(UsageError, match="not a string"):
+        batch.run_batch([123456789], cfg)
+    with pytest.raises(UsageError, match="'SR' or 'DN'"):
+        BatchConfig(save_dir=tmp_path, which=("SR", "XX"))
+    assert BatchConfig(save_dir=tmp_path, which="sr").which == ("SR",)
+    assert batch.read_obsid_list(OBSIDS[0]) == [OBSIDS[0]]

@@ -576,3 +576,34 @@ def test_lossy_fpack_float_image_gets_its_own_hint(tmp_path, dn_model, capsys):
     code, _, errors, _ = run([tmp_path / "c2.fits.fz", "--which", "DN", "--model", dn_model],
                              capsys)
     assert code == 1 and "fpack -q 0" in errors[0]
+
+
+def test_library_enhance_file_refuses_a_model_of_the_other_task(tmp_path, dn_model):
+    from xmm_enhance.errors import UsageError
+
+    img, _ = make_image(tmp_path / "a.fits")
+    dn = inference.load_model("DN", dn_model)
+    with pytest.raises(UsageError, match="is a DN model"):
+        inference.enhance_file(img, "SR", model=dn)
+    assert not list(tmp_path.glob("a_*"))
+
+
+def test_in_memory_input_takes_the_headers_sky_wcs(tmp_path):
+    img, _ = make_image(tmp_path / "a.fits")
+    from_file = inference.read_input(img)
+    in_memory = inference.InputImage(fits.getdata(img), 20e3, fits.getheader(img))
+    assert in_memory.sky is not None
+    assert in_memory.sky.header() == from_file.sky.header()
+
+
+def test_sr_region_file_without_a_sky_wcs_is_in_image_pixels(tmp_path):
+    from xmm_enhance.sources import region_text
+
+    text = region_text([float("nan")] * 2, [float("nan")] * 2, labels=["5.0sig", "9.1sig"],
+                       xy=([10.0, 400.25], [20.5, 30.0]), pixel_arcsec=2.0)
+    lines = text.splitlines()
+    assert lines[3] == "image" and "nan" not in text
+    assert lines[4] == "circle(11.000,21.500,5) # text={5.0sig}"
+    assert inference.region_problem(tmp_path / "missing.reg") == "missing"
+    (tmp_path / "r.reg").write_text(text)
+    assert inference.region_problem(tmp_path / "r.reg", 2) == ""

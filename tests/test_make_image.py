@@ -777,3 +777,16 @@ def test_batch_cli_passes_expo_time_0_through(known, tmp_path, restore_logging, 
     assert h["EXPREQ"] == 0
     assert h["EXPOSURE"] == pytest.approx(sum(b - a for a, b in GOOD), abs=1e-5)
     assert not list((tmp_path / OBSID).glob("pn_cleaned_20.0ks*"))
+
+
+def test_gti_plot_leaves_the_users_matplotlib_backend(sim_default, tmp_path):
+    """make_image(gti_plot=True) from a notebook switched the user's backend to Agg."""
+    mpl = pytest.importorskip("matplotlib")
+    before = mpl.get_backend()
+    mpl.use("svg")
+    try:
+        make_image(OBSID, pps_dir=sim_default.folder, save_dir=tmp_path, gti_plot=True,
+                   backend="native")
+        assert mpl.get_backend() == "svg"
+    finally:
+        mpl.use(before)

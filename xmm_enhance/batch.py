@@ -158,6 +158,15 @@ class BatchConfig:
     archive_url: str | None = None
     min_signif: float | None = None
 
+    def __post_init__(self):
+        # which: a tuple of "SR"/"DN" (a bare "SR" string would be read letter by letter)
+        which = (self.which,) if isinstance(self.which, str) else tuple(self.which)
+        which = tuple(str(w).upper() for w in which)
+        bad = [w for w in which if w not in ("SR", "DN")]
+        if bad:
+            raise UsageError(f"BatchConfig(which={self.which!r}): each must be 'SR' or 'DN'")
+        object.__setattr__(self, "which", which)
+
     def model_path(self, which: str) -> Path | None:
         return self.sr_model if which == "SR" else self.dn_model
 
@@ -306,6 +315,9 @@ def read_obsid_list(items, *, bad: list | None = None) -> list[str]:
         An item that is neither a ten-digit OBS_ID nor a list file, an unreadable list file,
         or (without ``bad``) a malformed line of a list file.
     """
+    if isinstance(items, (str, bytes, os.PathLike)):
+        items = [items]   # one id or one list file, not its characters
+    items = [os.fspath(it) if isinstance(it, os.PathLike) else it for it in items]
     out: list[str] = []
     for item in items:
         item = str(item)
@@ -857,15 +869,33 @@ class _ObsLogHandler(logging.handlers.RotatingFileHandler):
             self.failed = True
 
 
+class _ToRootAtLevel(logging.Handler):
+    """While the package logger is lowered to INFO for an observation's log file, passes on
+    to the root logger's handlers only the records the user's level let through before, so
+    that a library user (``logging.basicConfig(level=WARNING)``, a notebook) does not get the
+    observation's INFO lines on the console."""
+
+    def emit(self, record):
+        root = logging.getLogger()
+        if root.handlers:   # none: a command's own console handler is on the package logger
+            root.callHandlers(record)
+
+
 @contextlib.contextmanager
 def _observation_log(path: Path):
     """Send the package's log records (INFO and up) to ``path`` while the block runs."""
     pkg = logging.getLogger("xmm_enhance")
     handler = _ObsLogHandler(path)
     handler.setLevel(logging.INFO)
-    previous = pkg.level
-    if pkg.getEffectiveLevel() > logging.INFO:
+    previous, propagate = pkg.level, pkg.propagate
+    to_root = None
+    effective = pkg.getEffectiveLevel()
+    if effective > logging.INFO:
         pkg.setLevel(logging.INFO)
+        if propagate:
+            to_root = _ToRootAtLevel(effective)
+            pkg.addHandler(to_root)
+            pkg.propagate = False
     pkg.addHandler(handler)
     _OBS_THREADS.add(handler.thread)
     try:
@@ -873,6 +903,9 @@ def _observation_log(path: Path):
     finally:
         _OBS_THREADS.discard(handler.thread)
         pkg.removeHandler(handler)
+        if to_root is not None:
+            pkg.removeHandler(to_root)
+        pkg.propagate = propagate
         pkg.setLevel(previous)
         handler.close()
 
@@ -1324,8 +1357,15 @@ def run_batch(obsids, cfg: BatchConfig, *, jobs: int = 1, scheduler: str | None 
     KeyboardInterrupt
         Passed on after pending tasks are cancelled; ``on_result`` has seen the finished ones.
     """
+    if isinstance(obsids, (str, bytes, os.PathLike)):
+        raise UsageError(f"obsids: pass a list of OBS_IDs, not the one string {obsids!r} "
+                         "(read a list file with read_obsid_list([path]))")
     obsids = list(obsids)
-    if jobs < 1:
+    odd = [o for o in obsids if not isinstance(o, str)]
+    if odd:
+        raise UsageError(f"obsids: {odd[0]!r} is not a string; pass OBS_IDs as ten-digit "
+                         "strings (an int loses its leading zeros)")
+    if not isinstance(jobs, int) or jobs < 1:
         raise UsageError(f"--jobs must be >= 1, got {jobs}")
     task = task or process_observation
     results: dict[str, ObsResult] = {}

@@ -286,8 +286,7 @@ def plot_gti(curve: RateCurve, kept, path, *, flare_gti=None, title: str = ""):
     ``kept`` (and ``flare_gti``, the intervals passing the threshold) are GTI sets. The file is
     written through a temporary name and renamed. Returns the path.
     """
-    import matplotlib
-    matplotlib.use("Agg", force=False)
+    # a bare Figure draws with Agg whatever the user's backend, which stays as it is
     from matplotlib.figure import Figure
 
     path = Path(path)

@@ -14,6 +14,7 @@ and ``output_wcs``: figures, tests), so that a command-line run does not pay for
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -282,6 +283,10 @@ class InputImage:
         self.counts = counts
         self.exposure = exposure
         self.header = header
+        if wcs is None and header is not None and skywcs.has_sky_wcs(header):
+            # made in memory from an array and its header: take the header's sky WCS
+            with contextlib.suppress(HeaderValueError):
+                wcs = SkyTan.from_header(header) or _sky_from_astropy(header)
         self.wcs = wcs
         self.wcs_note = wcs_note
         self.path = Path(path)
@@ -570,6 +575,11 @@ def load_model(which: str, path: str | Path | None = None, *, threads: int | Non
                          f"(see models/MODEL_CARD.md) or pass --model PATH")
     import onnxruntime as ort
 
+    # ORT_DISABLE_TELEMETRY (xmm_enhance/__init__) counts only when set before onnxruntime
+    # is first imported: a notebook may have imported it earlier
+    if os.environ.get("ORT_DISABLE_TELEMETRY", "1") != "0":
+        with contextlib.suppress(Exception):
+            ort.disable_telemetry_events()
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if threads:
@@ -1769,8 +1779,12 @@ def write_outputs(res: EnhanceResult, *, outdir: Path | None = None, overwrite: 
                 for key in ("RADESYS", "EQUINOX"):  # the frame of RA, DEC (the image WCS)
                     if key in h_out:
                         hdu.header[key] = (h_out[key], h_out.comments[key])
+        # without a sky WCS (RA/Dec NaN) the circles are in the SR grid's pixels
+        no_sky = res.output_sky is None
         text = region_text([d["ra"] for d in res.sources], [d["dec"] for d in res.sources],
-                           labels=[f"{d['signif']:.1f}sig" for d in res.sources])
+                           labels=[f"{d['signif']:.1f}sig" for d in res.sources],
+                           xy=([d["x2"] for d in res.sources], [d["y2"] for d in res.sources])
+                           if no_sky else None, pixel_arcsec=pix / res.model.scale)
         items.append((text.encode(), region_path(res.image.path, outdir)))
     if not overwrite:  # before the folder is made (atomic_write_hduls checks too)
         refuse_existing(path for _, path in items)
@@ -1790,6 +1804,9 @@ def enhance_file(path, which: str, *, model: Model | None = None, outdir=None,
     ``redraw``, ``min_signif``: see :func:`enhance_image`. Without ``overwrite`` an existing
     output is refused before anything is read or written; ``outdir`` is created when the
     outputs are written (a refused input leaves none behind)."""
+    if model is not None and str(which).upper() != model.task:
+        raise UsageError(f"which={which!r} but the model {model.path.name} is a "
+                         f"{model.task} model; pass which={model.task!r} or a {which} model")
     p_in, p_pred = output_paths(path, which, outdir)
     # the longest names this input's outputs get (the SR region file's is shorter)
     check_name_length([p_in, p_pred] + ([png_path(p_pred)] if png else []))

@@ -855,14 +855,24 @@ def psf_fraction(y, x, radius_px, *, axis=None, coverage=None):
     return float(k[yy * yy + xx * xx <= radius_px ** 2].sum())
 
 
-def region_text(ra, dec, *, radius_arcsec=10.0, labels=None):
-    """ds9 region file (fk5) with one circle per source."""
+def region_text(ra, dec, *, radius_arcsec=10.0, labels=None, xy=None, pixel_arcsec=None):
+    """ds9 region file (fk5) with one circle per source.
+
+    ``xy`` (0-based pixel columns and rows) with ``pixel_arcsec``: circles in ds9's ``image``
+    frame instead (1-based pixels), for an image without a sky WCS, whose ``ra``/``dec`` are
+    NaN.
+    """
     lines = ["# Region file format: DS9 version 4.1",
              "# xmm-enhance SR point sources (circles of %g\")" % radius_arcsec,
-             "global color=green width=1", "fk5"]
-    for i, (a, d) in enumerate(zip(ra, dec)):
+             "global color=green width=1", "fk5" if xy is None else "image"]
+    if xy is None:
+        centres = [f"{a:.6f},{d:.6f},{radius_arcsec:g}\"" for a, d in zip(ra, dec)]
+    else:
+        r = radius_arcsec / float(pixel_arcsec)
+        centres = [f"{x + 1:.3f},{y + 1:.3f},{r:.4g}" for x, y in zip(*xy)]
+    for i, c in enumerate(centres):
         text = f" # text={{{labels[i]}}}" if labels is not None else ""
-        lines.append(f"circle({a:.6f},{d:.6f},{radius_arcsec:g}\"){text}")
+        lines.append(f"circle({c}){text}")
     return "\n".join(lines) + "\n"
 
 
