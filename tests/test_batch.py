@@ -1593,3 +1593,26 @@ def test_library_use_keeps_the_users_logging_and_checks_its_arguments(tmp_path, 
         BatchConfig(save_dir=tmp_path, which=("SR", "XX"))
     assert BatchConfig(save_dir=tmp_path, which="sr").which == ("SR",)
     assert batch.read_obsid_list(OBSIDS[0]) == [OBSIDS[0]]
+
+
+def test_failed_steps_are_named_in_the_row(tmp_path, pps_root, models, monkeypatch):
+    """A PNG that cannot be written left the SR step out of the row although its FITS files
+    were written; a failed image showed no step at all."""
+    from xmm_enhance import display, pipeline
+    from xmm_enhance.errors import OutputError, PPSError
+
+    def no_png(res, path, **kw):
+        raise OutputError(f"{path}: cannot write (No space left on device)")
+
+    monkeypatch.setattr(display, "quicklook_png", no_png)
+    cfg = BatchConfig(save_dir=tmp_path / "out", pps_root=pps_root, sr_model=models[0],
+                      which=("SR",), png=True)
+    r = batch.process_observation(OBSIDS[0], cfg)
+    assert r.status == "failed" and r.steps == "image:ran SR:ran png:failed", r.steps
+
+    def no_image(*a, **k):
+        raise PPSError("P...PIEVLI0000.FTZ: corrupt or truncated FITS file")
+
+    monkeypatch.setattr(pipeline, "make_image", no_image)
+    r = batch.process_observation(OBSIDS[1], cfg)
+    assert r.status == "failed" and r.steps == "image:failed", r.steps

@@ -1147,10 +1147,15 @@ def _run_steps(obsid: str, cfg: BatchConfig, res: ObsResult) -> None:
             pps = _local_pps(cfg, obsid)
         res.outputs["pps"] = str(pps)
         t = time.perf_counter()
-        made = make_image(obsid, low_pi=cfg.low_pi, high_pi=cfg.high_pi,
-                          expo_time_ks=cfg.expo_time_ks, binsize=cfg.binsize,
-                          save_dir=_obs_dir(cfg, obsid), pps_dir=pps, backend=cfg.backend,
-                          overwrite=True, credentials_file=cfg.credentials_file)
+        try:
+            made = make_image(obsid, low_pi=cfg.low_pi, high_pi=cfg.high_pi,
+                              expo_time_ks=cfg.expo_time_ks, binsize=cfg.binsize,
+                              save_dir=_obs_dir(cfg, obsid), pps_dir=pps, backend=cfg.backend,
+                              overwrite=True, credentials_file=cfg.credentials_file)
+        except Exception:
+            res.image_s = round(time.perf_counter() - t, 3)
+            _step(res, "image", "failed", res.image_s)
+            raise
         res.image_s = round(time.perf_counter() - t, 3)
         if Path(made.path) != image:  # less good time than --expo_time: the all-good-time name
             image = Path(made.path)
@@ -1190,6 +1195,9 @@ def _run_steps(obsid: str, cfg: BatchConfig, res: ObsResult) -> None:
                     quicklook_png(out["result"], paths[-1], overwrite=True)
                 except Exception:
                     res.png_s = round(res.png_s + time.perf_counter() - t, 3)
+                    # the prediction itself was written: its step says so
+                    setattr(res, "sr_s" if which == "SR" else "dn_s", round(dt, 3))
+                    _step(res, which, "ran", dt)
                     _step(res, "png", "failed", res.png_s)
                     raise
                 res.png_s = round(res.png_s + time.perf_counter() - t, 3)

@@ -236,6 +236,7 @@ def make_image(obsid: str, *, low_pi: int = 500, high_pi: int = 2000,
 
     def mark(name, t0):
         stages.append((name, t0, time.perf_counter()))
+        log.debug("stage %s: %.3f s", name, stages[-1][2] - t0)   # -v shows where time goes
         return time.perf_counter()
 
     check_image_args(low_pi, high_pi, binsize, expo_time_ks)
