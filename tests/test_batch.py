@@ -1572,19 +1572,23 @@ def test_library_use_keeps_the_users_logging_and_checks_its_arguments(tmp_path, 
     saved = root.level, pkg.level, pkg.propagate
     root.addHandler(keep)
     root.setLevel(logging.WARNING)
-    pkg.setLevel(logging.NOTSET)
+    pkg.setLevel(logging.NOTSET)      # as a fresh notebook has it (earlier tests may not)
+    pkg.propagate = True
     try:
         cfg = BatchConfig(save_dir=tmp_path / "out", pps_root=pps_root, sr_model=models[0],
                           dn_model=models[1])
         res = batch.run_batch([OBSIDS[0], "0000000999"], cfg)
+        after = pkg.level, pkg.propagate
     finally:
         root.removeHandler(keep)
         root.setLevel(saved[0])
+        pkg.setLevel(saved[1])
+        pkg.propagate = saved[2]
     assert [r.status for r in res] == ["done", "failed"]
     assert not [r for r in keep.records if r.levelno < logging.WARNING], \
         [r.getMessage() for r in keep.records][:3]
     assert "step SR: ran" in (tmp_path / "out" / OBSIDS[0] / LOG_NAME).read_text()
-    assert (pkg.level, pkg.propagate) == saved[1:]
+    assert after == (logging.NOTSET, True)     # put back as they were
     with pytest.raises(UsageError, match="not the one string"):
         batch.run_batch(OBSIDS[0], cfg)
     with pytest.raises(UsageError, match="not a string"):
