@@ -607,3 +607,10 @@ def test_sr_region_file_without_a_sky_wcs_is_in_image_pixels(tmp_path):
     assert inference.region_problem(tmp_path / "missing.reg") == "missing"
     (tmp_path / "r.reg").write_text(text)
     assert inference.region_problem(tmp_path / "r.reg", 2) == ""
+
+
+def test_result_wcs_know_their_image_shape(tmp_path, dn_model):
+    img, _ = make_image(tmp_path / "a.fits")
+    res = inference.enhance_file(img, "DN", model=inference.load_model("DN", dn_model))["result"]
+    assert res.output_wcs.pixel_shape == res.prediction.shape[::-1] == (416, 416)
+    assert res.input_wcs.pixel_shape == res.input_rate.shape[::-1]

@@ -247,8 +247,15 @@ class SkyTan:
         return cls(crpix, crval, cd, radesys, 2000.0 if equinox is None else equinox)
 
 
-def _lazy_wcs(sky):
-    return None if sky is None else sky.to_wcs()
+def _lazy_wcs(sky, shape=None):
+    """``sky`` as an astropy WCS; with ``shape`` (rows, columns) its ``pixel_shape`` set, as
+    astropy gives it for the written file."""
+    if sky is None:
+        return None
+    w = sky.to_wcs()
+    if shape is not None:
+        w.pixel_shape = (int(shape[1]), int(shape[0]))
+    return w
 
 
 def _as_sky(w) -> SkyTan | None:
@@ -532,11 +539,11 @@ class EnhanceResult:
 
     @functools.cached_property
     def input_wcs(self):
-        return _lazy_wcs(self.input_sky)
+        return _lazy_wcs(self.input_sky, np.shape(self.input_rate))
 
     @functools.cached_property
     def output_wcs(self):
-        return _lazy_wcs(self.output_sky)
+        return _lazy_wcs(self.output_sky, np.shape(self.prediction))
 
 
 # --------------------------------------------------------------------------- models
