@@ -779,3 +779,72 @@ def test_failed_download_leaves_no_empty_save_dir(xsa, tmp_path, sleeps):
     with pytest.raises(ArchiveError):
         make_image("0999999999", save_dir=tmp_path / "kept", backend="native")
     assert (tmp_path / "kept").is_dir()
+
+
+def test_credentials_with_a_percent_sign_are_refused_without_showing_them(tmp_path, caplog,
+                                                                          capsys):
+    """astroquery reads the file with ConfigParser's '%' interpolation: a lone '%' failed in
+    it with part of the password in the message (and in batch reports)."""
+    from xmm_enhance.archive import _read_credentials
+
+    cred, _, password = _credentials(tmp_path, password="Tr0ub4dor%horse-battery")
+    with pytest.raises(UsageError) as err:
+        _read_credentials(cred)
+    assert "'%%'" in str(err.value) and "horse" not in _everything_said(err, caplog, capsys)
+    cred.write_text("[xmm_newton]\nusername = alice\npassword = Tr0ub4dor%%horse\n")
+    assert _read_credentials(cred) == ("alice", "Tr0ub4dor%horse")
+
+
+def test_a_failed_attempts_files_do_not_spoil_the_retry(xsa, tmp_path, sleeps):
+    """The first answer holds a junk copy of a pn file beside the asked one; the retry is
+    clean. The junk was left in the staging folder and failed the whole download."""
+    real = xsa.payload
+    calls = []
+
+    def first_bad(q):
+        status, body, name, ctype = real(q)
+        gets = [g for g in xsa.gets() if g.get("name", "").upper() == "PIEVLI"]
+        if q.get("name", "").upper() == "PIEVLI" and len(gets) == 1 and body:
+            calls.append(1)
+            buf = io.BytesIO()
+            with tarfile.open(fileobj=io.BytesIO(body)) as src, \
+                    tarfile.open(fileobj=buf, mode="w") as tar:
+                for m in src.getmembers():
+                    tar.addfile(m, src.extractfile(m))
+                junk = tarfile.TarInfo(f"{OBSID}/pps/P{OBSID}PNU009PIEVLI0000.FTZ")
+                junk.size = 10
+                tar.addfile(junk, io.BytesIO(b"not a fits"))
+            return status, buf.getvalue(), name, ctype
+        return status, body, name, ctype
+
+    xsa.payload = first_bad
+    pps = download_pps(OBSID, tmp_path, retries=2, backoff_s=0.01)
+    assert calls and not (pps / f"P{OBSID}PNU009PIEVLI0000.FTZ").exists()
+    assert len([g for g in xsa.gets() if g.get("name", "").upper() == "PIEVLI"]) == 2
+    assert find_pps_files(pps).events.name == f"P{OBSID}PNS003PIEVLI0000.FTZ"
+
+
+def test_a_damaged_file_that_was_not_asked_for_is_dropped(xsa, tmp_path, sleeps, caplog):
+    real = xsa.payload
+
+    def with_mos(q):
+        status, body, name, ctype = real(q)
+        if q.get("name", "").upper() == "PIEVLI" and body:
+            buf = io.BytesIO()
+            with tarfile.open(fileobj=io.BytesIO(body)) as src, \
+                    tarfile.open(fileobj=buf, mode="w") as tar:
+                for m in src.getmembers():
+                    tar.addfile(m, src.extractfile(m))
+                mos = tarfile.TarInfo(f"{OBSID}/pps/P{OBSID}M1S001MIEVLI0000.FTZ")
+                mos.size = 7
+                tar.addfile(mos, io.BytesIO(b"garbage"))
+            return status, buf.getvalue(), name, ctype
+        return status, body, name, ctype
+
+    xsa.payload = with_mos
+    with caplog.at_level(logging.WARNING):
+        pps = download_pps(OBSID, tmp_path, retries=3, backoff_s=0.01)
+    assert sleeps == []                                  # no retry for it
+    assert any("MIEVLI" in r.getMessage() and "dropped" in r.getMessage()
+               for r in caplog.records)
+    assert find_pps_files(pps).events.name == f"P{OBSID}PNS003PIEVLI0000.FTZ"

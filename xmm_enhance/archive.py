@@ -601,13 +601,26 @@ def _read_credentials(credentials_file) -> tuple[str, str]:
     if not path.is_file():
         raise UsageError(f"{path}: credentials file not found; pass an ini file with a "
                          "[xmm_newton] section holding username and password")
-    parser = configparser.ConfigParser(interpolation=None)
+    # read as astroquery reads it (ConfigParser's default '%' interpolation): a lone '%' in
+    # a password would otherwise fail inside astroquery, with part of the password in the
+    # message
+    parser = configparser.ConfigParser()
     try:
         parser.read(path)
-        return parser.get("xmm_newton", "username"), parser.get("xmm_newton", "password")
+        user, password = (parser.get("xmm_newton", "username"),
+                          parser.get("xmm_newton", "password"))
+    except configparser.InterpolationError:
+        raise UsageError(f"{path}: a '%' in the credentials file must be written '%%' (the "
+                         "file is read with ConfigParser's interpolation, as astroquery reads "
+                         "it)") from None
     except (configparser.Error, UnicodeDecodeError, OSError):
         raise UsageError(f"{path}: credentials file must have a [xmm_newton] section with "
                          "'username' and 'password' entries") from None
+    if any(c in password for c in "&+#"):
+        log.warning("warning: %s: the password holds '&', '+' or '#', which astroquery sends "
+                    "unencoded in the URL; the archive may refuse it as a wrong password",
+                    path)
+    return user, password
 
 
 def _make_client(target_dir: Path):
@@ -710,12 +723,14 @@ def _fetch_once(obsid: str, product: str, query: dict, raw_dir: Path, secrets) -
             # Content-Type header: a wrong archive URL or a proxy page as often as a refusal
             msg = (f"{what}: the server's reply was not an archive file (no Content-Type; "
                    "astroquery calls this incorrect credentials); check the archive URL "
-                   "(--archive-url) and the network"
+                   "(batch's --archive-url, or astroquery's DATA_ACTION_AIO setting) and the "
+                   "network"
                    + (", and --credentials_file" if prop else
                       ", or pass --credentials_file for proprietary data"))
         elif code == 404 and mirror:
             msg = (f"{what}: not found at the archive URL {url} (HTTP 404); check that URL "
-                   "(--archive-url: the mirror's data-action-aio servlet), the OBS_ID and that "
+                   "(the mirror's data-action-aio servlet: batch's --archive-url, or "
+                   "astroquery's esa.xmm_newton DATA_ACTION_AIO setting), the OBS_ID and that "
                    "the observation has EPIC-pn imaging data")
             raise _Permanent(_scrub(msg, secrets[:2]), missing=True) from None
         elif code == 404:
@@ -736,7 +751,8 @@ def _fetch_once(obsid: str, product: str, query: dict, raw_dir: Path, secrets) -
         # text page (no file) or without a Content-Disposition header.
         if mirror:
             msg = (f"{what}: the archive at {url} sent no file; check that URL "
-                   "(--archive-url: the mirror's data-action-aio servlet), that the OBS_ID "
+                   "(the mirror's data-action-aio servlet: batch's --archive-url, or "
+                   "astroquery's esa.xmm_newton DATA_ACTION_AIO setting), that the OBS_ID "
                    "exists and is public, or pass --credentials_file")
         else:
             msg = (f"{what}: the XMM archive sent no file; check that the OBS_ID exists and "
@@ -875,9 +891,20 @@ def _unpack(path: Path, server_name: str, product: str, flat: Path, obsid: str) 
     if tarfile.is_tarfile(path):
         kept = []
         for f in _extract_flat(path, flat, obsid):
-            if parse_pps_filename(f.name) is None:
+            info = parse_pps_filename(f.name)
+            if info is None:
                 log.debug("OBS_ID %s: ignoring %s (not a PPS product)", obsid, f.name)
                 f.unlink()
+            elif info["product"] != product:
+                # another product the archive put in the tar (a MOS list...): kept when whole,
+                # dropped when damaged, never a reason to fetch the asked one again
+                try:
+                    _check_gzip_fits(f)
+                    kept.append(f)
+                except _Transient as exc:
+                    log.warning("warning: OBS_ID %s: %s, which was not asked for, is damaged "
+                                "(%s); dropped", obsid, f.name, exc)
+                    f.unlink(missing_ok=True)
             else:
                 _check_gzip_fits(f)
                 kept.append(f)
@@ -914,6 +941,8 @@ def _fetch_product(obsid, product, query, stage: Path, secrets, retries, backoff
     for attempt in range(1, attempts + 1):
         raw.mkdir(exist_ok=True)
         outcome = None
+        # what this attempt adds to flat (a failed attempt's files are not the next one's)
+        before = set(flat.iterdir()) if flat.is_dir() else set()
         try:
             path, server_name = _fetch_once(obsid, product, query, raw, secrets)
             files = _unpack(path, server_name, product, flat, obsid)
@@ -922,6 +951,9 @@ def _fetch_product(obsid, product, query, stage: Path, secrets, retries, backoff
         except _Transient as exc:
             last = str(exc)
             last = last[len(what) + 2:] if last.startswith(f"{what}: ") else last
+            for f in (set(flat.iterdir()) if flat.is_dir() else set()) - before:
+                with contextlib.suppress(OSError):
+                    f.unlink()
         finally:
             shutil.rmtree(raw, ignore_errors=True)
         if outcome is not None:

@@ -13,10 +13,9 @@ from astropy.io import fits
 from .errors import OutputError
 from .fsmode import file_mode
 
-__all__ = ["add_history", "atomic_write_hdul", "atomic_write_hduls", "atomic_savefig", "check_writable_dir",
-           "check_creatable_dir", "check_name_length", "ensure_output_dir", "header_text",
-           "refuse_existing",
-           "remove_stale_temporaries", "GZIP_LEVEL"]
+__all__ = ["add_history", "atomic_write_hdul", "atomic_write_hduls", "atomic_savefig",
+           "check_writable_dir", "check_creatable_dir", "check_name_length", "ensure_output_dir",
+           "header_text", "refuse_existing", "remove_stale_temporaries", "GZIP_LEVEL"]
 
 #: zlib level of ``.gz`` outputs. Float images hardly compress beyond their runs of zeros, so
 #: level 1 with run-length matching (``Z_RLE``) gives files as small as level 6 (or 9) in less
