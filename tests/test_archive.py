@@ -795,53 +795,44 @@ def test_credentials_with_a_percent_sign_are_refused_without_showing_them(tmp_pa
     assert _read_credentials(cred) == ("alice", "Tr0ub4dor%horse")
 
 
-def test_a_failed_attempts_files_do_not_spoil_the_retry(xsa, tmp_path, sleeps):
-    """The first answer holds a junk copy of a pn file beside the asked one; the retry is
-    clean. The junk was left in the staging folder and failed the whole download."""
+def _serving_extra_member(xsa, name: str, data: bytes, when=lambda: True) -> None:
+    """Make ``xsa`` add a member ``<obsid>/pps/<name>`` holding ``data`` to its PIEVLI tars
+    (while ``when()`` says so)."""
     real = xsa.payload
-    calls = []
 
-    def first_bad(q):
-        status, body, name, ctype = real(q)
-        gets = [g for g in xsa.gets() if g.get("name", "").upper() == "PIEVLI"]
-        if q.get("name", "").upper() == "PIEVLI" and len(gets) == 1 and body:
-            calls.append(1)
+    def payload(q):
+        status, body, fname, ctype = real(q)
+        if q.get("name", "").upper() == "PIEVLI" and body and when():
             buf = io.BytesIO()
             with tarfile.open(fileobj=io.BytesIO(body)) as src, \
                     tarfile.open(fileobj=buf, mode="w") as tar:
                 for m in src.getmembers():
                     tar.addfile(m, src.extractfile(m))
-                junk = tarfile.TarInfo(f"{OBSID}/pps/P{OBSID}PNU009PIEVLI0000.FTZ")
-                junk.size = 10
-                tar.addfile(junk, io.BytesIO(b"not a fits"))
-            return status, buf.getvalue(), name, ctype
-        return status, body, name, ctype
+                extra = tarfile.TarInfo(f"{OBSID}/pps/{name}")
+                extra.size = len(data)
+                tar.addfile(extra, io.BytesIO(data))
+            return status, buf.getvalue(), fname, ctype
+        return status, body, fname, ctype
 
-    xsa.payload = first_bad
+    xsa.payload = payload
+
+
+def _pievli_gets(xsa) -> int:
+    return len([g for g in xsa.gets() if g.get("name", "").upper() == "PIEVLI"])
+
+
+def test_a_failed_attempts_files_do_not_spoil_the_retry(xsa, tmp_path, sleeps):
+    """The first answer holds a junk copy of a pn file beside the asked one; the retry is
+    clean. The junk was left in the staging folder and failed the whole download."""
+    junk = f"P{OBSID}PNU009PIEVLI0000.FTZ"
+    _serving_extra_member(xsa, junk, b"not a fits", when=lambda: _pievli_gets(xsa) == 1)
     pps = download_pps(OBSID, tmp_path, retries=2, backoff_s=0.01)
-    assert calls and not (pps / f"P{OBSID}PNU009PIEVLI0000.FTZ").exists()
-    assert len([g for g in xsa.gets() if g.get("name", "").upper() == "PIEVLI"]) == 2
+    assert _pievli_gets(xsa) == 2 and not (pps / junk).exists()
     assert find_pps_files(pps).events.name == f"P{OBSID}PNS003PIEVLI0000.FTZ"
 
 
 def test_a_damaged_file_that_was_not_asked_for_is_dropped(xsa, tmp_path, sleeps, caplog):
-    real = xsa.payload
-
-    def with_mos(q):
-        status, body, name, ctype = real(q)
-        if q.get("name", "").upper() == "PIEVLI" and body:
-            buf = io.BytesIO()
-            with tarfile.open(fileobj=io.BytesIO(body)) as src, \
-                    tarfile.open(fileobj=buf, mode="w") as tar:
-                for m in src.getmembers():
-                    tar.addfile(m, src.extractfile(m))
-                mos = tarfile.TarInfo(f"{OBSID}/pps/P{OBSID}M1S001MIEVLI0000.FTZ")
-                mos.size = 7
-                tar.addfile(mos, io.BytesIO(b"garbage"))
-            return status, buf.getvalue(), name, ctype
-        return status, body, name, ctype
-
-    xsa.payload = with_mos
+    _serving_extra_member(xsa, f"P{OBSID}M1S001MIEVLI0000.FTZ", b"garbage")
     with caplog.at_level(logging.WARNING):
         pps = download_pps(OBSID, tmp_path, retries=3, backoff_s=0.01)
     assert sleeps == []                                  # no retry for it
