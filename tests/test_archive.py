@@ -839,3 +839,24 @@ def test_a_damaged_file_that_was_not_asked_for_is_dropped(xsa, tmp_path, sleeps,
     assert any("MIEVLI" in r.getMessage() and "dropped" in r.getMessage()
                for r in caplog.records)
     assert find_pps_files(pps).events.name == f"P{OBSID}PNS003PIEVLI0000.FTZ"
+
+
+def test_make_detxy_takes_an_archive_url(xsa, tmp_path, sleeps, capsys):
+    """make_detxy_pn_image_pps.py --archive-url (as xmm-enhance batch has it): a mirror, its
+    missing '?' added; a URL that is not http(s) is a usage error."""
+    from astroquery.esa.xmm_newton import conf
+
+    from xmm_enhance.cli.make_image import main as make_main
+
+    mirror = conf.DATA_ACTION_AIO.rstrip("?")
+    with conf.set_temp("DATA_ACTION_AIO", "http://127.0.0.1:9/nowhere?"):   # the default: dead
+        make_main([OBSID, "--save_dir", str(tmp_path), "--archive-url", mirror, "-q"])
+        assert conf.DATA_ACTION_AIO == "http://127.0.0.1:9/nowhere?"     # put back
+    # the download came from the mirror (the fake archive's event list is too bare for an
+    # image: that step's own error follows)
+    assert (tmp_path / OBSID / "pps" / MARKER_NAME).is_file()
+    assert xsa.gets()
+    err = capsys.readouterr().err
+    assert "127.0.0.1:9" not in err and "cannot reach" not in err
+    assert make_main([OBSID, "--save_dir", str(tmp_path), "--archive-url", "ftp://x"]) == 2
+    assert "not an http(s) URL" in capsys.readouterr().err

@@ -45,7 +45,8 @@ from .obsid import obsid_problem
 
 __all__ = [
     "PPSFiles", "SUPPORTED_SUBMODES", "validate_obsid", "pps_filename", "parse_pps_filename",
-    "find_pps_files", "download_pps", "pps_folder_is_complete", "aio_url",
+    "find_pps_files", "download_pps", "pps_folder_is_complete", "aio_url", "check_archive_url",
+    "using_archive_url", "gzip_damage",
 ]
 
 log = logging.getLogger(__name__)
@@ -543,6 +544,27 @@ def _scrub(text: str, secrets: tuple[str, ...] = ()) -> str:
 def _one_line(text: str, limit: int = 200) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_archive_url(url: str | None, option: str = "--archive-url") -> None:
+    """UsageError unless ``url`` (when given) is an http(s) URL."""
+    if url is not None and not re.match(r"https?://[^/?#\s]+", str(url).strip()):
+        raise UsageError(f"{option} {url!r}: not an http(s) URL; pass the mirror's "
+                         "data-action-aio URL, e.g. https://host/nxsa-sl/servlet/"
+                         "data-action-aio?")
+
+
+@contextlib.contextmanager
+def using_archive_url(url: str | None):
+    """Use the data-action-aio URL ``url`` (a mirror) in the block, ``?`` appended when
+    missing (:func:`aio_url`: astroquery joins ``obsno=...`` to it as it is)."""
+    if not url:
+        yield
+        return
+    from astroquery.esa.xmm_newton import conf
+
+    with conf.set_temp("DATA_ACTION_AIO", aio_url(url)):
+        yield
 
 
 def aio_url(url: str) -> str:

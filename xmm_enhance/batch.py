@@ -980,19 +980,11 @@ def _collect_warnings(obsid: str, into: list, log_path: Path):
             into.append(f"{handler.more} more warning(s) in {log_path}")
 
 
-@contextlib.contextmanager
 def _archive_url(url: str | None):
-    """Use the data-action-aio URL ``url`` (a mirror) in the block, ``?`` appended when
-    missing (:func:`archive.aio_url`: astroquery joins ``obsno=...`` to it as it is)."""
-    if not url:
-        yield
-        return
-    from astroquery.esa.xmm_newton import conf
+    """:func:`xmm_enhance.archive.using_archive_url` (imported when used)."""
+    from .archive import using_archive_url
 
-    from .archive import aio_url
-
-    with conf.set_temp("DATA_ACTION_AIO", aio_url(url)):
-        yield
+    return using_archive_url(url)
 
 
 def process_observation(obsid: str, cfg: BatchConfig) -> ObsResult:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import signal
 import sys
 import time
@@ -132,11 +131,8 @@ def _config(args):
     if args.pps_dir is not None and not args.pps_dir.is_dir():
         raise UsageError(f"--pps_dir {args.pps_dir}: no such folder; pass the folder holding "
                          "<OBS_ID>/pps trees")
-    if args.archive_url is not None and not re.match(r"https?://[^/?#\s]+",
-                                                     args.archive_url.strip()):
-        raise UsageError(f"--archive-url {args.archive_url!r}: not an http(s) URL; pass the "
-                         "mirror's data-action-aio URL, e.g. https://host/nxsa-sl/servlet/"
-                         "data-action-aio?")
+    from ..archive import check_archive_url
+    check_archive_url(args.archive_url)
     for opt, path in (("--sr-model", args.sr_model), ("--dn-model", args.dn_model),
                       ("--credentials_file", args.credentials_file)):
         if path is not None and not path.is_file():

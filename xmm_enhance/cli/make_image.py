@@ -62,6 +62,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         "downloading or binning; an incomplete one is made again")
     p.add_argument("--credentials_file", default=None,
                    help="astroquery credentials file for proprietary data (never printed)")
+    p.add_argument("--archive-url", "--archive_url", dest="archive_url", default=None,
+                   help="XSA data-action-aio URL to download from (a mirror; '?' is appended "
+                        "when missing; default astroquery's)")
     add_verbosity(p)
     add_version(p)
     return p
@@ -96,8 +99,16 @@ def _main(argv=None) -> int:
         return 2
     setup_logging(args)
 
-    from ..errors import XmmEnhanceError
+    from ..archive import check_archive_url, using_archive_url
+    from ..errors import UsageError, XmmEnhanceError
     from ..pipeline import make_image
+
+    try:
+        check_archive_url(args.archive_url)
+    except UsageError as err:
+        parser.print_usage(sys.stderr)
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
 
     overwrite = args.overwrite
     if args.skip_existing:
@@ -112,11 +123,13 @@ def _main(argv=None) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            res = make_image(args.obsid, low_pi=args.low_pi, high_pi=args.high_pi,
-                             expo_time_ks=args.expo_time, binsize=args.binsize,
-                             save_dir=args.save_dir, pps_dir=args.pps_dir,
-                             backend=args.backend, overwrite=overwrite,
-                             gti_plot=args.gti_plot, credentials_file=args.credentials_file)
+            with using_archive_url(args.archive_url):
+                res = make_image(args.obsid, low_pi=args.low_pi, high_pi=args.high_pi,
+                                 expo_time_ks=args.expo_time, binsize=args.binsize,
+                                 save_dir=args.save_dir, pps_dir=args.pps_dir,
+                                 backend=args.backend, overwrite=overwrite,
+                                 gti_plot=args.gti_plot,
+                                 credentials_file=args.credentials_file)
         except XmmEnhanceError as err:
             _print_warnings(caught, prog)
             msg = str(err).splitlines()[0] if str(err) else type(err).__name__
