@@ -133,3 +133,30 @@ def restore_logging():
     pkg.propagate = saved[2]
     root.setLevel(saved[4])
     warnings.showwarning = saved[5]
+
+
+def _sigterm_when_ready(code: str, ready: str, pause: float = 0.0) -> tuple[int, str]:
+    """Run ``python -c code``; when it prints the line ``ready``, wait ``pause`` s and send it
+    SIGTERM. Returns (exit code, stderr)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == ready
+        time.sleep(pause)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, err
+
+
+@pytest.fixture
+def sigterm_when_ready():
+    """:func:`_sigterm_when_ready`, for the commands' SIGTERM tests."""
+    return _sigterm_when_ready

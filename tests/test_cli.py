@@ -164,12 +164,8 @@ def test_sigterm_as_interrupt_raises_keyboardinterrupt_and_restores_the_handler(
     assert signal.getsignal(signal.SIGTERM) is before
 
 
-def test_make_image_sigterm_exits_130(tmp_path):
+def test_make_image_sigterm_exits_130(tmp_path, sigterm_when_ready):
     """make_detxy_pn_image_pps.py stopped by SIGTERM: exit 130, 'interrupted', no temporary."""
-    import signal
-    import subprocess
-    import sys
-
     code = f"""
 import sys, time
 sys.path.insert(0, {str(ROOT)!r})
@@ -181,16 +177,8 @@ p.make_image = slow
 import xmm_enhance.cli.make_image as m
 sys.exit(m.main(["0123456789", "--pps_dir", {str(tmp_path)!r}]))
 """
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline().strip() == "working"
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130 and "interrupted" in err, err
+    returncode, err = sigterm_when_ready(code, "working")
+    assert returncode == 130 and "interrupted" in err, err
 
 
 def test_library_warnings_read_as_warning_lines(capsys, restore_logging):

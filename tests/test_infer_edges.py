@@ -515,20 +515,14 @@ def test_blank_pixels_are_named_as_blank(tmp_path, dn_model, capsys):
     assert code == 1 and "9 pixels equal to its BLANK value (-32768)" in errors[0], errors
 
 
-def test_sigterm_exits_130_and_leaves_no_temporary(tmp_path, dn_model):
+def test_sigterm_exits_130_and_leaves_no_temporary(tmp_path, dn_model, sigterm_when_ready):
     """kill (SIGTERM) of run_inference_on_real.py: as Ctrl-C, exit 130, temporaries removed."""
-    import signal
-    import subprocess
-    import sys
-    import time
-
     img, _ = make_image(tmp_path / "k.fits")
     code = f"""
 import sys, time
 sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
 from xmm_enhance import fitsio
 from xmm_enhance.cli.infer import main
-real = fitsio.atomic_write_hduls
 def slow(items, **kw):
     import tempfile, os
     fd, tmp = tempfile.mkstemp(prefix=".k.", suffix=".tmp", dir={str(tmp_path)!r})
@@ -543,17 +537,8 @@ import xmm_enhance.inference as inf
 inf.atomic_write_hduls = slow
 sys.exit(main([{str(img)!r}, "--which", "DN", "--model", {str(dn_model)!r}, "-q"]))
 """
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline().strip() == "writing"
-        time.sleep(0.2)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130 and "interrupted" in err, err
+    returncode, err = sigterm_when_ready(code, "writing", pause=0.2)
+    assert returncode == 130 and "interrupted" in err, err
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 

@@ -46,7 +46,7 @@ from .obsid import obsid_problem
 __all__ = [
     "PPSFiles", "SUPPORTED_SUBMODES", "validate_obsid", "pps_filename", "parse_pps_filename",
     "find_pps_files", "download_pps", "pps_folder_is_complete", "aio_url", "check_archive_url",
-    "using_archive_url", "gzip_damage",
+    "using_archive_url", "gzip_damage", "unreadable_error",
 ]
 
 log = logging.getLogger(__name__)
@@ -233,16 +233,31 @@ def gzip_damage(path: Path) -> str | None:
     return None
 
 
-def _corrupt(path: Path, exc: BaseException) -> PPSError:
-    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+def unreadable_error(path: Path, exc: BaseException) -> PPSError | None:
+    """The PPSError of a PPS file that failed to read for a reason other than damage (no
+    permission, gzipped twice), with its own fix; None otherwise. The one place for these
+    messages (``events`` and ``gti`` ask it too)."""
+    return _unreadable(path, exc)[0]
+
+
+def _unreadable(path: Path, exc: BaseException) -> tuple[PPSError | None, str | None]:
+    """(:func:`unreadable_error`, :func:`gzip_damage` when it was asked): the whole stream is
+    read at most once."""
     if isinstance(exc, PermissionError):
-        return PPSError(f"{path}: cannot read it (permission denied); {READ_FIX}")
+        return PPSError(f"{path}: cannot read it (permission denied); {READ_FIX}"), None
     damage = gzip_damage(path)
     if damage == "compressed twice":
         return PPSError(f"{path}: gzip-compressed twice (a FITS file inside a gzip inside a "
-                        "gzip); decompress it once (gunzip) and rerun")
-    if damage == "truncated":
-        reason = "the gzip stream ends early"
+                        "gzip); decompress it once (gunzip) and rerun"), damage
+    return None, damage
+
+
+def _corrupt(path: Path, exc: BaseException) -> PPSError:
+    other, damage = _unreadable(path, exc)
+    if other is not None:
+        return other
+    reason = ("the gzip stream ends early" if damage == "truncated" else
+              str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     return PPSError(f"{path}: corrupt or truncated FITS file ({reason}); {REPLACE_FIX}")
 
 
@@ -328,7 +343,8 @@ def _check_readable(path: Path, extname: str | None = None) -> None:
                     hdul[extname].header
                 except KeyError:
                     if gzip_damage(path) == "truncated":   # cut before that extension
-                        raise _corrupt(path, EOFError("the gzip stream ends early")) from None
+                        raise PPSError(f"{path}: corrupt or truncated FITS file (the gzip "
+                                       f"stream ends early); {REPLACE_FIX}") from None
                     raise PPSError(f"{path}: has no {extname} extension; {REPLACE_FIX}") \
                         from None
             else:
@@ -917,19 +933,19 @@ def _unpack(path: Path, server_name: str, product: str, flat: Path, obsid: str) 
             if info is None:
                 log.debug("OBS_ID %s: ignoring %s (not a PPS product)", obsid, f.name)
                 f.unlink()
-            elif info["product"] != product:
-                # another product the archive put in the tar (a MOS list...): kept when whole,
-                # dropped when damaged, never a reason to fetch the asked one again
-                try:
-                    _check_gzip_fits(f)
-                    kept.append(f)
-                except _Transient as exc:
-                    log.warning("warning: OBS_ID %s: %s, which was not asked for, is damaged "
-                                "(%s); dropped", obsid, f.name, exc)
-                    f.unlink(missing_ok=True)
-            else:
+                continue
+            try:
                 _check_gzip_fits(f)
-                kept.append(f)
+            except _Transient as exc:
+                if info["product"] == product:
+                    raise
+                # another product the archive put in the tar (a MOS list...): dropped, never
+                # a reason to fetch the asked one again
+                log.warning("warning: OBS_ID %s: %s, which was not asked for, is damaged "
+                            "(%s); dropped", obsid, f.name, exc)
+                f.unlink(missing_ok=True)
+                continue
+            kept.append(f)
         return kept
     _check_gzip_fits(path)
     name = Path(server_name).name

@@ -981,7 +981,8 @@ def _collect_warnings(obsid: str, into: list, log_path: Path):
 
 
 def _archive_url(url: str | None):
-    """:func:`xmm_enhance.archive.using_archive_url` (imported when used)."""
+    """:func:`xmm_enhance.archive.using_archive_url`, imported when used (the archive module
+    brings astropy.io.fits, which importing the batch module does not need)."""
     from .archive import using_archive_url
 
     return using_archive_url(url)
@@ -1540,8 +1541,8 @@ def _run_dask(obsids, cfg, address, record, task) -> None:
         no_worker_since = None
         while pending:
             # distributed raises asyncio's TimeoutError (not the builtin one before 3.11)
+            done = set()
             with client.as_current(), contextlib.suppress(TimeoutError, asyncio.TimeoutError):
-                done = set()
                 done, pending = wait(pending, timeout=min(60.0, DASK_NO_WORKER_S),
                                      return_when="FIRST_COMPLETED")
             for f in done:

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from .errors import READ_FIX, REPLACE_FIX, PPSError
+from .errors import REPLACE_FIX, PPSError
 
 __all__ = ["EventList", "read_events", "read_header", "selection_mask", "selection_expression",
            "read_table", "IMAGE_COLUMNS"]
@@ -243,14 +243,10 @@ def _short(err) -> str:
 
 
 def _corrupt(path: Path, err) -> PPSError:
-    if isinstance(err, PermissionError):
-        return PPSError(f"{path}: cannot read it (permission denied); {READ_FIX}")
-    from .archive import gzip_damage
+    from .archive import unreadable_error
 
-    if gzip_damage(path) == "compressed twice":
-        return PPSError(f"{path.name}: gzip-compressed twice (a FITS file inside a gzip inside "
-                        "a gzip); decompress it once (gunzip) and rerun")
-    return PPSError(f"{path.name}: corrupt or truncated FITS file ({_short(err)}); {_FIX}")
+    return unreadable_error(path, err) or PPSError(
+        f"{path.name}: corrupt or truncated FITS file ({_short(err)}); {_FIX}")
 
 
 def read_table(path, extname: str, columns, *, where=None, chunk_rows: int = 1 << 20,

@@ -54,10 +54,7 @@ def header_text(text) -> str:
     file name's ``é``, a tab) as its Python escape (``\\xe9``, ``\\t``), which astropy would
     otherwise refuse ("FITS header values must contain standard printable ASCII
     characters"). Readable, and the original name can be recovered from it."""
-    s = str(text)
-    if all(" " <= c <= "~" for c in s):
-        return s
-    return "".join(c if " " <= c <= "~" else ascii(c)[1:-1] for c in s)
+    return "".join(c if " " <= c <= "~" else ascii(c)[1:-1] for c in str(text))
 
 
 def remove_stale_temporaries(path: Path) -> int:

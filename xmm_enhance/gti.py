@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import READ_FIX, PPSError
+from .errors import PPSError
 
 __all__ = [
     "ExposureWarning", "RateCurve", "as_gti", "merge", "intersect", "intersect_many", "total",
@@ -264,11 +264,11 @@ def read_fbktsr(path) -> RateCurve:
             keep = {k: hdr[k] for k in ("FLCUTTHR", "TIMEDEL", "TSTART", "TSTOP") if k in hdr}
     except PPSError:
         raise
-    except PermissionError:
-        raise PPSError(f"{path}: cannot read it (permission denied); {READ_FIX}") from None
     except (OSError, EOFError, ValueError, KeyError, TypeError) as err:
-        raise PPSError(f"{path.name}: unreadable or corrupt FITS file ({_short(err)}); {fix}") \
-            from err
+        from .archive import unreadable_error
+
+        raise unreadable_error(path, err) or PPSError(
+            f"{path.name}: unreadable or corrupt FITS file ({_short(err)}); {fix}") from err
     if len(time) == 0:
         raise PPSError(f"{path.name}: the RATE table is empty; {fix}")
     return RateCurve(time=time, rate=rate, timedel=float(timedel), threshold=float(thr),

@@ -95,19 +95,26 @@ class HeaderValueError(ValueError):
         self.key, self.value = key, value
 
 
-def _equinox_years(value) -> float:
-    """EQUINOX/EPOCH as years: a number, or the strings 'J2000' / 'B1950' / '2000.0' some
-    writers use."""
-    if isinstance(value, bool):
-        raise HeaderValueError("EQUINOX", value)
+def _number(value) -> float | None:
+    """A header value as a float (NaN and inf included), or None: not a number, or a FITS
+    logical (``T`` is no 1)."""
+    if isinstance(value, (bool, np.bool_)):
+        return None
     try:
         return float(value)
     except (TypeError, ValueError):
+        return None
+
+
+def _equinox_years(value) -> float:
+    """EQUINOX/EPOCH as years: a number, or the strings 'J2000' / 'B1950' some writers use."""
+    v = _number(value)
+    if v is None and not isinstance(value, bool):
         text = str(value).strip().upper()
-        try:
-            return float(text[1:]) if text[:1] in ("J", "B") else float(text)
-        except ValueError:
-            raise HeaderValueError("EQUINOX", value) from None
+        v = _number(text[1:]) if text[:1] in ("J", "B") else None
+    if v is None:
+        raise HeaderValueError("EQUINOX", value)
+    return v
 
 
 class SkyTan:
@@ -216,13 +223,10 @@ class SkyTan:
                for i in (1, 2)):
             return None
         def g(k, d):
-            v = h.get(k, d)
-            try:
-                if isinstance(v, bool):
-                    raise ValueError
-                return float(v)
-            except (TypeError, ValueError):
-                raise HeaderValueError(k, v) from None
+            v = _number(h.get(k, d))
+            if v is None:
+                raise HeaderValueError(k, h.get(k, d))
+            return v
 
         crpix = (g("CRPIX1", 0.0), g("CRPIX2", 0.0))
         crval = (g("CRVAL1", 0.0), g("CRVAL2", 0.0))
@@ -290,10 +294,10 @@ class InputImage:
         self.counts = counts
         self.exposure = exposure
         self.header = header
-        if wcs is None and header is not None and skywcs.has_sky_wcs(header):
+        if wcs is None and header is not None:
             # made in memory from an array and its header: take the header's sky WCS
             with contextlib.suppress(HeaderValueError):
-                wcs = SkyTan.from_header(header) or _sky_from_astropy(header)
+                wcs = header_sky(header)
         self.wcs = wcs
         self.wcs_note = wcs_note
         self.path = Path(path)
@@ -692,17 +696,12 @@ def pixel_scales(header) -> list[tuple[float, str]]:
     alternate ``L`` WCS, CDELT in DET units). Empty when the header states none.
     """
     out = []
-    sky = SkyTan.from_header(header)
-    if sky is None and skywcs.has_sky_wcs(header):
-        sky = _sky_from_astropy(header)
+    sky = header_sky(header)
     if sky is not None:
         out.append((sky.pixel_arcsec, "sky WCS"))
     if "BINSIZE" in header:
-        try:
-            b = float(header["BINSIZE"])
-        except (TypeError, ValueError):
-            b = float("nan")
-        if np.isfinite(b) and b > 0:
+        b = _number(header["BINSIZE"])
+        if b is not None and np.isfinite(b) and b > 0:
             out.append((detector.pixel_size_arcsec(b), f"BINSIZE = {b:g}"))
     b = _det_binsize(header)
     if b:
@@ -869,13 +868,8 @@ def _check_band(path: Path, band) -> None:
 
 def _positive_seconds(value) -> float | None:
     """``value`` as a finite number > 0, else None (a FITS logical T is not a number)."""
-    if isinstance(value, (bool, np.bool_)):
-        return None
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) and v > 0 else None
+    v = _number(value)
+    return v if v is not None and math.isfinite(v) and v > 0 else None
 
 
 def read_input(path: str | Path, *, exposure: float | None = None) -> InputImage:
@@ -966,6 +960,15 @@ def read_input(path: str | Path, *, exposure: float | None = None) -> InputImage
                       path=path, notes=notes)
 
 
+def header_sky(header) -> SkyTan | None:
+    """The header's RA/Dec sky WCS as a :class:`SkyTan` (through astropy.wcs for forms
+    :meth:`SkyTan.from_header` does not read), or None; :class:`HeaderValueError` for a WCS
+    keyword that is not a number."""
+    if not skywcs.has_sky_wcs(header):
+        return None
+    return SkyTan.from_header(header) or _sky_from_astropy(header)
+
+
 def _sky_from_astropy(header) -> SkyTan | None:
     """Sky WCS of a header that :meth:`SkyTan.from_header` does not read (via astropy.wcs)."""
     from astropy.wcs import WCS
@@ -987,13 +990,12 @@ def approx_sky(ra_pnt: float, dec_pnt: float, pa_pnt: float, *,
 
 
 def _sky_wcs_of(header, path):
-    if skywcs.has_sky_wcs(header):
-        try:
-            sky = SkyTan.from_header(header) or _sky_from_astropy(header)
-        except HeaderValueError as exc:
-            raise _bad_wcs_keyword(path, exc) from None
-        if sky is not None:
-            return sky, ""
+    try:
+        sky = header_sky(header)
+    except HeaderValueError as exc:
+        raise _bad_wcs_keyword(path, exc) from None
+    if sky is not None:
+        return sky, ""
     ctype = str(header.get("CTYPE1", "")).strip()
     if ctype[1:4] in ("LON",) or ctype.startswith(("GLON", "ELON", "SLON", "HPLN")):
         warnings.warn(f"{path.name}: its sky WCS is {ctype}/{header.get('CTYPE2', '')}, not "
@@ -1002,11 +1004,8 @@ def _sky_wcs_of(header, path):
     keys = ("RA_PNT", "DEC_PNT", "PA_PNT")
     pnt = None
     if all(k in header for k in keys):
-        try:
-            pnt = [float(header[k]) for k in keys if not isinstance(header[k], bool)]
-        except (TypeError, ValueError):
-            pnt = None
-        if pnt is None or len(pnt) != 3 or not all(map(math.isfinite, pnt)):
+        pnt = [_number(header[k]) for k in keys]
+        if None in pnt or not all(map(math.isfinite, pnt)):
             bad = ", ".join(f"{k} = {header[k]!r}" for k in keys)
             warnings.warn(f"{path.name}: no sky WCS, and the pointing is not numeric ({bad}); "
                           "outputs will have pixel coordinates only", InputWarning,
@@ -1028,13 +1027,9 @@ def _det_binsize(header) -> float | None:
     """Bin size (DET units) of a DETX/DETY image, from its primary or 'L' WCS, if any."""
     for suffix in ("", "L"):
         if str(header.get("CTYPE1" + suffix, "")).strip() == "DETX":
-            cd = header.get("CDELT1" + suffix)
-            try:
-                cd = abs(float(cd)) if cd and not isinstance(cd, bool) else None
-            except (TypeError, ValueError):  # not a number: as if absent
-                cd = None
+            cd = _number(header.get("CDELT1" + suffix))   # not a number: as if absent
             if cd and math.isfinite(cd):
-                return cd
+                return abs(cd)
     return None
 
 
@@ -1402,11 +1397,11 @@ def _header(res: EnhanceResult, *, wcs, exposure, pixel_arcsec, what) -> fits.He
     _set(h, "INFILE", header_text(img.path.name), "input image")
     h["DATE"] = (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()), "file creation date (UTC)")
     _history(h, f"xmm_enhance {__version__} run_inference_on_real --which {res.task}")
-    _history(h, (f"input {header_text(img.path.name)}: counts / EXPOSURE, detector mask, "
-                    f"pad to {PAD_SIZE}"))
+    _history(h, f"input {header_text(img.path.name)}: counts / EXPOSURE, detector mask, "
+                f"pad to {PAD_SIZE}")
     if what != "input":
-        _history(h, (f"model {header_text(model.path.name)} v{model.version} "
-                        f"sha256 {model.sha256[:16]}"))
+        _history(h, f"model {header_text(model.path.name)} v{model.version} "
+                    f"sha256 {model.sha256[:16]}")
         if res.task == "SR":
             _history(h, "SR: 2x grid, PSF halved, background removed")
             if res.redrawn:
@@ -1414,9 +1409,9 @@ def _header(res: EnhanceResult, *, wcs, exposure, pixel_arcsec, what) -> fits.He
                 h["PSFSCALE"] = (round(res.psf_core[0], 4),
                                  "input PSF core radius / King model's (redraw)")
                 h["PSFNSRC"] = (res.psf_core[1], "bright sources PSFSCALE was measured on")
-                _history(h, (f"{res.redrawn} listed sources redrawn within 16\" as the halved"
-                                " King PSF (core x PSFSCALE) with the POINTS map's own counts, or"
-                                " for sources of >= 1000 counts at least their PSF-fit counts"))
+                _history(h, f"{res.redrawn} listed sources redrawn within 16\" as the halved"
+                            " King PSF (core x PSFSCALE) with the POINTS map's own counts, or"
+                            " for sources of >= 1000 counts at least their PSF-fit counts")
             if res.released is not None:
                 from . import sources as S
 
@@ -1426,28 +1421,28 @@ def _header(res: EnhanceResult, *, wcs, exposure, pixel_arcsec, what) -> fits.He
                                  "[sigma] POINTS kept near sources >= this")
                 h["PTFREE"] = (S.UNSUPPORTED_MAX_COUNTS,
                                "[counts] max other POINTS in any 20\" aperture")
-                _history(h, (f"POINTS: at most {S.SUPPORT_PSF_FACTOR:g} x the halved King PSFs"
-                                " of the SOURCES and of unlisted candidates of >= "
-                                f"{res.support_signif:g} sigma (CANDIDATES), plus the "
-                                "network's other points flux scaled to at most PTFREE counts in "
-                                "any 20 arcsec aperture (sources too faint for the list); the "
-                                "rest is in DIFFUSE"))
+                _history(h, f"POINTS: at most {S.SUPPORT_PSF_FACTOR:g} x the halved King PSFs"
+                            " of the SOURCES and of unlisted candidates of >= "
+                            f"{res.support_signif:g} sigma (CANDIDATES), plus the "
+                            "network's other points flux scaled to at most PTFREE counts in "
+                            "any 20 arcsec aperture (sources too faint for the list); the "
+                            "rest is in DIFFUSE")
             if res.smoothed:
                 from . import sources as S
 
                 h["DIFSIGMA"] = (S.DIFFUSE_DETAIL_SIGNIF,
                                  "[sigma] DIFFUSE detail kept if counts demand")
-                _history(h, ("DIFFUSE: structure at 6, 10, 18 arcsec kept where the input "
-                                f"counts demand it at >= DIFSIGMA sigma, else smoothed; the "
-                                "prediction and LO68/HI68 follow"))
+                _history(h, "DIFFUSE: structure at 6, 10, 18 arcsec kept where the input "
+                            f"counts demand it at >= DIFSIGMA sigma, else smoothed; the "
+                            "prediction and LO68/HI68 follow")
             if _is_pn_grid(img):
-                _history(h, (f"SR: sky x exp(-d / {detector.FOV_EDGE_ARCSEC:g} arcsec) at a "
-                                "distance d outside the FoV circle"))
+                _history(h, f"SR: sky x exp(-d / {detector.FOV_EDGE_ARCSEC:g} arcsec) at a "
+                            "distance d outside the FoV circle")
         else:
             _history(h, "DN: expected rate incl. background, de-noised")
         if model.takes_exposure:
-            _history(h, (f"the network was told the input exposure ({img.exposure:.0f} s); "
-                            "its output estimates the noise-free rate from those photons"))
+            _history(h, f"the network was told the input exposure ({img.exposure:.0f} s); "
+                        "its output estimates the noise-free rate from those photons")
     return h
 
 
@@ -1724,10 +1719,10 @@ def sources_hdu(sources, exposure: float, name: str = "SOURCES", *,
                                  "not in SOURCES")
         hdu.header["MINSIG"] = (support_signif, "candidate threshold (sigma)")
         hdu.header["LISTSIG"] = (list_signif, "SOURCES threshold (sigma)")
-        _history(hdu.header, ("Candidates of the SR source list that POINTS keeps but "
-                                 "SOURCES does not list: below its threshold, or better fitted "
-                                 "by a profile 2.5x wider than the PSF (a piled-up core, a "
-                                 "compact knot). Not in the region file."))
+        _history(hdu.header, "Candidates of the SR source list that POINTS keeps but "
+                             "SOURCES does not list: below its threshold, or better fitted "
+                             "by a profile 2.5x wider than the PSF (a piled-up core, a "
+                             "compact knot). Not in the region file.")
     else:
         hdu.header["MINSIG"] = (list_signif, "detection threshold (sigma)")
     hdu.header["SIGMETH"] = ("PSF-fit likelihood ratio on the input counts", "")
