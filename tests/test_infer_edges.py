@@ -16,6 +16,7 @@ from astropy.io import fits
 pytest.importorskip("onnx")
 
 from xmm_enhance import detector, events, inference  # noqa: E402
+from xmm_enhance.errors import InputError  # noqa: E402
 from xmm_enhance.cli.infer import build_parser, main  # noqa: E402
 
 from onnx_graphs import exposure_aware, identity_dn  # noqa: E402
@@ -599,3 +600,41 @@ def test_result_wcs_know_their_image_shape(tmp_path, dn_model):
     res = inference.enhance_file(img, "DN", model=inference.load_model("DN", dn_model))["result"]
     assert res.output_wcs.pixel_shape == res.prediction.shape[::-1] == (416, 416)
     assert res.input_wcs.pixel_shape == res.input_rate.shape[::-1]
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda c: c / 20e3, "non-integer values"),
+    (lambda c: np.where(c > 0, np.nan, c), "NaN/inf pixels"),
+    (lambda c: c - 1, "negative pixels"),
+    (lambda c: c * 0, "no counts in the image"),
+    (lambda c: c.astype(str), "2-D numeric"),
+    (lambda c: c[0], "1-D"),
+])
+def test_in_memory_input_is_checked_as_a_file_is(tmp_path, dn_model, change, match):
+    img, _ = make_image(tmp_path / "a.fits")
+    counts = fits.getdata(img).astype(np.float64)
+    model = inference.load_model("DN", dn_model)
+    bad = inference.InputImage(change(counts), 20e3, fits.getheader(img), path="mem.fits")
+    with pytest.raises(InputError, match=f"mem.fits: .*{match}"):
+        inference.enhance_image(bad, model)
+
+
+@pytest.mark.parametrize("exposure", [0.0, -5.0, float("nan"), None, True, "20ks"])
+def test_in_memory_input_needs_a_positive_exposure(tmp_path, dn_model, exposure):
+    img, _ = make_image(tmp_path / "a.fits")
+    bad = inference.InputImage(fits.getdata(img), exposure, fits.getheader(img))
+    with pytest.raises(InputError, match="not a positive number of seconds"):
+        inference.enhance_image(bad, inference.load_model("DN", dn_model))
+
+
+def test_in_memory_near_integer_counts_are_rounded_not_modified(tmp_path, dn_model):
+    img, _ = make_image(tmp_path / "a.fits")
+    counts = fits.getdata(img).astype(np.float64)
+    model = inference.load_model("DN", dn_model)
+    ref = inference.enhance_image(inference.InputImage(counts, 20e3, fits.getheader(img)), model)
+    noisy = counts + np.where(counts == 0, 1e-5, -1e-5)  # opens the mask if taken as counts
+    given = noisy.copy()
+    res = inference.enhance_image(inference.InputImage(given, 20e3, fits.getheader(img)), model)
+    np.testing.assert_array_equal(given, noisy)
+    np.testing.assert_array_equal(res.prediction, ref.prediction)
+    np.testing.assert_array_equal(res.input_rate, ref.input_rate)

@@ -15,6 +15,7 @@ and ``output_wcs``: figures, tests), so that a command-line run does not pay for
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import hashlib
 import json
@@ -1129,6 +1130,59 @@ def prepare(img: InputImage, size: int = PAD_SIZE):
     return rate_p, pad_to(mask, size)[0], pad_to(keep, size)[0], pad
 
 
+def checked_image(img: InputImage) -> InputImage:
+    """``img`` as :func:`enhance_image` needs it, checked as :func:`read_input` checks a file.
+
+    An :class:`InputImage` made in memory has not been through :func:`read_input`: its counts
+    must be a 2-D array of finite, non-negative whole numbers with some counts, and its
+    exposure a positive number of seconds. Float counts within 1e-3 of whole numbers are
+    rounded (a pixel of 1e-5 would otherwise count as having counts and open the detector
+    mask on it). Returns ``img`` itself when nothing needs changing, else a copy; ``img`` is
+    not modified. :class:`InputError` names what is wrong.
+    """
+    name = img.path
+    try:
+        counts = np.asarray(img.counts)
+    except Exception as exc:  # ragged lists and the like
+        raise InputError(f"{name}: counts are not an array ({exc}); pass a 2-D counts "
+                         "array") from None
+    if counts.ndim == 3 and counts.shape[0] == 1:
+        counts = counts[0]
+    if counts.ndim != 2 or counts.dtype.kind not in "uif":
+        raise InputError(f"{name}: counts are a {counts.ndim}-D {counts.dtype} array with "
+                         f"shape {counts.shape}; pass a 2-D numeric DETX/DETY counts image")
+    c = counts.astype(np.float64, copy=counts.dtype != np.float64)
+    bad = ~np.isfinite(c)
+    if bad.any():
+        raise InputError(f"{name}: {int(bad.sum())} NaN/inf pixels; pass a counts image "
+                         "(replace them by 0 if they are off the detector)")
+    if np.any(c < 0):
+        raise InputError(f"{name}: {int(np.sum(c < 0))} negative pixels; pass a counts "
+                         "image, not a background-subtracted one")
+    if counts.dtype.kind == "f":
+        whole = np.round(c)
+        frac = c - whole
+        off = np.abs(frac) > 1e-3
+        if off.any():
+            raise InputError(f"{name}: {int(off.sum())} pixels hold non-integer values: not "
+                             "a counts image (a rate, smoothed or exposure-corrected "
+                             "image?); pass counts, with the exposure in seconds")
+        if frac.any():
+            c = whole
+    if not np.any(c > 0):
+        raise InputError(f"{name}: no counts in the image (every pixel is 0); check its "
+                         "energy band and good-time selection")
+    exposure = _positive_seconds(img.exposure)
+    if exposure is None:
+        raise InputError(f"{name}: exposure {img.exposure!r} is not a positive number of "
+                         "seconds; pass the image's exposure in seconds")
+    if c is img.counts and exposure == img.exposure:
+        return img
+    out = copy.copy(img)
+    out.counts, out.exposure = c, exposure
+    return out
+
+
 def check_exposure(img: InputImage, model: Model) -> None:
     """Warn when the input's exposure is outside the range ``model`` was trained for."""
     lo, hi = model.trained_exposure
@@ -1160,6 +1214,7 @@ def enhance_image(img: InputImage, model: Model, *, sources: bool = True,
     keeps only the structure the input counts demand (:func:`xmm_enhance.sources.
     smooth_diffuse`): the prediction and the percentile maps follow it pixel by pixel.
     """
+    img = checked_image(img)
     check_exposure(img, model)
     rate, mask, keep, (top, left) = prepare(img)
     outs = model.predict_all(rate, mask, img.exposure)
