@@ -860,3 +860,64 @@ def test_make_detxy_takes_an_archive_url(xsa, tmp_path, sleeps, capsys):
     assert "127.0.0.1:9" not in err and "cannot reach" not in err
     assert make_main([OBSID, "--save_dir", str(tmp_path), "--archive-url", "ftp://x"]) == 2
     assert "not an http(s) URL" in capsys.readouterr().err
+
+
+def _second_download_waits(tmp_path, monkeypatch, caplog, first_fails=False):
+    """Two threads download OBSID into tmp_path at once; the first is held inside its
+    download until the second is seen waiting for the lock. Returns both results (a path or
+    the exception)."""
+    started, go = threading.Event(), threading.Event()
+    real = archive._fetch_product
+    calls = []
+
+    def held(*args, **kwargs):
+        calls.append(threading.current_thread().name)
+        if len(calls) == 1:
+            started.set()
+            assert go.wait(20)
+            if first_fails:
+                raise archive._Permanent(f"OBS_ID {OBSID}: the archive said no")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(archive, "_fetch_product", held)
+    caplog.set_level(logging.WARNING, logger="xmm_enhance")
+    out = {}
+
+    def run(key):
+        try:
+            out[key] = download_pps(OBSID, tmp_path / "save", backoff_s=0.01)
+        except Exception as exc:
+            out[key] = exc
+
+    first = threading.Thread(target=run, args=("first",), name="first")
+    first.start()
+    assert started.wait(20)
+    second = threading.Thread(target=run, args=("second",), name="second")
+    second.start()
+    for _ in range(400):
+        if "another process is downloading it" in caplog.text:
+            break
+        time.sleep(0.05)
+    assert "another process is downloading it" in caplog.text
+    assert "second" not in calls                        # it waits before asking the archive
+    go.set()
+    first.join(20)
+    second.join(20)
+    return out, calls
+
+
+def test_a_second_download_of_one_obsid_waits_and_reuses_the_first(xsa, tmp_path, monkeypatch,
+                                                                   caplog):
+    out, calls = _second_download_waits(tmp_path, monkeypatch, caplog)
+    pps = tmp_path / "save" / OBSID / "pps"
+    assert out == {"first": pps, "second": pps} and pps_folder_is_complete(pps, OBSID)
+    assert "second" not in calls                        # downloaded once
+    assert not list((tmp_path / "save" / OBSID).glob(".pps-download-*"))
+
+
+def test_a_second_download_goes_on_when_the_first_fails(xsa, tmp_path, monkeypatch, caplog):
+    out, calls = _second_download_waits(tmp_path, monkeypatch, caplog, first_fails=True)
+    pps = tmp_path / "save" / OBSID / "pps"
+    assert isinstance(out["first"], ArchiveError) and "the archive said no" in str(out["first"])
+    assert out["second"] == pps and pps_folder_is_complete(pps, OBSID)
+    assert "second" in calls

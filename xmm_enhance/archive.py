@@ -1020,6 +1020,68 @@ def _marker_ok(pps: Path) -> bool:
         return False
 
 
+#: Lock file (in ``<save_dir>/<OBS_ID>``) held while :func:`download_pps` downloads.
+DOWNLOAD_LOCK_NAME = ".pps-download.lock"
+
+
+@contextlib.contextmanager
+def _download_lock(obs_dir: Path, obsid: str):
+    """Hold an exclusive ``flock`` on ``obs_dir/DOWNLOAD_LOCK_NAME`` while the block runs.
+
+    A second process that downloads the same OBS_ID into the same folder (two
+    make_detxy_pn_image_pps.py runs, or one beside a batch) waits for the first and then
+    reuses its folder instead of downloading it again. The kernel drops the lock when its
+    holder dies, so a killed download never blocks the next (its file stays, empty, until the
+    next download of the OBS_ID removes it). Where the file system does not
+    support ``flock`` the download goes ahead unlocked, as before.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    path = obs_dir / DOWNLOAD_LOCK_NAME
+    told = False
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            log.debug("%s: no download lock (%s)", path, exc)
+            yield
+            return
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not told:
+                    log.warning("OBS_ID %s: another process is downloading it into %s; "
+                                "waiting for it", obsid, obs_dir)
+                    told = True
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            try:  # still the file at path? (a failed first download removes its folder)
+                same = os.path.samestat(os.fstat(fd), os.stat(path))
+            except FileNotFoundError:
+                same = False
+        except OSError as exc:  # flock not supported here
+            os.close(fd)
+            log.debug("%s: no download lock (%s)", path, exc)
+            yield
+            return
+        if same:
+            break
+        os.close(fd)
+        obs_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    finally:
+        # only the holder removes the file (waiters then find theirs unlinked and start
+        # over), so no lock file stays behind
+        with contextlib.suppress(OSError):
+            if os.path.samestat(os.fstat(fd), os.stat(path)):
+                os.unlink(path)
+        os.close(fd)
+
+
 def _remove_stale_stages(obs_dir: Path, max_age_s: float = 86400.0) -> None:
     """Remove staging folders a killed run left behind (older than ``max_age_s``)."""
     now = time.time()
@@ -1115,45 +1177,50 @@ def download_pps(obsid: str, save_dir, *, credentials_file=None, retries: int = 
     except OSError as exc:
         raise ArchiveError(f"{obs_dir}: cannot create the download folder ({exc.strerror}); "
                            "pass a writable --save_dir") from None
-    _remove_stale_stages(obs_dir)
-    stage = Path(tempfile.mkdtemp(prefix=".pps-download-", dir=obs_dir))
-    (stage / "flat").mkdir()
-    failure = None
-    try:
-        log.info("OBS_ID %s: downloading the pn PPS products into %s", obsid, pps)
-        for product, query, required in _PRODUCTS:
-            try:
-                _fetch_product(obsid, product, query, stage, secrets, retries, backoff_s)
-            except _Permanent as exc:
-                if required or not exc.missing:
-                    failure = str(exc)
-                    break
-                log.warning("OBS_ID %s: the archive has no %s (%s); continuing without it",
-                            obsid, product, exc)
-        if failure is None:
-            flat = stage / "flat"
-            try:
-                _find(flat, obsid, report=False)
-            except PPSError as exc:
-                failure = (f"OBS_ID {obsid}: the downloaded products are incomplete "
-                           f"({str(exc).split(': ', 1)[-1]})")
-        if failure is None:
-            pps.mkdir(exist_ok=True)
-            (pps / MARKER_NAME).unlink(missing_ok=True)   # the folder is in flux from here on
-            sizes = {}
-            for f in sorted(flat.iterdir()):
-                sizes[f.name] = f.stat().st_size
-                os.replace(f, pps / f.name)
-            tmp = pps / f".{MARKER_NAME}.tmp"
-            tmp.write_text(json.dumps({"obsid": obsid, "files": sizes,
-                                       "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
-                                      indent=1))
-            os.replace(tmp, pps / MARKER_NAME)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-        if created_obs_dir and (failure is not None or not pps.exists()):
-            with contextlib.suppress(OSError):
-                obs_dir.rmdir()
+    with _download_lock(obs_dir, obsid):
+        if pps_folder_is_complete(pps, obsid):   # another process has just downloaded it
+            log.info("OBS_ID %s: reusing the complete PPS folder %s", obsid, pps)
+            return pps
+        _remove_stale_stages(obs_dir)
+        stage = Path(tempfile.mkdtemp(prefix=".pps-download-", dir=obs_dir))
+        (stage / "flat").mkdir()
+        failure = None
+        try:
+            log.info("OBS_ID %s: downloading the pn PPS products into %s", obsid, pps)
+            for product, query, required in _PRODUCTS:
+                try:
+                    _fetch_product(obsid, product, query, stage, secrets, retries, backoff_s)
+                except _Permanent as exc:
+                    if required or not exc.missing:
+                        failure = str(exc)
+                        break
+                    log.warning("OBS_ID %s: the archive has no %s (%s); continuing without it",
+                                obsid, product, exc)
+            if failure is None:
+                flat = stage / "flat"
+                try:
+                    _find(flat, obsid, report=False)
+                except PPSError as exc:
+                    failure = (f"OBS_ID {obsid}: the downloaded products are incomplete "
+                               f"({str(exc).split(': ', 1)[-1]})")
+            if failure is None:
+                pps.mkdir(exist_ok=True)
+                (pps / MARKER_NAME).unlink(missing_ok=True)   # the folder is in flux from here on
+                sizes = {}
+                for f in sorted(flat.iterdir()):
+                    sizes[f.name] = f.stat().st_size
+                    os.replace(f, pps / f.name)
+                tmp = pps / f".{MARKER_NAME}.tmp"
+                utc = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+                tmp.write_text(json.dumps({"obsid": obsid, "files": sizes, "utc": utc},
+                                          indent=1))
+                os.replace(tmp, pps / MARKER_NAME)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+            if created_obs_dir and (failure is not None or not pps.exists()):
+                with contextlib.suppress(OSError):
+                    (obs_dir / DOWNLOAD_LOCK_NAME).unlink()   # a waiter sees it gone
+                    obs_dir.rmdir()
     if failure is not None:
         raise ArchiveError(_scrub(failure, secrets[:2]))
     log.info("OBS_ID %s: PPS products ready in %s", obsid, pps)
