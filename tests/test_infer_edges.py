@@ -638,3 +638,32 @@ def test_in_memory_near_integer_counts_are_rounded_not_modified(tmp_path, dn_mod
     np.testing.assert_array_equal(given, noisy)
     np.testing.assert_array_equal(res.prediction, ref.prediction)
     np.testing.assert_array_equal(res.input_rate, ref.input_rate)
+
+
+def test_per_ccd_good_time_that_differs_is_reported_and_kept(tmp_path, dn_model, capsys):
+    """An evselect image whose quadrants lost different time (counting mode, as in a real
+    Perseus split: EXPOSURE = the largest ONTIMEnn): one warning naming the CCDs, the ONTIMEnn
+    in the outputs and a HISTORY line saying the rates are counts / EXPOSURE."""
+    times = {f"ONTIME{n:02d}": t for n, t in zip(range(1, 13), [20e3] * 3 + [10812.2] * 3
+                                                  + [12592.0] * 3 + [19900.0] * 3)}
+    img, _ = make_image(tmp_path / "a.fits", extra=times)
+    with pytest.warns(inference.InputWarning, match=r"per-CCD good time differs from "
+                      r"EXPOSURE 20000 s \(CCD 4-6 10812 s; CCD 7-9 12592 s\): rates are "
+                      r"counts / EXPOSURE on every CCD, so low by up to 46 %"):
+        got = inference.read_input(img)
+    assert len(got.notes) == 1
+    assert main([str(img), "--which", "DN", "--model", str(dn_model)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("per-CCD good time differs") == 1
+    for name in ("a_predict_wcs_DN.fits.gz", "a_input_wcs_DN.fits.gz"):
+        h = fits.getheader(tmp_path / name)
+        assert h["ONTIME05"] == pytest.approx(10812.2) and h["ONTIME12"] == 19900.0
+        assert "rates are counts / EXPOSURE on every CCD" in " ".join(h["HISTORY"])
+
+
+def test_equal_per_ccd_good_times_say_nothing(tmp_path):
+    times = {f"ONTIME{n:02d}": 20e3 * (1 + 0.005 * (n % 2)) for n in range(1, 13)}
+    img, _ = make_image(tmp_path / "a.fits", extra=times)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert inference.read_input(img).notes == []

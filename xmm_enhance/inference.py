@@ -63,7 +63,11 @@ EXTRA_OUTPUTS = {"points": "POINTS", "diffuse": "DIFFUSE", "lo68": "LO68", "hi68
 OBS_KEYS = ("TELESCOP", "INSTRUME", "OBS_ID", "EXP_ID", "EXPIDSTR", "OBJECT", "OBSERVER",
             "DATE-OBS", "DATE-END", "DATAMODE", "SUBMODE", "FILTER", "FRMTIME", "RA_OBJ",
             "DEC_OBJ", "RA_NOM", "DEC_NOM", "RA_PNT", "DEC_PNT", "PA_PNT", "TIMESYS", "MJDREF",
-            "TSTART", "TSTOP", "SLCTEXPR", "REVOLUT")
+            "TSTART", "TSTOP", "SLCTEXPR", "REVOLUT"
+            ) + tuple(f"ONTIME{n:02d}" for n in range(1, 13))
+#: Per-CCD good times (``ONTIMEnn``) that differ from ``EXPOSURE`` by more than this fraction
+#: are reported (:func:`ccd_ontime_note`).
+ONTIME_TOLERANCE = 0.01
 REQUIRED_META = ("task", "scale", "version")
 #: Input pixel size the models were trained for (arcsec) and the relative tolerance accepted.
 PIXEL_ARCSEC = 4.0
@@ -873,6 +877,39 @@ def _positive_seconds(value) -> float | None:
     return v if v is not None and math.isfinite(v) and v > 0 else None
 
 
+def ccd_ontime_note(header, exposure: float) -> str:
+    """"" or a note naming the CCDs whose good time (``ONTIMEnn``, as evselect images carry
+    them) differs from ``exposure`` by more than ``ONTIME_TOLERANCE``.
+
+    A pn quadrant can lose time that the others keep (counting mode behind a bright source,
+    per-CCD flare filtering): an evselect image's ``EXPOSURE`` is then the largest
+    ``ONTIMEnn``. The models take one exposure and every pixel's rate is counts /
+    ``EXPOSURE``, so the rates on such CCDs are low by the fraction of time they lost. The
+    CCD layout on the DETX/DETY grid is not confirmed, so no per-CCD correction is made.
+    """
+    times = {}
+    for n in range(1, 13):
+        v = _positive_seconds(header.get(f"ONTIME{n:02d}"))
+        if v is not None:
+            times[n] = v
+    off = {n: t for n, t in times.items() if abs(t / exposure - 1) > ONTIME_TOLERANCE}
+    if not off:
+        return ""
+    groups: dict[float, list[int]] = {}
+    for n, t in off.items():
+        groups.setdefault(round(t), []).append(n)
+    parts = []
+    for t, ccds in sorted(groups.items()):
+        runs = (f"{ccds[0]}-{ccds[-1]}" if len(ccds) > 2 and ccds[-1] - ccds[0] == len(ccds) - 1
+                else ",".join(map(str, ccds)))
+        parts.append(f"CCD {runs} {t:.0f} s")
+    worst = max(abs(1 - t / exposure) for t in off.values())
+    how = "low" if all(t < exposure for t in off.values()) else "off"
+    return (f"per-CCD good time differs from EXPOSURE {exposure:.0f} s ({'; '.join(parts)}): "
+            f"rates are counts / EXPOSURE on every CCD, so {how} by up to {100 * worst:.0f} % "
+            "on those")
+
+
 def read_input(path: str | Path, *, exposure: float | None = None) -> InputImage:
     """Read and validate a pn counts image.
 
@@ -955,6 +992,12 @@ def read_input(path: str | Path, *, exposure: float | None = None) -> InputImage
         raise InputError(f"{path}: exposure {exposure} s is not positive; pass --exposure "
                          "SECONDS")
     exposure = float(exposure)
+    ontime = ccd_ontime_note(header, exposure)
+    if ontime:
+        notes.append(ontime)
+        warnings.warn(f"{path.name}: {ontime} (an image of the time common to all CCDs, as "
+                      "make_detxy_pn_image_pps.py makes, has none of this)", InputWarning,
+                      stacklevel=2)
     _check_band(path, band)
     sky, note = _sky_wcs_of(header, path)
     return InputImage(counts=counts, exposure=exposure, header=header, wcs=sky, wcs_note=note,
@@ -1454,6 +1497,8 @@ def _header(res: EnhanceResult, *, wcs, exposure, pixel_arcsec, what) -> fits.He
     _history(h, f"xmm_enhance {__version__} run_inference_on_real --which {res.task}")
     _history(h, f"input {header_text(img.path.name)}: counts / EXPOSURE, detector mask, "
                 f"pad to {PAD_SIZE}")
+    for note in img.notes:
+        _history(h, f"input: {note}")
     if what != "input":
         _history(h, f"model {header_text(model.path.name)} v{model.version} "
                     f"sha256 {model.sha256[:16]}")
