@@ -181,6 +181,35 @@ sys.exit(m.main(["0123456789", "--pps_dir", {str(tmp_path)!r}]))
     assert returncode == 130 and "interrupted" in err, err
 
 
+def test_demo_sigterm_exits_130_and_leaves_no_temporary(tmp_path, sigterm_when_ready):
+    """xmm-enhance demo stopped by SIGTERM while it writes the simulated event list: exit
+    130, 'interrupted', no half-written file."""
+    out = tmp_path / "demo"
+    code = f"""
+import sys, time
+sys.path.insert(0, {str(ROOT)!r})
+from astropy.io import fits
+def slow(self, fh, *a, **k):
+    fh.write(b"x" * 1000)
+    print("writing", flush=True)
+    time.sleep(60)
+fits.HDUList.writeto = slow
+from xmm_enhance.cli.main import main
+sys.exit(main(["demo", "--outdir", {str(out)!r}]))
+"""
+    returncode, err = sigterm_when_ready(code, "writing")
+    assert returncode == 130 and err.strip().endswith("interrupted"), err
+    assert "Traceback" not in err
+    assert [p.name for p in out.rglob("*") if p.is_file()] == []
+
+
+def test_demo_outdir_that_is_a_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "f").write_text("x")
+    assert main(["demo", "--outdir", str(tmp_path / "f")]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "pass a writable --outdir" in err, err
+
+
 def test_library_warnings_read_as_warning_lines(capsys, restore_logging):
     """A warning the library logs (an unsupported pn SUBMODE, a retry) reads 'warning: ...' on
     the console like the commands' own, so that a cron log can be grepped for it."""

@@ -11,7 +11,8 @@ import logging
 import sys
 from pathlib import Path
 
-from .cli.common import add_verbosity, add_version, command_prog, report_error, setup_logging
+from .cli.common import (add_verbosity, add_version, command_prog, report_error, setup_logging,
+                         sigterm_as_interrupt)
 from .errors import ModelError, XmmEnhanceError
 
 log = logging.getLogger("xmm_enhance.demo")
@@ -75,10 +76,19 @@ def main(argv=None) -> int:
     except SystemExit as exc:  # argparse: 0 for --help/--version, 2 for usage errors
         return int(exc.code) if isinstance(exc.code, int) else 2
     setup_logging(args)
-    try:
-        made = run(args.outdir, seed=args.seed)
-    except XmmEnhanceError as exc:
-        return report_error(exc)
+    with sigterm_as_interrupt():
+        try:
+            made = run(args.outdir, seed=args.seed)
+        except XmmEnhanceError as exc:
+            return report_error(exc)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: temporaries are gone, finals whole
+            print("interrupted", file=sys.stderr)
+            return 130
+        except OSError as exc:  # --outdir a file, not writable, disk full
+            where = exc.filename or args.outdir
+            print(f"error: {where}: {exc.strerror or exc}; pass a writable --outdir",
+                  file=sys.stderr)
+            return 1
     if args.quiet:
         return 0
     print(f"image: {made['image']}")

@@ -606,9 +606,13 @@ def _apply(h, cards):
 def _write(path, hdus, compresslevel):
     hdul = fits.HDUList(hdus)
     tmp = path.with_name(f".{path.name}.tmp")
-    with gzip.open(tmp, "wb", compresslevel=compresslevel) as fh:
-        hdul.writeto(fh)
-    tmp.replace(path)
+    try:
+        with gzip.open(tmp, "wb", compresslevel=compresslevel) as fh:
+            hdul.writeto(fh)
+        tmp.replace(path)
+    except BaseException:  # an error or an interrupt leaves no temporary behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _primary(common, content):
