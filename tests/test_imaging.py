@@ -366,3 +366,23 @@ def test_read_header_stops_early(tmp_path):
     assert g["NAXIS2"] == 2
     with pytest.raises(PPSError, match="no RATE"):
         events.read_header(path, "RATE")
+
+
+@pytest.mark.parametrize("date, scale", [("2001-01-30T15:44:46", "TT"),
+                                         ("2019-07-11T11:42:31.5", "TT"),
+                                         ("2019-07-11T11:42:31.5", "TAI")])
+def test_mjd_obs_of_a_utc_date_obs_is_in_timesys(date, scale):
+    """An image without TSTART whose DATE-OBS says UTC (as XMM's do, under TIMESYS = 'TT'):
+    MJD-OBS is that instant in TIMESYS (TT - UTC was 64.184 s in 2001, 69.184 s in 2019);
+    without the UTC note it is the date as written."""
+    from astropy.time import Time
+
+    h = fits.Header()
+    h["TIMESYS"] = scale
+    h["MJDREF"] = 50814.0
+    h["DATE-OBS"] = (date, "Start Time (UTC) of exposure")
+    h["DATE-END"] = date
+    got = skywcs.time_keywords(h)
+    want = getattr(Time(date, scale="utc"), scale.lower()).mjd
+    assert got["MJD-OBS"] == pytest.approx(want, abs=1e-9)
+    assert got["MJD-END"] == pytest.approx(Time(date, scale="tt").mjd, abs=1e-9)

@@ -173,7 +173,8 @@ def time_keywords(header) -> fits.Header:
     they did; writing them ourselves keeps our files warning-free. ``MJD-OBS``/``MJD-END`` are
     ``MJDREF + TSTART/86400`` and ``MJDREF + TSTOP/86400``: exact, in the time scale
     ``TIMESYS`` names, as a FITS reader takes them. Only without ``TSTART``/``TSTOP`` are they
-    the MJDs of ``DATE-OBS``/``DATE-END`` as written. (XMM writes ``DATE-OBS`` in UTC under
+    the MJDs of ``DATE-OBS``/``DATE-END``: as written, or converted from UTC to ``TIMESYS``
+    (TT or TAI) where the card's comment says UTC. (XMM writes ``DATE-OBS`` in UTC under
     ``TIMESYS = 'TT'``, 69 s from TT since 2017: taken as written, it would put ``MJD-OBS``
     69 s early.) Keys whose source is missing or unparsable are left out.
 
@@ -211,8 +212,35 @@ def time_keywords(header) -> fits.Header:
         if mjd is None and src in header:
             mjd = _iso_to_mjd(header[src])
             if mjd is not None:
-                h[dst] = (mjd, f"[d] MJD of {src}")
+                utc = _says_utc(header, src)
+                if utc and scale in ("TT", "TDT", "TAI"):
+                    mjd = _utc_mjd_to(mjd, scale)
+                    h[dst] = (mjd, f"[d] MJD ({scale}) of {src} (UTC)")
+                else:
+                    h[dst] = (mjd, f"[d] MJD of {src}")
     return h
+
+
+def _says_utc(header, key) -> bool:
+    """Whether the card ``key``'s comment says its date is UTC (XMM writes ``DATE-OBS``
+    'Start Time (UTC) of exposure' under ``TIMESYS = 'TT'``)."""
+    comments = getattr(header, "comments", None)
+    try:
+        text = str(comments[key]) if comments is not None else ""
+    except KeyError:
+        return False
+    return re.search(r"\bUTC\b", text) is not None
+
+
+def _utc_mjd_to(mjd_utc: float, scale: str) -> float:
+    """An MJD in UTC as an MJD in TAI or TT: TAI - UTC from erfa's leap-second table (built
+    in; no download), + 32.184 s for TT."""
+    import erfa
+
+    day = math.floor(mjd_utc)
+    y, mo, d, _ = erfa.jd2cal(2400000.5, day)
+    tai_utc = float(erfa.dat(y, mo, d, mjd_utc - day))
+    return mjd_utc + (tai_utc + (32.184 if scale in ("TT", "TDT") else 0.0)) / 86400.0
 
 
 def pad_wcs(w: WCS, top: int, left: int) -> WCS:
