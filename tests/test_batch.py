@@ -1620,3 +1620,17 @@ def test_failed_steps_are_named_in_the_row(tmp_path, pps_root, models, monkeypat
     monkeypatch.setattr(pipeline, "make_image", no_image)
     r = batch.process_observation(OBSIDS[1], cfg)
     assert r.status == "failed" and r.steps == "image:failed", r.steps
+
+
+def test_a_mistyped_list_or_model_path_says_what_is_wrong_and_the_fix(tmp_path, capsys):
+    """A list file that does not exist reads 'no such OBS_ID list file', a folder 'a folder',
+    and a missing --sr-model names the fix; all usage errors (exit 2) before anything runs."""
+    with pytest.raises(UsageError, match=r"obsids\.txtt: no such OBS_ID list file; pass ids"):
+        read_obsid_list([str(tmp_path / "obsids.txtt")], bad=[])
+    with pytest.raises(UsageError, match=r": a folder, not an OBS_ID list file"):
+        read_obsid_list([str(tmp_path)], bad=[])
+    assert main(["0123456789", "--save_dir", str(tmp_path), "--sr-model",
+                 str(tmp_path / "nope.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "nope.onnx: no such file; pass an .onnx model file, or leave the option out" in err
+    assert not list(tmp_path.iterdir())

@@ -332,8 +332,11 @@ def read_obsid_list(items, *, bad: list | None = None) -> list[str]:
             if not path.is_file() and re.fullmatch(r"\s*\d{9}\s*", item):
                 raise UsageError(f"{item.strip()}: {obsid_problem(item.strip())}")
             if not path.is_file():
-                raise UsageError(f"{item}: neither a ten-digit OBS_ID nor an OBS_ID list file; "
-                                 "pass ids like 0123456789 or a file with one id a line")
+                what = ("a folder, not an OBS_ID list file" if path.is_dir() else
+                        "neither a ten-digit OBS_ID nor an OBS_ID list file"
+                        if re.fullmatch(r"\s*\d+\s*", item) else "no such OBS_ID list file")
+                raise UsageError(f"{item}: {what}; pass ids like 0123456789 or a file with one "
+                                 "id a line")
             try:
                 text = _decode_list(path.read_bytes())
             except OSError as exc:

@@ -184,7 +184,8 @@ def _check_existing(path: Path, obsid: str, overwrite: bool, what: str = ";") ->
         raise OutputError(f"{path}: exists and holds OBS_ID {other}, not {obsid}; give each "
                           f"observation its own --save_dir (e.g. {path.parent / obsid})")
     if not overwrite:
-        raise OutputError(f"{path}: exists{what} pass --overwrite to replace it")
+        raise OutputError(f"{path}: exists{what} pass --overwrite to replace it (--skip-existing "
+                          "keeps it and exits 0)")
 
 
 def make_image(obsid: str, *, low_pi: int = 500, high_pi: int = 2000,

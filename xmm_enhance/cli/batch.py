@@ -25,7 +25,7 @@ from pathlib import Path
 from .. import __version__
 from ..errors import UsageError, XmmEnhanceError
 from ..imageargs import BAND_TOLERANCE_PI, MODEL_BAND_PI, is_model_band  # noqa: F401
-from .common import (MIN_SIGNIF_HELP, add_verbosity, check_min_signif, report_error,
+from .common import (MIN_SIGNIF_HELP, add_verbosity, add_version, check_min_signif, report_error,
                      setup_logging)
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
                                          "appended when missing)")
     r.add_argument("--progress", choices=("auto", "bar", "lines"), default="auto",
                    help="progress bar on a terminal, log lines otherwise (default auto)")
-    p.add_argument("--version", action="version", version=f"xmm_enhance {__version__}")
+    add_version(p)
     add_verbosity(p)
     return p
 
@@ -136,7 +136,10 @@ def _config(args):
     for opt, path in (("--sr-model", args.sr_model), ("--dn-model", args.dn_model),
                       ("--credentials_file", args.credentials_file)):
         if path is not None and not path.is_file():
-            raise UsageError(f"{opt} {path}: no such file")
+            what = "a folder" if path.is_dir() else "no such file"
+            fix = ("pass an .onnx model file, or leave the option out for the bundled model"
+                   if opt != "--credentials_file" else "pass the credentials file's path")
+            raise UsageError(f"{opt} {path}: {what}; {fix}")
     threads = args.threads
     if threads is None:
         # Locally the CPUs are shared by the --jobs workers; on Dask, one core per task

@@ -11,9 +11,8 @@ import math
 import sys
 from pathlib import Path
 
-from .. import __version__
 from ..errors import UsageError, XmmEnhanceError
-from .common import (MIN_SIGNIF_HELP, add_verbosity, check_min_signif, command_prog,
+from .common import (MIN_SIGNIF_HELP, add_verbosity, add_version, check_min_signif, command_prog,
                      report_error, setup_logging, sigterm_as_interrupt)
 
 log = logging.getLogger("xmm_enhance")
@@ -53,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "each SOURCES entry redrawn as the halved PSF with the POINTS map's counts, "
                    "and POINTS kept only near sources of >= 4.5 sigma)")
     p.add_argument("--min-signif", type=float, metavar="SIGMA", help=MIN_SIGNIF_HELP)
-    p.add_argument("--version", action="version", version=f"xmm_enhance {__version__}")
+    add_version(p)
     add_verbosity(p)
     return p
 
