@@ -1634,3 +1634,21 @@ def test_a_mistyped_list_or_model_path_says_what_is_wrong_and_the_fix(tmp_path, 
     err = capsys.readouterr().err
     assert "nope.onnx: no such file; pass an .onnx model file, or leave the option out" in err
     assert not list(tmp_path.iterdir())
+
+
+def test_batch_with_stderr_closed_still_runs_and_reports(tmp_path, pps_root, models):
+    """Under cron with ``2>&-``: Python gives sys.stderr = None. The batch ran nothing and
+    said nothing (isatty on None); now it runs, writes its report and exits 0, and no file
+    it opens takes descriptor 2."""
+    save = tmp_path / "save"
+    a = _args(save, models, OBSIDS[0], "--which", "DN", pps_root=pps_root)
+    a = [x for x in a if x not in ("--progress", "lines")]   # the default 'auto' asks isatty
+    code = ("import os, sys; os.close(2); sys.stderr = None; "
+            f"sys.path.insert(0, {str(REPO)!r}); "
+            "from xmm_enhance.cli.batch import main; "
+            f"rc = main({a!r}); "
+            "print('rc', rc, os.readlink('/proc/self/fd/2'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert out.stdout.strip().splitlines()[-1] == "rc 0 /dev/null", out.stdout + out.stderr
+    assert _report(save / "reports" / "latest")[OBSIDS[0]]["status"] == "done"

@@ -11,7 +11,8 @@ import logging
 import sys
 from pathlib import Path
 
-from .cli.common import (add_verbosity, add_version, command_prog, report_error, setup_logging,
+from .cli.common import (add_verbosity, add_version, command_prog, ensure_std_streams,
+                         report_error, setup_logging,
                          sigterm_as_interrupt)
 from .errors import ModelError, XmmEnhanceError
 
@@ -71,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    ensure_std_streams()
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # argparse: 0 for --help/--version, 2 for usage errors

@@ -25,8 +25,8 @@ from pathlib import Path
 from .. import __version__
 from ..errors import UsageError, XmmEnhanceError
 from ..imageargs import BAND_TOLERANCE_PI, MODEL_BAND_PI, is_model_band  # noqa: F401
-from .common import (MIN_SIGNIF_HELP, add_verbosity, add_version, check_min_signif, report_error,
-                     setup_logging)
+from .common import (MIN_SIGNIF_HELP, add_verbosity, add_version, check_min_signif,
+                     ensure_std_streams, report_error, setup_logging)
 
 log = logging.getLogger(__name__)
 
@@ -252,6 +252,7 @@ def _on_sigterm(signum, frame):  # cron / batch systems stop jobs with SIGTERM
 
 
 def main(argv=None) -> int:
+    ensure_std_streams()
     args = build_parser().parse_args(argv)
     setup_logging(args)
     _quiet_console(args.verbose)

@@ -24,11 +24,35 @@ from ..errors import UsageError, XmmEnhanceError
 
 __all__ = ["setup_logging", "add_verbosity", "add_version", "report_error", "command_prog",
            "invoked_as", "QUIET_HELP", "VERBOSE_HELP", "version_text", "MIN_SIGNIF_HELP",
-           "check_min_signif"]
+           "check_min_signif", "ensure_std_streams"]
 
 MIN_SIGNIF_HELP = ("SR: list point sources of at least this significance (PSF-fit likelihood "
                    "ratio on the input counts, 3 degrees of freedom; default 4.5: false "
                    "entries rare; lower finds more faint sources and more noise peaks; 3-100)")
+
+
+def ensure_std_streams() -> None:
+    """Give a command started with stdin, stdout or stderr closed (``2>&-`` in a crontab, a
+    daemon) a /dev/null in their place, at the file-descriptor level too.
+
+    Python then sets ``sys.stderr`` to None, and code that asks it ``isatty()`` fails before
+    anything is done. Worse, the first file the command opens would get descriptor 2, and
+    anything a library writes to "stderr" would land in that file. Called first by every
+    command's ``main``.
+    """
+    import os
+
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            new = os.open(os.devnull, os.O_RDWR)  # the lowest free descriptor: this one
+            if new != fd:
+                os.dup2(new, fd)
+                os.close(new)
+    for name, fd, mode in (("stdin", 0, "r"), ("stdout", 1, "w"), ("stderr", 2, "w")):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(fd, mode, closefd=False, errors="backslashreplace"))
 
 
 def check_min_signif(value, which) -> None:

@@ -12,8 +12,9 @@ import sys
 from pathlib import Path
 
 from ..errors import UsageError, XmmEnhanceError
-from .common import (MIN_SIGNIF_HELP, add_verbosity, add_version, check_min_signif, command_prog,
-                     report_error, setup_logging, sigterm_as_interrupt)
+from .common import (MIN_SIGNIF_HELP, add_verbosity, add_version, check_min_signif,
+                     command_prog, ensure_std_streams, report_error, setup_logging,
+                     sigterm_as_interrupt)
 
 log = logging.getLogger("xmm_enhance")
 
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    ensure_std_streams()
     with sigterm_as_interrupt():
         try:
             return _main(argv)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from .common import invoked_as, version_text
+from .common import ensure_std_streams, invoked_as, version_text
 
 COMMANDS = {
     "image": ("xmm_enhance.cli.make_image", "OBS_ID -> DETX/DETY image (make_detxy_pn_image_pps.py)"),
@@ -29,6 +29,7 @@ def _usage() -> str:
 
 
 def main(argv=None) -> int:
+    ensure_std_streams()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("-h", "--help"):
         print(_usage())

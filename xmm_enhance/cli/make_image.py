@@ -14,7 +14,8 @@ import math
 import sys
 import warnings
 
-from .common import add_verbosity, add_version, command_prog, setup_logging, sigterm_as_interrupt
+from .common import (add_verbosity, add_version, command_prog, ensure_std_streams, setup_logging,
+                     sigterm_as_interrupt)
 
 __all__ = ["main", "build_parser"]
 
@@ -73,6 +74,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     """Run the command; returns the exit code (130 when Ctrl-C or SIGTERM stops it: the
     temporary files are then removed, and no final file is left half-written)."""
+    ensure_std_streams()
     with sigterm_as_interrupt():
         try:
             return _main(argv)
