@@ -580,7 +580,8 @@ def test_download_removes_stale_staging_folder(xsa, tmp_path):
     old = time.time() - 3 * 86400
     os.utime(stale, (old, old))
     download_pps(OBSID, tmp_path, backoff_s=0.01)
-    assert not stale.exists() and fresh.exists()        # a recent one may belong to another run
+    # with the download lock held no live download owns one, however recent
+    assert not stale.exists() and not fresh.exists()
 
 
 def test_download_reuses_folder_made_elsewhere(xsa, tmp_path, fake_pps):
@@ -921,3 +922,16 @@ def test_a_second_download_goes_on_when_the_first_fails(xsa, tmp_path, monkeypat
     assert isinstance(out["first"], ArchiveError) and "the archive said no" in str(out["first"])
     assert out["second"] == pps and pps_folder_is_complete(pps, OBSID)
     assert "second" in calls
+
+
+def test_a_running_downloads_folder_is_not_removed_by_a_batch_beside_it(tmp_path):
+    """The batch cleans an observation's folder of what killed runs left; a download that is
+    running there now (it holds the download lock) keeps its folder."""
+    obs = tmp_path / OBSID
+    stage = obs / ".pps-download-live"
+    stage.mkdir(parents=True)
+    with archive._download_lock(obs, OBSID) as held:
+        assert held
+        assert archive.remove_stale_downloads(obs) == 0 and stage.is_dir()
+    assert archive.remove_stale_downloads(obs) == 1 and not stage.exists()
+    assert list(obs.iterdir()) == []                    # nor a lock file left

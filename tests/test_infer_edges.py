@@ -667,3 +667,24 @@ def test_equal_per_ccd_good_times_say_nothing(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert inference.read_input(img).notes == []
+
+
+def test_skip_existing_run_that_loses_a_race_skips(tmp_path, dn_model, monkeypatch, capsys):
+    """Two --skip-existing runs on one input at once: the one that finds the outputs made by
+    the other when it comes to write them skips (exit 0); it reported 'exists; pass
+    --overwrite ..., or --skip-existing' before."""
+    img, _ = make_image(tmp_path / "a.fits")
+    real = inference.enhance_file
+
+    def other_run_first(*args, **kwargs):
+        real(*args, **{**kwargs, "overwrite": True})   # the other run finishes first
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "enhance_file", other_run_first)
+    assert main([str(img), "--which", "DN", "--model", str(dn_model), "--skip-existing"]) == 0
+    assert "error" not in capsys.readouterr().err
+    # without --skip-existing the same race is still an error
+    for p in tmp_path.glob("a_*"):
+        p.unlink()
+    assert main([str(img), "--which", "DN", "--model", str(dn_model)]) == 1
+    assert "exists" in capsys.readouterr().err

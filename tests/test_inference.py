@@ -864,3 +864,31 @@ def test_written_files_follow_the_umask(tmp_path, umask):
         os.umask(old)
     for path in (f, p):
         assert path.stat().st_mode & 0o777 == 0o666 & ~umask, (path, oct(path.stat().st_mode))
+
+
+def test_a_live_writers_temporary_is_kept_and_a_dead_ones_removed(tmp_path):
+    """Two runs writing one output at once: neither deletes the other's temporary (it failed
+    one of them with 'cannot write'); a killed writer's is removed by the next write."""
+    import time
+
+    from xmm_enhance.fitsio import (_HOST, atomic_write_hdul, temp_file,
+                                    temporary_is_stale)
+
+    out = tmp_path / "x.fits"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = tmp_path / f".x.fits.{os.getppid()}-{_HOST}.abcdefgh.tmp"   # our parent: alive
+    gone = tmp_path / f".x.fits.{dead.pid}-{_HOST}.abcdefgh.tmp"
+    other_host = tmp_path / f".x.fits.{dead.pid}-zzzz.abcdefgh.tmp"     # not ours to judge
+    old = tmp_path / ".x.fits.abcdefgh.tmp"
+    for p in (live, gone, other_host, old):
+        p.write_bytes(b"half")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    fd, mine = temp_file(out)
+    os.close(fd)
+    assert Path(mine).name.startswith(f".x.fits.{os.getpid()}-{_HOST}.")
+    assert [temporary_is_stale(p) for p in (live, gone, other_host, old, Path(mine))] == [
+        False, True, False, True, False]
+    atomic_write_hdul(fits.HDUList([fits.PrimaryHDU()]), out)
+    assert sorted(p.name for p in tmp_path.glob(".*.tmp")) == sorted(
+        [live.name, other_host.name, Path(mine).name])

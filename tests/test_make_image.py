@@ -790,3 +790,23 @@ def test_gti_plot_leaves_the_users_matplotlib_backend(sim_default, tmp_path):
         assert mpl.get_backend() == "svg"
     finally:
         mpl.use(before)
+
+
+def test_skip_existing_run_that_loses_a_race_skips(small_pps, tmp_path, monkeypatch, capsys):
+    """Two --skip-existing runs of one OBS_ID at once (the second waited for the first's
+    download): the one that finds the image made by the other when it comes to write it
+    prints it and exits 0; it reported 'exists; pass --overwrite' before."""
+    from xmm_enhance import pipeline
+
+    args = [OBSID, "--pps_dir", str(small_pps), "--save_dir", str(tmp_path), "--expo_time",
+            "0", "--skip-existing"]
+    real = pipeline.make_image
+
+    def other_run_first(*a, **k):
+        real(*a, **{**k, "overwrite": True})           # the other run finishes first
+        return real(*a, **k)
+
+    monkeypatch.setattr(pipeline, "make_image", other_run_first)
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "made by another run meanwhile" in captured.out and "error" not in captured.err

@@ -1025,20 +1025,22 @@ DOWNLOAD_LOCK_NAME = ".pps-download.lock"
 
 
 @contextlib.contextmanager
-def _download_lock(obs_dir: Path, obsid: str):
-    """Hold an exclusive ``flock`` on ``obs_dir/DOWNLOAD_LOCK_NAME`` while the block runs.
+def _download_lock(obs_dir: Path, obsid: str, *, wait: bool = True):
+    """Hold an exclusive ``flock`` on ``obs_dir/DOWNLOAD_LOCK_NAME`` while the block runs;
+    yields whether it is held.
 
     A second process that downloads the same OBS_ID into the same folder (two
     make_detxy_pn_image_pps.py runs, or one beside a batch) waits for the first and then
     reuses its folder instead of downloading it again. The kernel drops the lock when its
     holder dies, so a killed download never blocks the next (its file stays, empty, until the
-    next download of the OBS_ID removes it). Where the file system does not
-    support ``flock`` the download goes ahead unlocked, as before.
+    next download of the OBS_ID removes it). Where the file system does not support
+    ``flock`` the block runs unlocked (yields False), as before. ``wait=False``: yields False
+    at once when another process holds it.
     """
     try:
         import fcntl
     except ImportError:  # not POSIX
-        yield
+        yield False
         return
     path = obs_dir / DOWNLOAD_LOCK_NAME
     told = False
@@ -1047,32 +1049,41 @@ def _download_lock(obs_dir: Path, obsid: str):
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as exc:
             log.debug("%s: no download lock (%s)", path, exc)
-            yield
+            yield False
             return
+        busy = False
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                if not told:
-                    log.warning("OBS_ID %s: another process is downloading it into %s; "
-                                "waiting for it", obsid, obs_dir)
-                    told = True
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            try:  # still the file at path? (a failed first download removes its folder)
-                same = os.path.samestat(os.fstat(fd), os.stat(path))
-            except FileNotFoundError:
-                same = False
+                if not wait:
+                    busy = True
+                else:
+                    if not told:
+                        log.warning("OBS_ID %s: another process is downloading it into %s; "
+                                    "waiting for it", obsid, obs_dir)
+                        told = True
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+            if not busy:
+                try:  # still the file at path? (a failed first download removes its folder)
+                    same = os.path.samestat(os.fstat(fd), os.stat(path))
+                except FileNotFoundError:
+                    same = False
         except OSError as exc:  # flock not supported here
             os.close(fd)
             log.debug("%s: no download lock (%s)", path, exc)
-            yield
+            yield False
+            return
+        if busy:
+            os.close(fd)
+            yield False
             return
         if same:
             break
         os.close(fd)
         obs_dir.mkdir(parents=True, exist_ok=True)
     try:
-        yield
+        yield True
     finally:
         # only the holder removes the file (waiters then find theirs unlinked and start
         # over), so no lock file stays behind
@@ -1082,14 +1093,30 @@ def _download_lock(obs_dir: Path, obsid: str):
         os.close(fd)
 
 
-def _remove_stale_stages(obs_dir: Path, max_age_s: float = 86400.0) -> None:
-    """Remove staging folders a killed run left behind (older than ``max_age_s``)."""
+def remove_stale_downloads(obs_dir: Path) -> int:
+    """Remove the download folders (``.pps-download-*``) that killed runs left in
+    ``obs_dir``, unless a download of that OBS_ID is running now (it holds the download
+    lock); returns how many. Without ``flock``, only those older than a day."""
+    obs_dir = Path(obs_dir)
+    if not any(obs_dir.glob(".pps-download-*")):
+        return 0
+    with _download_lock(obs_dir, obs_dir.name, wait=False) as held:
+        return _remove_stale_stages(obs_dir, max_age_s=0.0 if held else 86400.0)
+
+
+def _remove_stale_stages(obs_dir: Path, max_age_s: float = 86400.0) -> int:
+    """Remove staging folders a killed run left behind (older than ``max_age_s``; 0 when the
+    caller holds the download lock, since no live download can then own one); returns how
+    many."""
     now = time.time()
+    n = 0
     for d in obs_dir.glob(".pps-download-*"):
         with contextlib.suppress(OSError):
-            if d.is_dir() and now - d.stat().st_mtime > max_age_s:
+            if d.is_dir() and now - d.stat().st_mtime >= max_age_s:
                 log.debug("removing the stale download folder %s", d)
                 shutil.rmtree(d, ignore_errors=True)
+                n += 1
+    return n
 
 
 def pps_folder_is_complete(pps, obsid: str) -> bool:
@@ -1177,11 +1204,12 @@ def download_pps(obsid: str, save_dir, *, credentials_file=None, retries: int = 
     except OSError as exc:
         raise ArchiveError(f"{obs_dir}: cannot create the download folder ({exc.strerror}); "
                            "pass a writable --save_dir") from None
-    with _download_lock(obs_dir, obsid):
+    with _download_lock(obs_dir, obsid) as held:
         if pps_folder_is_complete(pps, obsid):   # another process has just downloaded it
             log.info("OBS_ID %s: reusing the complete PPS folder %s", obsid, pps)
             return pps
-        _remove_stale_stages(obs_dir)
+        # with the lock held, any download folder there is a killed run's
+        _remove_stale_stages(obs_dir, max_age_s=0.0 if held else 86400.0)
         stage = Path(tempfile.mkdtemp(prefix=".pps-download-", dir=obs_dir))
         (stage / "flat").mkdir()
         failure = None

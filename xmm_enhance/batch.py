@@ -49,7 +49,6 @@ import logging
 import logging.handlers
 import os
 import re
-import shutil
 import socket
 import sys
 import threading
@@ -818,16 +817,20 @@ def observation_state(obsid: str, cfg: BatchConfig) -> dict:
 
 
 def _clean_temporaries(obs_dir: Path) -> int:
-    """Remove what killed writers left under ``obs_dir`` (we hold its lock). Returns count."""
-    n = 0
+    """Remove what killed writers left under ``obs_dir``; returns the count. We hold the
+    observation's lock, but a make_detxy_pn_image_pps.py or run_inference_on_real.py run
+    beside the batch does not take it: its download folder stays while it holds the download
+    lock (:func:`archive.remove_stale_downloads`), and its temporaries while it runs
+    (:func:`fitsio.temporary_is_stale`)."""
+    from .archive import remove_stale_downloads
+    from .fitsio import temporary_is_stale
+
     if not obs_dir.is_dir():
         return 0
+    n = remove_stale_downloads(obs_dir)
     for p in sorted(obs_dir.rglob(".*")):
         try:
-            if p.is_dir() and p.name.startswith(".pps-download-"):
-                shutil.rmtree(p, ignore_errors=True)
-                n += 1
-            elif p.is_file() and _TMP_RE.match(p.name):
+            if p.is_file() and _TMP_RE.match(p.name) and temporary_is_stale(p):
                 p.unlink()
                 n += 1
         except OSError:
@@ -1597,10 +1600,10 @@ def _row(r: ObsResult) -> dict:
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    import tempfile
+    from .fitsio import temp_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_file(path)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
             fh.write(text)

@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import io
 import os
+import re
+import socket
 import struct
 import tempfile
+import time
 import zlib
 from pathlib import Path
 
@@ -15,7 +18,8 @@ from .fsmode import file_mode
 
 __all__ = ["add_history", "atomic_write_hdul", "atomic_write_hduls", "atomic_savefig",
            "check_writable_dir", "check_creatable_dir", "check_name_length", "ensure_output_dir",
-           "header_text", "refuse_existing", "remove_stale_temporaries", "GZIP_LEVEL"]
+           "header_text", "refuse_existing", "remove_stale_temporaries", "GZIP_LEVEL",
+           "temp_file", "temporary_is_stale"]
 
 #: zlib level of ``.gz`` outputs. Float images hardly compress beyond their runs of zeros, so
 #: level 1 with run-length matching (``Z_RLE``) gives files as small as level 6 (or 9) in less
@@ -57,14 +61,54 @@ def header_text(text) -> str:
     return "".join(c if " " <= c <= "~" else ascii(c)[1:-1] for c in str(text))
 
 
+#: A temporary whose writer is not known to be dead is left alone until it is this old (s):
+#: no writer of this package keeps one open for more than seconds, so an older one is left
+#: by a killed run (or one on another host of a shared file system).
+STALE_TMP_S = 3600.0
+#: This host, as temporary names carry it (4 hex digits of a CRC of the host name).
+_HOST = f"{zlib.crc32(socket.gethostname().encode('utf-8', 'replace')) & 0xFFFF:04x}"
+_OWNER_RE = re.compile(r"\.(\d+)-([0-9a-f]{4})\.[^.]+\.tmp$")
+
+
+def temp_file(path: Path) -> tuple[int, str]:
+    """``tempfile.mkstemp`` beside ``path``: ``.<name>.<pid>-<host>.XXXXXXXX.tmp``, so that
+    another process can tell whether its writer still runs (:func:`temporary_is_stale`)."""
+    path = Path(path)
+    return tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-{_HOST}.", suffix=".tmp",
+                            dir=path.parent)
+
+
+def temporary_is_stale(tmp: Path) -> bool:
+    """Whether the temporary ``tmp`` was left by a writer that is gone: its process (named in
+    the file name, this host) no longer exists, or it is older than ``STALE_TMP_S``. A live
+    writer's temporary (another run writing the same file at this moment) is not stale."""
+    tmp = Path(tmp)
+    m = _OWNER_RE.search(tmp.name)
+    if m and m.group(2) == _HOST:
+        pid = int(m.group(1))
+        if pid != os.getpid():
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return True
+            except (PermissionError, OSError):
+                pass
+    try:
+        return time.time() - tmp.stat().st_mtime > STALE_TMP_S
+    except OSError:
+        return False
+
+
 def remove_stale_temporaries(path: Path) -> int:
-    """Delete temporaries a killed writer of ``path`` left behind; return how many."""
+    """Delete the temporaries that killed writers of ``path`` left behind (not those of a
+    writer still at work: :func:`temporary_is_stale`); return how many."""
     path = Path(path)
     n = 0
     for tmp in path.parent.glob(f".{path.name}.*.tmp"):
         try:
-            tmp.unlink()
-            n += 1
+            if temporary_is_stale(tmp):
+                tmp.unlink()
+                n += 1
         except OSError:
             pass
     return n
@@ -220,7 +264,7 @@ def atomic_write_hduls(items, *, overwrite: bool = False) -> list[Path]:
             data = (hdul if isinstance(hdul, bytes)
                     else _fits_bytes(hdul, path.name.endswith(".gz")))
             remove_stale_temporaries(path)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            fd, tmp = temp_file(path)
             tmps.append(tmp)
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
@@ -245,8 +289,9 @@ def atomic_write_hduls(items, *, overwrite: bool = False) -> list[Path]:
     return [path for _, path in items]
 
 
-#: What a temporary name adds to a final one: ``.<name>.XXXXXXXX.tmp`` (tempfile.mkstemp).
-_TMP_EXTRA = len("." + "." + "XXXXXXXX" + ".tmp")
+#: What a temporary name adds to a final one: ``.<name>.<pid>-<host>.XXXXXXXX.tmp``
+#: (:func:`temp_file`; pids have at most 7 digits on Linux).
+_TMP_EXTRA = len("." + "." + "4194304-ffff." + "XXXXXXXX" + ".tmp")
 
 
 def _name_max(folder: Path) -> int:
@@ -297,7 +342,7 @@ def atomic_savefig(fig, path: Path, *, dpi=None) -> Path:
     tmp = None
     try:
         remove_stale_temporaries(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = temp_file(path)
         os.close(fd)
         fig.savefig(tmp, format="png", dpi=dpi)
         os.chmod(tmp, file_mode())

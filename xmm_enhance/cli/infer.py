@@ -11,7 +11,7 @@ import math
 import sys
 from pathlib import Path
 
-from ..errors import UsageError, XmmEnhanceError
+from ..errors import OutputError, UsageError, XmmEnhanceError
 from .common import (MIN_SIGNIF_HELP, add_verbosity, add_version, check_min_signif,
                      command_prog, ensure_std_streams, report_error, setup_logging,
                      sigterm_as_interrupt)
@@ -111,6 +111,11 @@ def _main(argv=None) -> int:
                                overwrite=overwrite, exposure=args.exposure, png=args.png,
                                redraw=not args.no_redraw, min_signif=args.min_signif)
         except XmmEnhanceError as exc:
+            if args.skip_existing and isinstance(exc, OutputError) and _made_meanwhile(
+                    f, model, args):
+                log.info("%s: skipped, another run has just made its outputs "
+                         "(--skip-existing)", f)
+                continue
             report_error(exc)
             failed.append(f)
             continue
@@ -134,6 +139,19 @@ def _main(argv=None) -> int:
         print(f"error: {len(failed)} of {len(inputs)} inputs failed: "
               + ", ".join(str(f) for f in failed), file=sys.stderr)
     return 1 if failed else 0
+
+
+def _made_meanwhile(f, model, args) -> bool:
+    """With --skip-existing: whether ``f``'s outputs, which were not complete when this run
+    looked, are complete now (a run beside this one made them: this one then skips it)."""
+    from ..inference import outputs_complete, run_outputs
+
+    try:
+        paths = run_outputs(f, model, args.outdir, png=args.png)
+        return outputs_complete(paths, model=model, infile=f, min_signif=args.min_signif,
+                                redraw=not args.no_redraw)[0]
+    except XmmEnhanceError:
+        return False
 
 
 if __name__ == "__main__":  # pragma: no cover

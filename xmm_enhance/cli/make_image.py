@@ -102,7 +102,7 @@ def _main(argv=None) -> int:
     setup_logging(args)
 
     from ..archive import check_archive_url, using_archive_url
-    from ..errors import UsageError, XmmEnhanceError
+    from ..errors import OutputError, UsageError, XmmEnhanceError
     from ..pipeline import make_image
 
     try:
@@ -133,6 +133,15 @@ def _main(argv=None) -> int:
                                  gti_plot=args.gti_plot,
                                  credentials_file=args.credentials_file)
         except XmmEnhanceError as err:
+            if args.skip_existing and isinstance(err, OutputError):
+                done, _ = _existing_image(args)   # made by a run beside this one meanwhile?
+                if done is not None:
+                    if not args.quiet:
+                        print(f"image: {done[0]} (made by another run meanwhile, "
+                              "--skip-existing)")
+                        print(f"exposure: {done[1]:.1f} s")
+                        print(f"counts: {done[2]}")
+                    return 0
             _print_warnings(caught, prog)
             msg = str(err).splitlines()[0] if str(err) else type(err).__name__
             print(f"{prog}: error: {msg}", file=sys.stderr)
