@@ -1658,3 +1658,15 @@ def test_batch_with_stderr_closed_still_runs_and_reports(tmp_path, pps_root, mod
                          timeout=300)
     assert out.stdout.strip().splitlines()[-1] == "rc 0 /dev/null", out.stdout + out.stderr
     assert _report(save / "reports" / "latest")[OBSIDS[0]]["status"] == "done"
+
+
+def test_a_save_dir_whose_name_is_not_utf8_gets_its_report(tmp_path, pps_root, models):
+    """A --save_dir with a Latin-1 byte in its name: the batch crashed writing its report
+    (UnicodeEncodeError) after doing the work, on every rerun."""
+    save = Path(os.fsdecode(os.fsencode(str(tmp_path)) + b"/lat\xe9in"))
+    assert main(_args(save, models, OBSIDS[0], "--which", "DN", "-q", pps_root=pps_root)) == 0
+    rows = _report(save / "reports" / "latest")
+    assert rows[OBSIDS[0]]["status"] == "done"
+    csv_bytes = (save / "reports" / "latest.csv").read_bytes()
+    assert b"lat\xe9in" in csv_bytes                   # the path as the file system has it
+    assert "step DN: ran" in (save / OBSIDS[0] / LOG_NAME).read_text(errors="replace")

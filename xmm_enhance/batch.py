@@ -857,7 +857,7 @@ class _ObsLogHandler(logging.handlers.RotatingFileHandler):
 
     def __init__(self, path: Path):
         super().__init__(path, mode="a", maxBytes=LOG_MAX_BYTES, backupCount=1,
-                         encoding="utf-8", delay=False)
+                         encoding="utf-8", errors="backslashreplace", delay=False)
         self.thread = threading.get_ident()
         self.setFormatter(_utc_formatter())
         self.addFilter(lambda r: r.thread == self.thread)
@@ -1605,7 +1605,9 @@ def _atomic_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = temp_file(path)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+        # surrogateescape: a path with bytes that are not UTF-8 (a Latin-1 folder name) is
+        # written as the file system has it, instead of failing the report
+        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape", newline="") as fh:
             fh.write(text)
         os.chmod(tmp, file_mode())
         os.replace(tmp, path)
