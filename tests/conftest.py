@@ -160,3 +160,14 @@ def _sigterm_when_ready(code: str, ready: str, pause: float = 0.0) -> tuple[int,
 def sigterm_when_ready():
     """:func:`_sigterm_when_ready`, for the commands' SIGTERM tests."""
     return _sigterm_when_ready
+
+
+@pytest.fixture(autouse=True)
+def _archive_answers_again():
+    """Each test starts with an archive that has not failed yet in this process
+    (``archive._UNANSWERED``: a batch gives up on an archive that stops answering)."""
+    from xmm_enhance import archive
+
+    archive._UNANSWERED.update(n=0, last="")
+    yield
+    archive._UNANSWERED.update(n=0, last="")

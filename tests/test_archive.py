@@ -935,3 +935,26 @@ def test_a_running_downloads_folder_is_not_removed_by_a_batch_beside_it(tmp_path
         assert archive.remove_stale_downloads(obs) == 0 and stage.is_dir()
     assert archive.remove_stale_downloads(obs) == 1 and not stage.exists()
     assert list(obs.iterdir()) == []                    # nor a lock file left
+
+
+def test_an_archive_that_stops_answering_is_given_up_on(xsa, tmp_path, sleeps):
+    """In one process (a batch): the first OBS_ID gets every retry, the next ones one attempt
+    each, and after ARCHIVE_GIVE_UP_AFTER in a row the archive is not asked at all; an answer
+    (here: the archive works again) starts over."""
+    ids = [f"01234567{i:02d}" for i in range(1, 6)]
+    xsa.fail = [503] * 100
+    hits = []
+    for o in ids[:archive.ARCHIVE_GIVE_UP_AFTER + 1]:
+        before = len(xsa.hits)
+        with pytest.raises(ArchiveError) as err:
+            download_pps(o, tmp_path, retries=3, backoff_s=0.01)
+        hits.append(len(xsa.hits) - before)
+    assert hits == [4, 1, 1, 0]
+    assert "not asked for: the archive gave no answer for the last 3 OBS_IDs" in str(err.value)
+    assert "503" in str(err.value) and "try again later" in str(err.value)
+    assert _leftovers(tmp_path) == []
+    archive._UNANSWERED["n"] = 1                         # one failure, then it answers
+    xsa.fail = []
+    assert pps_folder_is_complete(download_pps(OBSID, tmp_path, retries=3, backoff_s=0.01),
+                                  OBSID)
+    assert archive._UNANSWERED["n"] == 0

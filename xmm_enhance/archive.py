@@ -1138,6 +1138,14 @@ def pps_folder_is_complete(pps, obsid: str) -> bool:
     return found.attitude is not None and found.calind is not None
 
 
+#: An archive that stops answering (refused connections, time-outs, 5xx) costs each OBS_ID
+#: all its retries (up to 4 x 300 s of read time-out). After one OBS_ID failed that way, this
+#: process tries each next one once (no retries); after this many in a row it asks no more,
+#: and the rest of a batch fails at once with a message saying so. Any answer resets it.
+ARCHIVE_GIVE_UP_AFTER = 3
+_UNANSWERED = {"n": 0, "last": ""}
+
+
 def download_pps(obsid: str, save_dir, *, credentials_file=None, retries: int = 3,
                  backoff_s: float = 1.0) -> Path:
     """Download the EPIC-pn PPS products of ``obsid`` into ``<save_dir>/<obsid>/pps``.
@@ -1183,7 +1191,9 @@ def download_pps(obsid: str, save_dir, *, credentials_file=None, retries: int = 
     Notes
     -----
     The attitude and calibration index are optional: if the archive has none, a warning is
-    logged and the download still succeeds.
+    logged and the download still succeeds. In a process that downloads many OBS_IDs (a
+    batch), an archive that has stopped answering is given up on after
+    ``ARCHIVE_GIVE_UP_AFTER`` OBS_IDs in a row.
     """
     obsid = validate_obsid(obsid)
     if retries < 0 or backoff_s < 0:
@@ -1198,6 +1208,11 @@ def download_pps(obsid: str, save_dir, *, credentials_file=None, retries: int = 
         log.info("OBS_ID %s: reusing the complete PPS folder %s", obsid, pps)
         return pps
 
+    if _UNANSWERED["n"] >= ARCHIVE_GIVE_UP_AFTER:
+        raise ArchiveError(
+            f"OBS_ID {obsid}: not asked for: the archive gave no answer for the last "
+            f"{_UNANSWERED['n']} OBS_IDs of this run ({_UNANSWERED['last']}); try again later "
+            "or check the network")
     created_obs_dir = not obs_dir.exists()
     try:
         obs_dir.mkdir(parents=True, exist_ok=True)
@@ -1217,8 +1232,15 @@ def download_pps(obsid: str, save_dir, *, credentials_file=None, retries: int = 
             log.info("OBS_ID %s: downloading the pn PPS products into %s", obsid, pps)
             for product, query, required in _PRODUCTS:
                 try:
-                    _fetch_product(obsid, product, query, stage, secrets, retries, backoff_s)
+                    _fetch_product(obsid, product, query, stage, secrets,
+                                   retries if _UNANSWERED["n"] == 0 else 0, backoff_s)
+                    _UNANSWERED["n"] = 0
+                except ArchiveError as exc:   # no answer after every attempt
+                    _UNANSWERED["n"] += 1
+                    _UNANSWERED["last"] = str(exc).split(": download failed ", 1)[-1]
+                    raise
                 except _Permanent as exc:
+                    _UNANSWERED["n"] = 0          # the archive answered
                     if required or not exc.missing:
                         failure = str(exc)
                         break
