@@ -831,7 +831,11 @@ def test_pool_survives_a_dying_worker(tmp_path):
 
 def mark_and_sleep(obsid, cfg):
     """A task that says it started (a file in save_dir) and takes a second."""
-    (Path(cfg.save_dir) / f"started_{obsid}").write_text(str(os.getpid()))
+    # written whole or not at all: a worker terminated between the file's creation and its
+    # write left an empty one, which the test then failed to read
+    tmp = Path(cfg.save_dir) / f".started_{obsid}.tmp"
+    tmp.write_text(str(os.getpid()))
+    tmp.replace(Path(cfg.save_dir) / f"started_{obsid}")
     time.sleep(1.0)
     return batch.ObsResult(obsid=obsid, status="done", pid=os.getpid())
 
