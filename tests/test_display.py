@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 import re
 import subprocess
 import sys
@@ -455,3 +456,49 @@ def test_quicklook_png_lets_go_of_the_figures_images(tmp_path, monkeypatch):
         display.quicklook_png(fake_result(), tmp_path / "q2.png")
     fig, images = drawn[-1]
     assert fig.axes == [] and all(im.get_array().size == 1 for im in images)
+
+
+@pytest.mark.parametrize("home, private", [("/dev/null/x", True), ("HOMEDIR", False)])
+def test_an_unwritable_home_gives_no_matplotlib_lines(tmp_path, home, private):
+    """Under cron HOME may be unset or unwritable: matplotlib then printed two lines to
+    stderr in every process that draws (even with -q) and rebuilt its font cache each run.
+    The package points MPLCONFIGDIR at a private folder in TMPDIR, kept between runs; a
+    working home is left alone."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MPLCONFIGDIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "HOME")}
+    env["TMPDIR"] = str(tmp_path / "tmp")
+    (tmp_path / "tmp").mkdir()
+    if home == "HOMEDIR":
+        (tmp_path / "home").mkdir()
+        env["HOME"] = str(tmp_path / "home")
+    elif home is not None:
+        env["HOME"] = home
+    code = ("import os; from xmm_enhance.fsmode import prepare_matplotlib; prepare_matplotlib(); "
+            "import matplotlib.figure as f; fig = f.Figure(); fig.add_subplot().plot([1, 2]); "
+            f"fig.savefig({str(tmp_path / 'x.png')!r}); print(os.environ.get('MPLCONFIGDIR'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         cwd=str(Path(__file__).resolve().parents[1]), timeout=120)
+    assert out.returncode == 0 and out.stderr == "", out.stderr
+    got = out.stdout.strip()
+    if private:
+        assert got == str(tmp_path / "tmp" / f"xmm_enhance-matplotlib-{os.getuid()}")
+    else:
+        assert got == "None"
+
+
+def test_an_unknown_mplbackend_is_dropped_with_a_warning(tmp_path):
+    """MPLBACKEND=bogus made matplotlib fail at import: a traceback after the image was
+    written. Now one warning, and the figure is drawn."""
+    env = dict(os.environ, MPLBACKEND="bogus")
+    code = ("import warnings, sys; warnings.simplefilter('always'); "
+            "from xmm_enhance.fsmode import prepare_matplotlib; prepare_matplotlib(); "
+            "import matplotlib.figure as f; fig = f.Figure(); fig.add_subplot().plot([1, 2]); "
+            f"fig.savefig({str(tmp_path / 'x.png')!r})")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "MPLBACKEND='bogus' is not a matplotlib backend; ignored" in out.stderr
+    assert (tmp_path / "x.png").read_bytes()[:4] == b"\x89PNG"

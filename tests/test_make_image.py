@@ -810,3 +810,20 @@ def test_skip_existing_run_that_loses_a_race_skips(small_pps, tmp_path, monkeypa
     assert main(args) == 0
     captured = capsys.readouterr()
     assert "made by another run meanwhile" in captured.out and "error" not in captured.err
+
+
+def test_skip_existing_with_gti_plot_remakes_a_missing_plot(small_pps, tmp_path, capsys):
+    """A run killed between the image and its GTI plot: a rerun with --skip-existing
+    --gti-plot made nothing and said nothing (exit 0, no plot); now it makes both again."""
+    args = [OBSID, "--pps_dir", str(small_pps), "--save_dir", str(tmp_path), "--expo_time", "0",
+            "--gti-plot", "-q"]
+    assert main(args) == 0
+    (img,) = tmp_path.glob("pn_cleaned_*.fits")
+    plot = img.with_name(img.stem + "_gti.png")
+    assert plot.is_file()
+    plot.unlink()
+    assert main(args + ["--skip-existing"]) == 0
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+    mtime = img.stat().st_mtime_ns
+    assert main(args + ["--skip-existing"]) == 0       # both there: nothing is redone
+    assert img.stat().st_mtime_ns == mtime

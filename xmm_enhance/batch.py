@@ -1321,6 +1321,9 @@ def _worker_init(parent_pid: int | None = None, pdeathsig: bool = True) -> None:
     logging.getLogger().setLevel(logging.WARNING)
     # Import the heavy modules now, so that the first observation's step times do not
     # include them.
+    from .fsmode import prepare_matplotlib
+
+    prepare_matplotlib()
     with contextlib.suppress(ImportError):
         import astropy.io.fits  # noqa: F401
         import matplotlib.figure  # noqa: F401

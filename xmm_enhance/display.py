@@ -414,6 +414,9 @@ def panels_figure(panels, *, title: str = "", stretch: str = DEFAULT_STRETCH, so
         ``fig.sky_images`` lists, per panel, the :class:`SkyImage` drawn (None for panels
         drawn unresampled).
     """
+    from .fsmode import prepare_matplotlib
+
+    prepare_matplotlib()
     from matplotlib import colormaps
     from matplotlib.figure import Figure
 
@@ -626,6 +629,9 @@ def release_figure(fig) -> None:
 
 def show(res, **kwargs) -> None:
     """Open a window with the quick-look figure (``--display``); needs a GUI backend."""
+    from .fsmode import prepare_matplotlib
+
+    prepare_matplotlib()
     import matplotlib
     import matplotlib.pyplot as plt
 

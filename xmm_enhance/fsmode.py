@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["file_mode"]
+__all__ = ["file_mode", "prepare_matplotlib"]
 
 
 def _proc_umask() -> int | None:
@@ -34,3 +34,58 @@ def file_mode() -> int:
     temporary files behind the atomic writes are created 0o600 and set to this)."""
     mask = _proc_umask()
     return 0o666 & ~(_UMASK if mask is None else mask)
+
+
+#: matplotlib's built-in backend names (lower case), as its rcParams validator knows them.
+_MPL_BACKENDS = frozenset(
+    "gtk3agg gtk3cairo gtk4agg gtk4cairo macosx nbagg notebook qtagg qtcairo qt5agg qt5cairo "
+    "tkagg tkcairo webagg wx wxagg wxcairo agg cairo pdf pgf ps svg template inline "
+    "module://matplotlib_inline.backend_inline ipympl widget".split())
+
+
+def prepare_matplotlib() -> None:
+    """Before matplotlib's first import: where its config folder cannot be made or written
+    (``HOME`` unset, read-only or unwritable under cron), point ``MPLCONFIGDIR`` at a private
+    folder in the temporary directory that is kept between runs.
+
+    matplotlib itself would print two lines to stderr ("mkdir -p failed", "created a
+    temporary cache directory") in every process that draws, even with ``-q``, and rebuild
+    its font cache each time. Nothing changes where the user set ``MPLCONFIGDIR`` or the
+    default folder works. An ``MPLBACKEND`` that matplotlib does not know (it would fail
+    at import) is dropped with a warning.
+    """
+    import sys
+    import tempfile
+
+    if "matplotlib" in sys.modules:
+        return
+    backend = os.environ.get("MPLBACKEND", "").strip()
+    if backend and not (backend.lower() in _MPL_BACKENDS or backend.startswith("module://")):
+        # matplotlib fails at import on a name it does not know (a traceback, after the
+        # image was written); our PNGs draw with Agg whatever the backend
+        import warnings
+
+        os.environ.pop("MPLBACKEND")
+        warnings.warn(f"MPLBACKEND={backend!r} is not a matplotlib backend; ignored (unset "
+                      "it, or set it to one of matplotlib's, e.g. Agg)", UserWarning,
+                      stacklevel=3)
+    if os.environ.get("MPLCONFIGDIR"):
+        return
+    home = os.path.expanduser("~")
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(home, ".config")
+    folder = os.path.join(base, "matplotlib")
+    probe = folder
+    while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)   # the nearest existing ancestor must be writable
+    if home != "~" and os.path.isdir(probe) and os.access(probe, os.W_OK | os.X_OK):
+        return
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    private = os.path.join(tempfile.gettempdir(), f"xmm_enhance-matplotlib-{uid}")
+    try:
+        os.makedirs(private, mode=0o700, exist_ok=True)
+        st = os.stat(private)
+        if st.st_uid != uid or not os.access(private, os.W_OK | os.X_OK):
+            return   # not ours: leave matplotlib to its own fallback
+    except OSError:
+        return
+    os.environ["MPLCONFIGDIR"] = private

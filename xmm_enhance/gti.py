@@ -286,6 +286,9 @@ def plot_gti(curve: RateCurve, kept, path, *, flare_gti=None, title: str = ""):
     ``kept`` (and ``flare_gti``, the intervals passing the threshold) are GTI sets. The file is
     written through a temporary name and renamed. Returns the path.
     """
+    from .fsmode import prepare_matplotlib
+
+    prepare_matplotlib()
     # a bare Figure draws with Agg whatever the user's backend, which stays as it is
     from matplotlib.figure import Figure
 

@@ -183,6 +183,16 @@ def _existing_image(args):
         mine = str(header.get("OBS_ID", "")).strip() == obsid
     except (OSError, ValueError):
         header, mine = None, False
+    if ok and mine and args.gti_plot:
+        from ..batch import png_is_valid
+
+        plot = path.with_name(path.name[: -len(".fits")] + "_gti.png")
+        if not png_is_valid(plot)[0]:
+            # asked for with the image, and missing or cut (a run killed between the two):
+            # made again with the image
+            logging.getLogger("xmm_enhance").info("%s: missing or incomplete; making the "
+                                                  "image and its GTI plot again", plot)
+            return None, True
     if ok and mine:
         counts = int(fits.getdata(path).sum(dtype="int64"))
         return (path, float(header.get("EXPOSURE", float("nan"))), counts), False
