@@ -1674,3 +1674,18 @@ def test_a_save_dir_whose_name_is_not_utf8_gets_its_report(tmp_path, pps_root, m
     csv_bytes = (save / "reports" / "latest.csv").read_bytes()
     assert b"lat\xe9in" in csv_bytes                   # the path as the file system has it
     assert "step DN: ran" in (save / OBSIDS[0] / LOG_NAME).read_text(errors="replace")
+
+
+def test_batch_from_a_deleted_folder_is_one_line(tmp_path, pps_root):
+    """Run from a folder deleted meanwhile (default --save_dir .): one line and exit 2, not a
+    FileNotFoundError traceback."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    code = f"cd {str(gone)!r} && rmdir {str(gone)!r} && exec {sys.executable!r} -c " + repr(
+        f"import sys; sys.path.insert(0, {str(REPO)!r}); from xmm_enhance.cli.batch import main;"
+        f" sys.exit(main([{OBSIDS[0]!r}, '--pps_dir', {str(pps_root)!r}]))")
+    out = subprocess.run(["sh", "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().splitlines() == [
+        "xmm-enhance batch: error: the current folder no longer exists (deleted while the shell "
+        "was in it); cd to an existing folder, or give absolute paths"]

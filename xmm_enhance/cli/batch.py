@@ -26,7 +26,8 @@ from .. import __version__
 from ..errors import UsageError, XmmEnhanceError
 from ..imageargs import BAND_TOLERANCE_PI, MODEL_BAND_PI, is_model_band  # noqa: F401
 from .common import (MIN_SIGNIF_HELP, add_verbosity, add_version, check_min_signif,
-                     ensure_std_streams, report_error, setup_logging)
+                     cwd_gone_is_one_line, ensure_std_streams, report_error,
+                     setup_logging)
 
 log = logging.getLogger(__name__)
 
@@ -253,6 +254,11 @@ def _on_sigterm(signum, frame):  # cron / batch systems stop jobs with SIGTERM
 
 def main(argv=None) -> int:
     ensure_std_streams()
+    with cwd_gone_is_one_line("xmm-enhance batch"):
+        return _main(argv)
+
+
+def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args)
     _quiet_console(args.verbose)

@@ -24,7 +24,7 @@ from ..errors import UsageError, XmmEnhanceError
 
 __all__ = ["setup_logging", "add_verbosity", "add_version", "report_error", "command_prog",
            "invoked_as", "QUIET_HELP", "VERBOSE_HELP", "version_text", "MIN_SIGNIF_HELP",
-           "check_min_signif", "ensure_std_streams"]
+           "check_min_signif", "ensure_std_streams", "cwd_gone_is_one_line"]
 
 MIN_SIGNIF_HELP = ("SR: list point sources of at least this significance (PSF-fit likelihood "
                    "ratio on the input counts, 3 degrees of freedom; default 4.5: false "
@@ -53,6 +53,26 @@ def ensure_std_streams() -> None:
     for name, fd, mode in (("stdin", 0, "r"), ("stdout", 1, "w"), ("stderr", 2, "w")):
         if getattr(sys, name) is None:
             setattr(sys, name, open(fd, mode, closefd=False, errors="backslashreplace"))
+
+
+@contextlib.contextmanager
+def cwd_gone_is_one_line(prog: str):
+    """A command run from a folder that was deleted meanwhile fails with a traceback where it
+    resolves a relative path (the default ``--save_dir .``). Inside: that becomes one line
+    and exit 2 (raised as SystemExit), naming the fix."""
+    import os
+
+    try:
+        yield
+    except FileNotFoundError:
+        try:
+            os.getcwd()
+        except FileNotFoundError:
+            print(f"{prog}: error: the current folder no longer exists (deleted while the "
+                  "shell was in it); cd to an existing folder, or give absolute paths",
+                  file=sys.stderr)
+            raise SystemExit(2) from None
+        raise
 
 
 def check_min_signif(value, which) -> None:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from ..errors import OutputError, UsageError, XmmEnhanceError
 from .common import (MIN_SIGNIF_HELP, add_verbosity, add_version, check_min_signif,
-                     command_prog, ensure_std_streams, report_error, setup_logging,
-                     sigterm_as_interrupt)
+                     command_prog, cwd_gone_is_one_line, ensure_std_streams, report_error,
+                     setup_logging, sigterm_as_interrupt)
 
 log = logging.getLogger("xmm_enhance")
 
@@ -62,7 +62,8 @@ def main(argv=None) -> int:
     ensure_std_streams()
     with sigterm_as_interrupt():
         try:
-            return _main(argv)
+            with cwd_gone_is_one_line(command_prog("run_inference_on_real.py")):
+                return _main(argv)
         except KeyboardInterrupt:   # Ctrl-C or SIGTERM: temporaries are gone, finals whole
             print("interrupted", file=sys.stderr)
             return 130

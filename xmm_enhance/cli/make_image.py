@@ -14,8 +14,8 @@ import math
 import sys
 import warnings
 
-from .common import (add_verbosity, add_version, command_prog, ensure_std_streams, setup_logging,
-                     sigterm_as_interrupt)
+from .common import (add_verbosity, add_version, command_prog, cwd_gone_is_one_line,
+                     ensure_std_streams, setup_logging, sigterm_as_interrupt)
 
 __all__ = ["main", "build_parser"]
 
@@ -77,7 +77,8 @@ def main(argv=None) -> int:
     ensure_std_streams()
     with sigterm_as_interrupt():
         try:
-            return _main(argv)
+            with cwd_gone_is_one_line(build_parser().prog):
+                return _main(argv)
         except KeyboardInterrupt:
             print(f"{build_parser().prog}: interrupted", file=sys.stderr)
             return 130
