@@ -1429,9 +1429,12 @@ def test_observation_log_is_stamped_in_utc(tmp_path, pps_root, models):
     assert re.search(_ISO_Z, holder), holder
 
 
-def test_observation_log_is_capped_with_one_backup(tmp_path, pps_root, models, monkeypatch):
+@pytest.mark.parametrize("cap", [1900, 2000, 2150, 2300, 2450])  # a few attempts' worth
+def test_observation_log_is_capped_with_one_backup(tmp_path, pps_root, models, monkeypatch,
+                                                   cap):
+    """Whatever the lines' lengths (paths, pid, host name), the log rotates between attempts:
+    the rotation used to split an attempt where its lines happened to pass the cap."""
     obsid, out = OBSIDS[0], tmp_path / "out"
-    cap = 2000                                            # a few attempts' worth
     monkeypatch.setattr(batch, "LOG_MAX_BYTES", cap)
     log_path, backup = out / obsid / LOG_NAME, out / obsid / f"{LOG_NAME}.1"
 

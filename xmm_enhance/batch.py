@@ -850,9 +850,11 @@ def _utc_formatter() -> logging.Formatter:
 class _ObsLogHandler(logging.handlers.RotatingFileHandler):
     """Per-observation log file; only records from the thread that works on it.
 
-    Past :data:`LOG_MAX_BYTES` the file is renamed ``<name>.1`` and a new one begun. Only one
-    process writes an observation's log at a time (it holds the observation's lock), so the
-    renaming races with no other writer.
+    Past :data:`LOG_MAX_BYTES` the file is renamed ``<name>.1`` and a new one begun. Attempts
+    stay whole: the lines this attempt has written so far move to the new file with it (only
+    an attempt that alone passes the limit is split). Only one process writes an
+    observation's log at a time (it holds the observation's lock), so the renaming races with
+    no other writer.
     """
 
     def __init__(self, path: Path):
@@ -862,6 +864,23 @@ class _ObsLogHandler(logging.handlers.RotatingFileHandler):
         self.setFormatter(_utc_formatter())
         self.addFilter(lambda r: r.thread == self.thread)
         self.failed = False
+        self._start = self.stream.tell()   # where this attempt's lines begin
+
+    def doRollover(self):
+        if self.stream is None or self._start <= 0:
+            super().doRollover()   # this attempt alone passes the limit: it is split
+            self._start = 0
+            return
+        self.stream.flush()
+        with open(self.baseFilename, "rb") as fh:
+            fh.seek(self._start)
+            current = fh.read()
+        os.truncate(self.baseFilename, self._start)   # earlier attempts only, whole
+        super().doRollover()
+        self._start = 0
+        if current:
+            self.stream.write(current.decode("utf-8", "replace"))
+            self.stream.flush()
 
     def handleError(self, record):
         """A log line that cannot be written (a full disk) is dropped, not printed with a
