@@ -958,3 +958,11 @@ def test_an_archive_that_stops_answering_is_given_up_on(xsa, tmp_path, sleeps):
     assert pps_folder_is_complete(download_pps(OBSID, tmp_path, retries=3, backoff_s=0.01),
                                   OBSID)
     assert archive._UNANSWERED["n"] == 0
+
+
+def test_find_excludes_one_exposure_given_as_a_string(tmp_path, fake_pps):
+    """exclude='S003' iterated the string's letters: nothing was excluded."""
+    folder = fake_pps(tmp_path / "pps", OBSID,
+                      exposures=(("S003", 40000.0), ("U002", 1000.0)))
+    assert find_pps_files(folder, OBSID).expid == "S003"
+    assert find_pps_files(folder, OBSID, exclude="S003").expid == "U002"

@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from onnx_graphs import exposure_aware, identity_dn, replicate_sr
+from onnx_graphs import exposure_aware, identity_dn, offset_model, replicate_sr
 from xmm_enhance import batch
 from xmm_enhance.batch import (LOG_NAME, BatchConfig, ObservationLock, fits_is_valid,
                                png_is_valid, read_obsid_list)
@@ -1692,3 +1692,39 @@ def test_batch_from_a_deleted_folder_is_one_line(tmp_path, pps_root):
     assert out.stderr.strip().splitlines() == [
         "xmm-enhance batch: error: the current folder no longer exists (deleted while the shell "
         "was in it); cd to an existing folder, or give absolute paths"]
+
+
+def test_a_model_file_replaced_on_disk_is_loaded_again(tmp_path, models):
+    """A worker keeps its loaded models between observations; a model file replaced meanwhile
+    (a new version copied over it) used to be ignored: the outputs named the old model."""
+    dn = tmp_path / "dn.onnx"
+    dn.write_bytes(Path(models[1]).read_bytes())
+    cfg = BatchConfig(save_dir=tmp_path, dn_model=dn)
+    first = batch._model("DN", cfg)
+    assert batch._model("DN", cfg) is first            # kept while the file is the same
+    offset_model(tmp_path / "other.onnx", "DN", 0.0)
+    os.replace(tmp_path / "other.onnx", dn)
+    again = batch._model("DN", cfg)
+    assert again is not first and again.sha256 != first.sha256
+
+
+def test_a_callback_that_raises_stops_the_pool_once(tmp_path):
+    """run_batch(jobs=2) with an on_result that raises: the error propagates, as with one job;
+    the callback was called a second time with a made-up 'failed' row for the same OBS_ID."""
+    ids = [f"00000004{i:02d}" for i in range(3)]
+    calls = []
+
+    def boom(r):
+        calls.append((r.obsid, r.status))
+        raise RuntimeError("callback failed")
+
+    with pytest.raises(RuntimeError, match="callback failed"):
+        batch.run_batch(ids, BatchConfig(save_dir=tmp_path), jobs=2, task=mark_and_sleep,
+                        on_result=boom)
+    assert len(calls) == 1 and calls[0][1] == "done"
+
+
+@pytest.mark.parametrize("bad", [float("nan"), -5, 0, 200])
+def test_batch_config_checks_min_signif(tmp_path, bad):
+    with pytest.raises(UsageError, match="min_signif"):
+        BatchConfig(save_dir=tmp_path, min_signif=bad)

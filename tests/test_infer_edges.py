@@ -16,7 +16,7 @@ from astropy.io import fits
 pytest.importorskip("onnx")
 
 from xmm_enhance import detector, events, inference  # noqa: E402
-from xmm_enhance.errors import InputError  # noqa: E402
+from xmm_enhance.errors import InputError, OutputError, UsageError  # noqa: E402
 from xmm_enhance.cli.infer import build_parser, main  # noqa: E402
 
 from onnx_graphs import exposure_aware, identity_dn  # noqa: E402
@@ -688,3 +688,57 @@ def test_skip_existing_run_that_loses_a_race_skips(tmp_path, dn_model, monkeypat
         p.unlink()
     assert main([str(img), "--which", "DN", "--model", str(dn_model)]) == 1
     assert "exists" in capsys.readouterr().err
+
+
+def test_library_calls_check_their_arguments(tmp_path, dn_model):
+    """Scripted use: min_signif outside 3-100 (nan ran the model, then failed writing the
+    header), a file name or a model name instead of objects, and an InputImage made from an
+    array without a header (AttributeError before)."""
+    img, _ = make_image(tmp_path / "a.fits")
+    model = inference.load_model("DN", dn_model)
+    good = inference.read_input(img)
+    for bad in (float("nan"), float("inf"), -5, 0, "x", 101):
+        with pytest.raises(UsageError, match="min_signif=.* from 3 to 100"):
+            inference.enhance_image(good, model, min_signif=bad)
+    with pytest.raises(UsageError, match="takes an InputImage"):
+        inference.enhance_image(str(img), model)
+    with pytest.raises(UsageError, match="takes a Model"):
+        inference.enhance_image(good, "DN")
+    bare = inference.InputImage(fits.getdata(img), 20e3, None)
+    res = inference.enhance_image(bare, model)
+    np.testing.assert_array_equal(res.prediction, inference.enhance_image(good, model).prediction)
+    assert bare.header is None                          # the caller's object is not changed
+    with pytest.raises(UsageError, match="which="):
+        inference.default_model_path("xx")
+    assert inference.default_model_path("sr") == inference.default_model_path("SR")
+
+
+def test_enhance_file_takes_which_in_any_case(tmp_path, dn_model):
+    img, _ = make_image(tmp_path / "a.fits")
+    out = inference.enhance_file(img, "dn", model=inference.load_model("dn", dn_model))
+    assert out["predict"].name == "a_predict_wcs_DN.fits.gz"
+    with pytest.raises(OutputError, match="exists"):    # refused before the model runs
+        inference.enhance_file(img, "dn", model=inference.load_model("DN", dn_model))
+
+
+def test_writing_a_result_leaves_its_arrays_alone(tmp_path, dn_model, monkeypatch):
+    """astropy byte-swaps an array in place while it writes it: the result's own arrays were
+    garbage for a thread reading or writing the same result meanwhile. What is written is a
+    big-endian copy."""
+    from xmm_enhance import fitsio
+
+    img, _ = make_image(tmp_path / "a.fits")
+    res = inference.enhance_image(inference.read_input(img), inference.load_model("DN", dn_model))
+    seen = []
+    real = fitsio._fits_bytes
+
+    def check(hdul, gzipped):
+        for hdu in hdul:
+            if getattr(hdu, "data", None) is not None and hdu.is_image:
+                seen.append(any(np.shares_memory(hdu.data, a)
+                                for a in (res.prediction, res.input_rate)))
+        return real(hdul, gzipped)
+
+    monkeypatch.setattr(fitsio, "_fits_bytes", check)
+    inference.write_outputs(res, outdir=tmp_path / "o")
+    assert seen and not any(seen)

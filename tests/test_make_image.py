@@ -827,3 +827,24 @@ def test_skip_existing_with_gti_plot_remakes_a_missing_plot(small_pps, tmp_path,
     mtime = img.stat().st_mtime_ns
     assert main(args + ["--skip-existing"]) == 0       # both there: nothing is redone
     assert img.stat().st_mtime_ns == mtime
+
+
+def test_the_sas_route_leaves_sas_ccf_as_it_found_it(monkeypatch, tmp_path):
+    """image_with_sas set SAS_CCF to the first observation's calibration index for good: the
+    next observation of a batch worker ran with the wrong one."""
+    import types
+
+    monkeypatch.delenv("SAS_CCF", raising=False)
+    seen = []
+    monkeypatch.setattr(sas, "require", lambda: None)
+    monkeypatch.setattr(sas, "tabgtigen", lambda *a, **k: seen.append(os.environ.get("SAS_CCF"))
+                        or [(0.0, 10.0)])
+    monkeypatch.setattr(sas, "write_gti_file", lambda kept, path: path)
+    monkeypatch.setattr(sas, "evselect_image", lambda *a, **k: np.zeros((2, 2), np.int32))
+    for name in ("a.CCF", "b.CCF"):
+        files = types.SimpleNamespace(calind=tmp_path / name, fbktsr=tmp_path / "f",
+                                      events=tmp_path / "e")
+        sas.image_with_sas(files, 1.0, [(0.0, 10.0)], low_pi=500, high_pi=2000, binsize=80,
+                           expo_time_s=0)
+        assert "SAS_CCF" not in os.environ
+    assert seen == [str(tmp_path / "a.CCF"), str(tmp_path / "b.CCF")]

@@ -461,6 +461,8 @@ def _find(folder, obsid, *, report, exclude=()):
         raise PPSError(f"{folder}: no EPIC-pn imaging event list (P{obsid}PN...PIEVLI0000.FTZ) "
                        f"for OBS_ID {obsid}; {hint}")
 
+    if isinstance(exclude, str):   # one exposure id, not its letters
+        exclude = (exclude,)
     exclude = {str(e).upper() for e in exclude}
     fbk_of = {}
     for p, i in mine:

@@ -165,6 +165,8 @@ class BatchConfig:
         if bad:
             raise UsageError(f"BatchConfig(which={self.which!r}): each must be 'SR' or 'DN'")
         object.__setattr__(self, "which", which)
+        from .imageargs import check_min_signif
+        check_min_signif(self.min_signif)
 
     def model_path(self, which: str) -> Path | None:
         return self.sr_model if which == "SR" else self.dn_model
@@ -610,12 +612,19 @@ def _model(which: str, cfg: BatchConfig):
     """The model for ``which``, loaded once per worker process and kept."""
     from .inference import load_model
 
+    from .inference import default_model_path
+
     path = cfg.model_path(which)
+    try:  # a model file replaced on disk (a new version) is loaded again
+        st = os.stat(path or default_model_path(which))
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+    except OSError:
+        stamp = None
     key = (which, str(path) if path else None, cfg.threads)
     with _MODELS_LOCK:
-        if key not in _MODELS:
-            _MODELS[key] = load_model(which, path, threads=cfg.threads)
-        return _MODELS[key]
+        if key not in _MODELS or _MODELS[key][0] != stamp:
+            _MODELS[key] = (stamp, load_model(which, path, threads=cfg.threads))
+        return _MODELS[key][1]
 
 
 def _obs_dir(cfg: BatchConfig, obsid: str) -> Path:
@@ -1442,11 +1451,13 @@ def _run_pool(obsids, cfg, jobs, record, task) -> None:
             for f in done:
                 o = futures[f]
                 try:
-                    record(f.result())
+                    r = f.result()
                 except BrokenProcessPool:
                     broken.append(o)
+                    continue
                 except Exception as exc:  # pickling trouble and the like
-                    record(_failed(o, _one_line(exc)))
+                    r = _failed(o, _one_line(exc))
+                record(r)   # an on_result that raises stops the run, as with one job
     except BaseException:
         # Interrupted (SIGTERM, Ctrl-C): stop the workers now. Tasks already handed to them
         # cannot be cancelled, and the pool would otherwise start them after the report

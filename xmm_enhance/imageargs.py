@@ -56,3 +56,22 @@ def is_model_band(low_pi: float, high_pi: float) -> bool:
     (:data:`MODEL_BAND_PI`, within :data:`BAND_TOLERANCE_PI`)."""
     return (abs(low_pi - MODEL_BAND_PI[0]) <= BAND_TOLERANCE_PI
             and abs(high_pi - MODEL_BAND_PI[1]) <= BAND_TOLERANCE_PI)
+
+
+#: The range of the SR source list's threshold ``min_signif`` (sigma, ``--min-signif``).
+MIN_SIGNIF_RANGE = (3.0, 100.0)
+
+
+def check_min_signif(min_signif) -> None:
+    """UsageError unless ``min_signif`` is None or a number of sigma in
+    ``MIN_SIGNIF_RANGE``."""
+    if min_signif is None:
+        return
+    try:
+        v = None if isinstance(min_signif, (bool, np.bool_)) else float(min_signif)
+    except (TypeError, ValueError):
+        v = None
+    lo, hi = MIN_SIGNIF_RANGE
+    if v is None or not lo <= v <= hi:
+        raise UsageError(f"min_signif={min_signif!r} (--min-signif): must be a number of sigma "
+                         f"from {lo:g} to {hi:g}")

@@ -35,7 +35,8 @@ from . import __version__, detector, skywcs
 from .errors import InputError, ModelError, UsageError
 from .fitsio import (add_history as _history, atomic_write_hduls, check_name_length,
                      ensure_output_dir, header_text, refuse_existing)
-from .imageargs import BAND_TOLERANCE_PI, MODEL_BAND_PI, is_model_band  # noqa: F401
+from .imageargs import (BAND_TOLERANCE_PI, MODEL_BAND_PI, check_min_signif,  # noqa: F401
+                        is_model_band)
 
 __all__ = [
     "PAD_SIZE", "MODEL_FILES", "TASKS", "InputImage", "Model", "EnhanceResult", "SkyTan",
@@ -563,7 +564,11 @@ def models_dir() -> Path:
 
 
 def default_model_path(which: str) -> Path:
-    return models_dir() / MODEL_FILES[which]
+    """The bundled model file of ``which`` (``SR`` or ``DN``, any case)."""
+    w = str(which).strip().upper()
+    if w not in MODEL_FILES:
+        raise UsageError(f"which={which!r}: must be one of {', '.join(MODEL_FILES)}")
+    return models_dir() / MODEL_FILES[w]
 
 
 def _sha256(path: Path) -> str:
@@ -583,8 +588,9 @@ def load_model(which: str, path: str | Path | None = None, *, threads: int | Non
     ModelError
         File missing or corrupt, or metadata not that of a ``which`` model.
     """
+    which = str(which).strip().upper()
     if which not in TASKS:
-        raise UsageError(f"--which must be one of {', '.join(TASKS)}, got {which!r}")
+        raise UsageError(f"which must be one of {', '.join(TASKS)} (--which), got {which!r}")
     path = Path(path) if path is not None else default_model_path(which)
     if not path.is_file():
         raise ModelError(f"{path}: model file missing; train it with `make models` "
@@ -1219,10 +1225,12 @@ def checked_image(img: InputImage) -> InputImage:
     if exposure is None:
         raise InputError(f"{name}: exposure {img.exposure!r} is not a positive number of "
                          "seconds; pass the image's exposure in seconds")
-    if c is img.counts and exposure == img.exposure:
+    if c is img.counts and exposure == img.exposure and img.header is not None:
         return img
     out = copy.copy(img)
     out.counts, out.exposure = c, exposure
+    if out.header is None:   # made from an array alone
+        out.header = fits.Header()
     return out
 
 
@@ -1257,6 +1265,13 @@ def enhance_image(img: InputImage, model: Model, *, sources: bool = True,
     keeps only the structure the input counts demand (:func:`xmm_enhance.sources.
     smooth_diffuse`): the prediction and the percentile maps follow it pixel by pixel.
     """
+    if not isinstance(img, InputImage):
+        raise UsageError(f"enhance_image takes an InputImage (read_input(path), or "
+                         f"InputImage(counts, exposure, header)), not {type(img).__name__}")
+    if not isinstance(model, Model):
+        raise UsageError(f"enhance_image takes a Model (load_model('SR' or 'DN')), not "
+                         f"{type(model).__name__}")
+    check_min_signif(min_signif)
     img = checked_image(img)
     check_exposure(img, model)
     rate, mask, keep, (top, left) = prepare(img)
@@ -1858,13 +1873,16 @@ def write_outputs(res: EnhanceResult, *, outdir: Path | None = None, overwrite: 
     target = emulated_exposure(res.model, res.image.exposure) or res.image.exposure
     h_out = _header(res, wcs=res.output_sky, exposure=target,
                     pixel_arcsec=pix / res.model.scale, what="predict")
-    pred = fits.HDUList([fits.PrimaryHDU(res.prediction, h_out)])
+    # big-endian copies: astropy would byte-swap the result's own arrays in place while it
+    # writes them (garbage for a thread reading or writing the same result meanwhile)
+    pred = fits.HDUList([fits.PrimaryHDU(np.asarray(res.prediction, ">f4"), h_out)])
     for key, name in EXTRA_OUTPUTS.items():
         if key in res.extras:
             pred.append(_image_extension(res.extras[key], name, h_out,
                                          res.model.aperture_scale_at(res.image.exposure),
                                          res.model.interval_scale_at(res.image.exposure)))
-    items = [(fits.HDUList([fits.PrimaryHDU(res.input_rate, h_in)]), p_in), (pred, p_pred)]
+    items = [(fits.HDUList([fits.PrimaryHDU(np.asarray(res.input_rate, ">f4"), h_in)]), p_in),
+             (pred, p_pred)]
     if res.sources is not None:
         from .sources import region_text
 
@@ -1906,9 +1924,13 @@ def enhance_file(path, which: str, *, model: Model | None = None, outdir=None,
     ``redraw``, ``min_signif``: see :func:`enhance_image`. Without ``overwrite`` an existing
     output is refused before anything is read or written; ``outdir`` is created when the
     outputs are written (a refused input leaves none behind)."""
-    if model is not None and str(which).upper() != model.task:
+    which = str(which).strip().upper()   # "sr" names the outputs _SR, as the model does
+    if which not in TASKS:
+        raise UsageError(f"which={which!r}: must be one of {', '.join(TASKS)}")
+    if model is not None and which != model.task:
         raise UsageError(f"which={which!r} but the model {model.path.name} is a "
                          f"{model.task} model; pass which={model.task!r} or a {which} model")
+    check_min_signif(min_signif)
     p_in, p_pred = output_paths(path, which, outdir)
     # the longest names this input's outputs get (the SR region file's is shorter)
     check_name_length([p_in, p_pred] + ([png_path(p_pred)] if png else []))

@@ -134,9 +134,12 @@ def image_with_sas(files, curve_threshold: float, own_gti, *, low_pi: int, high_
 
     require()
     tmp = Path(tempfile.mkdtemp(prefix="xmm_enhance_sas_"))
+    ccf_before = os.environ.get("SAS_CCF")
     try:
-        if files.calind is not None:
-            os.environ.setdefault("SAS_CCF", str(files.calind))
+        if files.calind is not None and ccf_before is None:
+            # this observation's calibration index, for its SAS tasks only: the next
+            # observation of a batch worker gets its own
+            os.environ["SAS_CCF"] = str(files.calind)
         flare_gti = tabgtigen(Path(files.fbktsr), curve_threshold, tmp / "pn_pps.gti",
                               workdir=tmp)
         good = _gti.intersect(flare_gti, own_gti)
@@ -149,4 +152,6 @@ def image_with_sas(files, curve_threshold: float, own_gti, *, low_pi: int, high_
                                workdir=tmp)
         return image, kept, good
     finally:
+        if ccf_before is None:
+            os.environ.pop("SAS_CCF", None)
         shutil.rmtree(tmp, ignore_errors=True)

@@ -82,8 +82,11 @@ def check_min_signif(value, which) -> None:
         return
     if "SR" not in which:
         raise UsageError("--min-signif applies to SR predictions (DN lists no sources)")
-    if not (math.isfinite(value) and 3.0 <= value <= 100.0):
-        raise UsageError(f"--min-signif must be between 3 and 100 sigma, got {value}")
+    from ..imageargs import MIN_SIGNIF_RANGE
+
+    lo, hi = MIN_SIGNIF_RANGE
+    if not (math.isfinite(value) and lo <= value <= hi):
+        raise UsageError(f"--min-signif must be between {lo:g} and {hi:g} sigma, got {value}")
 
 QUIET_HELP = "quiet: print only warnings and errors"
 VERBOSE_HELP = "verbose: print debug messages too"
