@@ -16,7 +16,7 @@ from astropy.io import fits
 pytest.importorskip("onnx")
 
 from xmm_enhance import detector, events, inference  # noqa: E402
-from xmm_enhance.errors import InputError, OutputError, UsageError  # noqa: E402
+from xmm_enhance.errors import InputError, ModelError, OutputError, UsageError  # noqa: E402
 from xmm_enhance.cli.infer import build_parser, main  # noqa: E402
 
 from onnx_graphs import exposure_aware, identity_dn  # noqa: E402
@@ -742,3 +742,51 @@ def test_writing_a_result_leaves_its_arrays_alone(tmp_path, dn_model, monkeypatc
     monkeypatch.setattr(fitsio, "_fits_bytes", check)
     inference.write_outputs(res, outdir=tmp_path / "o")
     assert seen and not any(seen)
+
+
+def test_counts_the_pn_cannot_record_are_refused(tmp_path, dn_model):
+    """A pixel with more counts than one event per frame allows (2**31 - 1, 1e40) made the
+    networks give absurd or NaN predictions with no message; a piled-up core of 1e5 counts
+    in 20 ks is recordable and runs."""
+    for value, ok in ((2 ** 31 - 1, False), (1e5, True)):
+        img, _ = make_image(tmp_path / f"p{ok}.fits", extra={"FRMTIME": 73})
+        with fits.open(img, mode="update") as h:
+            h[0].data[150, 150] = value
+        if ok:
+            inference.read_input(img)
+        else:
+            with pytest.raises(InputError, match=r"1 pixel\(s\) hold more counts \(up to "
+                               r"2.15e\+09\) than the pn can record in EXPOSURE 20000 s "
+                               r"\(1.1e\+06: one event per pixel and frame\)"):
+                inference.read_input(img)
+    counts = fits.getdata(img).astype(float)
+    counts[150, 150] = 1e40
+    with pytest.raises(InputError, match="than the pn can record"):
+        inference.enhance_image(inference.InputImage(counts, 20e3, None),
+                                inference.load_model("DN", dn_model))
+
+
+def test_non_finite_network_output_is_a_model_error(tmp_path, dn_model, monkeypatch):
+    img, _ = make_image(tmp_path / "a.fits")
+    model = inference.load_model("DN", dn_model)
+    real = model.session.run
+
+    def nan_run(names, feeds):
+        out = real(names, feeds)
+        out[0][0, 0, 5, 5] = np.nan
+        return out
+
+    monkeypatch.setattr(model.session, "run", nan_run)
+    with pytest.raises(ModelError, match="the network gave non-finite values"):
+        inference.enhance_image(inference.read_input(img), model)
+
+
+def test_a_prediction_far_above_the_input_warns(tmp_path, dn_model, monkeypatch):
+    img, _ = make_image(tmp_path / "a.fits")
+    model = inference.load_model("DN", dn_model)
+    real = model.session.run
+    monkeypatch.setattr(model.session, "run",
+                        lambda names, feeds: [o * 3 for o in real(names, feeds)])
+    with pytest.warns(inference.InputWarning, match=r"the DN prediction holds 3x the input's "
+                      "count rate; this input is outside what the network learned"):
+        inference.enhance_image(inference.read_input(img), model)

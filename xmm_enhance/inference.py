@@ -461,6 +461,10 @@ class Model:
                                  "this project")
             key = "rate" if name == names[0] else name
             if key in EXTRA_OUTPUTS or key == "rate":
+                if not np.isfinite(out.sum(dtype=np.float64)):   # NaN/inf anywhere
+                    raise ModelError(f"{self.path.name}: the network gave non-finite values "
+                                     f"({name}) for this input; check the input's counts and "
+                                     "EXPOSURE (far beyond what it was trained on?)")
                 result[key] = out[0, 0]
         return result
 
@@ -883,6 +887,35 @@ def _positive_seconds(value) -> float | None:
     return v if v is not None and math.isfinite(v) and v > 0 else None
 
 
+#: The pn records at most one event per raw pixel and frame; a 4" DET pixel overlaps at most
+#: 2 x 2 raw pixels (4.1"). Frame time (s) assumed without ``FRMTIME``: the shortest imaging
+#: mode's (Small Window, 5.7 ms).
+MIN_FRAME_S = 0.0057
+RAW_PIXELS_PER_BIN = 4
+
+
+def max_recordable_counts(exposure: float, header=None) -> float:
+    """The most counts one 4" pixel can hold in ``exposure`` s: one event per raw pixel per
+    frame (``FRMTIME`` of ``header`` in ms, else ``MIN_FRAME_S``)."""
+    frame = _number(header.get("FRMTIME")) if header is not None else None
+    frame_s = frame / 1e3 if frame is not None and math.isfinite(frame) and frame > 0 \
+        else MIN_FRAME_S
+    return RAW_PIXELS_PER_BIN * exposure / frame_s
+
+
+def _check_recordable(name, counts, exposure, header) -> None:
+    """InputError where a pixel holds more counts than the pn can record in ``exposure``: the
+    networks give absurd or non-finite predictions there (a rate or exposure-corrected image,
+    a wrong EXPOSURE, a corrupted pixel)."""
+    bound = max_recordable_counts(exposure, header)
+    top = float(np.max(counts)) if np.size(counts) else 0.0
+    if top > bound:
+        n = int(np.sum(counts > bound))
+        raise InputError(f"{name}: {n} pixel(s) hold more counts (up to {top:.3g}) than the "
+                         f"pn can record in EXPOSURE {exposure:.6g} s ({bound:.3g}: one event "
+                         "per pixel and frame); pass a counts image with its true EXPOSURE")
+
+
 def ccd_ontime_note(header, exposure: float) -> str:
     """"" or a note naming the CCDs whose good time (``ONTIMEnn``, as evselect images carry
     them) differs from ``exposure`` by more than ``ONTIME_TOLERANCE``.
@@ -998,6 +1031,7 @@ def read_input(path: str | Path, *, exposure: float | None = None) -> InputImage
         raise InputError(f"{path}: exposure {exposure} s is not positive; pass --exposure "
                          "SECONDS")
     exposure = float(exposure)
+    _check_recordable(path, counts, exposure, header)
     ontime = ccd_ontime_note(header, exposure)
     if ontime:
         notes.append(ontime)
@@ -1225,6 +1259,7 @@ def checked_image(img: InputImage) -> InputImage:
     if exposure is None:
         raise InputError(f"{name}: exposure {img.exposure!r} is not a positive number of "
                          "seconds; pass the image's exposure in seconds")
+    _check_recordable(name, c, exposure, img.header)
     if c is img.counts and exposure == img.exposure and img.header is not None:
         return img
     out = copy.copy(img)
@@ -1244,6 +1279,12 @@ def check_exposure(img: InputImage, model: Model) -> None:
                       f"({img.exposure:.6g} s); the {model.task} "
                       f"model was trained for {what}, expect degraded results", InputWarning,
                       stacklevel=3)
+
+
+#: A prediction holding more than this times the input's count rate draws a warning: SR
+#: removes the background (it holds less than the input), DN keeps the total (on the dev
+#: images 1.000-1.005 of it).
+FLUX_GAIN_WARN = 2.0
 
 
 def enhance_image(img: InputImage, model: Model, *, sources: bool = True,
@@ -1285,6 +1326,14 @@ def enhance_image(img: InputImage, model: Model, *, sources: bool = True,
     # mask and taper, so points + diffuse = prediction and lo68 <= prediction <= hi68 survive
     maps = {k: (np.clip(v, 0, None) * factor).astype(np.float32) for k, v in outs.items()}
     pred = maps.pop("rate")
+    total_in = float(rate.sum(dtype=np.float64))
+    total_out = float(pred.sum(dtype=np.float64))
+    if total_in > 0 and total_out > FLUX_GAIN_WARN * total_in:
+        warnings.warn(f"{img.path.name}: the {model.task} prediction holds "
+                      f"{total_out / total_in:.3g}x the input's count rate; this input is "
+                      "outside what the network learned (a source narrower than the PSF, "
+                      "counts far beyond the simulations', or a nearly empty image): check "
+                      "its features against the input", InputWarning, stacklevel=2)
     in_sky = img.sky.padded(top, left) if img.sky is not None else None
     out_sky = in_sky.upscaled(s) if (in_sky is not None and s > 1) else in_sky
     from .sources import DEFAULT_MIN_SIGNIF, POINTS_SUPPORT_SIGNIF
