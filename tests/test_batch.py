@@ -1728,3 +1728,29 @@ def test_a_callback_that_raises_stops_the_pool_once(tmp_path):
 def test_batch_config_checks_min_signif(tmp_path, bad):
     with pytest.raises(UsageError, match="min_signif"):
         BatchConfig(save_dir=tmp_path, min_signif=bad)
+
+
+def test_two_threads_running_batches_leave_logging_and_warnings_as_they_were(
+        tmp_path, pps_root, models):
+    """Observations worked on at once in threads (two run_batch calls, a Dask worker with
+    several threads) left the package logger at INFO without propagation and an 'always'
+    warnings filter behind: each saved and restored the process-wide state in turn."""
+    pkg = logging.getLogger("xmm_enhance")
+    before = (pkg.level, pkg.propagate, list(pkg.handlers), list(warnings.filters),
+              warnings.showwarning)
+    cfgs = [BatchConfig(save_dir=tmp_path / f"s{k}", pps_root=pps_root, which=("DN",),
+                        dn_model=models[1], backend="native", threads=1) for k in range(2)]
+    out = {}
+
+    def run(k):
+        out[k] = batch.run_batch(OBSIDS[3 * k:3 * k + 3], cfgs[k])
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert all(r.status == "done" for k in range(2) for r in out[k]), out
+    assert (pkg.level, pkg.propagate, list(pkg.handlers), list(warnings.filters),
+            warnings.showwarning) == before
+    assert batch._LOG_STATE["users"] == 0 and batch._WARN_STATE["users"] == 0

@@ -915,32 +915,48 @@ class _ToRootAtLevel(logging.Handler):
             root.callHandlers(record)
 
 
+#: The package logger's level and propagation, and the warnings machinery, are process-wide:
+#: observations worked on at once in threads (a Dask worker with several threads, a library
+#: user's threads) share one setting, made by the first and undone by the last to finish.
+_SHARED_LOCK = threading.Lock()
+_LOG_STATE: dict = {"users": 0}
+_WARN_STATE: dict = {"users": 0, "lists": {}}
+
+
 @contextlib.contextmanager
 def _observation_log(path: Path):
     """Send the package's log records (INFO and up) to ``path`` while the block runs."""
     pkg = logging.getLogger("xmm_enhance")
     handler = _ObsLogHandler(path)
     handler.setLevel(logging.INFO)
-    previous, propagate = pkg.level, pkg.propagate
-    to_root = None
-    effective = pkg.getEffectiveLevel()
-    if effective > logging.INFO:
-        pkg.setLevel(logging.INFO)
-        if propagate:
-            to_root = _ToRootAtLevel(effective)
-            pkg.addHandler(to_root)
-            pkg.propagate = False
-    pkg.addHandler(handler)
-    _OBS_THREADS.add(handler.thread)
+    with _SHARED_LOCK:
+        if _LOG_STATE["users"] == 0:
+            saved = (pkg.level, pkg.propagate, None)
+            effective = pkg.getEffectiveLevel()
+            if effective > logging.INFO:
+                pkg.setLevel(logging.INFO)
+                if pkg.propagate:
+                    to_root = _ToRootAtLevel(effective)
+                    pkg.addHandler(to_root)
+                    pkg.propagate = False
+                    saved = (saved[0], True, to_root)
+            _LOG_STATE["saved"] = saved
+        _LOG_STATE["users"] += 1
+        pkg.addHandler(handler)
+        _OBS_THREADS.add(handler.thread)
     try:
         yield
     finally:
-        _OBS_THREADS.discard(handler.thread)
-        pkg.removeHandler(handler)
-        if to_root is not None:
-            pkg.removeHandler(to_root)
-        pkg.propagate = propagate
-        pkg.setLevel(previous)
+        with _SHARED_LOCK:
+            _OBS_THREADS.discard(handler.thread)
+            pkg.removeHandler(handler)
+            _LOG_STATE["users"] -= 1
+            if _LOG_STATE["users"] == 0:
+                level, propagate, to_root = _LOG_STATE.pop("saved")
+                if to_root is not None:
+                    pkg.removeHandler(to_root)
+                pkg.propagate = propagate
+                pkg.setLevel(level)
         handler.close()
 
 
@@ -950,19 +966,46 @@ _CODE_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, ImportWarning)
 
 @contextlib.contextmanager
 def _warnings_to_log(obsid: str):
-    """Log the Python warnings raised in the block (one line each, WARNING; those about the
-    code, such as deprecations, at INFO) once it ends."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            yield
-        finally:
-            for w in caught:
-                text = str(w.message).strip()
-                level = (logging.INFO if issubclass(w.category, _CODE_WARNINGS)
-                         else logging.WARNING)
-                log.log(level, "OBS_ID %s: %s", obsid,
-                        text.splitlines()[0] if text else w.category.__name__)
+    """Log the Python warnings raised in the block by this thread (one line each, WARNING;
+    those about the code, such as deprecations, at INFO) once it ends. Threads working on
+    observations at once share one ``catch_warnings`` (see ``_SHARED_LOCK``); each gets its
+    own warnings, and other threads' go where they went before."""
+    tid = threading.get_ident()
+    caught: list = []
+    with _SHARED_LOCK:
+        if _WARN_STATE["users"] == 0:
+            cm = warnings.catch_warnings()
+            cm.__enter__()
+            warnings.simplefilter("always")
+            before = warnings.showwarning
+            lists = _WARN_STATE["lists"]
+
+            def dispatch(message, category, filename, lineno, file=None, line=None):
+                mine = lists.get(threading.get_ident())
+                if mine is None:
+                    before(message, category, filename, lineno, file, line)
+                else:
+                    mine.append(warnings.WarningMessage(message, category, filename, lineno,
+                                                        file, line))
+
+            warnings.showwarning = dispatch
+            _WARN_STATE["cm"] = cm
+        _WARN_STATE["users"] += 1
+        _WARN_STATE["lists"][tid] = caught
+    try:
+        yield
+    finally:
+        with _SHARED_LOCK:
+            _WARN_STATE["lists"].pop(tid, None)
+            _WARN_STATE["users"] -= 1
+            if _WARN_STATE["users"] == 0:
+                _WARN_STATE.pop("cm").__exit__(None, None, None)
+        for w in caught:
+            text = str(w.message).strip()
+            level = (logging.INFO if issubclass(w.category, _CODE_WARNINGS)
+                     else logging.WARNING)
+            log.log(level, "OBS_ID %s: %s", obsid,
+                    text.splitlines()[0] if text else w.category.__name__)
 
 
 def _without_obsid(obsid: str, text: str) -> str:
