@@ -168,6 +168,6 @@ def _archive_answers_again():
     (``archive._UNANSWERED``: a batch gives up on an archive that stops answering)."""
     from xmm_enhance import archive
 
-    archive._UNANSWERED.update(n=0, last="")
+    archive.archive_answers_again()
     yield
-    archive._UNANSWERED.update(n=0, last="")
+    archive.archive_answers_again()

@@ -578,10 +578,16 @@ def test_download_removes_stale_staging_folder(xsa, tmp_path):
     fresh = tmp_path / OBSID / ".pps-download-running"
     fresh.mkdir()
     old = time.time() - 3 * 86400
+    os.utime(stale / "junk", (old, old))                # nothing in it written for days
     os.utime(stale, (old, old))
+    dead = __import__("subprocess").Popen(["true"])
+    dead.wait()
+    from xmm_enhance.fsmode import _HOST
+    killed = tmp_path / OBSID / f".pps-download-{dead.pid}-{_HOST}-x1y2"   # its writer is gone
+    killed.mkdir()
     download_pps(OBSID, tmp_path, backoff_s=0.01)
-    # with the download lock held no live download owns one, however recent
-    assert not stale.exists() and not fresh.exists()
+    # a recent one whose writer is unknown may be a live download on another node
+    assert not stale.exists() and not killed.exists() and fresh.exists()
 
 
 def test_download_reuses_folder_made_elsewhere(xsa, tmp_path, fake_pps):
@@ -927,11 +933,15 @@ def test_a_second_download_goes_on_when_the_first_fails(xsa, tmp_path, monkeypat
 def test_a_running_downloads_folder_is_not_removed_by_a_batch_beside_it(tmp_path):
     """The batch cleans an observation's folder of what killed runs left; a download that is
     running there now (it holds the download lock) keeps its folder."""
+    from xmm_enhance.fsmode import owner_tag
+
     obs = tmp_path / OBSID
-    stage = obs / ".pps-download-live"
+    stage = obs / f".pps-download-{owner_tag()}-live"    # this process: alive
     stage.mkdir(parents=True)
+    old = time.time() - 2 * archive.STAGE_IDLE_S
     with archive._download_lock(obs, OBSID) as held:
         assert held
+        os.utime(stage, (old, old))
         assert archive.remove_stale_downloads(obs) == 0 and stage.is_dir()
     assert archive.remove_stale_downloads(obs) == 1 and not stage.exists()
     assert list(obs.iterdir()) == []                    # nor a lock file left
@@ -950,13 +960,40 @@ def test_an_archive_that_stops_answering_is_given_up_on(xsa, tmp_path, sleeps):
             download_pps(o, tmp_path, retries=3, backoff_s=0.01)
         hits.append(len(xsa.hits) - before)
     assert hits == [4, 1, 1, 0]
-    assert "not asked for: the archive gave no answer for the last 3 OBS_IDs" in str(err.value)
-    assert "503" in str(err.value) and "try again later" in str(err.value)
+    msg = str(err.value)
+    assert "not asked for: the archive gave no answer for the last 3 OBS_IDs" in msg
+    assert "503" in msg and msg.count("try again later") == 1
     assert _leftovers(tmp_path) == []
-    archive._UNANSWERED["n"] = 1                         # one failure, then it answers
+    # a quarter of an hour later it is asked again (a long-lived worker is not cut off)
+    archive._UNANSWERED["t"] -= archive.ARCHIVE_ASK_AGAIN_S
+    before = len(xsa.hits)
+    with pytest.raises(ArchiveError, match="download failed after 1 attempt"):
+        download_pps(ids[4], tmp_path, retries=3, backoff_s=0.01)
+    assert len(xsa.hits) - before == 1
+    # it still gave no answer: given up again for a quarter of an hour; then it answers
+    with pytest.raises(ArchiveError, match="not asked for"):
+        download_pps(OBSID, tmp_path, retries=3, backoff_s=0.01)
+    archive._UNANSWERED["t"] -= archive.ARCHIVE_ASK_AGAIN_S
     xsa.fail = []
     assert pps_folder_is_complete(download_pps(OBSID, tmp_path, retries=3, backoff_s=0.01),
                                   OBSID)
+    assert archive._UNANSWERED["n"] == 0
+
+
+def test_a_damaged_answer_is_not_an_outage(xsa, tmp_path, sleeps):
+    """Truncated downloads after every retry: the archive answered, so the next OBS_ID gets
+    all its retries (the give-up counts only refused or timed-out connections and 5xx)."""
+    xsa.truncate = 100
+    with pytest.raises(ArchiveError):
+        download_pps(OBSID, tmp_path, retries=1, backoff_s=0.01)
+    assert archive._UNANSWERED["n"] == 0
+
+
+def test_a_new_batch_run_forgets_an_earlier_outage(tmp_path):
+    archive._UNANSWERED.update(n=5, t=time.monotonic())
+    from xmm_enhance import batch
+
+    batch.run_batch([], batch.BatchConfig(save_dir=tmp_path))
     assert archive._UNANSWERED["n"] == 0
 
 

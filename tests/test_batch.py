@@ -609,14 +609,14 @@ def test_sigkill_mid_run_then_rerun_resumes(tmp_path, pps_root, models, xsa):
     assert len(before) == 7
     # Besides whatever the kill left, plant what a writer killed at another moment leaves.
     (out / ids[2]).mkdir(exist_ok=True)
-    from xmm_enhance.fitsio import _HOST
+    from xmm_enhance.fsmode import _HOST
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     (out / ids[2] / f".pn_cleaned_x.fits.{dead.pid}-{_HOST}.k1l2_3x.tmp").write_bytes(b"SIMPLE")
     old = out / ids[2] / ".pn_cleaned_y.fits.k1l2_3y.tmp"   # no writer named: by its age
     old.write_bytes(b"SIMPLE  =   half")
     os.utime(old, (time.time() - 7200, time.time() - 7200))
-    (out / ids[2] / ".pps-download-abc123").mkdir()
+    (out / ids[2] / f".pps-download-{dead.pid}-{_HOST}-abc123").mkdir()   # a killed one's
 
     server.hold.clear()
     server.release.set()

@@ -871,15 +871,15 @@ def test_a_live_writers_temporary_is_kept_and_a_dead_ones_removed(tmp_path):
     one of them with 'cannot write'); a killed writer's is removed by the next write."""
     import time
 
-    from xmm_enhance.fitsio import (_HOST, atomic_write_hdul, temp_file,
-                                    temporary_is_stale)
+    from xmm_enhance.fitsio import atomic_write_hdul, temp_file, temporary_is_stale
+    from xmm_enhance.fsmode import _HOST
 
     out = tmp_path / "x.fits"
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     live = tmp_path / f".x.fits.{os.getppid()}-{_HOST}.abcdefgh.tmp"   # our parent: alive
     gone = tmp_path / f".x.fits.{dead.pid}-{_HOST}.abcdefgh.tmp"
-    other_host = tmp_path / f".x.fits.{dead.pid}-zzzz.abcdefgh.tmp"     # not ours to judge
+    other_host = tmp_path / f".x.fits.{dead.pid}-0badf00d.abcdefgh.tmp"  # not ours to judge
     old = tmp_path / ".x.fits.abcdefgh.tmp"
     for p in (live, gone, other_host, old):
         p.write_bytes(b"half")
@@ -892,3 +892,25 @@ def test_a_live_writers_temporary_is_kept_and_a_dead_ones_removed(tmp_path):
     atomic_write_hdul(fits.HDUList([fits.PrimaryHDU()]), out)
     assert sorted(p.name for p in tmp_path.glob(".*.tmp")) == sorted(
         [live.name, other_host.name, Path(mine).name])
+
+
+def test_a_killed_writer_not_yet_reaped_counts_as_gone():
+    """A writer killed with kill -9 whose parent has not reaped it yet (a zombie) is gone:
+    its temporaries and download folders are a killed run's."""
+    import time
+
+    from xmm_enhance.fsmode import _HOST, owner_gone
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert owner_gone(f".x.{proc.pid}-{_HOST}.abc.tmp") is False
+        proc.kill()
+        for _ in range(100):                             # killed, not waited for: a zombie
+            with open(f"/proc/{proc.pid}/stat", "rb") as fh:
+                if fh.read().rsplit(b")", 1)[1].split()[0] == b"Z":
+                    break
+            time.sleep(0.02)
+        assert owner_gone(f".pps-download-{proc.pid}-{_HOST}-abc") is True
+        assert owner_gone(f".x.{proc.pid}-0badf00d.abc.tmp") is None   # another host's
+    finally:
+        proc.wait()

@@ -41,6 +41,7 @@ from pathlib import Path
 from astropy.io import fits
 
 from .errors import READ_FIX, REPLACE_FIX, ArchiveError, PPSError, UsageError
+from .fsmode import owner_gone, owner_tag
 from .obsid import obsid_problem
 
 __all__ = [
@@ -539,7 +540,13 @@ def _find(folder, obsid, *, report, exclude=()):
 # Download
 # --------------------------------------------------------------------------------------------
 class _Transient(Exception):
-    """A failure worth retrying (HTTP 5xx, connection trouble, a truncated download)."""
+    """A failure worth retrying (HTTP 5xx, connection trouble, a truncated download).
+    ``unanswered``: the archive gave no answer (refused or timed-out connection, 5xx, 408,
+    429), as opposed to an answer that arrived damaged."""
+
+    def __init__(self, message: str, *, unanswered: bool = False):
+        super().__init__(message)
+        self.unanswered = unanswered
 
 
 class _Permanent(Exception):
@@ -785,6 +792,8 @@ def _fetch_once(obsid: str, product: str, query: dict, raw_dir: Path, secrets) -
             msg = f"{what}: {_connection_failure(exc)}"
         else:
             msg = f"{what}: {type(exc).__name__}: {_one_line(_scrub(str(exc), secrets[:2]))}"
+        if kind is _Transient:
+            raise _Transient(_scrub(msg, secrets[:2]), unanswered=True) from None
         raise kind(_scrub(msg, secrets[:2])) from None
     except (UnboundLocalError, KeyError):
         # astroquery's _request_link leaves `params` unset when the archive answers 200 with a
@@ -978,6 +987,7 @@ def _fetch_product(obsid, product, query, stage: Path, secrets, retries, backoff
     attempts = retries + 1
     what = _what(obsid, product, query)
     last = ""
+    unanswered = True   # every attempt got no answer at all
     for attempt in range(1, attempts + 1):
         raw.mkdir(exist_ok=True)
         outcome = None
@@ -989,6 +999,7 @@ def _fetch_product(obsid, product, query, stage: Path, secrets, retries, backoff
             outcome = [f for f in files if (i := parse_pps_filename(f.name)) is not None
                        and i["product"] == product]
         except _Transient as exc:
+            unanswered = unanswered and exc.unanswered
             last = str(exc)
             last = last[len(what) + 2:] if last.startswith(f"{what}: ") else last
             for f in (set(flat.iterdir()) if flat.is_dir() else set()) - before:
@@ -1007,9 +1018,11 @@ def _fetch_product(obsid, product, query, stage: Path, secrets, retries, backoff
             log.warning("%s: attempt %d/%d failed (%s); retrying in %.3g s", what,
                         attempt, attempts, last, delay)
             time.sleep(delay)
-    raise ArchiveError(f"{what}: download failed after {attempts} "
+    err = ArchiveError(f"{what}: download failed after {attempts} "
                        f"attempt{'s' if attempts != 1 else ''} ({last}); try again later or "
                        "check the network")
+    err.reason, err.unanswered = last, unanswered
+    raise err
 
 
 def _marker_ok(pps: Path) -> bool:
@@ -1049,6 +1062,9 @@ def _download_lock(obs_dir: Path, obsid: str, *, wait: bool = True):
     while True:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except FileNotFoundError:   # the folder was removed meanwhile (a failed download)
+            obs_dir.mkdir(parents=True, exist_ok=True)
+            continue
         except OSError as exc:
             log.debug("%s: no download lock (%s)", path, exc)
             yield False
@@ -1076,6 +1092,9 @@ def _download_lock(obs_dir: Path, obsid: str, *, wait: bool = True):
             log.debug("%s: no download lock (%s)", path, exc)
             yield False
             return
+        except BaseException:   # Ctrl-C or SIGTERM while waiting
+            os.close(fd)
+            raise
         if busy:
             os.close(fd)
             yield False
@@ -1098,23 +1117,40 @@ def _download_lock(obs_dir: Path, obsid: str, *, wait: bool = True):
 def remove_stale_downloads(obs_dir: Path) -> int:
     """Remove the download folders (``.pps-download-*``) that killed runs left in
     ``obs_dir``, unless a download of that OBS_ID is running now (it holds the download
-    lock); returns how many. Without ``flock``, only those older than a day."""
+    lock); returns how many. Only those idle for ``STAGE_IDLE_S``; without ``flock``, a
+    day."""
     obs_dir = Path(obs_dir)
     if not any(obs_dir.glob(".pps-download-*")):
         return 0
     with _download_lock(obs_dir, obs_dir.name, wait=False) as held:
-        return _remove_stale_stages(obs_dir, max_age_s=0.0 if held else 86400.0)
+        return _remove_stale_stages(obs_dir, max_age_s=STAGE_IDLE_S if held else 86400.0)
+
+
+#: With the download lock held, a download folder that nothing has written to for this long
+#: (s) is a killed run's; without a working lock, one a day old. (Where ``flock`` holds only
+#: on one node of a shared file system, another node's live download still writes to its
+#: folder every few seconds.)
+STAGE_IDLE_S = 600.0
+
+
+def _last_write(folder: Path) -> float:
+    """The newest modification time of ``folder`` and everything in it."""
+    newest = folder.stat().st_mtime
+    for p in folder.rglob("*"):
+        with contextlib.suppress(OSError):
+            newest = max(newest, p.stat().st_mtime)
+    return newest
 
 
 def _remove_stale_stages(obs_dir: Path, max_age_s: float = 86400.0) -> int:
-    """Remove staging folders a killed run left behind (older than ``max_age_s``; 0 when the
-    caller holds the download lock, since no live download can then own one); returns how
-    many."""
+    """Remove staging folders a killed run left behind: its process (named in the folder's
+    name, this host) is gone, or nothing in it was written for ``max_age_s``
+    (``STAGE_IDLE_S`` when the caller holds the download lock); returns how many."""
     now = time.time()
     n = 0
     for d in obs_dir.glob(".pps-download-*"):
         with contextlib.suppress(OSError):
-            if d.is_dir() and now - d.stat().st_mtime >= max_age_s:
+            if d.is_dir() and (owner_gone(d.name) or now - _last_write(d) >= max_age_s):
                 log.debug("removing the stale download folder %s", d)
                 shutil.rmtree(d, ignore_errors=True)
                 n += 1
@@ -1145,7 +1181,15 @@ def pps_folder_is_complete(pps, obsid: str) -> bool:
 #: process tries each next one once (no retries); after this many in a row it asks no more,
 #: and the rest of a batch fails at once with a message saying so. Any answer resets it.
 ARCHIVE_GIVE_UP_AFTER = 3
-_UNANSWERED = {"n": 0, "last": ""}
+#: ... for this long (s) after the last such failure; then it is asked again (once), so a
+#: long-lived process (a Dask worker serving many batches, a notebook) is not cut off for good.
+ARCHIVE_ASK_AGAIN_S = 900.0
+_UNANSWERED = {"n": 0, "last": "", "t": 0.0}
+
+
+def archive_answers_again() -> None:
+    """Forget earlier archive failures of this process (a new batch run starts afresh)."""
+    _UNANSWERED.update(n=0, last="", t=0.0)
 
 
 def download_pps(obsid: str, save_dir, *, credentials_file=None, retries: int = 3,
@@ -1210,11 +1254,12 @@ def download_pps(obsid: str, save_dir, *, credentials_file=None, retries: int = 
         log.info("OBS_ID %s: reusing the complete PPS folder %s", obsid, pps)
         return pps
 
-    if _UNANSWERED["n"] >= ARCHIVE_GIVE_UP_AFTER:
+    if (_UNANSWERED["n"] >= ARCHIVE_GIVE_UP_AFTER
+            and time.monotonic() - _UNANSWERED["t"] < ARCHIVE_ASK_AGAIN_S):
         raise ArchiveError(
             f"OBS_ID {obsid}: not asked for: the archive gave no answer for the last "
-            f"{_UNANSWERED['n']} OBS_IDs of this run ({_UNANSWERED['last']}); try again later "
-            "or check the network")
+            f"{_UNANSWERED['n']} OBS_IDs ({_UNANSWERED['last']}); try again later or check "
+            "the network")
     created_obs_dir = not obs_dir.exists()
     try:
         obs_dir.mkdir(parents=True, exist_ok=True)
@@ -1225,9 +1270,13 @@ def download_pps(obsid: str, save_dir, *, credentials_file=None, retries: int = 
         if pps_folder_is_complete(pps, obsid):   # another process has just downloaded it
             log.info("OBS_ID %s: reusing the complete PPS folder %s", obsid, pps)
             return pps
-        # with the lock held, any download folder there is a killed run's
-        _remove_stale_stages(obs_dir, max_age_s=0.0 if held else 86400.0)
-        stage = Path(tempfile.mkdtemp(prefix=".pps-download-", dir=obs_dir))
+        # with the lock held, a download folder nothing writes to is a killed run's
+        _remove_stale_stages(obs_dir, max_age_s=STAGE_IDLE_S if held else 86400.0)
+        try:
+            stage = Path(tempfile.mkdtemp(prefix=f".pps-download-{owner_tag()}-", dir=obs_dir))
+        except OSError as exc:
+            raise ArchiveError(f"{obs_dir}: cannot create a download folder there "
+                               f"({exc.strerror or exc}); pass a writable --save_dir") from None
         (stage / "flat").mkdir()
         failure = None
         try:
@@ -1237,9 +1286,12 @@ def download_pps(obsid: str, save_dir, *, credentials_file=None, retries: int = 
                     _fetch_product(obsid, product, query, stage, secrets,
                                    retries if _UNANSWERED["n"] == 0 else 0, backoff_s)
                     _UNANSWERED["n"] = 0
-                except ArchiveError as exc:   # no answer after every attempt
-                    _UNANSWERED["n"] += 1
-                    _UNANSWERED["last"] = str(exc).split(": download failed ", 1)[-1]
+                except ArchiveError as exc:   # failed after every attempt
+                    if getattr(exc, "unanswered", False):
+                        _UNANSWERED.update(n=_UNANSWERED["n"] + 1, t=time.monotonic(),
+                                           last=getattr(exc, "reason", ""))
+                    else:                       # it answered, damaged: not an outage
+                        _UNANSWERED["n"] = 0
                     raise
                 except _Permanent as exc:
                     _UNANSWERED["n"] = 0          # the archive answered

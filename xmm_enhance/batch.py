@@ -1449,6 +1449,9 @@ def run_batch(obsids, cfg: BatchConfig, *, jobs: int = 1, scheduler: str | None 
     if not isinstance(jobs, int) or jobs < 1:
         raise UsageError(f"--jobs must be >= 1, got {jobs}")
     task = task or process_observation
+    archive = sys.modules.get("xmm_enhance.archive")   # not imported just for this
+    if archive is not None:
+        archive.archive_answers_again()   # an outage of an earlier run is not this run's
     results: dict[str, ObsResult] = {}
 
     def record(r: ObsResult) -> None:

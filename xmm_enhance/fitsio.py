@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import io
 import os
-import re
-import socket
 import struct
 import tempfile
 import time
@@ -14,7 +12,7 @@ from pathlib import Path
 from astropy.io import fits
 
 from .errors import OutputError
-from .fsmode import file_mode
+from .fsmode import file_mode, owner_gone, owner_tag
 
 __all__ = ["add_history", "atomic_write_hdul", "atomic_write_hduls", "atomic_savefig",
            "check_writable_dir", "check_creatable_dir", "check_name_length", "ensure_output_dir",
@@ -65,16 +63,13 @@ def header_text(text) -> str:
 #: no writer of this package keeps one open for more than seconds, so an older one is left
 #: by a killed run (or one on another host of a shared file system).
 STALE_TMP_S = 3600.0
-#: This host, as temporary names carry it (4 hex digits of a CRC of the host name).
-_HOST = f"{zlib.crc32(socket.gethostname().encode('utf-8', 'replace')) & 0xFFFF:04x}"
-_OWNER_RE = re.compile(r"\.(\d+)-([0-9a-f]{4})\.[^.]+\.tmp$")
 
 
 def temp_file(path: Path) -> tuple[int, str]:
     """``tempfile.mkstemp`` beside ``path``: ``.<name>.<pid>-<host>.XXXXXXXX.tmp``, so that
     another process can tell whether its writer still runs (:func:`temporary_is_stale`)."""
     path = Path(path)
-    return tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-{_HOST}.", suffix=".tmp",
+    return tempfile.mkstemp(prefix=f".{path.name}.{owner_tag()}.", suffix=".tmp",
                             dir=path.parent)
 
 
@@ -83,16 +78,8 @@ def temporary_is_stale(tmp: Path) -> bool:
     the file name, this host) no longer exists, or it is older than ``STALE_TMP_S``. A live
     writer's temporary (another run writing the same file at this moment) is not stale."""
     tmp = Path(tmp)
-    m = _OWNER_RE.search(tmp.name)
-    if m and m.group(2) == _HOST:
-        pid = int(m.group(1))
-        if pid != os.getpid():
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return True
-            except (PermissionError, OSError):
-                pass
+    if owner_gone(tmp.name):
+        return True
     try:
         return time.time() - tmp.stat().st_mtime > STALE_TMP_S
     except OSError:
@@ -291,7 +278,7 @@ def atomic_write_hduls(items, *, overwrite: bool = False) -> list[Path]:
 
 #: What a temporary name adds to a final one: ``.<name>.<pid>-<host>.XXXXXXXX.tmp``
 #: (:func:`temp_file`; pids have at most 7 digits on Linux).
-_TMP_EXTRA = len("." + "." + "4194304-ffff." + "XXXXXXXX" + ".tmp")
+_TMP_EXTRA = len("." + "." + "4194304-ffffffff." + "XXXXXXXX" + ".tmp")
 
 
 def _name_max(folder: Path) -> int:

@@ -1,9 +1,10 @@
-"""The mode of the files this package writes (os only: the batch engine's parent imports it)."""
+"""The mode of the files this package writes, and who writes them (os only: the batch
+engine's parent imports it)."""
 from __future__ import annotations
 
 import os
 
-__all__ = ["file_mode", "prepare_matplotlib"]
+__all__ = ["file_mode", "prepare_matplotlib", "owner_tag", "owner_gone"]
 
 
 def _proc_umask() -> int | None:
@@ -89,3 +90,52 @@ def prepare_matplotlib() -> None:
     except OSError:
         return
     os.environ["MPLCONFIGDIR"] = private
+
+
+def _host_tag() -> str:
+    """8 hex digits naming this host and pid namespace (containers that share a host name
+    but not their pids get different tags)."""
+    import socket
+    import zlib
+
+    ident = socket.gethostname()
+    try:
+        ident += f"/{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        pass
+    return f"{zlib.crc32(ident.encode('utf-8', 'replace')) & 0xFFFFFFFF:08x}"
+
+
+_HOST = _host_tag()
+
+
+def owner_tag() -> str:
+    """``<pid>-<host tag>``: put into the names of temporaries and download folders, so that
+    another process can tell whether their writer still runs (:func:`owner_gone`)."""
+    return f"{os.getpid()}-{_HOST}"
+
+
+def owner_gone(name: str) -> bool | None:
+    """Whether the writer named in ``name`` (:func:`owner_tag`) is gone: True when it ran on
+    this host and its process no longer exists, False when it still runs (or is this
+    process), None when the name carries no tag of this host (ask the file's age instead)."""
+    import re
+
+    m = re.search(r"(\d+)-([0-9a-f]{8})(?:[.-]|$)", name)
+    if not m or m.group(2) != _HOST:
+        return None
+    pid = int(m.group(1))
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:   # another user's process
+        return False
+    try:   # a killed process its new parent has not reaped yet is a zombie: gone too
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X")
+    except (OSError, IndexError):
+        return False
+
