@@ -1508,17 +1508,16 @@ def check_output_collisions(paths, which: str, outdir: Path | None = None) -> li
 
 def _set(h: fits.Header, key: str, value, comment: str = "") -> None:
     """``h[key] = (value, comment)``, without the comment when the card would not hold it
-    (astropy would truncate it with a ``VerifyWarning: Card is too long``)."""
-    from astropy.io.fits.verify import VerifyWarning
+    (astropy would truncate it with a ``VerifyWarning: Card is too long``).
 
-    # a card is "KEYWORD = " + value (20 characters or more) + " / " + comment: 80 at most
+    The length is computed, not tried under a warnings filter: filters are process-wide, and
+    one set here would turn another thread's warnings into errors. (A long string value
+    continued over several cards loses its comment, which astropy could have kept.)"""
+    # a card is "KEYWORD = " + value (to column 30 at least) + " / " + comment: 80 at most
     if comment and len(str(value)) + len(comment) > 45:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", VerifyWarning)
-            try:
-                fits.Card(key, value, comment).image
-            except VerifyWarning:
-                comment = ""
+        base = fits.Card(key, value).image
+        if len(base) > 80 or max(len(base.rstrip()), 30) + 3 + len(comment) > 80:
+            comment = ""
     h[key] = (value, comment) if comment else value
 
 

@@ -239,7 +239,9 @@ def _utc_mjd_to(mjd_utc: float, scale: str) -> float:
 
     day = math.floor(mjd_utc)
     y, mo, d, _ = erfa.jd2cal(2400000.5, day)
-    tai_utc = float(erfa.dat(y, mo, d, mjd_utc - day))
+    # the ufunc returns a status instead of warning "dubious year" (dates past the table's
+    # horizon keep its last value, as erfa.dat would)
+    tai_utc = float(erfa.ufunc.dat(y, mo, d, mjd_utc - day)[0])
     return mjd_utc + (tai_utc + (32.184 if scale in ("TT", "TDT") else 0.0)) / 86400.0
 
 
