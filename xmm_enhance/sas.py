@@ -127,7 +127,9 @@ def image_with_sas(files, curve_threshold: float, own_gti, *, low_pi: int, high_
     """The SAS route: tabgtigen, our GTI algebra, evselect. Returns (image, kept_gti, good).
 
     ``files`` is the archive's ``PPSFiles``. Intermediate files live in a temporary folder that
-    is removed afterwards.
+    is removed afterwards. ``SAS_CCF`` (when not set by the user) and the current folder are
+    set for the SAS tasks and put back: both are process-wide, so run SAS observations one
+    at a time per process (a Dask worker with one thread).
     """
     from . import gti as _gti
     from .events import selection_expression
