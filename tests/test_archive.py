@@ -930,6 +930,17 @@ def test_a_second_download_goes_on_when_the_first_fails(xsa, tmp_path, monkeypat
     assert "second" in calls
 
 
+def test_when_both_downloads_fail_no_folder_is_left(xsa, tmp_path, monkeypatch, caplog):
+    """The waiting download remade the folder the failed first one removed; when it fails
+    too, it removes it as well (an empty <OBS_ID> folder stayed)."""
+    xsa.unknown = 404
+    xsa.src = tmp_path / "nothing"                       # the archive has no such OBS_ID
+    (tmp_path / "nothing").mkdir()
+    out, _ = _second_download_waits(tmp_path, monkeypatch, caplog, first_fails=True)
+    assert all(isinstance(v, ArchiveError) for v in out.values())
+    assert not (tmp_path / "save" / OBSID).exists()
+
+
 def test_a_running_downloads_folder_is_not_removed_by_a_batch_beside_it(tmp_path):
     """The batch cleans an observation's folder of what killed runs left; a download that is
     running there now (it holds the download lock) keeps its folder."""

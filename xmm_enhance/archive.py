@@ -1039,8 +1039,15 @@ def _marker_ok(pps: Path) -> bool:
 DOWNLOAD_LOCK_NAME = ".pps-download.lock"
 
 
+def _remake(obs_dir: Path, made: list | None) -> None:
+    if not obs_dir.is_dir():
+        obs_dir.mkdir(parents=True, exist_ok=True)
+        if made is not None:
+            made.append(True)
+
+
 @contextlib.contextmanager
-def _download_lock(obs_dir: Path, obsid: str, *, wait: bool = True):
+def _download_lock(obs_dir: Path, obsid: str, *, wait: bool = True, made: list | None = None):
     """Hold an exclusive ``flock`` on ``obs_dir/DOWNLOAD_LOCK_NAME`` while the block runs;
     yields whether it is held.
 
@@ -1050,7 +1057,8 @@ def _download_lock(obs_dir: Path, obsid: str, *, wait: bool = True):
     holder dies, so a killed download never blocks the next (its file stays, empty, until the
     next download of the OBS_ID removes it). Where the file system does not support
     ``flock`` the block runs unlocked (yields False), as before. ``wait=False``: yields False
-    at once when another process holds it.
+    at once when another process holds it. ``made``: gets True appended when the folder had
+    to be made again (a failed first download removed it), so the caller may remove it too.
     """
     try:
         import fcntl
@@ -1063,7 +1071,7 @@ def _download_lock(obs_dir: Path, obsid: str, *, wait: bool = True):
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         except FileNotFoundError:   # the folder was removed meanwhile (a failed download)
-            obs_dir.mkdir(parents=True, exist_ok=True)
+            _remake(obs_dir, made)
             continue
         except OSError as exc:
             log.debug("%s: no download lock (%s)", path, exc)
@@ -1102,7 +1110,7 @@ def _download_lock(obs_dir: Path, obsid: str, *, wait: bool = True):
         if same:
             break
         os.close(fd)
-        obs_dir.mkdir(parents=True, exist_ok=True)
+        _remake(obs_dir, made)
     try:
         yield True
     finally:
@@ -1266,7 +1274,8 @@ def download_pps(obsid: str, save_dir, *, credentials_file=None, retries: int = 
     except OSError as exc:
         raise ArchiveError(f"{obs_dir}: cannot create the download folder ({exc.strerror}); "
                            "pass a writable --save_dir") from None
-    with _download_lock(obs_dir, obsid) as held:
+    remade: list = []
+    with _download_lock(obs_dir, obsid, made=remade) as held:
         if pps_folder_is_complete(pps, obsid):   # another process has just downloaded it
             log.info("OBS_ID %s: reusing the complete PPS folder %s", obsid, pps)
             return pps
@@ -1321,7 +1330,7 @@ def download_pps(obsid: str, save_dir, *, credentials_file=None, retries: int = 
                 os.replace(tmp, pps / MARKER_NAME)
         finally:
             shutil.rmtree(stage, ignore_errors=True)
-            if created_obs_dir and (failure is not None or not pps.exists()):
+            if (created_obs_dir or remade) and (failure is not None or not pps.exists()):
                 with contextlib.suppress(OSError):
                     (obs_dir / DOWNLOAD_LOCK_NAME).unlink()   # a waiter sees it gone
                     obs_dir.rmdir()
