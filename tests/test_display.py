@@ -23,7 +23,7 @@ from astropy.wcs import WCS
 pytest.importorskip("matplotlib")
 
 from xmm_enhance import display  # noqa: E402
-from xmm_enhance.errors import OutputError  # noqa: E402
+from xmm_enhance.errors import OutputError, UsageError  # noqa: E402
 
 RA0, DEC0 = 150.0, 30.0          # image centre
 PIX = 4.0                        # arcsec / pixel of the synthetic input
@@ -415,6 +415,16 @@ def test_png_refuses_to_overwrite(tmp_path):
     p.write_bytes(b"x")
     with pytest.raises(OutputError, match="overwrite"):
         display.quicklook_png(fake_result(), p)
+
+
+def test_png_makes_its_folder_and_refuses_another_suffix(tmp_path):
+    """Library use: the folder is made as write_outputs makes it (the error blamed disk
+    space or permissions), and 'x.pdf' is refused (PNG bytes were written under it)."""
+    out = display.quicklook_png(fake_result(), tmp_path / "a" / "b" / "q.png")
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(UsageError, match="x.pdf: the quick look is a PNG"):
+        display.quicklook_png(fake_result(), tmp_path / "x.pdf")
+    assert not (tmp_path / "x.pdf").exists()
 
 
 def test_importing_display_imports_no_plotting_or_reproject():

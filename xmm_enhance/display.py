@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import OutputError
+from .errors import OutputError, UsageError
 
 __all__ = ["STRETCHES", "SkyImage", "Panel", "north_up_wcs", "sky_oriented",
            "pixel_scale_arcsec", "panels_figure", "quicklook_panels", "quicklook_figure",
@@ -599,11 +599,14 @@ def quicklook_png(res, path, *, overwrite=False, dpi=110, **kwargs) -> Path:
 
     ``kwargs`` go to :func:`quicklook_figure` (``stretch``, ``sources``, ...).
     """
-    from .fitsio import atomic_savefig
+    from .fitsio import atomic_savefig, ensure_output_dir
 
     path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise UsageError(f"{path}: the quick look is a PNG; give the file name a .png suffix")
     if path.exists() and not overwrite:
         raise OutputError(f"{path}: exists; pass --overwrite to replace it")
+    ensure_output_dir(path.parent)   # made like mkdir -p, as write_outputs does
     fig = quicklook_figure(res, **kwargs)
     try:
         return atomic_savefig(fig, path, dpi=dpi)
