@@ -790,3 +790,16 @@ def test_a_prediction_far_above_the_input_warns(tmp_path, dn_model, monkeypatch)
     with pytest.warns(inference.InputWarning, match=r"the DN prediction holds 3x the input's "
                       "count rate; this input is outside what the network learned"):
         inference.enhance_image(inference.read_input(img), model)
+
+
+def test_library_entry_points_name_a_wrong_argument_type(tmp_path):
+    """read_input(None) or an array, make_image(binsize='80'): TypeError tracebacks before."""
+    from xmm_enhance.pipeline import make_image
+
+    for bad in (None, np.zeros((4, 4))):
+        with pytest.raises(UsageError, match="read_input takes a file path"):
+            inference.read_input(bad)
+    with pytest.raises(UsageError, match=r"--binSize \(binsize=\) '80': must be a number"):
+        make_image("0123456789", binsize="80", pps_dir=tmp_path)
+    with pytest.raises(UsageError, match=r"--expo_time \(expo_time_ks=\) '20'"):
+        make_image("0123456789", expo_time_ks="20", pps_dir=tmp_path)

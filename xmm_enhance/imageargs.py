@@ -33,6 +33,13 @@ def _min_binsize() -> int:
 def check_image_args(low_pi, high_pi, binsize, expo_time_ks) -> None:
     """Raise :class:`UsageError` (naming the option and the fix) for a PI band, bin size or
     exposure that cannot make an image."""
+    for name, arg, v in (("--low_pi", "low_pi", low_pi), ("--high_pi", "high_pi", high_pi),
+                         ("--binSize", "binsize", binsize),
+                         ("--expo_time", "expo_time_ks", expo_time_ks)):
+        if v is not None and (isinstance(v, (bool, np.bool_))
+                              or not isinstance(v, (int, float, np.integer, np.floating))):
+            raise UsageError(f"{name} ({arg}=) {v!r}: must be a number, not "
+                             f"{type(v).__name__}")
     for name, v in (("--low_pi", low_pi), ("--high_pi", high_pi)):
         if v is None or int(v) != v or v < 0:
             raise UsageError(f"{name} {v}: must be a non-negative integer (eV)")

@@ -974,6 +974,9 @@ def read_input(path: str | Path, *, exposure: float | None = None) -> InputImage
         (:func:`input_band`); ``exposure`` disagrees with the header's ``EXPOSURE``; no sky
         WCS.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise UsageError(f"read_input takes a file path, not {type(path).__name__} (an array "
+                         "in memory: InputImage(counts, exposure, header))")
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file; check the path")
