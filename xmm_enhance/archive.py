@@ -1131,7 +1131,7 @@ def remove_stale_downloads(obs_dir: Path) -> int:
     if not any(obs_dir.glob(".pps-download-*")):
         return 0
     with _download_lock(obs_dir, obs_dir.name, wait=False) as held:
-        return _remove_stale_stages(obs_dir, max_age_s=STAGE_IDLE_S if held else 86400.0)
+        return _remove_stale_stages(obs_dir, locked=held)
 
 
 #: With the download lock held, a download folder that nothing has written to for this long
@@ -1150,10 +1150,12 @@ def _last_write(folder: Path) -> float:
     return newest
 
 
-def _remove_stale_stages(obs_dir: Path, max_age_s: float = 86400.0) -> int:
+def _remove_stale_stages(obs_dir: Path, *, locked: bool) -> int:
     """Remove staging folders a killed run left behind: its process (named in the folder's
-    name, this host) is gone, or nothing in it was written for ``max_age_s``
-    (``STAGE_IDLE_S`` when the caller holds the download lock); returns how many."""
+    name, this host) is gone, or nothing in it was written for ``STAGE_IDLE_S`` when the
+    caller holds the download lock (``locked``), a day when it could not take it; returns
+    how many."""
+    max_age_s = STAGE_IDLE_S if locked else 86400.0
     now = time.time()
     n = 0
     for d in obs_dir.glob(".pps-download-*"):
@@ -1280,7 +1282,7 @@ def download_pps(obsid: str, save_dir, *, credentials_file=None, retries: int = 
             log.info("OBS_ID %s: reusing the complete PPS folder %s", obsid, pps)
             return pps
         # with the lock held, a download folder nothing writes to is a killed run's
-        _remove_stale_stages(obs_dir, max_age_s=STAGE_IDLE_S if held else 86400.0)
+        _remove_stale_stages(obs_dir, locked=held)
         try:
             stage = Path(tempfile.mkdtemp(prefix=f".pps-download-{owner_tag()}-", dir=obs_dir))
         except OSError as exc:

@@ -830,9 +830,9 @@ def _clean_temporaries(obs_dir: Path) -> int:
     observation's lock, but a make_detxy_pn_image_pps.py or run_inference_on_real.py run
     beside the batch does not take it: its download folder stays while it holds the download
     lock (:func:`archive.remove_stale_downloads`), and its temporaries while it runs
-    (:func:`fitsio.temporary_is_stale`)."""
+    (:func:`fsmode.temporary_is_stale`)."""
     from .archive import remove_stale_downloads
-    from .fitsio import temporary_is_stale
+    from .fsmode import temporary_is_stale
 
     if not obs_dir.is_dir():
         return 0
@@ -931,16 +931,15 @@ def _observation_log(path: Path):
     handler.setLevel(logging.INFO)
     with _SHARED_LOCK:
         if _LOG_STATE["users"] == 0:
-            saved = (pkg.level, pkg.propagate, None)
+            level, propagate, to_root = pkg.level, pkg.propagate, None
             effective = pkg.getEffectiveLevel()
             if effective > logging.INFO:
                 pkg.setLevel(logging.INFO)
-                if pkg.propagate:
+                if propagate:
                     to_root = _ToRootAtLevel(effective)
                     pkg.addHandler(to_root)
                     pkg.propagate = False
-                    saved = (saved[0], True, to_root)
-            _LOG_STATE["saved"] = saved
+            _LOG_STATE["saved"] = (level, propagate, to_root)
         _LOG_STATE["users"] += 1
         pkg.addHandler(handler)
         _OBS_THREADS.add(handler.thread)
@@ -1679,7 +1678,7 @@ def _row(r: ObsResult) -> dict:
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    from .fitsio import temp_file
+    from .fsmode import temp_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = temp_file(path)

@@ -5,14 +5,13 @@ import io
 import os
 import struct
 import tempfile
-import time
 import zlib
 from pathlib import Path
 
 from astropy.io import fits
 
 from .errors import OutputError
-from .fsmode import file_mode, owner_gone, owner_tag
+from .fsmode import file_mode, temp_file, temporary_is_stale  # noqa: F401
 
 __all__ = ["add_history", "atomic_write_hdul", "atomic_write_hduls", "atomic_savefig",
            "check_writable_dir", "check_creatable_dir", "check_name_length", "ensure_output_dir",
@@ -57,33 +56,6 @@ def header_text(text) -> str:
     otherwise refuse ("FITS header values must contain standard printable ASCII
     characters"). Readable, and the original name can be recovered from it."""
     return "".join(c if " " <= c <= "~" else ascii(c)[1:-1] for c in str(text))
-
-
-#: A temporary whose writer is not known to be dead is left alone until it is this old (s):
-#: no writer of this package keeps one open for more than seconds, so an older one is left
-#: by a killed run (or one on another host of a shared file system).
-STALE_TMP_S = 3600.0
-
-
-def temp_file(path: Path) -> tuple[int, str]:
-    """``tempfile.mkstemp`` beside ``path``: ``.<name>.<pid>-<host>.XXXXXXXX.tmp``, so that
-    another process can tell whether its writer still runs (:func:`temporary_is_stale`)."""
-    path = Path(path)
-    return tempfile.mkstemp(prefix=f".{path.name}.{owner_tag()}.", suffix=".tmp",
-                            dir=path.parent)
-
-
-def temporary_is_stale(tmp: Path) -> bool:
-    """Whether the temporary ``tmp`` was left by a writer that is gone: its process (named in
-    the file name, this host) no longer exists, or it is older than ``STALE_TMP_S``. A live
-    writer's temporary (another run writing the same file at this moment) is not stale."""
-    tmp = Path(tmp)
-    if owner_gone(tmp.name):
-        return True
-    try:
-        return time.time() - tmp.stat().st_mtime > STALE_TMP_S
-    except OSError:
-        return False
 
 
 def remove_stale_temporaries(path: Path) -> int:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["file_mode", "prepare_matplotlib", "owner_tag", "owner_gone"]
+__all__ = ["file_mode", "prepare_matplotlib", "owner_tag", "owner_gone", "temp_file",
+           "temporary_is_stale"]
 
 
 def _proc_umask() -> int | None:
@@ -139,3 +140,33 @@ def owner_gone(name: str) -> bool | None:
     except (OSError, IndexError):
         return False
 
+
+#: A temporary whose writer is not known to be dead is left alone until it is this old (s):
+#: no writer of this package keeps one open for more than seconds, so an older one is left
+#: by a killed run (or one on another host of a shared file system).
+STALE_TMP_S = 3600.0
+
+
+def temp_file(path) -> tuple[int, str]:
+    """``tempfile.mkstemp`` beside ``path``: ``.<name>.<pid>-<host>.XXXXXXXX.tmp``, so that
+    another process can tell whether its writer still runs (:func:`temporary_is_stale`)."""
+    import tempfile
+    from pathlib import Path
+
+    path = Path(path)
+    return tempfile.mkstemp(prefix=f".{path.name}.{owner_tag()}.", suffix=".tmp",
+                            dir=path.parent)
+
+
+def temporary_is_stale(tmp) -> bool:
+    """Whether the temporary ``tmp`` was left by a writer that is gone: its process (named in
+    the file name, this host) no longer exists, or it is older than ``STALE_TMP_S``. A live
+    writer's temporary (another run writing the same file at this moment) is not stale."""
+    import time
+
+    if owner_gone(os.path.basename(tmp)):
+        return True
+    try:
+        return time.time() - os.stat(tmp).st_mtime > STALE_TMP_S
+    except OSError:
+        return False

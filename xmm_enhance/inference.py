@@ -690,17 +690,50 @@ def _check_counts(path: Path, data: np.ndarray, header, primary) -> None:
                 else "not a counts image")
         raise InputError(f"{path}: BUNIT = '{u}': {kind}; pass a counts image (BUNIT 'count') "
                          "from make_detxy_pn_image_pps.py")
-    if data.dtype.kind == "f":
-        finite = data[np.isfinite(data)]
-        frac = np.abs(finite - np.round(finite))
-        if frac.size and float(frac.max()) > 1e-3:
-            n = int(np.sum(frac > 1e-3))
-            lossy = (" or a float image tile-compressed with loss (fpack's default "
-                     "quantisation: compress counts with fpack -q 0, or pass the uncompressed "
-                     "file)" if path.name.lower().endswith(".fz") else "")
-            raise InputError(f"{path}: {n} pixels hold non-integer values: not a counts image "
-                             f"(a rate, smoothed or exposure-corrected image?{lossy}); pass the "
-                             "counts image from make_detxy_pn_image_pps.py")
+
+
+def _whole_counts(name, data) -> np.ndarray:
+    """``data`` as float64 counts: float pixels within 1e-3 of whole numbers are rounded (a
+    pixel of 1e-5 would otherwise count as having counts and open the detector mask on it);
+    InputError for others (NaN/inf are left for :func:`_check_values`)."""
+    data = np.asarray(data)
+    counts = data.astype(np.float64, copy=data.dtype != np.float64)
+    if data.dtype.kind != "f":
+        return counts
+    whole = np.round(counts)
+    off = np.abs(counts - whole) > 1e-3   # False at NaN/inf
+    if off.any():
+        lossy = (" or a float image tile-compressed with loss (fpack's default "
+                 "quantisation: compress counts with fpack -q 0, or pass the uncompressed "
+                 "file)" if str(name).lower().endswith(".fz") else "")
+        raise InputError(f"{name}: {int(off.sum())} pixels hold non-integer values: not a "
+                         f"counts image (a rate, smoothed or exposure-corrected image?{lossy}); "
+                         "pass the counts image from make_detxy_pn_image_pps.py")
+    return counts if np.array_equal(counts, whole, equal_nan=True) else whole
+
+
+def _check_values(name, counts, header=None) -> None:
+    """InputError for NaN/inf (a ``BLANK`` value of ``header``) or negative pixels."""
+    bad = ~np.isfinite(counts)
+    if bad.any():
+        what = (f"pixels equal to its BLANK value ({header['BLANK']}), which mark no data"
+                if header is not None and "BLANK" in header else "NaN/inf pixels")
+        raise InputError(f"{name}: {int(bad.sum())} {what}; pass a counts image (replace them "
+                         "by 0 if they are off the detector)")
+    if np.any(counts < 0):
+        raise InputError(f"{name}: {int(np.sum(counts < 0))} negative pixels; pass a counts "
+                         "image, not a background-subtracted one")
+
+
+def _check_some_counts(name, counts, band=None) -> None:
+    """InputError for an image without a single count. Every pixel with counts is in the input
+    mask (:func:`input_mask`), so none there means none at all: the networks would paint a
+    rate from nothing."""
+    if not np.any(counts > 0):
+        stated = f" ({_band_text(band[0], band[1])} eV)" if band is not None else ""
+        raise InputError(f"{name}: no counts in the image (every pixel is 0); check its energy "
+                         f"band{stated} and good-time selection, and make it again with "
+                         "make_detxy_pn_image_pps.py")
 
 
 def pixel_scales(header) -> list[tuple[float, str]]:
@@ -989,33 +1022,15 @@ def read_input(path: str | Path, *, exposure: float | None = None) -> InputImage
         raise InputError(f"{path}: image is {data.ndim}-D with shape {data.shape}; pass a 2-D "
                          "DETX/DETY counts image")
     _check_counts(path, data, header, primary)
-    counts = data.astype(np.float64)
-    if data.dtype.kind == "f":
-        # within 1e-3 of integers (_check_counts): counts; a pixel of 1e-5 would otherwise
-        # count as "has counts" and open the detector mask on it
-        counts = np.round(counts)
-    if not np.all(np.isfinite(counts)):
-        n = int(np.sum(~np.isfinite(counts)))
-        what = (f"pixels equal to its BLANK value ({header['BLANK']}), which mark no data"
-                if "BLANK" in header else "NaN/inf pixels")
-        raise InputError(f"{path}: {n} {what}; pass a counts image (replace them by 0 "
-                         "if they are off the detector)")
-    if np.any(counts < 0):
-        raise InputError(f"{path}: {int(np.sum(counts < 0))} negative pixels; pass a counts "
-                         "image, not a background-subtracted one")
+    counts = _whole_counts(path, data)
+    _check_values(path, counts, header)
     _check_pixel_scale(path, header, counts.shape)
     for key in OBS_KEYS + ("EXPOSURE",):
         if key not in header and key in primary:
             header[key] = primary[key]
     notes = []
     band = input_band(header, primary)
-    # every pixel with counts is in the input mask (input_mask), so none there means none at
-    # all: the networks would paint a rate from nothing
-    if not np.any(counts > 0):
-        stated = f" ({_band_text(band[0], band[1])} eV)" if band is not None else ""
-        raise InputError(f"{path}: no counts in the image (every pixel is 0); check its energy "
-                         f"band{stated} and good-time selection, and make it again with "
-                         "make_detxy_pn_image_pps.py")
+    _check_some_counts(path, counts, band)
     in_header = _positive_seconds(header.get("EXPOSURE"))
     if in_header is not None:
         if exposure is not None and not abs(float(exposure) / in_header - 1) <= (
@@ -1237,27 +1252,9 @@ def checked_image(img: InputImage) -> InputImage:
     if counts.ndim != 2 or counts.dtype.kind not in "uif":
         raise InputError(f"{name}: counts are a {counts.ndim}-D {counts.dtype} array with "
                          f"shape {counts.shape}; pass a 2-D numeric DETX/DETY counts image")
-    c = counts.astype(np.float64, copy=counts.dtype != np.float64)
-    bad = ~np.isfinite(c)
-    if bad.any():
-        raise InputError(f"{name}: {int(bad.sum())} NaN/inf pixels; pass a counts image "
-                         "(replace them by 0 if they are off the detector)")
-    if np.any(c < 0):
-        raise InputError(f"{name}: {int(np.sum(c < 0))} negative pixels; pass a counts "
-                         "image, not a background-subtracted one")
-    if counts.dtype.kind == "f":
-        whole = np.round(c)
-        frac = c - whole
-        off = np.abs(frac) > 1e-3
-        if off.any():
-            raise InputError(f"{name}: {int(off.sum())} pixels hold non-integer values: not "
-                             "a counts image (a rate, smoothed or exposure-corrected "
-                             "image?); pass counts, with the exposure in seconds")
-        if frac.any():
-            c = whole
-    if not np.any(c > 0):
-        raise InputError(f"{name}: no counts in the image (every pixel is 0); check its "
-                         "energy band and good-time selection")
+    c = _whole_counts(name, counts)
+    _check_values(name, c, img.header)
+    _check_some_counts(name, c)
     exposure = _positive_seconds(img.exposure)
     if exposure is None:
         raise InputError(f"{name}: exposure {img.exposure!r} is not a positive number of "

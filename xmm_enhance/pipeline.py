@@ -188,6 +188,13 @@ def _check_existing(path: Path, obsid: str, overwrite: bool, what: str = ";") ->
                           "keeps it and exits 0)")
 
 
+def gti_plot_path(image: Path) -> Path:
+    """``<image stem>_gti.png`` beside ``image``: where ``make_image(gti_plot=True)`` puts
+    the light curve."""
+    image = Path(image)
+    return image.with_name(image.name.removesuffix(".gz").removesuffix(".fits") + "_gti.png")
+
+
 def make_image(obsid: str, *, low_pi: int = 500, high_pi: int = 2000,
                expo_time_ks: float = 20.0, binsize: float = 80, save_dir=None, pps_dir=None,
                backend: str = "auto", overwrite: bool = False, gti_plot: bool = False,
@@ -395,8 +402,7 @@ def make_image(obsid: str, *, low_pi: int = 500, high_pi: int = 2000,
     t0 = mark("write", t0)
     png = None
     if gti_plot:
-        png = out_path.with_name(out_path.name.removesuffix(".gz").removesuffix(".fits")
-                                 + "_gti.png")
+        png = gti_plot_path(out_path)
         try:
             gti.plot_gti(curve, kept, png, flare_gti=good,
                          title=f"{obsid} pn {files.expid}: kept {exposure / 1e3:.2f} ks of "

@@ -186,8 +186,9 @@ def _existing_image(args):
         header, mine = None, False
     if ok and mine and args.gti_plot:
         from ..batch import png_is_valid
+        from ..pipeline import gti_plot_path
 
-        plot = path.with_name(path.name[: -len(".fits")] + "_gti.png")
+        plot = gti_plot_path(path)
         if not png_is_valid(plot)[0]:
             # asked for with the image, and missing or cut (a run killed between the two):
             # made again with the image
