@@ -697,6 +697,11 @@ def detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None,
         fits_psf[redo] = ext_dc[redo] <= EXTENT_C
         pos_y[redo] = cy[redo] + qy[redo, j[redo]] / 4.0
         pos_x[redo] = cx[redo] + qx[redo, j[redo]] / 4.0
+    # crowds: candidates that still look extended because their likely neighbours (which
+    # look extended too, so none was modelled above) are in their windows
+    if CROWD_REFIT:
+        _refit_crowds(c, m, bkg, K, j, tb, ab, cy, cx, pos_y, pos_x, f, cst, var, cst_grid,
+                      ext_dc, fits_psf, bfit, good, covw, qy, qx)
     # fits_psf: the extent test of each candidate's last fit, over that fit's background
     frac = BKG_SYSTEMATIC if bkg_systematic is None else float(bkg_systematic)
     sig = _signif(_with_systematic(cst, var, _background_systematic(bfit, f, K[n, j], m), frac)
@@ -788,6 +793,201 @@ def detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None,
         elif all(math.hypot(d["y"] - e_["y"], d["x"] - e_["x"]) >= MERGE_PX for e_ in out):
             out.append(d)
     return out
+
+
+#: Crowds (:func:`_refit_crowds`): refit the candidates that look extended because likely
+#: neighbours' light is in their window. False: session-24 behaviour (only neighbours that
+#: the PSF fits are modelled).
+CROWD_REFIT = True
+#: Neighbours within this many 1x pixels of a candidate's window centre are fitted with it
+#: (their cores are in or just beyond the window's edge); farther ones stay at their own fit.
+CROWD_INNER_PX = FIT_RADIUS + 1.5
+#: A neighbour stays in the joint fit while dropping it costs at least this likelihood ratio
+#: (3 sigma for 3 degrees of freedom).
+CROWD_MEMBER_C = 14.2
+#: The group's points must beat one elliptical Gaussian (widths from ``CROWD_BLOB_SIGMAS``
+#: 1x pixels, at the points' flux-weighted centre, along their flux-weighted major axis) by
+#: ``CROWD_GROUP_C`` plus ``CROWD_MEMBER_PENALTY`` per point beyond the first: about 2 per
+#: parameter more than the ellipse has (3 per point against 6), with the extent test's margin.
+CROWD_BLOB_SIGMAS = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 10.0)
+CROWD_GROUP_C = EXTENT_C
+CROWD_MEMBER_PENALTY = 6.0
+#: The candidate's fitted peak pixel must hold at least this many times the rest of the model
+#: there (background and neighbours): a noise peak on a bright smooth cluster has a fraction.
+CROWD_MIN_CONTRAST = 1.0
+
+
+def _fit_joint(c, b, k, m, iters=50):
+    """Maximum-likelihood fluxes ``F >= 0`` [G] of ``c ~ Poisson(b + F @ k)`` over the pixels
+    ``m`` (``c``, ``b``, ``m`` [P]; ``k`` [G, P]): projected Newton steps, shortened while the
+    likelihood drops. Returns ``(F, C)``, ``C = 2 [ln L(b + F k) - ln L(b)]``."""
+    k = k * m
+    ksum = k.sum(-1)
+    cm = c * m
+
+    def loglike(f):
+        return (cm * np.log((b + f @ k) / b)).sum() - f @ ksum
+
+    f = np.zeros(len(k))
+    L = 0.0
+    for _ in range(iters):
+        lam = b + f @ k
+        r = cm / lam
+        g = k @ r - ksum
+        free = (f > 0) | (g > 0)
+        if not free.any():
+            break
+        H = (k * (r / lam)) @ k.T
+        step = np.zeros_like(f)
+        sub = np.ix_(free, free)
+        step[free] = np.linalg.solve(H[sub] + 1e-9 * np.eye(int(free.sum())), g[free])
+        t = 1.0
+        while True:
+            f_new = np.maximum(f + t * step, 0.0)
+            L_new = loglike(f_new)
+            if L_new >= L - 1e-12 or t < 1e-4:
+                break
+            t *= 0.5
+        done = np.all(np.abs(f_new - f) <= 1e-9 * (1.0 + f))
+        if L_new >= L:
+            f, L = f_new, L_new
+        if done or L_new < L:
+            break
+    return f, 2.0 * max(L, 0.0)
+
+
+def _smooth_basis():
+    """[5, P] non-negative smooth shapes over a fit window (unit mean): the four bilinear
+    corner weights (any tilted plane above zero) and a Gaussian bump of half the window's
+    width at its centre (a curved level)."""
+    R = FIT_RADIUS
+    u = np.arange(2 * R + 1) / (2.0 * R)
+    uy, ux = np.meshgrid(u, u, indexing="ij")
+    out = [(1 - uy) * (1 - ux), (1 - uy) * ux, uy * (1 - ux), uy * ux,
+           np.exp(-2.0 * ((uy - 0.5) ** 2 + (ux - 0.5) ** 2))]
+    return np.stack([o.ravel() / o.mean() for o in out])
+
+
+def _blob_shapes(gy, gx, ang, excess, m, wy, wx):
+    """Elliptical Gaussians (unit sum over the window, flattened) that could stand for a group
+    of points: at the points' flux-weighted centre ``(gy, gx)`` along their axis ``ang``, with
+    every pair of ``CROWD_BLOB_SIGMAS``; then the ellipse of the window's ``excess`` counts
+    (over the background, clipped at zero; its centroid and second moments) at 0.5-1.4 times
+    its size, and circles at its centroid. A generator: the caller stops at the first that
+    explains the group."""
+    def gauss(cy, cx, a, sa, sb):
+        du = (wx - cx) * math.cos(a) + (wy - cy) * math.sin(a)
+        dv = (wy - cy) * math.cos(a) - (wx - cx) * math.sin(a)
+        g = np.exp(-0.5 * (du * du / (sa * sa) + dv * dv / (sb * sb))).ravel()
+        return g / g.sum()
+
+    e = np.clip(excess, 0.0, None) * m
+    tot = e.sum()
+    if tot > 0:
+        ey, ex = (e * wy.ravel()).sum() / tot, (e * wx.ravel()).sum() / tot
+        syy = (e * (wy.ravel() - ey) ** 2).sum() / tot
+        sxx = (e * (wx.ravel() - ex) ** 2).sum() / tot
+        sxy = (e * (wy.ravel() - ey) * (wx.ravel() - ex)).sum() / tot
+        lam, vec = np.linalg.eigh(np.array([[sxx, sxy], [sxy, syy]]))
+        ea = math.atan2(vec[1, 1], vec[0, 1])
+        for scale in (1.0, 0.7, 1.4, 0.5):
+            yield gauss(ey, ex, ea, max(scale * math.sqrt(lam[1]), 0.7),
+                        max(scale * math.sqrt(lam[0]), 0.7))
+        for sg in CROWD_BLOB_SIGMAS:
+            yield gauss(ey, ex, 0.0, sg, sg)
+    for sa in CROWD_BLOB_SIGMAS:
+        for sb in CROWD_BLOB_SIGMAS:
+            if sb <= sa:
+                yield gauss(gy, gx, ang, sa, sb)
+
+
+def _refit_crowds(c, m, bkg, K, j, tb, ab, cy, cx, pos_y, pos_x, f, cst, var, cst_grid,
+                  ext_dc, fits_psf, bfit, good, covw, qy, qx):
+    """Crowds, in place. A likely candidate (>= 3 sigma) that the extent test calls extended
+    while likely neighbours are near is refitted with the neighbours' PSFs at their joint
+    fluxes in its background, as ``emldetect`` fits neighbours together, when the counts
+    demand a group of points there rather than one extended source:
+
+    - neighbours join the joint PSF fit while dropping one costs ``CROWD_MEMBER_C``;
+    - the group's PSFs beat one elliptical Gaussian, both over the same smooth level
+      (:func:`_smooth_basis`), by ``CROWD_GROUP_C + CROWD_MEMBER_PENALTY * (n - 1)``
+      (a blob, a filament or a clump that the network split into points fails this);
+    - the group's PSFs fit at least as well as the group drawn with the wider profile;
+    - the candidate's peak stands ``CROWD_MIN_CONTRAST`` times above the rest of the model.
+
+    The refitted candidate then goes through the usual extent test and threshold."""
+    R = FIT_RADIUS
+    like = (_signif(cst) >= 3.0) & good & (f <= NEIGHBOUR_MAX_COUNTS)
+    near = {}
+    for i, k in _neighbour_pairs(pos_y, pos_x, like):
+        near.setdefault(i, []).append(k)
+    todo = [i for i in np.flatnonzero(like & ~fits_psf) if i in near]
+    if not todo:
+        return
+    f0 = f.copy()
+    wy, wx = np.mgrid[-R:R + 1, -R:R + 1]
+    smooth = _smooth_basis()
+    for i in todo:
+        inner = [k for k in near[i]
+                 if math.hypot(pos_y[k] - cy[i], pos_x[k] - cx[i]) <= CROWD_INNER_PX]
+        outer = [k for k in near[i] if k not in inner]
+        if not inner:
+            continue
+
+        def key(y, x, e, i=i):
+            return (tb[i], ab[i], int(round(4 * (y - cy[i]))), int(round(4 * (x - cx[i]))), e)
+
+        base = bkg[i]
+        if outer:
+            base = base + f0[outer] @ (_kernels([key(pos_y[k], pos_x[k], 0) for k in outer])
+                                       * covw[i])
+        own = (tb[i], ab[i], qy[i, j[i]], qx[i, j[i]])
+        KP = _kernels([own + (0,)] + [key(pos_y[k], pos_x[k], 0) for k in inner]) * covw[i]
+        while inner:
+            L_all = _fit_joint(c[i], base, KP, m[i])[1]
+            drop = [L_all - _fit_joint(c[i], base, np.delete(KP, a, 0), m[i])[1]
+                    for a in range(1, len(KP))]
+            a = int(np.argmin(drop))
+            if drop[a] >= CROWD_MEMBER_C:
+                break
+            KP = np.delete(KP, a + 1, 0)
+            inner = inner[:a] + inner[a + 1:]
+        if not inner:
+            continue
+        n_pts = len(KP)
+        fP, LP = _fit_joint(c[i], base, KP, m[i])
+        b_i = base + fP[1:] @ KP[1:]
+        pk = int(np.argmax(KP[0]))
+        if fP[0] * KP[0, pk] < CROWD_MIN_CONTRAST * b_i[pk]:
+            continue
+        KE = _kernels([own + (1,)] + [key(pos_y[k], pos_x[k], 1) for k in inner]) * covw[i]
+        if _fit_joint(c[i], base, KE, m[i])[1] > LP:
+            continue
+        # one elliptical Gaussian where the group is, over the same smooth level
+        sm = smooth * covw[i]
+        L_pts = _fit_joint(c[i], base, np.vstack([KP, sm]), m[i])[1]
+        py_ = np.array([qy[i, j[i]] / 4.0] + [pos_y[k] - cy[i] for k in inner])
+        px_ = np.array([qx[i, j[i]] / 4.0] + [pos_x[k] - cx[i] for k in inner])
+        wt = fP / max(fP.sum(), 1e-12)
+        gy, gx = (wt * py_).sum(), (wt * px_).sum()
+        ang = 0.5 * math.atan2(2 * (wt * (py_ - gy) * (px_ - gx)).sum(),
+                               (wt * ((px_ - gx) ** 2 - (py_ - gy) ** 2)).sum())
+        need = CROWD_GROUP_C + CROWD_MEMBER_PENALTY * (n_pts - 2)
+        blob = any(L_pts - _fit_joint(c[i], base, np.vstack([G[None] * covw[i], sm]), m[i])[1]
+                   < need for G in _blob_shapes(gy, gx, ang, c[i] - base, m[i], wy, wx))
+        if blob:
+            continue
+        f1, c1, v1 = _fit_flux(c[i][None], b_i[None], K[i], m[i][None])
+        jj = int(np.argmax(c1))
+        Ke = _kernel(tb[i], ab[i], qy[i, jj], qx[i, jj], 1) * covw[i]
+        e1 = _fit_flux(c[i], b_i, Ke, m[i])[1] - c1[jj]
+        f[i], cst[i], var[i], j[i] = f1[jj], c1[jj], v1[jj], jj
+        cst_grid[i] = c1
+        bfit[i] = b_i
+        ext_dc[i] = e1
+        fits_psf[i] = e1 <= EXTENT_C
+        pos_y[i] = cy[i] + qy[i, jj] / 4.0
+        pos_x[i] = cx[i] + qx[i, jj] / 4.0
 
 
 def _position_errors(K, j, side, f, b, m):
