@@ -21,6 +21,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from xmm_enhance import archive
+
+_real_sleep = time.sleep  # the `sleeps` fixture replaces time.sleep itself
 from xmm_enhance.archive import (MARKER_NAME, PPSFiles, download_pps, find_pps_files,
                                  pps_folder_is_complete, validate_obsid)
 from xmm_enhance.errors import ArchiveError, PPSError, UsageError
@@ -45,6 +47,8 @@ class FakeXSA:
         self.creds = None              # (user, password) required when set
         self.unknown = 404             # answer to an unknown OBS_ID; "text" = 200 + HTML page
         self.no_ctype = None           # HTTP code answered with no Content-Type (not an archive)
+        self.trickle = 0               # number of GET answers sent trickle_bytes per 20 ms
+        self.trickle_bytes = 64
         self.hits = []                 # (method, query dict)
         self.lock = threading.Lock()
 
@@ -115,8 +119,22 @@ def _handler(state: FakeXSA):
                 self.send_header("Content-Disposition", f'attachment; filename="{fname}"')
             self.send_header("Content-Length", str(length))
             self.end_headers()
-            if not head:
+            if head:
+                return
+            with state.lock:
+                slow = state.trickle > 0
+                state.trickle -= slow
+            if not slow:
                 self.wfile.write(body)
+                return
+            try:
+                step = state.trickle_bytes
+                for i in range(0, len(body), step):
+                    self.wfile.write(body[i:i + step])
+                    self.wfile.flush()
+                    _real_sleep(0.02)
+            except OSError:  # the client gave up
+                pass
 
         def do_HEAD(self):
             self._serve(True)
@@ -450,6 +468,44 @@ def test_download_gives_up_after_retries(xsa, tmp_path, sleeps):
     assert sleeps == pytest.approx([0.01, 0.02])
     assert len(xsa.hits) == 3
     assert _leftovers(tmp_path) == []                    # no pps, no staging, no OBS_ID folder
+
+
+def test_a_trickling_download_is_abandoned_and_retried(xsa, tmp_path, sleeps, monkeypatch):
+    """A server that sends 64 bytes every 20 ms (3 kB/s) never trips the read time-out; with
+    a floor of 100 kB per 0.3 s the first answer is abandoned as stalled and the retry,
+    served at full speed, completes."""
+    monkeypatch.setattr(archive, "STALL_WINDOW_S", 0.3)
+    monkeypatch.setattr(archive, "STALL_MIN_BYTES", 100_000)
+    xsa.trickle = 1
+    t0 = time.monotonic()
+    pps = download_pps(OBSID, tmp_path, retries=1, backoff_s=0.01)
+    assert time.monotonic() - t0 < 30
+    assert {p.name for p in pps.iterdir()} == _expected_names() | {MARKER_NAME}
+    for n in _expected_names():
+        assert (pps / n).read_bytes() == (xsa.src / n).read_bytes()
+    assert len(sleeps) == 1                      # one retry after the stalled attempt
+
+
+def test_a_download_that_always_trickles_fails_with_one_line(xsa, tmp_path, sleeps,
+                                                             monkeypatch):
+    monkeypatch.setattr(archive, "STALL_WINDOW_S", 0.3)
+    monkeypatch.setattr(archive, "STALL_MIN_BYTES", 100_000)
+    xsa.trickle = 100
+    with pytest.raises(ArchiveError) as err:
+        download_pps(OBSID, tmp_path, retries=1, backoff_s=0.01)
+    msg = str(err.value)
+    assert "\n" not in msg and "2 attempts" in msg and "stalled" in msg and "KiB" in msg
+    assert err.value.unanswered  # counts towards the batch's archive give-up
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_slow_but_steady_download_is_kept(xsa, tmp_path, sleeps, monkeypatch):
+    monkeypatch.setattr(archive, "STALL_WINDOW_S", 0.3)
+    monkeypatch.setattr(archive, "STALL_MIN_BYTES", 20_000)  # it sends ~60 kB per 0.3 s
+    xsa.trickle, xsa.trickle_bytes = 100, 4096
+    pps = download_pps(OBSID, tmp_path, retries=0, backoff_s=0.01)
+    assert {p.name for p in pps.iterdir()} == _expected_names() | {MARKER_NAME}
+    assert sleeps == []
 
 
 @pytest.mark.parametrize("how", ["truncate", "short"])

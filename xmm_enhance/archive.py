@@ -60,6 +60,11 @@ MARKER_NAME = ".xmm_enhance_download.json"
 
 #: (connect, read) timeouts in seconds for every archive request; astroquery sets none itself.
 HTTP_TIMEOUT_S = (30.0, 300.0)
+#: A download that receives fewer than ``STALL_MIN_BYTES`` in ``STALL_WINDOW_S`` seconds is
+#: abandoned as stalled (and retried): the read time-out alone never ends a server that
+#: trickles a byte every few minutes. 64 KiB in 10 min is ~110 B/s, far below any usable link.
+STALL_WINDOW_S = 600.0
+STALL_MIN_BYTES = 64 * 1024
 
 _OBSID_RE = re.compile(r"\d{10}")
 _PPS_RE = re.compile(
@@ -684,7 +689,14 @@ def _make_client(target_dir: Path):
         def send(self, request, **kwargs):
             if kwargs.get("timeout") is None:
                 kwargs["timeout"] = HTTP_TIMEOUT_S
-            return super().send(request, **kwargs)
+            resp = super().send(request, **kwargs)
+            # the body's socket file (urllib3 2 -> http.client), read through a progress
+            # check; left as it is where that layout differs
+            inner = getattr(getattr(resp, "raw", None), "_fp", None)
+            if kwargs.get("stream") and inner is not None and hasattr(inner, "fp") \
+                    and hasattr(inner.fp, "read1"):
+                inner.fp = _ProgressReader(inner.fp, client)
+            return resp
 
     class _Client(xmm_newton.XMMNewtonClass):
         def __init__(self):
@@ -693,6 +705,7 @@ def _make_client(target_dir: Path):
             self.data_aio_url = aio_url(xmm_newton.conf.DATA_ACTION_AIO)
             self.written: Path | None = None
             self.server_filename: str | None = None
+            self.stalled: str | None = None  # set by _ProgressReader when it gave up
             adapter = _TimeoutAdapter()
             self._session.mount("http://", adapter)
             self._session.mount("https://", adapter)
@@ -707,7 +720,62 @@ def _make_client(target_dir: Path):
             self.written = target_dir / f"download{suffix}"
             return str(self.written)
 
-    return _Client()
+    client = _Client()
+    return client
+
+
+class _ProgressReader:
+    """A response body's socket file that gives up on a stalled download: fewer than
+    ``STALL_MIN_BYTES`` arrived over ``STALL_WINDOW_S`` (checked whenever bytes arrive, so a
+    server that sends nothing at all is left to the read time-out). It then notes why on
+    ``client.stalled`` and raises ``TimeoutError``, which urllib3 and requests report as a
+    read time-out. ``read(n)`` still returns ``n`` bytes unless the stream ends, as
+    ``http.client`` expects."""
+
+    def __init__(self, fp, client):
+        self._fp = fp
+        self._client = client
+        self._since = time.monotonic()
+        self._bytes = 0      # bytes since self._since
+
+    def _got(self, n: int) -> None:
+        now = time.monotonic()
+        self._bytes += n
+        if self._bytes >= STALL_MIN_BYTES:
+            self._since, self._bytes = now, 0
+        elif now - self._since >= STALL_WINDOW_S:
+            self._client.stalled = (f"the download stalled: {self._bytes} bytes in the last "
+                                    f"{now - self._since:.0f} s")
+            raise TimeoutError(self._client.stalled)
+
+    def read1(self, n: int = -1) -> bytes:
+        data = self._fp.read1(n if n is not None and n >= 0 else 65536)
+        self._got(len(data))
+        return data
+
+    def read(self, n: int | None = None) -> bytes:
+        parts, want = [], (-1 if n is None or n < 0 else n)
+        while want != 0:
+            data = self.read1(65536 if want < 0 else min(want, 65536))
+            if not data:
+                break
+            parts.append(data)
+            if want > 0:
+                want -= len(data)
+        return b"".join(parts)
+
+    def readinto(self, b) -> int:
+        data = self.read1(len(b))
+        b[:len(data)] = data
+        return len(data)
+
+    def readline(self, limit: int = -1) -> bytes:
+        data = self._fp.readline(limit)
+        self._got(len(data))
+        return data
+
+    def __getattr__(self, name):
+        return getattr(self._fp, name)
 
 
 @contextlib.contextmanager
@@ -787,6 +855,9 @@ def _fetch_once(obsid: str, product: str, query: dict, raw_dir: Path, secrets) -
         elif code is not None:
             msg = (f"{what}: the archive at {url} answered HTTP {code}" if mirror
                    else f"{what}: the XMM archive answered HTTP {code}")
+        elif client.stalled:
+            msg = (f"{what}: {client.stalled} (less than {STALL_MIN_BYTES // 1024} KiB in "
+                   f"{STALL_WINDOW_S:.0f} s)")
         elif isinstance(exc, (requests.ConnectionError, requests.Timeout, ConnectionError,
                               TimeoutError)):
             msg = f"{what}: {_connection_failure(exc)}"
