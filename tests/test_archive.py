@@ -486,6 +486,28 @@ def test_a_trickling_download_is_abandoned_and_retried(xsa, tmp_path, sleeps, mo
     assert len(sleeps) == 1                      # one retry after the stalled attempt
 
 
+def test_progress_reader_reads_whole_blocks_and_ignores_the_pace_of_the_end(monkeypatch):
+    """``readinto`` fills its buffer unless the stream ends (http.client's chunked reads take
+    a short read for truncation), and the empty read at the end is no stall."""
+    class Slow(io.BytesIO):
+        def read1(self, n=-1):
+            return super().read1(min(n if n >= 0 else 10**9, 7))
+
+    class Client:
+        stalled = None
+
+    monkeypatch.setattr(archive, "STALL_WINDOW_S", 0.0)    # any read after the first trips
+    monkeypatch.setattr(archive, "STALL_MIN_BYTES", 1)
+    r = archive._ProgressReader(Slow(b"x" * 100), Client())
+    buf = bytearray(40)
+    assert r.readinto(buf) == 40 and bytes(buf) == b"x" * 40
+    assert r.read() == b"x" * 60 and r.read(5) == b""      # the end: no TimeoutError
+    monkeypatch.setattr(archive, "STALL_MIN_BYTES", 10**6)
+    r = archive._ProgressReader(Slow(b"x" * 100), Client())
+    with pytest.raises(TimeoutError, match="stalled"):
+        r.read(50)
+
+
 def test_a_download_that_always_trickles_fails_with_one_line(xsa, tmp_path, sleeps,
                                                              monkeypatch):
     monkeypatch.setattr(archive, "STALL_WINDOW_S", 0.3)

@@ -728,9 +728,11 @@ class _ProgressReader:
     """A response body's socket file that gives up on a stalled download: fewer than
     ``STALL_MIN_BYTES`` arrived over ``STALL_WINDOW_S`` (checked whenever bytes arrive, so a
     server that sends nothing at all is left to the read time-out). It then notes why on
-    ``client.stalled`` and raises ``TimeoutError``, which urllib3 and requests report as a
-    read time-out. ``read(n)`` still returns ``n`` bytes unless the stream ends, as
-    ``http.client`` expects."""
+    ``client.stalled`` and raises ``TimeoutError`` (urllib3: ``ReadTimeoutError``, requests:
+    ``ConnectionError``). ``read(n)`` and ``readinto`` still return ``n`` bytes unless the
+    stream ends, as ``http.client`` expects. Not covered: a server that trickles the status
+    line or headers (read before this wrapper exists), and the time the consumer spends
+    between reads, which counts as the server's."""
 
     def __init__(self, fp, client):
         self._fp = fp
@@ -739,6 +741,8 @@ class _ProgressReader:
         self._bytes = 0      # bytes since self._since
 
     def _got(self, n: int) -> None:
+        if not n:  # the end of the stream: the body is complete, whatever its pace
+            return
         now = time.monotonic()
         self._bytes += n
         if self._bytes >= STALL_MIN_BYTES:
@@ -765,7 +769,7 @@ class _ProgressReader:
         return b"".join(parts)
 
     def readinto(self, b) -> int:
-        data = self.read1(len(b))
+        data = self.read(len(b))  # full unless the stream ends, as read(n)
         b[:len(data)] = data
         return len(data)
 
