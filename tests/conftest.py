@@ -114,10 +114,11 @@ def fake_pps():
     return make_fake_pps
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def restore_logging():
     """Commands configure the package logger and warnings.showwarning; put them back for the
-    tests that follow."""
+    tests that follow (every test: a command run by one test file left the package logger
+    printing to stderr for the next, e.g. test_sources.py then test_archive.py)."""
     pkg, root = logging.getLogger("xmm_enhance"), logging.getLogger()
     saved = (pkg.handlers[:], pkg.level, pkg.propagate, root.handlers[:], root.level,
              warnings.showwarning)

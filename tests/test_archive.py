@@ -21,11 +21,11 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from xmm_enhance import archive
-
-_real_sleep = time.sleep  # the `sleeps` fixture replaces time.sleep itself
 from xmm_enhance.archive import (MARKER_NAME, PPSFiles, download_pps, find_pps_files,
                                  pps_folder_is_complete, validate_obsid)
 from xmm_enhance.errors import ArchiveError, PPSError, UsageError
+
+_real_sleep = time.sleep  # the `sleeps` fixture replaces time.sleep itself
 
 OBSID = "0123456789"
 

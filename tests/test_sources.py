@@ -377,7 +377,7 @@ def test_a_crowd_of_points_is_listed_source_by_source(spacing, n_counts, monkeyp
             mp.setattr(sources, "CROWD_REFIT", False)
             before += len(sources.detect_sources(*args))
     assert hits >= 28 and false == 0
-    assert before <= 12
+    assert before == 0
 
 
 def _filament(seed, width, total):
@@ -391,12 +391,13 @@ def _filament(seed, width, total):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_a_filament_or_blob_split_into_points_is_no_crowd(seed):
-    """The crude points map puts a candidate on every local peak of a filament 6" or 12" wide
-    and of a 20" blob, so each looks like a group of points with neighbours; one elongated or
-    round Gaussian explains them, and no point is listed. (With this worst-case map, brighter
-    ones are not always explained: a 1200-count blob gave 2 entries in 1 of 6 seeds; the
-    pipeline, whose network draws no points there, lists none more than without the crowd
-    refit: runs/eval25/pipe_ext.py.)"""
+    """The crude points map puts a candidate on every local peak of a filament of Gaussian
+    sigma 6" or 12" and of a blob of sigma 20", so each looks like a group of points with
+    neighbours; one elongated or round Gaussian explains them, and no point is listed. (With
+    this worst-case map, brighter ones are not always explained: a 1200-count blob gave 2
+    entries in 1 of 6 seeds. Through the SR pipeline, whose network draws no points there,
+    such fields list exactly what they listed without the crowd refit: model card, session
+    25.)"""
     yy, xx = np.mgrid[:96, :96]
     blob = np.random.default_rng(seed).poisson(
         0.3 + 600.0 * np.exp(-((yy - 48) ** 2 + (xx - 48) ** 2) / 50.0) / (50 * np.pi))
@@ -431,11 +432,6 @@ def test_crowd_refit_survives_collinear_excess_and_identical_members():
     t = np.arange(len(prof))
     c[20 + t, 30 - t] = prof
     sources.detect_sources(c, np.ones(c.shape, bool), 20e3, _points_map(c, 20e3))
-    wy, wx = np.mgrid[-6:7, -6:7]
-    line = np.zeros(wy.size)
-    line[[0, 14]] = 5.0   # two pixels on a diagonal
-    shapes = sources._blob_shapes(0.0, 0.0, 0.0, line, np.ones(wy.size), wy, wx)
-    assert np.isfinite(shapes).all() and np.allclose(shapes.sum(1), 1.0)
     k0, k1 = sources._kernel(0, 0, 8, 0, 0), sources._kernel(0, 0, 0, 0, 0)
     b = np.full(k0.size, 6e-4)
     counts = np.random.default_rng(0).poisson(b + 1e4 * k0 + 300 * k1).astype(float)

@@ -547,7 +547,8 @@ def _find(folder, obsid, *, report, exclude=()):
 class _Transient(Exception):
     """A failure worth retrying (HTTP 5xx, connection trouble, a truncated download).
     ``unanswered``: the archive gave no answer (refused or timed-out connection, 5xx, 408,
-    429), as opposed to an answer that arrived damaged."""
+    429, or a download that stalled: an archive that trickles bytes is as good as down for a
+    batch), as opposed to an answer that arrived damaged."""
 
     def __init__(self, message: str, *, unanswered: bool = False):
         super().__init__(message)

@@ -39,9 +39,12 @@ output grid where ``x2 = 2 x + 0.5``.
 """
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 __all__ = ["detect_sources", "redraw_points", "claim_excess", "psf_core_scale",
            "DEFAULT_MIN_SIGNIF",
@@ -666,6 +669,10 @@ def detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None,
     ext_dc = _fit_flux(c, bkg, Ke, m)[1] - cst  # the wider profile's likelihood gain
     fits_psf = ext_dc <= EXTENT_C
     bfit = bkg.copy()  # the background of each candidate's last fit
+    # the fits' state, which _refit and _refit_crowds update in place (the same arrays)
+    st = _FitState(c=c, m=m, K=K, covw=covw, tb=tb, ab=ab, cy=cy, cx=cx, qy=qy, qx=qx, f=f,
+                   cst=cst, var=var, j=j, cst_grid=cst_grid, bfit=bfit, ext_dc=ext_dc,
+                   fits_psf=fits_psf, pos_y=pos_y, pos_x=pos_x)
     for stage in (0, 1):
         sig_now = _signif(cst)
         like = (sig_now >= 3.0) & fits_psf & (f <= NEIGHBOUR_MAX_COUNTS)
@@ -674,34 +681,21 @@ def detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None,
         for i, k in _neighbour_pairs(pos_y, pos_x, like):
             if stage == 0 and not sig_now[k] > sig_now[i]:
                 continue
-            keys.append((tb[i], ab[i], int(round(4 * (pos_y[k] - cy[i]))),
-                         int(round(4 * (pos_x[k] - cx[i]))), 0))
+            keys.append(st.key(i, k, 0))
             rows.append(i)
             fl.append(f[k])
         if not keys:
             break
         rows_ = np.array(rows)
         np.add.at(extra, rows_, np.array(fl)[:, None] * _kernels(keys) * covw[rows_])
-        bkg_nb = bkg + extra
         redo = np.unique(rows)
-        f_, c_, v_ = _fit_flux(c[redo, None, :], bkg_nb[redo, None, :], K[redo], m[redo, None, :])
-        cst_grid[redo] = c_
-        jj = np.argmax(c_, axis=1)
-        r_ = np.arange(len(redo))
-        f[redo], cst[redo], var[redo], j[redo] = f_[r_, jj], c_[r_, jj], v_[r_, jj], jj
-        bfit[redo] = bkg_nb[redo]
-        # whether the PSF now fits the refitted ones (a faint neighbour looked extended when
-        # its brighter neighbour's wing was part of its background)
-        Kr = _kernels([(tb[i], ab[i], qy[i, j[i]], qx[i, j[i]], 1) for i in redo]) * covw[redo]
-        ext_dc[redo] = _fit_flux(c[redo], bkg_nb[redo], Kr, m[redo])[1] - cst[redo]
-        fits_psf[redo] = ext_dc[redo] <= EXTENT_C
-        pos_y[redo] = cy[redo] + qy[redo, j[redo]] / 4.0
-        pos_x[redo] = cx[redo] + qx[redo, j[redo]] / 4.0
+        # (the PSF may now fit them: a faint neighbour looked extended when its brighter
+        # neighbour's wing was part of its background)
+        _refit(st, redo, (bkg + extra)[redo])
     # crowds: candidates that still look extended because their likely neighbours (which
     # look extended too, so none was modelled above) are in their windows
     if CROWD_REFIT:
-        _refit_crowds(c, m, bkg, K, j, tb, ab, cy, cx, pos_y, pos_x, f, cst, var, cst_grid,
-                      ext_dc, fits_psf, bfit, good, covw, qy, qx)
+        _refit_crowds(st, bkg, good)
     # fits_psf: the extent test of each candidate's last fit, over that fit's background
     frac = BKG_SYSTEMATIC if bkg_systematic is None else float(bkg_systematic)
     sig = _signif(_with_systematic(cst, var, _background_systematic(bfit, f, K[n, j], m), frac)
@@ -795,6 +789,46 @@ def detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None,
     return out
 
 
+class _FitState:
+    """The per-candidate fits of :func:`detect_sources` (arrays [N] or [N, ...], updated in
+    place): counts ``c``, live pixels ``m``, PSF windows ``K`` on the position grid, coverage
+    ``covw``, PSF bins ``tb``/``ab``, window centres ``cy``/``cx``, grid offsets ``qy``/``qx``;
+    and the fit of each: ``f``, ``cst``, ``var``, best offset ``j``, ``cst_grid``, background
+    ``bfit``, extent gain ``ext_dc``, ``fits_psf``, position ``pos_y``/``pos_x``."""
+
+    def __init__(self, **arrays):
+        self.__dict__.update(arrays)
+
+    def key(self, i, k, extended):
+        """The PSF window key of candidate ``k``'s light in candidate ``i``'s window."""
+        return (self.tb[i], self.ab[i], int(round(4 * (self.pos_y[k] - self.cy[i]))),
+                int(round(4 * (self.pos_x[k] - self.cx[i]))), extended)
+
+
+def _refit(st, idx, b_new, *, only_psf=False):
+    """Redo the fits of candidates ``idx`` over backgrounds ``b_new`` [len(idx), P] (flux at
+    each grid offset, the best one, and the wider profile's gain there), in place in ``st``
+    (:class:`_FitState`). ``only_psf``: keep a refit only where the PSF then fits (the extent
+    test); the others keep their fits. Returns the refitted indices."""
+    idx = np.asarray(idx)
+    f_, c_, v_ = _fit_flux(st.c[idx, None, :], b_new[:, None, :], st.K[idx], st.m[idx, None, :])
+    jj = np.argmax(c_, axis=1)
+    r_ = np.arange(len(idx))
+    Kr = _kernels([(st.tb[i], st.ab[i], st.qy[i, q], st.qx[i, q], 1)
+                   for i, q in zip(idx, jj)]) * st.covw[idx]
+    ext = _fit_flux(st.c[idx], b_new, Kr, st.m[idx])[1] - c_[r_, jj]
+    ok = ext <= EXTENT_C if only_psf else np.ones(len(idx), bool)
+    idx, r_, jj = idx[ok], r_[ok], jj[ok]
+    st.f[idx], st.cst[idx], st.var[idx], st.j[idx] = f_[r_, jj], c_[r_, jj], v_[r_, jj], jj
+    st.cst_grid[idx] = c_[r_]
+    st.bfit[idx] = b_new[ok]
+    st.ext_dc[idx] = ext[ok]
+    st.fits_psf[idx] = ext[ok] <= EXTENT_C
+    st.pos_y[idx] = st.cy[idx] + st.qy[idx, jj] / 4.0
+    st.pos_x[idx] = st.cx[idx] + st.qx[idx, jj] / 4.0
+    return idx
+
+
 #: Crowds (:func:`_refit_crowds`): refit the candidates that look extended because likely
 #: neighbours' light is in their window. False: session-24 behaviour (only neighbours that
 #: the PSF fits are modelled).
@@ -837,8 +871,13 @@ def _fit_joint_many(c, b, k, m, iters=50):
         lam = b + np.einsum("sg,sgp->sp", f, kk)
         return (cm * np.log(lam / b)).sum(-1) - (f * ks).sum(-1)
 
-    f = np.zeros((S, G))
-    L = np.zeros(S)
+    # start: each component's least-squares flux shared among the G, where that beats zero
+    # (Newton from zero needs ~log(F / b) steps for a bright source on a faint background)
+    f = np.maximum(np.einsum("sgp,p->sg", k, (c - b) * m), 0.0) / np.maximum(
+        (k * k).sum(-1), 1e-300) / G
+    L = loglike(f, k, ksum)
+    worse = ~(L > 0)
+    f[worse], L[worse] = 0.0, 0.0
     for _ in range(iters):
         lam = b + np.einsum("sg,sgp->sp", f, k)
         r = cm / lam
@@ -857,12 +896,12 @@ def _fit_joint_many(c, b, k, m, iters=50):
         f_new = np.maximum(f + step, 0.0)
         L_new = loglike(f_new, k, ksum)
         t = 1.0
-        bad = L_new < L - 1e-12
+        bad = ~(L_new >= L - 1e-12)  # (a NaN is bad too)
         while bad.any() and t > 1e-4:
             t *= 0.5
             f_new[bad] = np.maximum(f[bad] + t * step[bad], 0.0)
             L_new[bad] = loglike(f_new[bad], k[bad], ksum[bad])
-            bad = L_new < L - 1e-12
+            bad = ~(L_new >= L - 1e-12)
         up = L_new >= L
         moved = np.abs(f_new - f) > 1e-9 * (1.0 + f)
         f = np.where(up[:, None], f_new, f)
@@ -922,11 +961,12 @@ def _blob_shapes(gy, gx, ang, excess, m, wy, wx):
     return np.stack(out)
 
 
-def _refit_crowds(c, m, bkg, K, j, tb, ab, cy, cx, pos_y, pos_x, f, cst, var, cst_grid,
-                  ext_dc, fits_psf, bfit, good, covw, qy, qx):
-    """Crowds, in place. A likely candidate (>= 3 sigma) that the extent test calls extended
-    while likely neighbours are near is refitted with the neighbours' PSFs at their joint
-    fluxes in its background, as ``emldetect`` fits neighbours together, when the counts
+def _refit_crowds(st, bkg, good):
+    """Crowds, in place in ``st`` (:class:`_FitState`; ``bkg``: each candidate's background
+    without neighbours, ``good``: candidates with enough live pixels). A likely candidate
+    (>= 3 sigma, ``good``, at most ``NEIGHBOUR_MAX_COUNTS``) that the extent test calls
+    extended while likely neighbours are near is refitted with the neighbours' PSFs at their
+    joint fluxes in its background, as ``emldetect`` fits neighbours together, when the counts
     demand a group of points there rather than one extended source:
 
     - its (at most ``CROWD_MAX_MEMBERS`` nearest) neighbours within ``CROWD_INNER_PX`` join a
@@ -945,56 +985,55 @@ def _refit_crowds(c, m, bkg, K, j, tb, ab, cy, cx, pos_y, pos_x, f, cst, var, cs
     of refitted members run ~15 % low in dense simulated crowds (the crowd's wings raise the
     annulus level under them too), which only makes the test conservative."""
     R = FIT_RADIUS
-    like = (_signif(cst) >= 3.0) & good & (f <= NEIGHBOUR_MAX_COUNTS)
+    c, m, covw, f, cy, cx = st.c, st.m, st.covw, st.f, st.cy, st.cx
+    like = (_signif(st.cst) >= 3.0) & good & (f <= NEIGHBOUR_MAX_COUNTS)
     near = {}
-    for i, k in _neighbour_pairs(pos_y, pos_x, like):
+    for i, k in _neighbour_pairs(st.pos_y, st.pos_x, like):
         near.setdefault(i, []).append(k)
-    todo = [i for i in np.flatnonzero(like & ~fits_psf) if i in near]
-    todo = sorted(todo, key=lambda i: -f[i])[:CROWD_MAX_REFITS]
+    todo = sorted((i for i in np.flatnonzero(like & ~st.fits_psf) if i in near),
+                  key=lambda i: -f[i])
+    if len(todo) > CROWD_MAX_REFITS:
+        log.debug("crowd refit: %d candidates, the brightest %d tried", len(todo),
+                  CROWD_MAX_REFITS)
+        todo = todo[:CROWD_MAX_REFITS]
     wy, wx = np.mgrid[-R:R + 1, -R:R + 1]
     smooth = _smooth_basis()
     for i in todo:
-        dist = {k: math.hypot(pos_y[k] - cy[i], pos_x[k] - cx[i]) for k in near[i]}
+        dist = {k: math.hypot(st.pos_y[k] - cy[i], st.pos_x[k] - cx[i]) for k in near[i]}
         # (two members on one source: the pruning below drops the one the counts need less)
         inner = sorted((k for k in near[i] if dist[k] <= CROWD_INNER_PX),
                        key=lambda k: dist[k])[:CROWD_MAX_MEMBERS]
         outer = [k for k in near[i] if k not in inner]
         if not inner:
             continue
-
-        def key(y, x, e, i=i):
-            return (tb[i], ab[i], int(round(4 * (y - cy[i]))), int(round(4 * (x - cx[i]))), e)
-
         base = bkg[i]
         if outer:
-            base = base + f[outer] @ (_kernels([key(pos_y[k], pos_x[k], 0) for k in outer])
-                                      * covw[i])
-        own = (tb[i], ab[i], qy[i, j[i]], qx[i, j[i]])
-        KP = _kernels([own + (0,)] + [key(pos_y[k], pos_x[k], 0) for k in inner]) * covw[i]
+            base = base + f[outer] @ (_kernels([st.key(i, k, 0) for k in outer]) * covw[i])
+        own = (st.tb[i], st.ab[i], st.qy[i, st.j[i]], st.qx[i, st.j[i]])
+        KP = _kernels([own + (0,)] + [st.key(i, k, 0) for k in inner]) * covw[i]
+        fP, LP = _fit_joint(c[i], base, KP, m[i])
         while inner:
-            L_all = _fit_joint(c[i], base, KP, m[i])[1]
             without = np.stack([np.delete(KP, a, 0) for a in range(1, len(KP))])
-            drop = L_all - _fit_joint_many(c[i], base, without, m[i])[1]
-            a = int(np.argmin(drop))
-            if drop[a] >= CROWD_MEMBER_C:
+            fw, Lw = _fit_joint_many(c[i], base, without, m[i])
+            a = int(np.argmax(Lw))  # the member whose loss costs least
+            if LP - Lw[a] >= CROWD_MEMBER_C:
                 break
-            KP = np.delete(KP, a + 1, 0)
+            KP, fP, LP = without[a], fw[a], float(Lw[a])
             inner = inner[:a] + inner[a + 1:]
         if not inner:
             continue
-        fP, LP = _fit_joint(c[i], base, KP, m[i])
         b_i = base + fP[1:] @ KP[1:]
         pk = int(np.argmax(KP[0]))
         if fP[0] * KP[0, pk] < CROWD_MIN_CONTRAST * b_i[pk]:
             continue
-        KE = _kernels([own + (1,)] + [key(pos_y[k], pos_x[k], 1) for k in inner]) * covw[i]
+        KE = _kernels([own + (1,)] + [st.key(i, k, 1) for k in inner]) * covw[i]
         if _fit_joint(c[i], base, KE, m[i])[1] > LP:
             continue
         # one elliptical Gaussian where the group is, over the same smooth level
         sm = smooth * covw[i]
         L_pts = _fit_joint(c[i], base, np.vstack([KP, sm]), m[i])[1]
-        py_ = np.array([qy[i, j[i]] / 4.0] + [pos_y[k] - cy[i] for k in inner])
-        px_ = np.array([qx[i, j[i]] / 4.0] + [pos_x[k] - cx[i] for k in inner])
+        py_ = np.array([st.qy[i, st.j[i]] / 4.0] + [st.pos_y[k] - cy[i] for k in inner])
+        px_ = np.array([st.qx[i, st.j[i]] / 4.0] + [st.pos_x[k] - cx[i] for k in inner])
         wt = fP / max(fP.sum(), 1e-12)
         gy, gx = (wt * py_).sum(), (wt * px_).sum()
         ang = 0.5 * math.atan2(2 * (wt * (py_ - gy) * (px_ - gx)).sum(),
@@ -1005,19 +1044,7 @@ def _refit_crowds(c, m, bkg, K, j, tb, ab, cy, cx, pos_y, pos_x, f, cst, var, cs
         need = CROWD_GROUP_C + CROWD_MEMBER_PENALTY * (len(inner) - 1)
         if L_pts - _fit_joint_many(c[i], base, alt, m[i])[1].max() < need:
             continue
-        f1, c1, v1 = _fit_flux(c[i][None], b_i[None], K[i], m[i][None])
-        jj = int(np.argmax(c1))
-        Ke = _kernel(tb[i], ab[i], qy[i, jj], qx[i, jj], 1) * covw[i]
-        e1 = _fit_flux(c[i], b_i, Ke, m[i])[1] - c1[jj]
-        if e1 > EXTENT_C:
-            continue
-        f[i], cst[i], var[i], j[i] = f1[jj], c1[jj], v1[jj], jj
-        cst_grid[i] = c1
-        bfit[i] = b_i
-        ext_dc[i] = e1
-        fits_psf[i] = True
-        pos_y[i] = cy[i] + qy[i, jj] / 4.0
-        pos_x[i] = cx[i] + qx[i, jj] / 4.0
+        _refit(st, [i], b_i[None], only_psf=True)
 
 
 def _position_errors(K, j, side, f, b, m):
