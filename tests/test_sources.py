@@ -380,6 +380,18 @@ def test_a_crowd_of_points_is_listed_source_by_source(spacing, n_counts, monkeyp
     assert before == 0
 
 
+def test_the_crowd_refit_cap_lists_the_brightest_and_says_so(monkeypatch, caplog):
+    counts, src = _crowd(6, 400, 0)
+    args = (counts, np.ones(counts.shape, bool), 20e3, _points_map(counts, 20e3))
+    n_all = len(sources.detect_sources(*args))
+    monkeypatch.setattr(sources, "CROWD_MAX_REFITS", 3)
+    with caplog.at_level("INFO", logger="xmm_enhance.sources"):
+        capped = sources.detect_sources(*args)
+    assert 3 <= len(capped) < n_all
+    assert any("crowded candidates" in r.getMessage() and "CROWD_MAX_REFITS" in r.getMessage()
+               for r in caplog.records)
+
+
 def _filament(seed, width, total):
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:96, :96]

@@ -993,8 +993,9 @@ def _refit_crowds(st, bkg, good):
     todo = sorted((i for i in np.flatnonzero(like & ~st.fits_psf) if i in near),
                   key=lambda i: -f[i])
     if len(todo) > CROWD_MAX_REFITS:
-        log.debug("crowd refit: %d candidates, the brightest %d tried", len(todo),
-                  CROWD_MAX_REFITS)
+        log.info("source list: %d crowded candidates; the brightest %d were refitted with "
+                 "their neighbours, the other %d stay unlisted (sources.CROWD_MAX_REFITS)",
+                 len(todo), CROWD_MAX_REFITS, len(todo) - CROWD_MAX_REFITS)
         todo = todo[:CROWD_MAX_REFITS]
     wy, wx = np.mgrid[-R:R + 1, -R:R + 1]
     smooth = _smooth_basis()
