@@ -687,6 +687,10 @@ def _make_client(target_dir: Path):
     from requests.adapters import HTTPAdapter
 
     class _TimeoutAdapter(HTTPAdapter):
+        def __init__(self, client):
+            super().__init__()
+            self.client = client   # whose ``stalled`` a stalled body reports to
+
         def send(self, request, **kwargs):
             if kwargs.get("timeout") is None:
                 kwargs["timeout"] = HTTP_TIMEOUT_S
@@ -696,7 +700,7 @@ def _make_client(target_dir: Path):
             inner = getattr(getattr(resp, "raw", None), "_fp", None)
             if kwargs.get("stream") and inner is not None and hasattr(inner, "fp") \
                     and hasattr(inner.fp, "read1"):
-                inner.fp = _ProgressReader(inner.fp, client)
+                inner.fp = _ProgressReader(inner.fp, self.client)
             return resp
 
     class _Client(xmm_newton.XMMNewtonClass):
@@ -707,7 +711,7 @@ def _make_client(target_dir: Path):
             self.written: Path | None = None
             self.server_filename: str | None = None
             self.stalled: str | None = None  # set by _ProgressReader when it gave up
-            adapter = _TimeoutAdapter()
+            adapter = _TimeoutAdapter(self)
             self._session.mount("http://", adapter)
             self._session.mount("https://", adapter)
 
@@ -721,8 +725,7 @@ def _make_client(target_dir: Path):
             self.written = target_dir / f"download{suffix}"
             return str(self.written)
 
-    client = _Client()
-    return client
+    return _Client()
 
 
 class _ProgressReader:

@@ -809,7 +809,7 @@ def _refit(st, idx, b_new, *, only_psf=False):
     """Redo the fits of candidates ``idx`` over backgrounds ``b_new`` [len(idx), P] (flux at
     each grid offset, the best one, and the wider profile's gain there), in place in ``st``
     (:class:`_FitState`). ``only_psf``: keep a refit only where the PSF then fits (the extent
-    test); the others keep their fits. Returns the refitted indices."""
+    test); the others keep their fits."""
     idx = np.asarray(idx)
     f_, c_, v_ = _fit_flux(st.c[idx, None, :], b_new[:, None, :], st.K[idx], st.m[idx, None, :])
     jj = np.argmax(c_, axis=1)
@@ -826,7 +826,6 @@ def _refit(st, idx, b_new, *, only_psf=False):
     st.fits_psf[idx] = ext[ok] <= EXTENT_C
     st.pos_y[idx] = st.cy[idx] + st.qy[idx, jj] / 4.0
     st.pos_x[idx] = st.cx[idx] + st.qx[idx, jj] / 4.0
-    return idx
 
 
 #: Crowds (:func:`_refit_crowds`): refit the candidates that look extended because likely
@@ -1010,8 +1009,8 @@ def _refit_crowds(st, bkg, good):
         base = bkg[i]
         if outer:
             base = base + f[outer] @ (_kernels([st.key(i, k, 0) for k in outer]) * covw[i])
-        own = (st.tb[i], st.ab[i], st.qy[i, st.j[i]], st.qx[i, st.j[i]])
-        KP = _kernels([own + (0,)] + [st.key(i, k, 0) for k in inner]) * covw[i]
+        # the candidate itself is the first member (st.key(i, i, .) is its own grid offset)
+        KP = _kernels([st.key(i, k, 0) for k in [i] + inner]) * covw[i]
         fP, LP = _fit_joint(c[i], base, KP, m[i])
         while inner:
             without = np.stack([np.delete(KP, a, 0) for a in range(1, len(KP))])
@@ -1027,14 +1026,14 @@ def _refit_crowds(st, bkg, good):
         pk = int(np.argmax(KP[0]))
         if fP[0] * KP[0, pk] < CROWD_MIN_CONTRAST * b_i[pk]:
             continue
-        KE = _kernels([own + (1,)] + [st.key(i, k, 1) for k in inner]) * covw[i]
+        KE = _kernels([st.key(i, k, 1) for k in [i] + inner]) * covw[i]
         if _fit_joint(c[i], base, KE, m[i])[1] > LP:
             continue
         # one elliptical Gaussian where the group is, over the same smooth level
         sm = smooth * covw[i]
         L_pts = _fit_joint(c[i], base, np.vstack([KP, sm]), m[i])[1]
-        py_ = np.array([st.qy[i, st.j[i]] / 4.0] + [st.pos_y[k] - cy[i] for k in inner])
-        px_ = np.array([st.qx[i, st.j[i]] / 4.0] + [st.pos_x[k] - cx[i] for k in inner])
+        py_ = st.pos_y[[i] + inner] - cy[i]
+        px_ = st.pos_x[[i] + inner] - cx[i]
         wt = fP / max(fP.sum(), 1e-12)
         gy, gx = (wt * py_).sum(), (wt * px_).sum()
         ang = 0.5 * math.atan2(2 * (wt * (py_ - gy) * (px_ - gx)).sum(),
