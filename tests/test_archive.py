@@ -49,6 +49,8 @@ class FakeXSA:
         self.no_ctype = None           # HTTP code answered with no Content-Type (not an archive)
         self.trickle = 0               # number of GET answers sent trickle_bytes per 20 ms
         self.trickle_bytes = 64
+        self.slow_headers = 0          # number of GET answers whose status line and headers
+                                       # come 4 bytes per 20 ms
         self.hits = []                 # (method, query dict)
         self.lock = threading.Lock()
 
@@ -106,6 +108,12 @@ def _handler(state: FakeXSA):
             length = len(body)
             if not head:
                 with state.lock:
+                    slow_headers = state.slow_headers > 0
+                    state.slow_headers -= slow_headers
+                if slow_headers:
+                    self._trickle_headers(body, fname, ctype)
+                    return
+                with state.lock:
                     if state.truncate:
                         state.truncate -= 1
                         body = body[: len(body) // 2]
@@ -133,6 +141,20 @@ def _handler(state: FakeXSA):
                     self.wfile.write(body[i:i + step])
                     self.wfile.flush()
                     _real_sleep(0.02)
+            except OSError:  # the client gave up
+                pass
+
+        def _trickle_headers(self, body, fname, ctype):
+            head = (f"HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\n"
+                    f'Content-Disposition: attachment; filename="{fname}"\r\n'
+                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+            self.close_connection = True
+            try:
+                for i in range(0, len(head), 4):
+                    self.wfile.write(head[i:i + 4])
+                    self.wfile.flush()
+                    _real_sleep(0.02)
+                self.wfile.write(body)
             except OSError:  # the client gave up
                 pass
 
@@ -484,6 +506,39 @@ def test_a_trickling_download_is_abandoned_and_retried(xsa, tmp_path, sleeps, mo
     for n in _expected_names():
         assert (pps / n).read_bytes() == (xsa.src / n).read_bytes()
     assert len(sleeps) == 1                      # one retry after the stalled attempt
+
+
+def test_trickled_reply_headers_are_abandoned_and_retried(xsa, tmp_path, sleeps, monkeypatch):
+    """A server that sends its status line and headers 4 bytes per 20 ms (~2 s for them all)
+    never trips the read time-out; with a 0.3 s window the first answer is abandoned as
+    stalled, and the retry, served at full speed, completes with the archive's bytes."""
+    monkeypatch.setattr(archive, "STALL_WINDOW_S", 0.3)
+    xsa.slow_headers = 1
+    t0 = time.monotonic()
+    pps = download_pps(OBSID, tmp_path, retries=1, backoff_s=0.01)
+    assert time.monotonic() - t0 < 1.5        # did not wait for the ~2 s of headers
+    assert len(sleeps) == 1                    # one retry after the stalled attempt
+    for n in _expected_names():
+        assert (pps / n).read_bytes() == (xsa.src / n).read_bytes()
+
+
+def test_always_trickled_reply_headers_fail_with_one_line(xsa, tmp_path, sleeps, monkeypatch):
+    monkeypatch.setattr(archive, "STALL_WINDOW_S", 0.3)
+    xsa.slow_headers = 100
+    with pytest.raises(ArchiveError) as err:
+        download_pps(OBSID, tmp_path, retries=1, backoff_s=0.01)
+    msg = str(err.value)
+    assert "\n" not in msg and "2 attempts" in msg and "headers were incomplete after 0.3 s" in msg
+    assert err.value.unanswered  # counts towards the batch's archive give-up
+    assert _leftovers(tmp_path) == []
+
+
+def test_slow_reply_headers_within_the_window_are_kept(xsa, tmp_path, sleeps, monkeypatch):
+    monkeypatch.setattr(archive, "STALL_WINDOW_S", 20.0)   # ~2 s of headers fit
+    xsa.slow_headers = 1
+    pps = download_pps(OBSID, tmp_path, retries=0, backoff_s=0.01)
+    assert {p.name for p in pps.iterdir()} == _expected_names() | {MARKER_NAME}
+    assert sleeps == []
 
 
 def test_progress_reader_reads_whole_blocks_and_ignores_the_pace_of_the_end(monkeypatch):

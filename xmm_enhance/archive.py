@@ -63,6 +63,8 @@ HTTP_TIMEOUT_S = (30.0, 300.0)
 #: A download that receives fewer than ``STALL_MIN_BYTES`` in ``STALL_WINDOW_S`` seconds is
 #: abandoned as stalled (and retried): the read time-out alone never ends a server that
 #: trickles a byte every few minutes. 64 KiB in 10 min is ~110 B/s, far below any usable link.
+#: A reply whose status line and headers have not all arrived ``STALL_WINDOW_S`` seconds after
+#: the request was sent is abandoned the same way.
 STALL_WINDOW_S = 600.0
 STALL_MIN_BYTES = 64 * 1024
 
@@ -688,8 +690,13 @@ def _make_client(target_dir: Path):
 
     class _TimeoutAdapter(HTTPAdapter):
         def __init__(self, client):
+            self.client = client   # whose ``stalled`` a stalled reply reports to
             super().__init__()
-            self.client = client   # whose ``stalled`` a stalled body reports to
+
+        def init_poolmanager(self, *args, **kwargs):
+            super().init_poolmanager(*args, **kwargs)
+            # connections whose reply headers must arrive within STALL_WINDOW_S
+            self.poolmanager.pool_classes_by_scheme = _header_deadline_pools(self.client)
 
         def send(self, request, **kwargs):
             if kwargs.get("timeout") is None:
@@ -728,15 +735,76 @@ def _make_client(target_dir: Path):
     return _Client()
 
 
+def _header_deadline_pools(client) -> dict:
+    """urllib3 pool classes (by scheme) whose connections give up on a reply whose status line
+    and headers are still incomplete ``STALL_WINDOW_S`` seconds after the request was sent.
+
+    ``http.client`` reads them with the socket's read time-out only, so a server that trickles
+    a byte every few minutes would hold the call for ever. A timer shuts the socket down at the
+    deadline, which ends the blocked read; the connection then notes why on
+    ``client.stalled`` and raises ``TimeoutError`` (requests: ``ReadTimeout``).
+    """
+    import socket
+    import threading
+
+    from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+    def with_deadline(base):
+        class _Conn(base):
+            def getresponse(self, *args, **kwargs):
+                lock, state = threading.Lock(), {"waiting": True, "late": False}
+                window = STALL_WINDOW_S
+
+                def give_up():
+                    with lock:
+                        if not state["waiting"]:
+                            return
+                        state["late"] = True
+                    try:
+                        self.sock.shutdown(socket.SHUT_RDWR)
+                    except (AttributeError, OSError):  # already closed
+                        pass
+
+                timer = threading.Timer(window, give_up)
+                timer.daemon = True
+                timer.start()
+                try:
+                    resp = super().getresponse(*args, **kwargs)
+                except Exception:
+                    resp = None
+                    if not state["late"]:
+                        raise
+                finally:
+                    with lock:
+                        state["waiting"] = False
+                    timer.cancel()
+                if state["late"]:  # whatever arrived before the shutdown is incomplete
+                    if resp is not None:
+                        resp.close()
+                    client.stalled = (f"the download stalled: the reply's status line and "
+                                      f"headers were incomplete after {window:g} s")
+                    raise TimeoutError(client.stalled)
+                return resp
+        return _Conn
+
+    class _Pool(HTTPConnectionPool):
+        ConnectionCls = with_deadline(HTTPConnectionPool.ConnectionCls)
+
+    class _SPool(HTTPSConnectionPool):
+        ConnectionCls = with_deadline(HTTPSConnectionPool.ConnectionCls)
+
+    return {"http": _Pool, "https": _SPool}
+
+
 class _ProgressReader:
     """A response body's socket file that gives up on a stalled download: fewer than
     ``STALL_MIN_BYTES`` arrived over ``STALL_WINDOW_S`` (checked whenever bytes arrive, so a
     server that sends nothing at all is left to the read time-out). It then notes why on
     ``client.stalled`` and raises ``TimeoutError`` (urllib3: ``ReadTimeoutError``, requests:
     ``ConnectionError``). ``read(n)`` and ``readinto`` still return ``n`` bytes unless the
-    stream ends, as ``http.client`` expects. Not covered: a server that trickles the status
-    line or headers (read before this wrapper exists), and the time the consumer spends
-    between reads, which counts as the server's."""
+    stream ends, as ``http.client`` expects. The status line and headers, read before this
+    wrapper exists, have their own deadline (:func:`_header_deadline_pools`). The time the
+    consumer spends between reads counts as the server's."""
 
     def __init__(self, fp, client):
         self._fp = fp
@@ -753,7 +821,8 @@ class _ProgressReader:
             self._since, self._bytes = now, 0
         elif now - self._since >= STALL_WINDOW_S:
             self._client.stalled = (f"the download stalled: {self._bytes} bytes in the last "
-                                    f"{now - self._since:.0f} s")
+                                    f"{now - self._since:.0f} s (less than "
+                                    f"{STALL_MIN_BYTES // 1024} KiB in {STALL_WINDOW_S:.0f} s)")
             raise TimeoutError(self._client.stalled)
 
     def read1(self, n: int = -1) -> bytes:
@@ -864,8 +933,7 @@ def _fetch_once(obsid: str, product: str, query: dict, raw_dir: Path, secrets) -
             msg = (f"{what}: the archive at {url} answered HTTP {code}" if mirror
                    else f"{what}: the XMM archive answered HTTP {code}")
         elif client.stalled:
-            msg = (f"{what}: {client.stalled} (less than {STALL_MIN_BYTES // 1024} KiB in "
-                   f"{STALL_WINDOW_S:.0f} s)")
+            msg = f"{what}: {client.stalled}"
         elif isinstance(exc, (requests.ConnectionError, requests.Timeout, ConnectionError,
                               TimeoutError)):
             msg = f"{what}: {_connection_failure(exc)}"
