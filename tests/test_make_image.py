@@ -848,3 +848,108 @@ def test_the_sas_route_leaves_sas_ccf_as_it_found_it(monkeypatch, tmp_path):
                            expo_time_s=0)
         assert "SAS_CCF" not in os.environ
     assert seen == [str(tmp_path / "a.CCF"), str(tmp_path / "b.CCF")]
+
+
+# ---- the SAS route's plumbing, with a stand-in for XMM's pysas --------------------------------
+
+def _stand_in_pysas(monkeypatch, seen):
+    """Install a ``pysas.wrapper.Wrapper`` that runs tabgtigen and evselect the simple way
+    (every time good; the selection and binning of the expression) and records, per task, the
+    folder it ran in, whether its input file was there from that folder, and ``SAS_CCF`` at its
+    start and end (it sleeps in between, so tasks of two threads would overlap)."""
+    import re
+    import threading
+    import time
+    import types
+
+    from xmm_enhance import imaging
+    from xmm_enhance.imaging import gti_hdu
+
+    class Wrapper:
+        def __init__(self, task, args):
+            self.task = task
+            self.args = dict(a.split("=", 1) for a in args)
+
+        def run(self):
+            table = self.args["table"].rsplit(":", 1)[0]
+            ccf = os.environ.get("SAS_CCF")
+            time.sleep(0.05)
+            seen.append(dict(task=self.task, cwd=os.getcwd(), table=os.path.isfile(table),
+                             ccf=ccf, ccf_after=os.environ.get("SAS_CCF"),
+                             thread=threading.current_thread().name))
+            if not os.path.isfile(table):
+                raise RuntimeError(f"{table}: no such file")
+            if self.task == "tabgtigen":
+                gti_hdu_ = gti_hdu([(0.0, 1e10)])
+                fits.HDUList([fits.PrimaryHDU(), gti_hdu_]).writeto(self.args["gtiset"])
+                return
+            d = fits.getdata(table, "EVENTS")
+            low, high = map(int, re.search(r"PI in \[(\d+):(\d+)\]",
+                                           self.args["expression"]).groups())
+            ok = (d["FLAG"] == 0) & (d["PATTERN"] <= 4) & (d["PI"] >= low) & (d["PI"] <= high)
+            img = imaging.bin_det(d["DETX"][ok], d["DETY"][ok],
+                                  float(self.args["ximagebinsize"]))
+            fits.PrimaryHDU(img).writeto(self.args["imageset"])
+
+    wrapper = types.ModuleType("pysas.wrapper")
+    wrapper.Wrapper = Wrapper
+    monkeypatch.setitem(sys.modules, "pysas", types.ModuleType("pysas"))
+    monkeypatch.setitem(sys.modules, "pysas.wrapper", wrapper)
+    monkeypatch.setenv("SAS_DIR", "/nowhere/sas")
+    monkeypatch.delenv("SAS_CCF", raising=False)
+
+
+def test_the_sas_route_works_from_a_relative_pps_dir(small_pps, tmp_path, monkeypatch):
+    """The SAS tasks run in a temporary folder, so a relative --pps_dir gave them event and
+    light-curve paths that did not exist there."""
+    seen = []
+    _stand_in_pysas(monkeypatch, seen)
+    monkeypatch.chdir(small_pps.parent)
+    res = make_image(OBSID, pps_dir=small_pps.name, save_dir=tmp_path, backend="sas",
+                     expo_time_ks=0)
+    assert [s["task"] for s in seen] == ["tabgtigen", "evselect"]
+    assert all(s["table"] for s in seen)
+    assert all(s["cwd"] != str(small_pps.parent) for s in seen)   # they ran elsewhere
+    assert os.getcwd() == str(small_pps.parent)                    # and the folder is back
+    assert all(s["ccf"] and os.path.isabs(s["ccf"]) for s in seen)
+    assert "SAS_CCF" not in os.environ
+    assert fits.getdata(res.path).sum() > 0
+
+
+def test_sas_observations_of_two_threads_take_turns(tmp_path, monkeypatch):
+    """SAS_CCF and the current folder are process-wide: two threads' SAS observations overlapped,
+    and one's tasks ran with the other's calibration index or folder."""
+    import threading
+    import types
+
+    seen = []
+    _stand_in_pysas(monkeypatch, seen)
+    folders = {}
+    for i in range(2):
+        pps = tmp_path / f"obs{i}"
+        sim.write_pps(pps, OBSID, n_events=2000, seed=40 + i)
+        folders[f"t{i}"] = sas_files = types.SimpleNamespace(
+            calind=pps / f"cal{i}.CCF", fbktsr=next(pps.glob("*FBKTSR*")),
+            events=next(pps.glob("*PIEVLI*")))
+        sas_files.calind.write_text("")
+    errors = []
+
+    def work(name):
+        try:
+            sas.image_with_sas(folders[name], 1.0, [(0.0, 1e10)], low_pi=500, high_pi=2000,
+                               binsize=80, expo_time_s=0)
+        except Exception as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=work, args=(n,), name=n) for n in folders]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == [] and len(seen) == 4
+    for s in seen:
+        assert s["ccf"] == s["ccf_after"] == str(folders[s["thread"]].calind)
+    # each thread's two tasks ran back to back, in one temporary folder of its own
+    assert seen[0]["thread"] == seen[1]["thread"] != seen[2]["thread"] == seen[3]["thread"]
+    assert seen[0]["cwd"] == seen[1]["cwd"] != seen[2]["cwd"] == seen[3]["cwd"]
+    assert "SAS_CCF" not in os.environ

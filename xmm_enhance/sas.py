@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,10 @@ __all__ = ["SASNotAvailable", "SASError", "available", "require", "tabgtigen", "
            "image_with_sas"]
 
 log = logging.getLogger(__name__)
+
+#: Held while an observation's SAS tasks run: ``SAS_CCF`` and the current folder, which they
+#: need, are process-wide, so threads of one process take turns.
+_SAS_LOCK = threading.Lock()
 
 
 class SASNotAvailable(XmmEnhanceError):
@@ -128,30 +133,37 @@ def image_with_sas(files, curve_threshold: float, own_gti, *, low_pi: int, high_
 
     ``files`` is the archive's ``PPSFiles``. Intermediate files live in a temporary folder that
     is removed afterwards. ``SAS_CCF`` (when not set by the user) and the current folder are
-    set for the SAS tasks and put back: both are process-wide, so run SAS observations one
-    at a time per process (a Dask worker with one thread).
+    set for the SAS tasks and put back. Both are process-wide, so threads of one process run
+    their SAS observations one at a time (``_SAS_LOCK``); while one runs, the process's
+    current folder is the temporary one, so other threads should use absolute paths.
     """
+    require()
+    with _SAS_LOCK:
+        return _image_with_sas(files, curve_threshold, own_gti, low_pi=low_pi,
+                               high_pi=high_pi, binsize=binsize, expo_time_s=expo_time_s)
+
+
+def _image_with_sas(files, curve_threshold, own_gti, *, low_pi, high_pi, binsize, expo_time_s):
     from . import gti as _gti
     from .events import selection_expression
 
-    require()
-    tmp = Path(tempfile.mkdtemp(prefix="xmm_enhance_sas_"))
+    # absolute: the tasks run in the temporary folder
+    events, fbktsr = Path(files.events).absolute(), Path(files.fbktsr).absolute()
+    tmp = Path(tempfile.mkdtemp(prefix="xmm_enhance_sas_")).absolute()
     ccf_before = os.environ.get("SAS_CCF")
     try:
         if files.calind is not None and ccf_before is None:
             # this observation's calibration index, for its SAS tasks only: the next
             # observation of a batch worker gets its own
-            os.environ["SAS_CCF"] = str(files.calind)
-        flare_gti = tabgtigen(Path(files.fbktsr), curve_threshold, tmp / "pn_pps.gti",
-                              workdir=tmp)
+            os.environ["SAS_CCF"] = str(Path(files.calind).absolute())
+        flare_gti = tabgtigen(fbktsr, curve_threshold, tmp / "pn_pps.gti", workdir=tmp)
         good = _gti.intersect(flare_gti, own_gti)
         # less good time than requested: all of it (the caller warns and names the file)
         kept = good if expo_time_s <= 0 or _gti.total(good) < expo_time_s \
             else _gti.sub_gti(good, expo_time_s)
         gfile = write_gti_file(kept, tmp / "pn_kept.gti")
         expr = selection_expression(low_pi, high_pi, gti=str(gfile))
-        image = evselect_image(Path(files.events), expr, binsize, tmp / "image.fits",
-                               workdir=tmp)
+        image = evselect_image(events, expr, binsize, tmp / "image.fits", workdir=tmp)
         return image, kept, good
     finally:
         if ccf_before is None:
