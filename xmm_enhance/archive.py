@@ -41,6 +41,7 @@ from pathlib import Path
 from astropy.io import fits
 
 from .errors import READ_FIX, REPLACE_FIX, ArchiveError, PPSError, UsageError
+from . import procstate
 from .fsmode import owner_gone, owner_tag
 from .obsid import obsid_problem
 
@@ -855,16 +856,12 @@ class _ProgressReader:
         return getattr(self._fp, name)
 
 
-@contextlib.contextmanager
 def _quiet_astroquery():
-    """Keep astroquery's own log, which may show the request URL, at ERROR or above."""
+    """Drop astroquery's own log records below ERROR (they may show the request URL) while
+    this thread downloads; other threads' records and the logger's level are left alone."""
     from astroquery import log as aq_log
-    previous = aq_log.level
-    aq_log.setLevel(max(logging.ERROR, previous))
-    try:
-        yield
-    finally:
-        aq_log.setLevel(previous)
+
+    return procstate.quiet_logger(aq_log.name, logging.ERROR)
 
 
 def _classify(exc: BaseException) -> type[Exception]:

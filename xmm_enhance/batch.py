@@ -59,6 +59,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+from . import procstate
 from .errors import UsageError, XmmEnhanceError
 from .fsmode import file_mode
 from .obsid import obsid_problem
@@ -459,8 +460,7 @@ def fits_is_valid(path) -> tuple[bool, str]:
         if not ok:
             return False, why
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+        with procstate.recorded_warnings() as caught:
             with fits.open(source, checksum=True, memmap=False) as hdul:
                 for i, hdu in enumerate(hdul):
                     if "CHECKSUM" not in hdu.header or "DATASUM" not in hdu.header:
@@ -971,7 +971,8 @@ def _warnings_to_log(obsid: str):
     own warnings, and other threads' go where they went before."""
     tid = threading.get_ident()
     caught: list = []
-    with _SHARED_LOCK:
+    # procstate.LOCK: the library's own warnings blocks (in other threads) are not half-way
+    with _SHARED_LOCK, procstate.LOCK:
         if _WARN_STATE["users"] == 0:
             cm = warnings.catch_warnings()
             cm.__enter__()
@@ -994,7 +995,7 @@ def _warnings_to_log(obsid: str):
     try:
         yield
     finally:
-        with _SHARED_LOCK:
+        with _SHARED_LOCK, procstate.LOCK:
             _WARN_STATE["lists"].pop(tid, None)
             _WARN_STATE["users"] -= 1
             if _WARN_STATE["users"] == 0:

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage, optimize, signal
 
+from . import procstate
 from .detector import detector_mask
 
 __all__ = [
@@ -779,8 +780,6 @@ def pipeline_predictor(path, which="SR", *, threads=None, redraw=True, all_outpu
     positions shifted to the frame) and ``psf_core`` (the redraw's PSF core scale and the
     number of sources it was measured on). ``min_signif``: the source list's threshold
     (default the command line's)."""
-    import warnings
-
     from astropy.io import fits
 
     from . import inference as I
@@ -793,8 +792,7 @@ def pipeline_predictor(path, which="SR", *, threads=None, redraw=True, all_outpu
         hdr = fits.Header()
         hdr["EXPOSURE"] = T
         img = I.InputImage(counts, T, hdr)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with procstate.quiet_warnings():
             res = I.enhance_image(img, model, redraw=redraw, min_signif=min_signif)
         s, (top, left) = model.scale, res.pad
         h, w = counts.shape

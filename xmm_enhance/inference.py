@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from . import __version__, detector, skywcs
+from . import __version__, detector, procstate, skywcs
 from .errors import InputError, ModelError, UsageError
 from .fitsio import (add_history as _history, atomic_write_hduls, check_name_length,
                      ensure_output_dir, header_text, refuse_existing)
@@ -1075,8 +1075,7 @@ def _sky_from_astropy(header) -> SkyTan | None:
     """Sky WCS of a header that :meth:`SkyTan.from_header` does not read (via astropy.wcs)."""
     from astropy.wcs import WCS
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with procstate.quiet_warnings():
         try:
             return SkyTan.from_wcs(WCS(header, naxis=2))
         except Exception:  # astropy raises several types for malformed WCS keywords

@@ -150,16 +150,17 @@ def mission_time_utc(t: float, mjdref: float = 50814.0, timesys: str = "TT") -> 
     astropy's bundled leap-second table is used as it is (no download: the tools run offline);
     none has been added since 2017.
     """
-    import warnings
-
     from astropy.time import Time
     from astropy.utils import iers
+
+    from .procstate import LOCK, quiet_warnings
 
     scale = str(timesys).strip().lower()
     if scale not in Time.SCALES or not (math.isfinite(t) and math.isfinite(mjdref)):
         return None
-    with iers.conf.set_temp("auto_download", False), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # an expired bundled leap-second table
+    # process-wide settings, changed for this block only (procstate: threads take turns)
+    with LOCK, iers.conf.set_temp("auto_download", False), quiet_warnings():
+        # no warning about an expired bundled leap-second table
         # + 0.5 s: strftime drops the fraction, so this rounds to the nearest second
         tm = Time(mjdref, (float(t) + 0.5) / 86400.0, format="mjd", scale=scale).utc
         return tm.strftime("%Y-%m-%dT%H:%M:%S")
