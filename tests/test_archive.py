@@ -1124,6 +1124,36 @@ def test_an_archive_that_stops_answering_is_given_up_on(xsa, tmp_path, sleeps):
     assert archive._UNANSWERED["n"] == 0
 
 
+def test_a_given_up_archive_does_not_block_another_url_or_a_reset(xsa, tmp_path, sleeps):
+    """A notebook that met an outage was refused every download for a quarter of an hour,
+    even from a mirror; another archive URL is now asked at once with all its retries, and
+    archive_answers_again() (public) forgets the outage."""
+    from astroquery.esa.xmm_newton import conf
+
+    ids = [f"01234567{i:02d}" for i in range(1, 5)]
+    xsa.fail = [503] * 100
+    for o in ids[:archive.ARCHIVE_GIVE_UP_AFTER]:
+        with pytest.raises(ArchiveError):
+            download_pps(o, tmp_path, retries=0, backoff_s=0.01)
+    with pytest.raises(ArchiveError, match="not asked for"):
+        download_pps(ids[3], tmp_path, retries=3, backoff_s=0.01)
+    mirror = conf.DATA_ACTION_AIO.replace("/nxsa-sl/", "/mirror/")
+    before = len(xsa.hits)
+    with archive.using_archive_url(mirror):
+        with pytest.raises(ArchiveError, match="after 4 attempts"):
+            download_pps(ids[3], tmp_path, retries=3, backoff_s=0.01)
+    assert len(xsa.hits) - before == 4
+    for o in ids[:archive.ARCHIVE_GIVE_UP_AFTER]:
+        with pytest.raises(ArchiveError):
+            download_pps(o, tmp_path, retries=0, backoff_s=0.01)
+    with pytest.raises(ArchiveError, match="not asked for"):
+        download_pps(ids[3], tmp_path, retries=3, backoff_s=0.01)
+    assert "archive_answers_again" in archive.__all__
+    archive.archive_answers_again()
+    xsa.fail = []
+    assert pps_folder_is_complete(download_pps(OBSID, tmp_path, backoff_s=0.01), OBSID)
+
+
 def test_a_damaged_answer_is_not_an_outage(xsa, tmp_path, sleeps):
     """Truncated downloads after every retry: the archive answered, so the next OBS_ID gets
     all its retries (the give-up counts only refused or timed-out connections and 5xx)."""

@@ -1754,3 +1754,29 @@ def test_two_threads_running_batches_leave_logging_and_warnings_as_they_were(
     assert (pkg.level, pkg.propagate, list(pkg.handlers), list(warnings.filters),
             warnings.showwarning) == before
     assert batch._LOG_STATE["users"] == 0 and batch._WARN_STATE["users"] == 0
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(low_pi=2000, high_pi=500), "--low_pi 2000 must be below --high_pi 500"),
+    (dict(binsize=0), "--binSize"),
+    (dict(expo_time_ks=float("nan")), "--expo_time"),
+    (dict(backend="bogus"), "--backend 'bogus'"),
+    (dict(archive_url="ftp://x"), "archive_url"),
+    (dict(threads=0), "threads"),
+    (dict(retries=-1), "retries"),
+    (dict(save_dir=None), "save_dir"),
+])
+def test_a_bad_batch_config_is_refused_when_made(tmp_path, bad, match):
+    """A Python BatchConfig took any band, bin size, backend or URL; run_batch then made every
+    observation's folder and log and failed each with the same message."""
+    kwargs = dict(save_dir=tmp_path / "out")
+    kwargs.update(bad)
+    with pytest.raises(UsageError, match=match):
+        BatchConfig(**kwargs)
+    assert not (tmp_path / "out").exists()
+
+
+def test_batch_config_paths_are_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = BatchConfig(save_dir="out", pps_root="pps")
+    assert cfg.save_dir == tmp_path / "out" and cfg.pps_root == tmp_path / "pps"

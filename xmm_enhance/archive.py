@@ -33,6 +33,7 @@ import re
 import shutil
 import tarfile
 import tempfile
+import threading
 import time
 import zlib
 from dataclasses import dataclass
@@ -43,12 +44,13 @@ from astropy.io import fits
 from .errors import READ_FIX, REPLACE_FIX, ArchiveError, PPSError, UsageError
 from . import procstate
 from .fsmode import owner_gone, owner_tag
+from .imageargs import check_archive_url  # noqa: F401 - public here too
 from .obsid import obsid_problem
 
 __all__ = [
     "PPSFiles", "SUPPORTED_SUBMODES", "validate_obsid", "pps_filename", "parse_pps_filename",
     "find_pps_files", "download_pps", "pps_folder_is_complete", "aio_url", "check_archive_url",
-    "using_archive_url", "gzip_damage", "unreadable_error",
+    "using_archive_url", "gzip_damage", "unreadable_error", "archive_answers_again",
 ]
 
 log = logging.getLogger(__name__)
@@ -578,14 +580,6 @@ def _scrub(text: str, secrets: tuple[str, ...] = ()) -> str:
 def _one_line(text: str, limit: int = 200) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def check_archive_url(url: str | None, option: str = "--archive-url") -> None:
-    """UsageError unless ``url`` (when given) is an http(s) URL."""
-    if url is not None and not re.match(r"https?://[^/?#\s]+", str(url).strip()):
-        raise UsageError(f"{option} {url!r}: not an http(s) URL; pass the mirror's "
-                         "data-action-aio URL, e.g. https://host/nxsa-sl/servlet/"
-                         "data-action-aio?")
 
 
 @contextlib.contextmanager
@@ -1338,12 +1332,33 @@ ARCHIVE_GIVE_UP_AFTER = 3
 #: ... for this long (s) after the last such failure; then it is asked again (once), so a
 #: long-lived process (a Dask worker serving many batches, a notebook) is not cut off for good.
 ARCHIVE_ASK_AGAIN_S = 900.0
-_UNANSWERED = {"n": 0, "last": "", "t": 0.0}
+#: OBS_IDs in a row the archive at ``url`` gave no answer for (``_UNANSWERED_LOCK``: threads).
+_UNANSWERED = {"n": 0, "last": "", "t": 0.0, "url": ""}
+_UNANSWERED_LOCK = threading.Lock()
 
 
 def archive_answers_again() -> None:
-    """Forget earlier archive failures of this process (a new batch run starts afresh)."""
-    _UNANSWERED.update(n=0, last="", t=0.0)
+    """Forget earlier archive failures of this process, so the next :func:`download_pps` asks
+    the archive at once (a new batch run starts afresh; a notebook can call this after a
+    network outage instead of waiting ``ARCHIVE_ASK_AGAIN_S``)."""
+    with _UNANSWERED_LOCK:
+        _UNANSWERED.update(n=0, last="", t=0.0, url="")
+
+
+def _archive_answered(answered: bool, reason: str = "") -> None:
+    """Count an OBS_ID the current archive URL gave no answer for, or reset the count."""
+    with _UNANSWERED_LOCK:
+        if answered:
+            _UNANSWERED["n"] = 0
+        else:
+            _UNANSWERED.update(n=_UNANSWERED["n"] + 1, t=time.monotonic(), last=reason,
+                               url=_archive_url()[0])
+
+
+def _unanswered_in_a_row() -> int:
+    """OBS_IDs in a row the current archive URL gave no answer for (another URL: 0)."""
+    with _UNANSWERED_LOCK:
+        return _UNANSWERED["n"] if _UNANSWERED["url"] == _archive_url()[0] else 0
 
 
 def download_pps(obsid: str, save_dir, *, credentials_file=None, retries: int = 3,
@@ -1393,7 +1408,8 @@ def download_pps(obsid: str, save_dir, *, credentials_file=None, retries: int = 
     The attitude and calibration index are optional: if the archive has none, a warning is
     logged and the download still succeeds. In a process that downloads many OBS_IDs (a
     batch), an archive that has stopped answering is given up on after
-    ``ARCHIVE_GIVE_UP_AFTER`` OBS_IDs in a row.
+    ``ARCHIVE_GIVE_UP_AFTER`` OBS_IDs in a row, for ``ARCHIVE_ASK_AGAIN_S`` or until the
+    archive URL changes or :func:`archive_answers_again` is called.
     """
     obsid = validate_obsid(obsid)
     if retries < 0 or backoff_s < 0:
@@ -1408,7 +1424,7 @@ def download_pps(obsid: str, save_dir, *, credentials_file=None, retries: int = 
         log.info("OBS_ID %s: reusing the complete PPS folder %s", obsid, pps)
         return pps
 
-    if (_UNANSWERED["n"] >= ARCHIVE_GIVE_UP_AFTER
+    if (_unanswered_in_a_row() >= ARCHIVE_GIVE_UP_AFTER
             and time.monotonic() - _UNANSWERED["t"] < ARCHIVE_ASK_AGAIN_S):
         raise ArchiveError(
             f"OBS_ID {obsid}: not asked for: the archive gave no answer for the last "
@@ -1439,17 +1455,15 @@ def download_pps(obsid: str, save_dir, *, credentials_file=None, retries: int = 
             for product, query, required in _PRODUCTS:
                 try:
                     _fetch_product(obsid, product, query, stage, secrets,
-                                   retries if _UNANSWERED["n"] == 0 else 0, backoff_s)
-                    _UNANSWERED["n"] = 0
+                                   retries if _unanswered_in_a_row() == 0 else 0, backoff_s)
+                    _archive_answered(True)
                 except ArchiveError as exc:   # failed after every attempt
-                    if getattr(exc, "unanswered", False):
-                        _UNANSWERED.update(n=_UNANSWERED["n"] + 1, t=time.monotonic(),
-                                           last=getattr(exc, "reason", ""))
-                    else:                       # it answered, damaged: not an outage
-                        _UNANSWERED["n"] = 0
+                    # no answer counts; an answer, even a damaged one, is no outage
+                    _archive_answered(not getattr(exc, "unanswered", False),
+                                      getattr(exc, "reason", ""))
                     raise
                 except _Permanent as exc:
-                    _UNANSWERED["n"] = 0          # the archive answered
+                    _archive_answered(True)
                     if required or not exc.missing:
                         failure = str(exc)
                         break

@@ -159,6 +159,11 @@ class BatchConfig:
     min_signif: float | None = None
 
     def __post_init__(self):
+        """The checks the command line makes before any observation starts, so a bad setting
+        is one UsageError here, not a failure of every observation."""
+        from .imageargs import (check_archive_url, check_backend, check_image_args,
+                                check_min_signif, check_threads)
+
         # which: a tuple of "SR"/"DN" (a bare "SR" string would be read letter by letter)
         which = (self.which,) if isinstance(self.which, str) else tuple(self.which)
         which = tuple(str(w).upper() for w in which)
@@ -166,8 +171,24 @@ class BatchConfig:
         if bad:
             raise UsageError(f"BatchConfig(which={self.which!r}): each must be 'SR' or 'DN'")
         object.__setattr__(self, "which", which)
-        from .imageargs import check_min_signif
+        # folders: absolute, so workers (and a later os.chdir) see the same ones
+        for name in ("save_dir", "pps_root", "sr_model", "dn_model", "credentials_file"):
+            v = getattr(self, name)
+            if v is None and name == "save_dir":
+                raise UsageError("BatchConfig(save_dir=None): give the folder for the outputs")
+            if v is not None:
+                try:
+                    object.__setattr__(self, name, Path(v).absolute())
+                except TypeError:
+                    raise UsageError(f"BatchConfig({name}={v!r}): must be a path") from None
+        check_image_args(self.low_pi, self.high_pi, self.binsize, self.expo_time_ks)
+        check_backend(self.backend)
+        check_archive_url(self.archive_url, "BatchConfig(archive_url=)")
         check_min_signif(self.min_signif)
+        check_threads(self.threads, "BatchConfig(threads=)")
+        for name, v in (("retries", self.retries), ("backoff_s", self.backoff_s)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
+                raise UsageError(f"BatchConfig({name}={v!r}): must be a number >= 0")
 
     def model_path(self, which: str) -> Path | None:
         return self.sr_model if which == "SR" else self.dn_model

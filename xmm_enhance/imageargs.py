@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 
+import re
+
 from . import detector
 from .errors import UsageError
 
 __all__ = ["check_image_args", "MAX_PIXELS", "MIN_EXPO_KS", "MODEL_BAND_PI",
-           "BAND_TOLERANCE_PI", "is_model_band"]
+           "BAND_TOLERANCE_PI", "is_model_band", "BACKENDS", "check_backend",
+           "check_archive_url", "check_threads"]
 
 #: PI band (eV, inclusive) of the images the models were trained on (0.5-2 keV), and how far
 #: (eV) a band's edges may lie from it and still count as that band (``PI < 2000``...).
@@ -82,3 +85,31 @@ def check_min_signif(min_signif) -> None:
     if v is None or not lo <= v <= hi:
         raise UsageError(f"min_signif={min_signif!r} (--min-signif): must be a number of sigma "
                          f"from {lo:g} to {hi:g}")
+
+
+#: The image maker's backends (``--backend``).
+BACKENDS = ("auto", "native", "sas")
+
+
+def check_backend(backend) -> None:
+    """UsageError unless ``backend`` is one of :data:`BACKENDS`."""
+    if backend not in BACKENDS:
+        raise UsageError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+
+
+def check_archive_url(url: str | None, option: str = "--archive-url") -> None:
+    """UsageError unless ``url`` (when given) is an http(s) URL."""
+    if url is not None and not re.match(r"https?://[^/?#\s]+", str(url).strip()):
+        raise UsageError(f"{option} {url!r}: not an http(s) URL; pass the mirror's "
+                         "data-action-aio URL, e.g. https://host/nxsa-sl/servlet/"
+                         "data-action-aio?")
+
+
+def check_threads(threads, option: str = "--threads (threads=)") -> None:
+    """UsageError unless ``threads`` is None or a whole number >= 1."""
+    if threads is None:
+        return
+    if isinstance(threads, (bool, np.bool_)) or not isinstance(threads, (int, np.integer)) \
+            or threads < 1:
+        raise UsageError(f"{option} {threads!r}: must be a whole number >= 1 (or leave it out "
+                         "for onnxruntime's choice)")

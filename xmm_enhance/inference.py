@@ -36,7 +36,7 @@ from .errors import InputError, ModelError, UsageError
 from .fitsio import (add_history as _history, atomic_write_hduls, check_name_length,
                      ensure_output_dir, header_text, refuse_existing)
 from .imageargs import (BAND_TOLERANCE_PI, MODEL_BAND_PI, check_min_signif,  # noqa: F401
-                        is_model_band)
+                        check_threads, is_model_band)
 
 __all__ = [
     "PAD_SIZE", "MODEL_FILES", "TASKS", "InputImage", "Model", "EnhanceResult", "SkyTan",
@@ -585,20 +585,24 @@ def _sha256(path: Path) -> str:
 
 def load_model(which: str, path: str | Path | None = None, *, threads: int | None = None
                ) -> Model:
-    """Load the ``which`` (SR or DN) model and check its metadata.
+    """Load the ``which`` (SR or DN) model and check its metadata. ``threads``: onnxruntime's
+    intra-op threads (None: its choice, all cores).
 
     Raises
     ------
+    UsageError
+        ``which`` is not SR or DN, or ``threads`` is not a whole number >= 1.
     ModelError
         File missing or corrupt, or metadata not that of a ``which`` model.
     """
     which = str(which).strip().upper()
     if which not in TASKS:
         raise UsageError(f"which must be one of {', '.join(TASKS)} (--which), got {which!r}")
-    path = Path(path) if path is not None else default_model_path(which)
+    check_threads(threads)
+    path = Path(path).absolute() if path is not None else default_model_path(which)
     if not path.is_file():
         raise ModelError(f"{path}: model file missing; train it with `make models` "
-                         f"(see models/MODEL_CARD.md) or pass --model PATH")
+                         f"(see models/MODEL_CARD.md) or pass --model PATH (path=)")
     import onnxruntime as ort
 
     # ORT_DISABLE_TELEMETRY (xmm_enhance/__init__) counts only when set before onnxruntime
@@ -608,7 +612,7 @@ def load_model(which: str, path: str | Path | None = None, *, threads: int | Non
             ort.disable_telemetry_events()
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    if threads:
+    if threads is not None:
         opts.intra_op_num_threads = int(threads)
         opts.inter_op_num_threads = 1
     try:
@@ -627,7 +631,7 @@ def load_model(which: str, path: str | Path | None = None, *, threads: int | Non
     if meta["task"] != which or str(meta["scale"]) != str(want_scale):
         raise ModelError(f"{path}: metadata says task={meta['task']} scale={meta['scale']}, "
                          f"but --which {which} needs task={which} scale={want_scale}; pass the "
-                         "right --model")
+                         "right --model (path=)")
     status = str(meta.get("status", ""))
     if status.startswith("preview"):
         warnings.warn(f"{path.name} is a preview model ({status.split(':', 1)[-1].strip()})",

@@ -30,14 +30,13 @@ import numpy as np
 from . import detector, events, gti, imaging, skywcs
 from .errors import InputError, OutputError, PPSError, UsageError
 from .fitsio import atomic_write_hdul, check_creatable_dir
-from .imageargs import check_image_args
+from .imageargs import BACKENDS, check_backend, check_image_args  # noqa: F401
 
 __all__ = ["ImageResult", "make_image", "output_name", "find_image", "resolve_backend",
            "BACKENDS"]
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "native", "sas")
 #: Below this many selected events in the kept time, the WCS is fitted on all band-selected
 #: events of the list (the DET -> sky map does not depend on time beyond the attitude wander).
 _MIN_FIT_EVENTS = 1000
@@ -136,8 +135,7 @@ def resolve_backend(backend: str) -> str:
     """'auto' -> 'sas' when pysas is usable, else 'native'; 'sas' without SAS raises."""
     from . import sas
 
-    if backend not in BACKENDS:
-        raise UsageError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    check_backend(backend)
     if backend == "native":
         return "native"
     if backend == "sas":
