@@ -202,6 +202,64 @@ def test_skip_existing_redoes_outputs_of_another_model_or_an_older_input(tmp_pat
     assert stamps([p_in, p_pred]) == before
 
 
+def test_skip_existing_redoes_outputs_of_another_file_of_the_same_name(tmp_path, dn_model):
+    """Every image from the image maker has one file name. Another observation's image copied
+    in with an older time (cp -p, rsync -t) kept the first one's outputs, with exit 0."""
+    (tmp_path / "a").mkdir()
+    a, _ = make_image(tmp_path / "a" / "pn.fits")
+    b, _ = make_image(tmp_path / "pn_b.fits", seed=7, src=(200.2, 150.4),
+                      extra={"OBS_ID": "0123456790"})
+    out = tmp_path / "out"
+    args = ["--which", "DN", "--model", str(dn_model), "-q", "--outdir", str(out),
+            "--skip-existing"]
+    assert main([str(a)] + args) == 0
+    p_in, p_pred = inference.output_paths(a, "DN", out)
+    assert fits.getheader(p_pred)["INSHA"] == inference._sha256(a)
+    # b takes a's place with its own, older time
+    old = p_pred.stat().st_mtime_ns - 10**9
+    a.write_bytes(b.read_bytes())
+    os.utime(a, ns=(old, old))
+    assert main([str(a)] + args) == 0
+    assert fits.getheader(p_pred)["OBS_ID"] == "0123456790"
+    # the same file again: kept
+    before = stamps([p_in, p_pred])
+    assert main([str(a)] + args) == 0
+    assert stamps([p_in, p_pred]) == before
+
+
+def test_skip_existing_redoes_outputs_made_with_another_exposure(tmp_path, dn_model):
+    """An input without EXPOSURE run again with another --exposure kept the first outputs."""
+    a, _ = make_image(tmp_path / "a.fits", exposure=None)
+    args = [str(a), "--which", "DN", "--model", str(dn_model), "-q", "--skip-existing"]
+    assert main(args + ["--exposure", "20000"]) == 0
+    p_pred = inference.output_paths(a, "DN")[1]
+    assert fits.getheader(p_pred)["INEXPO"] == 20000
+    assert main(args + ["--exposure", "20000"]) == 0
+    before = stamps([p_pred])
+    assert main(args + ["--exposure", "20000"]) == 0
+    assert stamps([p_pred]) == before
+    assert main(args + ["--exposure", "50000"]) == 0
+    assert fits.getheader(p_pred)["INEXPO"] == 50000
+
+
+def test_a_gzipped_input_cut_short_is_refused(tmp_path, dn_model, capsys):
+    """A .fits.gz that lost its end (here the GTI extension after the image) was read up to the
+    cut without a word."""
+    a, _ = make_image(tmp_path / "a.fits")
+    with fits.open(a) as h:
+        gti = fits.BinTableHDU.from_columns([fits.Column("START", "D", array=[0.0]),
+                                             fits.Column("STOP", "D", array=[2e4])],
+                                            name="STDGTI")
+        fits.HDUList([h[0].copy(), gti]).writeto(tmp_path / "b.fits")
+    raw = gzip.compress((tmp_path / "b.fits").read_bytes())
+    cut = tmp_path / "b.fits.gz"
+    cut.write_bytes(raw[:-100])
+    code, _, errors, err = run([cut, "--which", "DN", "--model", dn_model], capsys)
+    assert code == 1 and len(err) == 1 and "b.fits.gz" in errors[0], err
+    assert "cut short" in errors[0]
+    assert not list(tmp_path.glob("b_*"))
+
+
 def test_skip_existing_needs_the_sr_region_file(tmp_path, capsys):
     model = exposure_aware(tmp_path / "sr.onnx", "SR")
     a, _ = make_image(tmp_path / "a.fits")

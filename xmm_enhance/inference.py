@@ -293,10 +293,14 @@ class InputImage:
     wcs_note : str
         How the WCS was obtained ("" when read from the file).
     path : Path
+    sha256 : str or None
+        sha256 of the file it was read from (None when made in memory); the outputs record it
+        (``INSHA``), so a later run can tell whether they were made from this file.
     """
 
     def __init__(self, counts, exposure, header, wcs=None, wcs_note="", path=Path("image.fits"),
-                 notes=None):
+                 notes=None, sha256=None):
+        self.sha256 = sha256
         self.counts = counts
         self.exposure = exposure
         self.header = header
@@ -1019,6 +1023,7 @@ def read_input(path: str | Path, *, exposure: float | None = None) -> InputImage
         raise InputError(f"{path}: no such file; check the path")
     if path.is_dir():
         raise InputError(f"{path}: is a folder; pass a FITS image file")
+    _check_whole_gzip(path)
     data, header, primary = _open_image_hdu(path)
     if data.ndim == 3 and data.shape[0] == 1:
         data = data[0]
@@ -1063,7 +1068,33 @@ def read_input(path: str | Path, *, exposure: float | None = None) -> InputImage
     _check_band(path, band)
     sky, note = _sky_wcs_of(header, path)
     return InputImage(counts=counts, exposure=exposure, header=header, wcs=sky, wcs_note=note,
-                      path=path, notes=notes)
+                      path=path, notes=notes, sha256=_file_sha256(path))
+
+
+def _file_sha256(path: Path) -> str | None:
+    """sha256 of the input file, or None where it cannot be read again."""
+    try:
+        return _sha256(path)
+    except OSError:
+        return None
+
+
+def _check_whole_gzip(path: Path) -> None:
+    """InputError for a gzipped input cut short: astropy reads the HDUs before the cut and
+    says nothing, so an image whose last extensions (its GTIs) were lost would pass."""
+    try:
+        with open(path, "rb") as fh:
+            gz = fh.read(2) == b"\x1f\x8b"
+    except OSError:
+        return  # _open_image_hdu names the problem
+    if not gz:
+        return
+    from .batch import gzip_is_complete
+
+    ok, why = gzip_is_complete(path)
+    if not ok:
+        raise InputError(f"{path}: {why}; the gzip file is cut short or damaged: copy or "
+                         "make it again")
 
 
 def header_sky(header) -> SkyTan | None:
@@ -1559,6 +1590,8 @@ def _header(res: EnhanceResult, *, wcs, exposure, pixel_arcsec, what) -> fits.He
     h["MODELSHA"] = model.sha256  # sha256 of the model file (64 hex digits: no room for a comment)
     h["SOFTVER"] = (__version__, "xmm_enhance version")
     _set(h, "INFILE", header_text(img.path.name), "input image")
+    if getattr(img, "sha256", None):
+        h["INSHA"] = img.sha256  # sha256 of the input file (64 hex digits: no room for a comment)
     h["DATE"] = (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()), "file creation date (UTC)")
     _history(h, f"xmm_enhance {__version__} run_inference_on_real --which {res.task}")
     _history(h, f"input {header_text(img.path.name)}: counts / EXPOSURE, detector mask, "
@@ -1730,13 +1763,17 @@ def source_settings_differ(pred, *, min_signif: float | None = None, redraw: boo
 
 
 def outputs_complete(paths, *, model: Model | None = None, infile=None,
-                     min_signif: float | None = None, redraw: bool = True
-                     ) -> tuple[bool, str]:
+                     min_signif: float | None = None, redraw: bool = True,
+                     exposure: float | None = None) -> tuple[bool, str]:
     """Whether every file of ``paths`` (:func:`run_outputs`) exists and is complete: FITS files
     read to the end with verified checksums (:func:`xmm_enhance.batch.fits_is_valid`), PNGs
     whole (:func:`xmm_enhance.batch.png_is_valid`), region files whole. With ``model``, its
     prediction (the second path) must also have been made by that model file (``MODELSHA``);
-    with ``infile``, no output may be older than it (an input made again is predicted again).
+    with ``infile``, no output may be older than it (an input made again is predicted again),
+    and the prediction must have been made from this very file (its ``INSHA``, where it has
+    one: every image maker writes the same file name, so another observation's image, or one
+    copied in with its old time, would otherwise pass). ``exposure`` (``--exposure``, for
+    inputs without a valid ``EXPOSURE``) must be the one the prediction was made with.
     An SR prediction's source list must have been made with ``min_signif`` and ``redraw``
     (:func:`source_settings_differ`; the defaults are :func:`enhance_file`'s).
 
@@ -1779,11 +1816,35 @@ def outputs_complete(paths, *, model: Model | None = None, infile=None,
         headers = prediction_headers(pred)
         if model is not None and headers[0].get("MODELSHA") != model.sha256:
             return False, f"{pred.name}: made by another {model.task} model"
+        if infile is not None and "INSHA" in headers[0] \
+                and headers[0]["INSHA"] != _file_sha256(Path(infile)):
+            return False, f"{pred.name}: made from another {Path(infile).name} (INSHA)"
+        if infile is not None and exposure is not None:
+            why = _exposure_differs(Path(infile), headers[0], exposure)
+            if why:
+                return False, f"{pred.name}: {why}"
         why = source_settings_differ(pred, min_signif=min_signif, redraw=redraw,
                                      headers=headers)
         if why:
             return False, f"{pred.name}: {why}"
     return True, ""
+
+
+def _exposure_differs(infile: Path, pred_header, exposure: float) -> str:
+    """Why a prediction (primary header ``pred_header``, ``INEXPO``) was made with another
+    exposure than ``exposure`` would give ``infile`` now: "" when the same, or when the
+    input's own valid ``EXPOSURE`` decides (``exposure`` is then not used)."""
+    try:
+        with fits.open(infile, memmap=False, lazy_load_hdus=True) as hdul:
+            own = [_positive_seconds(h.header.get("EXPOSURE")) for h in hdul[:2]]
+    except (OSError, EOFError, ValueError, TypeError):
+        return ""
+    if any(v is not None for v in own):
+        return ""
+    made = _positive_seconds(pred_header.get("INEXPO"))
+    if made is None or abs(made / float(exposure) - 1) > EXPOSURE_TOLERANCE:
+        return f"made with exposure {made} s, not {float(exposure):g} s"
+    return ""
 
 
 #: Significant bits kept in the extension maps (float32 has 24): the lower ones are noise that

@@ -101,7 +101,8 @@ def _main(argv=None) -> int:
                 paths = run_outputs(f, model, args.outdir, png=args.png)
                 done, why = outputs_complete(paths, model=model, infile=f,
                                              min_signif=args.min_signif,
-                                             redraw=not args.no_redraw)
+                                             redraw=not args.no_redraw,
+                                             exposure=args.exposure)
                 if done:
                     log.info("%s: skipped, its outputs are complete (--skip-existing)", f)
                     continue
@@ -150,7 +151,7 @@ def _made_meanwhile(f, model, args) -> bool:
     try:
         paths = run_outputs(f, model, args.outdir, png=args.png)
         return outputs_complete(paths, model=model, infile=f, min_signif=args.min_signif,
-                                redraw=not args.no_redraw)[0]
+                                redraw=not args.no_redraw, exposure=args.exposure)[0]
     except XmmEnhanceError:
         return False
 
