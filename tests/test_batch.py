@@ -1765,6 +1765,7 @@ def test_two_threads_running_batches_leave_logging_and_warnings_as_they_were(
     (dict(threads=0), "threads"),
     (dict(retries=-1), "retries"),
     (dict(save_dir=None), "save_dir"),
+    (dict(binsize=40), r'--binSize 40 makes 2"/pixel images.*--which none'),
 ])
 def test_a_bad_batch_config_is_refused_when_made(tmp_path, bad, match):
     """A Python BatchConfig took any band, bin size, backend or URL; run_batch then made every
@@ -1780,3 +1781,25 @@ def test_batch_config_paths_are_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = BatchConfig(save_dir="out", pps_root="pps")
     assert cfg.save_dir == tmp_path / "out" and cfg.pps_root == tmp_path / "pps"
+
+
+def test_a_list_files_column_name_is_skipped_and_only_ascii_digits_count(tmp_path):
+    """A spreadsheet's one-column export starts with the column's name: counted as a failed
+    observation every night (exit 1, cron mail). Fullwidth or Arabic-Indic digits matched
+    \\d and went to the archive as an OBS_ID."""
+    lst = tmp_path / "l.csv"
+    lst.write_text('"obsid"\n0123456789\nOBS_ID\n\uff10\uff11\uff12\uff13\uff14\uff15\uff16'
+                   '\uff17\uff18\uff19\n\u0660\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668'
+                   '\u0669\n', encoding="utf-8")
+    bad = []
+    assert batch.read_obsid_list([str(lst)], bad=bad) == ["0123456789"]
+    assert [b.line for b in bad] == [3, 4, 5]       # a name later on is a malformed line
+    with pytest.raises(UsageError, match="pass ids like 0123456789"):
+        batch.read_obsid_list(["\uff10\uff11\uff12\uff13\uff14\uff15\uff16\uff17\uff18\uff19"])
+    from xmm_enhance.archive import validate_obsid
+    with pytest.raises(UsageError):
+        validate_obsid("\u0660\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668\u0669")
+
+
+def test_another_bin_size_is_fine_for_images_only(tmp_path):
+    assert BatchConfig(save_dir=tmp_path, binsize=40, which=()).binsize == 40

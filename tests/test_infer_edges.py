@@ -861,3 +861,34 @@ def test_library_entry_points_name_a_wrong_argument_type(tmp_path):
         make_image("0123456789", binsize="80", pps_dir=tmp_path)
     with pytest.raises(UsageError, match=r"--expo_time \(expo_time_ks=\) '20'"):
         make_image("0123456789", expo_time_ks="20", pps_dir=tmp_path)
+
+
+def test_a_sky_xy_image_is_refused_and_a_det_crop_is_not(tmp_path, dn_model, capsys):
+    """evselect's default image is binned on sky X/Y: north up, turned by PA_PNT against the
+    detector frame the models know. It ran with only a shape warning."""
+    c = 4.0 / 3600
+    north_up = {"CD1_1": -c, "CD1_2": 0.0, "CD2_1": 0.0, "CD2_2": c}
+    sky, _ = make_image(tmp_path / "sky.fits", shape=(648, 648), src=(300.2, 310.7),
+                        extra=north_up)
+    code, _, errors, err = run([sky, "--which", "DN", "--model", dn_model], capsys)
+    assert code == 1 and len(err) == 1, err
+    assert "mirrored, as on a sky (X/Y) image" in errors[0]
+    assert "make_detxy_pn_image_pps.py" in errors[0]
+    # the DET frame turned by 30 deg (another PA_PNT): turned, not mirrored
+    turned, _ = make_image(tmp_path / "turned.fits", shape=(648, 648), src=(300.2, 310.7),
+                           extra={"PA_PNT": 100.0})
+    code, _, errors, err = run([turned, "--which", "DN", "--model", dn_model], capsys)
+    assert code == 1 and "but turned 30 deg" in errors[0], err
+    det, _ = make_image(tmp_path / "det.fits", shape=(300, 300), src=(150.2, 140.7))
+    code, warns, errors, err = run([det, "--which", "DN", "--model", dn_model], capsys)
+    assert code == 0 and not errors and any("not the pn 411x403" in w for w in warns), err
+
+
+def test_a_small_window_image_warns(tmp_path, dn_model, capsys):
+    """The README promises a warning for modes other than full frame; inference gave none."""
+    a, _ = make_image(tmp_path / "sw.fits", extra={"SUBMODE": "PrimeSmallWindow"})
+    code, warns, errors, err = run([a, "--which", "DN", "--model", dn_model], capsys)
+    assert code == 0 and len(warns) == 1 and "SUBMODE 'PrimeSmallWindow'" in warns[0], err
+    b, _ = make_image(tmp_path / "ff.fits", extra={"SUBMODE": "PrimeFullWindowExtended"})
+    code, warns, errors, err = run([b, "--which", "DN", "--model", dn_model], capsys)
+    assert code == 0 and warns == [], err

@@ -555,8 +555,10 @@ def test_four_arcsec_images_are_accepted(tmp_path, models, case):
     elif case == "binsize80":
         extra = {**NO_WCS, "BINSIZE": 80.0}
     elif case == "cdelt_crota4":
+        # the DETX/DETY frame at PA_PNT 70 deg written as CDELT and CROTA2 (90 - 70 deg); the
+        # DET frame is mirrored against the sky's usual east-left, so CDELT1 > 0
         extra = {**NO_WCS, "CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CRPIX1": 150.5,
-                 "CRPIX2": 160.5, "CRVAL1": 150.1, "CRVAL2": 2.2, "CDELT1": -4.0 / 3600,
+                 "CRPIX2": 160.5, "CRVAL1": 150.1, "CRVAL2": 2.2, "CDELT1": 4.0 / 3600,
                  "CDELT2": 4.0 / 3600, "CROTA2": 20.0}
     else:  # the seed's DET image: 411x403, DETX/DETY axes at 80, no sky WCS
         shape, sky = detector.PN_SHAPE, False

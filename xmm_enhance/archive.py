@@ -71,7 +71,7 @@ HTTP_TIMEOUT_S = (30.0, 300.0)
 STALL_WINDOW_S = 600.0
 STALL_MIN_BYTES = 64 * 1024
 
-_OBSID_RE = re.compile(r"\d{10}")
+_OBSID_RE = re.compile(r"[0-9]{10}")
 _PPS_RE = re.compile(
     r"^P(?P<obsid>\d{10})(?P<inst>[A-Z0-9]{2})(?P<expflag>[SUX])(?P<expno>\d{3})"
     r"(?P<product>[A-Z0-9]{6})(?P<subset>[0-9A-Z])(?P<source>[0-9A-F]{3})"
@@ -122,7 +122,7 @@ def validate_obsid(obsid: str) -> str:
                          "(e.g. '0123456789'; quote it to keep leading zeros)")
     text = obsid.strip()
     if not _OBSID_RE.fullmatch(text):
-        hint = obsid_problem(text) if re.fullmatch(r"\d{9}", text) else ""
+        hint = obsid_problem(text) if re.fullmatch(r"[0-9]{9}", text) else ""
         raise UsageError(f"OBS_ID {obsid!r}: " + (hint or "must be exactly 10 digits, e.g. "
                                                   "0123456789"))
     return text

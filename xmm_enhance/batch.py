@@ -162,7 +162,7 @@ class BatchConfig:
         """The checks the command line makes before any observation starts, so a bad setting
         is one UsageError here, not a failure of every observation."""
         from .imageargs import (check_archive_url, check_backend, check_image_args,
-                                check_min_signif, check_threads)
+                                check_min_signif, check_model_binsize, check_threads)
 
         # which: a tuple of "SR"/"DN" (a bare "SR" string would be read letter by letter)
         which = (self.which,) if isinstance(self.which, str) else tuple(self.which)
@@ -182,6 +182,7 @@ class BatchConfig:
                 except TypeError:
                     raise UsageError(f"BatchConfig({name}={v!r}): must be a path") from None
         check_image_args(self.low_pi, self.high_pi, self.binsize, self.expo_time_ks)
+        check_model_binsize(self.binsize, self.which)
         check_backend(self.backend)
         check_archive_url(self.archive_url, "BatchConfig(archive_url=)")
         check_min_signif(self.min_signif)
@@ -307,6 +308,11 @@ def _list_cell(text: str) -> str:
     return cell
 
 
+#: A list file's first line that is a column name (letters, no digit), as a spreadsheet
+#: exports one column with its header: skipped.
+_HEADER_ROW = re.compile(r"[A-Za-z][A-Za-z _.-]{0,39}")
+
+
 def read_obsid_list(items, *, bad: list | None = None) -> list[str]:
     """OBS_IDs from command-line items: ten-digit ids and/or list files (``-`` is stdin).
 
@@ -314,7 +320,8 @@ def read_obsid_list(items, *, bad: list | None = None) -> list[str]:
     It is read as UTF-8 (a byte-order mark is ignored; bytes that are not UTF-8 only matter
     on a line whose OBS_ID part holds them, which is then malformed). A lone CSV cell, as a
     spreadsheet exports one column (``"0123456789"``, ``0123456789,``, ``0123456789;``), is
-    read as its id. Duplicates are dropped (first occurrence kept, with a warning).
+    read as its id, and a first line that is the column's name (letters only, e.g. ``obsid``)
+    is skipped. Duplicates are dropped (first occurrence kept, with a warning).
 
     Parameters
     ----------
@@ -344,7 +351,7 @@ def read_obsid_list(items, *, bad: list | None = None) -> list[str]:
     out: list[str] = []
     for item in items:
         item = str(item)
-        if re.fullmatch(r"\s*\d{10}\s*", item):
+        if re.fullmatch(r"\s*[0-9]{10}\s*", item):
             out.append(item.strip())
             continue
         if item == "-":
@@ -352,12 +359,12 @@ def read_obsid_list(items, *, bad: list | None = None) -> list[str]:
             text, where = _decode_list(stream.read()), "stdin"
         else:
             path = Path(item)
-            if not path.is_file() and re.fullmatch(r"\s*\d{9}\s*", item):
+            if not path.is_file() and re.fullmatch(r"\s*[0-9]{9}\s*", item):
                 raise UsageError(f"{item.strip()}: {obsid_problem(item.strip())}")
             if not path.is_file():
                 what = ("a folder, not an OBS_ID list file" if path.is_dir() else
                         "neither a ten-digit OBS_ID nor an OBS_ID list file"
-                        if re.fullmatch(r"\s*\d+\s*", item) else "no such OBS_ID list file")
+                        if re.fullmatch(r"\s*[0-9]+\s*", item) else "no such OBS_ID list file")
                 raise UsageError(f"{item}: {what}; pass ids like 0123456789 or a file with one "
                                  "id a line")
             try:
@@ -366,11 +373,19 @@ def read_obsid_list(items, *, bad: list | None = None) -> list[str]:
                 raise UsageError(f"{path}: cannot read the OBS_ID list ({exc.strerror or exc});"
                                  " pass a readable text file with one id a line") from None
             where = str(path)
+        first = True
         for n, line in enumerate(text.splitlines(), 1):
             line = line.split("#", 1)[0].replace("\ufeff", "").strip()
             if not line:
                 continue
             cell = _list_cell(line)
+            if first and _HEADER_ROW.fullmatch(cell):
+                # a spreadsheet export's column name ("obsid", "OBS_ID"): not an observation
+                log.info("%s line %d: %r taken as the column's name, not an OBS_ID",
+                         where, n, cell)
+                first = False
+                continue
+            first = False
             problem = _UNDECODABLE if "\ufffd" in line else obsid_problem(cell)
             if not problem:
                 out.append(cell)
@@ -1106,7 +1121,7 @@ def process_observation(obsid: str, cfg: BatchConfig) -> ObsResult:
     t0, c0 = time.perf_counter(), time.process_time()
     res = ObsResult(obsid=str(obsid), host=socket.gethostname(), pid=os.getpid(),
                     started_utc=_utc())
-    if not re.fullmatch(r"\d{10}", res.obsid):
+    if not re.fullmatch(r"[0-9]{10}", res.obsid):
         res.error = f"OBS_ID {obsid!r}: must be exactly 10 digits; fix the list"
         return res
     obs_dir = _obs_dir(cfg, obsid)

@@ -12,7 +12,7 @@ from .errors import UsageError
 
 __all__ = ["check_image_args", "MAX_PIXELS", "MIN_EXPO_KS", "MODEL_BAND_PI",
            "BAND_TOLERANCE_PI", "is_model_band", "BACKENDS", "check_backend",
-           "check_archive_url", "check_threads"]
+           "check_archive_url", "check_threads", "check_model_binsize"]
 
 #: PI band (eV, inclusive) of the images the models were trained on (0.5-2 keV), and how far
 #: (eV) a band's edges may lie from it and still count as that band (``PI < 2000``...).
@@ -113,3 +113,14 @@ def check_threads(threads, option: str = "--threads (threads=)") -> None:
             or threads < 1:
         raise UsageError(f"{option} {threads!r}: must be a whole number >= 1 (or leave it out "
                          "for onnxruntime's choice)")
+
+
+def check_model_binsize(binsize, which) -> None:
+    """UsageError when SR or DN (``which``) is asked for images of another pixel size than the
+    models' 4" (``binsize`` 80, within 3 %, as the inference's own check): every observation
+    would make its image and then fail."""
+    want = detector.PN_BINSIZE
+    if which and abs(float(binsize) / want - 1) > 0.03:
+        raise UsageError(f"--binSize {binsize:g} makes {binsize * 0.05:g}\"/pixel images, but "
+                         f"the {'/'.join(which)} models take {want * 0.05:g}\"/pixel ones: use "
+                         f"--binSize {want}, or --which none for images only")

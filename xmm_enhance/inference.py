@@ -1067,8 +1067,60 @@ def read_input(path: str | Path, *, exposure: float | None = None) -> InputImage
                       stacklevel=2)
     _check_band(path, band)
     sky, note = _sky_wcs_of(header, path)
+    if counts.shape != detector.PN_SHAPE:
+        _check_detector_axes(path, header, sky)
+    _warn_submode(path, header, primary)
     return InputImage(counts=counts, exposure=exposure, header=header, wcs=sky, wcs_note=note,
                       path=path, notes=notes, sha256=_file_sha256(path))
+
+
+#: Largest angle (deg) between an image's axes on the sky and those of the DETX/DETY frame
+#: at its ``PA_PNT`` (a WCS fitted to the events follows the attitude to well under 1 deg).
+DET_AXES_TOLERANCE_DEG = 10.0
+
+
+def _check_detector_axes(path: Path, header, sky) -> None:
+    """InputError for an image whose sky axes are turned against the DETX/DETY frame that its
+    ``PA_PNT`` gives: a sky (X/Y) image, such as ``evselect`` makes by default. The models
+    know the detector's frame (its PSF, CCD gaps and out-of-time streaks); on a turned image
+    they would draw them wrong without a word."""
+    pa = _finite(header.get("PA_PNT"))
+    if sky is None or pa is None:
+        return
+    want = skywcs.cd_from_pa(pa, PIXEL_ARCSEC)
+    have = np.asarray(sky.cd, float)
+    worst = 0.0
+    for k in range(2):  # the angle between each pixel axis and the DET frame's, on the sky
+        a, b = have[:, k], want[:, k]
+        cos = float(a @ b) / (np.linalg.norm(a) * np.linalg.norm(b) or 1.0)
+        worst = max(worst, math.degrees(math.acos(max(-1.0, min(1.0, cos)))))
+    if worst > DET_AXES_TOLERANCE_DEG:
+        # the DET frame is mirrored against the sky's east-left convention (det CD > 0)
+        how = ("mirrored, as on a sky (X/Y) image" if np.linalg.det(have) * np.linalg.det(want)
+               < 0 else f"turned {worst:.0f} deg")
+        raise InputError(f"{path}: its axes are not the DETX/DETY frame of its PA_PNT "
+                         f"({pa:g} deg) but {how}; the models take DETX/DETY images: make one "
+                         "with make_detxy_pn_image_pps.py")
+
+
+def _finite(v) -> float | None:
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _warn_submode(path: Path, header, primary) -> None:
+    """InputWarning for an image of a pn mode other than the full-frame ones the models were
+    trained on (``SUBMODE``, as the image maker copies it from the event list)."""
+    from .archive import SUPPORTED_SUBMODES
+
+    mode = str(header.get("SUBMODE", primary.get("SUBMODE", ""))).strip()
+    if mode and mode not in SUPPORTED_SUBMODES:
+        warnings.warn(f"{path.name}: SUBMODE {mode!r}: the models were trained on "
+                      f"{' and '.join(SUPPORTED_SUBMODES)} images; expect a poorer prediction "
+                      "outside the window this mode reads out", InputWarning, stacklevel=3)
 
 
 def _file_sha256(path: Path) -> str | None:
