@@ -924,3 +924,37 @@ def test_load_model_refuses_a_bad_thread_count(threads):
     from xmm_enhance.errors import UsageError
     with pytest.raises(UsageError, match="threads"):
         inference.load_model("DN", threads=threads)
+
+
+@pytest.mark.parametrize("extra, outcome", [
+    ({"BINSIZE": 40.0}, 'pixel scale 2"/pixel'),
+    ({"BUNIT": "count/s"}, "InputError"),
+    ({"MODELSHA": "0" * 64, "CONTENT": "DN prediction"}, "InputError"),
+    ({"SLCTEXPR": "(PI in [2000:10000])"}, "warns"),
+    ({"SUBMODE": "PrimeSmallWindow"}, "warns"),
+])
+def test_an_image_made_in_memory_gets_the_header_checks_of_a_file(tmp_path, models, extra,
+                                                                 outcome):
+    """checked_image said it checks an InputImage as read_input checks a file, but looked at
+    the counts and the exposure only: a 2"/pixel image, a rate image or one of this tool's
+    outputs ran without a word."""
+    from xmm_enhance.errors import InputError
+    from xmm_enhance.inference import InputWarning
+
+    path, _ = make_image(tmp_path / "a.fits", extra=extra)
+    with fits.open(path) as h:
+        counts, header = h[0].data.astype(np.float64), h[0].header.copy()
+    img = inference.InputImage(counts, 2e4, header)
+    model = inference.load_model("DN", models["DN"])
+    if outcome == "warns":
+        with pytest.warns(InputWarning, match="PI 2000-10000|SUBMODE"):
+            inference.enhance_image(img, model)
+    else:
+        with pytest.raises(InputError, match=outcome if outcome != "InputError" else None):
+            inference.enhance_image(img, model)
+    # a file read by read_input is not checked twice (one warning, not two)
+    if outcome == "warns":
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            inference.enhance_image(inference.read_input(path), model)
+        assert len([w for w in caught if issubclass(w.category, InputWarning)]) == 1

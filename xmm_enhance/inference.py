@@ -299,8 +299,10 @@ class InputImage:
     """
 
     def __init__(self, counts, exposure, header, wcs=None, wcs_note="", path=Path("image.fits"),
-                 notes=None, sha256=None):
+                 notes=None, sha256=None, header_checked=False):
         self.sha256 = sha256
+        #: whether :func:`read_input` checked the header (else :func:`checked_image` does)
+        self.header_checked = header_checked
         self.counts = counts
         self.exposure = exposure
         self.header = header
@@ -1071,7 +1073,7 @@ def read_input(path: str | Path, *, exposure: float | None = None) -> InputImage
         _check_detector_axes(path, header, sky)
     _warn_submode(path, header, primary)
     return InputImage(counts=counts, exposure=exposure, header=header, wcs=sky, wcs_note=note,
-                      path=path, notes=notes, sha256=_file_sha256(path))
+                      path=path, notes=notes, sha256=_file_sha256(path), header_checked=True)
 
 
 #: Largest angle (deg) between an image's axes on the sky and those of the DETX/DETY frame
@@ -1324,8 +1326,11 @@ def checked_image(img: InputImage) -> InputImage:
     must be a 2-D array of finite, non-negative whole numbers with some counts, and its
     exposure a positive number of seconds. Float counts within 1e-3 of whole numbers are
     rounded (a pixel of 1e-5 would otherwise count as having counts and open the detector
-    mask on it). Returns ``img`` itself when nothing needs changing, else a copy; ``img`` is
-    not modified. :class:`InputError` names what is wrong.
+    mask on it). Its header, when it has one, gets :func:`read_input`'s header checks too: not
+    an output of this tool nor a rate image (``BUNIT``), a 4" pixel (WCS, ``BINSIZE``), the
+    DETX/DETY frame off the pn grid, and warnings for another energy band or pn mode. Returns
+    ``img`` itself when nothing needs changing, else a copy; ``img`` is not modified.
+    :class:`InputError` names what is wrong.
     """
     name = img.path
     try:
@@ -1341,6 +1346,14 @@ def checked_image(img: InputImage) -> InputImage:
     c = _whole_counts(name, counts)
     _check_values(name, c, img.header)
     _check_some_counts(name, c)
+    if img.header is not None and not getattr(img, "header_checked", False):
+        empty = fits.Header()
+        _check_counts(name, c, img.header, empty)
+        _check_pixel_scale(name, img.header, c.shape)
+        _check_band(name, input_band(img.header))
+        if c.shape != detector.PN_SHAPE:
+            _check_detector_axes(name, img.header, img.sky)
+        _warn_submode(name, img.header, empty)
     exposure = _positive_seconds(img.exposure)
     if exposure is None:
         raise InputError(f"{name}: exposure {img.exposure!r} is not a positive number of "
