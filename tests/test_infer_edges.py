@@ -892,3 +892,26 @@ def test_a_small_window_image_warns(tmp_path, dn_model, capsys):
     b, _ = make_image(tmp_path / "ff.fits", extra={"SUBMODE": "PrimeFullWindowExtended"})
     code, warns, errors, err = run([b, "--which", "DN", "--model", dn_model], capsys)
     assert code == 0 and warns == [], err
+
+
+def test_enhance_file_returns_absolute_paths_and_refuses_an_old_region_file_early(
+        tmp_path, monkeypatch):
+    """enhance_file returned relative paths (wrong after os.chdir), left the SR region file out
+    of its answer, and refused an existing region file only after reading the input and
+    running the model."""
+    sr = inference.load_model("SR", exposure_aware(tmp_path / "sr.onnx", "SR"))
+    a, _ = make_image(tmp_path / "a.fits")
+    monkeypatch.chdir(tmp_path)
+    out = inference.enhance_file("a.fits", "SR", model=sr, outdir="o")
+    for k in ("input", "predict"):
+        assert out[k].is_absolute() and out[k].parent == tmp_path / "o"
+    assert out["result"].sources is not None
+    assert out["region"] == tmp_path / "o" / "a_sources_SR.reg" and out["region"].is_file()
+    for k in ("input", "predict"):
+        out[k].unlink()
+    (tmp_path / "o" / "a_sources_SR.reg").write_text("old")
+    calls = []
+    monkeypatch.setattr(inference, "read_input", lambda *a, **k: calls.append(a))
+    with pytest.raises(OutputError, match="a_sources_SR.reg"):
+        inference.enhance_file("a.fits", "SR", model=sr, outdir="o")
+    assert calls == []

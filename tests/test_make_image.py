@@ -953,3 +953,13 @@ def test_sas_observations_of_two_threads_take_turns(tmp_path, monkeypatch):
     assert seen[0]["thread"] == seen[1]["thread"] != seen[2]["thread"] == seen[3]["thread"]
     assert seen[0]["cwd"] == seen[1]["cwd"] != seen[2]["cwd"] == seen[3]["cwd"]
     assert "SAS_CCF" not in os.environ
+
+
+def test_returned_paths_are_absolute(small_pps, tmp_path, monkeypatch):
+    """make_image with relative folders returned relative paths: wrong after an os.chdir."""
+    monkeypatch.chdir(small_pps.parent)
+    res = make_image(OBSID, pps_dir=small_pps.name, save_dir=os.path.relpath(tmp_path),
+                     expo_time_ks=0)
+    assert res.path.is_absolute() and res.path.parent == tmp_path
+    monkeypatch.chdir("/")
+    assert res.path.is_file()

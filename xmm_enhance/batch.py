@@ -178,7 +178,7 @@ class BatchConfig:
                 raise UsageError("BatchConfig(save_dir=None): give the folder for the outputs")
             if v is not None:
                 try:
-                    object.__setattr__(self, name, Path(v).absolute())
+                    object.__setattr__(self, name, Path(os.path.abspath(v)))
                 except TypeError:
                     raise UsageError(f"BatchConfig({name}={v!r}): must be a path") from None
         check_image_args(self.low_pi, self.high_pi, self.binsize, self.expo_time_ks)

@@ -280,8 +280,9 @@ class InputImage:
 
     Attributes
     ----------
-    counts : ndarray, float64 [ny, nx]
-        Counts per pixel.
+    counts : ndarray [ny, nx]
+        Counts per pixel: float64 when read by :func:`read_input`; an array given in memory
+        is kept as it is (:func:`checked_image` checks it).
     exposure : float
         Exposure in seconds.
     header : astropy.io.fits.Header
@@ -499,7 +500,8 @@ class EnhanceResult:
         (summing to ``prediction``). Empty for models without them.
     sources : list of dict or None
         SR point sources (:func:`xmm_enhance.sources.detect_sources`) with ``ra``/``dec``
-        added; None when the model has no ``points`` map.
+        added; None when the model has no ``points`` map or with ``enhance_image(...,
+        sources=False)``.
     redrawn : int
         Listed sources redrawn with the halved PSF (:func:`xmm_enhance.sources.redraw_points`).
     psf_core : (float, int)
@@ -1658,7 +1660,8 @@ def _header(res: EnhanceResult, *, wcs, exposure, pixel_arcsec, what) -> fits.He
     if getattr(img, "sha256", None):
         h["INSHA"] = img.sha256  # sha256 of the input file (64 hex digits: no room for a comment)
     h["DATE"] = (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()), "file creation date (UTC)")
-    _history(h, f"xmm_enhance {__version__} run_inference_on_real --which {res.task}")
+    _history(h, f"xmm_enhance {__version__} enhance_image, {res.task} model (the inference of "
+                f"run_inference_on_real.py --which {res.task})")
     _history(h, f"input {header_text(img.path.name)}: counts / EXPOSURE, detector mask, "
                 f"pad to {PAD_SIZE}")
     for note in img.notes:
@@ -2095,12 +2098,20 @@ def write_outputs(res: EnhanceResult, *, outdir: Path | None = None, overwrite: 
 def enhance_file(path, which: str, *, model: Model | None = None, outdir=None,
                  overwrite: bool = False, exposure: float | None = None, png: bool = False,
                  redraw: bool = True, min_signif: float | None = None) -> dict:
-    """Read ``path``, run the ``which`` model, write outputs (and a PNG). Returns the paths.
+    """Read ``path``, run the ``which`` model, write outputs (and a PNG).
 
     ``exposure``: for an input without a valid ``EXPOSURE`` (see :func:`read_input`).
     ``redraw``, ``min_signif``: see :func:`enhance_image`. Without ``overwrite`` an existing
-    output is refused before anything is read or written; ``outdir`` is created when the
-    outputs are written (a refused input leaves none behind)."""
+    output (the SR region file and the PNG included) is refused before the input is read or
+    anything written; ``outdir`` is created when the outputs are written (a refused input
+    leaves none behind).
+
+    Returns
+    -------
+    dict
+        ``input`` and ``predict`` (the two FITS files), ``region`` (SR with a source list)
+        and ``png`` (with ``png``): absolute paths; ``result``: the :class:`EnhanceResult`.
+    """
     which = str(which).strip().upper()   # "sr" names the outputs _SR, as the model does
     if which not in TASKS:
         raise UsageError(f"which={which!r}: must be one of {', '.join(TASKS)}")
@@ -2108,20 +2119,28 @@ def enhance_file(path, which: str, *, model: Model | None = None, outdir=None,
         raise UsageError(f"which={which!r} but the model {model.path.name} is a "
                          f"{model.task} model; pass which={model.task!r} or a {which} model")
     check_min_signif(min_signif)
+    # absolute: the returned paths (and the outputs' INFILE source) survive an os.chdir
+    path = Path(os.path.abspath(path))
+    outdir = Path(os.path.abspath(outdir)) if outdir is not None else None
     p_in, p_pred = output_paths(path, which, outdir)
     # the longest names this input's outputs get (the SR region file's is shorter)
     check_name_length([p_in, p_pred] + ([png_path(p_pred)] if png else []))
     if not overwrite:
         refuse_existing([p_in, p_pred] + ([png_path(p_pred)] if png else []))
-    img = read_input(path, exposure=exposure)
     model = model or load_model(which)
+    if not overwrite:
+        refuse_existing(run_outputs(path, model, outdir, png=png))   # + the region file
+    img = read_input(path, exposure=exposure)
     res = enhance_image(img, model, redraw=redraw, min_signif=min_signif)
     p_in, p_pred = write_outputs(res, outdir=outdir, overwrite=overwrite)
     out = {"input": p_in, "predict": p_pred, "result": res}
+    region = region_path(path, outdir)
+    if res.sources is not None and region.is_file():
+        out["region"] = region
     if png:
         from .display import quicklook_png
         out["png"] = quicklook_png(res, png_path(p_pred), overwrite=overwrite)
-    log.info("%s: wrote %s and %s", Path(path).name, p_in, p_pred)
+    log.info("%s: wrote %s and %s", path.name, p_in, p_pred)
     return out
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -234,8 +235,12 @@ def make_image(obsid: str, *, low_pi: int = 500, high_pi: int = 2000,
 
     Raises
     ------
-    UsageError, PPSError, InputError, ArchiveError, OutputError
+    UsageError, PPSError, InputError, ArchiveError, OutputError, sas.SASNotAvailable,
+    sas.SASError
         One-line messages; ``exit_code`` 2 for usage, 1 otherwise.
+
+    The paths of the returned :class:`ImageResult` are absolute (resolved when the call is
+    made), so they stay right after an ``os.chdir``.
     """
     stages = []
     t_begin = time.perf_counter()
@@ -254,6 +259,10 @@ def make_image(obsid: str, *, low_pi: int = 500, high_pi: int = 2000,
 
     # ---- PPS folder and output path
     t0 = time.perf_counter()
+    # absolute, as the paths returned: a caller may change its folder afterwards
+    save_dir = Path(os.path.abspath(save_dir)) if save_dir is not None else None
+    pps_dir = Path(os.path.abspath(pps_dir)) if pps_dir is not None else None
+    output = Path(os.path.abspath(output)) if output is not None else None
     if pps_dir is None:
         root = Path(save_dir) if save_dir is not None else Path.cwd()
         new_dirs = [d for d in [root, *root.parents] if not d.exists()]
