@@ -958,3 +958,20 @@ def test_an_image_made_in_memory_gets_the_header_checks_of_a_file(tmp_path, mode
             warnings.simplefilter("always")
             inference.enhance_image(inference.read_input(path), model)
         assert len([w for w in caught if issubclass(w.category, InputWarning)]) == 1
+
+
+@pytest.mark.parametrize("shape, mask, match", [
+    ((100, 100), "same", "multiples of 8"),
+    ((416, 416), None, "mask"),
+    ((416, 416), (400, 416), "mask: shape"),
+    ((416,), "same", "2-D"),
+])
+def test_predict_all_names_bad_feeds(models, shape, mask, match):
+    """onnxruntime's own error named a Concat node of the graph (and printed a line of its
+    own); mask=None gave a TypeError."""
+    from xmm_enhance.errors import UsageError
+
+    model = inference.load_model("DN", models["DN"])
+    m = np.ones(shape, bool) if mask == "same" else (None if mask is None else np.ones(mask, bool))
+    with pytest.raises(UsageError, match=match):
+        model.predict_all(np.zeros(shape, np.float32), m, 2e4)

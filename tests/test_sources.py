@@ -1254,3 +1254,33 @@ def test_min_signif_sets_the_list_threshold_and_the_headers_say_so(tmp_path, v2_
     # a DN run lists no sources; a threshold below 3 sigma lists mostly noise
     assert main([str(p), "--which", "DN", "--min-signif", "4"]) == 2
     assert main([str(p), "--which", "SR", "--min-signif", "2"]) == 2
+
+
+@pytest.mark.parametrize("bad, match", [
+    ("short_counts", "mask: shape"),
+    ("short_points", "points2: shape"),
+    ("exposure", "exposure"),
+    ("nan_exposure", "exposure"),
+    ("negative_counts", "counts: NaN"),
+])
+def test_detect_sources_refuses_inputs_that_would_give_a_wrong_list(bad, match):
+    """Mismatched arrays were broadcast or cut silently (2 sources instead of 8), and a
+    negative or NaN exposure returned an empty list."""
+    from xmm_enhance.errors import UsageError
+
+    counts = np.zeros((64, 64))
+    mask = np.ones((64, 64), bool)
+    points2 = np.zeros((128, 128))
+    exposure = 2e4
+    if bad == "short_counts":
+        counts = counts[:40]
+    elif bad == "short_points":
+        points2 = points2[:100]
+    elif bad == "exposure":
+        exposure = -1
+    elif bad == "nan_exposure":
+        exposure = float("nan")
+    else:
+        counts[3, 3] = -1
+    with pytest.raises(UsageError, match=match):
+        sources.detect_sources(counts, mask, exposure, points2)

@@ -444,10 +444,16 @@ class Model:
         """All outputs of the graph for one padded image: ``rate`` (the prediction) and, where
         the graph has them, ``lo68``, ``hi68``, ``points``, ``diffuse`` (each [sH, sW]).
 
-        ``exposure`` (s) feeds the graph's ``exposure`` input when it has one.
+        ``exposure`` (s) feeds the graph's ``exposure`` input when it has one. ``rate``: a
+        2-D array of finite, non-negative count rates whose sides are multiples of
+        :data:`SIZE_MULTIPLE` (the U-Net halves it three times; :func:`pad_to` gives 416 x 416);
+        ``mask`` of the same shape. Anything else is a :class:`UsageError`.
         """
         feeds = {}
         inputs = [i.name for i in self.session.get_inputs()]
+        rate, mask = _checked_feed(rate, mask if len(inputs) > 1 else None, len(inputs) > 1)
+        if "exposure" in inputs and exposure is not None and _positive_seconds(exposure) is None:
+            raise UsageError(f"exposure={exposure!r}: must be a positive number of seconds")
         feeds[inputs[0]] = rate[None, None].astype(np.float32)
         if len(inputs) > 1:
             feeds[inputs[1]] = mask[None, None].astype(np.float32)
@@ -589,6 +595,31 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+#: The sides of an image the networks take must be multiples of this.
+SIZE_MULTIPLE = 8
+
+
+def _checked_feed(rate, mask, needs_mask: bool):
+    """``rate`` (float32) and ``mask`` as :meth:`Model.predict_all` feeds them, or UsageError
+    naming what is wrong (onnxruntime's own errors name a node of the graph)."""
+    rate = np.asarray(rate)
+    if rate.ndim != 2 or rate.dtype.kind not in "uif":
+        raise UsageError(f"rate: a {rate.ndim}-D {rate.dtype} array; pass a 2-D count-rate image "
+                         "(pad it with pad_to)")
+    if any(n % SIZE_MULTIPLE or n == 0 for n in rate.shape):
+        raise UsageError(f"rate: shape {rate.shape}; the networks take sides that are multiples "
+                         f"of {SIZE_MULTIPLE}: pad it with pad_to (416 x 416)")
+    if not np.all(np.isfinite(rate)) or np.any(rate < 0):
+        raise UsageError("rate: NaN, infinite or negative values; pass count rates >= 0")
+    if needs_mask:
+        if mask is None:
+            raise UsageError("mask: this model needs the mask of live pixels (input_mask)")
+        mask = np.asarray(mask)
+        if mask.shape != rate.shape:
+            raise UsageError(f"mask: shape {mask.shape}, but rate is {rate.shape}")
+    return rate, mask
 
 
 def load_model(which: str, path: str | Path | None = None, *, threads: int | None = None

@@ -462,6 +462,31 @@ def _box_max(a, half):
     return out
 
 
+def _check_inputs(counts, mask, exposure, points2, diffuse2, sky, coverage) -> None:
+    """UsageError for inputs that would give a wrong list without a word (a cut array is
+    broadcast or indexed short; a rate image passed as counts, or a negative exposure,
+    gives no sources)."""
+    from .errors import UsageError
+
+    if counts.ndim != 2:
+        raise UsageError(f"counts: a {counts.ndim}-D array; pass the 2-D input counts image")
+    if not np.all(np.isfinite(counts)) or np.any(counts < 0):
+        raise UsageError("counts: NaN, infinite or negative values; pass the input counts")
+    h, w = counts.shape
+    for name, a, want in (("mask", mask, (h, w)), ("sky", sky, (h, w)),
+                          ("coverage", coverage, (h, w)), ("points2", points2, (2 * h, 2 * w)),
+                          ("diffuse2", diffuse2, (2 * h, 2 * w))):
+        if a is not None and np.shape(a) != want:
+            raise UsageError(f"{name}: shape {np.shape(a)}, but counts {counts.shape} need "
+                             f"{want}")
+    try:
+        t = float(exposure)
+    except (TypeError, ValueError):
+        t = float("nan")
+    if not (math.isfinite(t) and t > 0):
+        raise UsageError(f"exposure={exposure!r}: must be a positive number of seconds")
+
+
 def detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None, sky=None,
                    min_signif=DEFAULT_MIN_SIGNIF, min_counts=2.0, max_candidates=400,
                    support=None, support_signif=None, coverage=None, candidates=None,
@@ -534,9 +559,17 @@ def detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None,
         pixel), ``radec_err`` (arcsec), ``ext_dc`` (the likelihood-ratio gain of the King
         profile ``EXTENT_RC_FACTOR`` times wider over the PSF: above ``EXTENT_C`` the candidate
         is extended and not listed); most significant first.
+
+    Raises
+    ------
+    UsageError
+        Arrays of mismatched shapes (``points2`` and ``diffuse2`` must be twice ``counts``),
+        counts that are not finite and non-negative, or an exposure that is not a positive
+        number of seconds.
     """
     counts = np.asarray(counts, np.float64)
     mask = np.asarray(mask, bool)
+    _check_inputs(counts, mask, exposure, points2, diffuse2, sky, coverage)
     T = float(exposure)
     h, w = counts.shape
     cov_map = (np.ones((h, w)) if coverage is None
