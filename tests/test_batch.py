@@ -128,8 +128,8 @@ def _leftovers(root: Path) -> list:
 
 
 def _mentions(obsid: str, line: str) -> int:
-    """How often ``line`` names ``obsid`` as a word (not inside a PPS file name)."""
-    return len(re.findall(rf"\b{obsid}\b", line))
+    """How often ``line`` names ``obsid`` as a word (not inside a PPS file name or a path)."""
+    return len(re.findall(rf"(?<![\w/]){obsid}(?![\w/])", line))
 
 
 def _products(save_dir: Path, obsid: str) -> list[Path]:
@@ -1563,6 +1563,18 @@ def test_report_meta_times_are_iso_utc(tmp_path, pps_root, models):
     compact = re.fullmatch(r"batch_(\d{8}T\d{6}Z)_\d+\.json", name).group(1)
     assert compact == time.strftime("%Y%m%dT%H%M%SZ", time.strptime(meta["started_utc"][:19],
                                                                     "%Y-%m-%dT%H:%M:%S"))
+
+
+def test_a_report_folder_gets_the_report_inside_it(tmp_path, pps_root, models):
+    """--report DIR with an existing folder wrote DIR.csv and DIR.json beside it."""
+    out, rep = tmp_path / "out", tmp_path / "reps"
+    rep.mkdir()
+    assert main(_args(out, models, OBSIDS[0], "--which", "none", "--report", rep,
+                      pps_root=pps_root)) == 0
+    names = sorted(p.name for p in rep.iterdir())
+    assert len(names) == 2 and all(re.fullmatch(r"batch_\d{8}T\d{6}Z_\d+\.(csv|json)", n)
+                                   for n in names), names
+    assert not (tmp_path / "reps.csv").exists()
 
 
 def test_library_use_keeps_the_users_logging_and_checks_its_arguments(tmp_path, pps_root,

@@ -58,6 +58,17 @@ def test_each_command_shows_its_invoked_name_version_and_quiet(name, capsys):
     assert capsys.readouterr().out.strip() == VERSION
 
 
+def test_quiet_before_the_command_means_what_it_means_after(tmp_path, capsys):
+    """The help says -q means the same in every command; 'xmm-enhance -q batch ...' was an
+    unknown command '-q'."""
+    lst = tmp_path / "empty.txt"
+    lst.write_text("# nothing\n")
+    assert main(["-q", "batch", str(lst), "--save_dir", str(tmp_path / "o")]) == 0
+    assert "unknown command" not in capsys.readouterr().err
+    assert main(["-v", "--version"]) == 0
+    assert main(["-q"]) == 2
+
+
 def test_image_usage_errors_exit_2_under_the_invoked_name(capsys):
     assert main(["image"]) == 2
     assert "usage: xmm-enhance image" in capsys.readouterr().err
@@ -201,6 +212,19 @@ sys.exit(main(["demo", "--outdir", {str(out)!r}]))
     assert returncode == 130 and err.strip().endswith("interrupted"), err
     assert "Traceback" not in err
     assert [p.name for p in out.rglob("*") if p.is_file()] == []
+
+
+def test_demo_refuses_a_folder_holding_another_observations_image(tmp_path, capsys):
+    """The message named --save_dir (the demo has --outdir) and the simulated PPS (~5 MB) was
+    left behind."""
+    from astropy.io import fits
+
+    img = tmp_path / "pn_cleaned_20.0ks_detxy_500_2000_80.fits"
+    fits.PrimaryHDU(header=fits.Header({"OBS_ID": "0123456789"})).writeto(img)
+    assert main(["demo", "--outdir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "OBS_ID 0123456789" in err[0] and "--outdir" in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [img.name]
 
 
 def test_demo_outdir_that_is_a_file_is_one_line(tmp_path, capsys):

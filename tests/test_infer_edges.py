@@ -260,6 +260,16 @@ def test_a_gzipped_input_cut_short_is_refused(tmp_path, dn_model, capsys):
     assert not list(tmp_path.glob("b_*"))
 
 
+def test_a_plain_fits_input_cut_short_is_one_line(tmp_path, dn_model, capsys):
+    """astropy's "File may have been truncated" came as a line of its own before the error."""
+    a, _ = make_image(tmp_path / "a.fits")
+    raw = a.read_bytes()
+    cut = tmp_path / "cut.fits"
+    cut.write_bytes(raw[: len(raw) // 2])
+    code, _, errors, err = run([cut, "--which", "DN", "--model", dn_model], capsys)
+    assert code == 1 and len(err) == 1 and "cut.fits: truncated" in errors[0], err
+
+
 def test_skip_existing_needs_the_sr_region_file(tmp_path, capsys):
     model = exposure_aware(tmp_path / "sr.onnx", "SR")
     a, _ = make_image(tmp_path / "a.fits")

@@ -25,10 +25,13 @@ def run(outdir: Path, *, seed: int = 7, overwrite: bool = True) -> dict:
     """Run the demo into ``outdir``; returns the paths made. Raises ModelError if a model is
     missing (after every step before it has run)."""
     from .inference import enhance_file, load_model
-    from .pipeline import make_image
+    from .pipeline import _check_existing, make_image, output_name
     from .simulate.pps import write_pps
 
     outdir = Path(outdir)
+    # another observation's image of the same name: refused before anything is written
+    _check_existing(outdir / output_name(20.0, 500, 2000, 80), DEMO_OBSID, overwrite,
+                    folder_option="--outdir")
     pps = outdir / DEMO_OBSID / "pps"
     pps.mkdir(parents=True, exist_ok=True)
     log.info("1/4 simulating an EPIC-pn observation (event list, flare, attitude) in %s", pps)

@@ -246,7 +246,7 @@ def _corrupt(path: Path, err) -> PPSError:
     from .archive import unreadable_error
 
     return unreadable_error(path, err) or PPSError(
-        f"{path.name}: corrupt or truncated FITS file ({_short(err)}); {_FIX}")
+        f"{path}: corrupt or truncated FITS file ({_short(err)}); {_FIX}")
 
 
 def read_table(path, extname: str, columns, *, where=None, chunk_rows: int = 1 << 20,
@@ -311,7 +311,7 @@ def read_table(path, extname: str, columns, *, where=None, chunk_rows: int = 1 <
     finally:
         s.close()
     if table_hdr is None:
-        raise PPSError(f"{path.name}: no {extname} extension; is this a pn event list? {_FIX}")
+        raise PPSError(f"{path}: no {extname} extension; is this a pn event list? {_FIX}")
     return primary, table_hdr, out, nrows, extras
 
 
@@ -338,7 +338,7 @@ def read_header(path, extname: str = "EVENTS"):
         raise _corrupt(path, err) from err
     finally:
         s.close()
-    raise PPSError(f"{path.name}: no {extname} extension; {_FIX}")
+    raise PPSError(f"{path}: no {extname} extension; {_FIX}")
 
 
 def _open_stream(path: Path) -> "_Stream":
@@ -367,7 +367,7 @@ def _read_rows(s: _Stream, path: Path, h, need, columns, where, chunk_rows):
     nrows = int(h["NAXIS2"])
     missing = [c for c in need if c not in layout]
     if missing:
-        raise PPSError(f"{path.name}: {h.get('EXTNAME', 'table')} has no column "
+        raise PPSError(f"{path}: {h.get('EXTNAME', 'table')} has no column "
                        f"{', '.join(missing)}; not a pn imaging event list?")
     dtype = _row_dtype(layout, rowlen, need)
     parts = {c: [] for c in columns}

@@ -239,20 +239,20 @@ def read_fbktsr(path) -> RateCurve:
         with fits.open(path, memmap=False) as hdul:
             names = [h.name for h in hdul]
             if "RATE" not in names:
-                raise PPSError(f"{path.name}: no RATE extension (not a flaring-background time "
+                raise PPSError(f"{path}: no RATE extension (not a flaring-background time "
                                f"series); {fix}")
             hdu = hdul["RATE"]
             hdr = hdu.header
             thr = hdr.get("FLCUTTHR")
             if thr is None or not math.isfinite(float(thr)):
-                raise PPSError(f"{path.name}: RATE header has no FLCUTTHR flare threshold, "
+                raise PPSError(f"{path}: RATE header has no FLCUTTHR flare threshold, "
                                "so this pn exposure cannot be cleaned with the PPS threshold; "
                                "replace the file with the archive's current FBKTSR (download "
                                "the PPS again), or use another observation")
             cols = [c.upper() for c in hdu.columns.names]
             for c in ("TIME", "RATE"):
                 if c not in cols:
-                    raise PPSError(f"{path.name}: RATE table has no {c} column; {fix}")
+                    raise PPSError(f"{path}: RATE table has no {c} column; {fix}")
             time = np.array(hdu.data["TIME"], dtype=np.float64)
             rate = np.array(hdu.data["RATE"], dtype=np.float64)
             timedel = hdr.get("TIMEDEL")
@@ -268,9 +268,9 @@ def read_fbktsr(path) -> RateCurve:
         from .archive import unreadable_error
 
         raise unreadable_error(path, err) or PPSError(
-            f"{path.name}: unreadable or corrupt FITS file ({_short(err)}); {fix}") from err
+            f"{path}: unreadable or corrupt FITS file ({_short(err)}); {fix}") from err
     if len(time) == 0:
-        raise PPSError(f"{path.name}: the RATE table is empty; {fix}")
+        raise PPSError(f"{path}: the RATE table is empty; {fix}")
     return RateCurve(time=time, rate=rate, timedel=float(timedel), threshold=float(thr),
                      tstart=tstart, tstop=tstop, path=path, header=keep)
 

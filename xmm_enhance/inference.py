@@ -680,18 +680,36 @@ def load_model(which: str, path: str | Path | None = None, *, threads: int | Non
 
 # --------------------------------------------------------------------------- input
 def _open_image_hdu(path: Path):
-    """Return (data, image header, primary header) of the first HDU holding an image."""
-    try:
-        with fits.open(path, memmap=False) as hdul:
-            for hdu in hdul:
-                if hdu.is_image and hdu.data is not None and hdu.data.size > 0:
-                    return np.array(hdu.data), hdu.header.copy(), hdul[0].header.copy()
-    except (OSError, EOFError, ValueError, TypeError) as exc:
-        reason = "truncated or corrupt gzip" if isinstance(exc, EOFError) or "gzip" in str(
-            exc).lower() or "compressed" in str(exc).lower() else "not a readable FITS file"
+    """Return (data, image header, primary header) of the first HDU holding an image.
+
+    astropy's "File may have been truncated" warning makes it an :class:`InputError` (one
+    line, not a warning line and then an error); its other warnings are passed on."""
+    found, failed = None, None
+    with procstate.recorded_warnings() as caught:
+        try:
+            with fits.open(path, memmap=False) as hdul:
+                for hdu in hdul:
+                    if hdu.is_image and hdu.data is not None and hdu.data.size > 0:
+                        found = np.array(hdu.data), hdu.header.copy(), hdul[0].header.copy()
+                        break
+        except (OSError, EOFError, ValueError, TypeError) as exc:
+            failed = exc
+    cut = [w for w in caught if "truncated" in str(w.message).lower()]
+    for w in caught:
+        if w not in cut:
+            warnings.warn(w.message, w.category, stacklevel=3)
+    if cut:
+        raise InputError(f"{path}: truncated: the file is shorter than its headers say; "
+                         "re-create it with make_detxy_pn_image_pps.py or copy it again")
+    if failed is not None:
+        reason = "truncated or corrupt gzip" if isinstance(failed, EOFError) or "gzip" in str(
+            failed).lower() or "compressed" in str(failed).lower() else \
+            "not a readable FITS file"
         raise InputError(f"{path}: {reason}; re-create it with make_detxy_pn_image_pps.py "
-                         "or pass a FITS image") from None
-    raise InputError(f"{path}: no image data in any HDU; pass a 2-D DETX/DETY counts image")
+                         "or pass a FITS image")
+    if found is None:
+        raise InputError(f"{path}: no image data in any HDU; pass a 2-D DETX/DETY counts image")
+    return found
 
 
 def is_own_output(header, name: str = "") -> bool:

@@ -166,10 +166,11 @@ def _check_out_dir(folder: Path) -> None:
 
 # --------------------------------------------------------------------------------------------
 
-def _check_existing(path: Path, obsid: str, overwrite: bool, what: str = ";") -> None:
+def _check_existing(path: Path, obsid: str, overwrite: bool, what: str = ";", *,
+                    folder_option: str = "--save_dir") -> None:
     """Refuse to replace ``path`` without ``overwrite``, and never when it holds the image of
     another observation (its ``OBS_ID``): images of several observations written to one
-    folder have the same name, and a per-observation folder is the fix."""
+    folder have the same name, and a per-observation folder (``folder_option``) is the fix."""
     if not path.exists():
         return
     other = None
@@ -181,7 +182,7 @@ def _check_existing(path: Path, obsid: str, overwrite: bool, what: str = ";") ->
         pass  # unreadable: --overwrite replaces it
     if other is not None and other != obsid:
         raise OutputError(f"{path}: exists and holds OBS_ID {other}, not {obsid}; give each "
-                          f"observation its own --save_dir (e.g. {path.parent / obsid})")
+                          f"observation its own {folder_option} (e.g. {path.parent / obsid})")
     if not overwrite:
         raise OutputError(f"{path}: exists{what} pass --overwrite to replace it (--skip-existing "
                           "keeps it and exits 0)")

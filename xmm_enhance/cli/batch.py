@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "SAVE_DIR must be shared with its workers")
     r.add_argument("--report", type=Path,
                    help="report path; FILE.csv and FILE.json are written, folders created "
-                        "as needed (default SAVE_DIR/reports/batch_<UTC>_<pid>, copied to "
+                        "as needed; an existing folder gets batch_<UTC>_<pid>.csv/.json "
+                        "(default SAVE_DIR/reports/batch_<UTC>_<pid>, copied to "
                         f"latest.csv/.json; only the newest {REPORTS_KEPT} runs' are kept)")
     r.add_argument("--dry-run", action="store_true", help="list what would run, do nothing")
     r.add_argument("--retries", type=int, default=3,
@@ -282,6 +283,9 @@ def _main(argv=None) -> int:
         # compact in the report's file name, ISO 8601 (as the rows' times) in its meta
         started = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(t_start))
         report = args.report or default_report_path(cfg.save_dir, started)
+        if args.report is not None and args.report.is_dir():
+            # a folder: the run's own report inside it, named as the default ones
+            report = args.report / default_report_path(args.report, started).name
         # the report is written at the end: find out now if it cannot be
         _check_folder(report.parent, "--report" if args.report else "--save_dir")
     except XmmEnhanceError as exc:

@@ -12,15 +12,20 @@ import sys
 from .common import ensure_std_streams, invoked_as, version_text
 
 COMMANDS = {
-    "image": ("xmm_enhance.cli.make_image", "OBS_ID -> DETX/DETY image (make_detxy_pn_image_pps.py)"),
+    "image": ("xmm_enhance.cli.make_image",
+              "OBS_ID -> DETX/DETY image (make_detxy_pn_image_pps.py)"),
     "infer": ("xmm_enhance.cli.infer", "SR / DN prediction (run_inference_on_real.py)"),
     "batch": ("xmm_enhance.cli.batch", "many OBS_IDs: image -> SR -> DN, resumable"),
     "demo": ("xmm_enhance.demo", "simulated observation -> image -> SR and DN"),
 }
 
 
+#: Options every command takes, accepted before the command too.
+_LEVEL_FLAGS = ("-q", "--quiet", "-v", "--verbose")
+
+
 def _usage() -> str:
-    lines = ["usage: xmm-enhance [-h] [--version] {" + ",".join(COMMANDS) + "} ...", "",
+    lines = ["usage: xmm-enhance [-h] [--version] [-q | -v] {" + ",".join(COMMANDS) + "} ...", "",
              "commands:"]
     lines += [f"  {name:6s} {text}" for name, (_, text) in COMMANDS.items()]
     lines += ["", "'xmm-enhance COMMAND --help' shows a command's options; -q (warnings and "
@@ -31,6 +36,12 @@ def _usage() -> str:
 def main(argv=None) -> int:
     ensure_std_streams()
     argv = list(sys.argv[1:] if argv is None else argv)
+    # -q / -v before the command ("xmm-enhance -q batch ...") mean what they mean after it
+    levels = []
+    while argv and argv[0] in _LEVEL_FLAGS:
+        levels.append(argv.pop(0))
+    if argv and argv[0] in COMMANDS:
+        argv[1:1] = levels
     if argv and argv[0] in ("-h", "--help"):
         print(_usage())
         return 0
