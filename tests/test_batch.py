@@ -1647,6 +1647,19 @@ def test_failed_steps_are_named_in_the_row(tmp_path, pps_root, models, monkeypat
     assert r.status == "failed" and r.steps == "image:failed", r.steps
 
 
+def test_a_broken_sr_model_does_not_keep_dn_from_running(tmp_path, pps_root, models):
+    """A junk --sr-model failed the SR step, and the observation stopped there: DN, whose
+    model was fine, never ran."""
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    cfg = BatchConfig(save_dir=tmp_path / "out", pps_root=pps_root, sr_model=junk,
+                      dn_model=models[1])
+    r = batch.process_observation(OBSIDS[0], cfg)
+    assert r.status == "failed" and r.steps == "image:ran SR:failed DN:ran", r.steps
+    assert "junk.onnx" in r.error and "DN" in r.outputs
+    assert all(Path(p).is_file() for p in r.outputs["DN"])
+
+
 def test_a_mistyped_list_or_model_path_says_what_is_wrong_and_the_fix(tmp_path, capsys):
     """A list file that does not exist reads 'no such OBS_ID list file', a folder 'a folder',
     and a missing --sr-model names the fix; all usage errors (exit 2) before anything runs."""

@@ -1276,56 +1276,76 @@ def _run_steps(obsid: str, cfg: BatchConfig, res: ObsResult) -> None:
     res.exposure_s, res.counts = _image_summary(image)
     res.outputs["image"] = str(image)
 
+    png_ran, png_failed, first_error = False, False, None
+    for which in cfg.which:
+        # SR and DN are independent: one that fails (a broken model file, a PNG that cannot
+        # be written) does not keep the other from running; the first error is raised after
+        try:
+            png_ran |= _prediction_step(obsid, cfg, res, image, which, image_ran)
+        except XmmEnhanceError as exc:
+            if f"{which}:" not in res.steps:
+                _step(res, which, "failed")
+            png_failed = png_failed or "png:failed" in res.steps
+            first_error = first_error or exc
+    if cfg.png and cfg.which and not png_failed:   # one PNG per prediction, made (or not)
+        _step(res, "png", "ran" if png_ran else "skipped", res.png_s)
+    if first_error is not None:
+        raise first_error
+
+
+def _prediction_step(obsid: str, cfg: BatchConfig, res: ObsResult, image: Path, which: str,
+                     image_ran: bool) -> bool:
+    """The ``which`` prediction of ``image``, skipped when its outputs are complete; returns
+    whether it made a quick-look PNG. A PNG that cannot be written marks the prediction as
+    ran and the PNG as failed, and raises."""
     from .inference import enhance_file
 
-    png_ran = False
-    for which in cfg.which:
-        n = None   # rows of the SR prediction's SOURCES table, once read
-        paths = _pred_outputs(image, which, cfg.png)
-        ok, why = _prediction_ok(image, which, cfg)
-        if ok and not image_ran and not cfg.overwrite:
-            _step(res, which, "skipped")
-        else:
-            if why and why.split(": ", 1)[-1] != "missing":
-                log.info("OBS_ID %s: %s outputs will be remade (%s)", obsid, which, why)
-            model = _model(which, cfg)
-            t = time.perf_counter()
-            out = enhance_file(image, which, model=model, overwrite=True, png=False,
-                               min_signif=cfg.min_signif if which == "SR" else None)
-            dt = time.perf_counter() - t
-            if cfg.png:
-                from .display import quicklook_png
+    n = None   # rows of the SR prediction's SOURCES table, once read
+    made_png = False
+    paths = _pred_outputs(image, which, cfg.png)
+    ok, why = _prediction_ok(image, which, cfg)
+    if ok and not image_ran and not cfg.overwrite:
+        _step(res, which, "skipped")
+    else:
+        if why and why.split(": ", 1)[-1] != "missing":
+            log.info("OBS_ID %s: %s outputs will be remade (%s)", obsid, which, why)
+        model = _model(which, cfg)
+        t = time.perf_counter()
+        out = enhance_file(image, which, model=model, overwrite=True, png=False,
+                           min_signif=cfg.min_signif if which == "SR" else None)
+        dt = time.perf_counter() - t
+        if cfg.png:
+            from .display import quicklook_png
 
-                t = time.perf_counter()
-                try:
-                    quicklook_png(out["result"], paths[-1], overwrite=True)
-                except Exception:
-                    res.png_s = round(res.png_s + time.perf_counter() - t, 3)
-                    # the prediction itself was written: its step says so
-                    setattr(res, "sr_s" if which == "SR" else "dn_s", round(dt, 3))
-                    _step(res, which, "ran", dt)
-                    _step(res, "png", "failed", res.png_s)
-                    raise
+            t = time.perf_counter()
+            try:
+                quicklook_png(out["result"], paths[-1], overwrite=True)
+            except Exception:
                 res.png_s = round(res.png_s + time.perf_counter() - t, 3)
-                png_ran = True
-            del out
-            ok, why = _outputs_ok(paths, newer_than=image, prediction=paths[1])
-            n = source_count(paths[1]) if ok and which == "SR" else None
-            if n is not None:
-                ok, why = _region_ok(image, paths[1], n)
-            if not ok:
-                from .errors import OutputError
-                raise OutputError(f"OBS_ID {obsid}: {which} output not valid after writing "
-                                  f"({why}); check the disk and rerun")
-            setattr(res, "sr_s" if which == "SR" else "dn_s", round(dt, 3))
-            _step(res, which, "ran", dt)
-        res.outputs[which] = [str(p) for p in paths]
-        if which == "SR":
-            res.sr_sources = n if n is not None else source_count(paths[1])
-            if res.sr_sources is not None:
-                res.outputs[which].append(str(_region_path(image)))
-    if cfg.png and cfg.which:   # one PNG per prediction, made (or not) with it
-        _step(res, "png", "ran" if png_ran else "skipped", res.png_s)
+                # the prediction itself was written: its step says so
+                setattr(res, "sr_s" if which == "SR" else "dn_s", round(dt, 3))
+                _step(res, which, "ran", dt)
+                _step(res, "png", "failed", res.png_s)
+                raise
+            res.png_s = round(res.png_s + time.perf_counter() - t, 3)
+            made_png = True
+        del out
+        ok, why = _outputs_ok(paths, newer_than=image, prediction=paths[1])
+        n = source_count(paths[1]) if ok and which == "SR" else None
+        if n is not None:
+            ok, why = _region_ok(image, paths[1], n)
+        if not ok:
+            from .errors import OutputError
+            raise OutputError(f"OBS_ID {obsid}: {which} output not valid after writing "
+                              f"({why}); check the disk and rerun")
+        setattr(res, "sr_s" if which == "SR" else "dn_s", round(dt, 3))
+        _step(res, which, "ran", dt)
+    res.outputs[which] = [str(p) for p in paths]
+    if which == "SR":
+        res.sr_sources = n if n is not None else source_count(paths[1])
+        if res.sr_sources is not None:
+            res.outputs[which].append(str(_region_path(image)))
+    return made_png
 
 
 def source_count(pred: Path) -> int | None:
