@@ -906,14 +906,15 @@ def _fetch_once(obsid: str, product: str, query: dict, raw_dir: Path, secrets) -
             # Content-Type header: a wrong archive URL or a proxy page as often as a refusal
             msg = (f"{what}: the server's reply was not an archive file (no Content-Type; "
                    "astroquery calls this incorrect credentials); check the archive URL "
-                   "(batch's --archive-url, or astroquery's DATA_ACTION_AIO setting) and the "
-                   "network"
+                   "(batch's --archive-url, archive.using_archive_url, or astroquery's "
+                   "DATA_ACTION_AIO setting) and the network"
                    + (", and --credentials_file" if prop else
                       ", or pass --credentials_file for proprietary data"))
         elif code == 404 and mirror:
             msg = (f"{what}: not found at the archive URL {url} (HTTP 404); check that URL "
-                   "(the mirror's data-action-aio servlet: batch's --archive-url, or "
-                   "astroquery's esa.xmm_newton DATA_ACTION_AIO setting), the OBS_ID and that "
+                   "(the mirror's data-action-aio servlet: batch's --archive-url, "
+                   "archive.using_archive_url, or astroquery's esa.xmm_newton DATA_ACTION_AIO "
+                   "setting), the OBS_ID and that "
                    "the observation has EPIC-pn imaging data")
             raise _Permanent(_scrub(msg, secrets[:2]), missing=True) from None
         elif code == 404:
@@ -938,8 +939,9 @@ def _fetch_once(obsid: str, product: str, query: dict, raw_dir: Path, secrets) -
         # text page (no file) or without a Content-Disposition header.
         if mirror:
             msg = (f"{what}: the archive at {url} sent no file; check that URL "
-                   "(the mirror's data-action-aio servlet: batch's --archive-url, or "
-                   "astroquery's esa.xmm_newton DATA_ACTION_AIO setting), that the OBS_ID "
+                   "(the mirror's data-action-aio servlet: batch's --archive-url, "
+                   "archive.using_archive_url, or astroquery's esa.xmm_newton DATA_ACTION_AIO "
+                   "setting), that the OBS_ID "
                    "exists and is public, or pass --credentials_file")
         else:
             msg = (f"{what}: the XMM archive sent no file; check that the OBS_ID exists and "

@@ -1634,8 +1634,8 @@ def _dask_client(Client, address: str):
     """
     address = str(address).strip()
     if not _DASK_ADDRESS.match(address):
-        raise UsageError(f"--dask-scheduler {address}: not a scheduler address; pass one like "
-                         "tcp://host:8786")
+        raise UsageError(f"--dask-scheduler (scheduler=) {address}: not a scheduler address; "
+                         "pass one like tcp://host:8786")
     box: dict = {}
 
     def probe():
@@ -1660,16 +1660,16 @@ def _dask_client(Client, address: str):
         why = f"it answers, but is not a Dask scheduler ({repr(reply)[:80]})"
     else:
         why = f"no answer within {DASK_CONNECT_S + 5:g} s"
-    raise XmmEnhanceError(f"--dask-scheduler {address}: cannot connect ({why}); check the "
-                          "address (the scheduler's port, usually 8786, not the dashboard's) "
-                          "and that the scheduler runs") from None
+    raise XmmEnhanceError(f"--dask-scheduler (scheduler=) {address}: cannot connect ({why}); "
+                          "check the address (the scheduler's port, usually 8786, not the "
+                          "dashboard's) and that the scheduler runs") from None
 
 
 def _run_dask(obsids, cfg, address, record, task) -> None:
     try:
         from distributed import Client, wait
     except ImportError:
-        raise UsageError("--dask-scheduler needs dask.distributed; install it with "
+        raise UsageError("--dask-scheduler (scheduler=) needs dask.distributed; install it with "
                          "pip install 'xmm-enhance[batch]'") from None
     client = _dask_client(Client, address)
     futures = []

@@ -639,7 +639,8 @@ def show(res, **kwargs) -> None:
     import matplotlib.pyplot as plt
 
     if matplotlib.get_backend().lower() in ("agg", "pdf", "svg", "ps", "cairo", "template"):
-        log.warning("--display: no GUI backend (%s); use --png for a file instead",
+        log.warning("--display (show): no GUI backend (%s); use --png (quicklook_png) for a file "
+                    "instead",
                     matplotlib.get_backend())
         return
     fig = quicklook_figure(res, **kwargs)

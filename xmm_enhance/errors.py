@@ -2,6 +2,12 @@
 
 Every message says what went wrong, which file or OBS_ID, and what to do about it.
 Exit codes (design §4.6): 0 success, 1 run-time failure, 2 usage error.
+
+The library and the command line raise the same messages. A setting is named by its
+command-line option, with the Python parameter in brackets where that is named otherwise:
+``--binSize (binsize=)``, ``--expo_time (expo_time_ks=)``, ``--model PATH (path=)``,
+``--dask-scheduler (scheduler=)``. Options spelt as their parameters (``--low_pi``,
+``--pps_dir``, ``--overwrite``...) are named once.
 """
 
 __all__ = ["XmmEnhanceError", "UsageError", "InputError", "ArchiveError", "ModelError",

@@ -49,16 +49,19 @@ def check_image_args(low_pi, high_pi, binsize, expo_time_ks) -> None:
     if low_pi >= high_pi:
         raise UsageError(f"--low_pi {low_pi} must be below --high_pi {high_pi}")
     if binsize is None or not np.isfinite(binsize) or binsize <= 0:
-        raise UsageError(f"--binSize {binsize}: must be > 0 (DET units of 0.05\"; 80 = 4\")")
+        raise UsageError(f"--binSize (binsize=) {binsize}: must be > 0 (DET units of 0.05\"; "
+                         "80 = 4\")")
     ny, nx = detector.pn_grid(binsize).shape
     if ny * nx > MAX_PIXELS:
-        raise UsageError(f"--binSize {binsize}: the image would have {ny} x {nx} pixels; use "
-                         f"a bin size of at least {_min_binsize()} (80 = 4\")")
+        raise UsageError(f"--binSize (binsize=) {binsize}: the image would have {ny} x {nx} "
+                         f"pixels; use a bin size of at least {_min_binsize()} (80 = 4\")")
     if expo_time_ks is None or not np.isfinite(expo_time_ks):
-        raise UsageError(f"--expo_time {expo_time_ks}: must be a number of ks (<= 0: all)")
+        raise UsageError(f"--expo_time (expo_time_ks=) {expo_time_ks}: must be a number of ks "
+                         "(<= 0: all)")
     if 0 < expo_time_ks < MIN_EXPO_KS:
-        raise UsageError(f"--expo_time {expo_time_ks:g}: under {MIN_EXPO_KS * 1e3:g} s; it is "
-                         "in ks (20 = 20000 s; <= 0: all good time)")
+        raise UsageError(f"--expo_time (expo_time_ks=) {expo_time_ks:g}: under "
+                         f"{MIN_EXPO_KS * 1e3:g} s; it is in ks (20 = 20000 s; <= 0: all good "
+                         "time)")
 
 
 def is_model_band(low_pi: float, high_pi: float) -> bool:
@@ -121,6 +124,6 @@ def check_model_binsize(binsize, which) -> None:
     would make its image and then fail."""
     want = detector.PN_BINSIZE
     if which and abs(float(binsize) / want - 1) > 0.03:
-        raise UsageError(f"--binSize {binsize:g} makes {binsize * 0.05:g}\"/pixel images, but "
-                         f"the {'/'.join(which)} models take {want * 0.05:g}\"/pixel ones: use "
-                         f"--binSize {want}, or --which none for images only")
+        raise UsageError(f"--binSize (binsize=) {binsize:g} makes {binsize * 0.05:g}\"/pixel "
+                         f"images, but the {'/'.join(which)} models take {want * 0.05:g}\"/pixel "
+                         f"ones: use --binSize {want}, or --which none for images only")

@@ -83,7 +83,7 @@ def _run(task: str, args: list[str], workdir: Path) -> None:
         r.run()
     except Exception as err:  # noqa: BLE001 - pysas raises plain Exceptions
         raise SASError(f"SAS task {task} failed ({str(err).splitlines()[0] if str(err) else err}"
-                       "); rerun with -v or use --backend native") from err
+                       "); rerun with -v (debug logging) or use --backend native") from err
     finally:
         os.chdir(cwd)
 
