@@ -585,7 +585,9 @@ def _one_line(text: str, limit: int = 200) -> str:
 @contextlib.contextmanager
 def using_archive_url(url: str | None):
     """Use the data-action-aio URL ``url`` (a mirror) in the block, ``?`` appended when
-    missing (:func:`aio_url`: astroquery joins ``obsno=...`` to it as it is)."""
+    missing (:func:`aio_url`: astroquery joins ``obsno=...`` to it as it is). astroquery's
+    configuration belongs to the process: threads that download at once must use one URL
+    (a batch passes one to all its observations)."""
     if not url:
         yield
         return
