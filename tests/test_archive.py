@@ -522,6 +522,20 @@ def test_trickled_reply_headers_are_abandoned_and_retried(xsa, tmp_path, sleeps,
         assert (pps / n).read_bytes() == (xsa.src / n).read_bytes()
 
 
+def test_the_header_deadline_holds_behind_an_http_proxy(tmp_path):
+    """requests builds a ProxyManager of its own when HTTP(S)_PROXY is set: the deadline's
+    connection classes were only on the direct pool manager."""
+    client = archive._make_client(tmp_path)
+    adapter = client._session.get_adapter("https://nxsa.esac.esa.int/")
+    for proxy in ("http://proxy.example:3128", "https://proxy.example:3129"):
+        manager = adapter.proxy_manager_for(proxy)
+        for scheme in ("http", "https"):
+            conn = manager.pool_classes_by_scheme[scheme].ConnectionCls
+            assert conn.getresponse.__qualname__.startswith(
+                "_header_deadline_pools"), (proxy, scheme)
+    client._session.close()
+
+
 def test_always_trickled_reply_headers_fail_with_one_line(xsa, tmp_path, sleeps, monkeypatch):
     monkeypatch.setattr(archive, "STALL_WINDOW_S", 0.3)
     xsa.slow_headers = 100
@@ -1142,7 +1156,10 @@ def test_a_given_up_archive_does_not_block_another_url_or_a_reset(xsa, tmp_path,
     with archive.using_archive_url(mirror):
         with pytest.raises(ArchiveError, match="after 4 attempts"):
             download_pps(ids[3], tmp_path, retries=3, backoff_s=0.01)
-    assert len(xsa.hits) - before == 4
+        assert len(xsa.hits) - before == 4
+        # the mirror's own count: 1 after one failure, not the first URL's 3 + 1
+        with pytest.raises(ArchiveError, match="after 1 attempt"):
+            download_pps(ids[2], tmp_path, retries=3, backoff_s=0.01)
     for o in ids[:archive.ARCHIVE_GIVE_UP_AFTER]:
         with pytest.raises(ArchiveError):
             download_pps(o, tmp_path, retries=0, backoff_s=0.01)

@@ -1648,6 +1648,27 @@ def test_failed_steps_are_named_in_the_row(tmp_path, pps_root, models, monkeypat
     assert r.status == "failed" and r.steps == "image:failed", r.steps
 
 
+def test_another_image_copied_in_with_an_older_time_is_predicted_again(tmp_path, pps_root,
+                                                                       models):
+    """The batch kept predictions newer than the image file; an image replaced with cp -p
+    (another observation's, or one made again elsewhere) kept the old predictions."""
+    cfg = BatchConfig(save_dir=tmp_path / "out", pps_root=pps_root, sr_model=models[0],
+                      dn_model=models[1])
+    r = batch.process_observation(OBSIDS[0], cfg)
+    assert r.status == "done", r.error
+    image = Path(r.image)
+    pred = Path(r.outputs["DN"][1])
+    old = pred.stat().st_mtime_ns - 10**9
+    with fits.open(image) as h:
+        h[0].data[200, 200] += 5
+        h.writeto(image, overwrite=True, checksum=True)
+    os.utime(image, ns=(old, old))
+    r = batch.process_observation(OBSIDS[0], cfg)
+    assert r.status == "done" and "SR:ran" in r.steps and "DN:ran" in r.steps, r.steps
+    from xmm_enhance.inference import _sha256
+    assert fits.getheader(pred)["INSHA"] == _sha256(image)
+
+
 def test_a_broken_sr_model_does_not_keep_dn_from_running(tmp_path, pps_root, models):
     """A junk --sr-model failed the SR step, and the observation stopped there: DN, whose
     model was fine, never ran."""

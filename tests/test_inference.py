@@ -918,12 +918,16 @@ def test_a_killed_writer_not_yet_reaped_counts_as_gone():
         proc.wait()
 
 
-@pytest.mark.parametrize("threads", [0, -1, 2.7, True, "2"])
+@pytest.mark.parametrize("threads", [-1, 2.7, True, "2"])
 def test_load_model_refuses_a_bad_thread_count(threads):
     """threads=-1 went to onnxruntime as is and 2.7 became 2."""
     from xmm_enhance.errors import UsageError
     with pytest.raises(UsageError, match="threads"):
         inference.load_model("DN", threads=threads)
+
+
+def test_load_model_takes_zero_threads_as_onnxruntimes_choice():
+    assert inference.load_model("DN", threads=0).task == "DN"
 
 
 @pytest.mark.parametrize("extra, outcome", [

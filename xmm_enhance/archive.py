@@ -695,6 +695,13 @@ def _make_client(target_dir: Path):
             # connections whose reply headers must arrive within STALL_WINDOW_S
             self.poolmanager.pool_classes_by_scheme = _header_deadline_pools(self.client)
 
+        def proxy_manager_for(self, proxy, **proxy_kwargs):
+            # the same behind an HTTP(S) proxy (a SOCKS proxy has pool classes of its own)
+            manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+            if not str(proxy).lower().startswith("socks"):
+                manager.pool_classes_by_scheme = _header_deadline_pools(self.client)
+            return manager
+
         def send(self, request, **kwargs):
             if kwargs.get("timeout") is None:
                 kwargs["timeout"] = HTTP_TIMEOUT_S
@@ -853,8 +860,9 @@ class _ProgressReader:
 
 
 def _quiet_astroquery():
-    """Drop astroquery's own log records below ERROR (they may show the request URL) while
-    this thread downloads; other threads' records and the logger's level are left alone."""
+    """Raise astroquery's logger to ERROR while any thread downloads (its records may show the
+    request URL, and below WARNING it draws a progress bar); the last download to end puts
+    back the level it found (:func:`procstate.quiet_logger`)."""
     from astroquery import log as aq_log
 
     return procstate.quiet_logger(aq_log.name, logging.ERROR)
@@ -1351,12 +1359,13 @@ def archive_answers_again() -> None:
 
 def _archive_answered(answered: bool, reason: str = "") -> None:
     """Count an OBS_ID the current archive URL gave no answer for, or reset the count."""
+    url = _archive_url()[0]
     with _UNANSWERED_LOCK:
         if answered:
-            _UNANSWERED["n"] = 0
-        else:
-            _UNANSWERED.update(n=_UNANSWERED["n"] + 1, t=time.monotonic(), last=reason,
-                               url=_archive_url()[0])
+            _UNANSWERED.update(n=0, url=url)
+        else:   # another URL than the one counted so far starts a count of its own
+            n = _UNANSWERED["n"] + 1 if _UNANSWERED["url"] == url else 1
+            _UNANSWERED.update(n=n, t=time.monotonic(), last=reason, url=url)
 
 
 def _unanswered_in_a_row() -> int:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import struct
 import tempfile
 import zlib
@@ -16,7 +17,7 @@ from .fsmode import file_mode, temp_file, temporary_is_stale  # noqa: F401
 __all__ = ["add_history", "atomic_write_hdul", "atomic_write_hduls", "atomic_savefig",
            "check_writable_dir", "check_creatable_dir", "check_name_length", "ensure_output_dir",
            "header_text", "refuse_existing", "remove_stale_temporaries", "GZIP_LEVEL",
-           "temp_file", "temporary_is_stale"]
+           "temp_file", "temporary_is_stale", "fits_truncation"]
 
 #: zlib level of ``.gz`` outputs. Float images hardly compress beyond their runs of zeros, so
 #: level 1 with run-length matching (``Z_RLE``) gives files as small as level 6 (or 9) in less
@@ -315,3 +316,61 @@ def atomic_savefig(fig, path: Path, *, dpi=None) -> Path:
                               ) from None
         raise
     return path
+
+
+_BLOCK = 2880
+_SIZE_KEYS = (b"BITPIX", b"NAXIS", b"PCOUNT", b"GCOUNT")
+_NAXIS_N = re.compile(rb"NAXIS[0-9]{1,3}")
+
+
+def fits_truncation(fh, size: int) -> str:
+    """"" or why the uncompressed FITS stream ``fh`` (seekable, binary, ``size`` bytes) ends
+    before the data its headers announce: a header cut short, or an HDU whose data (without
+    the final padding, which some writers leave out) run past the end.
+
+    Reads the headers only (2880-byte blocks up to each ``END``, then a seek past the data),
+    and raises no warning: astropy's own "File may have been truncated" is a Python warning,
+    and catching it would take every thread's warnings (``warnings`` is process-wide). A
+    stream that does not start as FITS, or a header this reading cannot follow, gives "":
+    astropy then says what is wrong with it.
+    """
+    pos = 0
+    while pos < size:
+        fh.seek(pos)
+        keys: dict = {}
+        blocks, ended = 0, False
+        while not ended:
+            block = fh.read(_BLOCK)
+            if pos == 0 and blocks == 0 and not block.startswith(b"SIMPLE  ="):
+                return ""
+            if len(block) < _BLOCK:
+                if pos > 0 and blocks == 0 and not block.strip(b"\0 "):
+                    return ""   # blank bytes after the last HDU
+                return f"a header is cut short at byte {size}"
+            blocks += 1
+            for i in range(0, _BLOCK, 80):
+                key = block[i:i + 8].rstrip()
+                if key == b"END":
+                    ended = True
+                    break
+                if key in _SIZE_KEYS or _NAXIS_N.fullmatch(key):
+                    try:
+                        keys[key] = int(block[i + 10:i + 80].split(b"/")[0])
+                    except ValueError:
+                        return ""
+            if blocks > 10_000:
+                return ""
+        naxis = keys.get(b"NAXIS", 0)
+        dims = [keys.get(b"NAXIS%d" % k, 0) for k in range(1, naxis + 1)]
+        if dims and dims[0] == 0 and len(dims) > 1:   # random groups: NAXIS1 = 0
+            dims = dims[1:]
+        n = 1
+        for d in dims:
+            n *= d
+        nbytes = (abs(keys.get(b"BITPIX", 8)) // 8 * keys.get(b"GCOUNT", 1)
+                  * (keys.get(b"PCOUNT", 0) + (n if dims else 0)))
+        start = pos + blocks * _BLOCK
+        if start + nbytes > size:
+            return (f"its data end at byte {start + nbytes}, the file at byte {size}")
+        pos = start + -(-nbytes // _BLOCK) * _BLOCK
+    return ""

@@ -625,7 +625,7 @@ def _checked_feed(rate, mask, needs_mask: bool):
 def load_model(which: str, path: str | Path | None = None, *, threads: int | None = None
                ) -> Model:
     """Load the ``which`` (SR or DN) model and check its metadata. ``threads``: onnxruntime's
-    intra-op threads (None: its choice, all cores).
+    intra-op threads (None or 0: its choice, all cores).
 
     Raises
     ------
@@ -637,6 +637,8 @@ def load_model(which: str, path: str | Path | None = None, *, threads: int | Non
     which = str(which).strip().upper()
     if which not in TASKS:
         raise UsageError(f"which must be one of {', '.join(TASKS)} (--which), got {which!r}")
+    if threads is not None and not isinstance(threads, (bool, np.bool_)) and threads == 0:
+        threads = None   # 0: onnxruntime's choice, as onnxruntime itself reads it
     check_threads(threads)
     path = Path(path).absolute() if path is not None else default_model_path(which)
     if not path.is_file():
@@ -682,34 +684,30 @@ def load_model(which: str, path: str | Path | None = None, *, threads: int | Non
 def _open_image_hdu(path: Path):
     """Return (data, image header, primary header) of the first HDU holding an image.
 
-    astropy's "File may have been truncated" warning makes it an :class:`InputError` (one
-    line, not a warning line and then an error); its other warnings are passed on."""
-    found, failed = None, None
-    with procstate.recorded_warnings() as caught:
-        try:
-            with fits.open(path, memmap=False) as hdul:
-                for hdu in hdul:
-                    if hdu.is_image and hdu.data is not None and hdu.data.size > 0:
-                        found = np.array(hdu.data), hdu.header.copy(), hdul[0].header.copy()
-                        break
-        except (OSError, EOFError, ValueError, TypeError) as exc:
-            failed = exc
-    cut = [w for w in caught if "truncated" in str(w.message).lower()]
-    for w in caught:
-        if w not in cut:
-            warnings.warn(w.message, w.category, stacklevel=3)
+    An uncompressed file whose data end past its last byte is an :class:`InputError` (one
+    line; astropy would add a warning line of its own), found by reading the headers
+    (:func:`fitsio.fits_truncation`); a gzipped one is checked whole by :func:`read_input`."""
+    from .fitsio import fits_truncation
+
+    try:
+        with open(path, "rb") as fh:
+            cut = "" if fh.read(2) == b"\x1f\x8b" else fits_truncation(fh, path.stat().st_size)
+    except OSError:
+        cut = ""   # fits.open below names the problem
     if cut:
-        raise InputError(f"{path}: truncated: the file is shorter than its headers say; "
-                         "re-create it with make_detxy_pn_image_pps.py or copy it again")
-    if failed is not None:
-        reason = "truncated or corrupt gzip" if isinstance(failed, EOFError) or "gzip" in str(
-            failed).lower() or "compressed" in str(failed).lower() else \
-            "not a readable FITS file"
+        raise InputError(f"{path}: truncated ({cut}); re-create it with "
+                         "make_detxy_pn_image_pps.py or copy it again")
+    try:
+        with fits.open(path, memmap=False) as hdul:
+            for hdu in hdul:
+                if hdu.is_image and hdu.data is not None and hdu.data.size > 0:
+                    return np.array(hdu.data), hdu.header.copy(), hdul[0].header.copy()
+    except (OSError, EOFError, ValueError, TypeError) as exc:
+        reason = "truncated or corrupt gzip" if isinstance(exc, EOFError) or "gzip" in str(
+            exc).lower() or "compressed" in str(exc).lower() else "not a readable FITS file"
         raise InputError(f"{path}: {reason}; re-create it with make_detxy_pn_image_pps.py "
-                         "or pass a FITS image")
-    if found is None:
-        raise InputError(f"{path}: no image data in any HDU; pass a 2-D DETX/DETY counts image")
-    return found
+                         "or pass a FITS image") from None
+    raise InputError(f"{path}: no image data in any HDU; pass a 2-D DETX/DETY counts image")
 
 
 def is_own_output(header, name: str = "") -> bool:
@@ -1951,15 +1949,20 @@ def _exposure_differs(infile: Path, pred_header, exposure: float) -> str:
     """Why a prediction (primary header ``pred_header``, ``INEXPO``) was made with another
     exposure than ``exposure`` would give ``infile`` now: "" when the same, or when the
     input's own valid ``EXPOSURE`` decides (``exposure`` is then not used)."""
-    try:
+    asked = _positive_seconds(exposure)
+    if asked is None:
+        return ""   # read_input refuses it: the run says so
+    try:   # read_input's EXPOSURE: the first image HDU's, else the primary's
         with fits.open(infile, memmap=False, lazy_load_hdus=True) as hdul:
-            own = [_positive_seconds(h.header.get("EXPOSURE")) for h in hdul[:2]]
+            image = next((h for h in hdul if h.is_image and h.header.get("NAXIS", 0) >= 2),
+                         hdul[0])
+            own = [_positive_seconds(h.header.get("EXPOSURE")) for h in (image, hdul[0])]
     except (OSError, EOFError, ValueError, TypeError):
         return ""
     if any(v is not None for v in own):
         return ""
     made = _positive_seconds(pred_header.get("INEXPO"))
-    if made is None or abs(made / float(exposure) - 1) > EXPOSURE_TOLERANCE:
+    if made is None or abs(made / asked - 1) > EXPOSURE_TOLERANCE:
         return f"made with exposure {made} s, not {float(exposure):g} s"
     return ""
 
@@ -2176,6 +2179,8 @@ def enhance_file(path, which: str, *, model: Model | None = None, outdir=None,
     check_name_length([p_in, p_pred] + ([png_path(p_pred)] if png else []))
     if not overwrite:
         refuse_existing([p_in, p_pred] + ([png_path(p_pred)] if png else []))
+    if not path.is_file():
+        read_input(path)   # its one-line error (no such file, a folder), before any model load
     model = model or load_model(which)
     if not overwrite:
         refuse_existing(run_outputs(path, model, outdir, png=png))   # + the region file

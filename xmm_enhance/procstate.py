@@ -5,7 +5,12 @@ the process. ``warnings.catch_warnings`` saves them on entry and puts them back 
 threads whose blocks overlap put back each other's copy: a block that silenced warnings could
 leave every warning of the session silenced. Every such block of this package runs under
 :data:`LOCK` instead, one at a time (a thread may nest them). Warnings that other threads raise
-while a :func:`quiet_warnings` block runs are silenced with the block's; such blocks are short.
+while a :func:`quiet_warnings` block runs are silenced with the block's; such blocks are short
+(a time conversion, an astropy WCS), except the benchmarks' predictor
+(:func:`xmm_enhance.evaluation.pipeline_predictor`), which holds one over a whole model run:
+it is for single-threaded benchmark scripts. Where a warning only needs to be told apart
+(a truncated FITS file), the package finds it without catching warnings
+(:func:`xmm_enhance.fitsio.fits_truncation`).
 """
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ import logging
 import threading
 import warnings
 
-__all__ = ["LOCK", "quiet_warnings", "recorded_warnings", "quiet_logger"]
+__all__ = ["LOCK", "quiet_warnings", "quiet_logger"]
 
 #: Held by every block of this package that changes warnings filters or astropy settings.
 LOCK = threading.RLock()
@@ -26,14 +31,6 @@ def quiet_warnings():
     with LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
-
-
-@contextlib.contextmanager
-def recorded_warnings():
-    """The warnings raised inside the block, as a list, instead of shown."""
-    with LOCK, warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield caught
 
 
 _QUIET: dict[str, list] = {}   # logger name -> [blocks running, level before the first]
