@@ -942,6 +942,29 @@ def test_dask_addresses_that_are_no_scheduler_fail_in_one_line(tmp_path, monkeyp
     assert time.monotonic() - t0 < 15
 
 
+def test_a_run_whose_scheduler_is_out_of_reach_still_writes_its_report(tmp_path, monkeypatch,
+                                                                       capsys):
+    """The run printed one error and wrote no report, so latest.csv kept showing the previous
+    run as the newest; now every observation is a failed row saying why."""
+    import socket as _socket
+
+    monkeypatch.setattr(batch, "DASK_CONNECT_S", 1.0)
+    with _socket.socket() as s:      # a port that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "out"
+    (out / "reports").mkdir(parents=True)
+    (out / "reports" / "latest.csv").write_text("obsid,status\n0000000009,done\n")
+    code = main(["--save_dir", str(out), "--which", "none", "--dask-scheduler",
+                 f"tcp://127.0.0.1:{port}", OBSIDS[0], OBSIDS[1]])
+    err = capsys.readouterr().err
+    assert code == 1 and "cannot connect" in err, err
+    rows = _report(out / "reports" / "latest")
+    assert set(rows) == {OBSIDS[0], OBSIDS[1]}
+    assert all(r["status"] == "failed" and "not run: --dask-scheduler" in r["error"]
+               for r in rows.values())
+
+
 def test_predictions_older_than_a_replaced_image_are_redone(tmp_path, pps_root, models):
     o = OBSIDS[0]
     out = tmp_path / "out"

@@ -834,7 +834,8 @@ def test_counts_the_pn_cannot_record_are_refused(tmp_path, dn_model):
         else:
             with pytest.raises(InputError, match=r"1 pixel\(s\) hold more counts \(up to "
                                r"2.15e\+09\) than the pn can record in EXPOSURE 20000 s "
-                               r"\(1.1e\+06: one event per pixel and frame\)"):
+                               r"\(1.1e\+06: one event per raw pixel and frame, 4 raw "
+                               r"pixels per 4\" pixel\)"):
                 inference.read_input(img)
     counts = fits.getdata(img).astype(float)
     counts[150, 150] = 1e40

@@ -1005,7 +1005,8 @@ def _check_recordable(name, counts, exposure, header) -> None:
         n = int(np.sum(counts > bound))
         raise InputError(f"{name}: {n} pixel(s) hold more counts (up to {top:.3g}) than the "
                          f"pn can record in EXPOSURE {exposure:.6g} s ({bound:.3g}: one event "
-                         "per pixel and frame); pass a counts image with its true EXPOSURE")
+                         "per raw pixel and frame, 4 raw pixels per 4\" pixel); pass a counts "
+                         "image with its true EXPOSURE")
 
 
 def ccd_ontime_note(header, exposure: float) -> str:

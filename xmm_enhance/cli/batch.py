@@ -291,8 +291,10 @@ def _main(argv=None) -> int:
     except XmmEnhanceError as exc:
         return report_error(exc)
 
-    from ..batch import (_utc, interrupted_result, prune_reports, run_batch, summary_table,
-                         write_report)
+    import socket
+
+    from ..batch import (ObsResult, _utc, interrupted_result, prune_reports, run_batch,
+                         summary_table, write_report)
 
     where = (f"Dask scheduler {args.dask_scheduler}" if args.dask_scheduler
              else f"{args.jobs} worker process(es)" if args.jobs > 1 else "this process")
@@ -336,15 +338,14 @@ def _main(argv=None) -> int:
     if in_main:
         signal.signal(signal.SIGTERM, _on_sigterm)
     interrupted = False
+    run_error = None
     try:
         run_batch(obsids, cfg, jobs=args.jobs, scheduler=args.dask_scheduler,
                   on_result=on_result)
     except KeyboardInterrupt:
         interrupted = True
-    except XmmEnhanceError as exc:
-        if bar is not None:
-            bar.close()
-        return report_error(exc)
+    except XmmEnhanceError as exc:   # the run could not go on (a Dask scheduler out of reach)
+        run_error = exc
     finally:
         if in_main:
             signal.signal(signal.SIGTERM, previous)
@@ -358,6 +359,12 @@ def _main(argv=None) -> int:
     seen = {r.obsid for r in finished}
     unfinished = ([interrupted_result(o) for o in dict.fromkeys(obsids) if o not in seen]
                   if interrupted else [])
+    if run_error is not None:
+        # the run itself failed: its report lists every observation it did not do as failed,
+        # so latest.csv never shows an earlier run as the newest
+        why = " ".join(str(run_error).split())[:300]
+        unfinished = [ObsResult(obsid=o, error=f"not run: {why}", host=socket.gethostname())
+                      for o in dict.fromkeys(obsids) if o not in seen]
     # the malformed list lines follow the observations, as failed rows
     results = (sorted(finished + unfinished, key=lambda r: order.get(r.obsid, 0))
                + [b.result() for b in bad])
@@ -380,9 +387,13 @@ def _main(argv=None) -> int:
     if not args.quiet or report_failed is not None:  # the table is the command's output
         print(summary_table(results), flush=True)
     if report_failed is not None:
+        if run_error is not None:
+            report_error(run_error)
         report_error(report_failed)
         return 130 if interrupted else 1
     log.info("report: %s and %s", p_csv, p_json)
+    if run_error is not None:
+        return report_error(run_error)
     if interrupted:
         print(f"error: interrupted after {done_n} of {len(obsids)} observations "
               f"({len(unfinished)} not finished, listed as interrupted in {p_csv}); "
