@@ -396,6 +396,33 @@ def test_dask_local_cluster_matches_sequential(tmp_path, pps_root, models):
             np.testing.assert_array_equal(fits.getdata(pa), fits.getdata(pb))
 
 
+def sleep_long(obsid, cfg):
+    time.sleep(30)
+    return batch.ObsResult(obsid=obsid, status="done", pid=os.getpid())
+
+
+def test_losing_the_dask_scheduler_mid_run_fails_the_rest_in_the_report(tmp_path):
+    """The scheduler stopped mid-run: distributed.wait raised FuturesCancelledError, the
+    batch ended in a traceback and wrote no report."""
+    distributed = pytest.importorskip("distributed")
+    import threading
+
+    ids = OBSIDS[:3]
+    cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                       dashboard_address=None, host="127.0.0.1")
+    threading.Timer(3.0, cluster.close).start()
+    t0 = time.monotonic()
+    try:
+        res = batch.run_batch(ids, BatchConfig(save_dir=tmp_path),
+                              scheduler=cluster.scheduler_address, task=sleep_long)
+    finally:
+        cluster.close()
+    assert time.monotonic() - t0 < 28
+    assert [r.obsid for r in res] == ids
+    assert all(r.status == "failed" and "lost the Dask scheduler" in r.error for r in res), \
+        [r.error for r in res]
+
+
 # --------------------------------------------------------------------------------------------
 # A local imitation of the XSA; it can hold requests, so tests act on a state, not a time
 # --------------------------------------------------------------------------------------------
@@ -814,6 +841,44 @@ def crash_on_0000000102(obsid, cfg):
         os._exit(9)
     time.sleep(0.2)
     return batch.ObsResult(obsid=obsid, status="done", pid=os.getpid())
+
+
+def crash_then_hang(obsid, cfg):
+    """0000000102 kills its pool's worker; rerun alone (its marker file there), it hangs."""
+    mark = Path(cfg.save_dir) / f"ran_{obsid}"
+    if obsid == "0000000102":
+        if not mark.exists():
+            mark.write_text("")
+            os._exit(9)
+        (Path(cfg.save_dir) / "hanging").write_text(str(os.getpid()))
+        time.sleep(60)
+    return batch.ObsResult(obsid=obsid, status="done", pid=os.getpid())
+
+
+def test_an_interrupt_after_a_worker_died_stops_at_once(tmp_path):
+    """After a dead worker the pool's observations rerun each in a process of its own; a
+    SIGTERM or Ctrl-C then waited for those processes to finish (a long download: until
+    cron's timeout killed the batch)."""
+    import signal
+    import threading
+
+    hanging = tmp_path / "hanging"
+
+    def interrupt_when_hanging():
+        t_end = time.monotonic() + 60
+        while not hanging.exists() and time.monotonic() < t_end:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        os.kill(os.getpid(), signal.SIGINT)   # a real signal: it ends the main thread's wait
+
+    threading.Thread(target=interrupt_when_hanging, daemon=True).start()
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        batch.run_batch(OBSIDS[:3], BatchConfig(save_dir=tmp_path), jobs=2,
+                        task=crash_then_hang)
+    assert hanging.exists() and time.monotonic() - t0 < 40
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(hanging.read_text()), 0)
 
 
 def test_pool_survives_a_dying_worker(tmp_path):
@@ -1873,3 +1938,28 @@ def test_a_list_files_column_name_is_skipped_and_only_ascii_digits_count(tmp_pat
 
 def test_another_bin_size_is_fine_for_images_only(tmp_path):
     assert BatchConfig(save_dir=tmp_path, binsize=40, which=()).binsize == 40
+
+
+def test_a_report_that_cannot_be_written_says_truly_what_became_of_latest(tmp_path,
+                                                                         monkeypatch):
+    """The message said latest.csv/.json were removed even when removing them failed too (a
+    folder made read-only), and advised freeing disk space for a permission error."""
+    import errno
+
+    rep = tmp_path / "reports"
+    rep.mkdir()
+    for e in (".csv", ".json"):
+        (rep / f"latest{e}").write_text("old run")
+
+    def refuse(*a, **k):
+        raise OSError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(batch, "_write_report", refuse)
+    real_unlink = Path.unlink
+    monkeypatch.setattr(Path, "unlink", lambda self, *a, **k: refuse()
+                        if self.name.startswith("latest") else real_unlink(self, *a, **k))
+    with pytest.raises(batch.XmmEnhanceError) as err:
+        batch.write_report([], rep / "batch_x", latest=True)
+    msg = str(err.value)
+    assert "could not be removed either" in msg and "latest.csv" in msg
+    assert "make the folder writable" in msg and "free disk space" not in msg

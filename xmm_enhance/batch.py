@@ -43,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import errno
 import io
 import json
 import logging
@@ -1305,7 +1306,9 @@ def _run_steps(obsid: str, cfg: BatchConfig, res: ObsResult) -> None:
                 _step(res, which, "failed")
             png_failed = png_failed or "png:failed" in res.steps
             first_error = first_error or exc
-    if cfg.png and cfg.which and not png_failed:   # one PNG per prediction, made (or not)
+    # one PNG per prediction, made (or not) with it; none to speak of when a prediction failed
+    # before its PNG and no other made one
+    if cfg.png and cfg.which and not png_failed and (png_ran or first_error is None):
         _step(res, "png", "ran" if png_ran else "skipped", res.png_s)
     if first_error is not None:
         raise first_error
@@ -1585,16 +1588,7 @@ def _run_pool(obsids, cfg, jobs, record, task) -> None:
         # dies with its process) the next run cleans up. The futures are not cancelled: the
         # pool marks them broken itself (cancelled ones make its manager thread fail with
         # InvalidStateError on Python 3.11).
-        procs = list((getattr(ex, "_processes", None) or {}).values())
-        for proc in procs:
-            with contextlib.suppress(Exception):
-                proc.terminate()
-        for proc in procs:
-            with contextlib.suppress(Exception):
-                proc.join(timeout=5)
-                if proc.is_alive():
-                    proc.kill()
-        ex.shutdown(wait=False)
+        _stop_pool(ex)
         raise
     ex.shutdown(wait=True)
     if not broken:
@@ -1603,9 +1597,16 @@ def _run_pool(obsids, cfg, jobs, record, task) -> None:
     log.warning("warning: a worker process died; running the %d observation(s) its pool "
                 "still held each in a process of its own", len(broken))
 
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    live, live_lock = set(), threading.Lock()   # the one-process pools at work now
+
     def isolated(o):
         with ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_worker_init,
                                  initargs=(os.getpid(),)) as one:
+            with live_lock:
+                live.add(one)
             try:
                 return one.submit(task, o, cfg).result()
             except BrokenProcessPool:
@@ -1613,12 +1614,39 @@ def _run_pool(obsids, cfg, jobs, record, task) -> None:
                                   "its log, rerun it alone or with a lower --jobs")
             except Exception as exc:
                 return _failed(o, _one_line(exc))
+            finally:
+                with live_lock:
+                    live.discard(one)
 
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=min(jobs, len(broken))) as threads:
+    threads = ThreadPoolExecutor(max_workers=min(jobs, len(broken)))
+    try:
         for r in threads.map(isolated, broken):
             record(r)
+    except BaseException:
+        # interrupted here too: stop the one-process pools at once, as the main pool above
+        threads.shutdown(wait=False, cancel_futures=True)
+        with live_lock:
+            pools = list(live)
+        for one in pools:
+            _stop_pool(one)
+        raise
+    threads.shutdown(wait=True)
+
+
+def _stop_pool(ex) -> None:
+    """Stop a ProcessPoolExecutor's workers now (terminate, then kill after 5 s) and shut it
+    down without waiting. Tasks handed to them cannot be cancelled otherwise, and the pool
+    would start them after the report called them unfinished."""
+    procs = list((getattr(ex, "_processes", None) or {}).values())
+    for proc in procs:
+        with contextlib.suppress(Exception):
+            proc.terminate()
+    for proc in procs:
+        with contextlib.suppress(Exception):
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()
+    ex.shutdown(wait=False)
 
 
 #: Seconds to connect to a Dask scheduler (handshake included) before giving up.
@@ -1626,7 +1654,9 @@ DASK_CONNECT_S = 30.0
 #: Seconds a Dask run waits with no worker at all before it fails the unfinished observations.
 DASK_NO_WORKER_S = 600.0
 
-_DASK_ADDRESS = re.compile(r"^(?:(?:tcp|tls|ws|wss|ucx)://)?[^\s/:]+:\d+/?$")
+#: A scheduler address: optional protocol, a host name, IPv4 or [IPv6] address, and a port.
+_DASK_ADDRESS = re.compile(r"^(?:(?:tcp|tls|ws|wss|ucx)://)?(?:[^\s/:\[\]]+|\[[0-9A-Fa-f:.]+\])"
+                           r":\d+$")
 
 
 async def _dask_identity(address: str, timeout: float) -> dict:
@@ -1650,7 +1680,7 @@ def _dask_client(Client, address: str):
     handshake past its own timeout, and a Client that fails half-built blocks the exit for a
     minute in its ``__del__``. Only a scheduler gets a Client.
     """
-    address = str(address).strip()
+    address = str(address).strip().rstrip("/")
     if not _DASK_ADDRESS.match(address):
         raise UsageError(f"--dask-scheduler (scheduler=) {address}: not a scheduler address; "
                          "pass one like tcp://host:8786")
@@ -1701,9 +1731,21 @@ def _run_dask(obsids, cfg, address, record, task) -> None:
         while pending:
             # distributed raises asyncio's TimeoutError (not the builtin one before 3.11)
             done = set()
-            with client.as_current(), contextlib.suppress(TimeoutError, asyncio.TimeoutError):
-                done, pending = wait(pending, timeout=min(60.0, DASK_NO_WORKER_S),
-                                     return_when="FIRST_COMPLETED")
+            try:
+                with client.as_current(), contextlib.suppress(TimeoutError,
+                                                              asyncio.TimeoutError):
+                    done, pending = wait(pending, timeout=min(60.0, DASK_NO_WORKER_S),
+                                         return_when="FIRST_COMPLETED")
+            except Exception as exc:  # the scheduler is gone: FuturesCancelledError, ...
+                why = _one_line(exc)
+                log.warning("warning: lost the Dask scheduler %s (%s); the %d unfinished "
+                            "observation(s) are marked failed", address, why, len(pending))
+                for f in pending:
+                    record(_failed(by_key[f.key], f"lost the Dask scheduler before this "
+                                   f"observation's result came back ({why}); rerun the batch "
+                                   "(finished steps are skipped)"))
+                pending = set()
+                break
             for f in done:
                 o = by_key[f.key]
                 try:
@@ -1765,7 +1807,8 @@ def _atomic_text(path: Path, text: str) -> None:
         os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):   # must not hide the first error
+            Path(tmp).unlink()
         raise
 
 
@@ -1796,16 +1839,24 @@ def write_report(results, path, *, meta: dict | None = None, latest: bool = Fals
     except OSError as exc:
         # no half report: neither this run's pair nor a latest.* that a reader would take for
         # the newest run
-        gone = [p_csv, p_json] + ([p_csv.with_name(f"{LATEST_REPORT}{e}")
-                                   for e in (".csv", ".json")] if latest else [])
-        for p in gone:
+        stale = [p_csv.with_name(f"{LATEST_REPORT}{e}") for e in (".csv", ".json")]
+        for p in [p_csv, p_json] + (stale if latest else []):
             with contextlib.suppress(OSError):
                 p.unlink()
         from .errors import OutputError
-        raise OutputError(f"{p_csv}: cannot write the report ({exc.strerror or exc})"
-                          + ("; latest.csv/.json removed, so that no older run passes for this "
-                             "one" if latest else "") + "; free disk space and rerun (finished "
-                          "observations are skipped)") from None
+        if latest:
+            left = [p.name for p in stale if p.exists()]
+            what = (f"; {' and '.join(left)} could not be removed either: they are an older "
+                    "run's" if left else "; latest.csv/.json removed, so that no older run "
+                    "passes for this one")
+        else:
+            what = ""
+        fix = ("free disk space" if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+               else "make the folder writable" if exc.errno in (errno.EACCES, errno.EPERM,
+                                                                errno.EROFS)
+               else "fix that")
+        raise OutputError(f"{p_csv}: cannot write the report ({exc.strerror or exc}){what}; "
+                          f"{fix} and rerun (finished observations are skipped)") from None
 
 
 def _write_report(results, p_csv: Path, p_json: Path, meta, latest) -> tuple[Path, Path]:

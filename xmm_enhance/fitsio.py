@@ -1,6 +1,7 @@
 """Output helpers shared by the commands: atomic writes of checksummed FITS files and PNGs."""
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
@@ -233,14 +234,15 @@ def atomic_write_hduls(items, *, overwrite: bool = False) -> list[Path]:
             os.replace(tmp, path)
             done.append(path)
     except BaseException as exc:
+        # clean-up that fails too (a folder made read-only) must not hide the first error;
+        # what stays is removed by the next run (remove_stale_temporaries)
         for tmp in tmps:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            except FileNotFoundError:
-                pass
         for p in done:  # a set is all or nothing: undo the renames of files that were new
             if not existed[p]:
-                p.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    p.unlink()
         if isinstance(exc, OSError):
             raise OutputError(f"{path}: cannot write ({_reason(exc)}); free disk space, fix "
                               "the folder's permissions or choose another output folder"
@@ -309,7 +311,8 @@ def atomic_savefig(fig, path: Path, *, dpi=None) -> Path:
         os.replace(tmp, path)
     except BaseException as exc:
         if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):   # must not hide the first error
+                Path(tmp).unlink()
         if isinstance(exc, OSError):   # disk full, no such folder, a folder of that name...
             raise OutputError(f"{path}: cannot write ({_reason(exc)}); free disk space, fix "
                               "the folder's permissions or choose another output folder"
