@@ -386,7 +386,7 @@ def test_extra_panel_on_the_same_stretch_and_its_own_source_switch():
     assert [sum(p.get_gid() == "source" for p in ax.patches) for ax in axes] == [1, 1, 0]
 
 
-def test_sr_result_circles_sources_and_dashes_candidates_on_the_diffuse_panel():
+def test_sr_result_circles_sources_and_crosses_candidates_on_the_diffuse_panel():
     res = fake_result(rot_deg=60.0)
     ra, dec = marker_radec()
     res.extras = {"diffuse": res.prediction * 0.5}
@@ -397,17 +397,19 @@ def test_sr_result_circles_sources_and_dashes_candidates_on_the_diffuse_panel():
     res.released = 0.0
     axes = image_axes(display.quicklook_figure(res))
     assert [sum(p.get_gid() == "source" for p in ax.patches) for ax in axes] == [0, 0, 1]
-    dashed = [p for p in axes[2].patches if p.get_gid() == "candidate"]
-    assert len(dashed) == 1 and dashed[0].get_linestyle() == "--"
+    # candidates: yellow crosses (a dashed circle a few pixels wide showed no dashes)
+    (cross,) = [ln for ln in axes[2].lines if ln.get_gid() == "candidate"]
+    assert cross.get_marker() == "x" and cross.get_linestyle() == "None"
     ny, nx = axes[2].images[0].get_array().shape
-    assert dashed[0].center == pytest.approx(((nx - 1) / 2, (ny - 1) / 2), abs=0.02)
-    assert axes[2].get_title().endswith("1 point source circled, 1 candidate dashed")
+    assert (cross.get_xdata()[0], cross.get_ydata()[0]) == pytest.approx(
+        ((nx - 1) / 2, (ny - 1) / 2), abs=0.02)
+    assert axes[2].get_title().endswith("1 point source circled, 1 candidate ×")
     res.released = None  # --no-redraw: POINTS was not trimmed, no candidates drawn
     axes = image_axes(display.quicklook_figure(res))
-    assert not [p for p in axes[2].patches if p.get_gid() == "candidate"]
+    assert not [ln for ln in axes[2].lines if ln.get_gid() == "candidate"]
     res.list_signif = 4.0  # the list's threshold (an EnhanceResult has it) is in the title
     axes = image_axes(display.quicklook_figure(res))
-    assert axes[2].get_title() == "diffuse component, 1 point source (≥ 4σ) circled"
+    assert axes[2].get_title() == "diffuse component\n1 point source (≥ 4σ) circled"
 
 
 def test_png_refuses_to_overwrite(tmp_path):
@@ -512,3 +514,21 @@ def test_an_unknown_mplbackend_is_dropped_with_a_warning(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "MPLBACKEND='bogus' is not a matplotlib backend; ignored" in out.stderr
     assert (tmp_path / "x.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_input_does_not_set_the_colour_scale_and_the_bar_is_labelled_to_its_top():
+    """The scale top was the 99.7th percentile of all panels' pixels pooled: on a faint field
+    one input count sat at 0.81 of the bar (the input looked like static), and the ticks,
+    rounded to one digit, left up to 60 % of the bar unlabelled."""
+    res = fake_result()
+    res.input_rate = res.input_rate * 0 + res.input_rate.max() * 100   # a far brighter input
+    fig = display.quicklook_figure(res)
+    axes = image_axes(fig)
+    norm = axes[0].images[0].norm
+    pred = axes[1].images[0].get_array()
+    pred = np.asarray(pred[np.isfinite(pred) & (pred > 0)])
+    assert norm.vmax == pytest.approx(np.percentile(pred, display.VMAX_PERCENTILE))
+    ticks = display._colour_ticks(norm)
+    assert ticks[-1] <= norm.vmax and ticks[-1] >= 0.9 * norm.vmax
+    cbar = fig.axes[-1]
+    assert cbar.get_ylabel().endswith("asinh stretch")

@@ -273,6 +273,9 @@ class Panel:
         Pixel size; taken from ``wcs`` when None (needed when ``wcs`` is None).
     show_sources : bool
         Draw the figure's ``sources`` circles on this panel.
+    sets_scale : bool
+        Whether its pixels set the shared colour scale (:func:`_norm`); the quick look's input
+        does not: its single counts would set the scale of a faint field.
     """
 
     rate: np.ndarray
@@ -280,6 +283,7 @@ class Panel:
     label: str
     pixel_arcsec: float | None = None
     show_sources: bool = True
+    sets_scale: bool = True
 
     def pixel_size(self) -> float:
         if self.pixel_arcsec is not None:
@@ -294,7 +298,15 @@ def _surface_brightness(rate, pixel_arcsec):
     return np.asarray(rate, dtype=np.float64) * (3600.0 / pixel_arcsec ** 2)
 
 
+#: Percentile of the scale panels' positive pixels that tops the colour scale (brighter
+#: pixels are drawn at the top colour; the colour bar's arrow says so).
+VMAX_PERCENTILE = 99.9
+
+
 def _norm(images, stretch):
+    """The shared colour scale: 0 to the :data:`VMAX_PERCENTILE` of the positive pixels of
+    ``images`` (the panels that set the scale: a figure's predictions, whose pixels are
+    the image's own, not the input's Poisson noise)."""
     from astropy.visualization import (AsinhStretch, ImageNormalize, LinearStretch, LogStretch,
                                        SqrtStretch)
 
@@ -303,17 +315,21 @@ def _norm(images, stretch):
     if stretch not in kinds:
         raise ValueError(f"stretch: {stretch!r} is not one of {', '.join(STRETCHES)}")
     pos = np.concatenate([im[np.isfinite(im) & (im > 0)].ravel() for im in images])
-    vmax = float(np.percentile(pos, 99.7)) if pos.size else 1.0
+    vmax = float(np.percentile(pos, VMAX_PERCENTILE)) if pos.size else 1.0
     return ImageNormalize(vmin=0.0, vmax=max(vmax, 1e-12), stretch=kinds[stretch]())
 
 
 def _colour_ticks(norm, n=6):
-    """Ticks evenly spaced in the stretched scale, rounded to one significant digit."""
+    """Ticks evenly spaced in the stretched scale, rounded to two significant digits (the top
+    one down, so that it stays on the bar: the bar is labelled up to its top)."""
     vals = np.atleast_1d(norm.inverse(np.linspace(0.0, 1.0, n)))
     out = [0.0]
     for v in vals[1:]:
-        r = float(f"{v:.1g}")
-        if r > out[-1] and r <= norm.vmax * 1.0001:
+        r = float(f"{v:.2g}")
+        if r > norm.vmax * 1.0001:      # rounded up past the top: the next value down
+            e = math.floor(math.log10(v)) - 1
+            r = math.floor(v / 10 ** e) * 10 ** e
+        if r > out[-1]:
             out.append(r)
     return out
 
@@ -367,18 +383,23 @@ def _compass(ax, wcs, shape):
 
 
 def _source_circles(ax, sources, wcs, pixel_arcsec, radius_arcsec, *, candidates=False):
+    """Cyan circles of ``radius_arcsec`` round the sources; candidates as yellow crosses (a
+    dashed circle a few pixels wide shows no dashes, and hides the emission it marks)."""
     from matplotlib.patches import Circle
 
     x, y = _source_pixels(sources, wcs)
+    if candidates:
+        if len(x):
+            ax.plot(x, y, linestyle="none", marker="x", markersize=7, markeredgewidth=1.5,
+                    color="yellow", gid="candidate")
+        return
     r = radius_arcsec / pixel_arcsec
-    style = (dict(edgecolor="yellow", linestyle="--", gid="candidate") if candidates
-             else dict(edgecolor="cyan", gid="source"))
     for xi, yi in zip(x, y):
-        ax.add_patch(Circle((xi, yi), r, fill=False, lw=1.2, **style))
+        ax.add_patch(Circle((xi, yi), r, fill=False, lw=1.2, edgecolor="cyan", gid="source"))
 
 
 def panels_figure(panels, *, title: str = "", stretch: str = DEFAULT_STRETCH, sources=None,
-                  source_radius_arcsec: float = 20.0, sky_orient: bool = True,
+                  source_radius_arcsec: float = 12.0, sky_orient: bool = True,
                   panel_inches: float = 4.2, figsize=None, candidates=None):
     """Figure of ``panels`` side by side on one colour scale, sky panels north up/east left.
 
@@ -389,8 +410,9 @@ def panels_figure(panels, *, title: str = "", stretch: str = DEFAULT_STRETCH, so
     title : str
         Figure title.
     stretch : {'asinh', 'sqrt', 'log', 'linear'}
-        Colour stretch from 0 to the 99.7th percentile of the positive pixels; named on the
-        colour bar.
+        Colour stretch from 0 to the :data:`VMAX_PERCENTILE` of the positive pixels of the
+        panels that set the scale (``Panel.sets_scale``); named on the colour bar, whose arrow
+        marks the brighter pixels drawn at its top colour.
     sources : astropy Table, dict of arrays, SkyCoord or (N, 2) array, optional
         Sources to circle: columns ``ra``/``dec`` (deg; also ``ra_deg``, ``RAJ2000``, ...), a
         SkyCoord, or rows of (RA, Dec) in deg, in the frame of the panels' WCS. Drawn on the
@@ -433,13 +455,17 @@ def panels_figure(panels, *, title: str = "", stretch: str = DEFAULT_STRETCH, so
             drawn.append((sky.data, sky.wcs, pixel_scale_arcsec(sky.wcs), sky))
         else:
             drawn.append((sb, p.wcs.celestial if p.wcs is not None else None, pix, None))
-    norm = _norm([d[0] for d in drawn], stretch)
+    scale = [d[0] for d, p in zip(drawn, panels) if p.sets_scale] or [d[0] for d in drawn]
+    norm = _norm(scale, stretch)
     cmap = colormaps["magma"].with_extremes(bad=_NAN_COLOUR)
 
     # Fixed axes positions (inches -> figure fractions): a constrained layout costs a second
     # full draw (~0.4 s per PNG).
     n = len(panels)
-    left, gap, cb_gap, cb_w, right, bottom, top = 0.95, 0.3, 0.2, 0.14, 1.05, 0.65, 0.8
+    # the top margin holds the figure title's lines and two lines of panel titles
+    n_title = title.count("\n") + 1 if title else 0
+    left, gap, cb_gap, cb_w, right, bottom = 0.95, 0.3, 0.2, 0.14, 1.05, 0.65
+    top = 0.5 + 0.2 * n_title
     fixed_w = left + (n - 1) * gap + cb_gap + cb_w + right
     if figsize is not None:
         panel_inches = max(0.5, min((figsize[0] - fixed_w) / n, figsize[1] - bottom - top))
@@ -481,7 +507,7 @@ def panels_figure(panels, *, title: str = "", stretch: str = DEFAULT_STRETCH, so
         ax.set_ylim(-0.5, img.shape[0] - 0.5)
     cax = fig.add_axes([(width - right - cb_w) / width, (bottom + 0.3) / height,
                         cb_w / width, (panel_inches - 0.6) / height])
-    cb = fig.colorbar(im, cax=cax, ticks=_colour_ticks(norm))
+    cb = fig.colorbar(im, cax=cax, ticks=_colour_ticks(norm), extend="max")
     cb.set_label(f"surface brightness [count s$^{{-1}}$ arcmin$^{{-2}}$], {stretch} stretch")
     fig.sky_images = [d[3] for d in drawn]
     return fig
@@ -500,6 +526,11 @@ def _title(res) -> str:
         line += "\nno sky WCS: detector orientation, pixel axes"
     elif res.image.wcs_note:
         line += "\nsky WCS approximate (RA_PNT/DEC_PNT/PA_PNT, good to a few arcsec)"
+    from .inference import ccd_ontime_note
+
+    ontime = ccd_ontime_note(h, res.image.exposure) if h is not None else ""
+    if ontime:   # e.g. "per-CCD good time differs from EXPOSURE 20000 s (CCD 4-6 10812 s)..."
+        line += "\n" + ontime.split(": rates are", 1)[0] + ": rates low there"
     return line
 
 
@@ -520,21 +551,25 @@ def quicklook_panels(res) -> list:
     def shown(a):  # no data where no photon can land
         return a if keep is None else np.where(keep, a, np.nan)
 
+    pix_out = pix_in / res.model.scale
+    what = ("sky only: background removed, PSF halved" if res.task == "SR"
+            else "expected rate, background included")
     panels = [Panel(rate_in, res.input_wcs,
-                    f"input {res.image.exposure / 1e3:.1f} ks (masked, padded)", pix_in),
-              Panel(shown(res.prediction), res.output_wcs, f"{res.task} prediction",
-                    pix_in / res.model.scale)]
+                    f'input {res.image.exposure / 1e3:.1f} ks, background included, '
+                    f'{pix_in:g}" pixels', pix_in, sets_scale=False),
+              Panel(shown(res.prediction), res.output_wcs,
+                    f'{res.task}, {what}, {pix_out:g}" pixels', pix_out)]
     diffuse = getattr(res, "extras", {}).get("diffuse")
     if diffuse is not None:
         n = len(res.sources or [])
         sig = getattr(res, "list_signif", None)
-        label = (f"diffuse component, {n} point source{'s' * (n != 1)}"
+        label = (f"diffuse component\n{n} point source{'s' * (n != 1)}"
                  + (f" (≥ {sig:g}σ)" if sig is not None and res.sources is not None else "")
                  + " circled")
         m = len(_result_candidates(res) if res.output_wcs is not None else [])
         if m:
-            label += f", {m} candidate{'s' * (m != 1)} dashed"
-        panels.append(Panel(shown(diffuse), res.output_wcs, label, pix_in / res.model.scale))
+            label += f", {m} candidate{'s' * (m != 1)} ×"
+        panels.append(Panel(shown(diffuse), res.output_wcs, label, pix_out))
     return panels
 
 
@@ -558,7 +593,7 @@ def _result_sources(res):
 
 
 def quicklook_figure(res, *, stretch: str = DEFAULT_STRETCH, sources=None,
-                     source_radius_arcsec: float = 20.0, extra_panels=(), figsize=None):
+                     source_radius_arcsec: float = 12.0, extra_panels=(), figsize=None):
     """Figure with the masked input and the prediction on one stretch, north up / east left.
 
     Parameters
@@ -594,11 +629,20 @@ def quicklook_figure(res, *, stretch: str = DEFAULT_STRETCH, sources=None,
                          candidates=candidates)
 
 
-def quicklook_png(res, path, *, overwrite=False, dpi=110, **kwargs) -> Path:
+#: PNG resolution (dots per inch of the 4.2-inch panels): an SR panel, ~1000 2" pixels
+#: across once north up, gets about one PNG pixel per image pixel (at 110 dpi, half the
+#: detail the super-resolution adds was dropped); DN's 4" pixels need half that.
+PNG_DPI = {1: 110, 2: 220}
+
+
+def quicklook_png(res, path, *, overwrite=False, dpi=None, **kwargs) -> Path:
     """Write the quick-look figure to ``path`` (atomically); return the path.
 
-    ``kwargs`` go to :func:`quicklook_figure` (``stretch``, ``sources``, ...).
+    ``dpi``: default :data:`PNG_DPI` for the model's scale. ``kwargs`` go to
+    :func:`quicklook_figure` (``stretch``, ``sources``, ...).
     """
+    if dpi is None:
+        dpi = PNG_DPI.get(int(getattr(getattr(res, "model", None), "scale", 1) or 1), 110)
     from .fitsio import atomic_savefig, ensure_output_dir
 
     path = Path(path)

@@ -308,12 +308,14 @@ def plot_gti(curve: RateCurve, kept, path, *, flare_gti=None, title: str = ""):
         ax.axvspan((a - t0) / 1e3, (b - t0) / 1e3, color="tab:green", alpha=0.35, lw=0,
                    label="kept" if i == 0 else None)
     finite = curve.rate[np.isfinite(curve.rate)]
-    if len(finite) and finite.max() > 20 * max(curve.threshold, 1e-9):
+    # a flare far above the threshold would squeeze the quiet curve and the threshold into the
+    # bottom of a linear axis
+    if len(finite) and finite.max() > 5 * max(curve.threshold, 1e-9):
         ax.set_yscale("log")
     ax.set_xlabel(f"time since TSTART = {t0:.0f} s  [ks]")
     ax.set_ylabel("rate [count/s]")
     ax.set_title(title or f"{path.stem}: kept {total(kept) / 1e3:.2f} ks", fontsize=9)
-    ax.legend(loc="upper right", fontsize=7)
+    ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     from .fitsio import atomic_savefig
     return atomic_savefig(fig, path)
