@@ -577,3 +577,55 @@ def test_halo_crops_centre_on_faint_sources_over_bright_diffuse_emission():
     # DN ignores the option
     assert D.FrameBuffer(sim, np.random.default_rng(5), task="DN", size=1,
                          halo_points=10, halo_source_share=1.0).halo_source_share == 0.0
+
+
+# ---- the command line guards the committed checkpoints and models --------------------------
+_REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--ckpt-dir", "{tmp}/typo"], "no DN_last.pt to resume; pass --fresh"),
+    (["--fresh", "--ckpt-dir", str(_REPO / "models" / "checkpoints")],
+     "would replace the committed DN checkpoints"),
+    (["--export-only", "--ckpt-dir", str(_REPO / "models" / "checkpoints"), "--which", "foo"],
+     "--which foo: no"),
+    (["--ckpt-dir", str(_REPO / "models" / "checkpoints"), "--steps", "10"],
+     "is at step 8208 already"),
+    (["--threads", "0", "--fresh", "--ckpt-dir", "{tmp}/x"], "--threads 0"),
+    (["--fresh", "--init-from", "{tmp}/nope.pt", "--ckpt-dir", "{tmp}/x"],
+     "--init-from {tmp}/nope.pt: no such file"),
+])
+def test_training_command_refuses_what_would_lose_work(tmp_path, capsys, args, says):
+    """A mistyped --ckpt-dir silently started a new run from scratch, --fresh replaced the
+    committed checkpoints, and --steps below the checkpoint's step trained nothing but
+    rewrote it; each is now a usage error before anything is loaded or written."""
+    from xmm_enhance.training.train import main
+
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    with pytest.raises(SystemExit) as exc:
+        main(["--task", "DN", "--log-dir", str(tmp_path / "logs"), "--no-export", *args])
+    assert exc.value.code == 2
+    assert says.replace("{tmp}", str(tmp_path)) in capsys.readouterr().err
+    assert sorted(p.name for p in (_REPO / "models" / "checkpoints").glob("DN_*.pt")) == \
+        ["DN_best.pt", "DN_last.pt"]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "other_task"])
+def test_a_damaged_checkpoint_is_one_line(tmp_path, capsys, damage):
+    import shutil
+
+    from xmm_enhance.training.train import main
+
+    d = tmp_path / "ck"
+    d.mkdir()
+    if damage == "truncated":
+        (d / "DN_last.pt").write_bytes((_REPO / "models/checkpoints/DN_last.pt").read_bytes()[:999])
+    else:
+        shutil.copy(_REPO / "models/checkpoints/SR_last.pt", d / "DN_last.pt")
+    for extra in ([], ["--export-only", "--which", "last"]):
+        code = main(["--task", "DN", "--ckpt-dir", str(d), "--log-dir", str(tmp_path / "logs"),
+                     "--no-export", "--threads", "1", "--steps", "99999", *extra])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 1 and err[-1].startswith(f"error: {d / 'DN_last.pt'}: ")
+        assert ("not a readable checkpoint" if damage == "truncated"
+                else "do not fit this network") in err[-1]

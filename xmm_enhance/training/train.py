@@ -296,6 +296,35 @@ def _save(path, obj):
     os.replace(tmp, path)
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, unreadable or of another network (one line)."""
+
+
+def load_checkpoint(path, what: str = "checkpoint") -> dict:
+    """``torch.load`` of a training checkpoint, or :class:`CheckpointError` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such {what}")
+    try:
+        st = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises RuntimeError, ValueError, UnpicklingError...
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise CheckpointError(f"{path}: not a readable {what} ({first}); restore it from git "
+                              "(git checkout models/checkpoints) or pass another one") from None
+    if not isinstance(st, dict) or "ema" not in st:
+        raise CheckpointError(f"{path}: not a training {what} of this project (no EMA weights)")
+    return st
+
+
+def _load_weights(module, state, path, key) -> None:
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:160]
+        raise CheckpointError(f"{path}: its {key} weights do not fit this network ({first}); "
+                              "is it the other task's checkpoint?") from None
+
+
 def export_task(task, cfg, ckpt_dir, out_dir, *, extra_metrics=None, which="best",
                 interval_scale=1.0, interval_slope=0.0):
     """Export the ``best`` (or ``last`` EMA) weights of ``task`` to ``out_dir``; returns the path.
@@ -305,10 +334,11 @@ def export_task(task, cfg, ckpt_dir, out_dir, *, extra_metrics=None, which="best
     the metadata ``pixel_interval_scale``; ``interval_slope``: its change per decade of input
     exposure about 20 ks (metadata ``pixel_interval_slope``)."""
     ckpt_dir = Path(ckpt_dir)
-    st = torch.load(ckpt_dir / f"{task}_{which}.pt", map_location="cpu", weights_only=False)
+    src = ckpt_dir / f"{task}_{which}.pt"
+    st = load_checkpoint(src)
     cfg = {**cfg, **LEGACY, **st.get("cfg", {})}
     net = make_net(task, cfg)
-    net.load_state_dict(st["ema"])
+    _load_weights(net, st["ema"], src, "EMA")
     net.interval_scale = float(interval_scale)
     net.interval_slope = float(interval_slope)
     from ..simulate.instrument import SIM_VERSION
@@ -359,7 +389,7 @@ def train(task, *, out="models", ckpt_dir="models/checkpoints", minutes=None, st
 
     st = None
     if last_path.exists() and not fresh:
-        st = torch.load(last_path, map_location="cpu", weights_only=False)
+        st = load_checkpoint(last_path)
         # the checkpoint's recipe wins, except what the caller overrides explicitly
         cfg = {**checkpoint_cfg(st), **(cfg_overrides or {})}
         # recipe changes after the checkpoint was written: today's defaults unless overridden
@@ -375,8 +405,8 @@ def train(task, *, out="models", ckpt_dir="models/checkpoints", minutes=None, st
     step, best, commit = 0, float("inf"), git_commit()
     rng_state = None
     if st is not None:
-        net.load_state_dict(st["model"])
-        ema.load_state_dict(st["ema"])
+        _load_weights(net, st["model"], last_path, "model")
+        _load_weights(ema, st["ema"], last_path, "EMA")
         opt.load_state_dict(st["opt"])
         step, best = int(st["step"]), float(st.get("best", float("inf")))
         rng_state = st.get("rng")
@@ -389,7 +419,7 @@ def train(task, *, out="models", ckpt_dir="models/checkpoints", minutes=None, st
             best = float("inf")
     elif init_from:
         # warm start: another run's EMA weights; layers it lacks keep their (zero-output) init
-        src = torch.load(init_from, map_location="cpu", weights_only=False)
+        src = load_checkpoint(init_from, "checkpoint (--init-from)")
         missing = load_widened(net, src["ema"], init_from)
         ema.load_state_dict(net.state_dict())
         log.info("warm start from %s (step %d); new layers: %s", init_from,
@@ -511,7 +541,9 @@ def main(argv=None):
     """Command line entry point; returns the exit status."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--task", choices=("DN", "SR"), required=True)
-    ap.add_argument("--out", default="models", help="folder of the exported ONNX file")
+    ap.add_argument("--out", default="runs/export",
+                    help="folder of the exported ONNX file (default runs/export; the bundled "
+                         "models in models/ are replaced only when it is given)")
     ap.add_argument("--ckpt-dir", default="models/checkpoints")
     ap.add_argument("--log-dir", default="runs")
     ap.add_argument("--resume", action="store_true", default=True,
@@ -593,17 +625,57 @@ def main(argv=None):
                     help="with --export-only: change of --interval-scale per decade of input "
                     "exposure about 20 ks (default 0: the same at every exposure)")
     ap.add_argument("--export-only", action="store_true",
-                    help="export the best checkpoint and exit")
+                    help="export the checkpoint --which names and exit")
+    ap.add_argument("--overwrite-checkpoints", action="store_true",
+                    help="let --fresh replace the committed checkpoints in models/checkpoints")
     a = ap.parse_args(argv)
+    if a.threads < 1:
+        ap.error(f"--threads {a.threads}: must be >= 1")
+    ckpt, last = Path(a.ckpt_dir), Path(a.ckpt_dir) / f"{a.task}_last.pt"
+    if a.export_only:
+        if not (ckpt / f"{a.task}_{a.which}.pt").is_file():
+            ap.error(f"--which {a.which}: no {ckpt / f'{a.task}_{a.which}.pt'}; pass best, last "
+                     "or ema<step> of a checkpoint that --ckpt-dir holds")
+    elif a.fresh:
+        committed = ckpt.resolve() == (Path(__file__).resolve().parents[2] / "models"
+                                       / "checkpoints")
+        if committed and not a.overwrite_checkpoints and any(
+                (ckpt / f"{a.task}_{w}.pt").exists() for w in ("last", "best")):
+            ap.error(f"--fresh would replace the committed {a.task} checkpoints in {ckpt}; pass "
+                     "another --ckpt-dir (e.g. runs/checkpoints), or --overwrite-checkpoints")
+    elif not last.is_file() and a.init_from is None:
+        ap.error(f"--ckpt-dir {ckpt}: no {a.task}_last.pt to resume; pass --fresh to start a "
+                 "new run there, or --init-from CHECKPOINT")
+    if a.init_from is not None and not Path(a.init_from).is_file():
+        ap.error(f"--init-from {a.init_from}: no such file")
     torch.set_num_threads(a.threads)
     Path(a.log_dir).mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
                         handlers=[logging.FileHandler(Path(a.log_dir) / f"{a.task}.log"),
                                   logging.StreamHandler(sys.stderr)])
+    try:
+        return _run(a, ap)
+    except CheckpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(a, ap) -> int:
+    """The command line's work once its arguments are checked (see :func:`main`)."""
+    last = Path(a.ckpt_dir) / f"{a.task}_last.pt"
     if a.export_only:
         print(export_task(a.task, DEFAULTS, a.ckpt_dir, a.out, which=a.which,
                           interval_scale=a.interval_scale, interval_slope=a.interval_slope))
         return 0
+    if last.is_file() and not a.fresh:
+        if a.init_from is not None:
+            log.warning("--init-from %s ignored: resuming %s (pass --fresh with --init-from "
+                        "for a warm start)", a.init_from, last)
+        if a.steps is not None:
+            done = int(load_checkpoint(last).get("step", 0))
+            if a.steps <= done:
+                ap.error(f"--steps {a.steps}: {last} is at step {done} already; --steps is the "
+                         "global step to stop at")
     over = {}
     if a.total_steps:
         over["total_steps"] = a.total_steps
