@@ -749,7 +749,6 @@ def _header_deadline_pools(client) -> dict:
     ``client.stalled`` and raises ``TimeoutError`` (requests: ``ReadTimeout``).
     """
     import socket
-    import threading
 
     from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 

@@ -822,13 +822,12 @@ def _prediction_ok(image: Path, which: str, cfg: BatchConfig) -> tuple[bool, str
     ok, why = _outputs_ok(paths, newer_than=image, prediction=paths[1])
     if not ok:
         return ok, why
-    from .inference import prediction_headers
+    from .inference import made_from_another_file, prediction_headers
 
     primary, names, h = prediction_headers(paths[1])
-    if "INSHA" in primary:   # made from this very image file (not one copied in over it)
-        from .inference import _file_sha256
-        if primary["INSHA"] != _file_sha256(image):
-            return False, f"{paths[1].name}: made from another {image.name} (INSHA)"
+    why = made_from_another_file(primary, image)   # not one copied in over it
+    if why:
+        return False, f"{paths[1].name}: {why}"
     sha = _model_sha(which, cfg)
     if sha is not None:
         if primary.get("MODELSHA") != sha:
@@ -1295,7 +1294,7 @@ def _run_steps(obsid: str, cfg: BatchConfig, res: ObsResult) -> None:
     res.exposure_s, res.counts = _image_summary(image)
     res.outputs["image"] = str(image)
 
-    png_ran, png_failed, first_error = False, False, None
+    png_ran, first_error = False, None
     for which in cfg.which:
         # SR and DN are independent: one that fails (a broken model file, a PNG that cannot
         # be written) does not keep the other from running; the first error is raised after
@@ -1304,11 +1303,11 @@ def _run_steps(obsid: str, cfg: BatchConfig, res: ObsResult) -> None:
         except XmmEnhanceError as exc:
             if f"{which}:" not in res.steps:
                 _step(res, which, "failed")
-            png_failed = png_failed or "png:failed" in res.steps
             first_error = first_error or exc
     # one PNG per prediction, made (or not) with it; none to speak of when a prediction failed
-    # before its PNG and no other made one
-    if cfg.png and cfg.which and not png_failed and (png_ran or first_error is None):
+    # before its PNG and no other made one (a PNG that failed has its own step already)
+    if (cfg.png and cfg.which and "png:failed" not in res.steps
+            and (png_ran or first_error is None)):
         _step(res, "png", "ran" if png_ran else "skipped", res.png_s)
     if first_error is not None:
         raise first_error
@@ -1597,7 +1596,6 @@ def _run_pool(obsids, cfg, jobs, record, task) -> None:
     log.warning("warning: a worker process died; running the %d observation(s) its pool "
                 "still held each in a process of its own", len(broken))
 
-    import threading
     from concurrent.futures import ThreadPoolExecutor
 
     live, live_lock = set(), threading.Lock()   # the one-process pools at work now

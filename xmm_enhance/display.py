@@ -528,9 +528,9 @@ def _title(res) -> str:
         line += "\nsky WCS approximate (RA_PNT/DEC_PNT/PA_PNT, good to a few arcsec)"
     from .inference import ccd_ontime_note
 
-    ontime = ccd_ontime_note(h, res.image.exposure) if h is not None else ""
-    if ontime:   # e.g. "per-CCD good time differs from EXPOSURE 20000 s (CCD 4-6 10812 s)..."
-        line += "\n" + ontime.split(": rates are", 1)[0] + ": rates low there"
+    ontime = ccd_ontime_note(h, res.image.exposure, brief=True)
+    if ontime:
+        line += "\n" + ontime
     return line
 
 
@@ -642,7 +642,7 @@ def quicklook_png(res, path, *, overwrite=False, dpi=None, **kwargs) -> Path:
     :func:`quicklook_figure` (``stretch``, ``sources``, ...).
     """
     if dpi is None:
-        dpi = PNG_DPI.get(int(getattr(getattr(res, "model", None), "scale", 1) or 1), 110)
+        dpi = PNG_DPI.get(res.model.scale, PNG_DPI[1])
     from .fitsio import atomic_savefig, ensure_output_dir
 
     path = Path(path)

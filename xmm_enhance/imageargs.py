@@ -118,12 +118,17 @@ def check_threads(threads, option: str = "--threads (threads=)") -> None:
                          "for onnxruntime's choice)")
 
 
+#: Relative tolerance of an input's pixel size against the models' 4" (a fitted WCS's scale).
+PIXEL_TOLERANCE = 0.03
+
+
 def check_model_binsize(binsize, which) -> None:
     """UsageError when SR or DN (``which``) is asked for images of another pixel size than the
-    models' 4" (``binsize`` 80, within 3 %, as the inference's own check): every observation
-    would make its image and then fail."""
+    models' 4" (``binsize`` 80, within :data:`PIXEL_TOLERANCE`, as the inference's own check):
+    every observation would make its image and then fail."""
     want = detector.PN_BINSIZE
-    if which and abs(float(binsize) / want - 1) > 0.03:
-        raise UsageError(f"--binSize (binsize=) {binsize:g} makes {binsize * 0.05:g}\"/pixel "
-                         f"images, but the {'/'.join(which)} models take {want * 0.05:g}\"/pixel "
+    if which and abs(float(binsize) / want - 1) > PIXEL_TOLERANCE:
+        raise UsageError(f"--binSize (binsize=) {binsize:g} makes "
+                         f"{detector.pixel_size_arcsec(binsize):g}\"/pixel images, but the "
+                         f"{'/'.join(which)} models take {detector.pixel_size_arcsec():g}\"/pixel "
                          f"ones: use --binSize {want}, or --which none for images only")

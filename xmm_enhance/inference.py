@@ -35,8 +35,8 @@ from . import __version__, detector, procstate, skywcs
 from .errors import InputError, ModelError, UsageError
 from .fitsio import (add_history as _history, atomic_write_hduls, check_name_length,
                      ensure_output_dir, header_text, refuse_existing)
-from .imageargs import (BAND_TOLERANCE_PI, MODEL_BAND_PI, check_min_signif,  # noqa: F401
-                        check_threads, is_model_band)
+from .imageargs import (BAND_TOLERANCE_PI, MODEL_BAND_PI, PIXEL_TOLERANCE,  # noqa: F401
+                        check_min_signif, check_threads, is_model_band)
 
 __all__ = [
     "PAD_SIZE", "MODEL_FILES", "TASKS", "InputImage", "Model", "EnhanceResult", "SkyTan",
@@ -70,12 +70,12 @@ OBS_KEYS = ("TELESCOP", "INSTRUME", "OBS_ID", "EXP_ID", "EXPIDSTR", "OBJECT", "O
 #: are reported (:func:`ccd_ontime_note`).
 ONTIME_TOLERANCE = 0.01
 REQUIRED_META = ("task", "scale", "version")
-#: Input pixel size the models were trained for (arcsec) and the relative tolerance accepted.
+#: Input pixel size the models were trained for (arcsec; the tolerance accepted is
+#: ``imageargs.PIXEL_TOLERANCE``).
 PIXEL_ARCSEC = 4.0
 #: Exposure (s) about which the metadata's ``*_interval_slope`` calibrations change (the
 #: networks' reference exposure, ``training.net.EXPOSURE_REF``).
 CALIBRATION_REF_EXPOSURE = 20e3
-PIXEL_TOLERANCE = 0.03
 #: Relative difference between ``--exposure`` and a header's ``EXPOSURE`` taken as agreement.
 EXPOSURE_TOLERANCE = 1e-3
 #: Keywords that only this tool's outputs carry (with ``MODEL``, ``SOFTVER``, ``INFILE``).
@@ -684,19 +684,7 @@ def load_model(which: str, path: str | Path | None = None, *, threads: int | Non
 def _open_image_hdu(path: Path):
     """Return (data, image header, primary header) of the first HDU holding an image.
 
-    An uncompressed file whose data end past its last byte is an :class:`InputError` (one
-    line; astropy would add a warning line of its own), found by reading the headers
-    (:func:`fitsio.fits_truncation`); a gzipped one is checked whole by :func:`read_input`."""
-    from .fitsio import fits_truncation
-
-    try:
-        with open(path, "rb") as fh:
-            cut = "" if fh.read(2) == b"\x1f\x8b" else fits_truncation(fh, path.stat().st_size)
-    except OSError:
-        cut = ""   # fits.open below names the problem
-    if cut:
-        raise InputError(f"{path}: truncated ({cut}); re-create it with "
-                         "make_detxy_pn_image_pps.py or copy it again")
+    A file cut short is refused before (:func:`_check_whole_file`)."""
     try:
         with fits.open(path, memmap=False) as hdul:
             for hdu in hdul:
@@ -1009,9 +997,10 @@ def _check_recordable(name, counts, exposure, header) -> None:
                          "image with its true EXPOSURE")
 
 
-def ccd_ontime_note(header, exposure: float) -> str:
+def ccd_ontime_note(header, exposure: float, *, brief: bool = False) -> str:
     """"" or a note naming the CCDs whose good time (``ONTIMEnn``, as evselect images carry
-    them) differs from ``exposure`` by more than ``ONTIME_TOLERANCE``.
+    them) differs from ``exposure`` by more than ``ONTIME_TOLERANCE``; ``brief``: the same
+    without the explanation, for a figure title's line.
 
     A pn quadrant can lose time that the others keep (counting mode behind a bright source,
     per-CCD flare filtering): an evselect image's ``EXPOSURE`` is then the largest
@@ -1037,9 +1026,11 @@ def ccd_ontime_note(header, exposure: float) -> str:
         parts.append(f"CCD {runs} {t:.0f} s")
     worst = max(abs(1 - t / exposure) for t in off.values())
     how = "low" if all(t < exposure for t in off.values()) else "off"
-    return (f"per-CCD good time differs from EXPOSURE {exposure:.0f} s ({'; '.join(parts)}): "
-            f"rates are counts / EXPOSURE on every CCD, so {how} by up to {100 * worst:.0f} % "
-            "on those")
+    head = f"per-CCD good time differs from EXPOSURE {exposure:.0f} s ({'; '.join(parts)})"
+    if brief:   # a figure title's line
+        return f"{head}: rates {how} there"
+    return (f"{head}: rates are counts / EXPOSURE on every CCD, so {how} by up to "
+            f"{100 * worst:.0f} % on those")
 
 
 def read_input(path: str | Path, *, exposure: float | None = None) -> InputImage:
@@ -1075,7 +1066,7 @@ def read_input(path: str | Path, *, exposure: float | None = None) -> InputImage
         raise InputError(f"{path}: no such file; check the path")
     if path.is_dir():
         raise InputError(f"{path}: is a folder; pass a FITS image file")
-    _check_whole_gzip(path)
+    _check_whole_file(path)
     data, header, primary = _open_image_hdu(path)
     if data.ndim == 3 and data.shape[0] == 1:
         data = data[0]
@@ -1136,8 +1127,8 @@ def _check_detector_axes(path: Path, header, sky) -> None:
     ``PA_PNT`` gives: a sky (X/Y) image, such as ``evselect`` makes by default. The models
     know the detector's frame (its PSF, CCD gaps and out-of-time streaks); on a turned image
     they would draw them wrong without a word."""
-    pa = _finite(header.get("PA_PNT"))
-    if sky is None or pa is None:
+    pa = _number(header.get("PA_PNT"))
+    if sky is None or pa is None or not math.isfinite(pa):
         return
     want = skywcs.cd_from_pa(pa, PIXEL_ARCSEC)
     have = np.asarray(sky.cd, float)
@@ -1153,14 +1144,6 @@ def _check_detector_axes(path: Path, header, sky) -> None:
         raise InputError(f"{path}: its axes are not the DETX/DETY frame of its PA_PNT "
                          f"({pa:g} deg) but {how}; the models take DETX/DETY images: make one "
                          "with make_detxy_pn_image_pps.py")
-
-
-def _finite(v) -> float | None:
-    try:
-        v = float(v)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
 
 
 def _warn_submode(path: Path, header, primary) -> None:
@@ -1183,18 +1166,35 @@ def _file_sha256(path: Path) -> str | None:
         return None
 
 
-def _check_whole_gzip(path: Path) -> None:
-    """InputError for a gzipped input cut short: astropy reads the HDUs before the cut and
-    says nothing, so an image whose last extensions (its GTIs) were lost would pass."""
+def made_from_another_file(pred_header, infile) -> str:
+    """Why a prediction (primary header ``pred_header``) was not made from the file ``infile``
+    as it is now (its ``INSHA`` differs: another image of the same name, or the image made
+    again); "" when it was, or when the prediction does not record its input's checksum."""
+    infile = Path(infile)
+    if "INSHA" in pred_header and pred_header["INSHA"] != _file_sha256(infile):
+        return f"made from another {infile.name} (INSHA)"
+    return ""
+
+
+def _check_whole_file(path: Path) -> None:
+    """InputError for an input cut short. astropy reads a gzipped file up to the cut and says
+    nothing (an image whose last extensions, its GTIs, were lost would pass), and an
+    uncompressed one with a warning line of its own: a gzip stream must reach its trailer
+    (:func:`batch.gzip_is_complete`), an uncompressed file's data its headers' length
+    (:func:`fitsio.fits_truncation`)."""
+    from .batch import gzip_is_complete
+    from .fitsio import fits_truncation
+
     try:
         with open(path, "rb") as fh:
-            gz = fh.read(2) == b"\x1f\x8b"
+            if fh.read(2) != b"\x1f\x8b":
+                cut = fits_truncation(fh, path.stat().st_size)
+                if cut:
+                    raise InputError(f"{path}: truncated ({cut}); re-create it with "
+                                     "make_detxy_pn_image_pps.py or copy it again")
+                return
     except OSError:
         return  # _open_image_hdu names the problem
-    if not gz:
-        return
-    from .batch import gzip_is_complete
-
     ok, why = gzip_is_complete(path)
     if not ok:
         raise InputError(f"{path}: {why}; the gzip file is cut short or damaged: copy or "
@@ -1932,9 +1932,9 @@ def outputs_complete(paths, *, model: Model | None = None, infile=None,
         headers = prediction_headers(pred)
         if model is not None and headers[0].get("MODELSHA") != model.sha256:
             return False, f"{pred.name}: made by another {model.task} model"
-        if infile is not None and "INSHA" in headers[0] \
-                and headers[0]["INSHA"] != _file_sha256(Path(infile)):
-            return False, f"{pred.name}: made from another {Path(infile).name} (INSHA)"
+        why = made_from_another_file(headers[0], infile) if infile is not None else ""
+        if why:
+            return False, f"{pred.name}: {why}"
         if infile is not None and exposure is not None:
             why = _exposure_differs(Path(infile), headers[0], exposure)
             if why:
