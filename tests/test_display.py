@@ -532,3 +532,87 @@ def test_the_input_does_not_set_the_colour_scale_and_the_bar_is_labelled_to_its_
     assert ticks[-1] <= norm.vmax and ticks[-1] >= 0.9 * norm.vmax
     cbar = fig.axes[-1]
     assert cbar.get_ylabel().endswith("asinh stretch")
+
+
+# ------------------------------------------------------------------ the uncertainty panel
+def with_percentiles(res, lo_factor=0.5, hi_factor=2.0):
+    """``res`` with LO68 = lo_factor x rate and HI68 = hi_factor x rate (relative half-width
+    (hi_factor - lo_factor) / 2), and one pixel of rate 0 with an open interval."""
+    pred = res.prediction.astype(np.float64)
+    lo, hi = lo_factor * pred, hi_factor * pred
+    pred[5, 70] = 0.0
+    lo[5, 70], hi[5, 70] = 0.0, 1.0
+    res.prediction = pred.astype(np.float32)
+    res.extras = {"lo68": lo.astype(np.float32), "hi68": hi.astype(np.float32)}
+    return res
+
+
+def test_relative_uncertainty_is_half_the_interval_over_the_rate():
+    pred = np.array([[2.0, 0.0, 0.0, 4.0]])
+    lo = np.array([[1.0, 0.0, 0.0, 3.0]])
+    hi = np.array([[5.0, 3.0, 0.0, 5.0]])
+    keep = np.array([[True, True, True, False]])
+    rel = display.relative_uncertainty(pred, lo, hi, keep)
+    assert rel[0, 0] == pytest.approx(1.0)          # (5 - 1) / 2 / 2
+    assert rel[0, 1] == np.inf                      # nothing predicted, interval open
+    assert rel[0, 2] == 0.0                         # nothing predicted, interval closed
+    assert np.isnan(rel[0, 3])                      # no data
+
+
+def test_uncertainty_panel_has_its_own_log_scale_and_blackens_empty_sky():
+    res = with_percentiles(fake_result(rot_deg=60.0))
+    # 1 count per 20" disc at 20 ks on 2" pixels: rate 1 / (20e3 * pi * 25) per pixel
+    floor = 1.0 / (20e3 * math.pi * 25.0)
+    res.prediction[:, :10] = 0.5 * floor                   # empty sky: black
+    res.extras["lo68"][:, :10] = 0.25 * floor
+    res.extras["hi68"][:, :10] = floor
+    res.prediction[:, 10:20] = 2.0 * floor                 # just measurable: shown
+    res.extras["lo68"][:, 10:20] = 1.0 * floor
+    res.extras["hi68"][:, 10:20] = 4.0 * floor
+    panel = display.quicklook_panels(res)[-1]
+    assert panel.own_scale is not None and not panel.sets_scale and not panel.show_sources
+    v = panel.rate
+    assert np.all(v[:, :10] < panel.own_scale.norm.vmin)   # drawn in the "under" colour
+    assert panel.own_scale.under == "black"
+    assert v[30, 15] == pytest.approx(math.log10(0.75), abs=1e-6)   # (4 - 1) / 2 / 2
+    assert v[60, 60] == pytest.approx(math.log10(0.75), abs=1e-6)   # (2 - 0.5) / 2
+    # a rate of 0 predicts no counts: empty sky, whatever its interval
+    assert v[5, 70] < panel.own_scale.norm.vmin
+    # more than 300 % sits above the top, marked by the bar's arrow
+    res.extras["hi68"][40:50, 40:50] = 20.0 * res.prediction[40:50, 40:50]
+    assert np.all(display.quicklook_panels(res)[-1].rate[40:50, 40:50]
+                  > panel.own_scale.norm.vmax)
+    assert panel.own_scale.extend == "max"
+    assert 10 ** panel.own_scale.norm.vmin == pytest.approx(display.UNCERTAINTY_RANGE[0])
+    assert 10 ** panel.own_scale.norm.vmax == pytest.approx(display.UNCERTAINTY_RANGE[1])
+    res.output_keep = np.zeros(res.prediction.shape, bool)
+    assert np.all(np.isnan(display.quicklook_panels(res)[-1].rate))   # no data: grey
+
+
+def test_uncertainty_panel_sits_right_of_the_shared_bar_with_its_own():
+    res = with_percentiles(fake_result(rot_deg=60.0))
+    extra = display.Panel(res.prediction * 0.5, res.output_wcs, "extra", show_sources=False)
+    fig = display.quicklook_figure(res, extra_panels=[extra])
+    axes = image_axes(fig)
+    assert [ax.get_title().split(",")[0] for ax in axes][-2:] == ["extra", "SR uncertainty"]
+    shared = axes[1].images[0].norm
+    assert axes[2].images[0].norm is shared                  # extra panels share the scale
+    assert axes[3].images[0].norm is not shared
+    bars = [ax for ax in fig.axes if ax not in axes]
+    assert len(bars) == 2
+    boxes = sorted((ax.get_position().x0, ax.get_position().x1) for ax in fig.axes)
+    for (a0, a1), (b0, b1) in zip(boxes, boxes[1:]):        # left to right, no overlap
+        assert a1 <= b0 + 1e-9
+    # order: shared panels, their bar, the uncertainty panel, its bar
+    x0 = {id(ax): ax.get_position().x0 for ax in fig.axes}
+    assert x0[id(axes[2])] < min(x0[id(b)] for b in bars) < x0[id(axes[3])] < max(
+        x0[id(b)] for b in bars)
+    assert len(fig.sky_images) == 4
+    display.release_figure(fig)
+
+
+def test_no_percentile_maps_no_uncertainty_panel():
+    res = fake_result()
+    res.extras = {"lo68": None, "hi68": None}
+    assert display.uncertainty_panel(res) is None
+    assert len(image_axes(display.quicklook_figure(res))) == 2

@@ -22,8 +22,9 @@ import numpy as np
 
 from .errors import OutputError, UsageError
 
-__all__ = ["STRETCHES", "SkyImage", "Panel", "north_up_wcs", "sky_oriented",
-           "pixel_scale_arcsec", "panels_figure", "quicklook_panels", "quicklook_figure",
+__all__ = ["STRETCHES", "SkyImage", "Panel", "OwnScale", "north_up_wcs", "sky_oriented",
+           "pixel_scale_arcsec", "panels_figure", "quicklook_panels", "uncertainty_panel",
+           "relative_uncertainty", "quicklook_figure",
            "quicklook_png", "release_figure", "show"]
 
 log = logging.getLogger(__name__)
@@ -276,6 +277,9 @@ class Panel:
     sets_scale : bool
         Whether its pixels set the shared colour scale (:func:`_norm`); the quick look's input
         does not: its single counts would set the scale of a faint field.
+    own_scale : OwnScale or None
+        A colour scale of its own (``rate`` is then drawn as it is, not as surface
+        brightness): the panel goes right of the shared colour bar, with its own bar.
     """
 
     rate: np.ndarray
@@ -284,6 +288,7 @@ class Panel:
     pixel_arcsec: float | None = None
     show_sources: bool = True
     sets_scale: bool = True
+    own_scale: "OwnScale | None" = None
 
     def pixel_size(self) -> float:
         if self.pixel_arcsec is not None:
@@ -291,6 +296,34 @@ class Panel:
         if self.wcs is None:
             raise ValueError(f"panel {self.label!r}: pixel_arcsec is needed without a WCS")
         return pixel_scale_arcsec(self.wcs)
+
+
+@dataclass
+class OwnScale:
+    """The colour scale of a :class:`Panel` that does not share the figure's.
+
+    Attributes
+    ----------
+    norm : matplotlib.colors.Normalize
+    label : str
+        Colour-bar label.
+    cmap : str
+        matplotlib colour map (one other than the shared scale's, so the two do not read alike).
+    ticks, ticklabels : sequence, optional
+        Colour-bar ticks and their labels.
+    extend : {'neither', 'min', 'max', 'both'}
+        Arrows on the colour bar for pixels beyond its ends.
+    under : str or None
+        Colour of the pixels below the scale (default: the colour map's own).
+    """
+
+    norm: object
+    label: str
+    cmap: str = "viridis"
+    ticks: tuple | None = None
+    ticklabels: tuple | None = None
+    extend: str = "both"
+    under: str | None = None
 
 
 def _surface_brightness(rate, pixel_arcsec):
@@ -406,7 +439,8 @@ def panels_figure(panels, *, title: str = "", stretch: str = DEFAULT_STRETCH, so
     Parameters
     ----------
     panels : sequence of Panel
-        Drawn left to right in surface brightness (count/s/arcmin^2), one shared stretch.
+        Drawn left to right in surface brightness (count/s/arcmin^2), one shared stretch;
+        then those with a scale of their own (``Panel.own_scale``), each with its colour bar.
     title : str
         Figure title.
     stretch : {'asinh', 'sqrt', 'log', 'linear'}
@@ -420,7 +454,7 @@ def panels_figure(panels, *, title: str = "", stretch: str = DEFAULT_STRETCH, so
     source_radius_arcsec : float
         Circle radius.
     candidates : same types as ``sources``, optional
-        Drawn as dashed circles on the same panels (the SR result's unlisted candidates whose
+        Drawn as yellow crosses on the same panels (the SR result's unlisted candidates whose
         points ``POINTS`` keeps).
     sky_orient : bool
         Resample panels with a WCS to north up, east left (:func:`sky_oriented`); False draws
@@ -433,8 +467,8 @@ def panels_figure(panels, *, title: str = "", stretch: str = DEFAULT_STRETCH, so
     Returns
     -------
     matplotlib.figure.Figure
-        ``fig.sky_images`` lists, per panel, the :class:`SkyImage` drawn (None for panels
-        drawn unresampled).
+        ``fig.sky_images`` lists, per panel in the order drawn (left to right), the
+        :class:`SkyImage` drawn (None for panels drawn unresampled).
     """
     from .fsmode import prepare_matplotlib
 
@@ -444,44 +478,62 @@ def panels_figure(panels, *, title: str = "", stretch: str = DEFAULT_STRETCH, so
 
     if not panels:
         raise ValueError("panels: nothing to draw")
-    drawn = []                              # (surface brightness, wcs or None, pixel, SkyImage)
+    # the panels on the shared scale first, then those with their own, each with its bar
+    panels = ([p for p in panels if p.own_scale is None]
+              + [p for p in panels if p.own_scale is not None])
+    drawn = []                              # (image, wcs or None, pixel, SkyImage)
     for p in panels:
         pix = p.pixel_size()
-        sb = _surface_brightness(p.rate, pix)
+        img = (_surface_brightness(p.rate, pix) if p.own_scale is None
+               else np.asarray(p.rate, dtype=np.float64))
         sky = None
         if p.wcs is not None and sky_orient:
-            sky = sky_oriented(sb, p.wcs)
+            sky = sky_oriented(img, p.wcs)
         if sky is not None:
             drawn.append((sky.data, sky.wcs, pixel_scale_arcsec(sky.wcs), sky))
         else:
-            drawn.append((sb, p.wcs.celestial if p.wcs is not None else None, pix, None))
-    scale = [d[0] for d, p in zip(drawn, panels) if p.sets_scale] or [d[0] for d in drawn]
-    norm = _norm(scale, stretch)
-    cmap = colormaps["magma"].with_extremes(bad=_NAN_COLOUR)
+            drawn.append((img, p.wcs.celestial if p.wcs is not None else None, pix, None))
+    shared = [d[0] for d, p in zip(drawn, panels) if p.own_scale is None]
+    n_shared = len(shared)
+    norm = None
+    if n_shared:
+        scale = [d[0] for d, p in zip(drawn, panels)
+                 if p.own_scale is None and p.sets_scale] or shared
+        norm = _norm(scale, stretch)
 
     # Fixed axes positions (inches -> figure fractions): a constrained layout costs a second
-    # full draw (~0.4 s per PNG).
+    # full draw (~0.4 s per PNG). Each colour bar (the shared one after the shared panels,
+    # then one after each panel with its own scale) takes cb_gap + cb_w + bar_room.
     n = len(panels)
+    n_bars = (n_shared > 0) + (n - n_shared)
     # the top margin holds the figure title's lines and two lines of panel titles
     n_title = title.count("\n") + 1 if title else 0
-    left, gap, cb_gap, cb_w, right, bottom = 0.95, 0.3, 0.2, 0.14, 1.05, 0.65
+    left, gap, cb_gap, cb_w, bar_room, bottom = 0.95, 0.3, 0.2, 0.14, 1.05, 0.65
     top = 0.5 + 0.2 * n_title
-    fixed_w = left + (n - 1) * gap + cb_gap + cb_w + right
+    fixed_w = left + max(n_shared - 1, 0) * gap + n_bars * (cb_gap + cb_w + bar_room)
     if figsize is not None:
         panel_inches = max(0.5, min((figsize[0] - fixed_w) / n, figsize[1] - bottom - top))
     width = fixed_w + n * panel_inches
     height = bottom + panel_inches + top
     if figsize is not None:             # spare room goes evenly to the margins
         left += (figsize[0] - width) / 2
-        right += (figsize[0] - width) / 2
         bottom += (figsize[1] - height) / 2
         width, height = figsize
     fig = Figure(figsize=(width, height))
     fig.suptitle(title, fontsize=11)
-    im = None
+
+    def bar(x, image, label, ticks, extend, ticklabels=None):
+        cax = fig.add_axes([x / width, (bottom + 0.3) / height, cb_w / width,
+                            (panel_inches - 0.6) / height])
+        cb = fig.colorbar(image, cax=cax, ticks=ticks, extend=extend)
+        if ticklabels is not None:
+            cb.set_ticklabels(list(ticklabels))
+        cb.set_label(label)
+        return cb
+
+    x = left
     for k, ((img, wcs, pix, _), p) in enumerate(zip(drawn, panels)):
-        box = [(left + k * (panel_inches + gap)) / width, bottom / height,
-               panel_inches / width, panel_inches / height]
+        box = [x / width, bottom / height, panel_inches / width, panel_inches / height]
         if wcs is not None:
             ax = fig.add_axes(box, projection=wcs)
             ax.coords[0].set_axislabel("RA")
@@ -493,7 +545,12 @@ def panels_figure(panels, *, title: str = "", stretch: str = DEFAULT_STRETCH, so
             if k == 0:
                 ax.set_ylabel("y [pixel]")
         ax.set_facecolor(_NAN_COLOUR)
-        im = ax.imshow(img, origin="lower", cmap=cmap, norm=norm, interpolation="nearest")
+        own = p.own_scale
+        cmap = colormaps["magma" if own is None else own.cmap].with_extremes(bad=_NAN_COLOUR)
+        if own is not None and own.under is not None:
+            cmap = cmap.with_extremes(under=own.under)
+        im = ax.imshow(img, origin="lower", cmap=cmap, norm=norm if own is None else own.norm,
+                       interpolation="nearest")
         ax.set_title(p.label, fontsize=10)
         _scale_bar(ax, pix, img.shape)
         if wcs is not None:
@@ -505,10 +562,16 @@ def panels_figure(panels, *, title: str = "", stretch: str = DEFAULT_STRETCH, so
                                 candidates=True)
         ax.set_xlim(-0.5, img.shape[1] - 0.5)
         ax.set_ylim(-0.5, img.shape[0] - 0.5)
-    cax = fig.add_axes([(width - right - cb_w) / width, (bottom + 0.3) / height,
-                        cb_w / width, (panel_inches - 0.6) / height])
-    cb = fig.colorbar(im, cax=cax, ticks=_colour_ticks(norm), extend="max")
-    cb.set_label(f"surface brightness [count s$^{{-1}}$ arcmin$^{{-2}}$], {stretch} stretch")
+        x += panel_inches
+        if own is not None:
+            bar(x + cb_gap, im, own.label, own.ticks, own.extend, own.ticklabels)
+            x += cb_gap + cb_w + bar_room
+        elif k == n_shared - 1:
+            bar(x + cb_gap, im, "surface brightness [count s$^{-1}$ arcmin$^{-2}$], "
+                f"{stretch} stretch", _colour_ticks(norm), "max")
+            x += cb_gap + cb_w + bar_room
+        else:
+            x += gap
     fig.sky_images = [d[3] for d in drawn]
     return fig
 
@@ -535,7 +598,8 @@ def _title(res) -> str:
 
 
 def quicklook_panels(res) -> list:
-    """The input and prediction :class:`Panel` s of an enhancement result.
+    """The input, prediction (SR: and diffuse component) and relative-uncertainty
+    (:func:`uncertainty_panel`) :class:`Panel` s of an enhancement result.
 
     The input's masked pixels (outside the detector mask, bad columns, padding) are NaN, drawn
     in the background colour; so are the output pixels where no photon can land (gaps,
@@ -570,7 +634,72 @@ def quicklook_panels(res) -> list:
         if m:
             label += f", {m} candidate{'s' * (m != 1)} ×"
         panels.append(Panel(shown(diffuse), res.output_wcs, label, pix_out))
+    unc = uncertainty_panel(res)
+    if unc is not None:
+        panels.append(unc)
     return panels
+
+
+#: The relative-uncertainty panel's colour scale (logarithmic): its ends and labelled ticks.
+UNCERTAINTY_RANGE = (0.01, 3.0)
+_UNCERTAINTY_TICKS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+#: The uncertainty panel draws black where the rate predicts fewer counts than this in a disc
+#: of UNCERTAINTY_DISC_ARCSEC radius at the input's exposure: there the sky is empty and its
+#: relative uncertainty, a ratio to almost nothing, says nothing.
+UNCERTAINTY_MIN_COUNTS = 1.0
+UNCERTAINTY_DISC_ARCSEC = 10.0
+_EMPTY_SKY = -99.0         # below the panel's scale: drawn in its "under" colour (black)
+
+
+def relative_uncertainty(prediction, lo68, hi68, keep=None) -> np.ndarray:
+    """Half the 68 % interval over the prediction, per pixel: ``(HI68 - LO68) / 2 / rate``.
+
+    Pixels whose rate is 0 get +inf when their interval is open (``HI68 > 0``: nothing
+    measured) and 0 when it is closed; NaN outside ``keep`` (no data).
+    """
+    pred = np.asarray(prediction, np.float64)
+    half = 0.5 * (np.asarray(hi68, np.float64) - np.asarray(lo68, np.float64))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.where(pred > 0, half / pred, np.where(np.asarray(hi68) > 0, np.inf, 0.0))
+    if keep is not None:
+        rel = np.where(keep, rel, np.nan)
+    return rel
+
+
+def uncertainty_panel(res):
+    """The :class:`Panel` of an enhancement result's relative uncertainty per pixel
+    (:func:`relative_uncertainty` of its ``LO68``/``HI68``), on a logarithmic scale of its own
+    from 1 % (values below drawn at 1 %) to 300 % (an arrow for more); black where the rate
+    predicts fewer than :data:`UNCERTAINTY_MIN_COUNTS` counts in a 20" disc at the input's
+    exposure. The panel's values are ``log10`` of the relative uncertainty. None when the
+    result has no percentile maps."""
+    from matplotlib.colors import Normalize
+
+    from .detector import pixel_size_arcsec
+
+    extras = getattr(res, "extras", None) or {}
+    if extras.get("lo68") is None or extras.get("hi68") is None:
+        return None
+    pix_out = pixel_size_arcsec() / res.model.scale
+    rel = relative_uncertainty(res.prediction, extras["lo68"], extras["hi68"],
+                               getattr(res, "output_keep", None))
+    lo, hi = UNCERTAINTY_RANGE
+    with np.errstate(invalid="ignore"):
+        shown = np.log10(np.clip(rel, lo, 10 * hi))
+    disc = math.pi * (UNCERTAINTY_DISC_ARCSEC / pix_out) ** 2
+    counts = np.asarray(res.prediction, np.float64) * res.image.exposure * disc
+    shown = np.where(np.isfinite(shown) & (counts < UNCERTAINTY_MIN_COUNTS), _EMPTY_SKY, shown)
+    ticks = tuple(math.log10(t) for t in _UNCERTAINTY_TICKS)
+    labels = tuple(("≤ " if t == lo else "") + f"{100 * t:g} %" for t in _UNCERTAINTY_TICKS)
+    scale = OwnScale(Normalize(vmin=math.log10(lo), vmax=math.log10(hi)),
+                     "relative uncertainty per pixel: (HI68 − LO68) / 2 / rate",
+                     ticks=ticks, ticklabels=labels, extend="max", under="black")
+    disc_label = f'{2 * UNCERTAINTY_DISC_ARCSEC:g}"'
+    return Panel(shown, res.output_wcs,
+                 f"{res.task} uncertainty, half the 68 % interval over the rate,\n"
+                 f'{pix_out:g}" pixels; black: < {UNCERTAINTY_MIN_COUNTS:g} count per '
+                 f"{disc_label} disc at {res.image.exposure / 1e3:.1f} ks", pix_out,
+                 show_sources=False, sets_scale=False, own_scale=scale)
 
 
 def _result_candidates(res):
