@@ -616,3 +616,77 @@ def test_no_percentile_maps_no_uncertainty_panel():
     res.extras = {"lo68": None, "hi68": None}
     assert display.uncertainty_panel(res) is None
     assert len(image_axes(display.quicklook_figure(res))) == 2
+
+
+# ------------------------------------------------------------------ --display (a GUI window)
+FAKE_GUI_BACKEND = '''
+from matplotlib.backend_bases import FigureCanvasBase, FigureManagerBase
+
+SHOWN = []
+
+
+class Window:
+    def winfo_screenwidth(self):          # as Tk answers
+        return 1366
+
+
+class FigureManagerFake(FigureManagerBase):
+    def __init__(self, canvas, num):
+        super().__init__(canvas, num)
+        self.window = Window()
+        # the window is made at its first figure's size, as a GUI toolkit does
+        self.window_px = tuple(canvas.get_width_height())
+        self.resized = []
+
+    def resize(self, w, h):
+        self.window_px = (w, h)
+
+    @classmethod
+    def pyplot_show(cls, *, block=None):
+        from matplotlib._pylab_helpers import Gcf
+        for m in Gcf.get_all_fig_managers():
+            SHOWN.append((m.canvas.figure, m.window_px))
+
+
+class FigureCanvasFake(FigureCanvasBase):
+    manager_class = FigureManagerFake
+
+
+FigureCanvas = FigureCanvasFake
+FigureManager = FigureManagerFake
+'''
+
+SHOW_SCRIPT = '''
+import sys
+sys.path.insert(0, sys.argv[1])
+import fakegui
+from test_display import fake_result, image_axes, with_percentiles
+from xmm_enhance import display
+
+res = with_percentiles(fake_result(rot_deg=60.0))
+built = display.quicklook_figure(res)
+width_in, height_in = built.get_size_inches()
+display.show(res)
+assert len(fakegui.SHOWN) == 1, fakegui.SHOWN
+fig, (wpx, hpx) = fakegui.SHOWN[0]
+assert fig is not built and len(image_axes(fig)) == 3      # input, SR, uncertainty
+# the figure keeps its size in inches; it is shown at a lower dpi that fits the screen
+assert tuple(fig.get_size_inches()) == (width_in, height_in), fig.get_size_inches()
+assert width_in * 100 > 1366 and fig.dpi < 100
+assert abs(fig.dpi - 0.95 * 1366 / width_in) < 1e-9
+# ... in a window of its size in pixels
+assert abs(wpx - width_in * fig.dpi) <= 1 and abs(hpx - height_in * fig.dpi) <= 1, (wpx, hpx)
+print("ok")
+'''
+
+
+def test_display_window_holds_the_figure_at_its_size_shrunk_to_the_screen(tmp_path):
+    (tmp_path / "fakegui.py").write_text(FAKE_GUI_BACKEND)
+    script = tmp_path / "show.py"
+    script.write_text(SHOW_SCRIPT)
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, MPLBACKEND="module://fakegui",
+               PYTHONPATH=os.pathsep.join([str(tmp_path), str(repo)]))
+    run = subprocess.run([sys.executable, str(script), str(Path(__file__).parent)], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-3000:]

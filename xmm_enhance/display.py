@@ -803,8 +803,31 @@ def release_figure(fig) -> None:
     fig.clear()
 
 
+#: Share of the screen's width that the ``--display`` window may take.
+SCREEN_SHARE = 0.95
+
+
+def _screen_width_px(manager):
+    """Width of the screen that holds ``manager``'s window in pixels (Tk and Qt), or None."""
+    window = getattr(manager, "window", None)
+    for ask in (lambda w: w.winfo_screenwidth(),                       # Tk
+                lambda w: w.screen().availableGeometry().width()):     # Qt
+        try:
+            width = int(ask(window))
+        except Exception:  # noqa: BLE001 - another toolkit, or no window: keep the size
+            continue
+        if width > 0:
+            return width
+    return None
+
+
 def show(res, **kwargs) -> None:
-    """Open a window with the quick-look figure (``--display``); needs a GUI backend."""
+    """Open a window with the quick-look figure (``--display``); needs a GUI backend.
+
+    The window holds the figure as drawn for the PNG, at its own size in inches; a figure wider
+    than :data:`SCREEN_SHARE` of the screen is shown at a lower dpi, so it shrinks as a whole
+    (its text with it) instead of being cut at the screen's edge.
+    """
     from .fsmode import prepare_matplotlib
 
     prepare_matplotlib()
@@ -817,7 +840,14 @@ def show(res, **kwargs) -> None:
                     matplotlib.get_backend())
         return
     fig = quicklook_figure(res, **kwargs)
-    manager = plt.figure().canvas.manager  # a pyplot-managed canvas to host the figure
+    # a pyplot-managed window to host the figure, made at the figure's own size: the window
+    # sets its figure's size from its own whenever it is drawn, so a window of pyplot's
+    # default size squashed the figure into 6.4 x 4.8 inches
+    host = plt.figure(figsize=fig.get_size_inches(), dpi=fig.dpi)
+    manager = host.canvas.manager
     manager.canvas.figure = fig
     fig.set_canvas(manager.canvas)
+    screen = _screen_width_px(manager)
+    if screen is not None and fig.get_figwidth() * fig.dpi > SCREEN_SHARE * screen:
+        fig.set_dpi(SCREEN_SHARE * screen / fig.get_figwidth())   # resizes the window
     plt.show()
