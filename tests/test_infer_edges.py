@@ -127,6 +127,10 @@ def test_exposure_option_within_0p1_percent_or_for_a_bad_header_is_silent(tmp_pa
                              "20015"], capsys)
     assert code == 0 and warns == []
     assert fits.getheader(inference.output_paths(img, "DN")[1])["INEXPO"] == 20e3
+    # ... but 0.5 % off is a different exposure: it warns
+    code, warns, _, _ = run([img, "--which", "DN", "--model", dn_model, "--exposure",
+                             "20100", "--overwrite"], capsys)
+    assert code == 0 and len(warns) == 1 and "20100" in warns[0], warns
     # a header EXPOSURE that is not a positive number: the option stands in for it
     bad, _ = make_image(tmp_path / "bad.fits", exposure=0.0)
     code, warns, _, _ = run([bad, "--which", "DN", "--model", dn_model, "--exposure",
@@ -238,6 +242,10 @@ def test_skip_existing_redoes_outputs_made_with_another_exposure(tmp_path, dn_mo
     before = stamps([p_pred])
     assert main(args + ["--exposure", "20000"]) == 0
     assert stamps([p_pred]) == before
+    assert main(args + ["--exposure", "20010"]) == 0      # within 0.1 %: the same exposure
+    assert stamps([p_pred]) == before
+    assert main(args + ["--exposure", "20100"]) == 0      # 0.5 % off: made again
+    assert fits.getheader(p_pred)["INEXPO"] == 20100
     assert main(args + ["--exposure", "50000"]) == 0
     assert fits.getheader(p_pred)["INEXPO"] == 50000
 

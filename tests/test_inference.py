@@ -142,9 +142,12 @@ def test_written_input_equals_masked_padded_input(tmp_path, models):
         assert k in hdr
     for stray in ("CDELT1", "CROTA2", "PC1_1"):
         assert stray not in hdr
+    # the 411 x 403 pn image sits 6 columns and 2 rows into the 416 x 416 grid (docs/outputs.md)
+    assert pad == (2, 6) and (hdr["PADTOP"], hdr["PADLEFT"]) == pad
     with fits.open(p_pred) as h:
         assert h[0].header["EXPOSURE"] == 50e3  # the DN target exposure from metadata
         assert h[0].header["MODELSHA"] == digest(models["DN"])
+        assert (h[0].header["PADTOP"], h[0].header["PADLEFT"]) == pad
 
 
 def test_sr_output_grid_and_wcs(tmp_path, models):

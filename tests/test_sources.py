@@ -88,6 +88,19 @@ def test_position_errors_match_the_scatter_of_the_fitted_positions(monkeypatch):
     assert 0.5 < errs[150.0] < 1.2  # arcsec: ~ the PSF's core over sqrt(counts)
 
 
+def test_position_error_floor_is_added_in_quadrature(monkeypatch):
+    # a source of 2e4 counts: its statistical error (~0.05") is far below the 0.3" floor,
+    # which the documented RADEC_ERR adds in quadrature
+    rng = np.random.default_rng(12)
+    counts, _ = king_image((96, 96), [(48.375, 47.625, 2e4)], 0.3, rng)
+    args = (counts, np.ones(counts.shape, bool), 20e3, _points_map(counts, 20e3))
+    with_floor = sources.detect_sources(*args)[0]["radec_err"]
+    monkeypatch.setattr(sources, "POSITION_ERR_FLOOR_ARCSEC", 0.0)
+    stat = sources.detect_sources(*args)[0]["radec_err"]
+    assert 0 < stat < 0.15
+    assert with_floor == pytest.approx(np.hypot(stat, 0.3), rel=1e-6)
+
+
 def test_a_source_off_the_networks_centroid_is_placed_where_the_counts_put_it(monkeypatch):
     # the candidate map's peak 1 pixel (4") from the source: the search around it reaches
     # 1", the re-centred grid follows the likelihood to the source; the flux, significance
@@ -1012,6 +1025,10 @@ def test_sr_output_contract(tmp_path, v2_models):
                         hh = h[table].header
                         assert (hh[f"TTYPE{i}"], hh.comments[f"TTYPE{i}"]) == (name, text)
             assert np.all(t["EXT_DC"] <= sources.EXTENT_C)  # listed: point-like
+            # RA, DEC in the frame of the image's WCS, said in each table (docs/outputs.md)
+            for table in ("SOURCES", "CANDIDATES"):
+                for key in ("RADESYS", "EQUINOX"):
+                    assert h[table].header[key] == h[0].header[key], (table, key)
             assert np.allclose(t["COUNTS"], t["RATE"] * T)
             ra, dec = w.pixel_to_world_values(t["X"], t["Y"])
             assert np.allclose(ra, t["RA"], atol=1e-7) and np.allclose(dec, t["DEC"], atol=1e-7)
@@ -1192,6 +1209,18 @@ def test_mantissa_rounding_directions():
     assert np.all(down <= a) and np.all(up >= a)
     assert np.max(np.abs(near / a - 1)) <= 2.0 ** -14
     assert np.max(up / down - 1) <= 2.0 ** -9 * 1.01
+
+
+def test_written_percentile_maps_never_shrink_the_interval():
+    # the writer keeps 10 bits of LO68 / HI68: LO68 rounded down and HI68 up, so that a
+    # percentile equal to the rate (a closed interval) stays on its side of the primary
+    a = np.random.default_rng(1).random((40, 40)).astype(np.float32) * 1e-3 + 1e-9
+    h_out = fits.Header({"BUNIT": "count/s/pixel"})
+    lo = inference._image_extension(a, "LO68", h_out).data
+    hi = inference._image_extension(a, "HI68", h_out).data
+    primary = inference.round_mantissa(a, 24)
+    assert np.all(lo <= primary) and np.all(hi >= primary)
+    assert np.any(lo < primary) and np.any(hi > primary)   # 10 bits: most values move
 
 
 def test_numpy_helpers_match_scipy():
