@@ -481,6 +481,22 @@ def test_download_retries_503_twice_then_succeeds(xsa, tmp_path, sleeps):
     assert len(xsa.gets()) == 4                         # one successful GET per product
 
 
+def test_download_retries_429_too_many_requests(xsa, tmp_path, sleeps):
+    xsa.fail = [429, 429]                               # the archive asks us to slow down
+    pps = download_pps(OBSID, tmp_path, retries=3, backoff_s=0.01)
+    assert {p.name for p in pps.iterdir()} == _expected_names() | {MARKER_NAME}
+    assert sleeps == pytest.approx([0.01, 0.02])
+    assert len(xsa.gets()) == 4
+
+
+def test_download_back_off_doubles_at_each_retry(xsa, tmp_path, sleeps):
+    xsa.fail = [503, 503, 503]
+    pps = download_pps(OBSID, tmp_path, retries=3, backoff_s=0.01)
+    assert {p.name for p in pps.iterdir()} == _expected_names() | {MARKER_NAME}
+    assert sleeps == pytest.approx([0.01, 0.02, 0.04])  # not 0.03: exponential, not linear
+    assert len(xsa.gets()) == 4
+
+
 def test_download_gives_up_after_retries(xsa, tmp_path, sleeps):
     xsa.fail = [503] * 20
     with pytest.raises(ArchiveError) as err:

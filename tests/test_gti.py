@@ -144,6 +144,22 @@ def test_short_of_good_time_beyond_tolerance_warns_and_keeps_all():
     np.testing.assert_array_equal(out, g)
 
 
+@pytest.mark.parametrize("have", [8000, 8400])  # 20 % and 16 % short of 10 ks
+def test_short_of_good_time_just_beyond_15_percent_warns(have):
+    assert gti.EXPOSURE_TOLERANCE == 0.15
+    with pytest.warns(gti.ExposureWarning, match="more than 15% short"):
+        out = gti.sub_gti([[0, have]], 10000)
+    np.testing.assert_array_equal(out, [[0, have]])
+
+
+def test_short_of_good_time_just_within_15_percent_is_silent():
+    g = [[0, 8600]]  # 14 % short of 10 ks
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = gti.sub_gti(g, 10000)
+    np.testing.assert_array_equal(out, g)
+
+
 def test_sub_gti_random_totals():
     rng = np.random.default_rng(7)
     for _ in range(200):

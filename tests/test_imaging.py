@@ -49,6 +49,27 @@ def test_binning_drops_events_outside_the_legal_range():
     assert imaging.bin_det(detx, dety, 80).sum() == 2
 
 
+@pytest.mark.parametrize("binsize", [80, 160])
+def test_binning_keeps_the_legal_limits_and_drops_one_unit_beyond(binsize):
+    # at binsize 160 the grid's last column and row reach past DETX_MAX and DETY_MAX
+    # (202 x 206 bins of 160 span 32320 x 32960 > 32240 x 32880): only the legal limits
+    # keep DETX 13957 and DETY 15353 out of that bin
+    assert detector.DETX_MAX == 13956.5 and detector.DETY_MAX == 15352.5
+    assert detector.DETX_MIN == -18283.5 and detector.DETY_MIN == -17527.5
+    ny, nx = detector.pn_grid(binsize).shape
+    for dtype in (np.int16, np.int32):
+        kept = (np.array([-18283, 13956, 0, 0], dtype), np.array([0, 0, -17527, 15352], dtype))
+        out = (np.array([-18284, 13957, 0, 0], dtype), np.array([0, 0, -17528, 15353], dtype))
+        img = imaging.bin_det(*kept, binsize)
+        assert img.sum() == 4
+        assert img[:, 0].sum() == 1 and img[:, nx - 1].sum() == 1   # DETX limits
+        assert img[0].sum() == 1 and img[ny - 1].sum() == 1         # DETY limits
+        assert imaging.bin_det(*out, binsize).sum() == 0
+        for i in range(4):   # each one alone, so that no limit hides behind another
+            assert imaging.bin_det(out[0][i:i + 1], out[1][i:i + 1], binsize).sum() == 0
+            assert imaging.bin_det(kept[0][i:i + 1], kept[1][i:i + 1], binsize).sum() == 1
+
+
 def test_det_pixel_matches_ltv():
     h = imaging.det_wcs_header(80)
     px, py = imaging.det_pixel(np.array([0.0, -18243.5]), np.array([0.0, -17487.5]), 80)
