@@ -243,10 +243,28 @@ def test_mask_agrees_with_reference():
         pytest.skip("../shared/data not present")
     r = fits.getdata(ref).astype(bool)
     m = detector.detector_mask(corners=False)
-    agree = (m == r).mean()
-    assert agree >= 0.99, agree
+    # 483 of 165 633 pixels differ (session 27): 145 in one column the reference flags (an
+    # observation's own), the rest single pixels on the field-of-view circle. A column of the
+    # detector tables off by one adds ~190, the CCD edges left out ~2000.
+    assert (m != r).sum() <= 600, (m != r).sum()
     r2 = fits.getdata(SHARED / "reference" / "pn_mask_500_2000_detxy_2x.fits.gz").astype(bool)
-    assert (detector.detector_mask(detector.pn_grid(80, 2), corners=False) == r2).mean() >= 0.99
+    m2 = detector.detector_mask(detector.pn_grid(80, 2), corners=False)
+    assert (m2 != r2).sum() <= 2400, (m2 != r2).sum()      # 1984: the same pixels, 4 each
+
+
+def test_mask_drops_the_ccd_edges_flagged_and_dead_columns_inside_the_field():
+    # the detector tables (detector.py, measured on five observations), pixel by pixel, for
+    # runs without ../shared; 0-based [row, column] on the 411 x 403 pn grid
+    m = detector.detector_mask(corners=False)
+    assert not m[150, 65] and not m[150, 66] and m[150, 64] and m[150, 67]  # CCD edge 66-67
+    assert not m[10, 150] and m[11, 150] and not m[399, 150] and m[398, 150]  # read-out rows
+    assert not m[250, 323] and not m[250, 324] and not m[250, 370]          # flagged (upper)
+    assert m[150, 323] and m[150, 370]                                      # live below
+    assert not m[150, 93] and not m[150, 94] and m[150, 92] and m[150, 95]  # gap 94-95
+    cov = detector.coverage_map()
+    np.testing.assert_allclose(cov[[11, 203, 206, 398], 201], [0.12, 0.8, 0.15, 0.75])
+    assert np.all(cov[[12, 202, 207, 397], 201] == 1.0)
+    assert cov[150, 92] == pytest.approx(0.65) and cov[250, 92] == 1.0      # per CCD row
 
 
 def test_real_images_keep_every_counted_pixel(models):

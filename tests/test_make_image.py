@@ -422,6 +422,8 @@ def test_output_name():
     assert output_name(20.04, 500, 2000, 80) == "pn_cleaned_20.04ks_detxy_500_2000_80.fits"
     assert output_name(2.5, 500, 2000, 80) == "pn_cleaned_2.5ks_detxy_500_2000_80.fits"
     assert output_name(20.0001, 500, 2000, 80) == DEFAULT_NAME   # 0.1 s: the same image
+    # ... and to the second: 4 s more is another image
+    assert output_name(20.004, 500, 2000, 80) == "pn_cleaned_20.004ks_detxy_500_2000_80.fits"
 
 
 def test_image_of_another_observation_is_never_replaced(small_pps, tmp_path, capsys):
@@ -441,6 +443,16 @@ def test_image_of_another_observation_is_never_replaced(small_pps, tmp_path, cap
         assert len(err) == 1 and "holds OBS_ID 0999999999" in err[0], err
         assert str(tmp_path / OBSID) in err[0]
         assert p.read_bytes() == before
+    # ... nor by a run asking for more good time than there is, which takes the "full" name
+    # only once it has found that out
+    short = args[:-1] + ["1000"]
+    for extra in ([], ["--overwrite"]):
+        assert main(short + extra) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        err = [e for e in err if ": warning: " not in e]
+        assert len(err) == 1 and "holds OBS_ID 0999999999" in err[0], err
+        assert p.read_bytes() == before
+    assert sorted(q.name for q in tmp_path.glob("pn_cleaned_*")) == [p.name]
 
 
 def test_skip_existing_keeps_a_complete_image_and_remakes_a_cut_one(small_pps, tmp_path,
