@@ -534,6 +534,50 @@ def test_the_input_does_not_set_the_colour_scale_and_the_bar_is_labelled_to_its_
     assert cbar.get_ylabel().endswith("asinh stretch")
 
 
+def png_size(path):
+    """(width, height) in pixels, from a PNG's IHDR chunk."""
+    raw = Path(path).read_bytes()[:24]
+    assert raw[:8] == b"\x89PNG\r\n\x1a\n" and raw[12:16] == b"IHDR"
+    return int.from_bytes(raw[16:20], "big"), int.from_bytes(raw[20:24], "big")
+
+
+def test_sr_png_is_drawn_at_twice_the_dpi_of_dn():
+    """An SR panel's 2" pixels get about one PNG pixel each at 220 dpi; at DN's 110 half the
+    detail the super-resolution adds was dropped."""
+    assert display.PNG_DPI == {1: 110, 2: 220}
+
+
+@pytest.mark.parametrize("scale, dpi", [(2, 220), (1, 110)])
+def test_written_png_has_the_dpi_of_its_models_scale(tmp_path, scale, dpi):
+    res = fake_result()
+    res.model.scale = scale
+    fig = display.quicklook_figure(res)
+    width_in, height_in = fig.get_size_inches()
+    display.release_figure(fig)
+    w, h = png_size(display.quicklook_png(res, tmp_path / "q.png"))
+    assert abs(w - round(width_in * dpi)) <= 2 and abs(h - round(height_in * dpi)) <= 2, (
+        (w, h), (width_in, height_in))
+
+
+def test_shared_colour_scale_tops_out_at_the_99p9_percentile_of_surface_brightness():
+    from xmm_enhance.display import Panel
+
+    assert display.VMAX_PERCENTILE == 99.9
+    rate = np.arange(1, 10001, dtype=float).reshape(100, 100)
+    rate[0, :5] = [0.0, -3.0, np.nan, np.inf, 0.0]       # not positive and finite: left out
+    pix = 4.0
+    fig = display.panels_figure([Panel(rate, None, "pred", pixel_arcsec=pix)])
+    try:
+        norm = image_axes(fig)[0].images[0].norm
+        kept = rate[np.isfinite(rate) & (rate > 0)]
+        assert kept.size == 9995
+        want = np.percentile(kept * (3600.0 / pix ** 2), 99.9)
+        assert norm.vmax == pytest.approx(want, rel=1e-12)
+        assert norm.vmin == 0.0
+    finally:
+        display.release_figure(fig)
+
+
 # ------------------------------------------------------------------ the uncertainty panel
 def with_percentiles(res, lo_factor=0.5, hi_factor=2.0):
     """``res`` with LO68 = lo_factor x rate and HI68 = hi_factor x rate (relative half-width

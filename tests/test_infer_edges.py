@@ -19,7 +19,7 @@ from xmm_enhance import detector, events, inference  # noqa: E402
 from xmm_enhance.errors import InputError, ModelError, OutputError, UsageError  # noqa: E402
 from xmm_enhance.cli.infer import build_parser, main  # noqa: E402
 
-from onnx_graphs import exposure_aware, identity_dn  # noqa: E402
+from onnx_graphs import exposure_aware, identity_dn, replicate_sr  # noqa: E402
 from test_inference import make_image, wcs_outputs  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("restore_logging")
@@ -943,3 +943,63 @@ def test_enhance_file_returns_absolute_paths_and_refuses_an_old_region_file_earl
     with pytest.raises(OutputError, match="a_sources_SR.reg"):
         inference.enhance_file("a.fits", "SR", model=sr, outdir="o")
     assert calls == []
+
+
+# ----------------------------------------------------------------------------- 8. audit gaps
+def test_a_model_whose_scale_does_not_fit_its_task_is_refused(tmp_path, capsys):
+    """The metadata's task alone is not enough: an SR model must scale by 2, a DN model by 1
+    (a model exported with the wrong scale would be cropped and placed wrongly)."""
+    sr1 = replicate_sr(tmp_path / "sr1.onnx", scale="1")
+    dn2 = identity_dn(tmp_path / "dn2.onnx", scale="2")
+    with pytest.raises(ModelError, match=r"task=SR scale=1, but --which SR needs task=SR "
+                       r"scale=2"):
+        inference.load_model("SR", sr1)
+    with pytest.raises(ModelError, match=r"task=DN scale=2, but --which DN needs task=DN "
+                       r"scale=1"):
+        inference.load_model("DN", dn2)
+    # on the command line: one error line, exit 1, nothing written
+    img, _ = make_image(tmp_path / "a.fits")
+    code, _, errors, err = run([img, "--which", "SR", "--model", sr1], capsys)
+    assert code == 1 and len(err) == 1 and "scale=1" in errors[0], err
+    assert not wcs_outputs(tmp_path)
+
+
+def test_exposure_is_taken_from_the_primary_header_of_an_extension_image(tmp_path, dn_model,
+                                                                         capsys):
+    """An image in extension 1 without EXPOSURE, the primary HDU (no data) holding it."""
+    made, _ = make_image(tmp_path / "made.fits", exposure=None)
+    with fits.open(made) as h:
+        data, header = h[0].data.copy(), h[0].header.copy()
+    assert "EXPOSURE" not in header
+    img = tmp_path / "ext.fits"
+    fits.HDUList([fits.PrimaryHDU(header=fits.Header({"EXPOSURE": 20000.0})),
+                  fits.ImageHDU(data, header)]).writeto(img)
+    assert "EXPOSURE" not in fits.getheader(img, 1)
+    got = inference.read_input(img)
+    assert got.exposure == 20000.0 and got.header["EXPOSURE"] == 20000.0
+    code, _, errors, err = run([img, "--which", "DN", "--model", dn_model], capsys)
+    assert code == 0 and not errors, err
+    assert fits.getheader(inference.output_paths(img, "DN")[1])["INEXPO"] == 20000.0
+
+
+def test_ccd_ontime_note_covers_ccd_12():
+    times = {f"ONTIME{n:02d}": 20e3 for n in range(1, 12)}
+    times["ONTIME12"] = 15e3
+    note = inference.ccd_ontime_note(fits.Header(times), 20e3)
+    assert "(CCD 12 15000 s)" in note and "low by up to 25 %" in note, note
+    assert inference.ccd_ontime_note(fits.Header(times), 20e3, brief=True) == (
+        "per-CCD good time differs from EXPOSURE 20000 s (CCD 12 15000 s): rates low there")
+
+
+def test_submode_in_the_primary_header_of_an_extension_image_warns(tmp_path):
+    """SUBMODE only in the primary header (as an event list's image maker may leave it), the
+    image in extension 1: the small-window warning is still given."""
+    made, _ = make_image(tmp_path / "made.fits")
+    with fits.open(made) as h:
+        data, header = h[0].data.copy(), h[0].header.copy()
+    img = tmp_path / "sw_ext.fits"
+    fits.HDUList([fits.PrimaryHDU(header=fits.Header({"SUBMODE": "PrimeSmallWindow"})),
+                  fits.ImageHDU(data, header)]).writeto(img)
+    assert "SUBMODE" not in fits.getheader(img, 1)
+    with pytest.warns(inference.InputWarning, match="sw_ext.fits: SUBMODE 'PrimeSmallWindow'"):
+        inference.read_input(img)

@@ -1112,7 +1112,7 @@ def read_input(path: str | Path, *, exposure: float | None = None) -> InputImage
     sky, note = _sky_wcs_of(header, path)
     if counts.shape != detector.PN_SHAPE:
         _check_detector_axes(path, header, sky)
-    _warn_submode(path, header, primary)
+    _warn_submode(path, header)   # the primary's SUBMODE is copied into header above
     return InputImage(counts=counts, exposure=exposure, header=header, wcs=sky, wcs_note=note,
                       path=path, notes=notes, sha256=_file_sha256(path), header_checked=True)
 
@@ -1146,12 +1146,12 @@ def _check_detector_axes(path: Path, header, sky) -> None:
                          "with make_detxy_pn_image_pps.py")
 
 
-def _warn_submode(path: Path, header, primary) -> None:
+def _warn_submode(path: Path, header) -> None:
     """InputWarning for an image of a pn mode other than the full-frame ones the models were
     trained on (``SUBMODE``, as the image maker copies it from the event list)."""
     from .archive import SUPPORTED_SUBMODES
 
-    mode = str(header.get("SUBMODE", primary.get("SUBMODE", ""))).strip()
+    mode = str(header.get("SUBMODE", "")).strip()
     if mode and mode not in SUPPORTED_SUBMODES:
         warnings.warn(f"{path.name}: SUBMODE {mode!r}: the models were trained on "
                       f"{' and '.join(SUPPORTED_SUBMODES)} images; expect a poorer prediction "
@@ -1403,7 +1403,7 @@ def checked_image(img: InputImage) -> InputImage:
         _check_band(name, input_band(img.header))
         if c.shape != detector.PN_SHAPE:
             _check_detector_axes(name, img.header, img.sky)
-        _warn_submode(name, img.header, empty)
+        _warn_submode(name, img.header)
     exposure = _positive_seconds(img.exposure)
     if exposure is None:
         raise InputError(f"{name}: exposure {img.exposure!r} is not a positive number of "
