@@ -476,6 +476,38 @@ def test_a_duplicate_peak_on_a_bright_sources_wing_takes_none_of_its_flux():
     assert not any(np.hypot(d["y"] - 40, d["x"] - 43) <= 1 for d in found)
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_two_peaks_of_one_source_within_merge_px_are_listed_once(seed):
+    """The points map draws one bright source as two peaks 2 1x pixels (8") apart: both are
+    fitted (a neighbour closer than MERGE_PX is not modelled in the other's background), both
+    are significant, and the list keeps the most significant one only."""
+    T = 20e3
+    rng = np.random.default_rng(seed)
+    counts, _ = king_image((96, 96), [(40.125, 41.125, 2000.0)], 0.3, rng)
+    yy, xx = np.mgrid[:192, :192]
+    pts = np.full(yy.shape, 1e-6)
+    for x2 in (80.75, 84.75):
+        pts += 500.0 / T * np.exp(-((yy - 80.75) ** 2 + (xx - x2) ** 2) / (2 * 0.8 ** 2)) / (
+            2 * np.pi * 0.8 ** 2)
+    cands = []
+    found = sources.detect_sources(counts, np.ones(counts.shape, bool), T, pts,
+                                   candidates=cands)
+    # the input the dedupe matters for: two significant fitted candidates within MERGE_PX
+    near = [(d["y2"], d["x2"]) for d in cands
+            if d["signif"] >= sources.DEFAULT_MIN_SIGNIF
+            and np.hypot(d["y2"] - 80.75, d["x2"] - 82.75) <= 4]
+    assert len(near) == 2
+    assert np.hypot(near[0][0] - near[1][0], near[0][1] - near[1][1]) / 2 < sources.MERGE_PX
+    assert len(found) == 1
+    d = found[0]
+    assert np.hypot(d["y"] - 40.125, d["x"] - 41.125) <= 0.5
+    assert abs(d["fit_counts"] - 2000.0) < 3 * d["counts_err"]
+    # and no two rows of a list are ever within MERGE_PX
+    for i, a in enumerate(found):
+        for b in found[i + 1:]:
+            assert np.hypot(a["y"] - b["y"], a["x"] - b["x"]) >= sources.MERGE_PX
+
+
 def test_support_returns_the_unlisted_candidates_that_keep_their_points():
     rng = np.random.default_rng(5)
     yy, xx = np.mgrid[:96, :150]
@@ -710,6 +742,27 @@ def test_points_keeps_the_listed_sources_and_the_rest_moves_to_diffuse(monkeypat
     assert np.all(p3 == 0.0) and moved3 == pytest.approx(points.sum(), rel=1e-5)
 
 
+@pytest.mark.parametrize("n_counts, n_fit", [(300.0, 2000.0), (2000.0, 300.0)])
+def test_a_listed_source_keeps_the_points_of_the_larger_of_its_two_fluxes(n_counts, n_fit):
+    """``points`` holds a 2000-count source drawn with the halved PSF; its entry says 300 counts
+    by one of COUNTS / FIT_COUNTS and 2000 by the other: the larger protects it, so its points
+    within half its window are unchanged (the smaller's cap, 4 x 300 counts, would cut them)."""
+    from xmm_enhance.simulate import psf as _psf
+
+    yy, xx = np.mgrid[:200, :200]
+    T = 20e3
+    rc, alpha = _psf.king_params(0.0)
+    a = rc / 4.0
+    r2 = (yy - 100.0) ** 2 + (xx - 100.0) ** 2
+    points = 2000.0 / T * (alpha - 1) / (np.pi * a * a) * (1 + r2 / (a * a)) ** -alpha
+    diffuse = np.full(yy.shape, 2e-5)
+    src = [{"y2": 100.0, "x2": 100.0, "counts": n_counts, "fit_counts": n_fit}]
+    p2, d2, moved = sources.release_unlisted(points, diffuse, src, T)
+    inner = np.sqrt(r2) <= 0.5 * sources.support_radius(2000.0)
+    np.testing.assert_allclose(p2[inner], points[inner], rtol=1e-6)
+    np.testing.assert_allclose(d2[inner], diffuse[inner], rtol=1e-6)
+
+
 def test_unsupported_points_keep_at_most_the_limit_in_any_20_arcsec_aperture():
     from scipy import ndimage
 
@@ -728,6 +781,7 @@ def test_unsupported_points_keep_at_most_the_limit_in_any_20_arcsec_aperture():
     diffuse = np.full(yy.shape, 2e-5)
     lim = sources.UNSUPPORTED_MAX_COUNTS
     assert 0 < lim <= 10  # the issue's flat-background bar: no 20" aperture above 10 counts
+    assert lim == 8  # as documented (docs/outputs.md PTFREE, the model card)
     p2, d2, moved = sources.release_unlisted(points, diffuse, [], T)
     np.testing.assert_allclose(p2.astype(np.float64) + d2, points + diffuse, rtol=1e-5)
     assert moved == pytest.approx(points.sum() - p2.sum(dtype=np.float64), rel=1e-4)
@@ -800,6 +854,23 @@ def test_psf_core_scale_tracks_the_observations_own_psf(rc_scale):
     for y, x, _ in pos:
         edge[int(round(y)), int(round(x)) + 3] = False
     assert sources.psf_core_scale(counts, edge, listed, 50e3) == (1.0, 0)
+
+
+@pytest.mark.parametrize("rc_scale, end", [(1.6, 1), (0.6, 0)])
+def test_psf_core_scale_is_clipped_to_its_range(rc_scale, end):
+    """Nine bright isolated sources whose core is far wider (narrower) than the model's: the
+    measured scale would pass the range, the one returned is the range's end."""
+    rng = np.random.default_rng(8)
+    pos = [(30.0 + 40 * i + 0.3 * j, 30.0 + 40 * j - 0.2 * i, 3000.0)
+           for i in range(3) for j in range(3)]
+    counts, _ = king_image((140, 140), pos, 0.3, rng, rc_scale=rc_scale)
+    listed = [{"y": y, "x": x, "fit_counts": n, "bkg": 0.3} for y, x, n in pos]
+    scale, n = sources.psf_core_scale(counts, np.ones(counts.shape, bool), listed, 50e3)
+    assert n == len(pos)
+    assert scale == sources.PSF_SCALE_RANGE[end]
+    assert sources.PSF_SCALE_RANGE == (0.8, 1.25)
+    assert all(sources.PSF_SCALE_RANGE[0] <= d["psf_scale"] <= sources.PSF_SCALE_RANGE[1]
+               for d in listed)
 
 
 def test_each_bright_source_gets_its_own_core_scale_and_the_redraw_uses_it():
@@ -977,6 +1048,7 @@ def test_sr_output_contract(tmp_path, v2_models):
 
             assert far_apertures(near) <= h[0].header["PTFREE"] * (1 + 1e-4)
             assert h[0].header["PTFREE"] == sources.UNSUPPORTED_MAX_COUNTS
+            assert h[0].header["PTFREE"] == 8  # docs/outputs.md: "PTFREE = 8 counts"
             assert np.any(h["POINTS"].data[near] > 0) and (~near).mean() > 0.5
             # (the stand-in's 0.9 of the rate, cut to PTFREE counts in every 20")
             assert h["POINTS"].data[~near].sum() < 0.4 * p[~near].sum()
@@ -1025,6 +1097,18 @@ def test_sr_output_contract(tmp_path, v2_models):
                         hh = h[table].header
                         assert (hh[f"TTYPE{i}"], hh.comments[f"TTYPE{i}"]) == (name, text)
             assert np.all(t["EXT_DC"] <= sources.EXTENT_C)  # listed: point-like
+            # each column's unit as docs/outputs.md lists it (TUNITn); SIGNIF and EXT_DC none
+            units = {"RA": "deg", "DEC": "deg", "X": "pixel", "Y": "pixel", "RATE": "count/s",
+                     "RATE_ERR": "count/s", "COUNTS": "count", "COUNTS_ERR": "count",
+                     "FIT_COUNTS": "count", "SIGNIF": None, "BKG": "count/pixel",
+                     "RADEC_ERR": "arcsec", "EXT_DC": None}
+            assert [name for name, _, _ in sources.SOURCE_COLUMNS] == list(units)
+            for table in ("SOURCES", "CANDIDATES"):
+                cols = h[table].columns
+                assert {name: cols[name].unit for name in cols.names} == units, table
+                hh = h[table].header
+                for i, name in enumerate(cols.names, start=1):
+                    assert hh.get(f"TUNIT{i}") == units[name], (table, name)
             # RA, DEC in the frame of the image's WCS, said in each table (docs/outputs.md)
             for table in ("SOURCES", "CANDIDATES"):
                 for key in ("RADESYS", "EQUINOX"):
@@ -1140,6 +1224,19 @@ def test_candidates_table_lists_what_points_keeps_beyond_the_sources(tmp_path, v
     assert pts[int(round(r["Y"])), int(round(r["X"]))] > 0  # POINTS kept it
     reg = inference.region_path(p).read_text()
     assert reg.count("circle(") == len(t)
+
+
+def test_candidates_of_drops_those_within_merge_px_of_a_listed_source():
+    """A candidate 1 pixel from a listed source is that source (no CANDIDATES row); one far
+    from it stays; of two candidates within MERGE_PX the more significant one stays."""
+    from types import SimpleNamespace
+
+    listed = [{"y": 50.0, "x": 50.0, "signif": 20.0}]
+    support = [{"y": 51.0, "x": 50.0, "signif": 5.0}, {"y": 60.0, "x": 60.0, "signif": 5.0},
+               {"y": 80.0, "x": 80.0, "signif": 4.6}, {"y": 81.5, "x": 80.0, "signif": 6.0}]
+    got = inference.candidates_of(SimpleNamespace(sources=listed, support=support))
+    assert [(d["y"], d["x"]) for d in got] == [(81.5, 80.0), (60.0, 60.0)]
+    assert inference.candidates_of(SimpleNamespace(sources=listed, support=None)) == []
 
 
 def test_exposure_dependent_calibration_scales_reach_the_headers(tmp_path):
