@@ -802,6 +802,12 @@ def test_unsupported_points_keep_at_most_the_limit_in_any_20_arcsec_aperture():
     finally:
         sources.UNSUPPORTED_MAX_COUNTS = sources_limit
     assert np.all(p3 == 0.0) and moved3 == pytest.approx(points.sum(), rel=1e-5)
+    # live2: pixels outside it keep their points (the library's callers, e.g. off-chip pixels)
+    live2 = xx < 150
+    p4, d4, _ = sources.release_unlisted(points, diffuse, [], T, live2=live2)
+    np.testing.assert_array_equal(p4[~live2], points[~live2].astype(p4.dtype))
+    np.testing.assert_array_equal(d4[~live2], diffuse[~live2].astype(d4.dtype))
+    np.testing.assert_allclose(p4[live2], p2[live2], rtol=1e-5, atol=1e-12)  # inside: as before
 
 
 def test_window_sum_is_the_box_sum():
