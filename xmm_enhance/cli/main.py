@@ -1,4 +1,4 @@
-"""The ``xmm-enhance`` console entry point: ``xmm-enhance image|infer|batch|demo ...``.
+"""The ``xmm-enhance`` console entry point: ``xmm-enhance image|infer|batch|demo|aperture ...``.
 
 Each command is the same program as its root script (``image`` is
 ``make_detxy_pn_image_pps.py``, ``infer`` is ``run_inference_on_real.py``) and shows
@@ -17,6 +17,8 @@ COMMANDS = {
     "infer": ("xmm_enhance.cli.infer", "SR / DN prediction (run_inference_on_real.py)"),
     "batch": ("xmm_enhance.cli.batch", "many OBS_IDs: image -> SR -> DN, resumable"),
     "demo": ("xmm_enhance.demo", "simulated observation -> image -> SR and DN"),
+    "aperture": ("xmm_enhance.cli.aperture",
+                 "a prediction's rate in a sky aperture, with its 68 % interval"),
 }
 
 
@@ -27,7 +29,7 @@ _LEVEL_FLAGS = ("-q", "--quiet", "-v", "--verbose")
 def _usage() -> str:
     lines = ["usage: xmm-enhance [-h] [--version] [-q | -v] {" + ",".join(COMMANDS) + "} ...", "",
              "commands:"]
-    lines += [f"  {name:6s} {text}" for name, (_, text) in COMMANDS.items()]
+    lines += [f"  {name:8s} {text}" for name, (_, text) in COMMANDS.items()]
     lines += ["", "'xmm-enhance COMMAND --help' shows a command's options; -q (warnings and "
               "errors only), -v and --version mean the same in every command."]
     return "\n".join(lines)

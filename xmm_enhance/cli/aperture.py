@@ -1,0 +1,57 @@
+"""``xmm-enhance aperture``: a prediction's rate in a sky aperture, with its 68 % interval."""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+from ..errors import UsageError, XmmEnhanceError
+from .common import (add_verbosity, add_version, command_prog, ensure_std_streams,
+                     report_error, setup_logging)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=command_prog("xmm-enhance aperture"),
+        description="The rate of an SR or DN prediction (*_predict_wcs_SR/DN.fits.gz) summed "
+                    "over a circle on the sky, with its 68 %% interval from LO68/HI68 by the "
+                    "aperture rule (APERSCAL, calibrated on 20\" apertures), in count/s and in "
+                    "counts at the input's exposure. SR rates are the sky's, background "
+                    "removed; DN rates include the background.")
+    p.add_argument("prediction", type=Path, help="a *_predict_wcs_SR/DN.fits.gz file")
+    p.add_argument("ra", type=float, help="RA of the centre (deg, the file's frame)")
+    p.add_argument("dec", type=float, help="Dec of the centre (deg)")
+    p.add_argument("--radius", type=float, default=10.0, metavar="ARCSEC",
+                   help="aperture radius (default 10: the calibrated 20\" aperture; other radii "
+                        "get the same rule, uncalibrated)")
+    add_version(p)
+    add_verbosity(p)
+    return p
+
+
+def main(argv=None) -> int:
+    ensure_std_streams()
+    args = build_parser().parse_args(argv)
+    setup_logging(args)
+    try:
+        if not (math.isfinite(args.radius) and args.radius > 0):
+            raise UsageError(f"--radius must be a number of arcsec > 0, got {args.radius}")
+        if not (math.isfinite(args.ra) and math.isfinite(args.dec) and -90 <= args.dec <= 90):
+            raise UsageError(f"RA {args.ra}, Dec {args.dec}: give degrees, Dec within ±90")
+        from ..apertures import CALIBRATED_RADIUS_ARCSEC, aperture_interval
+
+        a = aperture_interval(args.prediction, args.ra, args.dec, args.radius)
+    except XmmEnhanceError as exc:
+        return report_error(exc)
+    note = "" if args.radius == CALIBRATED_RADIUS_ARCSEC else " (radius uncalibrated)"
+    print(f"{args.prediction.name}: RA {args.ra:.6f} Dec {args.dec:+.6f}, radius "
+          f"{args.radius:g}\"{note}: {a.npix} pixels, {a.npix_data} with data")
+    print(f"rate   {a.rate:.6g} count/s, 68 % interval [{a.lo68:.6g}, {a.hi68:.6g}]")
+    print(f"counts {a.counts:.4g}, 68 % interval [{a.counts_lo68:.4g}, {a.counts_hi68:.4g}] "
+          "at the input's exposure")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
