@@ -1,8 +1,8 @@
 """The aperture rule on a prediction file (xmm_enhance.apertures, ``xmm-enhance aperture``).
 
-Expectations are counted by hand: a 10" radius on 2" pixels, centred on a pixel corner (so that
-no pixel centre lies on the circle), holds 80 pixels, 10 of them in each column next to the
-centre; a 20" radius holds 316.
+Expectations are counted by hand: on 2" pixels, centred on a pixel corner (so that no pixel
+centre lies on the circle), a radius of 20" (the calibrated aperture, the default) holds 316
+pixels, 20 of them in each column next to the centre; a radius of 10" holds 80, 10 per column.
 """
 from __future__ import annotations
 
@@ -51,30 +51,30 @@ def radec(x, y):
 
 def test_the_rule_on_a_calibrated_aperture(tmp_path):
     p = prediction(tmp_path / "obs_predict_wcs_SR.fits.gz")
+    assert apertures.CALIBRATED_RADIUS_ARCSEC == 20.0   # bench_calibration's 20" apertures
     a = apertures.aperture_interval(p, *radec(39.5, 59.5))
-    assert a.npix == a.npix_data == 80
-    s = 80 * RATE
+    assert a.npix == a.npix_data == 316
+    s = 316 * RATE
     assert a.rate == pytest.approx(s, rel=1e-6)
-    assert a.lo68 == pytest.approx(s - SCALE * 80 * RATE / 2, rel=1e-6)
-    assert a.hi68 == pytest.approx(s + SCALE * 80 * RATE, rel=1e-6)
+    assert a.lo68 == pytest.approx(s - SCALE * 316 * RATE / 2, rel=1e-6)
+    assert a.hi68 == pytest.approx(s + SCALE * 316 * RATE, rel=1e-6)
     assert (a.counts, a.counts_lo68, a.counts_hi68) == pytest.approx(
         (a.rate * T, a.lo68 * T, a.hi68 * T))            # at INEXPO, not the emulated EXPOSURE
 
 
 def test_pixels_without_data_are_counted_apart_and_add_nothing(tmp_path):
     p = prediction(tmp_path / "gap_predict_wcs_SR.fits.gz", gap_col=40)
-    a = apertures.aperture_interval(p, *radec(39.5, 59.5))
+    a = apertures.aperture_interval(p, *radec(39.5, 59.5), radius_arcsec=10.0)
     assert a.npix == 80 and a.npix_data == 80 - 10    # a column next to the centre: 10
     assert a.rate == pytest.approx(70 * RATE, rel=1e-6)
-    # a wider radius: 4x the area
-    b = apertures.aperture_interval(p, *radec(39.5, 59.5), radius_arcsec=20.0)
+    b = apertures.aperture_interval(p, *radec(39.5, 59.5))
     assert b.npix == 316 and b.npix_data == 316 - 20
 
 
 def test_the_low_end_is_never_below_zero(tmp_path):
     p = prediction(tmp_path / "wide_predict_wcs_SR.fits.gz", aperscal=3.0)
     a = apertures.aperture_interval(p, *radec(39.5, 59.5))
-    assert a.lo68 == 0.0 and a.hi68 == pytest.approx(80 * RATE * 4, rel=1e-6)
+    assert a.lo68 == 0.0 and a.hi68 == pytest.approx(316 * RATE * 4, rel=1e-6)
 
 
 def test_bad_files_and_positions_are_one_line_errors(tmp_path, capsys):
@@ -101,9 +101,9 @@ def test_command_prints_the_rate_and_counts_with_their_intervals(tmp_path, capsy
     ra, dec = radec(39.5, 59.5)
     assert main(["aperture", str(p), f"{ra:.9f}", f"{dec:.9f}"]) == 0
     out = capsys.readouterr().out
-    s = 80 * RATE
-    assert "80 pixels, 80 with data" in out and "uncalibrated" not in out
+    s = 316 * RATE
+    assert "316 pixels, 316 with data" in out and "uncalibrated" not in out
     assert f"rate   {s:.6g} count/s, 68 % interval [{s - SCALE * s / 2:.6g}, " \
            f"{s + SCALE * s:.6g}]" in out
-    assert main(["aperture", str(p), f"{ra:.9f}", f"{dec:.9f}", "--radius", "20"]) == 0
+    assert main(["aperture", str(p), f"{ra:.9f}", f"{dec:.9f}", "--radius", "10"]) == 0
     assert "(radius uncalibrated)" in capsys.readouterr().out

@@ -605,7 +605,7 @@ def test_relative_uncertainty_is_half_the_interval_over_the_rate():
 
 def test_uncertainty_panel_has_its_own_log_scale_and_blackens_empty_sky():
     res = with_percentiles(fake_result(rot_deg=60.0))
-    # 1 count per 20" disc at 20 ks on 2" pixels: rate 1 / (20e3 * pi * 25) per pixel
+    # 1 count within 10" at 20 ks on 2" pixels: rate 1 / (20e3 * pi * 25) per pixel
     floor = 1.0 / (20e3 * math.pi * 25.0)
     res.prediction[:, :10] = 0.5 * floor                   # empty sky: black
     res.extras["lo68"][:, :10] = 0.25 * floor

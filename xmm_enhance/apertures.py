@@ -19,8 +19,9 @@ from .errors import InputError
 
 __all__ = ["CALIBRATED_RADIUS_ARCSEC", "ApertureSum", "aperture_interval", "read_prediction"]
 
-#: The aperture radius the rule was calibrated for (20" apertures: radius 10").
-CALIBRATED_RADIUS_ARCSEC = 10.0
+#: The aperture radius the rule was calibrated for: the project's "20\" apertures" have a radius
+#: of 20" (``benchmarks/bench_calibration.py``; the same apertures as ``PTFREE``'s).
+CALIBRATED_RADIUS_ARCSEC = 20.0
 
 
 @dataclass
@@ -115,7 +116,7 @@ def aperture_interval(path, ra: float, dec: float,
     """The rate of prediction ``path`` summed over a circle of ``radius_arcsec`` round
     (``ra``, ``dec``) (deg, in the file's frame), with its 68 % interval by the aperture rule.
 
-    The rule is calibrated for 20" apertures (the default radius, 10"); other radii get the
+    The rule is calibrated for 20" apertures (radius 20", the default); other radii get the
     same rule, uncalibrated. For an SR prediction the rate is the sky's, background removed;
     for DN it includes the background.
     """

@@ -644,7 +644,8 @@ def quicklook_panels(res) -> list:
 UNCERTAINTY_RANGE = (0.01, 3.0)
 _UNCERTAINTY_TICKS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 #: The uncertainty panel draws black where the rate predicts fewer counts than this in a disc
-#: of UNCERTAINTY_DISC_ARCSEC radius at the input's exposure: there the sky is empty and its
+#: of UNCERTAINTY_DISC_ARCSEC radius (10", not the 20" radius of the aperture rule) at the
+#: input's exposure: there the sky is empty and its
 #: relative uncertainty, a ratio to almost nothing, says nothing.
 UNCERTAINTY_MIN_COUNTS = 1.0
 UNCERTAINTY_DISC_ARCSEC = 10.0
@@ -670,7 +671,7 @@ def uncertainty_panel(res):
     """The :class:`Panel` of an enhancement result's relative uncertainty per pixel
     (:func:`relative_uncertainty` of its ``LO68``/``HI68``), on a logarithmic scale of its own
     from 1 % (values below drawn at 1 %) to 300 % (an arrow for more); black where the rate
-    predicts fewer than :data:`UNCERTAINTY_MIN_COUNTS` counts in a 20" disc at the input's
+    predicts fewer than :data:`UNCERTAINTY_MIN_COUNTS` counts within 10" at the input's
     exposure. The panel's values are ``log10`` of the relative uncertainty. None when the
     result has no percentile maps."""
     from matplotlib.colors import Normalize
@@ -694,12 +695,11 @@ def uncertainty_panel(res):
     scale = OwnScale(Normalize(vmin=math.log10(lo), vmax=math.log10(hi)),
                      "relative uncertainty per pixel: (HI68 − LO68) / 2 / rate",
                      ticks=ticks, ticklabels=labels, extend="max", under="black")
-    disc_label = f'{2 * UNCERTAINTY_DISC_ARCSEC:g}"'
     return Panel(shown, res.output_wcs,
                  f"{res.task} uncertainty, half the 68 % interval over the rate,\n"
-                 f'{pix_out:g}" pixels; black: < {UNCERTAINTY_MIN_COUNTS:g} count per '
-                 f"{disc_label} disc at {res.image.exposure / 1e3:.1f} ks", pix_out,
-                 show_sources=False, sets_scale=False, own_scale=scale)
+                 f'{pix_out:g}" pixels; black: < {UNCERTAINTY_MIN_COUNTS:g} count within '
+                 f'{UNCERTAINTY_DISC_ARCSEC:g}" at {res.image.exposure / 1e3:.1f} ks',
+                 pix_out, show_sources=False, sets_scale=False, own_scale=scale)
 
 
 def _result_candidates(res):

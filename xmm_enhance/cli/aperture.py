@@ -16,14 +16,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog=command_prog("xmm-enhance aperture"),
         description="The rate of an SR or DN prediction (*_predict_wcs_SR/DN.fits.gz) summed "
                     "over a circle on the sky, with its 68 %% interval from LO68/HI68 by the "
-                    "aperture rule (APERSCAL, calibrated on 20\" apertures), in count/s and in "
-                    "counts at the input's exposure. SR rates are the sky's, background "
-                    "removed; DN rates include the background.")
+                    "aperture rule (APERSCAL, calibrated on apertures of radius 20\"), in "
+                    "count/s and in counts at the input's exposure. SR rates are the sky's, "
+                    "background removed; DN rates include the background.")
     p.add_argument("prediction", type=Path, help="a *_predict_wcs_SR/DN.fits.gz file")
     p.add_argument("ra", type=float, help="RA of the centre (deg, the file's frame)")
     p.add_argument("dec", type=float, help="Dec of the centre (deg)")
-    p.add_argument("--radius", type=float, default=10.0, metavar="ARCSEC",
-                   help="aperture radius (default 10: the calibrated 20\" aperture; other radii "
+    p.add_argument("--radius", type=float, default=20.0, metavar="ARCSEC",
+                   help="aperture radius (default 20: the calibrated 20\" aperture; other radii "
                         "get the same rule, uncalibrated)")
     add_version(p)
     add_verbosity(p)
