@@ -18,7 +18,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "over a circle on the sky, with its 68 %% interval from LO68/HI68 by the "
                     "aperture rule (APERSCAL, calibrated on apertures of radius 20\"), in "
                     "count/s and in counts at the input's exposure. SR rates are the sky's, "
-                    "background removed; DN rates include the background.")
+                    "background removed; DN rates include the background. The SR interval is "
+                    "conservative on bright sources (use SOURCES RATE_ERR for them) and too "
+                    "narrow on faint emission that fills the field; docs/outputs.md gives its "
+                    "coverage by brightness.")
     p.add_argument("prediction", type=Path, help="a *_predict_wcs_SR/DN.fits.gz file")
     p.add_argument("ra", type=float, help="RA of the centre (deg, the file's frame)")
     p.add_argument("dec", type=float, help="Dec of the centre (deg)")
