@@ -15,7 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=command_prog("xmm-enhance aperture"),
         description="The rate of an SR or DN prediction (*_predict_wcs_SR/DN.fits.gz) summed "
-                    "over a circle on the sky, with its 68 %% interval from LO68/HI68 by the "
+                    "over a circle on the sky, with its 68 % interval from LO68/HI68 by the "
                     "aperture rule (APERSCAL, calibrated on apertures of radius 20\"), in "
                     "count/s and in counts at the input's exposure. SR rates are the sky's, "
                     "background removed; DN rates include the background. The SR interval is "
