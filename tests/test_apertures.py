@@ -107,3 +107,10 @@ def test_command_prints_the_rate_and_counts_with_their_intervals(tmp_path, capsy
            f"{s + SCALE * s:.6g}]" in out
     assert main(["aperture", str(p), f"{ra:.9f}", f"{dec:.9f}", "--radius", "10"]) == 0
     assert "(radius uncalibrated)" in capsys.readouterr().out
+
+
+def test_help_reads_as_written(capsys):
+    assert main(["aperture", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "68 % interval" in out and "%%" not in out and "radius 20" in out
+    assert main(["--help"]) == 0 and "aperture" in capsys.readouterr().out
