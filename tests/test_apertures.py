@@ -18,23 +18,27 @@ from xmm_enhance.errors import InputError
 N, PIX, RATE, T, SCALE = 100, 2.0, 1e-4, 20e3, 0.87
 
 
-def sky_wcs():
+def sky_wcs(pix=(PIX, PIX)):
     w = WCS(naxis=2)
     w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
     w.wcs.crval = [150.0, 2.0]
     w.wcs.crpix = [50.5, 50.5]                    # 0-based pixel (49.5, 49.5)
-    w.wcs.cd = np.diag([-PIX / 3600, PIX / 3600])
+    w.wcs.cd = np.diag([-pix[0] / 3600, pix[1] / 3600])
     w.wcs.radesys, w.wcs.equinox = "FK5", 2000.0
     return w
 
 
-def prediction(path, *, gap_col=None, percentiles=True, aperscal=True):
-    """Flat RATE per pixel, LO68 = RATE / 2, HI68 = 2 RATE; a column of no data (all 0)."""
-    rate = np.full((N, N), RATE, np.float32)
+def prediction(path, *, gap_col=None, percentiles=True, aperscal=True, pix=(PIX, PIX),
+               rate=None, inexpo=True):
+    """Flat RATE per pixel (or ``rate``), LO68 = rate / 2, HI68 = 2 rate; a column of no data
+    (all 0)."""
+    rate = np.full((N, N), RATE, np.float32) if rate is None else rate.astype(np.float32)
     if gap_col is not None:
         rate[:, gap_col] = 0.0
-    h = sky_wcs().to_header()
-    h["BUNIT"], h["EXPOSURE"], h["INEXPO"] = "count/s/pixel", 50e3, T
+    h = sky_wcs(pix).to_header()
+    h["BUNIT"], h["EXPOSURE"] = "count/s/pixel", 50e3
+    if inexpo:
+        h["INEXPO"] = T
     hdus = [fits.PrimaryHDU(rate, h)]
     if percentiles:
         lo = fits.ImageHDU(rate / 2, h, name="LO68")
@@ -45,8 +49,8 @@ def prediction(path, *, gap_col=None, percentiles=True, aperscal=True):
     return path
 
 
-def radec(x, y):
-    return (float(v) for v in sky_wcs().all_pix2world([[x, y]], 0)[0])
+def radec(x, y, pix=(PIX, PIX)):
+    return (float(v) for v in sky_wcs(pix).all_pix2world([[x, y]], 0)[0])
 
 
 def test_the_rule_on_a_calibrated_aperture(tmp_path):
@@ -54,6 +58,7 @@ def test_the_rule_on_a_calibrated_aperture(tmp_path):
     assert apertures.CALIBRATED_RADIUS_ARCSEC == 20.0   # bench_calibration's 20" apertures
     a = apertures.aperture_interval(p, *radec(39.5, 59.5))
     assert a.npix == a.npix_data == 316
+    assert a.npix_expected == pytest.approx(np.pi * 100) and a.data_share == 1.0
     s = 316 * RATE
     assert a.rate == pytest.approx(s, rel=1e-6)
     assert a.lo68 == pytest.approx(s - SCALE * 316 * RATE / 2, rel=1e-6)
@@ -102,7 +107,7 @@ def test_command_prints_the_rate_and_counts_with_their_intervals(tmp_path, capsy
     assert main(["aperture", str(p), f"{ra:.9f}", f"{dec:.9f}"]) == 0
     out = capsys.readouterr().out
     s = 316 * RATE
-    assert "316 pixels, 316 with data" in out and "uncalibrated" not in out
+    assert "316 pixels with data, 100 % of the aperture" in out and "uncalibrated" not in out
     assert f"rate   {s:.6g} count/s, 68 % interval [{s - SCALE * s / 2:.6g}, " \
            f"{s + SCALE * s:.6g}]" in out
     assert main(["aperture", str(p), f"{ra:.9f}", f"{dec:.9f}", "--radius", "10"]) == 0
@@ -114,3 +119,75 @@ def test_help_reads_as_written(capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert "68 % interval" in out and "%%" not in out and "radius 20" in out
     assert main(["--help"]) == 0 and "aperture" in capsys.readouterr().out
+
+
+def test_the_aperture_sits_where_its_centre_is_to_the_pixel(tmp_path):
+    # on a flat field a shift of one pixel changes nothing: three marked pixels in row 60 tell
+    rate = np.full((N, N), RATE)
+    rate[60, 50], rate[60, 31], rate[60, 51] = 1.0, 2.0, 4.0
+    p = prediction(tmp_path / "marks_predict_wcs_SR.fits.gz", rate=rate)
+    # centre x = 40.5: x 50 and 31 are 19" away (in), x 51 21" (out)
+    a = apertures.aperture_interval(p, *radec(40.5, 60), radius_arcsec=20.0)
+    assert 3.0 < a.rate < 3.1
+    # centre x = 39.5: x 31 is 17" away (in), x 50 and 51 21" and 23" (out)
+    b = apertures.aperture_interval(p, *radec(39.5, 60), radius_arcsec=20.0)
+    assert 2.0 < b.rate < 2.1
+
+
+def test_non_square_pixels_make_a_circle_on_the_sky(tmp_path):
+    # 1" x 2" pixels: 20" is 20 pixels east-west and 10 north-south
+    rate = np.full((N, N), RATE)
+    rate[50, 50 + 17] = 1.0                      # 17" east: inside
+    rate[50 + 9, 50] = 2.0                       # 18" north: inside
+    rate[50, 50 + 22] = 4.0                      # 22" east: outside
+    rate[50 + 11, 50] = 8.0                      # 22" north: outside
+    p = prediction(tmp_path / "rect_predict_wcs_SR.fits.gz", rate=rate, pix=(1.0, 2.0))
+    a = apertures.aperture_interval(p, *radec(50, 50, (1.0, 2.0)))
+    assert 3.0 < a.rate < 3.1
+    assert a.npix_expected == pytest.approx(np.pi * 400 / 2)
+
+
+def test_pixels_that_are_not_finite_hold_no_data(tmp_path):
+    rate = np.full((N, N), RATE)
+    rate[60, 35:45] = np.nan
+    p = prediction(tmp_path / "nan_predict_wcs_SR.fits.gz", rate=rate)
+    a = apertures.aperture_interval(p, *radec(39.5, 59.5))
+    assert np.isfinite([a.rate, a.lo68, a.hi68]).all() and a.npix_data == 316 - 10
+    assert a.rate == pytest.approx(306 * RATE, rel=1e-6)
+
+
+def test_an_aperture_partly_or_wholly_off_the_data(tmp_path, capsys):
+    p = prediction(tmp_path / "edge_predict_wcs_SR.fits.gz")
+    a = apertures.aperture_interval(p, *radec(1.5, 50))          # 2 pixels from the edge
+    assert 0.5 < a.data_share < 0.7
+    assert main(["aperture", str(p), *(f"{v:.9f}" for v in radec(1.5, 50))]) == 0
+    cap = capsys.readouterr()
+    assert "only" in cap.err and "of the aperture holds data" in cap.err
+    rate = np.full((N, N), RATE)
+    rate[:, :30] = 0.0                                           # a gap 60" wide
+    q = prediction(tmp_path / "gap_predict_wcs_SR.fits.gz", rate=rate)
+    with pytest.raises(InputError, match="no data within 20"):
+        apertures.aperture_interval(q, *radec(10, 50))
+    assert main(["aperture", str(q), *(f"{v:.9f}" for v in radec(10, 50))]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "gap_predict_wcs_SR.fits.gz" in err[0] and "CCD" in err[0]
+
+
+def test_cut_missing_and_exposure_less_files(tmp_path, capsys):
+    import gzip
+
+    p = prediction(tmp_path / "a_predict_wcs_SR.fits")
+    cut = tmp_path / "cut_predict_wcs_SR.fits.gz"
+    cut.write_bytes(gzip.compress(p.read_bytes())[:-200])
+    with pytest.raises(InputError, match="cut short.*run_inference_on_real.py"):
+        apertures.aperture_interval(cut, *radec(50, 50))
+    plain = tmp_path / "plain_predict_wcs_SR.fits"
+    plain.write_bytes(p.read_bytes()[:-3000])
+    with pytest.raises(InputError, match="cut short"):
+        apertures.aperture_interval(plain, *radec(50, 50))
+    with pytest.raises(InputError, match="no such file"):
+        apertures.aperture_interval(tmp_path / "none.fits.gz", *radec(50, 50))
+    q = prediction(tmp_path / "noexp_predict_wcs_SR.fits.gz", inexpo=False)
+    assert np.isnan(apertures.aperture_interval(q, *radec(50, 50)).counts)
+    assert main(["aperture", str(q), *(f"{v:.9f}" for v in radec(50, 50))]) == 0
+    assert "counts unknown: the file has no INEXPO" in capsys.readouterr().out

@@ -17,27 +17,37 @@ import numpy as np
 
 from .errors import InputError
 
-__all__ = ["CALIBRATED_RADIUS_ARCSEC", "ApertureSum", "aperture_interval", "read_prediction"]
+__all__ = ["CALIBRATED_RADIUS_ARCSEC", "MIN_DATA_SHARE", "ApertureSum", "aperture_interval",
+           "read_prediction"]
 
 #: The aperture radius the rule was calibrated for: the project's "20\" apertures" have a radius
 #: of 20" (``benchmarks/bench_calibration.py``; the same apertures as ``PTFREE``'s).
 CALIBRATED_RADIUS_ARCSEC = 20.0
 
 
+#: An aperture with less than this share of its area on data draws a warning: the sum and its
+#: interval then cover only that part.
+MIN_DATA_SHARE = 0.9
+
+
 @dataclass
 class ApertureSum:
-    """A prediction's rate summed over a set of pixels, with its 68 % interval.
+    """A prediction's rate summed over the pixels of an aperture that hold data, with its 68 %
+    interval.
 
     Attributes
     ----------
     rate, lo68, hi68 : float
         Summed rate and the interval's ends (count/s); ``lo68`` is at least 0.
     counts, counts_lo68, counts_hi68 : float
-        The same at the input's exposure (``INEXPO``), in counts.
+        The same at the input's exposure (``INEXPO``), in counts; NaN without ``INEXPO``.
     npix : int
         Pixels whose centres lie in the aperture, on the image.
     npix_data : int
-        Of them, those with data (``HI68 > 0``: not a CCD gap, not off the chips).
+        Of them, those with data (``HI68 > 0`` and every map finite: not a CCD gap, not off the
+        chips); only these are summed.
+    npix_expected : float
+        The aperture's area in pixels (pi r^2 over the pixel area).
     """
 
     rate: float
@@ -48,16 +58,49 @@ class ApertureSum:
     counts_hi68: float
     npix: int
     npix_data: int
+    npix_expected: float
+
+    @property
+    def data_share(self) -> float:
+        """Share of the aperture's area that holds data (``npix_data / npix_expected``, at
+        most 1)."""
+        return min(1.0, self.npix_data / self.npix_expected) if self.npix_expected else 0.0
+
+
+def _damaged(path: Path, why: str) -> InputError:
+    return InputError(f"{path}: {why}; make the prediction again with run_inference_on_real.py "
+                      "(--overwrite)")
 
 
 def read_prediction(path):
     """(rate, lo68, hi68, celestial WCS, aperture scale, input exposure) of a
-    ``*_predict_wcs_<W>.fits.gz`` file: float64 maps; InputError, naming the file and the fix,
-    for a file without its ``LO68``/``HI68`` (or ``APERSCAL``) or without a sky WCS."""
+    ``*_predict_wcs_<W>.fits.gz`` file: float64 maps (non-finite pixels of any map are NaN in
+    all three); InputError, naming the file and the fix, for a missing, cut or damaged file, one
+    without its ``LO68``/``HI68`` (or ``APERSCAL``), or without an RA/Dec WCS. The input
+    exposure is NaN without ``INEXPO``."""
     from astropy.io import fits
     from astropy.wcs import WCS
 
+    from .batch import gzip_is_complete
+    from .fitsio import fits_truncation
+
     path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file; check the path")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; give a *_predict_wcs_SR/DN.fits.gz file")
+    try:
+        with open(path, "rb") as fh:
+            gz = fh.read(2) == b"\x1f\x8b"
+            cut = "" if gz else fits_truncation(fh, path.stat().st_size)
+        if gz:
+            ok, why = gzip_is_complete(path)
+            cut = "" if ok else why
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror or exc}); check its "
+                         "permissions") from None
+    if cut:
+        raise _damaged(path, f"cut short ({cut})")
     try:
         with fits.open(path, memmap=False) as h:
             names = [x.name for x in h]
@@ -68,61 +111,84 @@ def read_prediction(path):
             lo = np.asarray(h["LO68"].data, np.float64)
             hi = np.asarray(h["HI68"].data, np.float64)
             scale = h["LO68"].header.get("APERSCAL")
-            exposure = h[0].header.get("INEXPO", h[0].header.get("EXPOSURE"))
+            exposure = h[0].header.get("INEXPO")
             wcs = WCS(h[0].header).celestial
-    except OSError as exc:
-        raise InputError(f"{path}: cannot be read as FITS ({exc}); give a prediction file "
-                         "written by run_inference_on_real.py") from None
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - astropy's many ways of saying "not readable"
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise _damaged(path, f"not a readable prediction ({first})") from None
     if rate.ndim != 2 or lo.shape != rate.shape or hi.shape != rate.shape:
-        raise InputError(f"{path}: the primary image and LO68/HI68 differ in shape; give a "
-                         "prediction file written by run_inference_on_real.py")
+        raise _damaged(path, "the primary image and LO68/HI68 differ in shape")
     if scale is None:
         raise InputError(f"{path}: LO68 has no APERSCAL (a model without the aperture "
                          "calibration); the interval of a sum is not known for it")
-    if not wcs.has_celestial or "RA" not in str(wcs.wcs.ctype[0]).upper():
+    types = [str(t).upper() for t in wcs.wcs.ctype] if wcs.naxis == 2 else []
+    if not (len(types) == 2 and {t[:4] for t in types} == {"RA--", "DEC-"}):
         raise InputError(f"{path}: no RA/Dec WCS; an aperture on the sky needs one")
-    return rate, lo, hi, wcs, float(scale), (float(exposure) if exposure else float("nan"))
+    bad = ~(np.isfinite(rate) & np.isfinite(lo) & np.isfinite(hi))
+    if bad.any():
+        rate, lo, hi = (np.where(bad, np.nan, a) for a in (rate, lo, hi))
+    try:
+        exposure = float(exposure)
+    except (TypeError, ValueError):
+        exposure = float("nan")
+    return rate, lo, hi, wcs, float(scale), exposure
 
 
-def _disc(shape, y, x, radius_px):
-    """Pixels whose centres lie within ``radius_px`` of (y, x) (0-based), bool [ny, nx]."""
-    yy, xx = np.ogrid[:shape[0], :shape[1]]
-    return (yy - y) ** 2 + (xx - x) ** 2 <= radius_px ** 2
-
-
-def _sum(rate, lo, hi, sel, scale, exposure) -> ApertureSum:
-    s = float(rate[sel].sum())
-    low = max(0.0, s - scale * float((rate - lo)[sel].sum()))
-    high = s + scale * float((hi - rate)[sel].sum())
+def _sum(rate, lo, hi, sel, scale, exposure, npix_expected) -> ApertureSum:
+    data = sel & np.isfinite(rate) & (np.nan_to_num(hi) > 0)
+    s = float(rate[data].sum())
+    low = max(0.0, s - scale * float((rate - lo)[data].sum()))
+    high = s + scale * float((hi - rate)[data].sum())
     return ApertureSum(s, low, high, s * exposure, low * exposure, high * exposure,
-                       int(sel.sum()), int((sel & (hi > 0)).sum()))
+                       int(sel.sum()), int(data.sum()), float(npix_expected))
 
 
-def _pixel_of(wcs, ra, dec, shape, path):
+def _aperture_pixels(wcs, shape, ra, dec, radius_arcsec, path):
+    """Pixels whose centres lie within ``radius_arcsec`` of (``ra``, ``dec``) on the sky (the
+    angle from the centre, so any pixel shape or projection), bool [ny, nx], and the aperture's
+    area in pixels."""
     x, y = wcs.all_world2pix([[float(ra), float(dec)]], 0)[0]
     if not (np.isfinite(x) and np.isfinite(y)
             and -0.5 <= x < shape[1] - 0.5 and -0.5 <= y < shape[0] - 0.5):
         raise InputError(f"{path}: RA {ra:g}, Dec {dec:g} is off the image; give a position "
                          "inside it")
-    return float(y), float(x)
-
-
-def _pixel_arcsec(wcs) -> float:
-    return float(np.sqrt(abs(np.linalg.det(wcs.pixel_scale_matrix)))) * 3600.0
+    scales = np.abs(np.linalg.svd(wcs.pixel_scale_matrix, compute_uv=False)) * 3600.0
+    reach = int(math.ceil(radius_arcsec / scales.min())) + 1
+    y0, y1 = max(int(round(y)) - reach, 0), min(int(round(y)) + reach + 1, shape[0])
+    x0, x1 = max(int(round(x)) - reach, 0), min(int(round(x)) + reach + 1, shape[1])
+    yy, xx = np.mgrid[y0:y1, x0:x1]
+    lon, lat = wcs.all_pix2world(xx.ravel(), yy.ravel(), 0)
+    a0, d0, a1, d1 = (np.radians(v) for v in (float(ra), float(dec), lon, lat))
+    # haversine: accurate at small angles
+    h = (np.sin((d1 - d0) / 2) ** 2
+         + np.cos(d0) * np.cos(d1) * np.sin((a1 - a0) / 2) ** 2)
+    sep = np.degrees(2 * np.arcsin(np.sqrt(np.clip(h, 0.0, 1.0)))) * 3600.0
+    sel = np.zeros(shape, bool)
+    sel[y0:y1, x0:x1] = (sep <= radius_arcsec).reshape(yy.shape)
+    area = math.pi * radius_arcsec ** 2 / float(np.prod(scales))
+    return sel, area
 
 
 def aperture_interval(path, ra: float, dec: float,
                       radius_arcsec: float = CALIBRATED_RADIUS_ARCSEC) -> ApertureSum:
-    """The rate of prediction ``path`` summed over a circle of ``radius_arcsec`` round
-    (``ra``, ``dec``) (deg, in the file's frame), with its 68 % interval by the aperture rule.
+    """The rate of prediction ``path`` summed over the pixels with data whose centres lie
+    within ``radius_arcsec`` of (``ra``, ``dec``) (deg, in the file's frame), with its 68 %
+    interval by the aperture rule.
 
     The rule is calibrated for 20" apertures (radius 20", the default); other radii get the
-    same rule, uncalibrated. For an SR prediction the rate is the sky's, background removed;
-    for DN it includes the background.
+    same rule, uncalibrated. For an SR prediction the rate is the sky's, background removed,
+    with point sources drawn with the PSF halved; for DN it includes the background. An
+    aperture with no pixel of data (a CCD gap, off the chips) is an InputError; check
+    :attr:`ApertureSum.data_share` for one partly off the data.
     """
     if not (math.isfinite(radius_arcsec) and radius_arcsec > 0):
         raise ValueError(f"radius_arcsec: must be > 0, got {radius_arcsec!r}")
     rate, lo, hi, wcs, scale, exposure = read_prediction(path)
-    y, x = _pixel_of(wcs, ra, dec, rate.shape, path)
-    sel = _disc(rate.shape, y, x, radius_arcsec / _pixel_arcsec(wcs))
-    return _sum(rate, lo, hi, sel, scale, exposure)
+    sel, area = _aperture_pixels(wcs, rate.shape, ra, dec, radius_arcsec, path)
+    out = _sum(rate, lo, hi, sel, scale, exposure, area)
+    if out.npix_data == 0:
+        raise InputError(f"{path}: no data within {radius_arcsec:g}\" of RA {ra:g}, Dec "
+                         f"{dec:g} (a CCD gap or off the chips); give a position on a CCD")
+    return out

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import sys
 from pathlib import Path
@@ -9,6 +10,8 @@ from pathlib import Path
 from ..errors import UsageError, XmmEnhanceError
 from .common import (add_verbosity, add_version, command_prog, ensure_std_streams,
                      report_error, setup_logging)
+
+log = logging.getLogger("xmm_enhance")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,17 +45,25 @@ def main(argv=None) -> int:
             raise UsageError(f"--radius must be a number of arcsec > 0, got {args.radius}")
         if not (math.isfinite(args.ra) and math.isfinite(args.dec) and -90 <= args.dec <= 90):
             raise UsageError(f"RA {args.ra}, Dec {args.dec}: give degrees, Dec within ±90")
-        from ..apertures import CALIBRATED_RADIUS_ARCSEC, aperture_interval
+        from ..apertures import CALIBRATED_RADIUS_ARCSEC, MIN_DATA_SHARE, aperture_interval
 
         a = aperture_interval(args.prediction, args.ra, args.dec, args.radius)
     except XmmEnhanceError as exc:
         return report_error(exc)
     note = "" if args.radius == CALIBRATED_RADIUS_ARCSEC else " (radius uncalibrated)"
     print(f"{args.prediction.name}: RA {args.ra:.6f} Dec {args.dec:+.6f}, radius "
-          f"{args.radius:g}\"{note}: {a.npix} pixels, {a.npix_data} with data")
+          f"{args.radius:g}\"{note}: {a.npix_data} pixels with data, "
+          f"{100 * a.data_share:.0f} % of the aperture")
+    if a.data_share < MIN_DATA_SHARE:
+        log.warning("%s: only %.0f %% of the aperture holds data (a CCD gap, the chips' or the "
+                    "image's edge): the sum and its interval cover that part only",
+                    args.prediction.name, 100 * a.data_share)
     print(f"rate   {a.rate:.6g} count/s, 68 % interval [{a.lo68:.6g}, {a.hi68:.6g}]")
-    print(f"counts {a.counts:.4g}, 68 % interval [{a.counts_lo68:.4g}, {a.counts_hi68:.4g}] "
-          "at the input's exposure")
+    if math.isfinite(a.counts):
+        print(f"counts {a.counts:.4g}, 68 % interval [{a.counts_lo68:.4g}, "
+              f"{a.counts_hi68:.4g}] at the input's exposure")
+    else:
+        print("counts unknown: the file has no INEXPO (input exposure)")
     return 0
 
 
