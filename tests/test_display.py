@@ -541,12 +541,6 @@ def png_size(path):
     return int.from_bytes(raw[16:20], "big"), int.from_bytes(raw[20:24], "big")
 
 
-def test_sr_png_is_drawn_at_twice_the_dpi_of_dn():
-    """An SR panel's 2" pixels get about one PNG pixel each at 220 dpi; at DN's 110 half the
-    detail the super-resolution adds was dropped."""
-    assert display.PNG_DPI == {1: 110, 2: 220}
-
-
 @pytest.mark.parametrize("scale, dpi", [(2, 220), (1, 110)])
 def test_written_png_has_the_dpi_of_its_models_scale(tmp_path, scale, dpi):
     res = fake_result()
@@ -629,6 +623,12 @@ def test_uncertainty_panel_has_its_own_log_scale_and_blackens_empty_sky():
     assert panel.own_scale.extend == "max"
     assert 10 ** panel.own_scale.norm.vmin == pytest.approx(display.UNCERTAINTY_RANGE[0])
     assert 10 ** panel.own_scale.norm.vmax == pytest.approx(display.UNCERTAINTY_RANGE[1])
+    assert "black" in panel.label
+    # DN's rate holds the background: no sky of its is empty, nothing is black
+    res.task = "DN"
+    dn = display.uncertainty_panel(res)
+    assert np.nanmin(dn.rate) >= dn.own_scale.norm.vmin and "black" not in dn.label
+    res.task = "SR"
     res.output_keep = np.zeros(res.prediction.shape, bool)
     assert np.all(np.isnan(display.quicklook_panels(res)[-1].rate))   # no data: grey
 
@@ -720,6 +720,10 @@ assert width_in * 100 > 1366 and fig.dpi < 100
 assert abs(fig.dpi - 0.95 * 1366 / width_in) < 1e-9
 # ... in a window of its size in pixels
 assert abs(wpx - width_in * fig.dpi) <= 1 and abs(hpx - height_in * fig.dpi) <= 1, (wpx, hpx)
+# a HiDPI canvas (Qt sets its pixel ratio when it shows) keeps the shrink: dpi = ratio x own
+fit = fig.dpi
+fig.canvas._set_device_pixel_ratio(2)
+assert abs(fig.dpi - 2 * fit) < 1e-9, fig.dpi
 print("ok")
 '''
 

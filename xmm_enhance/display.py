@@ -433,7 +433,7 @@ def _source_circles(ax, sources, wcs, pixel_arcsec, radius_arcsec, *, candidates
 
 def panels_figure(panels, *, title: str = "", stretch: str = DEFAULT_STRETCH, sources=None,
                   source_radius_arcsec: float = 12.0, sky_orient: bool = True,
-                  panel_inches: float = 4.2, figsize=None, candidates=None):
+                  panel_inches: float = 4.2, figsize=None, candidates=None, dpi=None):
     """Figure of ``panels`` side by side on one colour scale, sky panels north up/east left.
 
     Parameters
@@ -463,6 +463,8 @@ def panels_figure(panels, *, title: str = "", stretch: str = DEFAULT_STRETCH, so
         Side of each (square) panel.
     figsize : (float, float), optional
         Figure size in inches; the panels are sized to fit it (overrides ``panel_inches``).
+    dpi : float, optional
+        The figure's dpi (default matplotlib's): a window shows it at this many pixels per inch.
 
     Returns
     -------
@@ -519,7 +521,7 @@ def panels_figure(panels, *, title: str = "", stretch: str = DEFAULT_STRETCH, so
         left += (figsize[0] - width) / 2
         bottom += (figsize[1] - height) / 2
         width, height = figsize
-    fig = Figure(figsize=(width, height))
+    fig = Figure(figsize=(width, height), dpi=dpi)
     fig.suptitle(title, fontsize=11)
 
     def bar(x, image, label, ticks, extend, ticklabels=None):
@@ -643,10 +645,10 @@ def quicklook_panels(res) -> list:
 #: The relative-uncertainty panel's colour scale (logarithmic): its ends and labelled ticks.
 UNCERTAINTY_RANGE = (0.01, 3.0)
 _UNCERTAINTY_TICKS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
-#: The uncertainty panel draws black where the rate predicts fewer counts than this in a disc
-#: of UNCERTAINTY_DISC_ARCSEC radius (10", not the 20" radius of the aperture rule) at the
-#: input's exposure: there the sky is empty and its
-#: relative uncertainty, a ratio to almost nothing, says nothing.
+#: The SR uncertainty panel draws black where a pixel's surface brightness is below this many
+#: counts per disc of UNCERTAINTY_DISC_ARCSEC radius (10", not the 20" radius of the aperture
+#: rule) at the input's exposure: there the sky is empty and its relative uncertainty, a ratio
+#: to almost nothing, says nothing.
 UNCERTAINTY_MIN_COUNTS = 1.0
 UNCERTAINTY_DISC_ARCSEC = 10.0
 _EMPTY_SKY = -99.0         # below the panel's scale: drawn in its "under" colour (black)
@@ -670,10 +672,11 @@ def relative_uncertainty(prediction, lo68, hi68, keep=None) -> np.ndarray:
 def uncertainty_panel(res):
     """The :class:`Panel` of an enhancement result's relative uncertainty per pixel
     (:func:`relative_uncertainty` of its ``LO68``/``HI68``), on a logarithmic scale of its own
-    from 1 % (values below drawn at 1 %) to 300 % (an arrow for more); black where the rate
-    predicts fewer than :data:`UNCERTAINTY_MIN_COUNTS` counts within 10" at the input's
-    exposure. The panel's values are ``log10`` of the relative uncertainty. None when the
-    result has no percentile maps."""
+    from 1 % (values below drawn at 1 %) to 300 % (an arrow for more). For SR (sky only) it is
+    black where the pixel's surface brightness is below :data:`UNCERTAINTY_MIN_COUNTS` counts
+    per disc of :data:`UNCERTAINTY_DISC_ARCSEC` radius at the input's exposure; DN's rate holds
+    the background, so none of its sky is empty. The panel's values are ``log10`` of the
+    relative uncertainty. None when the result has no percentile maps."""
     from matplotlib.colors import Normalize
 
     from .detector import pixel_size_arcsec
@@ -687,19 +690,24 @@ def uncertainty_panel(res):
     lo, hi = UNCERTAINTY_RANGE
     with np.errstate(invalid="ignore"):
         shown = np.log10(np.clip(rel, lo, 10 * hi))
-    disc = math.pi * (UNCERTAINTY_DISC_ARCSEC / pix_out) ** 2
-    counts = np.asarray(res.prediction, np.float64) * res.image.exposure * disc
-    shown = np.where(np.isfinite(shown) & (counts < UNCERTAINTY_MIN_COUNTS), _EMPTY_SKY, shown)
+    sky_only = res.task == "SR"   # DN's rate holds the background: no sky is empty there
+    if sky_only:
+        disc = math.pi * (UNCERTAINTY_DISC_ARCSEC / pix_out) ** 2
+        counts = np.asarray(res.prediction, np.float64) * res.image.exposure * disc
+        shown = np.where(np.isfinite(shown) & (counts < UNCERTAINTY_MIN_COUNTS), _EMPTY_SKY,
+                         shown)
     ticks = tuple(math.log10(t) for t in _UNCERTAINTY_TICKS)
     labels = tuple(("≤ " if t == lo else "") + f"{100 * t:g} %" for t in _UNCERTAINTY_TICKS)
     scale = OwnScale(Normalize(vmin=math.log10(lo), vmax=math.log10(hi)),
                      "relative uncertainty per pixel: (HI68 − LO68) / 2 / rate",
                      ticks=ticks, ticklabels=labels, extend="max", under="black")
-    return Panel(shown, res.output_wcs,
-                 f"{res.task} uncertainty, half the 68 % interval over the rate,\n"
-                 f'{pix_out:g}" pixels; black: < {UNCERTAINTY_MIN_COUNTS:g} count within '
-                 f'{UNCERTAINTY_DISC_ARCSEC:g}" at {res.image.exposure / 1e3:.1f} ks',
-                 pix_out, show_sources=False, sets_scale=False, own_scale=scale)
+    label = (f"{res.task} uncertainty, half the 68 % interval over the rate,\n"
+             f'{pix_out:g}" pixels')
+    if sky_only:
+        label += (f"; black: fainter than {UNCERTAINTY_MIN_COUNTS:g} count per "
+                  f'{UNCERTAINTY_DISC_ARCSEC:g}"-radius disc')
+    return Panel(shown, res.output_wcs, label, pix_out, show_sources=False, sets_scale=False,
+                 own_scale=scale)
 
 
 def _result_candidates(res):
@@ -722,7 +730,8 @@ def _result_sources(res):
 
 
 def quicklook_figure(res, *, stretch: str = DEFAULT_STRETCH, sources=None,
-                     source_radius_arcsec: float = 12.0, extra_panels=(), figsize=None):
+                     source_radius_arcsec: float = 12.0, extra_panels=(), figsize=None,
+                     dpi=None):
     """Figure with the masked input and the prediction on one stretch, north up / east left.
 
     Parameters
@@ -738,6 +747,8 @@ def quicklook_figure(res, *, stretch: str = DEFAULT_STRETCH, sources=None,
         Drawn right of the prediction, on the same stretch.
     figsize : (float, float), optional
         Figure size in inches (default: 4.2-inch panels plus margins).
+    dpi : float, optional
+        The figure's dpi (default matplotlib's).
 
     Returns
     -------
@@ -755,7 +766,7 @@ def quicklook_figure(res, *, stretch: str = DEFAULT_STRETCH, sources=None,
     return panels_figure(panels + list(extra_panels), title=_title(res),
                          stretch=stretch, sources=sources,
                          source_radius_arcsec=source_radius_arcsec, figsize=figsize,
-                         candidates=candidates)
+                         candidates=candidates, dpi=dpi)
 
 
 #: PNG resolution (dots per inch of the 4.2-inch panels): an SR panel, ~1000 2" pixels
@@ -840,14 +851,21 @@ def show(res, **kwargs) -> None:
                     matplotlib.get_backend())
         return
     fig = quicklook_figure(res, **kwargs)
-    # a pyplot-managed window to host the figure, made at the figure's own size: the window
-    # sets its figure's size from its own whenever it is drawn, so a window of pyplot's
-    # default size squashed the figure into 6.4 x 4.8 inches
+    # the screen's width, asked of a window of pyplot's (closed again)
+    probe = plt.figure()
+    screen = _screen_width_px(probe.canvas.manager)
+    plt.close(probe)
+    if screen is not None and fig.get_figwidth() * fig.dpi > SCREEN_SHARE * screen:
+        # drawn again at a lower dpi, which stays the figure's own: a HiDPI canvas sets the
+        # dpi to its pixel ratio times the dpi the figure was made with
+        dpi = SCREEN_SHARE * screen / fig.get_figwidth()
+        release_figure(fig)
+        fig = quicklook_figure(res, dpi=dpi, **kwargs)
+    # a pyplot-managed window to host the figure, made at the figure's own size and dpi: the
+    # window sets its figure's size from its own whenever it is drawn, so a window of
+    # pyplot's default size squashed the figure into 6.4 x 4.8 inches
     host = plt.figure(figsize=fig.get_size_inches(), dpi=fig.dpi)
     manager = host.canvas.manager
     manager.canvas.figure = fig
     fig.set_canvas(manager.canvas)
-    screen = _screen_width_px(manager)
-    if screen is not None and fig.get_figwidth() * fig.dpi > SCREEN_SHARE * screen:
-        fig.set_dpi(SCREEN_SHARE * screen / fig.get_figwidth())   # resizes the window
     plt.show()
