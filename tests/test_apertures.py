@@ -191,3 +191,26 @@ def test_cut_missing_and_exposure_less_files(tmp_path, capsys):
     assert np.isnan(apertures.aperture_interval(q, *radec(50, 50)).counts)
     assert main(["aperture", str(q), *(f"{v:.9f}" for v in radec(50, 50))]) == 0
     assert "counts unknown: the file has no INEXPO" in capsys.readouterr().out
+
+
+def test_a_wcs_with_dec_first_is_read_in_its_order(tmp_path):
+    # the same sky as sky_wcs(), the header's axes given Dec first
+    rate = np.full((N, N), RATE)
+    rate[60, 31] = 2.0                                       # 17" from (39.5, 60)
+    h = fits.Header()
+    h["CTYPE1"], h["CTYPE2"] = "DEC--TAN", "RA---TAN"
+    h["CRVAL1"], h["CRVAL2"] = 2.0, 150.0
+    h["CRPIX1"], h["CRPIX2"] = 50.5, 50.5
+    # x runs west (RA falls), y north: Dec changes along y, RA along x
+    h["CD1_1"], h["CD1_2"], h["CD2_1"], h["CD2_2"] = 0.0, PIX / 3600, -PIX / 3600, 0.0
+    h["INEXPO"] = T
+    lo = fits.ImageHDU((rate / 2).astype(np.float32), h, name="LO68")
+    lo.header["APERSCAL"] = SCALE
+    path = tmp_path / "swapped_predict_wcs_SR.fits.gz"
+    fits.HDUList([fits.PrimaryHDU(rate.astype(np.float32), h), lo,
+                  fits.ImageHDU((2 * rate).astype(np.float32), h, name="HI68")]).writeto(path)
+    a = apertures.aperture_interval(path, *radec(39.5, 60))
+    b = apertures.aperture_interval(prediction(tmp_path / "plain_predict_wcs_SR.fits.gz",
+                                               rate=rate), *radec(39.5, 60))
+    assert a.npix_data == b.npix_data and a.rate == pytest.approx(b.rate, rel=1e-6)
+    assert 2.0 < a.rate < 2.1

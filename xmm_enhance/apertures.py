@@ -149,7 +149,10 @@ def _aperture_pixels(wcs, shape, ra, dec, radius_arcsec, path):
     """Pixels whose centres lie within ``radius_arcsec`` of (``ra``, ``dec``) on the sky (the
     angle from the centre, so any pixel shape or projection), bool [ny, nx], and the aperture's
     area in pixels."""
-    x, y = wcs.all_world2pix([[float(ra), float(dec)]], 0)[0]
+    lng, lat = wcs.wcs.lng, wcs.wcs.lat        # axis order as the header gives it
+    world = [0.0, 0.0]
+    world[lng], world[lat] = float(ra), float(dec)
+    x, y = wcs.all_world2pix([world], 0)[0]
     if not (np.isfinite(x) and np.isfinite(y)
             and -0.5 <= x < shape[1] - 0.5 and -0.5 <= y < shape[0] - 0.5):
         raise InputError(f"{path}: RA {ra:g}, Dec {dec:g} is off the image; give a position "
@@ -159,8 +162,8 @@ def _aperture_pixels(wcs, shape, ra, dec, radius_arcsec, path):
     y0, y1 = max(int(round(y)) - reach, 0), min(int(round(y)) + reach + 1, shape[0])
     x0, x1 = max(int(round(x)) - reach, 0), min(int(round(x)) + reach + 1, shape[1])
     yy, xx = np.mgrid[y0:y1, x0:x1]
-    lon, lat = wcs.all_pix2world(xx.ravel(), yy.ravel(), 0)
-    a0, d0, a1, d1 = (np.radians(v) for v in (float(ra), float(dec), lon, lat))
+    w = wcs.all_pix2world(xx.ravel(), yy.ravel(), 0)
+    a0, d0, a1, d1 = (np.radians(v) for v in (float(ra), float(dec), w[lng], w[lat]))
     # haversine: accurate at small angles
     h = (np.sin((d1 - d0) / 2) ** 2
          + np.cos(d0) * np.cos(d1) * np.sin((a1 - a0) / 2) ** 2)
