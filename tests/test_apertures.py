@@ -214,3 +214,28 @@ def test_a_wcs_with_dec_first_is_read_in_its_order(tmp_path):
                                                rate=rate), *radec(39.5, 60))
     assert a.npix_data == b.npix_data and a.rate == pytest.approx(b.rate, rel=1e-6)
     assert 2.0 < a.rate < 2.1
+
+
+def test_a_non_finite_percentile_takes_its_pixel_out(tmp_path):
+    p = prediction(tmp_path / "nanlo_predict_wcs_SR.fits.gz")
+    with fits.open(p, mode="readonly") as h:
+        hdus = [x.copy() for x in h]
+    hdus[1].data = hdus[1].data.copy()
+    hdus[1].data[60, 40] = np.nan                               # LO68 only
+    hdus[2].data = hdus[2].data.copy()
+    hdus[2].data[60, 38] = np.inf                               # HI68 only
+    q = tmp_path / "nanlo2_predict_wcs_SR.fits.gz"
+    fits.HDUList([fits.PrimaryHDU(hdus[0].data, hdus[0].header)] + hdus[1:]).writeto(q)
+    a = apertures.aperture_interval(q, *radec(39.5, 59.5))
+    assert a.npix_data == 314
+    assert a.lo68 == pytest.approx(314 * RATE * (1 - SCALE / 2), rel=1e-6)
+    assert a.hi68 == pytest.approx(314 * RATE * (1 + SCALE), rel=1e-6)
+
+
+def test_a_centre_beyond_the_edge_is_off_the_image(tmp_path, capsys):
+    p = prediction(tmp_path / "a_predict_wcs_SR.fits.gz")
+    for x in (-5, N - 0.4):
+        with pytest.raises(InputError, match="off the image"):
+            apertures.aperture_interval(p, *radec(x, 50))
+    assert main(["aperture", str(p), "150", "95"]) == 2          # a usage error
+    assert "Dec within ±90" in capsys.readouterr().err

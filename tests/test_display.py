@@ -621,6 +621,16 @@ def test_uncertainty_panel_has_its_own_log_scale_and_blackens_empty_sky():
     assert np.all(display.quicklook_panels(res)[-1].rate[40:50, 40:50]
                   > panel.own_scale.norm.vmax)
     assert panel.own_scale.extend == "max"
+    # the scale's ends: 0.5 % is drawn at 1 % (not black), 200 % as it is
+    res.prediction[30:40, 30:40] = 1.0
+    res.extras["lo68"][30:40, 30:40], res.extras["hi68"][30:40, 30:40] = 0.995, 1.005
+    res.extras["lo68"][50:55, 50:55], res.extras["hi68"][50:55, 50:55] = 0.0, 4.0
+    res.prediction[50:55, 50:55] = 1.0
+    v = display.uncertainty_panel(res).rate
+    assert v[35, 35] == pytest.approx(math.log10(0.01))
+    assert v[52, 52] == pytest.approx(math.log10(2.0))
+    assert 10 ** panel.own_scale.norm.vmin == pytest.approx(0.01)
+    assert 10 ** panel.own_scale.norm.vmax == pytest.approx(3.0)
     assert 10 ** panel.own_scale.norm.vmin == pytest.approx(display.UNCERTAINTY_RANGE[0])
     assert 10 ** panel.own_scale.norm.vmax == pytest.approx(display.UNCERTAINTY_RANGE[1])
     assert "black" in panel.label
@@ -652,6 +662,14 @@ def test_uncertainty_panel_sits_right_of_the_shared_bar_with_its_own():
     assert x0[id(axes[2])] < min(x0[id(b)] for b in bars) < x0[id(axes[3])] < max(
         x0[id(b)] for b in bars)
     assert len(fig.sky_images) == 4
+    # the uncertainty panel as drawn: log10 values on its own bar, labelled in per cent, black
+    # below, nothing cut at the figure's edge
+    right_bar = max(bars, key=lambda b: b.get_position().x0)
+    assert [t.get_text() for t in right_bar.get_yticklabels()] == [
+        "≤ 1 %", "3 %", "10 %", "30 %", "100 %", "300 %"]
+    assert tuple(axes[3].images[0].get_cmap().get_under()) == (0.0, 0.0, 0.0, 1.0)
+    assert np.nanmax(axes[3].images[0].get_array()) <= math.log10(30.0)
+    assert max(ax.get_position().x1 for ax in fig.axes) <= 1.0
     display.release_figure(fig)
 
 
@@ -738,3 +756,15 @@ def test_display_window_holds_the_figure_at_its_size_shrunk_to_the_screen(tmp_pa
     run = subprocess.run([sys.executable, str(script), str(Path(__file__).parent)], env=env,
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-3000:]
+
+
+def test_screen_width_from_tk_or_qt_and_none_without_one():
+    tk = SimpleNamespace(window=SimpleNamespace(winfo_screenwidth=lambda: 1366))
+    geometry = SimpleNamespace(width=lambda: 1920, height=lambda: 1080)
+    qt = SimpleNamespace(window=SimpleNamespace(
+        screen=lambda: SimpleNamespace(availableGeometry=lambda: geometry)))
+    assert display._screen_width_px(tk) == 1366
+    assert display._screen_width_px(qt) == 1920
+    no_display = SimpleNamespace(window=SimpleNamespace(winfo_screenwidth=lambda: 0))
+    assert display._screen_width_px(no_display) is None
+    assert display._screen_width_px(SimpleNamespace(window=None)) is None
