@@ -697,19 +697,25 @@ def test_listed_sources_claim_the_compact_diffuse_excess_and_smooth_emission_sta
     assert moved5 == 0.0 and np.array_equal(d5, diffuse.astype(np.float32))
 
 
-def test_points_keeps_the_listed_sources_and_the_rest_moves_to_diffuse(monkeypatch):
-    from xmm_enhance.simulate import psf as _psf
+def _halved_king_rate(shape, y, x, counts, T):
+    """count/s per 2" pixel of an on-axis source of ``counts`` drawn with the King PSF halved
+    (core radius / 4 in 2" pixels), written out here rather than taken from the code tested."""
+    rc, alpha = psf.king_params(0.0)
+    a = rc / 4.0
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    r2 = (yy - y) ** 2 + (xx - x) ** 2
+    return counts / T * (alpha - 1) / (np.pi * a * a) * (1 + r2 / (a * a)) ** -alpha
 
+
+def test_points_keeps_the_listed_sources_and_the_rest_moves_to_diffuse(monkeypatch):
     # the cap itself, without the few unsupported counts it leaves (next test)
     monkeypatch.setattr(sources, "UNSUPPORTED_MAX_COUNTS", 0.0)
     yy, xx = np.mgrid[:300, :300]
     T = 20e3
     # a bright listed source drawn with the halved King PSF, an unlisted faint clump far from it
     # and a low smear of points everywhere (the network's hedge), over a flat diffuse map
-    rc, alpha = _psf.king_params(0.0)
-    a = rc / 4.0
     r2 = (yy - 150.0) ** 2 + (xx - 150.0) ** 2
-    bright = 3000.0 / T * (alpha - 1) / (np.pi * a * a) * (1 + r2 / (a * a)) ** -alpha
+    bright = _halved_king_rate(yy.shape, 150.0, 150.0, 3000.0, T)
     clump = 15.0 / T / (2 * np.pi * 1.5 ** 2) * np.exp(-((yy - 40.0) ** 2 + (xx - 260.0) ** 2)
                                                        / (2 * 1.5 ** 2))
     smear = np.full(yy.shape, 2e-3 / T)
@@ -747,14 +753,10 @@ def test_a_listed_source_keeps_the_points_of_the_larger_of_its_two_fluxes(n_coun
     """``points`` holds a 2000-count source drawn with the halved PSF; its entry says 300 counts
     by one of COUNTS / FIT_COUNTS and 2000 by the other: the larger protects it, so its points
     within half its window are unchanged (the smaller's cap, 4 x 300 counts, would cut them)."""
-    from xmm_enhance.simulate import psf as _psf
-
     yy, xx = np.mgrid[:200, :200]
     T = 20e3
-    rc, alpha = _psf.king_params(0.0)
-    a = rc / 4.0
     r2 = (yy - 100.0) ** 2 + (xx - 100.0) ** 2
-    points = 2000.0 / T * (alpha - 1) / (np.pi * a * a) * (1 + r2 / (a * a)) ** -alpha
+    points = _halved_king_rate(yy.shape, 100.0, 100.0, 2000.0, T)
     diffuse = np.full(yy.shape, 2e-5)
     src = [{"y2": 100.0, "x2": 100.0, "counts": n_counts, "fit_counts": n_fit}]
     p2, d2, moved = sources.release_unlisted(points, diffuse, src, T)

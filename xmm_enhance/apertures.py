@@ -81,8 +81,7 @@ def read_prediction(path):
     from astropy.io import fits
     from astropy.wcs import WCS
 
-    from .batch import gzip_is_complete
-    from .fitsio import fits_truncation
+    from .batch import cut_short
 
     path = Path(path)
     if not path.exists():
@@ -90,12 +89,7 @@ def read_prediction(path):
     if path.is_dir():
         raise InputError(f"{path}: is a folder; give a *_predict_wcs_SR/DN.fits.gz file")
     try:
-        with open(path, "rb") as fh:
-            gz = fh.read(2) == b"\x1f\x8b"
-            cut = "" if gz else fits_truncation(fh, path.stat().st_size)
-        if gz:
-            ok, why = gzip_is_complete(path)
-            cut = "" if ok else why
+        _, cut = cut_short(path)
     except OSError as exc:
         raise InputError(f"{path}: cannot be read ({exc.strerror or exc}); check its "
                          "permissions") from None
@@ -137,7 +131,7 @@ def read_prediction(path):
 
 
 def _sum(rate, lo, hi, sel, scale, exposure, npix_expected) -> ApertureSum:
-    data = sel & np.isfinite(rate) & (np.nan_to_num(hi) > 0)
+    data = sel & (hi > 0)   # read_prediction made a pixel NaN in all three maps or none
     s = float(rate[data].sum())
     low = max(0.0, s - scale * float((rate - lo)[data].sum()))
     high = s + scale * float((hi - rate)[data].sum())

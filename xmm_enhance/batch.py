@@ -67,7 +67,8 @@ from .obsid import obsid_problem
 
 __all__ = [
     "STEPS", "LOCK_NAME", "LOG_NAME", "BatchConfig", "ObsResult", "ObservationLock",
-    "BadListLine", "read_obsid_list", "fits_is_valid", "gzip_is_complete", "png_is_valid",
+    "BadListLine", "read_obsid_list", "fits_is_valid", "gzip_is_complete", "cut_short",
+    "png_is_valid",
     "required_extensions", "observation_state", "process_observation", "run_batch",
     "write_report", "default_report_path", "prune_reports", "summary_table", "REPORT_FIELDS",
     "REPORTS_KEPT", "LATEST_REPORT", "MAX_WARNINGS", "LOG_MAX_BYTES", "interrupted_result",
@@ -458,6 +459,21 @@ def gzip_is_complete(path, *, keep: bool = False):
     else:
         return (True, "", data) if keep else (True, "")
     return (False, why, None) if keep else (False, why)
+
+
+def cut_short(path) -> tuple[bool, str]:
+    """(gzipped, why) of a FITS file that may have been cut short: a gzip stream must reach
+    its trailer (:func:`gzip_is_complete`), an uncompressed file's data its headers' length
+    (:func:`fitsio.fits_truncation`); ``why`` is "" for a whole file. OSError when the file
+    cannot be opened."""
+    from .fitsio import fits_truncation
+
+    path = Path(path)
+    with open(path, "rb") as fh:
+        if fh.read(2) != _GZIP_MAGIC:
+            return False, fits_truncation(fh, path.stat().st_size)
+    ok, why = gzip_is_complete(path)
+    return True, "" if ok else why
 
 
 def _is_gzip(path: Path) -> bool:

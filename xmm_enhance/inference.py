@@ -1182,21 +1182,16 @@ def _check_whole_file(path: Path) -> None:
     uncompressed one with a warning line of its own: a gzip stream must reach its trailer
     (:func:`batch.gzip_is_complete`), an uncompressed file's data its headers' length
     (:func:`fitsio.fits_truncation`)."""
-    from .batch import gzip_is_complete
-    from .fitsio import fits_truncation
+    from .batch import cut_short
 
     try:
-        with open(path, "rb") as fh:
-            if fh.read(2) != b"\x1f\x8b":
-                cut = fits_truncation(fh, path.stat().st_size)
-                if cut:
-                    raise InputError(f"{path}: truncated ({cut}); re-create it with "
-                                     "make_detxy_pn_image_pps.py or copy it again")
-                return
+        gzipped, why = cut_short(path)
     except OSError:
         return  # _open_image_hdu names the problem
-    ok, why = gzip_is_complete(path)
-    if not ok:
+    if why and not gzipped:
+        raise InputError(f"{path}: truncated ({why}); re-create it with "
+                         "make_detxy_pn_image_pps.py or copy it again")
+    if why:
         raise InputError(f"{path}: {why}; the gzip file is cut short or damaged: copy or "
                          "make it again")
 
