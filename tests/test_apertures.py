@@ -239,3 +239,53 @@ def test_a_centre_beyond_the_edge_is_off_the_image(tmp_path, capsys):
             apertures.aperture_interval(p, *radec(x, 50))
     assert main(["aperture", str(p), "150", "95"]) == 2          # a usage error
     assert "Dec within ±90" in capsys.readouterr().err
+
+
+# the brightness term (session 28): c = clip(APERSCAL + APERRSLP log10(s / APERRREF),
+# APERCMIN, APERCMAX), s the aperture's summed rate
+RULE = {"APERSCAL": 0.6, "APERRSLP": -0.3, "APERRREF": 1e-3, "APERCMIN": 0.4, "APERCMAX": 0.9}
+
+
+def test_the_rule_follows_the_aperture_rate_within_its_clip():
+    r = apertures.ApertureRule(0.6, -0.3, 1e-3, 0.4, 0.9)
+    assert r.scale_for(1e-3) == pytest.approx(0.6)
+    assert r.scale_for(1e-4) == pytest.approx(0.9)          # 0.6 + 0.3, at the top of the clip
+    assert r.scale_for(10 ** -3.5) == pytest.approx(0.75)
+    assert r.scale_for(10 ** -2.5) == pytest.approx(0.45)
+    assert r.scale_for(1.0) == pytest.approx(0.4) and r.scale_for(1e-9) == pytest.approx(0.9)
+    assert r.scale_for(0.0) == pytest.approx(0.9)            # an empty sum: the faint end
+    flat = apertures.ApertureRule(0.87)                      # APERSCAL alone: one scale
+    assert flat.scale_for(1e-6) == flat.scale_for(10.0) == 0.87
+    assert apertures.ApertureRule(0.01).scale_for(1.0) == apertures.MIN_SCALE
+    assert [k for k, _, _ in flat.cards()] == ["APERSCAL"]
+    assert [k for k, _, _ in r.cards()] == list(RULE)
+    h = fits.Header([(k, v, c) for k, v, c in r.cards()])
+    assert apertures.ApertureRule.from_header(h) == r        # what the writer states is read
+    assert apertures.ApertureRule.from_header(fits.Header()) is None
+
+
+@pytest.mark.parametrize("total,scale", [(1e-5, 0.9), (10 ** -3.5, 0.75), (10 ** -2.5, 0.45),
+                                         (1.0, 0.4)])
+def test_the_interval_uses_the_scale_of_its_own_sum(tmp_path, total, scale):
+    """A flat map whose 316 aperture pixels sum to ``total`` count/s: the rule's scale there."""
+    p = prediction(tmp_path / "r_predict_wcs_SR.fits.gz", rate=np.full((N, N), total / 316),
+                   aperscal=False)
+    with fits.open(p, mode="update") as h:
+        for k, v in RULE.items():
+            h["LO68"].header[k] = v
+    a = apertures.aperture_interval(p, *radec(39.5, 59.5))
+    assert a.rate == pytest.approx(total, rel=1e-6) and a.scale == pytest.approx(scale)
+    assert a.lo68 == pytest.approx(total * (1 - scale / 2), rel=1e-5)
+    assert a.hi68 == pytest.approx(total * (1 + scale), rel=1e-5)
+
+
+@pytest.mark.parametrize("key,value", [("APERRSLP", "steep"), ("APERRREF", 0.0),
+                                       ("APERCMIN", 0.95)])
+def test_a_damaged_rule_is_a_one_line_error(tmp_path, key, value):
+    p = prediction(tmp_path / "d_predict_wcs_SR.fits.gz", aperscal=False)
+    with fits.open(p, mode="update") as h:
+        for k, v in RULE.items():
+            h["LO68"].header[k] = v
+        h["LO68"].header[key] = value
+    with pytest.raises(InputError, match="aperture rule.*--overwrite"):
+        apertures.aperture_interval(p, *radec(39.5, 59.5))

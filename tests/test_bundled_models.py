@@ -80,3 +80,16 @@ def test_sr_conserves_flux_and_removes_background_on_a_simulation():
     total_in = float(s.counts.sum() / s.exposure)
     assert abs(pred.sum() - truth) < 0.25 * truth + 0.1 * (total_in - truth)
     assert pred.sum() < 0.8 * total_in
+
+
+@pytest.mark.parametrize("which", ["SR", "DN"])
+def test_the_aperture_rule_narrows_with_the_apertures_rate(which):
+    """The bundled rule (session 28, bench_aperture_rule.py): faint sums get the wide end of
+    its clip, bright ones the narrow end, at every exposure the models take."""
+    m = bundled(which)
+    for T in (5e3, 20e3, 150e3):
+        r = m.aperture_rule_at(T)
+        assert r.rate_slope < 0 and r.scale_min < r.scale <= r.scale_max
+        assert r.scale_for(1e-7) == pytest.approx(r.scale_max)
+        assert r.scale_for(10.0) == pytest.approx(r.scale_min)
+        assert 0.05 < r.scale_min and r.scale_max < 1.5

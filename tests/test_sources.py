@@ -1271,6 +1271,44 @@ def test_exposure_dependent_calibration_scales_reach_the_headers(tmp_path):
     assert flat.aperture_scale_at(200e3) == 0.42 and flat.interval_scale_at(200e3) is None
 
 
+def test_the_aperture_rules_brightness_term_reaches_the_headers(tmp_path):
+    """Metadata at 20 ks: c = clip(0.6 - 0.3 log10(s / 1e-3), 0.4, 0.9); the exposure slope
+    moves the whole rule (its clip too): at 200 ks by + 0.1. The headers state it at the
+    file's exposure, and the aperture command reads it back."""
+    from xmm_enhance import apertures
+
+    d = tmp_path / "m"
+    d.mkdir()
+    meta = dict(aperture_interval_scale="0.6", aperture_interval_slope="0.1",
+                aperture_interval_rate_slope="-0.3", aperture_interval_rate_ref="0.001",
+                aperture_interval_min="0.4", aperture_interval_max="0.9")
+    model = inference.load_model("DN", exposure_aware(d / "dn.onnx", "DN", **meta))
+    assert model.aperture_rule_at(20e3) == apertures.ApertureRule(0.6, -0.3, 1e-3, 0.4, 0.9)
+    r = model.aperture_rule_at(200e3)
+    assert (r.scale, r.scale_min, r.scale_max) == pytest.approx((0.7, 0.5, 1.0))
+    assert r.scale_for(1e-5) == pytest.approx(1.0) and r.scale_for(1.0) == pytest.approx(0.5)
+    assert model.aperture_rule_at(None) == model.aperture_rule_at(20e3)
+    # a negative shift never takes the clip below the floor
+    low = model.aperture_rule_at(0.2)   # five decades down: - 0.5
+    assert low.scale_min == apertures.MIN_SCALE and low.scale == pytest.approx(0.1)
+    assert low.scale_max == pytest.approx(0.4)
+    # without a rate slope (or its reference) the rule is the scale alone
+    for drop in ("aperture_interval_rate_slope", "aperture_interval_rate_ref"):
+        flat = inference.load_model("DN", exposure_aware(
+            d / f"dn_{drop}.onnx", "DN", **{k: v for k, v in meta.items() if k != drop}))
+        assert flat.aperture_rule_at(20e3) == apertures.ApertureRule(0.6)
+    path = _point_image(tmp_path / "obs.fits", 20e3)
+    res = inference.enhance_file(path, "DN", model=model)
+    with fits.open(res["predict"]) as h:
+        for name in ("LO68", "HI68"):
+            assert {k: h[name].header[k] for k in ("APERSCAL", "APERRSLP", "APERRREF",
+                                                   "APERCMIN", "APERCMAX")} == pytest.approx(
+                {"APERSCAL": 0.6, "APERRSLP": -0.3, "APERRREF": 1e-3, "APERCMIN": 0.4,
+                 "APERCMAX": 0.9})
+        assert "APERRSLP" not in h[0].header
+    assert apertures.read_prediction(res["predict"])[4] == model.aperture_rule_at(20e3)
+
+
 def test_dn_output_has_percentile_maps(tmp_path, v2_models):
     path = _point_image(tmp_path / "obs.fits", 60e3)
     with warnings.catch_warnings():

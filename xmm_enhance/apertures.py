@@ -1,10 +1,13 @@
 """The 68 % interval of a prediction's rate summed over a sky aperture (the aperture rule).
 
 A prediction's ``LO68``/``HI68`` bound each pixel's rate. A sum over many pixels is not bounded by
-the sum of the pixels' bounds (their errors are correlated, and partly cancel): the outputs carry
-``APERSCAL``, calibrated on simulated 20" apertures, and the interval of a sum is
-``sum(rate) - APERSCAL x sum(rate - LO68)`` to ``sum(rate) + APERSCAL x sum(HI68 - rate)``
-(``docs/outputs.md``). :func:`aperture_interval` applies it to a circle on the sky; ``xmm-enhance
+the sum of the pixels' bounds (their errors are correlated, and partly cancel): the interval of a
+sum ``s = sum(rate)`` is ``s - c x sum(rate - LO68)`` to ``s + c x sum(HI68 - rate)``, with the
+scale ``c`` calibrated on simulated 20" apertures. ``c`` depends on the aperture's rate, since a
+faint sum's errors are correlated over the whole aperture and a bright one's are not
+(:class:`ApertureRule`): ``c = clip(APERSCAL + APERRSLP log10(s / APERRREF), APERCMIN, APERCMAX)``,
+from the ``LO68`` header (``docs/outputs.md``); a file with ``APERSCAL`` alone has one ``c`` for
+every aperture. :func:`aperture_interval` applies it to a circle on the sky; ``xmm-enhance
 aperture`` prints it.
 """
 from __future__ import annotations
@@ -17,8 +20,8 @@ import numpy as np
 
 from .errors import InputError
 
-__all__ = ["CALIBRATED_RADIUS_ARCSEC", "MIN_DATA_SHARE", "ApertureSum", "aperture_interval",
-           "read_prediction"]
+__all__ = ["CALIBRATED_RADIUS_ARCSEC", "MIN_DATA_SHARE", "MIN_SCALE", "ApertureRule",
+           "ApertureSum", "aperture_interval", "read_prediction"]
 
 #: The aperture radius the rule was calibrated for: the project's "20\" apertures" have a radius
 #: of 20" (``benchmarks/bench_calibration.py``; the same apertures as ``PTFREE``'s).
@@ -28,6 +31,63 @@ CALIBRATED_RADIUS_ARCSEC = 20.0
 #: An aperture with less than this share of its area on data draws a warning: the sum and its
 #: interval then cover only that part.
 MIN_DATA_SHARE = 0.9
+
+#: The aperture rule's scale is never below this.
+MIN_SCALE = 0.05
+
+
+@dataclass(frozen=True)
+class ApertureRule:
+    """The aperture rule's scale ``c`` as a function of the aperture's summed rate ``s``
+    (count/s): ``clip(scale + rate_slope log10(s / rate_ref), scale_min, scale_max)``, at least
+    :data:`MIN_SCALE`; all at one input exposure. ``rate_slope`` 0 (a model or file without the
+    brightness term) gives ``scale`` for every aperture."""
+
+    scale: float
+    rate_slope: float = 0.0
+    rate_ref: float = 1e-3
+    scale_min: float = MIN_SCALE
+    scale_max: float = math.inf
+
+    #: FITS keyword of each attribute (on ``LO68`` and ``HI68``) and its comment.
+    KEYWORDS = (("scale", "APERSCAL", "aperture 68%: sum -+ c x summed widths, c at APERRREF"),
+                ("rate_slope", "APERRSLP", "change of c per decade of the sum's rate"),
+                ("rate_ref", "APERRREF", "[count/s] rate of a sum at which c = APERSCAL"),
+                ("scale_min", "APERCMIN", "c is at least this"),
+                ("scale_max", "APERCMAX", "c is at most this"))
+
+    def scale_for(self, rate_sum: float) -> float:
+        """``c`` for an aperture whose rate sums to ``rate_sum`` (count/s)."""
+        c = self.scale
+        if self.rate_slope:
+            c += self.rate_slope * math.log10(max(float(rate_sum), 1e-12) / self.rate_ref)
+        return max(MIN_SCALE, min(max(c, self.scale_min), self.scale_max))
+
+    def cards(self) -> list:
+        """(keyword, value, comment) of the header cards that state the rule; the brightness
+        term's only when it has one (and no infinite bound)."""
+        keys = self.KEYWORDS if self.rate_slope else self.KEYWORDS[:1]
+        return [(k, float(getattr(self, a)), c) for a, k, c in keys
+                if math.isfinite(getattr(self, a))]
+
+    @classmethod
+    def from_header(cls, header) -> "ApertureRule | None":
+        """The rule a header states (None without ``APERSCAL``); ValueError for a value that is
+        not a finite number, or ``APERCMIN`` above ``APERCMAX``."""
+        if "APERSCAL" not in header:
+            return None
+        kw = {}
+        for a, k, _ in cls.KEYWORDS:
+            if k in header:
+                v = header[k]
+                if isinstance(v, bool) or not isinstance(v, (int, float)) \
+                        or not math.isfinite(v):
+                    raise ValueError(f"{k} = {v!r} is not a finite number")
+                kw[a] = float(v)
+        rule = cls(**kw)
+        if rule.rate_ref <= 0 or rule.scale_min > rule.scale_max:
+            raise ValueError("APERRREF must be > 0 and APERCMIN at most APERCMAX")
+        return rule
 
 
 @dataclass
@@ -48,6 +108,8 @@ class ApertureSum:
         chips); only these are summed.
     npix_expected : float
         The aperture's area in pixels (pi r^2 over the pixel area).
+    scale : float
+        The rule's scale ``c`` used for this sum (:meth:`ApertureRule.scale_for`).
     """
 
     rate: float
@@ -59,6 +121,7 @@ class ApertureSum:
     npix: int
     npix_data: int
     npix_expected: float
+    scale: float = math.nan
 
     @property
     def data_share(self) -> float:
@@ -73,7 +136,7 @@ def _damaged(path: Path, why: str) -> InputError:
 
 
 def read_prediction(path):
-    """(rate, lo68, hi68, celestial WCS, aperture scale, input exposure) of a
+    """(rate, lo68, hi68, celestial WCS, :class:`ApertureRule`, input exposure) of a
     ``*_predict_wcs_<W>.fits.gz`` file: float64 maps (non-finite pixels of any map are NaN in
     all three); InputError, naming the file and the fix, for a missing, cut or damaged file, one
     without its ``LO68``/``HI68`` (or ``APERSCAL``), or without an RA/Dec WCS. The input
@@ -104,7 +167,10 @@ def read_prediction(path):
             rate = np.asarray(h[0].data, np.float64)
             lo = np.asarray(h["LO68"].data, np.float64)
             hi = np.asarray(h["HI68"].data, np.float64)
-            scale = h["LO68"].header.get("APERSCAL")
+            try:
+                rule = ApertureRule.from_header(h["LO68"].header)
+            except ValueError as exc:
+                raise _damaged(path, f"LO68's aperture rule: {exc}") from None
             exposure = h[0].header.get("INEXPO")
             wcs = WCS(h[0].header).celestial
     except InputError:
@@ -114,7 +180,7 @@ def read_prediction(path):
         raise _damaged(path, f"not a readable prediction ({first})") from None
     if rate.ndim != 2 or lo.shape != rate.shape or hi.shape != rate.shape:
         raise _damaged(path, "the primary image and LO68/HI68 differ in shape")
-    if scale is None:
+    if rule is None:
         raise InputError(f"{path}: LO68 has no APERSCAL (a model without the aperture "
                          "calibration); the interval of a sum is not known for it")
     types = [str(t).upper() for t in wcs.wcs.ctype] if wcs.naxis == 2 else []
@@ -127,16 +193,17 @@ def read_prediction(path):
         exposure = float(exposure)
     except (TypeError, ValueError):
         exposure = float("nan")
-    return rate, lo, hi, wcs, float(scale), exposure
+    return rate, lo, hi, wcs, rule, exposure
 
 
-def _sum(rate, lo, hi, sel, scale, exposure, npix_expected) -> ApertureSum:
+def _sum(rate, lo, hi, sel, rule, exposure, npix_expected) -> ApertureSum:
     data = sel & (hi > 0)   # read_prediction made a pixel NaN in all three maps or none
     s = float(rate[data].sum())
+    scale = rule.scale_for(s)
     low = max(0.0, s - scale * float((rate - lo)[data].sum()))
     high = s + scale * float((hi - rate)[data].sum())
     return ApertureSum(s, low, high, s * exposure, low * exposure, high * exposure,
-                       int(sel.sum()), int(data.sum()), float(npix_expected))
+                       int(sel.sum()), int(data.sum()), float(npix_expected), scale)
 
 
 def _aperture_pixels(wcs, shape, ra, dec, radius_arcsec, path):
@@ -182,9 +249,9 @@ def aperture_interval(path, ra: float, dec: float,
     """
     if not (math.isfinite(radius_arcsec) and radius_arcsec > 0):
         raise ValueError(f"radius_arcsec: must be > 0, got {radius_arcsec!r}")
-    rate, lo, hi, wcs, scale, exposure = read_prediction(path)
+    rate, lo, hi, wcs, rule, exposure = read_prediction(path)
     sel, area = _aperture_pixels(wcs, rate.shape, ra, dec, radius_arcsec, path)
-    out = _sum(rate, lo, hi, sel, scale, exposure, area)
+    out = _sum(rate, lo, hi, sel, rule, exposure, area)
     if out.npix_data == 0:
         raise InputError(f"{path}: no data within {radius_arcsec:g}\" of RA {ra:g}, Dec "
                          f"{dec:g} (a CCD gap or off the chips); give a position on a CCD")

@@ -403,6 +403,30 @@ class Model:
         ``aperture_interval_slope`` is its change per decade of exposure about 20 ks."""
         return self._at_exposure(self.aperture_scale, "aperture_interval_slope", exposure, 0.05)
 
+    def aperture_rule_at(self, exposure: float | None):
+        """The aperture rule (:class:`~xmm_enhance.apertures.ApertureRule`) at input
+        ``exposure`` (s); None for a model without ``aperture_interval_scale``. Its scale at
+        the reference rate is :meth:`aperture_scale_at`; the metadata
+        ``aperture_interval_rate_slope`` (change per decade of the aperture's rate about
+        ``aperture_interval_rate_ref`` count/s) and the clip ``aperture_interval_min`` /
+        ``aperture_interval_max`` (at 20 ks, moved with the scale by
+        ``aperture_interval_slope``) make it follow the aperture's brightness; without a rate
+        slope it is one scale for every aperture."""
+        from .apertures import MIN_SCALE, ApertureRule
+
+        scale = self.aperture_scale_at(exposure)
+        if scale is None:
+            return None
+        slope, ref = self._slope("aperture_interval_rate_slope"), \
+            self._positive("aperture_interval_rate_ref")
+        if not slope or ref is None:
+            return ApertureRule(scale)
+        shift = scale - self.aperture_scale  # the exposure's move of the whole rule
+        lo, hi = self._positive("aperture_interval_min"), self._positive("aperture_interval_max")
+        lo = MIN_SCALE if lo is None else max(MIN_SCALE, lo + shift)
+        hi = math.inf if hi is None else max(lo, hi + shift)
+        return ApertureRule(scale, slope, ref, lo, hi)
+
     def interval_scale_at(self, exposure: float | None) -> float | None:
         """:attr:`interval_scale` at input ``exposure`` (s), as the graph applies it: metadata
         ``pixel_interval_slope`` is its change per decade of exposure about 20 ks (the graph's
@@ -1988,7 +2012,7 @@ def round_mantissa(a: np.ndarray, bits: int, mode: str = "nearest") -> np.ndarra
     return out
 
 
-def _image_extension(data, name, h_out, aperture_scale=None, interval_scale=None
+def _image_extension(data, name, h_out, aperture_rule=None, interval_scale=None
                      ) -> fits.ImageHDU:
     h = fits.Header()
     for key in ("WCSAXES", "CTYPE1", "CTYPE2", "CUNIT1", "CUNIT2", "CRPIX1", "CRPIX2", "CRVAL1",
@@ -2002,8 +2026,9 @@ def _image_extension(data, name, h_out, aperture_scale=None, interval_scale=None
     h["CONTENT"] = (LISTED_TEXT if "PTMOVED" in h_out else EXTENSION_TEXT).get(
         name, EXTENSION_TEXT[name])
     h["SIGBITS"] = (MANTISSA_BITS[name], "significant bits kept of 24 (float32)")
-    if name in ("LO68", "HI68") and aperture_scale is not None:
-        h["APERSCAL"] = (aperture_scale, "aperture 68%: sum -+ APERSCAL x summed widths")
+    if name in ("LO68", "HI68") and aperture_rule is not None:
+        for key, value, comment in aperture_rule.cards():
+            h[key] = (value, comment)
     if name in ("LO68", "HI68") and interval_scale is not None:
         h["INTSCALE"] = (interval_scale, "percentiles widened x this in log (calibration)")
     return fits.ImageHDU(round_mantissa(data, MANTISSA_BITS[name],
@@ -2107,7 +2132,7 @@ def write_outputs(res: EnhanceResult, *, outdir: Path | None = None, overwrite: 
     for key, name in EXTRA_OUTPUTS.items():
         if key in res.extras:
             pred.append(_image_extension(res.extras[key], name, h_out,
-                                         res.model.aperture_scale_at(res.image.exposure),
+                                         res.model.aperture_rule_at(res.image.exposure),
                                          res.model.interval_scale_at(res.image.exposure)))
     items = [(fits.HDUList([fits.PrimaryHDU(np.asarray(res.input_rate, ">f4"), h_in)]), p_in),
              (pred, p_pred)]

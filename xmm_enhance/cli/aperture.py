@@ -19,12 +19,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog=command_prog("xmm-enhance aperture"),
         description="The rate of an SR or DN prediction (*_predict_wcs_SR/DN.fits.gz) summed "
                     "over a circle on the sky, with its 68 % interval from LO68/HI68 by the "
-                    "aperture rule (APERSCAL, calibrated on apertures of radius 20\"), in "
-                    "count/s and in counts at the input's exposure. SR rates are the sky's, "
-                    "background removed; DN rates include the background. The SR interval is "
-                    "conservative on bright sources (use SOURCES RATE_ERR for them) and too "
-                    "narrow on faint emission that fills the field; docs/outputs.md gives its "
-                    "coverage by brightness.")
+                    "aperture rule (its scale follows the aperture's rate; calibrated on "
+                    "apertures of radius 20\"), in count/s and in counts at the input's "
+                    "exposure. SR rates are the sky's, background removed; DN rates include "
+                    "the background. For a listed source, SOURCES RATE_ERR is the sharper "
+                    "error; docs/outputs.md gives the rule's coverage by brightness.")
     p.add_argument("prediction", type=Path, help="a *_predict_wcs_SR/DN.fits.gz file")
     p.add_argument("ra", type=float, help="RA of the centre (deg, the file's frame)")
     p.add_argument("dec", type=float, help="Dec of the centre (deg)")
@@ -58,7 +57,8 @@ def main(argv=None) -> int:
         log.warning("%s: only %.0f %% of the aperture holds data (a CCD gap, the chips' or the "
                     "image's edge): the sum and its interval cover that part only",
                     args.prediction.name, 100 * a.data_share)
-    print(f"rate   {a.rate:.6g} count/s, 68 % interval [{a.lo68:.6g}, {a.hi68:.6g}]")
+    print(f"rate   {a.rate:.6g} count/s, 68 % interval [{a.lo68:.6g}, {a.hi68:.6g}] "
+          f"(rule scale {a.scale:.3g})")
     if math.isfinite(a.counts):
         print(f"counts {a.counts:.4g}, 68 % interval [{a.counts_lo68:.4g}, "
               f"{a.counts_hi68:.4g}] at the input's exposure")
