@@ -6,6 +6,8 @@ pixels, 20 of them in each column next to the centre; a radius of 10" holds 80, 
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from astropy.io import fits
@@ -58,7 +60,7 @@ def test_the_rule_on_a_calibrated_aperture(tmp_path):
     assert apertures.CALIBRATED_RADIUS_ARCSEC == 20.0   # bench_calibration's 20" apertures
     a = apertures.aperture_interval(p, *radec(39.5, 59.5))
     assert a.npix == a.npix_data == 316
-    assert a.npix_expected == pytest.approx(np.pi * 100) and a.data_share == 1.0
+    assert a.npix_expected == 316 and a.data_share == 1.0   # the circle's own pixel centres
     s = 316 * RATE
     assert a.rate == pytest.approx(s, rel=1e-6)
     assert a.lo68 == pytest.approx(s - SCALE * 316 * RATE / 2, rel=1e-6)
@@ -144,7 +146,7 @@ def test_non_square_pixels_make_a_circle_on_the_sky(tmp_path):
     p = prediction(tmp_path / "rect_predict_wcs_SR.fits.gz", rate=rate, pix=(1.0, 2.0))
     a = apertures.aperture_interval(p, *radec(50, 50, (1.0, 2.0)))
     assert 3.0 < a.rate < 3.1
-    assert a.npix_expected == pytest.approx(np.pi * 400 / 2)
+    assert a.npix_expected == a.npix and a.npix == pytest.approx(np.pi * 400 / 2, rel=0.01)
 
 
 def test_pixels_that_are_not_finite_hold_no_data(tmp_path):
@@ -259,7 +261,10 @@ def test_the_rule_follows_the_aperture_rate_within_its_clip():
     assert apertures.ApertureRule(0.01).scale_for(1.0) == apertures.MIN_SCALE
     assert [k for k, _, _ in flat.cards()] == ["APERSCAL"]
     assert [k for k, _, _ in r.cards()] == list(RULE)
-    h = fits.Header([(k, v, c) for k, v, c in r.cards()])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")        # a card too long would lose its comment
+        h = fits.Header([(k, v, c) for k, v, c in r.cards()])
+        h.tostring()
     assert apertures.ApertureRule.from_header(h) == r        # what the writer states is read
     assert apertures.ApertureRule.from_header(fits.Header()) is None
 
@@ -289,3 +294,21 @@ def test_a_damaged_rule_is_a_one_line_error(tmp_path, key, value):
         h["LO68"].header[key] = value
     with pytest.raises(InputError, match="aperture rule.*--overwrite"):
         apertures.aperture_interval(p, *radec(39.5, 59.5))
+
+
+def test_the_data_share_counts_the_circles_own_pixels(tmp_path, capsys):
+    """A 3" circle about a pixel corner holds 4 centres of 2" pixels (1.41 px away; the next
+    ones are 1.58 px away), while its area is 7.07 pixels: fully on data it is 100 %, with a
+    gap column through it 50 %, and the command warns."""
+    p = prediction(tmp_path / "small_predict_wcs_SR.fits.gz")
+    a = apertures.aperture_interval(p, *radec(39.5, 59.5), radius_arcsec=3.0)
+    assert (a.npix, a.npix_data, a.npix_expected, a.data_share) == (4, 4, 4, 1.0)
+    assert main(["aperture", str(p), *(f"{v:.9f}" for v in radec(39.5, 59.5)),
+                 "--radius", "3"]) == 0
+    assert "100 % of the aperture" in capsys.readouterr().out
+    q = prediction(tmp_path / "gap_predict_wcs_SR.fits.gz", gap_col=40)
+    b = apertures.aperture_interval(q, *radec(39.5, 59.5), radius_arcsec=3.0)
+    assert (b.npix_data, b.data_share) == (2, 0.5)
+    assert main(["aperture", str(q), *(f"{v:.9f}" for v in radec(39.5, 59.5)),
+                 "--radius", "3"]) == 0
+    assert "only 50 % of the aperture holds data" in capsys.readouterr().err

@@ -50,7 +50,7 @@ class ApertureRule:
     scale_max: float = math.inf
 
     #: FITS keyword of each attribute (on ``LO68`` and ``HI68``) and its comment.
-    KEYWORDS = (("scale", "APERSCAL", "aperture 68%: sum -+ c x summed widths, c at APERRREF"),
+    KEYWORDS = (("scale", "APERSCAL", "c at APERRREF: sum -+ c x summed widths (68%)"),
                 ("rate_slope", "APERRSLP", "change of c per decade of the sum's rate"),
                 ("rate_ref", "APERRREF", "[count/s] rate of a sum at which c = APERSCAL"),
                 ("scale_min", "APERCMIN", "c is at least this"),
@@ -107,7 +107,7 @@ class ApertureSum:
         Of them, those with data (``HI68 > 0`` and every map finite: not a CCD gap, not off the
         chips); only these are summed.
     npix_expected : float
-        The aperture's area in pixels (pi r^2 over the pixel area).
+        The pixel centres the circle holds, on and off the image.
     scale : float
         The rule's scale ``c`` used for this sum (:meth:`ApertureRule.scale_for`).
     """
@@ -125,7 +125,7 @@ class ApertureSum:
 
     @property
     def data_share(self) -> float:
-        """Share of the aperture's area that holds data (``npix_data / npix_expected``, at
+        """Share of the aperture's pixels that hold data (``npix_data / npix_expected``, at
         most 1)."""
         return min(1.0, self.npix_data / self.npix_expected) if self.npix_expected else 0.0
 
@@ -206,10 +206,10 @@ def _sum(rate, lo, hi, sel, rule, exposure, npix_expected) -> ApertureSum:
                        int(sel.sum()), int(data.sum()), float(npix_expected), scale)
 
 
-def _aperture_pixels(wcs, shape, ra, dec, radius_arcsec, path):
-    """Pixels whose centres lie within ``radius_arcsec`` of (``ra``, ``dec``) on the sky (the
-    angle from the centre, so any pixel shape or projection), bool [ny, nx], and the aperture's
-    area in pixels."""
+def _separations(wcs, shape, ra, dec, reach_arcsec, path):
+    """Angle (arcsec) of each pixel centre from (``ra``, ``dec``) on the sky, within a box
+    reaching ``reach_arcsec`` around it, on and off the image: (sep [ny, nx] of the box,
+    (y0, x0) of the box's first pixel). InputError when the centre is off the image."""
     lng, lat = wcs.wcs.lng, wcs.wcs.lat        # axis order as the header gives it
     world = [0.0, 0.0]
     world[lng], world[lat] = float(ra), float(dec)
@@ -219,20 +219,37 @@ def _aperture_pixels(wcs, shape, ra, dec, radius_arcsec, path):
         raise InputError(f"{path}: RA {ra:g}, Dec {dec:g} is off the image; give a position "
                          "inside it")
     scales = np.abs(np.linalg.svd(wcs.pixel_scale_matrix, compute_uv=False)) * 3600.0
-    reach = int(math.ceil(radius_arcsec / scales.min())) + 1
-    y0, y1 = max(int(round(y)) - reach, 0), min(int(round(y)) + reach + 1, shape[0])
-    x0, x1 = max(int(round(x)) - reach, 0), min(int(round(x)) + reach + 1, shape[1])
-    yy, xx = np.mgrid[y0:y1, x0:x1]
+    reach = int(math.ceil(reach_arcsec / scales.min())) + 1
+    y0, x0 = int(round(y)) - reach, int(round(x)) - reach
+    yy, xx = np.mgrid[y0:y0 + 2 * reach + 1, x0:x0 + 2 * reach + 1]
     w = wcs.all_pix2world(xx.ravel(), yy.ravel(), 0)
     a0, d0, a1, d1 = (np.radians(v) for v in (float(ra), float(dec), w[lng], w[lat]))
     # haversine: accurate at small angles
     h = (np.sin((d1 - d0) / 2) ** 2
          + np.cos(d0) * np.cos(d1) * np.sin((a1 - a0) / 2) ** 2)
     sep = np.degrees(2 * np.arcsin(np.sqrt(np.clip(h, 0.0, 1.0)))) * 3600.0
-    sel = np.zeros(shape, bool)
-    sel[y0:y1, x0:x1] = (sep <= radius_arcsec).reshape(yy.shape)
-    area = math.pi * radius_arcsec ** 2 / float(np.prod(scales))
-    return sel, area
+    return sep.reshape(yy.shape), (y0, x0)
+
+
+def _on_image(box, origin, shape):
+    """A box-shaped map (:func:`_separations`) placed on the image: [ny, nx], False off the
+    box."""
+    out = np.zeros(shape, box.dtype)
+    y0, x0 = origin
+    ys, xs = max(y0, 0), max(x0, 0)
+    ye, xe = min(y0 + box.shape[0], shape[0]), min(x0 + box.shape[1], shape[1])
+    if ys < ye and xs < xe:
+        out[ys:ye, xs:xe] = box[ys - y0:ye - y0, xs - x0:xe - x0]
+    return out
+
+
+def _aperture_pixels(wcs, shape, ra, dec, radius_arcsec, path):
+    """Pixels of the image whose centres lie within ``radius_arcsec`` of (``ra``, ``dec``) on
+    the sky (the angle from the centre, so any pixel shape or projection), bool [ny, nx], and
+    how many pixel centres the circle holds on and off the image."""
+    sep, origin = _separations(wcs, shape, ra, dec, radius_arcsec, path)
+    inside = sep <= radius_arcsec
+    return _on_image(inside, origin, shape), int(inside.sum())
 
 
 def aperture_interval(path, ra: float, dec: float,
