@@ -312,3 +312,94 @@ def test_the_data_share_counts_the_circles_own_pixels(tmp_path, capsys):
     assert main(["aperture", str(q), *(f"{v:.9f}" for v in radec(39.5, 59.5)),
                  "--radius", "3"]) == 0
     assert "only 50 % of the aperture holds data" in capsys.readouterr().err
+
+
+# the ring test on the input's counts (``--ring``): the input file beside the prediction is
+# on the 4" grid, each input pixel under 2 x 2 output pixels (input pixel i at output 2 i + 0.5)
+def input_beside(pred, counts, *, exposure=T, insha=None):
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval = [150.0, 2.0]
+    w.wcs.crpix = [25.5, 25.5]                    # 0-based (24.5, 24.5) = output (49.5, 49.5)
+    w.wcs.cd = np.diag([-2 * PIX / 3600, 2 * PIX / 3600])
+    w.wcs.radesys, w.wcs.equinox = "FK5", 2000.0
+    h = w.to_header()
+    h["INEXPO"] = exposure
+    if insha:
+        h["INSHA"] = insha
+    path = apertures.input_path_of(pred)
+    fits.writeto(path, (np.asarray(counts, np.float64) / exposure).astype(np.float32), h,
+                 overwrite=True)
+    return path
+
+
+def test_the_input_file_is_found_beside_the_prediction(tmp_path):
+    p = tmp_path / "obs_x_predict_wcs_DN.fits.gz"
+    assert apertures.input_path_of(p) == tmp_path / "obs_x_input_wcs_DN.fits.gz"
+    with pytest.raises(InputError, match="not named"):
+        apertures.input_path_of(tmp_path / "renamed.fits.gz")
+
+
+def test_the_ring_test_counts_the_inputs_photons(tmp_path, capsys):
+    """A flat 2 counts per input pixel: no excess. 60 more counts on the centre's pixel: an
+    excess of exactly 60, whose significance is the binomial tail of the circle's share."""
+    from scipy import stats
+
+    p = prediction(tmp_path / "obs_predict_wcs_SR.fits.gz")
+    flat = np.full((N // 2, N // 2), 2.0)
+    input_beside(p, flat)
+    ra, dec = radec(49.5, 49.5)                   # input (24.5, 24.5): a pixel corner
+    e = apertures.input_excess(p, ra, dec, (30.0, 60.0))
+    assert e.counts == 2 * e.npix and e.ring_counts == 2 * e.npix_ring
+    assert e.excess == pytest.approx(0.0, abs=1e-9) and abs(e.signif) < 0.2
+    # 20" circle on 4" pixels: the centres within 5 pixels; ring 30-60": 7.5-15 pixels
+    yy, xx = np.mgrid[:N // 2, :N // 2]
+    r = np.hypot(yy - 24.5, xx - 24.5)
+    assert e.npix == int((r <= 5).sum()) and e.npix_ring == int(((r > 7.5) & (r <= 15)).sum())
+    knot = flat.copy()
+    knot[24, 24] += 60
+    input_beside(p, knot)
+    k = apertures.input_excess(p, ra, dec, (30.0, 60.0))
+    assert k.counts == e.counts + 60 and k.excess == pytest.approx(60.0)
+    share = k.npix / (k.npix + k.npix_ring)
+    tail = stats.binom.sf(k.counts - 1, k.counts + k.ring_counts, share)
+    assert k.signif == pytest.approx(stats.norm.isf(tail)) and 3 < k.signif < 6
+    dip = flat.copy()
+    dip[22:27, 22:27] = 0.0
+    input_beside(p, dip)
+    assert apertures.input_excess(p, ra, dec, (30.0, 60.0)).signif < -3
+    input_beside(p, knot)
+    assert main(["aperture", str(p), f"{ra:.9f}", f"{dec:.9f}", "--ring", "30", "60"]) == 0
+    out = capsys.readouterr().out
+    assert f"input  {k.counts} counts in the circle ({k.npix} pixels)" in out
+    assert f"excess 60, {k.signif:.1f} sigma" in out
+
+
+def test_the_ring_test_skips_pixels_without_data(tmp_path):
+    """A CCD gap (0 in the prediction's maps) takes its input pixels out of the circle and the
+    ring, whatever the input file holds there."""
+    p = prediction(tmp_path / "gap_predict_wcs_SR.fits.gz", gap_col=48)   # input column 24
+    counts = np.full((N // 2, N // 2), 2.0)
+    counts[:, 24] = 500.0
+    input_beside(p, counts)
+    e = apertures.input_excess(p, *radec(49.5, 49.5), (30.0, 60.0))
+    assert e.counts == 2 * e.npix and e.ring_counts == 2 * e.npix_ring
+
+
+def test_the_ring_test_refuses_what_it_cannot_trust(tmp_path, capsys):
+    p = prediction(tmp_path / "obs_predict_wcs_SR.fits.gz")
+    ra, dec = radec(49.5, 49.5)
+    with pytest.raises(InputError, match="obs_input_wcs_SR.fits.gz: no such file"):
+        apertures.input_excess(p, ra, dec, (30.0, 60.0))
+    with fits.open(p, mode="update") as h:
+        h[0].header["INSHA"] = "a" * 64
+    input_beside(p, np.ones((N // 2, N // 2)), insha="b" * 64)
+    with pytest.raises(InputError, match="another input"):
+        apertures.input_excess(p, ra, dec, (30.0, 60.0))
+    for ring in ((10.0, 60.0), (60.0, 30.0), (30.0, float("nan"))):
+        with pytest.raises(ValueError, match="ring"):
+            apertures.input_excess(p, ra, dec, ring)
+    assert main(["aperture", str(p), f"{ra:.9f}", f"{dec:.9f}", "--ring", "10", "60"]) == 2
+    assert main(["aperture", str(p), f"{ra:.9f}", f"{dec:.9f}", "--ring", "30", "60"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "--ring 10 60" in err[0] and "obs_input_wcs_SR.fits.gz" in err[-1]

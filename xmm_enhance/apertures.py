@@ -21,7 +21,8 @@ import numpy as np
 from .errors import InputError
 
 __all__ = ["CALIBRATED_RADIUS_ARCSEC", "MIN_DATA_SHARE", "MIN_SCALE", "ApertureRule",
-           "ApertureSum", "aperture_interval", "read_prediction"]
+           "ApertureSum", "InputExcess", "aperture_interval", "input_excess", "input_path_of",
+           "read_prediction"]
 
 #: The aperture radius the rule was calibrated for: the project's "20\" apertures" have a radius
 #: of 20" (``benchmarks/bench_calibration.py``; the same apertures as ``PTFREE``'s).
@@ -273,3 +274,130 @@ def aperture_interval(path, ra: float, dec: float,
         raise InputError(f"{path}: no data within {radius_arcsec:g}\" of RA {ra:g}, Dec "
                          f"{dec:g} (a CCD gap or off the chips); give a position on a CCD")
     return out
+
+
+@dataclass
+class InputExcess:
+    """The input's counts in a circle against those of a ring around it (an on/off test on the
+    photons, independent of the network).
+
+    Attributes
+    ----------
+    counts : int
+        Input counts in the circle's pixels with data.
+    ring_counts : int
+        Input counts in the ring's pixels with data.
+    npix, npix_ring : int
+        Input pixels with data in the circle and in the ring.
+    expected : float
+        Counts the circle would hold at the ring's level (``ring_counts x npix / npix_ring``).
+    signif : float
+        One-sided significance (sigma) of the circle's excess over the ring's level: the
+        exact conditional test of two Poisson counts (given ``counts + ring_counts``, the
+        circle's share is binomial with ``npix / (npix + npix_ring)``), so the ring's own noise
+        is included; negative for a deficit.
+    """
+
+    counts: int
+    ring_counts: int
+    npix: int
+    npix_ring: int
+    expected: float
+    signif: float
+
+    @property
+    def excess(self) -> float:
+        return self.counts - self.expected
+
+
+def input_path_of(path) -> Path:
+    """The ``<stem>_input_wcs_<W>.fits.gz`` that run_inference_on_real.py wrote beside the
+    prediction ``<stem>_predict_wcs_<W>.fits.gz``."""
+    path = Path(path)
+    stem, tag, rest = path.name.rpartition("_predict_wcs_")
+    if not tag:
+        raise InputError(f"{path}: not named *_predict_wcs_SR/DN.fits.gz, so its input file "
+                         "is not known; give the prediction as run_inference_on_real.py named "
+                         "it")
+    return path.with_name(f"{stem}_input_wcs_{rest}")
+
+
+def _signif(n_on: int, n_off: int, share: float) -> float:
+    """One-sided significance (sigma) of ``n_on`` counts in a region holding ``share`` of the
+    on + off area, given ``n_on + n_off``: binomial tail, as a Gaussian's sigma."""
+    from scipy import stats
+
+    n = n_on + n_off
+    if n == 0:
+        return 0.0
+    if n_on >= share * n:
+        p = stats.binom.sf(n_on - 1, n, share)           # P(X >= n_on)
+        return float(min(stats.norm.isf(max(p, 1e-300)), 38.0)) if p < 0.5 else 0.0
+    p = stats.binom.cdf(n_on, n, share)                   # P(X <= n_on): a deficit
+    return -float(min(stats.norm.isf(max(p, 1e-300)), 38.0)) if p < 0.5 else 0.0
+
+
+def input_excess(path, ra: float, dec: float, ring_arcsec: tuple,
+                 radius_arcsec: float = CALIBRATED_RADIUS_ARCSEC) -> InputExcess:
+    """The input's counts within ``radius_arcsec`` of (``ra``, ``dec``) against the ring
+    ``ring_arcsec`` = (inner, outer) around it, from the input file beside prediction
+    ``path`` (:func:`input_path_of`), over the pixels with data (those the prediction's
+    ``HI68`` marks). Does a knot stand above its surroundings in the photons themselves?
+
+    InputError when the input file is missing or not the one the prediction was made from
+    (its ``INSHA`` differs), or when the circle or the ring holds no data; ValueError for a
+    ring that does not lie outside the circle."""
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    inner, outer = (float(v) for v in ring_arcsec)
+    if not (math.isfinite(inner) and math.isfinite(outer) and radius_arcsec <= inner < outer):
+        raise ValueError(f"ring_arcsec: give inner < outer, inner at least the radius "
+                         f"({radius_arcsec:g}\"), got {ring_arcsec!r}")
+    _, _, hi, _, _, _ = read_prediction(path)
+    ipath = input_path_of(path)
+    if not ipath.exists():
+        raise InputError(f"{ipath}: no such file; the ring test reads the input file that "
+                         "run_inference_on_real.py writes beside the prediction; make both "
+                         "again (--overwrite)")
+    try:
+        with fits.open(path, memmap=False) as h:
+            sha = h[0].header.get("INSHA")
+        with fits.open(ipath, memmap=False) as h:
+            rate = np.asarray(h[0].data, np.float64)
+            hdr = h[0].header
+            wcs = WCS(hdr).celestial
+    except Exception as exc:  # noqa: BLE001 - astropy's many ways of saying "not readable"
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise _damaged(ipath, f"not a readable input file ({first})") from None
+    if sha and hdr.get("INSHA") and hdr["INSHA"] != sha:
+        raise InputError(f"{ipath}: made from another input than {Path(path).name} (INSHA "
+                         "differs); make both again (--overwrite)")
+    exposure = hdr.get("INEXPO", hdr.get("EXPOSURE"))
+    try:
+        exposure = float(exposure)
+    except (TypeError, ValueError):
+        exposure = float("nan")
+    if not (math.isfinite(exposure) and exposure > 0):
+        raise _damaged(ipath, "no INEXPO or EXPOSURE, so its counts are not known")
+    if rate.ndim != 2 or hi.shape[0] % rate.shape[0] or hi.shape[1] % rate.shape[1] \
+            or hi.shape[0] // rate.shape[0] != hi.shape[1] // rate.shape[1]:
+        raise _damaged(ipath, f"its grid {rate.shape} does not match the prediction's "
+                       f"{hi.shape}")
+    f = hi.shape[0] // rate.shape[0]
+    # an input pixel has data when every output pixel on it has (CCD gaps are 0 in all maps)
+    data = (hi.reshape(rate.shape[0], f, rate.shape[1], f) > 0).all(axis=(1, 3))
+    counts = np.where(data & np.isfinite(rate), np.rint(rate * exposure), 0.0)
+    sep, origin = _separations(wcs, rate.shape, ra, dec, outer, ipath)
+    circle = _on_image(sep <= radius_arcsec, origin, rate.shape) & data
+    ring = _on_image((sep > inner) & (sep <= outer), origin, rate.shape) & data
+    if not circle.any():
+        raise InputError(f"{ipath}: no input pixel with data within {radius_arcsec:g}\" of "
+                         f"RA {ra:g}, Dec {dec:g}; give a position on a CCD")
+    if not ring.any():
+        raise InputError(f"{ipath}: no input pixel with data in the {inner:g}-{outer:g}\" "
+                         "ring; give a ring that reaches the CCDs")
+    n_on, n_off = int(counts[circle].sum()), int(counts[ring].sum())
+    a_on, a_off = int(circle.sum()), int(ring.sum())
+    return InputExcess(n_on, n_off, a_on, a_off, n_off * a_on / a_off,
+                       _signif(n_on, n_off, a_on / (a_on + a_off)))

@@ -1790,7 +1790,7 @@ EXTENSION_TEXT = {
 #: The same once ``points`` keeps only the sources the counts demand (header ``PTMOVED``).
 LISTED_TEXT = {
     "POINTS": "sources >= PTSIGMIN sigma, halved PSF; <= PTFREE else",
-    "DIFFUSE": "extended emission and most of unlisted faint sources",
+    "DIFFUSE": "extended emission; unlisted points beyond PTFREE",
 }
 
 

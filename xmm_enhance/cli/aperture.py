@@ -30,6 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--radius", type=float, default=20.0, metavar="ARCSEC",
                    help="aperture radius (default 20: the calibrated 20\" aperture; other radii "
                         "get the same rule, uncalibrated)")
+    p.add_argument("--ring", type=float, nargs=2, metavar=("INNER", "OUTER"), default=None,
+                   help="also test the input's counts in the circle against this ring around "
+                        "it (arcsec; e.g. 30 60 for a knot against its surroundings, 60 120 for "
+                        "a source on flat sky): the excess and its Poisson significance, from "
+                        "the photons alone (reads the *_input_wcs_* file beside the "
+                        "prediction)")
     add_version(p)
     add_verbosity(p)
     return p
@@ -47,6 +53,16 @@ def main(argv=None) -> int:
         from ..apertures import CALIBRATED_RADIUS_ARCSEC, MIN_DATA_SHARE, aperture_interval
 
         a = aperture_interval(args.prediction, args.ra, args.dec, args.radius)
+        ring = None
+        if args.ring is not None:
+            inner, outer = args.ring
+            if not (math.isfinite(inner) and math.isfinite(outer)
+                    and args.radius <= inner < outer):
+                raise UsageError(f"--ring {inner:g} {outer:g}: give INNER < OUTER in arcsec, "
+                                 f"INNER at least the radius ({args.radius:g})")
+            from ..apertures import input_excess
+
+            ring = input_excess(args.prediction, args.ra, args.dec, args.ring, args.radius)
     except XmmEnhanceError as exc:
         return report_error(exc)
     note = "" if args.radius == CALIBRATED_RADIUS_ARCSEC else " (radius uncalibrated)"
@@ -60,10 +76,16 @@ def main(argv=None) -> int:
     print(f"rate   {a.rate:.6g} count/s, 68 % interval [{a.lo68:.6g}, {a.hi68:.6g}] "
           f"(rule scale {a.scale:.3g})")
     if math.isfinite(a.counts):
-        print(f"counts {a.counts:.4g}, 68 % interval [{a.counts_lo68:.4g}, "
-              f"{a.counts_hi68:.4g}] at the input's exposure")
+        print(f"counts {a.counts:.6g}, 68 % interval [{a.counts_lo68:.6g}, "
+              f"{a.counts_hi68:.6g}] at the input's exposure")
     else:
         print("counts unknown: the file has no INEXPO (input exposure)")
+    if ring is not None:
+        sig = f"{ring.signif:.1f}" if ring.signif < 37 else "> 37"
+        print(f"input  {ring.counts} counts in the circle ({ring.npix} pixels), "
+              f"{ring.expected:.4g} at the level of the {args.ring[0]:g}-{args.ring[1]:g}\" ring "
+              f"({ring.ring_counts} counts, {ring.npix_ring} pixels): excess "
+              f"{ring.excess:.4g}, {sig} sigma (Poisson, one-sided, at this one position)")
     return 0
 
 

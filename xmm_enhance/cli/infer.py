@@ -50,8 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "more than 0.1 %% is ignored with a warning")
     p.add_argument("--no-redraw", action="store_true",
                    help="SR: keep the network's own drawing and point/diffuse split (default: "
-                   "each SOURCES entry redrawn as the halved PSF with the POINTS map's counts, "
-                   "and POINTS kept only near sources of >= 4.5 sigma)")
+                   "each SOURCES entry redrawn as the halved PSF with the POINTS map's counts; "
+                   "POINTS keeps the candidates of >= PTSIGMIN sigma and at most PTFREE = 8 "
+                   "counts per 20\" of other points, the rest goes to DIFFUSE)")
     p.add_argument("--min-signif", type=float, metavar="SIGMA", help=MIN_SIGNIF_HELP)
     add_version(p)
     add_verbosity(p)
