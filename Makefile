@@ -82,14 +82,20 @@ SR_HISTORY := SR line: recipe-2 stages to 10487 (bundled sessions 8-12; see the 
 	12-13), share 0.15 at 1-4x with half of them centred beyond 9 arcmin off axis to 14400 \
 	(session 13); EMA of step 14400; percentile maps widened at export x(1.45 - 0.40 log10(T / \
 	20 ks)) in log space (session 15; x1.3 at every exposure before), aperture rule c = 0.87 + \
-	0.04 log10(T / 20 ks) (0.92 before); then (session 18) a warm start from the 14400 EMA with \
+	0.04 log10(T / 20 ks) (0.92 before; by the aperture's rate since session 28, metadata \
+	aperture_interval_*); then (session 18) a warm start from the 14400 EMA with \
 	fresh AdamW, lr 1.5e-4 cosine to 2e-5, the same flat-background crops, 15 halo sources per \
 	simulated field and halo-centred crops (share 0.3 to step 2284 of a 6000-step schedule, then \
 	0.5 on an 11000-step schedule to its end); EMA of that run's step 11000 (14400 + 11000 = \
 	25400 steps on this line)
-# aperture rule's scale at 20 ks and (optional) its change per decade of exposure
+# aperture rule (session 28, benchmarks/bench_aperture_rule.py): its scale at the reference rate
+# and 20 ks, its change per decade of exposure and per decade of the aperture's rate, the
+# reference rate (count/s; SR's 1e-4, where its scale is near the single one used before), and
+# its clip at 20 ks
 META := $(VPY) -c "import sys; from xmm_enhance.training.export import update_metadata as u; \
-	u(sys.argv[1], dict(zip(['aperture_interval_scale', 'aperture_interval_slope'], sys.argv[2:])))"
+	u(sys.argv[1], dict(zip(['aperture_interval_scale', 'aperture_interval_slope', \
+	'aperture_interval_rate_slope', 'aperture_interval_rate_ref', 'aperture_interval_min', \
+	'aperture_interval_max'], sys.argv[2:])))"
 models: $(VENV)/.train
 	$(TRAIN) --ckpt-dir runs/checkpoints --task DN --total-steps 10000 --steps 7000 $(V1) --no-export
 	$(TRAIN) --ckpt-dir runs/checkpoints --task SR --refine 0 --total-steps 24000 --steps 20740 \
@@ -110,7 +116,7 @@ models: $(VENV)/.train
 	  --lr 3e-4 --lr-min 2e-5 --init-from runs/checkpoints/DN_best.pt --no-export
 	$(TRAIN_ON) --ckpt-dir runs/checkpoints/DN_v2 --task DN --export-only --which best \
 	  --interval-scale 0.92 --interval-slope 0.12
-	$(META) models/XMM-DeNoise.onnx 0.9 -0.18
+	$(META) models/XMM-DeNoise.onnx 0.90 -0.16 -0.17 0.001 0.53 0.90
 	$(TRAIN) --ckpt-dir runs/checkpoints/SR_v2 --task SR --steps $(V2_SR_PLAIN_STEPS) \
 	  --total-steps 8000 --lr 2.5e-4 --lr-min 2e-5 --init-from runs/checkpoints/SR_align/SR_best.pt \
 	  --decompose-point-weight 0 --shape-expo-power 0 --no-export
@@ -132,7 +138,7 @@ models: $(VENV)/.train
 	  --total-steps 11000 --halo-share 0.5 --no-export
 	$(TRAIN_FLAT) --ckpt-dir runs/checkpoints/SR_halo --task SR --export-only --which last \
 	  --interval-scale 1.45 --interval-slope -0.40
-	$(META) models/XMM-SuperRes.onnx 0.87 0.04
+	$(META) models/XMM-SuperRes.onnx 0.84 0.0 -0.24 0.0001 0.38 0.98
 	$(VPY) -c "import sys; from xmm_enhance.training.export import update_metadata as u; \
 	  u(sys.argv[1], {'version': '2.25400', 'training_history': sys.argv[2]})" \
 	  models/XMM-SuperRes.onnx "$(SR_HISTORY)"

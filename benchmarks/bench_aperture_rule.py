@@ -1,6 +1,6 @@
 """Issue 13: the aperture rule's coverage by the aperture's brightness, on held-out simulations.
 
-    python benchmarks/bench_aperture_rule.py [--task SR,DN] [--seeds 777,31415] [--frames 12]
+    python benchmarks/bench_aperture_rule.py [--task SR,DN] [--seeds 2718] [--frames 12]
                                              [--exposures 10,20,50,100] [--fit 515151,424242]
                                              [--cache runs/aperture_rule]
 
@@ -162,7 +162,8 @@ def main(argv=None):
     ap.add_argument("--task", default="SR,DN")
     ap.add_argument("--sr", default=str(MODELS["SR"]))
     ap.add_argument("--dn", default=str(MODELS["DN"]))
-    ap.add_argument("--seeds", default="777,31415", help="seeds to check the rule on")
+    ap.add_argument("--seeds", default="2718", help="seeds to check the rule on (the bundled rule "
+                    "was chosen on 515151,424242,777,31415)")
     ap.add_argument("--fit", default="", help="seeds to choose the rule's numbers on")
     ap.add_argument("--frames", type=int, default=12)
     ap.add_argument("--exposures", default="10,20,50,100", help="ks, comma-separated")
@@ -176,17 +177,19 @@ def main(argv=None):
         if a.fit:
             ds = [load(task, path, int(s), a) for s in a.fit.split(",")]
             p = fit({k: np.concatenate([x[k] for x in ds]) for k in ds[0]})
-            print(f"  fitted on seeds {a.fit}: aperture_interval_scale {p[0]:.3f}, "
-                  f"aperture_interval_slope {p[1]:.3f}, aperture_interval_rate_slope "
-                  f"{p[2]:.3f}, aperture_interval_rate_ref {RATE_REF:g}, "
-                  f"aperture_interval_min {p[3]:.3f}, aperture_interval_max {p[4]:.3f}")
+            print(f"  fitted on seeds {a.fit}: aperture_interval_scale {p[0]:.3f} at "
+                  f"aperture_interval_rate_ref {RATE_REF:g} ({p[0] - p[2]:.3f} at "
+                  f"{RATE_REF / 10:g}), aperture_interval_slope {p[1]:.3f}, "
+                  f"aperture_interval_rate_slope {p[2]:.3f}, aperture_interval_min {p[3]:.3f}, "
+                  f"aperture_interval_max {p[4]:.3f}")
         for seed in [int(s) for s in a.seeds.split(",") if s.strip()]:
             d = load(task, path, seed, a)
             nd = needed(d)
             print(f" seed {seed}, {a.frames} frames per exposure")
             table(nd <= model_scales(model, d), d, "the model's rule")
             flat = np.array([max(0.05, model.aperture_scale_at(float(T))) for T in d["T"]])
-            table(nd <= flat, d, "its scale alone (one c for every aperture)")
+            table(nd <= flat, d, "APERSCAL alone (one c for every aperture: a reader of that "
+                  "keyword only)")
     return 0
 
 
