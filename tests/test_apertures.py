@@ -403,3 +403,13 @@ def test_the_ring_test_refuses_what_it_cannot_trust(tmp_path, capsys):
     assert main(["aperture", str(p), f"{ra:.9f}", f"{dec:.9f}", "--ring", "30", "60"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert "--ring 10 60" in err[0] and "obs_input_wcs_SR.fits.gz" in err[-1]
+
+
+@pytest.mark.parametrize("origin", [(-3, -2), (-3, 5), (7, -4), (95, 96), (96, 5), (2, 3)])
+def test_a_box_is_placed_on_the_image_to_the_pixel(origin):
+    """``_on_image`` puts a box's pixels where its origin says, cut at every edge."""
+    box = np.arange(1, 8 * 9 + 1).reshape(8, 9)
+    got = apertures._on_image(box, origin, (N, N))
+    want = np.zeros((N + 40, N + 40), box.dtype)            # a canvas 20 pixels wider per side
+    want[origin[0] + 20:origin[0] + 28, origin[1] + 20:origin[1] + 29] = box
+    assert np.array_equal(got, want[20:N + 20, 20:N + 20])
