@@ -6,14 +6,15 @@
 
 The interval of a prediction's rate summed over an aperture is ``s -+ c x`` (the pixels'
 summed half-widths, ``LO68``/``HI68``), with ``c`` from the model's metadata
-(:meth:`xmm_enhance.inference.ModelInfo.aperture_rule_at`: a scale that follows the aperture's
+(:meth:`xmm_enhance.inference.Model.aperture_rule_at`: a scale that follows the aperture's
 summed rate ``s`` and the input exposure). On simulated frames (seeds ``[seed, T, i]``, the
 whole command-line pipeline, as ``bench_calibration.py --pipeline``), every 20" aperture (radius
 20", a grid every 20" over the field of view) gives its predicted ``s``, its summed half-widths
 and its true rate; the tables give, by ``s`` and input exposure, the share of apertures whose
 truth the interval covers (within 1e-3 counts per pixel, as ``bench_calibration.py``; 0.68 is
-calibrated), for the model's rule and for its scale alone (one ``c`` for every aperture, as
-before session 28).
+calibrated), for the model's rule, for the single scale used before session 28 (SR 0.87 + 0.04,
+DN 0.90 - 0.18 log10(T / 20 ks)), and for the model's ``APERSCAL`` alone (what a reader of
+that keyword only gets).
 
 ``--fit SEEDS`` chooses the rule's five numbers on those seeds (pooled): the scale at 1e-3
 count/s and 20 ks, its change per decade of exposure and per decade of ``s``, and its clip, by
@@ -25,6 +26,7 @@ seeds. ``--cache`` keeps each seed's apertures (npz) for a rerun.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 import time
 from pathlib import Path
@@ -46,6 +48,8 @@ MODELS = {"SR": ROOT / "models" / "XMM-SuperRes.onnx", "DN": ROOT / "models" / "
 RATE_BINS = (0.0, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, np.inf)
 RATE_REF = 1e-3
 TARGET = 0.68
+#: The single scale before session 28: (c at 20 ks, change per decade of exposure).
+BEFORE = {"SR": (0.87, 0.04), "DN": (0.90, -0.18)}
 
 
 def collect(task, model, seed, frames, exposures):
@@ -95,7 +99,8 @@ def rule_scales(p, s, T):
 
 
 def model_scales(model, d):
-    """The model's own rule at each aperture (its metadata, through ApertureRule)."""
+    """The model's own rule at each aperture (its metadata, through
+    ``Model.aperture_rule_at`` and ``ApertureRule``)."""
     out = np.empty(len(d["s"]))
     for T in np.unique(d["T"]):
         rule = model.aperture_rule_at(float(T))
@@ -143,8 +148,10 @@ def fit(d):
 
 
 def load(task, model, seed, a):
-    cache = Path(a.cache) / f"{task}_{seed}_{a.frames}_{a.exposures.replace(',', '-')}.npz" \
-        if a.cache else None
+    # the model's file hash in the name: another model's apertures are never reused
+    tag = hashlib.sha256(Path(model).read_bytes()).hexdigest()[:12]
+    cache = Path(a.cache) / (f"{task}_{seed}_{a.frames}_{a.exposures.replace(',', '-')}_"
+                             f"{tag}.npz") if a.cache else None
     if cache and cache.exists():
         return dict(np.load(cache))
     t0 = time.time()
@@ -187,6 +194,9 @@ def main(argv=None):
             nd = needed(d)
             print(f" seed {seed}, {a.frames} frames per exposure")
             table(nd <= model_scales(model, d), d, "the model's rule")
+            c0, slope = BEFORE[task]
+            table(nd <= np.maximum(0.05, c0 + slope * np.log10(d["T"] / 20e3)), d,
+                  f"the single scale before session 28 ({c0:g} {slope:+g} log10(T / 20 ks))")
             flat = np.array([max(0.05, model.aperture_scale_at(float(T))) for T in d["T"]])
             table(nd <= flat, d, "APERSCAL alone (one c for every aperture: a reader of that "
                   "keyword only)")

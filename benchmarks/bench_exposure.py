@@ -269,7 +269,8 @@ def image_features(rate2, exposure, held, th, mask, sources, flux_sys=0.0, lo2=N
     3 sigma short. "Listed": within 8" (4 2" pixels) of a ``SOURCES``
     entry (2x grid ``y2``, ``x2``).
 
-    ``lo2`` (the LO68 map) and ``c_ap`` (the model's aperture-rule scale at ``exposure``): each
+    ``lo2`` (the LO68 map) and ``c_ap`` (the model's aperture rule at ``exposure``, an
+    ``ApertureRule``, or one scale): each
     feature also carries its own 1-sigma error, ``c_ap`` times the 6" sum of ``rate - lo68``
     (the model card's aperture rule), scaled to the whole PSF like its flux, and the test adds
     it in quadrature (``_check_sources(list_err=True)``).
@@ -280,7 +281,9 @@ def image_features(rate2, exposure, held, th, mask, sources, flux_sys=0.0, lo2=N
     if lo2 is not None and c_ap:
         p = np.asarray(rate2, np.float64) * exposure
         dlo = ndimage.convolve(np.clip(p - np.asarray(lo2, np.float64) * exposure, 0, None),
-                               _DISC6, mode="constant") * c_ap
+                               _DISC6, mode="constant")
+        # the rule's scale follows the sum's rate (session 28; a number: one scale)
+        srate = ndimage.convolve(np.asarray(rate2, np.float64), _DISC6, mode="constant")
     out = np.zeros(6, int)
     for y2, x2 in peaks:
         y, x = (y2 - 0.5) / 2, (x2 - 0.5) / 2
@@ -289,7 +292,8 @@ def image_features(rate2, exposure, held, th, mask, sources, flux_sys=0.0, lo2=N
         whole = net[y2, x2] / share
         entry = {"y": y, "x": x, "rate": whole / exposure}
         if lo2 is not None and c_ap:
-            entry["rate_err"] = dlo[y2, x2] / share / exposure
+            c = c_ap.scale_for(srate[y2, x2]) if hasattr(c_ap, "scale_for") else c_ap
+            entry["rate_err"] = c * dlo[y2, x2] / share / exposure
         det = []
         _check_sources([entry], [], held, th, mask, det, flux_sys=flux_sys,
                        list_err="rate_err" in entry)
@@ -590,7 +594,7 @@ def main(argv=None):
             return 0
         sr_tables(obs, fn, Path(a.sr).name + (" (pipeline, redraw)" if a.pipeline else ""),
                   a.ref_candidates, flux_sys=a.flux_sys, list_err=a.list_err,
-                  c_ap=I.load_model("SR", a.sr).aperture_scale_at if a.list_err else None)
+                  c_ap=I.load_model("SR", a.sr).aperture_rule_at if a.list_err else None)
     return 0
 
 

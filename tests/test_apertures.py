@@ -371,7 +371,7 @@ def test_the_ring_test_counts_the_inputs_photons(tmp_path, capsys):
     input_beside(p, knot)
     assert main(["aperture", str(p), f"{ra:.9f}", f"{dec:.9f}", "--ring", "30", "60"]) == 0
     out = capsys.readouterr().out
-    assert f"input  {k.counts} counts in the circle ({k.npix} pixels)" in out
+    assert f"input  {k.counts} counts in the circle ({k.npix} pixels of 4\")" in out
     assert f"excess 60, {k.signif:.1f} sigma" in out
 
 
@@ -394,7 +394,7 @@ def test_the_ring_test_refuses_what_it_cannot_trust(tmp_path, capsys):
     with fits.open(p, mode="update") as h:
         h[0].header["INSHA"] = "a" * 64
     input_beside(p, np.ones((N // 2, N // 2)), insha="b" * 64)
-    with pytest.raises(InputError, match="another input"):
+    with pytest.raises(InputError, match="not the input of obs_predict_wcs_SR.fits.gz .INSHA differs"):
         apertures.input_excess(p, ra, dec, (30.0, 60.0))
     for ring in ((10.0, 60.0), (60.0, 30.0), (30.0, float("nan"))):
         with pytest.raises(ValueError, match="ring"):
@@ -413,3 +413,171 @@ def test_a_box_is_placed_on_the_image_to_the_pixel(origin):
     want = np.zeros((N + 40, N + 40), box.dtype)            # a canvas 20 pixels wider per side
     want[origin[0] + 20:origin[0] + 28, origin[1] + 20:origin[1] + 29] = box
     assert np.array_equal(got, want[20:N + 20, 20:N + 20])
+
+
+# session 28, after a review: a partly stated rule, large circles, the input without INSHA,
+# a gunzipped prediction, --input, a listed source's wings, and region files
+def _with_rule(p, drop=(), **over):
+    with fits.open(p, mode="update") as h:
+        for k, v in {**RULE, **over}.items():
+            if k not in drop:
+                h["LO68"].header[k] = v
+    return p
+
+
+@pytest.mark.parametrize("drop,over", [(("APERRREF",), {}), (("APERCMIN",), {}),
+                                       ((), {"APERSCAL": -2.0}), ((), {"APERSCAL": 0.0})])
+def test_a_partly_stated_rule_is_refused(tmp_path, drop, over):
+    p = _with_rule(prediction(tmp_path / "p_predict_wcs_SR.fits.gz", aperscal=False), drop,
+                   **over)
+    with pytest.raises(InputError, match="aperture rule.*--overwrite"):
+        apertures.aperture_interval(p, *radec(39.5, 59.5))
+
+
+def test_a_circle_far_larger_than_the_image_is_summed_without_a_huge_grid(tmp_path):
+    p = prediction(tmp_path / "big_predict_wcs_SR.fits.gz")
+    a = apertures.aperture_interval(p, *radec(39.5, 59.5), radius_arcsec=1e5)
+    assert a.npix_data == N * N and a.rate == pytest.approx(N * N * RATE, rel=1e-6)
+    # the circle's pixel centres, counted row by row: pi r^2 / 4 (2" pixels)
+    assert a.npix_expected == pytest.approx(np.pi * 1e10 / 4, rel=1e-4)
+
+
+@pytest.mark.parametrize("centre,radius", [((1.5, 50), 20.0), ((0.2, 98.7), 33.0),
+                                           ((97.5, 3.25), 7.0)])
+def test_the_count_of_a_circle_cut_by_the_edge_is_exact(tmp_path, centre, radius):
+    """Cut at the image's edge, the circle's centres are counted from the WCS's local scale:
+    the same count as every centre of a grid wide enough to hold the circle."""
+    p = prediction(tmp_path / "cut_predict_wcs_SR.fits.gz")
+    a = apertures.aperture_interval(p, *radec(*centre), radius_arcsec=radius)
+    w = sky_wcs()
+    yy, xx = np.mgrid[-40:N + 40, -40:N + 40]
+    sky = w.all_pix2world(xx.ravel(), yy.ravel(), 0)
+    ra, dec = radec(*centre)
+    d0, d1 = np.radians(dec), np.radians(sky[1])
+    h = np.sin((d1 - d0) / 2) ** 2 + np.cos(d0) * np.cos(d1) * np.sin(
+        np.radians(sky[0] - ra) / 2) ** 2
+    sep = np.degrees(2 * np.arcsin(np.sqrt(h))) * 3600
+    assert a.npix_expected == int((sep <= radius).sum())
+    assert a.npix < a.npix_expected
+
+
+def test_without_insha_the_input_must_lie_under_the_prediction(tmp_path):
+    p = prediction(tmp_path / "obs_predict_wcs_SR.fits.gz")
+    counts = np.full((N // 2, N // 2), 2.0)
+    input_beside(p, counts)                           # neither file has INSHA
+    ra, dec = radec(49.5, 49.5)
+    assert apertures.input_excess(p, ra, dec, (30.0, 60.0)).counts > 0
+    i = apertures.input_path_of(p)
+    with fits.open(i, mode="update") as h:
+        h[0].header["CRVAL1"] += 0.05                 # another field
+    with pytest.raises(InputError, match="grid is not under the prediction's"):
+        apertures.input_excess(p, ra, dec, (30.0, 60.0))
+    input_beside(p, counts, exposure=2 * T)            # same grid, another exposure
+    with pytest.raises(InputError, match="INEXPO differs"):
+        apertures.input_excess(p, ra, dec, (30.0, 60.0))
+
+
+def test_a_gunzipped_prediction_or_one_renamed_still_finds_its_input(tmp_path, capsys):
+    p = prediction(tmp_path / "obs_predict_wcs_DN.fits")    # the user gunzipped both
+    counts = np.full((N // 2, N // 2), 2.0)
+    gz = input_beside(p, counts)
+    plain = gz.with_name("obs_input_wcs_DN.fits")
+    gz.rename(plain)
+    assert apertures.input_path_of(p) == plain
+    ra, dec = radec(49.5, 49.5)
+    assert apertures.input_excess(p, ra, dec, (30.0, 60.0)).counts > 0
+    renamed = p.rename(tmp_path / "mine.fits")
+    with pytest.raises(InputError, match="--input"):
+        apertures.input_excess(renamed, ra, dec, (30.0, 60.0))
+    e = apertures.input_excess(renamed, ra, dec, (30.0, 60.0), input_path=plain)
+    assert e.counts == 2 * e.npix
+    assert main(["aperture", str(renamed), f"{ra:.9f}", f"{dec:.9f}", "--ring", "30", "60",
+                 "--input", str(plain)]) == 0
+    assert "input  " in capsys.readouterr().out
+    # a ring test that cannot run still prints the aperture's sum first
+    assert main(["aperture", str(renamed), f"{ra:.9f}", f"{dec:.9f}", "--ring", "30", "60"]) == 1
+    cap = capsys.readouterr()
+    assert "rate   " in cap.out and "--input" in cap.err
+    assert main(["aperture", str(renamed), f"{ra:.9f}", f"{dec:.9f}", "--input", str(plain)]) == 2
+
+
+def test_a_listed_sources_wings_are_reported_but_not_its_own_circle(tmp_path, caplog):
+    p = prediction(tmp_path / "src_predict_wcs_SR.fits.gz")
+    input_beside(p, np.full((N // 2, N // 2), 2.0))
+    ra0, dec0 = radec(49.5, 49.5)
+    ra1, dec1 = radec(49.5, 69.5)                     # 20 pixels = 40" north
+    cols = [fits.Column(name="RA", format="D", array=[ra1, ra0]),
+            fits.Column(name="DEC", format="D", array=[dec1, dec0]),
+            fits.Column(name="COUNTS", format="D", array=[2900.0, 50.0])]
+    with fits.open(p, mode="update") as h:
+        h.append(fits.BinTableHDU.from_columns(cols, name="SOURCES"))
+    e = apertures.input_excess(p, ra0, dec0, (60.0, 120.0))
+    assert e.near_source == pytest.approx((40.0, 2900.0), rel=1e-3)
+    assert apertures.input_excess(p, ra1, dec1, (60.0, 120.0)).near_source is None  # its own
+    assert main(["aperture", str(p), f"{ra0:.9f}", f"{dec0:.9f}", "--ring", "60", "120"]) == 0
+    assert "PSF wings" in caplog.text and "2900 counts lies 40\"" in caplog.text
+
+
+REG = """# Region file format: DS9 version 4.1
+global color=green dashlist=8 3 width=1
+fk5
+circle({ra:.7f},{dec:.7f},20") # text={{knot A}}
+circle({sra},{sdec},0.3')
+box({ra:.7f},{dec:.7f},10",10",0)
+-circle({ra:.7f},{dec:.7f},5")
+icrs;circle(10.0,-80.0,0.005555556)
+"""
+
+
+def test_a_region_file_gives_a_table_row_per_circle(tmp_path, capsys):
+    from astropy.coordinates import Angle
+
+    p = prediction(tmp_path / "obs_predict_wcs_SR.fits.gz")
+    ra, dec = radec(39.5, 59.5)
+    reg = tmp_path / "knots.reg"
+    reg.write_text(REG.format(ra=ra, dec=dec, sra=Angle(ra, "deg").to_string("hourangle", sep=":",
+                                                                            precision=4),
+                              sdec=Angle(dec, "deg").to_string(sep=":", precision=3,
+                                                               alwayssign=True)))
+    circles, skipped = apertures.read_circles(reg)
+    assert skipped == 2 and [c.line for c in circles] == [4, 5, 8]
+    assert circles[0].text == "knot A" and circles[0].radius_arcsec == 20.0
+    assert circles[1].radius_arcsec == pytest.approx(18.0)
+    assert (circles[1].ra, circles[1].dec) == pytest.approx((ra, dec), abs=1e-6)
+    assert circles[2].radius_arcsec == pytest.approx(20.0, rel=1e-6)   # degrees, ds9's default
+    rows = apertures.measure_circles(p, circles)
+    assert rows[0][1].rate == pytest.approx(316 * RATE, rel=1e-6) and rows[0][2] is None
+    assert "off the image" in rows[2][1]                   # the others go on
+    assert main(["aperture", str(p), "--regions", str(reg)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("# obs_predict_wcs_SR.fits.gz: 3 circles of knots.reg")
+    assert out[2].split()[0] == "4" and out[2].endswith("knot A")
+    assert "off the image" in out[4]
+    far = tmp_path / "far.reg"
+    far.write_text("fk5\ncircle(10.0,-80.0,20\")\ncircle(11.0,-80.0,20\")\n")
+    assert main(["aperture", str(p), "--regions", str(far)]) == 1   # none on this image
+    assert "no circle of far.reg lies on the data" in capsys.readouterr().err
+    assert main(["aperture", str(p), "--regions", str(reg), "--radius", "10"]) == 2
+    assert main(["aperture", str(p), f"{ra}", f"{dec}", "--regions", str(reg)]) == 2
+    assert main(["aperture", str(p)]) == 2
+
+
+@pytest.mark.parametrize("text,match", [
+    ("image\ncircle(50,50,10)\n", "line 2: a circle in image coordinates"),
+    ("circle(150,2,10\")\n", "line 1: a circle in no coordinates"),
+    ("fk5\ncircle(150,2)\n", r"line 2: circle\(150,2\) cannot be read"),
+    ("fk5\ncircle(150,95,10\")\n", "line 2"),
+    ("fk5\nbox(150,2,1,1,0)\n", "no fk5 circle"),
+    ("fk5\nthis is not a region (really)\n", "line 2 is not a ds9 region"),
+])
+def test_a_region_file_it_cannot_use_is_a_one_line_error(tmp_path, capsys, text, match):
+    reg = tmp_path / "bad.reg"
+    reg.write_text(text)
+    with pytest.raises(InputError, match=match):
+        apertures.read_circles(reg)
+    p = prediction(tmp_path / "obs_predict_wcs_SR.fits.gz")
+    assert main(["aperture", str(p), "--regions", str(reg)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bad.reg" in err[0]
+    with pytest.raises(InputError, match="no such file"):
+        apertures.read_circles(tmp_path / "none.reg")

@@ -21,8 +21,8 @@ import numpy as np
 from .errors import InputError
 
 __all__ = ["CALIBRATED_RADIUS_ARCSEC", "MIN_DATA_SHARE", "MIN_SCALE", "ApertureRule",
-           "ApertureSum", "InputExcess", "aperture_interval", "input_excess", "input_path_of",
-           "read_prediction"]
+           "ApertureSum", "Circle", "InputExcess", "aperture_interval", "input_excess",
+           "input_path_of", "measure_circles", "read_circles", "read_prediction"]
 
 #: The aperture radius the rule was calibrated for: the project's "20\" apertures" have a radius
 #: of 20" (``benchmarks/bench_calibration.py``; the same apertures as ``PTFREE``'s).
@@ -67,14 +67,16 @@ class ApertureRule:
     def cards(self) -> list:
         """(keyword, value, comment) of the header cards that state the rule; the brightness
         term's only when it has one (and no infinite bound)."""
-        keys = self.KEYWORDS if self.rate_slope else self.KEYWORDS[:1]
-        return [(k, float(getattr(self, a)), c) for a, k, c in keys
+        if not self.rate_slope:
+            return [("APERSCAL", float(self.scale), "aperture 68%: sum -+ c x summed widths")]
+        return [(k, float(getattr(self, a)), c) for a, k, c in self.KEYWORDS
                 if math.isfinite(getattr(self, a))]
 
     @classmethod
     def from_header(cls, header) -> "ApertureRule | None":
         """The rule a header states (None without ``APERSCAL``); ValueError for a value that is
-        not a finite number, or ``APERCMIN`` above ``APERCMAX``."""
+        not a finite number, ``APERSCAL`` or ``APERRREF`` not above 0, ``APERCMIN`` above
+        ``APERCMAX``, or a brightness term (``APERRSLP`` not 0) stated in part."""
         if "APERSCAL" not in header:
             return None
         kw = {}
@@ -85,9 +87,13 @@ class ApertureRule:
                         or not math.isfinite(v):
                     raise ValueError(f"{k} = {v!r} is not a finite number")
                 kw[a] = float(v)
+        if kw.get("rate_slope"):
+            missing = [k for a, k, _ in cls.KEYWORDS[2:] if a not in kw]
+            if missing:
+                raise ValueError(f"APERRSLP without {', '.join(missing)}")
         rule = cls(**kw)
-        if rule.rate_ref <= 0 or rule.scale_min > rule.scale_max:
-            raise ValueError("APERRREF must be > 0 and APERCMIN at most APERCMAX")
+        if rule.scale <= 0 or rule.rate_ref <= 0 or rule.scale_min > rule.scale_max:
+            raise ValueError("APERSCAL and APERRREF must be > 0 and APERCMIN at most APERCMAX")
         return rule
 
 
@@ -136,12 +142,20 @@ def _damaged(path: Path, why: str) -> InputError:
                       "(--overwrite)")
 
 
-def read_prediction(path):
-    """(rate, lo68, hi68, celestial WCS, :class:`ApertureRule`, input exposure) of a
-    ``*_predict_wcs_<W>.fits.gz`` file: float64 maps (non-finite pixels of any map are NaN in
-    all three); InputError, naming the file and the fix, for a missing, cut or damaged file, one
-    without its ``LO68``/``HI68`` (or ``APERSCAL``), or without an RA/Dec WCS. The input
-    exposure is NaN without ``INEXPO``."""
+@dataclass
+class _Prediction:
+    path: Path
+    rate: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    wcs: object
+    rule: ApertureRule
+    exposure: float
+    insha: str | None
+    sources: tuple | None      # (RA, DEC, COUNTS) of SOURCES, or None
+
+
+def _load(path) -> _Prediction:
     from astropy.io import fits
     from astropy.wcs import WCS
 
@@ -159,6 +173,7 @@ def read_prediction(path):
                          "permissions") from None
     if cut:
         raise _damaged(path, f"cut short ({cut})")
+    sources = None
     try:
         with fits.open(path, memmap=False) as h:
             names = [x.name for x in h]
@@ -173,7 +188,13 @@ def read_prediction(path):
             except ValueError as exc:
                 raise _damaged(path, f"LO68's aperture rule: {exc}") from None
             exposure = h[0].header.get("INEXPO")
+            insha = h[0].header.get("INSHA")
             wcs = WCS(h[0].header).celestial
+            if "SOURCES" in names and h["SOURCES"].data is not None:
+                t = h["SOURCES"].data
+                if {"RA", "DEC", "COUNTS"} <= set(t.columns.names):
+                    sources = tuple(np.asarray(t[c], np.float64) for c in ("RA", "DEC",
+                                                                           "COUNTS"))
     except InputError:
         raise
     except Exception as exc:  # noqa: BLE001 - astropy's many ways of saying "not readable"
@@ -194,7 +215,18 @@ def read_prediction(path):
         exposure = float(exposure)
     except (TypeError, ValueError):
         exposure = float("nan")
-    return rate, lo, hi, wcs, rule, exposure
+    return _Prediction(path, rate, lo, hi, wcs, rule, exposure,
+                       str(insha) if insha else None, sources)
+
+
+def read_prediction(path):
+    """(rate, lo68, hi68, celestial WCS, :class:`ApertureRule`, input exposure) of a
+    ``*_predict_wcs_<W>.fits.gz`` file: float64 maps (non-finite pixels of any map are NaN in
+    all three); InputError, naming the file and the fix, for a missing, cut or damaged file, one
+    without its ``LO68``/``HI68`` (or ``APERSCAL``), or without an RA/Dec WCS. The input
+    exposure is NaN without ``INEXPO``."""
+    p = _load(path)
+    return p.rate, p.lo, p.hi, p.wcs, p.rule, p.exposure
 
 
 def _sum(rate, lo, hi, sel, rule, exposure, npix_expected) -> ApertureSum:
@@ -207,10 +239,8 @@ def _sum(rate, lo, hi, sel, rule, exposure, npix_expected) -> ApertureSum:
                        int(sel.sum()), int(data.sum()), float(npix_expected), scale)
 
 
-def _separations(wcs, shape, ra, dec, reach_arcsec, path):
-    """Angle (arcsec) of each pixel centre from (``ra``, ``dec``) on the sky, within a box
-    reaching ``reach_arcsec`` around it, on and off the image: (sep [ny, nx] of the box,
-    (y0, x0) of the box's first pixel). InputError when the centre is off the image."""
+def _centre(wcs, shape, ra, dec, path):
+    """(x, y) pixel of (``ra``, ``dec``); InputError when it is off the image."""
     lng, lat = wcs.wcs.lng, wcs.wcs.lat        # axis order as the header gives it
     world = [0.0, 0.0]
     world[lng], world[lat] = float(ra), float(dec)
@@ -219,17 +249,55 @@ def _separations(wcs, shape, ra, dec, reach_arcsec, path):
             and -0.5 <= x < shape[1] - 0.5 and -0.5 <= y < shape[0] - 0.5):
         raise InputError(f"{path}: RA {ra:g}, Dec {dec:g} is off the image; give a position "
                          "inside it")
+    return float(x), float(y)
+
+
+def _separations(wcs, shape, ra, dec, reach_arcsec, path):
+    """Angle (arcsec) of each pixel centre from (``ra``, ``dec``) on the sky, over the part of
+    the image within a box reaching ``reach_arcsec`` around it: (sep [ny, nx] of the box,
+    (y0, x0) of its first pixel, whether the box was cut at the image's edge). InputError when
+    the centre is off the image."""
+    lng, lat = wcs.wcs.lng, wcs.wcs.lat
+    x, y = _centre(wcs, shape, ra, dec, path)
     scales = np.abs(np.linalg.svd(wcs.pixel_scale_matrix, compute_uv=False)) * 3600.0
-    reach = int(math.ceil(reach_arcsec / scales.min())) + 1
-    y0, x0 = int(round(y)) - reach, int(round(x)) - reach
-    yy, xx = np.mgrid[y0:y0 + 2 * reach + 1, x0:x0 + 2 * reach + 1]
+    reach = int(min(math.ceil(reach_arcsec / scales.min()) + 1, 2 * max(shape)))
+    yc, xc = int(round(y)), int(round(x))
+    y0, y1 = max(yc - reach, 0), min(yc + reach + 1, shape[0])
+    x0, x1 = max(xc - reach, 0), min(xc + reach + 1, shape[1])
+    cut = (y0, x0, y1, x1) != (yc - reach, xc - reach, yc + reach + 1, xc + reach + 1)
+    yy, xx = np.mgrid[y0:y1, x0:x1]
     w = wcs.all_pix2world(xx.ravel(), yy.ravel(), 0)
     a0, d0, a1, d1 = (np.radians(v) for v in (float(ra), float(dec), w[lng], w[lat]))
     # haversine: accurate at small angles
     h = (np.sin((d1 - d0) / 2) ** 2
          + np.cos(d0) * np.cos(d1) * np.sin((a1 - a0) / 2) ** 2)
     sep = np.degrees(2 * np.arcsin(np.sqrt(np.clip(h, 0.0, 1.0)))) * 3600.0
-    return sep.reshape(yy.shape), (y0, x0)
+    return sep.reshape(yy.shape), (y0, x0), cut
+
+
+def _lattice_count(wcs, x, y, radius_arcsec) -> int:
+    """Pixel centres (on and off the image) within ``radius_arcsec`` of pixel (``x``, ``y``),
+    with the WCS's local linear scale there (exact to ~1e-6 relative over the pn's field):
+    row by row, the centres inside the ellipse the sky circle makes on the pixel grid."""
+    d = 1e-3
+    p0 = wcs.all_pix2world([[x, y], [x + d, y], [x, y + d]], 0)
+    lng, lat = wcs.wcs.lng, wcs.wcs.lat
+    cosd = math.cos(math.radians(p0[0][lat]))
+    J = np.array([[(p0[k][lng] - p0[0][lng]) * cosd, p0[k][lat] - p0[0][lat]]
+                  for k in (1, 2)]).T * 3600.0 / d        # arcsec per pixel, columns x and y
+    # |J (u, v)|^2 <= r^2 with u = X - x, v = Y - y: a u^2 + 2 b u v + c v^2 <= r^2
+    a, b, c = J[:, 0] @ J[:, 0], J[:, 0] @ J[:, 1], J[:, 1] @ J[:, 1]
+    r2 = float(radius_arcsec) ** 2
+    vmax = math.sqrt(r2 * a / max(a * c - b * b, 1e-300))
+    total = 0
+    for Y in range(math.ceil(y - vmax), math.floor(y + vmax) + 1):
+        v = Y - y
+        disc = (b * v) ** 2 - a * (c * v * v - r2)
+        if disc < 0:
+            continue
+        lo_u, hi_u = (-b * v - math.sqrt(disc)) / a, (-b * v + math.sqrt(disc)) / a
+        total += max(0, math.floor(x + hi_u) - math.ceil(x + lo_u) + 1)
+    return total
 
 
 def _on_image(box, origin, shape):
@@ -248,9 +316,22 @@ def _aperture_pixels(wcs, shape, ra, dec, radius_arcsec, path):
     """Pixels of the image whose centres lie within ``radius_arcsec`` of (``ra``, ``dec``) on
     the sky (the angle from the centre, so any pixel shape or projection), bool [ny, nx], and
     how many pixel centres the circle holds on and off the image."""
-    sep, origin = _separations(wcs, shape, ra, dec, radius_arcsec, path)
+    sep, origin, cut = _separations(wcs, shape, ra, dec, radius_arcsec, path)
     inside = sep <= radius_arcsec
-    return _on_image(inside, origin, shape), int(inside.sum())
+    n = int(inside.sum())
+    if cut:
+        x, y = _centre(wcs, shape, ra, dec, path)
+        n = max(n, _lattice_count(wcs, x, y, radius_arcsec))
+    return _on_image(inside, origin, shape), n
+
+
+def _interval(pred: _Prediction, ra, dec, radius_arcsec) -> ApertureSum:
+    sel, area = _aperture_pixels(pred.wcs, pred.rate.shape, ra, dec, radius_arcsec, pred.path)
+    out = _sum(pred.rate, pred.lo, pred.hi, sel, pred.rule, pred.exposure, area)
+    if out.npix_data == 0:
+        raise InputError(f"{pred.path}: no data within {radius_arcsec:g}\" of RA {ra:g}, Dec "
+                         f"{dec:g} (a CCD gap or off the chips); give a position on a CCD")
+    return out
 
 
 def aperture_interval(path, ra: float, dec: float,
@@ -267,13 +348,7 @@ def aperture_interval(path, ra: float, dec: float,
     """
     if not (math.isfinite(radius_arcsec) and radius_arcsec > 0):
         raise ValueError(f"radius_arcsec: must be > 0, got {radius_arcsec!r}")
-    rate, lo, hi, wcs, rule, exposure = read_prediction(path)
-    sel, area = _aperture_pixels(wcs, rate.shape, ra, dec, radius_arcsec, path)
-    out = _sum(rate, lo, hi, sel, rule, exposure, area)
-    if out.npix_data == 0:
-        raise InputError(f"{path}: no data within {radius_arcsec:g}\" of RA {ra:g}, Dec "
-                         f"{dec:g} (a CCD gap or off the chips); give a position on a CCD")
-    return out
+    return _interval(_load(path), ra, dec, radius_arcsec)
 
 
 @dataclass
@@ -295,7 +370,12 @@ class InputExcess:
         One-sided significance (sigma) of the circle's excess over the ring's level: the
         exact conditional test of two Poisson counts (given ``counts + ring_counts``, the
         circle's share is binomial with ``npix / (npix + npix_ring)``), so the ring's own noise
-        is included; negative for a deficit.
+        is included; negative for a deficit; at most ~37 either way (the tail's float limit).
+    near_source : tuple or None
+        (distance in arcsec, ``COUNTS``) of the brightest ``SOURCES`` entry (>= 100 counts)
+        outside the circle whose PSF wings reach the circle or the ring (within the ring's
+        outer radius + 30"), when the prediction has a source list: its wings then take part
+        in the test.
     """
 
     counts: int
@@ -304,22 +384,31 @@ class InputExcess:
     npix_ring: int
     expected: float
     signif: float
+    near_source: tuple | None = None
 
     @property
     def excess(self) -> float:
         return self.counts - self.expected
 
 
+#: A SOURCES entry this bright (counts) or more, within the ring's outer radius plus
+#: WING_REACH_ARCSEC of the circle's centre, is reported as shining into the ring test.
+WING_MIN_COUNTS = 100.0
+WING_REACH_ARCSEC = 30.0
+
+
 def input_path_of(path) -> Path:
     """The ``<stem>_input_wcs_<W>.fits.gz`` that run_inference_on_real.py wrote beside the
-    prediction ``<stem>_predict_wcs_<W>.fits.gz``."""
+    prediction ``<stem>_predict_wcs_<W>.fits[.gz]`` (the first of ``.fits.gz``, ``.fits`` that
+    exists, else the ``.fits.gz`` name)."""
     path = Path(path)
     stem, tag, rest = path.name.rpartition("_predict_wcs_")
     if not tag:
         raise InputError(f"{path}: not named *_predict_wcs_SR/DN.fits.gz, so its input file "
-                         "is not known; give the prediction as run_inference_on_real.py named "
-                         "it")
-    return path.with_name(f"{stem}_input_wcs_{rest}")
+                         "is not known; name it with --input")
+    which = rest.split(".", 1)[0]
+    names = [path.with_name(f"{stem}_input_wcs_{which}{ext}") for ext in (".fits.gz", ".fits")]
+    return next((n for n in names if n.exists()), names[0])
 
 
 def _signif(n_on: int, n_off: int, share: float) -> float:
@@ -337,32 +426,28 @@ def _signif(n_on: int, n_off: int, share: float) -> float:
     return -float(min(stats.norm.isf(max(p, 1e-300)), 38.0)) if p < 0.5 else 0.0
 
 
-def input_excess(path, ra: float, dec: float, ring_arcsec: tuple,
-                 radius_arcsec: float = CALIBRATED_RADIUS_ARCSEC) -> InputExcess:
-    """The input's counts within ``radius_arcsec`` of (``ra``, ``dec``) against the ring
-    ``ring_arcsec`` = (inner, outer) around it, from the input file beside prediction
-    ``path`` (:func:`input_path_of`), over the pixels with data (those the prediction's
-    ``HI68`` marks). Does a knot stand above its surroundings in the photons themselves?
+@dataclass
+class _Input:
+    path: Path
+    counts: np.ndarray
+    data: np.ndarray
+    wcs: object
 
-    InputError when the input file is missing or not the one the prediction was made from
-    (its ``INSHA`` differs), or when the circle or the ring holds no data; ValueError for a
-    ring that does not lie outside the circle."""
+
+def _load_input(pred: _Prediction, input_path=None) -> _Input:
+    """The input file beside the prediction (or ``input_path``) as counts, with the pixels
+    that have data; InputError when it is missing, unreadable, or not the input of this
+    prediction: ``INSHA`` differs, or (without ``INSHA`` on both) its grid or ``INEXPO``
+    does not match the prediction's."""
     from astropy.io import fits
     from astropy.wcs import WCS
 
-    inner, outer = (float(v) for v in ring_arcsec)
-    if not (math.isfinite(inner) and math.isfinite(outer) and radius_arcsec <= inner < outer):
-        raise ValueError(f"ring_arcsec: give inner < outer, inner at least the radius "
-                         f"({radius_arcsec:g}\"), got {ring_arcsec!r}")
-    _, _, hi, _, _, _ = read_prediction(path)
-    ipath = input_path_of(path)
+    ipath = Path(input_path) if input_path is not None else input_path_of(pred.path)
     if not ipath.exists():
         raise InputError(f"{ipath}: no such file; the ring test reads the input file that "
-                         "run_inference_on_real.py writes beside the prediction; make both "
-                         "again (--overwrite)")
+                         "run_inference_on_real.py writes beside the prediction; name it with "
+                         "--input, or make both again (--overwrite)")
     try:
-        with fits.open(path, memmap=False) as h:
-            sha = h[0].header.get("INSHA")
         with fits.open(ipath, memmap=False) as h:
             rate = np.asarray(h[0].data, np.float64)
             hdr = h[0].header
@@ -370,9 +455,31 @@ def input_excess(path, ra: float, dec: float, ring_arcsec: tuple,
     except Exception as exc:  # noqa: BLE001 - astropy's many ways of saying "not readable"
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         raise _damaged(ipath, f"not a readable input file ({first})") from None
-    if sha and hdr.get("INSHA") and hdr["INSHA"] != sha:
-        raise InputError(f"{ipath}: made from another input than {Path(path).name} (INSHA "
-                         "differs); make both again (--overwrite)")
+    hi = pred.hi
+    if rate.ndim != 2 or hi.shape[0] % rate.shape[0] or hi.shape[1] % rate.shape[1] \
+            or hi.shape[0] // rate.shape[0] != hi.shape[1] // rate.shape[1]:
+        raise _damaged(ipath, f"its grid {rate.shape} does not match the prediction's "
+                       f"{hi.shape}")
+    f = hi.shape[0] // rate.shape[0]
+    other = (f"{ipath}: not the input of {pred.path.name} (%s); give its own input file "
+             "(--input) or make both again (--overwrite)")
+    if pred.insha and hdr.get("INSHA"):
+        if hdr["INSHA"] != pred.insha:
+            raise InputError(other % "INSHA differs")
+    else:
+        # no checksum to compare: input pixel i lies under prediction pixels f i .. f i + f - 1
+        ny, nx = rate.shape
+        pix = np.array([[0.0, 0.0], [nx - 1.0, 0.0], [0.0, ny - 1.0], [nx - 1.0, ny - 1.0]])
+        try:
+            back = pred.wcs.all_world2pix(wcs.all_pix2world(pix, 0), 0)
+        except Exception:  # noqa: BLE001 - a WCS that cannot be inverted: not the same grid
+            back = np.full_like(pix, np.nan)
+        if not np.allclose(back, f * pix + (f - 1) / 2, atol=0.05):
+            raise InputError(other % "its grid is not under the prediction's")
+        inexpo = hdr.get("INEXPO")
+        if inexpo is not None and math.isfinite(pred.exposure) \
+                and not math.isclose(float(inexpo), pred.exposure, rel_tol=1e-6):
+            raise InputError(other % "INEXPO differs")
     exposure = hdr.get("INEXPO", hdr.get("EXPOSURE"))
     try:
         exposure = float(exposure)
@@ -380,24 +487,176 @@ def input_excess(path, ra: float, dec: float, ring_arcsec: tuple,
         exposure = float("nan")
     if not (math.isfinite(exposure) and exposure > 0):
         raise _damaged(ipath, "no INEXPO or EXPOSURE, so its counts are not known")
-    if rate.ndim != 2 or hi.shape[0] % rate.shape[0] or hi.shape[1] % rate.shape[1] \
-            or hi.shape[0] // rate.shape[0] != hi.shape[1] // rate.shape[1]:
-        raise _damaged(ipath, f"its grid {rate.shape} does not match the prediction's "
-                       f"{hi.shape}")
-    f = hi.shape[0] // rate.shape[0]
     # an input pixel has data when every output pixel on it has (CCD gaps are 0 in all maps)
     data = (hi.reshape(rate.shape[0], f, rate.shape[1], f) > 0).all(axis=(1, 3))
     counts = np.where(data & np.isfinite(rate), np.rint(rate * exposure), 0.0)
-    sep, origin = _separations(wcs, rate.shape, ra, dec, outer, ipath)
-    circle = _on_image(sep <= radius_arcsec, origin, rate.shape) & data
-    ring = _on_image((sep > inner) & (sep <= outer), origin, rate.shape) & data
+    return _Input(ipath, counts, data, wcs)
+
+
+def _check_ring(ring_arcsec, radius_arcsec):
+    inner, outer = (float(v) for v in ring_arcsec)
+    if not (math.isfinite(inner) and math.isfinite(outer) and radius_arcsec <= inner < outer):
+        raise ValueError(f"ring_arcsec: give inner < outer, inner at least the radius "
+                         f"({radius_arcsec:g}\"), got {ring_arcsec!r}")
+    return inner, outer
+
+
+def _excess(pred: _Prediction, inp: _Input, ra, dec, ring_arcsec, radius_arcsec):
+    inner, outer = _check_ring(ring_arcsec, radius_arcsec)
+    shape = inp.counts.shape
+    sep, origin, _ = _separations(inp.wcs, shape, ra, dec, outer, inp.path)
+    circle = _on_image(sep <= radius_arcsec, origin, shape) & inp.data
+    ring = _on_image((sep > inner) & (sep <= outer), origin, shape) & inp.data
     if not circle.any():
-        raise InputError(f"{ipath}: no input pixel with data within {radius_arcsec:g}\" of "
-                         f"RA {ra:g}, Dec {dec:g}; give a position on a CCD")
+        raise InputError(f"{inp.path}: no input pixel with data within {radius_arcsec:g}\" "
+                         f"of RA {ra:g}, Dec {dec:g} (the input's pixels are 4\"); give a "
+                         "position on a CCD, or a wider --radius")
     if not ring.any():
-        raise InputError(f"{ipath}: no input pixel with data in the {inner:g}-{outer:g}\" "
-                         "ring; give a ring that reaches the CCDs")
-    n_on, n_off = int(counts[circle].sum()), int(counts[ring].sum())
+        raise InputError(f"{inp.path}: no input pixel with data in the {inner:g}-{outer:g}\" "
+                         "ring (the input's pixels are 4\"); give a ring at least 8\" wide "
+                         "that reaches the CCDs")
+    n_on, n_off = int(inp.counts[circle].sum()), int(inp.counts[ring].sum())
     a_on, a_off = int(circle.sum()), int(ring.sum())
+    near = None
+    if pred.sources is not None and len(pred.sources[0]):
+        sra, sdec, scounts = pred.sources
+        d0, d1 = math.radians(dec), np.radians(sdec)
+        h = (np.sin((d1 - d0) / 2) ** 2 + math.cos(d0) * np.cos(d1)
+             * np.sin(np.radians(sra - ra) / 2) ** 2)
+        dist = np.degrees(2 * np.arcsin(np.sqrt(np.clip(h, 0, 1)))) * 3600.0
+        k = ((dist <= outer + WING_REACH_ARCSEC) & (dist > radius_arcsec)
+             & (scounts >= WING_MIN_COUNTS))
+        if k.any():
+            i = np.flatnonzero(k)[np.argmax(scounts[k])]
+            near = (float(dist[i]), float(scounts[i]))
     return InputExcess(n_on, n_off, a_on, a_off, n_off * a_on / a_off,
-                       _signif(n_on, n_off, a_on / (a_on + a_off)))
+                       _signif(n_on, n_off, a_on / (a_on + a_off)), near)
+
+
+def input_excess(path, ra: float, dec: float, ring_arcsec: tuple,
+                 radius_arcsec: float = CALIBRATED_RADIUS_ARCSEC,
+                 input_path=None) -> InputExcess:
+    """The input's counts within ``radius_arcsec`` of (``ra``, ``dec``) against the ring
+    ``ring_arcsec`` = (inner, outer) around it, from the input file beside prediction
+    ``path`` (:func:`input_path_of`; or ``input_path``), over the pixels with data (those the
+    prediction's ``HI68`` marks). Does a knot stand above its surroundings in the photons
+    themselves?
+
+    InputError when the input file is missing or not the one the prediction was made from
+    (its ``INSHA``, or without one its grid or ``INEXPO``, differs), or when the circle or the
+    ring holds no data; ValueError for a ring that does not lie outside the circle."""
+    _check_ring(ring_arcsec, radius_arcsec)
+    pred = _load(path)
+    return _excess(pred, _load_input(pred, input_path), ra, dec, ring_arcsec, radius_arcsec)
+
+
+@dataclass
+class Circle:
+    """A circle of a ds9 region file on the sky: centre (deg) and radius (arcsec)."""
+
+    ra: float
+    dec: float
+    radius_arcsec: float
+    text: str = ""
+    line: int = 0
+
+
+#: ds9 coordinate systems whose circles are read (RA/Dec in the image WCS's frame).
+SKY_SYSTEMS = ("fk5", "icrs", "j2000")
+_RADIUS_UNITS = {'"': 1.0, "'": 60.0, "d": 3600.0, "r": 180 / math.pi * 3600.0}
+
+
+def _sky_value(text: str, hours: bool) -> float:
+    """A ds9 coordinate: degrees, or sexagesimal ``h:m:s`` (RA) / ``d:m:s`` (Dec)."""
+    text = text.strip()
+    if ":" in text or any(c in text for c in "hms"):
+        from astropy.coordinates import Angle
+
+        return float(Angle(text, unit="hourangle" if hours else "deg").deg)
+    return float(text.rstrip("d"))
+
+
+def read_circles(path) -> tuple:
+    """The circles of a ds9 region file in ``fk5``/``icrs`` (as ``*_sources_SR.reg``, or
+    circles drawn in ds9 and saved in fk5): (list of :class:`Circle`, number of regions that are
+    not circles, or excluded ones, skipped). Radii in ``"``, ``'`` or degrees (ds9's default);
+    centres in degrees or sexagesimal. InputError naming the file and the line for circles in
+    another system (image, physical, galactic) or ones that cannot be read, and for a file
+    without any circle."""
+    import re
+
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file; check the path") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    system, out, skipped = None, [], 0
+    shape_re = re.compile(r"^\s*([+-]?)\s*([a-z]+)\s*\((.*)\)\s*$", re.I)
+    for n, raw in enumerate(lines, 1):
+        body, _, comment = raw.partition("#")
+        for part in (p.strip() for p in body.split(";")):
+            low = part.lower()
+            if not part or low.startswith("global") or low.startswith("# region"):
+                continue
+            if re.fullmatch(r"[a-z0-9]+", low):
+                system = low
+                continue
+            m = shape_re.match(part)
+            if not m:
+                raise InputError(f"{path}: line {n} is not a ds9 region ({part[:40]!r}); "
+                                 "save the regions from ds9 in its own format")
+            sign, shape, args = m.group(1), m.group(2).lower(), m.group(3)
+            if shape != "circle" or sign == "-":
+                skipped += 1
+                continue
+            if system not in SKY_SYSTEMS:
+                raise InputError(f"{path}: line {n}: a circle in {system or 'no'} coordinates; "
+                                 "save the regions in fk5 (ds9: Region > Save, coordinate "
+                                 "system fk5)")
+            vals = [v.strip() for v in args.split(",")]
+            try:
+                if len(vals) != 3:
+                    raise ValueError("not 3 values")
+                r = vals[2]
+                unit = _RADIUS_UNITS.get(r[-1:], None)
+                radius = float(r[:-1] if unit else r) * (unit or 3600.0)
+                ra, dec = _sky_value(vals[0], True), _sky_value(vals[1], False)
+                if not (math.isfinite(ra) and math.isfinite(dec) and -90 <= dec <= 90
+                        and math.isfinite(radius) and radius > 0):
+                    raise ValueError("out of range")
+            except ValueError:
+                raise InputError(f"{path}: line {n}: circle({args[:60]}) cannot be read; give "
+                                 "circle(RA,DEC,RADIUS\") in fk5") from None
+            text = re.search(r"text=\{([^}]*)\}", comment)
+            out.append(Circle(ra % 360.0, dec, radius, text.group(1) if text else "", n))
+    if not out:
+        raise InputError(f"{path}: no fk5 circle in it; draw circles in ds9 and save them in "
+                         "fk5")
+    return out, skipped
+
+
+def measure_circles(path, circles, ring_arcsec=None, input_path=None) -> list:
+    """:func:`aperture_interval` (and, with ``ring_arcsec``, :func:`input_excess`) for each
+    :class:`Circle` (its own radius), reading the files once: a list of (circle, ApertureSum or
+    the one-line reason it has none, InputExcess or the reason, or None without a ring). A
+    circle off the image or off the data gets its reason and the others go on; a missing or
+    wrong input file is an InputError for all."""
+    pred = _load(path)
+    inp = _load_input(pred, input_path) if ring_arcsec is not None else None
+    out = []
+    for c in circles:
+        try:
+            a = _interval(pred, c.ra, c.dec, c.radius_arcsec)
+        except InputError as exc:
+            out.append((c, str(exc).split(": ", 1)[-1], None))
+            continue
+        e = None
+        if inp is not None:
+            try:
+                e = _excess(pred, inp, c.ra, c.dec, ring_arcsec, c.radius_arcsec)
+            except (InputError, ValueError) as exc:
+                e = str(exc).split(": ", 1)[-1]
+        out.append((c, a, e))
+    return out

@@ -13,6 +13,9 @@ from .common import (add_verbosity, add_version, command_prog, ensure_std_stream
 
 log = logging.getLogger("xmm_enhance")
 
+#: |significance| beyond this prints as a bound: the binomial tail's float limit is ~37.5.
+SIGNIF_PRINT_MAX = 37.0
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -23,52 +26,84 @@ def build_parser() -> argparse.ArgumentParser:
                     "apertures of radius 20\"), in count/s and in counts at the input's "
                     "exposure. SR rates are the sky's, background removed; DN rates include "
                     "the background. For a listed source, SOURCES RATE_ERR is the sharper "
-                    "error; docs/outputs.md gives the rule's coverage by brightness.")
+                    "error; docs/outputs.md gives the rule's coverage by brightness. Give RA "
+                    "and Dec for one circle, or --regions for a table of many.")
     p.add_argument("prediction", type=Path, help="a *_predict_wcs_SR/DN.fits.gz file")
-    p.add_argument("ra", type=float, help="RA of the centre (deg, the file's frame)")
-    p.add_argument("dec", type=float, help="Dec of the centre (deg)")
-    p.add_argument("--radius", type=float, default=20.0, metavar="ARCSEC",
+    p.add_argument("ra", type=float, nargs="?", help="RA of the centre (deg, the file's frame)")
+    p.add_argument("dec", type=float, nargs="?", help="Dec of the centre (deg)")
+    p.add_argument("--radius", type=float, default=None, metavar="ARCSEC",
                    help="aperture radius (default 20: the calibrated 20\" aperture; other radii "
                         "get the same rule, uncalibrated)")
+    p.add_argument("--regions", type=Path, metavar="FILE",
+                   help="a ds9 region file of fk5 circles (drawn in ds9 and saved in fk5, or a "
+                        "*_sources_SR.reg): one table row per circle, each with its own radius")
     p.add_argument("--ring", type=float, nargs=2, metavar=("INNER", "OUTER"), default=None,
                    help="also test the input's counts in the circle against this ring around "
                         "it (arcsec; e.g. 30 60 for a knot against its surroundings, 60 120 for "
                         "a source on flat sky): the excess and its Poisson significance, from "
                         "the photons alone (reads the *_input_wcs_* file beside the "
-                        "prediction)")
+                        "prediction, or --input)")
+    p.add_argument("--input", type=Path, metavar="FILE",
+                   help="the prediction's *_input_wcs_* file, where it is not beside it under "
+                        "its own name (for --ring)")
     add_version(p)
     add_verbosity(p)
     return p
 
 
-def main(argv=None) -> int:
-    ensure_std_streams()
-    args = build_parser().parse_args(argv)
-    setup_logging(args)
+def _sigma(v: float) -> str:
+    if v >= SIGNIF_PRINT_MAX:
+        return f"> {SIGNIF_PRINT_MAX:g}"
+    if v <= -SIGNIF_PRINT_MAX:
+        return f"< -{SIGNIF_PRINT_MAX:g}"
+    return f"{v:.1f}"
+
+
+def _wings(name, near, label=""):
+    if near is not None:
+        log.warning("%s:%s a SOURCES entry of %.0f counts lies %.0f\" from the centre: its PSF "
+                    "wings fall in the circle or the ring, so the excess is partly its own",
+                    name, label, near[1], near[0])
+
+
+def _check(args):
+    if (args.ra is None) != (args.dec is None):
+        raise UsageError("give both RA and Dec, or --regions FILE")
+    if args.regions is not None and args.ra is not None:
+        raise UsageError("give RA and Dec, or --regions FILE, not both")
+    if args.regions is None and args.ra is None:
+        raise UsageError("give RA and Dec of the circle, or --regions FILE")
+    if args.regions is not None and args.radius is not None:
+        raise UsageError("--radius: each circle of --regions has its own radius")
+    if args.input is not None and args.ring is None:
+        raise UsageError("--input is the input file of the --ring test; give --ring too")
+    radius = 20.0 if args.radius is None else args.radius
+    if not (math.isfinite(radius) and radius > 0):
+        raise UsageError(f"--radius must be a number of arcsec > 0, got {radius}")
+    if args.ra is not None and not (math.isfinite(args.ra) and math.isfinite(args.dec)
+                                    and -90 <= args.dec <= 90):
+        raise UsageError(f"RA {args.ra}, Dec {args.dec}: give degrees, Dec within ±90")
+    if args.ring is not None:
+        inner, outer = args.ring
+        least = radius if args.regions is None else 0.0
+        if not (math.isfinite(inner) and math.isfinite(outer) and least <= inner < outer):
+            raise UsageError(f"--ring {inner:g} {outer:g}: give INNER < OUTER in arcsec, "
+                             f"INNER at least the radius ({radius:g})")
+    return radius
+
+
+def _one(args, radius) -> int:
+    from ..apertures import (CALIBRATED_RADIUS_ARCSEC, MIN_DATA_SHARE, aperture_interval,
+                             input_excess)
+
     try:
-        if not (math.isfinite(args.radius) and args.radius > 0):
-            raise UsageError(f"--radius must be a number of arcsec > 0, got {args.radius}")
-        if not (math.isfinite(args.ra) and math.isfinite(args.dec) and -90 <= args.dec <= 90):
-            raise UsageError(f"RA {args.ra}, Dec {args.dec}: give degrees, Dec within ±90")
-        from ..apertures import CALIBRATED_RADIUS_ARCSEC, MIN_DATA_SHARE, aperture_interval
-
-        a = aperture_interval(args.prediction, args.ra, args.dec, args.radius)
-        ring = None
-        if args.ring is not None:
-            inner, outer = args.ring
-            if not (math.isfinite(inner) and math.isfinite(outer)
-                    and args.radius <= inner < outer):
-                raise UsageError(f"--ring {inner:g} {outer:g}: give INNER < OUTER in arcsec, "
-                                 f"INNER at least the radius ({args.radius:g})")
-            from ..apertures import input_excess
-
-            ring = input_excess(args.prediction, args.ra, args.dec, args.ring, args.radius)
+        a = aperture_interval(args.prediction, args.ra, args.dec, radius)
     except XmmEnhanceError as exc:
         return report_error(exc)
-    note = "" if args.radius == CALIBRATED_RADIUS_ARCSEC else " (radius uncalibrated)"
+    note = "" if radius == CALIBRATED_RADIUS_ARCSEC else " (radius uncalibrated)"
     print(f"{args.prediction.name}: RA {args.ra:.6f} Dec {args.dec:+.6f}, radius "
-          f"{args.radius:g}\"{note}: {a.npix_data} pixels with data, "
-          f"{100 * a.data_share:.0f} % of the aperture")
+          f"{radius:g}\"{note}: {a.npix_data} pixels with data, "
+          f"{100 * a.data_share:.0f} % of the aperture's pixels")
     if a.data_share < MIN_DATA_SHARE:
         log.warning("%s: only %.0f %% of the aperture holds data (a CCD gap, the chips' or the "
                     "image's edge): the sum and its interval cover that part only",
@@ -80,13 +115,75 @@ def main(argv=None) -> int:
               f"{a.counts_hi68:.6g}] at the input's exposure")
     else:
         print("counts unknown: the file has no INEXPO (input exposure)")
-    if ring is not None:
-        sig = f"{ring.signif:.1f}" if ring.signif < 37 else "> 37"
-        print(f"input  {ring.counts} counts in the circle ({ring.npix} pixels), "
-              f"{ring.expected:.4g} at the level of the {args.ring[0]:g}-{args.ring[1]:g}\" ring "
-              f"({ring.ring_counts} counts, {ring.npix_ring} pixels): excess "
-              f"{ring.excess:.4g}, {sig} sigma (Poisson, one-sided, at this one position)")
+    if args.ring is None:
+        return 0
+    try:
+        e = input_excess(args.prediction, args.ra, args.dec, args.ring, radius, args.input)
+    except XmmEnhanceError as exc:
+        return report_error(exc)
+    print(f"input  {e.counts} counts in the circle ({e.npix} pixels of 4\"), "
+          f"{e.expected:.4g} at the level of the {args.ring[0]:g}-{args.ring[1]:g}\" ring "
+          f"({e.ring_counts} counts, {e.npix_ring} pixels): excess {e.excess:.4g}, "
+          f"{_sigma(e.signif)} sigma (Poisson, one-sided, at this one position)")
+    _wings(args.prediction.name, e.near_source)
     return 0
+
+
+def _table(args) -> int:
+    from ..apertures import MIN_DATA_SHARE, measure_circles, read_circles
+
+    try:
+        circles, skipped = read_circles(args.regions)
+        rows = measure_circles(args.prediction, circles, args.ring, args.input)
+    except XmmEnhanceError as exc:
+        return report_error(exc)
+    if skipped:
+        log.warning("%s: %d regions that are not circles, or excluded ones, were skipped",
+                    args.regions.name, skipped)
+    print(f"# {args.prediction.name}: {len(circles)} circles of {args.regions.name}; rate and "
+          "its 68 % interval in count/s, counts at the input's exposure"
+          + (f"; input counts against the {args.ring[0]:g}-{args.ring[1]:g}\" ring"
+             if args.ring else ""))
+    head = (f"{'line':>5} {'ra':>11} {'dec':>11} {'r':>5} {'share':>5} {'rate':>11} "
+            f"{'rate_lo68':>11} {'rate_hi68':>11} {'counts':>9} {'cts_lo68':>9} "
+            f"{'cts_hi68':>9}")
+    if args.ring:
+        head += f" {'in':>7} {'expected':>9} {'sigma':>6}"
+    print(head + "  text")
+    failed = 0
+    for c, a, e in rows:
+        lead = f"{c.line:5d} {c.ra:11.6f} {c.dec:+11.6f} {c.radius_arcsec:5.1f}"
+        if isinstance(a, str):
+            failed += 1
+            print(f"{lead}  {a}")
+            continue
+        row = (f"{lead} {a.data_share:5.2f} {a.rate:11.5g} {a.lo68:11.5g} {a.hi68:11.5g} "
+               f"{a.counts:9.5g} {a.counts_lo68:9.5g} {a.counts_hi68:9.5g}")
+        if a.data_share < MIN_DATA_SHARE:
+            log.warning("%s: line %d: only %.0f %% of the circle holds data",
+                        args.regions.name, c.line, 100 * a.data_share)
+        if isinstance(e, str):
+            row += f"  ring: {e}"
+        elif e is not None:
+            row += f" {e.counts:7d} {e.expected:9.4g} {_sigma(e.signif):>6}"
+            _wings(args.regions.name, e.near_source, f" line {c.line}:")
+        print(row + (f"  {c.text}" if c.text else ""))
+    if failed == len(rows):
+        log.error("%s: no circle of %s lies on the data; check that the regions belong to "
+                  "this observation", args.prediction.name, args.regions.name)
+        return 1
+    return 0
+
+
+def main(argv=None) -> int:
+    ensure_std_streams()
+    args = build_parser().parse_args(argv)
+    setup_logging(args)
+    try:
+        radius = _check(args)
+    except XmmEnhanceError as exc:
+        return report_error(exc)
+    return _one(args, radius) if args.regions is None else _table(args)
 
 
 if __name__ == "__main__":  # pragma: no cover
