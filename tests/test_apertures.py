@@ -553,6 +553,16 @@ def test_a_region_file_gives_a_table_row_per_circle(tmp_path, capsys):
     assert out[0].startswith("# obs_predict_wcs_SR.fits.gz: 3 circles of knots.reg")
     assert out[2].split()[0] == "4" and out[2].endswith("knot A")
     assert "off the image" in out[4]
+    import csv
+    import io
+
+    assert main(["aperture", str(p), "--regions", str(reg), "--csv"]) == 0
+    table = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [r["line"] for r in table] == ["4", "5", "8"] and table[0]["text"] == "knot A"
+    assert float(table[0]["rate"]) == pytest.approx(316 * RATE, rel=1e-6)
+    assert float(table[0]["scale"]) == SCALE and table[0]["note"] == ""
+    assert table[2]["rate"] == "" and "off the image" in table[2]["note"]
+    assert main(["aperture", str(p), f"{ra}", f"{dec}", "--csv"]) == 2
     far = tmp_path / "far.reg"
     far.write_text("fk5\ncircle(10.0,-80.0,20\")\ncircle(11.0,-80.0,20\")\n")
     assert main(["aperture", str(p), "--regions", str(far)]) == 1   # none on this image

@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "a source on flat sky): the excess and its Poisson significance, from "
                         "the photons alone (reads the *_input_wcs_* file beside the "
                         "prediction, or --input)")
+    p.add_argument("--csv", action="store_true",
+                   help="with --regions: the table as CSV (one header line, then one row per "
+                        "circle, with a note where a circle has no sum) for other programs")
     p.add_argument("--input", type=Path, metavar="FILE",
                    help="the prediction's *_input_wcs_* file, where it is not beside it under "
                         "its own name (for --ring)")
@@ -75,6 +78,8 @@ def _check(args):
         raise UsageError("give RA and Dec of the circle, or --regions FILE")
     if args.regions is not None and args.radius is not None:
         raise UsageError("--radius: each circle of --regions has its own radius")
+    if args.csv and args.regions is None:
+        raise UsageError("--csv is the table of --regions; give --regions FILE too")
     if args.input is not None and args.ring is None:
         raise UsageError("--input is the input file of the --ring test; give --ring too")
     radius = 20.0 if args.radius is None else args.radius
@@ -140,6 +145,8 @@ def _table(args) -> int:
     if skipped:
         log.warning("%s: %d regions that are not circles, or excluded ones, were skipped",
                     args.regions.name, skipped)
+    if args.csv:
+        return _csv(args, rows)
     print(f"# {args.prediction.name}: {len(circles)} circles of {args.regions.name}; rate and "
           "its 68 % interval in count/s, counts at the input's exposure"
           + (f"; input counts against the {args.ring[0]:g}-{args.ring[1]:g}\" ring"
@@ -168,6 +175,42 @@ def _table(args) -> int:
             row += f" {e.counts:7d} {e.expected:9.4g} {_sigma(e.signif):>6}"
             _wings(args.regions.name, e.near_source, f" line {c.line}:")
         print(row + (f"  {c.text}" if c.text else ""))
+    if failed == len(rows):
+        log.error("%s: no circle of %s lies on the data; check that the regions belong to "
+                  "this observation", args.prediction.name, args.regions.name)
+        return 1
+    return 0
+
+
+def _csv(args, rows) -> int:
+    import csv
+
+    cols = ["line", "ra", "dec", "radius_arcsec", "data_share", "rate", "rate_lo68",
+            "rate_hi68", "counts", "counts_lo68", "counts_hi68", "scale"]
+    if args.ring:
+        cols += ["input_counts", "ring_counts", "expected", "signif"]
+    w = csv.writer(sys.stdout, lineterminator="\n")
+    w.writerow(cols + ["text", "note"])
+    failed = 0
+    for c, a, e in rows:
+        row = [c.line, f"{c.ra:.7f}", f"{c.dec:.7f}", f"{c.radius_arcsec:g}"]
+        note = ""
+        if isinstance(a, str):
+            failed += 1
+            row += [""] * (len(cols) - 4)
+            note = a
+        else:
+            row += [f"{a.data_share:.4f}"] + [f"{v:.7g}" for v in
+                                               (a.rate, a.lo68, a.hi68, a.counts, a.counts_lo68,
+                                                a.counts_hi68, a.scale)]
+            if args.ring:
+                if isinstance(e, str):
+                    row += [""] * 4
+                    note = f"ring: {e}"
+                else:
+                    row += [e.counts, e.ring_counts, f"{e.expected:.6g}", f"{e.signif:.3f}"]
+                    _wings(args.regions.name, e.near_source, f" line {c.line}:")
+        w.writerow(row + [c.text, note])
     if failed == len(rows):
         log.error("%s: no circle of %s lies on the data; check that the regions belong to "
                   "this observation", args.prediction.name, args.regions.name)
