@@ -17,7 +17,9 @@ For exposure-aware models (recipe 2) on simulated frames never used in training 
   pixels: a lower bound); ``c68``: the scale ``c`` for which ``sum(rate) -+ c x (summed
   half-widths)`` covers 68 % of the apertures (the model card's aperture rule: choose ``c`` on
   one seed, check it on another with ``--aperture-scale`` and, for a scale that changes with
-  the exposure as the metadata ``aperture_interval_slope`` states, ``--aperture-slope``); the
+  the exposure as the metadata ``aperture_interval_slope`` states, ``--aperture-slope``; one
+  scale for every aperture, as before session 28: the bundled rule, which follows the
+  aperture's rate, is chosen and checked by ``bench_aperture_rule.py``); the
   "pixels>0" coverage is also printed per simulated field kind (the pooled share is dominated
   by the frames with the most emission pixels, clusters and remnants, so it moves from one
   draw of frames to the next); with ``--pixel-scales s1,s2,..`` also the "pixels>0" and
