@@ -425,7 +425,7 @@ def _with_rule(p, drop=(), **over):
     return p
 
 
-@pytest.mark.parametrize("drop,over", [(("APERRREF",), {}), (("APERCMIN",), {}),
+@pytest.mark.parametrize("drop,over", [(("APERRREF",), {}), ((), {"APERCMAX": -0.5}),
                                        ((), {"APERSCAL": -2.0}), ((), {"APERSCAL": 0.0})])
 def test_a_partly_stated_rule_is_refused(tmp_path, drop, over):
     p = _with_rule(prediction(tmp_path / "p_predict_wcs_SR.fits.gz", aperscal=False), drop,
@@ -436,10 +436,15 @@ def test_a_partly_stated_rule_is_refused(tmp_path, drop, over):
 
 def test_a_circle_far_larger_than_the_image_is_summed_without_a_huge_grid(tmp_path):
     p = prediction(tmp_path / "big_predict_wcs_SR.fits.gz")
-    a = apertures.aperture_interval(p, *radec(39.5, 59.5), radius_arcsec=1e5)
+    a = apertures.aperture_interval(p, *radec(39.5, 59.5), radius_arcsec=3e4)
     assert a.npix_data == N * N and a.rate == pytest.approx(N * N * RATE, rel=1e-6)
     # the circle's pixel centres, counted row by row: pi r^2 / 4 (2" pixels)
-    assert a.npix_expected == pytest.approx(np.pi * 1e10 / 4, rel=1e-4)
+    assert a.npix_expected == pytest.approx(np.pi * 9e8 / 4, rel=1e-3)
+    with pytest.raises(ValueError, match="at most 36000"):     # 10 degrees: no pn field
+        apertures.aperture_interval(p, *radec(39.5, 59.5), radius_arcsec=1e7)
+    ra, dec = radec(39.5, 59.5)
+    assert main(["aperture", str(p), f"{ra}", f"{dec}", "--radius", "1e8"]) == 2
+    assert main(["aperture", str(p), f"{ra}", f"{dec}", "--ring", "30", "1e8"]) == 2
 
 
 @pytest.mark.parametrize("centre,radius", [((1.5, 50), 20.0), ((0.2, 98.7), 33.0),
@@ -516,6 +521,18 @@ def test_a_listed_sources_wings_are_reported_but_not_its_own_circle(tmp_path, ca
     assert apertures.input_excess(p, ra1, dec1, (60.0, 120.0)).near_source is None  # its own
     assert main(["aperture", str(p), f"{ra0:.9f}", f"{dec0:.9f}", "--ring", "60", "120"]) == 0
     assert "PSF wings" in caplog.text and "2900 counts lies 40\"" in caplog.text
+    reg = tmp_path / "one.reg"
+    reg.write_text(f"fk5\ncircle({ra0:.8f},{dec0:.8f},20\")\n")
+    import contextlib
+    import io
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(["aperture", str(p), "--regions", str(reg), "--ring", "60", "120",
+                     "--csv"]) == 0
+    import csv
+    row = next(csv.DictReader(io.StringIO(buf.getvalue())))
+    assert row["note"] == 'wings of a SOURCES entry of 2900 counts 40" away'
+    assert float(row["signif"]) == pytest.approx(e.signif, abs=1e-3)
 
 
 REG = """# Region file format: DS9 version 4.1
@@ -591,3 +608,51 @@ def test_a_region_file_it_cannot_use_is_a_one_line_error(tmp_path, capsys, text,
     assert len(err) == 1 and "bad.reg" in err[0]
     with pytest.raises(InputError, match="no such file"):
         apertures.read_circles(tmp_path / "none.reg")
+
+
+def test_a_bound_of_the_clip_left_out_is_no_bound():
+    """A model without aperture_interval_max gives an infinite top, which no card states: read
+    back, the missing APERCMAX (or APERCMIN) is no bound, not damage."""
+    r = apertures.ApertureRule(0.8, -0.2, 1e-3, 0.3, np.inf)
+    h = fits.Header(r.cards())
+    assert "APERCMAX" not in h and apertures.ApertureRule.from_header(h) == r
+    del h["APERCMIN"]
+    assert apertures.ApertureRule.from_header(h).scale_min == apertures.MIN_SCALE
+
+
+def test_a_prediction_given_as_the_input_is_refused(tmp_path):
+    """A prediction carries its input's INSHA, and DN's is on the input's grid: only what it
+    holds tells it from an input file."""
+    p = prediction(tmp_path / "obs_predict_wcs_DN.fits.gz")
+    ra, dec = radec(49.5, 49.5)
+    for other in (p, prediction(tmp_path / "other_predict_wcs_DN.fits.gz")):
+        with pytest.raises(InputError, match="not an input file.*--input"):
+            apertures.input_excess(p, ra, dec, (30.0, 60.0), input_path=other)
+    with pytest.raises(InputError, match="is a folder.*--input"):
+        apertures.input_excess(p, ra, dec, (30.0, 60.0), input_path=tmp_path)
+    junk = tmp_path / "junk.reg"
+    junk.write_text("fk5\n")
+    with pytest.raises(InputError, match="not a readable input file.*\\*_input_wcs_"):
+        apertures.input_excess(p, ra, dec, (30.0, 60.0), input_path=junk)
+
+
+def test_ds9_composites_and_a_byte_order_mark_are_read(tmp_path):
+    reg = tmp_path / "comp.reg"
+    reg.write_bytes(("\ufeff# Region file format: DS9 version 4.1\r\nfk5\r\n"
+                     "# composite(150.03,2.18,0) || composite=1\r\n"
+                     "circle(150.034947,2.182890,20.000\") ||\r\n"
+                     "box(150.03,2.18,10\",10\",0)\r\n").encode("utf-8"))
+    circles, skipped = apertures.read_circles(reg)
+    assert [(c.ra, c.dec, c.radius_arcsec, c.line) for c in circles] == [
+        (pytest.approx(150.034947), pytest.approx(2.18289), 20.0, 4)] and skipped == 1
+
+
+def test_the_count_of_a_cut_circle_at_ra_zero(tmp_path):
+    """Centred on RA 0 (the WCS's RA steps from 359.999 to 0.001 there), cut at the edge."""
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval, w.wcs.crpix = [0.0, 2.0], [2.0, 50.5]          # RA 0 at 0-based x = 1
+    w.wcs.cd = np.diag([-PIX / 3600, PIX / 3600])
+    n = apertures._lattice_count(w, 1.0, 49.5, 20.0)
+    yy, xx = np.mgrid[0:100, -20:20]                  # the centres within 10 pixels, by hand
+    assert n == int((np.hypot(xx - 1.0, yy - 49.5) <= 10.0).sum()) == 312

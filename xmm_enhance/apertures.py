@@ -75,8 +75,9 @@ class ApertureRule:
     @classmethod
     def from_header(cls, header) -> "ApertureRule | None":
         """The rule a header states (None without ``APERSCAL``); ValueError for a value that is
-        not a finite number, ``APERSCAL`` or ``APERRREF`` not above 0, ``APERCMIN`` above
-        ``APERCMAX``, or a brightness term (``APERRSLP`` not 0) stated in part."""
+        not a finite number, one not above 0, ``APERCMIN`` above ``APERCMAX``, or a
+        brightness term (``APERRSLP`` not 0) without ``APERRREF``. A missing ``APERCMIN`` or
+        ``APERCMAX`` leaves that side unbounded (as :meth:`cards` writes an infinite bound)."""
         if "APERSCAL" not in header:
             return None
         kw = {}
@@ -88,12 +89,13 @@ class ApertureRule:
                     raise ValueError(f"{k} = {v!r} is not a finite number")
                 kw[a] = float(v)
         if kw.get("rate_slope"):
-            missing = [k for a, k, _ in cls.KEYWORDS[2:] if a not in kw]
-            if missing:
-                raise ValueError(f"APERRSLP without {', '.join(missing)}")
+            if "rate_ref" not in kw:     # the clip may be absent: no bound on that side
+                raise ValueError("APERRSLP without APERRREF")
         rule = cls(**kw)
-        if rule.scale <= 0 or rule.rate_ref <= 0 or rule.scale_min > rule.scale_max:
-            raise ValueError("APERSCAL and APERRREF must be > 0 and APERCMIN at most APERCMAX")
+        if min(rule.scale, rule.rate_ref, rule.scale_min, rule.scale_max) <= 0 \
+                or rule.scale_min > rule.scale_max:
+            raise ValueError("APERSCAL, APERRREF, APERCMIN and APERCMAX must be > 0 and "
+                             "APERCMIN at most APERCMAX")
         return rule
 
 
@@ -283,7 +285,8 @@ def _lattice_count(wcs, x, y, radius_arcsec) -> int:
     p0 = wcs.all_pix2world([[x, y], [x + d, y], [x, y + d]], 0)
     lng, lat = wcs.wcs.lng, wcs.wcs.lat
     cosd = math.cos(math.radians(p0[0][lat]))
-    J = np.array([[(p0[k][lng] - p0[0][lng]) * cosd, p0[k][lat] - p0[0][lat]]
+    J = np.array([[((p0[k][lng] - p0[0][lng] + 180.0) % 360.0 - 180.0) * cosd,
+                   p0[k][lat] - p0[0][lat]]
                   for k in (1, 2)]).T * 3600.0 / d        # arcsec per pixel, columns x and y
     # |J (u, v)|^2 <= r^2 with u = X - x, v = Y - y: a u^2 + 2 b u v + c v^2 <= r^2
     a, b, c = J[:, 0] @ J[:, 0], J[:, 0] @ J[:, 1], J[:, 1] @ J[:, 1]
@@ -346,8 +349,8 @@ def aperture_interval(path, ra: float, dec: float,
     aperture with no pixel of data (a CCD gap, off the chips) is an InputError; check
     :attr:`ApertureSum.data_share` for one partly off the data.
     """
-    if not (math.isfinite(radius_arcsec) and radius_arcsec > 0):
-        raise ValueError(f"radius_arcsec: must be > 0, got {radius_arcsec!r}")
+    if not (math.isfinite(radius_arcsec) and 0 < radius_arcsec <= MAX_RADIUS_ARCSEC):
+        raise ValueError(f"radius_arcsec: must be > 0 and at most {MAX_RADIUS_ARCSEC:g}, got {radius_arcsec!r}")
     return _interval(_load(path), ra, dec, radius_arcsec)
 
 
@@ -390,6 +393,11 @@ class InputExcess:
     def excess(self) -> float:
         return self.counts - self.expected
 
+
+#: ``CONTENT`` of the input files run_inference_on_real.py writes.
+INPUT_CONTENT = "masked padded input rate"
+#: Largest circle or ring radius (arcsec) accepted: 10 degrees, far beyond the pn's field.
+MAX_RADIUS_ARCSEC = 36000.0
 
 #: A SOURCES entry this bright (counts) or more, within the ring's outer radius plus
 #: WING_REACH_ARCSEC of the circle's centre, is reported as shining into the ring test.
@@ -447,19 +455,29 @@ def _load_input(pred: _Prediction, input_path=None) -> _Input:
         raise InputError(f"{ipath}: no such file; the ring test reads the input file that "
                          "run_inference_on_real.py writes beside the prediction; name it with "
                          "--input, or make both again (--overwrite)")
+    def not_input(why):
+        return InputError(f"{ipath}: {why}; give the prediction's own *_input_wcs_* file "
+                          "(--input), or make both again with run_inference_on_real.py "
+                          "(--overwrite)")
+
+    if ipath.is_dir():
+        raise not_input("is a folder")
     try:
         with fits.open(ipath, memmap=False) as h:
+            names = [x.name for x in h]
             rate = np.asarray(h[0].data, np.float64)
             hdr = h[0].header
             wcs = WCS(hdr).celestial
     except Exception as exc:  # noqa: BLE001 - astropy's many ways of saying "not readable"
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise _damaged(ipath, f"not a readable input file ({first})") from None
+        raise not_input(f"not a readable input file ({first})") from None
+    # a prediction carries its input's INSHA too: tell them apart by what they hold
+    if "LO68" in names or "HI68" in names or hdr.get("CONTENT", INPUT_CONTENT) != INPUT_CONTENT:
+        raise not_input(f"not an input file (CONTENT {hdr.get('CONTENT', '?')!r})")
     hi = pred.hi
     if rate.ndim != 2 or hi.shape[0] % rate.shape[0] or hi.shape[1] % rate.shape[1] \
             or hi.shape[0] // rate.shape[0] != hi.shape[1] // rate.shape[1]:
-        raise _damaged(ipath, f"its grid {rate.shape} does not match the prediction's "
-                       f"{hi.shape}")
+        raise not_input(f"its grid {rate.shape} does not match the prediction's {hi.shape}")
     f = hi.shape[0] // rate.shape[0]
     other = (f"{ipath}: not the input of {pred.path.name} (%s); give its own input file "
              "(--input) or make both again (--overwrite)")
@@ -486,7 +504,7 @@ def _load_input(pred: _Prediction, input_path=None) -> _Input:
     except (TypeError, ValueError):
         exposure = float("nan")
     if not (math.isfinite(exposure) and exposure > 0):
-        raise _damaged(ipath, "no INEXPO or EXPOSURE, so its counts are not known")
+        raise not_input("no INEXPO or EXPOSURE, so its counts are not known")
     # an input pixel has data when every output pixel on it has (CCD gaps are 0 in all maps)
     data = (hi.reshape(rate.shape[0], f, rate.shape[1], f) > 0).all(axis=(1, 3))
     counts = np.where(data & np.isfinite(rate), np.rint(rate * exposure), 0.0)
@@ -495,9 +513,10 @@ def _load_input(pred: _Prediction, input_path=None) -> _Input:
 
 def _check_ring(ring_arcsec, radius_arcsec):
     inner, outer = (float(v) for v in ring_arcsec)
-    if not (math.isfinite(inner) and math.isfinite(outer) and radius_arcsec <= inner < outer):
-        raise ValueError(f"ring_arcsec: give inner < outer, inner at least the radius "
-                         f"({radius_arcsec:g}\"), got {ring_arcsec!r}")
+    if not (math.isfinite(inner) and math.isfinite(outer) and radius_arcsec <= inner < outer
+            <= MAX_RADIUS_ARCSEC):
+        raise ValueError(f"ring_arcsec: give inner < outer (at most {MAX_RADIUS_ARCSEC:g}\"), "
+                         f"inner at least the radius ({radius_arcsec:g}\"), got {ring_arcsec!r}")
     return inner, outer
 
 
@@ -587,7 +606,7 @@ def read_circles(path) -> tuple:
 
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        lines = path.read_text(encoding="utf-8-sig", errors="replace").splitlines()
     except FileNotFoundError:
         raise InputError(f"{path}: no such file; check the path") from None
     except OSError as exc:
@@ -597,6 +616,7 @@ def read_circles(path) -> tuple:
     for n, raw in enumerate(lines, 1):
         body, _, comment = raw.partition("#")
         for part in (p.strip() for p in body.split(";")):
+            part = part.removesuffix("||").strip()    # a member of a ds9 composite region
             low = part.lower()
             if not part or low.startswith("global") or low.startswith("# region"):
                 continue
@@ -624,7 +644,7 @@ def read_circles(path) -> tuple:
                 radius = float(r[:-1] if unit else r) * (unit or 3600.0)
                 ra, dec = _sky_value(vals[0], True), _sky_value(vals[1], False)
                 if not (math.isfinite(ra) and math.isfinite(dec) and -90 <= dec <= 90
-                        and math.isfinite(radius) and radius > 0):
+                        and math.isfinite(radius) and 0 < radius <= MAX_RADIUS_ARCSEC):
                     raise ValueError("out of range")
             except ValueError:
                 raise InputError(f"{path}: line {n}: circle({args[:60]}) cannot be read; give "

@@ -82,18 +82,24 @@ def _check(args):
         raise UsageError("--csv is the table of --regions; give --regions FILE too")
     if args.input is not None and args.ring is None:
         raise UsageError("--input is the input file of the --ring test; give --ring too")
+    from ..apertures import MAX_RADIUS_ARCSEC
+
     radius = 20.0 if args.radius is None else args.radius
-    if not (math.isfinite(radius) and radius > 0):
-        raise UsageError(f"--radius must be a number of arcsec > 0, got {radius}")
+    if not (math.isfinite(radius) and 0 < radius <= MAX_RADIUS_ARCSEC):
+        raise UsageError(f"--radius must be a number of arcsec > 0 and at most "
+                         f"{MAX_RADIUS_ARCSEC:g}, got {radius}")
     if args.ra is not None and not (math.isfinite(args.ra) and math.isfinite(args.dec)
                                     and -90 <= args.dec <= 90):
         raise UsageError(f"RA {args.ra}, Dec {args.dec}: give degrees, Dec within ±90")
     if args.ring is not None:
         inner, outer = args.ring
         least = radius if args.regions is None else 0.0
-        if not (math.isfinite(inner) and math.isfinite(outer) and least <= inner < outer):
-            raise UsageError(f"--ring {inner:g} {outer:g}: give INNER < OUTER in arcsec, "
-                             f"INNER at least the radius ({radius:g})")
+        if not (math.isfinite(inner) and math.isfinite(outer) and least <= inner < outer
+                <= MAX_RADIUS_ARCSEC):
+            at_least = ("INNER at least each circle's radius" if args.regions is not None
+                        else f"INNER at least the radius ({radius:g})")
+            raise UsageError(f"--ring {inner:g} {outer:g}: give INNER < OUTER in arcsec "
+                             f"(OUTER at most {MAX_RADIUS_ARCSEC:g}), {at_least}")
     return radius
 
 
@@ -150,7 +156,10 @@ def _table(args) -> int:
     print(f"# {args.prediction.name}: {len(circles)} circles of {args.regions.name}; rate and "
           "its 68 % interval in count/s, counts at the input's exposure"
           + (f"; input counts against the {args.ring[0]:g}-{args.ring[1]:g}\" ring"
-             if args.ring else ""))
+             if args.ring else "")
+          + ("; counts nan: the file has no INEXPO (input exposure)"
+             if rows and not isinstance(rows[0][1], str) and math.isnan(rows[0][1].counts)
+             else ""))
     head = (f"{'line':>5} {'ra':>11} {'dec':>11} {'r':>5} {'share':>5} {'rate':>11} "
             f"{'rate_lo68':>11} {'rate_hi68':>11} {'counts':>9} {'cts_lo68':>9} "
             f"{'cts_hi68':>9}")
@@ -210,6 +219,9 @@ def _csv(args, rows) -> int:
                 else:
                     row += [e.counts, e.ring_counts, f"{e.expected:.6g}", f"{e.signif:.3f}"]
                     _wings(args.regions.name, e.near_source, f" line {c.line}:")
+                    if e.near_source is not None:
+                        note = (f"wings of a SOURCES entry of {e.near_source[1]:.0f} counts "
+                                f"{e.near_source[0]:.0f}\" away")
         w.writerow(row + [c.text, note])
     if failed == len(rows):
         log.error("%s: no circle of %s lies on the data; check that the regions belong to "
