@@ -92,7 +92,8 @@ def needed(d):
 
 def rule_scales(p, s, T):
     """The rule (a, b, g, lo, hi) at each aperture: clip(a + g log10(s / 1e-3), lo, hi) +
-    b log10(T / 20 ks), at least 0.05 (as ModelInfo.aperture_rule_at and ApertureRule)."""
+    b log10(T / 20 ks), at least 0.05 (as Model.aperture_rule_at and ApertureRule, vectorised for
+    the fit)."""
     a, b, g, lo, hi = p
     c = np.clip(a + g * np.log10(np.maximum(s, 1e-12) / RATE_REF), lo, hi)
     return np.maximum(0.05, c + b * np.log10(T / 20e3))

@@ -22,7 +22,8 @@ from .errors import InputError
 
 __all__ = ["CALIBRATED_RADIUS_ARCSEC", "MIN_DATA_SHARE", "MIN_SCALE", "ApertureRule",
            "ApertureSum", "Circle", "InputExcess", "aperture_interval", "input_excess",
-           "input_path_of", "measure_circles", "read_circles", "read_prediction"]
+           "input_path_of", "load_prediction", "measure_circles", "read_circles",
+           "read_prediction"]
 
 #: The aperture radius the rule was calibrated for: the project's "20\" apertures" have a radius
 #: of 20" (``benchmarks/bench_calibration.py``; the same apertures as ``PTFREE``'s).
@@ -221,6 +222,13 @@ def _load(path) -> _Prediction:
                        str(insha) if insha else None, sources)
 
 
+def load_prediction(path) -> _Prediction:
+    """A prediction file read once, for several :func:`aperture_interval` /
+    :func:`input_excess` calls (each also takes the path itself); the same errors as
+    :func:`read_prediction`."""
+    return path if isinstance(path, _Prediction) else _load(path)
+
+
 def read_prediction(path):
     """(rate, lo68, hi68, celestial WCS, :class:`ApertureRule`, input exposure) of a
     ``*_predict_wcs_<W>.fits.gz`` file: float64 maps (non-finite pixels of any map are NaN in
@@ -254,11 +262,19 @@ def _centre(wcs, shape, ra, dec, path):
     return float(x), float(y)
 
 
+def _angle_arcsec(ra0, dec0, ra, dec):
+    """Angle on the sky (arcsec) from (``ra0``, ``dec0``) to (``ra``, ``dec``) (deg; arrays
+    broadcast), by the haversine: accurate at small angles."""
+    a0, d0, a1, d1 = (np.radians(np.asarray(v, np.float64)) for v in (ra0, dec0, ra, dec))
+    h = np.sin((d1 - d0) / 2) ** 2 + np.cos(d0) * np.cos(d1) * np.sin((a1 - a0) / 2) ** 2
+    return np.degrees(2 * np.arcsin(np.sqrt(np.clip(h, 0.0, 1.0)))) * 3600.0
+
+
 def _separations(wcs, shape, ra, dec, reach_arcsec, path):
     """Angle (arcsec) of each pixel centre from (``ra``, ``dec``) on the sky, over the part of
     the image within a box reaching ``reach_arcsec`` around it: (sep [ny, nx] of the box,
-    (y0, x0) of its first pixel, whether the box was cut at the image's edge). InputError when
-    the centre is off the image."""
+    (y0, x0) of its first pixel, whether the box was cut at the image's edge, the centre's
+    (x, y) pixel). InputError when the centre is off the image."""
     lng, lat = wcs.wcs.lng, wcs.wcs.lat
     x, y = _centre(wcs, shape, ra, dec, path)
     scales = np.abs(np.linalg.svd(wcs.pixel_scale_matrix, compute_uv=False)) * 3600.0
@@ -269,12 +285,8 @@ def _separations(wcs, shape, ra, dec, reach_arcsec, path):
     cut = (y0, x0, y1, x1) != (yc - reach, xc - reach, yc + reach + 1, xc + reach + 1)
     yy, xx = np.mgrid[y0:y1, x0:x1]
     w = wcs.all_pix2world(xx.ravel(), yy.ravel(), 0)
-    a0, d0, a1, d1 = (np.radians(v) for v in (float(ra), float(dec), w[lng], w[lat]))
-    # haversine: accurate at small angles
-    h = (np.sin((d1 - d0) / 2) ** 2
-         + np.cos(d0) * np.cos(d1) * np.sin((a1 - a0) / 2) ** 2)
-    sep = np.degrees(2 * np.arcsin(np.sqrt(np.clip(h, 0.0, 1.0)))) * 3600.0
-    return sep.reshape(yy.shape), (y0, x0), cut
+    sep = _angle_arcsec(float(ra), float(dec), w[lng], w[lat])
+    return sep.reshape(yy.shape), (y0, x0), cut, (x, y)
 
 
 def _lattice_count(wcs, x, y, radius_arcsec) -> int:
@@ -319,11 +331,10 @@ def _aperture_pixels(wcs, shape, ra, dec, radius_arcsec, path):
     """Pixels of the image whose centres lie within ``radius_arcsec`` of (``ra``, ``dec``) on
     the sky (the angle from the centre, so any pixel shape or projection), bool [ny, nx], and
     how many pixel centres the circle holds on and off the image."""
-    sep, origin, cut = _separations(wcs, shape, ra, dec, radius_arcsec, path)
+    sep, origin, cut, (x, y) = _separations(wcs, shape, ra, dec, radius_arcsec, path)
     inside = sep <= radius_arcsec
     n = int(inside.sum())
     if cut:
-        x, y = _centre(wcs, shape, ra, dec, path)
         n = max(n, _lattice_count(wcs, x, y, radius_arcsec))
     return _on_image(inside, origin, shape), n
 
@@ -339,7 +350,8 @@ def _interval(pred: _Prediction, ra, dec, radius_arcsec) -> ApertureSum:
 
 def aperture_interval(path, ra: float, dec: float,
                       radius_arcsec: float = CALIBRATED_RADIUS_ARCSEC) -> ApertureSum:
-    """The rate of prediction ``path`` summed over the pixels with data whose centres lie
+    """The rate of prediction ``path`` (or a :func:`load_prediction` result) summed over the
+    pixels with data whose centres lie
     within ``radius_arcsec`` of (``ra``, ``dec``) (deg, in the file's frame), with its 68 %
     interval by the aperture rule.
 
@@ -351,7 +363,7 @@ def aperture_interval(path, ra: float, dec: float,
     """
     if not (math.isfinite(radius_arcsec) and 0 < radius_arcsec <= MAX_RADIUS_ARCSEC):
         raise ValueError(f"radius_arcsec: must be > 0 and at most {MAX_RADIUS_ARCSEC:g}, got {radius_arcsec!r}")
-    return _interval(_load(path), ra, dec, radius_arcsec)
+    return _interval(load_prediction(path), ra, dec, radius_arcsec)
 
 
 @dataclass
@@ -523,7 +535,7 @@ def _check_ring(ring_arcsec, radius_arcsec):
 def _excess(pred: _Prediction, inp: _Input, ra, dec, ring_arcsec, radius_arcsec):
     inner, outer = _check_ring(ring_arcsec, radius_arcsec)
     shape = inp.counts.shape
-    sep, origin, _ = _separations(inp.wcs, shape, ra, dec, outer, inp.path)
+    sep, origin, _, _ = _separations(inp.wcs, shape, ra, dec, outer, inp.path)
     circle = _on_image(sep <= radius_arcsec, origin, shape) & inp.data
     ring = _on_image((sep > inner) & (sep <= outer), origin, shape) & inp.data
     if not circle.any():
@@ -539,10 +551,7 @@ def _excess(pred: _Prediction, inp: _Input, ra, dec, ring_arcsec, radius_arcsec)
     near = None
     if pred.sources is not None and len(pred.sources[0]):
         sra, sdec, scounts = pred.sources
-        d0, d1 = math.radians(dec), np.radians(sdec)
-        h = (np.sin((d1 - d0) / 2) ** 2 + math.cos(d0) * np.cos(d1)
-             * np.sin(np.radians(sra - ra) / 2) ** 2)
-        dist = np.degrees(2 * np.arcsin(np.sqrt(np.clip(h, 0, 1)))) * 3600.0
+        dist = _angle_arcsec(ra, dec, sra, sdec)
         k = ((dist <= outer + WING_REACH_ARCSEC) & (dist > radius_arcsec)
              & (scounts >= WING_MIN_COUNTS))
         if k.any():
@@ -557,7 +566,8 @@ def input_excess(path, ra: float, dec: float, ring_arcsec: tuple,
                  input_path=None) -> InputExcess:
     """The input's counts within ``radius_arcsec`` of (``ra``, ``dec``) against the ring
     ``ring_arcsec`` = (inner, outer) around it, from the input file beside prediction
-    ``path`` (:func:`input_path_of`; or ``input_path``), over the pixels with data (those the
+    ``path`` (or a :func:`load_prediction` result; :func:`input_path_of`, or ``input_path``),
+    over the pixels with data (those the
     prediction's ``HI68`` marks). Does a knot stand above its surroundings in the photons
     themselves?
 
@@ -565,7 +575,7 @@ def input_excess(path, ra: float, dec: float, ring_arcsec: tuple,
     (its ``INSHA``, or without one its grid or ``INEXPO``, differs), or when the circle or the
     ring holds no data; ValueError for a ring that does not lie outside the circle."""
     _check_ring(ring_arcsec, radius_arcsec)
-    pred = _load(path)
+    pred = load_prediction(path)
     return _excess(pred, _load_input(pred, input_path), ra, dec, ring_arcsec, radius_arcsec)
 
 
@@ -663,7 +673,7 @@ def measure_circles(path, circles, ring_arcsec=None, input_path=None) -> list:
     the one-line reason it has none, InputExcess or the reason, or None without a ring). A
     circle off the image or off the data gets its reason and the others go on; a missing or
     wrong input file is an InputError for all."""
-    pred = _load(path)
+    pred = load_prediction(path)
     inp = _load_input(pred, input_path) if ring_arcsec is not None else None
     out = []
     for c in circles:

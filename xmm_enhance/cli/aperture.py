@@ -105,10 +105,11 @@ def _check(args):
 
 def _one(args, radius) -> int:
     from ..apertures import (CALIBRATED_RADIUS_ARCSEC, MIN_DATA_SHARE, aperture_interval,
-                             input_excess)
+                             input_excess, load_prediction)
 
     try:
-        a = aperture_interval(args.prediction, args.ra, args.dec, radius)
+        pred = load_prediction(args.prediction)      # read once for the sum and the ring
+        a = aperture_interval(pred, args.ra, args.dec, radius)
     except XmmEnhanceError as exc:
         return report_error(exc)
     note = "" if radius == CALIBRATED_RADIUS_ARCSEC else " (radius uncalibrated)"
@@ -129,7 +130,7 @@ def _one(args, radius) -> int:
     if args.ring is None:
         return 0
     try:
-        e = input_excess(args.prediction, args.ra, args.dec, args.ring, radius, args.input)
+        e = input_excess(pred, args.ra, args.dec, args.ring, radius, args.input)
     except XmmEnhanceError as exc:
         return report_error(exc)
     print(f"input  {e.counts} counts in the circle ({e.npix} pixels of 4\"), "
@@ -141,7 +142,7 @@ def _one(args, radius) -> int:
 
 
 def _table(args) -> int:
-    from ..apertures import MIN_DATA_SHARE, measure_circles, read_circles
+    from ..apertures import measure_circles, read_circles
 
     try:
         circles, skipped = read_circles(args.regions)
@@ -151,8 +152,17 @@ def _table(args) -> int:
     if skipped:
         log.warning("%s: %d regions that are not circles, or excluded ones, were skipped",
                     args.regions.name, skipped)
-    if args.csv:
-        return _csv(args, rows)
+    (_print_csv if args.csv else _print_table)(args, circles, rows)
+    if all(isinstance(a, str) for _, a, _ in rows):
+        log.error("%s: no circle of %s lies on the data; check that the regions belong to "
+                  "this observation", args.prediction.name, args.regions.name)
+        return 1
+    return 0
+
+
+def _print_table(args, circles, rows):
+    from ..apertures import MIN_DATA_SHARE
+
     print(f"# {args.prediction.name}: {len(circles)} circles of {args.regions.name}; rate and "
           "its 68 % interval in count/s, counts at the input's exposure"
           + (f"; input counts against the {args.ring[0]:g}-{args.ring[1]:g}\" ring"
@@ -166,11 +176,9 @@ def _table(args) -> int:
     if args.ring:
         head += f" {'in':>7} {'expected':>9} {'sigma':>6}"
     print(head + "  text")
-    failed = 0
     for c, a, e in rows:
         lead = f"{c.line:5d} {c.ra:11.6f} {c.dec:+11.6f} {c.radius_arcsec:5.1f}"
         if isinstance(a, str):
-            failed += 1
             print(f"{lead}  {a}")
             continue
         row = (f"{lead} {a.data_share:5.2f} {a.rate:11.5g} {a.lo68:11.5g} {a.hi68:11.5g} "
@@ -184,14 +192,9 @@ def _table(args) -> int:
             row += f" {e.counts:7d} {e.expected:9.4g} {_sigma(e.signif):>6}"
             _wings(args.regions.name, e.near_source, f" line {c.line}:")
         print(row + (f"  {c.text}" if c.text else ""))
-    if failed == len(rows):
-        log.error("%s: no circle of %s lies on the data; check that the regions belong to "
-                  "this observation", args.prediction.name, args.regions.name)
-        return 1
-    return 0
 
 
-def _csv(args, rows) -> int:
+def _print_csv(args, circles, rows):
     import csv
 
     cols = ["line", "ra", "dec", "radius_arcsec", "data_share", "rate", "rate_lo68",
@@ -200,12 +203,10 @@ def _csv(args, rows) -> int:
         cols += ["input_counts", "ring_counts", "expected", "signif"]
     w = csv.writer(sys.stdout, lineterminator="\n")
     w.writerow(cols + ["text", "note"])
-    failed = 0
     for c, a, e in rows:
         row = [c.line, f"{c.ra:.7f}", f"{c.dec:.7f}", f"{c.radius_arcsec:g}"]
         note = ""
         if isinstance(a, str):
-            failed += 1
             row += [""] * (len(cols) - 4)
             note = a
         else:
@@ -223,11 +224,6 @@ def _csv(args, rows) -> int:
                         note = (f"wings of a SOURCES entry of {e.near_source[1]:.0f} counts "
                                 f"{e.near_source[0]:.0f}\" away")
         w.writerow(row + [c.text, note])
-    if failed == len(rows):
-        log.error("%s: no circle of %s lies on the data; check that the regions belong to "
-                  "this observation", args.prediction.name, args.regions.name)
-        return 1
-    return 0
 
 
 def main(argv=None) -> int:
