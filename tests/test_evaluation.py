@@ -186,3 +186,23 @@ def test_forward_test_passes_true_sources_and_fails_invented_knots():
     pnet, onet, limit = ev.forward_test(pred, counts, mask, 45, 45)
     assert limit > 0 and onet < limit  # 300 predicted counts the independent photons lack
     assert ev.forward_test(pred, counts, mask, 3, 30) is None  # off the edge
+
+
+def test_forward_map_takes_each_pixel_from_its_own_ring():
+    """forward_map is forward_counts' ring map of each 4" pixel's off-axis angle, and linear."""
+    from xmm_enhance.detector import AXIS_PIXEL
+
+    rng = np.random.default_rng(3)
+    rate2 = rng.gamma(0.5, 1e-5, (822, 806))
+    cov = np.ones((411, 403))
+    maps = ev.forward_counts(rate2, 1e4, cov)
+    one = ev.forward_map(rate2, 1e4, cov)
+    assert one.shape == (411, 403)
+    for y, x in ((205, 201), (150, 300), (30, 200), (400, 10), (205, 380)):
+        theta = np.hypot(y - AXIS_PIXEL[0], x - AXIS_PIXEL[1]) * 4.0 / 60
+        assert one[y, x] == maps[ev.forward_ring(theta)][y, x]
+    # rings differ, so the choice matters: at least two rings' maps disagree on a pixel
+    assert not np.allclose(maps[0], maps[-1])
+    assert np.allclose(ev.forward_map(2.5 * rate2, 1e4, cov), 2.5 * one)
+    # another axis moves the rings
+    assert not np.array_equal(ev.forward_map(rate2, 1e4, cov, axis=(0.0, 0.0)), one)

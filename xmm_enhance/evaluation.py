@@ -688,6 +688,22 @@ def forward_counts(rate2, exposure, coverage):
     return out
 
 
+def forward_map(rate2, exposure, coverage, axis=None):
+    """:func:`forward_counts` as one map on the 4" grid: each pixel from the ring of its own
+    off-axis angle (``axis``: the optical axis in 4" pixels of this grid; default the pn grid's
+    :data:`detector.AXIS_PIXEL`). Linear in ``rate2``, so it also carries a map of interval
+    half-widths forward."""
+    from .detector import AXIS_PIXEL
+    from .sources import PIXEL_ARCSEC
+
+    maps = forward_counts(rate2, exposure, coverage)
+    ay, ax = AXIS_PIXEL if axis is None else axis
+    yy, xx = np.mgrid[0:maps[0].shape[0], 0:maps[0].shape[1]]
+    theta = np.hypot(yy - ay, xx - ax) * PIXEL_ARCSEC / 60.0
+    ring = np.searchsorted([hi for _, hi in FORWARD_RINGS[:-1]], theta, side="right")
+    return np.choose(ring, maps)
+
+
 _FWD_R = np.hypot(*np.mgrid[-6:7, -6:7])
 _FWD_AP, _FWD_ANN = _FWD_R <= 2.5, (_FWD_R > 3) & (_FWD_R <= 5)  # 10"; 12-20"
 
