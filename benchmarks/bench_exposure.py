@@ -4,7 +4,7 @@
     python benchmarks/bench_exposure.py --sr S.onnx --features [--sr-baseline OLD.onnx]
                                         [--ref-candidates 30000]
 
-Each run is a look at the real images (``../shared/data/real-pn``): report it in the model card.
+Each run is a look at the real images (``../shared/data/real-pn``): report it in models/MODEL_HISTORY.md.
 
 * **DN deviance** (issue 12): held-out Poisson deviance of ``full - split`` against
   ``rate x (T_full - T_split)`` for the 20 ks splits (4 observations) and the 50 ks splits

@@ -422,7 +422,7 @@ def test_a_filament_or_blob_split_into_points_is_no_crowd(seed):
     neighbours; one elongated or round Gaussian explains them, and no point is listed. (With
     this worst-case map, brighter ones are not always explained: a 1200-count blob gave 2
     entries in 1 of 6 seeds. Through the SR pipeline, whose network draws no points there,
-    such fields list exactly what they listed without the crowd refit: model card, session
+    such fields list exactly what they listed without the crowd refit: model history, session
     25.)"""
     yy, xx = np.mgrid[:96, :96]
     blob = np.random.default_rng(seed).poisson(
