@@ -72,6 +72,9 @@ from xmm_enhance.detector import AXIS_PIXEL  # noqa: E402
 TOL_COUNTS = 1e-3
 #: Truth (counts at the input exposure) from which a pixel counts in the "pixels > 0" column.
 POS_COUNTS = 0.01
+#: Bins of the predicted counts per pixel (at the input exposure) for the "pixels by drawn
+#: counts" line: coverage given what the model drew.
+DRAWN_BINS = (0.0, 0.003, 0.01, 0.1, 1.0, 10.0, np.inf)
 
 
 def _aperture_grid(fov, radius_px, step_px):
@@ -117,6 +120,22 @@ def coverage(out, truth, fov, exposure, pixel_arcsec):
                     (t - m) / np.maximum(shi - m, 1e-30))
     need = np.where(np.abs(t - m) <= tol_a, 0.0, need)
     return pix, sum_rule, ind_rule, need, pos
+
+
+def drawn_line(drawn):
+    """Pixel coverage in bins of the predicted counts per pixel: over all pixels of the bin /
+    over its pixels with emission (truth >= POS_COUNTS), and that share. Binning by the
+    prediction asks what an interval means given what the model drew; the "pixels>0" column
+    bins by the truth."""
+    c, a, e = (np.concatenate([d[j] for d in drawn]) for j in range(3))
+    parts = []
+    for lo, hi in zip(DRAWN_BINS[:-1], DRAWN_BINS[1:]):
+        k = (c >= lo) & (c < hi)
+        if k.sum() >= 100:
+            ke = k & e
+            emis = f"{a[ke].mean():.2f}" if ke.sum() >= 100 else "-"
+            parts.append(f"{lo:g}-{hi:g} {a[k].mean():.2f}/{emis} ({e[k].mean():.2f})")
+    return "pixels by drawn counts (all / with emission (share with emission)): " + ", ".join(parts)
 
 
 def point_fluxes(out, truth, diffuse_truth, meta, exposure):
@@ -237,6 +256,7 @@ def run(dn, sr, frames, exposures, seed, aperture_scale=None, pixel_scales=(), p
         for T in exposures:
             pix, srule, irule, needs, pos = [], [], [], [], []
             by_kind = {}  # field kind: [pixels > 0 inside, their number, frames]
+            drawn = []  # (predicted counts, inside, truth has emission) of the fov pixels
             wide = {w: ([], [], []) for w in pixel_scales}
             prow = []
             flat_max = 0.0
@@ -260,6 +280,7 @@ def run(dn, sr, frames, exposures, seed, aperture_scale=None, pixel_scales=(), p
                     truth, fov, px = obs.sr_target, fov2 & np.repeat(np.repeat(obs.mask, 2, 0),
                                                                      2, 1), 2.0
                 a, b, c, nd, ap = coverage(out, truth, fov, T, px)
+                drawn.append((out["rate"][fov] * T, a, truth[fov] * T >= POS_COUNTS))
                 k_ = by_kind.setdefault(obs.meta.get("kind", "?"), [0, 0, 0])
                 k_[0] += int(ap.sum())
                 k_[1] += ap.size
@@ -345,6 +366,7 @@ def run(dn, sr, frames, exposures, seed, aperture_scale=None, pixel_scales=(), p
                 print(f"   sources of 20-100 counts ({int(fa.sum())}): POINTS "
                       f"{100 * pf / max(tf, 1e-9):.1f} %, DIFFUSE {100 * df / max(tf, 1e-9):.1f} %",
                       flush=True)
+            print("   " + drawn_line(drawn), flush=True)
             print("   pixels>0 by field kind: " + ", ".join(
                 f"{k} {v[0] / max(v[1], 1):.3f} ({v[2]} fr, {v[1]} px)"
                 for k, v in sorted(by_kind.items())), flush=True)
