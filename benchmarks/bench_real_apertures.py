@@ -126,6 +126,7 @@ def print_rows(label, rows_by_task):
 
 
 def real(models, tasks, root):
+    root = root if root is not None else ev.default_real_dir()
     obs = ev.load_real_observations(root)
     if not obs:
         print(f"no real images under {root}: skipped")
