@@ -173,6 +173,43 @@ def test_listed_flux_and_redraw_follow_the_coverage_of_a_partly_covered_column()
     assert np.argmax(plain[iy]) in (104, 105)
 
 
+@pytest.mark.parametrize("with_diffuse", [False, True])
+def test_a_source_beside_a_ccd_gap_is_listed_with_its_whole_flux(with_diffuse):
+    """The points map holds nothing on a gap's dead pixels, so the part of a source's disc
+    there is missing from it: the listed counts are the map's over the halved PSF's share of
+    the disc on live pixels (the whole PSF's counts, as ``SOURCES`` promises). Dead pixels are
+    those outside the input mask that the maps do not fill."""
+    rng = np.random.default_rng(7)
+    truth = (40.25, 52.25, 600.0)
+    lam = king_image((96, 96), [truth], 0.3, rng)[1]
+    mask = np.ones((96, 96), bool)
+    mask[:, 54:59] = False  # a gap 7-27" from the source
+    counts = rng.poisson(lam * mask).astype(float)
+    rc, alpha = psf.king_params(0.0)
+    k = psf.king_kernel(rc / 2.0 / 2.0, alpha, 64)
+    live2 = np.repeat(np.repeat(mask, 2, 0), 2, 1)
+    points2 = np.zeros((192, 192))
+    y2, x2 = int(2 * truth[0] + 0.5), int(2 * truth[1] + 0.5)
+    points2[y2 - 64:y2 + 65, x2 - 64:x2 + 65] = truth[2] / 20e3 * k
+    whole = sources.detect_sources(counts, np.ones((96, 96), bool), 20e3, points2)[0]["counts"]
+    unmasked = points2.copy()
+    points2 *= live2
+    diffuse2 = np.where(live2, 1e-7, 0.0) if with_diffuse else None
+    d = sources.detect_sources(counts, mask, 20e3, points2, diffuse2=diffuse2)[0]
+    assert d["counts"] == pytest.approx(whole, rel=0.02)
+    assert d["counts"] == pytest.approx(truth[2], rel=0.06)
+    # the gap takes ~9 % of the map's flux within 20" (what the counts are scaled from)
+    yy, xx = np.mgrid[:192, :192]
+    disc = np.hypot(yy - d["y2"], xx - d["x2"]) <= sources.NET_RADIUS_2X
+    assert points2[disc].sum() < 0.95 * unmasked[disc].sum()
+    # pixels the maps fill are live though the input mask empties them (the CCD-edge columns)
+    if with_diffuse:
+        full = np.zeros((192, 192))
+        full[y2 - 64:y2 + 65, x2 - 64:x2 + 65] = truth[2] / 20e3 * k
+        d2 = sources.detect_sources(counts, mask, 20e3, full, diffuse2=np.full((192, 192), 1e-7))[0]
+        assert d2["counts"] == pytest.approx(whole, rel=0.02)
+
+
 def _diffuse_case(seed, blob_counts):
     """A flat diffuse field (2 counts per 2x pixel at 20 ks) with, in the counts and in the
     map, a compact blob of ``blob_counts``; the map also holds knots of 8 counts that the
