@@ -176,7 +176,9 @@ def _check_sources(found, ref, held, th, mask, detail=None, flux_sys=0.0, list_e
     true sources at their true flux, e.g. the King EEF against other PSF shapes).
     ``list_err``: also add the entry's own ``rate_err`` (scaled like ``want``) in quadrature: a
     test of two independent measurements instead of the issue's, which takes the listed flux
-    as exact (so near-threshold entries whose input fluctuated up fail it).
+    as exact (so near-threshold entries whose input fluctuated up fail it). For a source-list
+    row (one with ``counts_err``) that is its table's ``RATE_ERR``: the fit's Poisson error and
+    ``FLUXSYS`` (session 29; looks 19 and 20 had the Poisson error alone).
     """
     rec = sum(any(np.hypot(d["y"] - r["y"], d["x"] - r["x"]) <= 2 for d in found) for r in ref)
     exc = absent = test = exc_t = exc20 = test20 = 0
@@ -195,7 +197,10 @@ def _check_sources(found, ref, held, th, mask, detail=None, flux_sys=0.0, list_e
                                                    coverage=cov)
             var = want + bk + 1.0 + (flux_sys * want) ** 2
             if list_err and d.get("rate_err") is not None and d["rate"] > 0:
-                var += (want * d["rate_err"] / d["rate"]) ** 2
+                rel = d["rate_err"] / d["rate"]
+                if "counts_err" in d:  # a SOURCES row: its table's error holds FLUXSYS too
+                    rel = float(np.hypot(rel, S.FLUX_SYSTEMATIC))
+                var += (want * rel) ** 2
             limit = want - 3 * np.sqrt(var)
             out = obs_n < limit
             if r_ap == 2.5:

@@ -122,8 +122,10 @@ def rows_for_list(obs, found, held, th, fov, flux_sys=0.0, list_err=False):
     kx = np.array([d["x"] for d, _ in kinds])
     out = []
     for e in found:
-        t = test_entry({"y": e["y"], "x": e["x"], "rate": e["rate"],
-                        "rate_err": e.get("rate_err")}, held, th, obs.mask, flux_sys, list_err)
+        row = {"y": e["y"], "x": e["x"], "rate": e["rate"], "rate_err": e.get("rate_err")}
+        if "counts_err" in e:
+            row["counts_err"] = e["counts_err"]  # a SOURCES row: its error holds FLUXSYS
+        t = test_entry(row, held, th, obs.mask, flux_sys, list_err)
         if not t[5]:
             continue
         r = np.hypot(ky - e["y"], kx - e["x"]) if len(kinds) else np.array([np.inf])

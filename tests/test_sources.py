@@ -1132,6 +1132,12 @@ def test_sr_output_contract(tmp_path, v2_models):
             assert np.all(t["RADEC_ERR"] >= sources.POSITION_ERR_FLOOR_ARCSEC)
             assert h["SOURCES"].header["SYSERR"] == sources.SYSTEMATIC_POS_ERR_ARCSEC
             assert h["SOURCES"].header["BKGSYS"] == sources.BKG_SYSTEMATIC
+            # the errors: the fit's Poisson error and FLUXSYS x COUNTS in quadrature
+            assert h["SOURCES"].header["FLUXSYS"] == sources.FLUX_SYSTEMATIC > 0
+            stat = np.array([d["counts_err"] for d in res["result"].sources])
+            assert np.allclose(t["COUNTS_ERR"], np.hypot(stat, sources.FLUX_SYSTEMATIC * t["COUNTS"]))
+            assert np.all(t["COUNTS_ERR"] > stat)
+            assert np.allclose(t["RATE_ERR"] * T, t["COUNTS_ERR"])
             # HISTORY broken at spaces, not mid-word (read back joined by spaces)
             history = " ".join(str(v) for v in h[0].header["HISTORY"])
             assert "where the input counts demand it at >= DIFSIGMA sigma" in history
