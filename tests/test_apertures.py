@@ -386,6 +386,50 @@ def test_the_ring_test_skips_pixels_without_data(tmp_path):
     assert e.counts == 2 * e.npix and e.ring_counts == 2 * e.npix_ring
 
 
+def test_the_ring_test_on_the_pn_grid_counts_only_the_pixels_the_model_was_given(tmp_path):
+    """The maps fill the CCD-edge and flagged columns that FLAG == 0 empties in the input
+    (photons land there in other exposures), but the input holds no photon there: the ring
+    test's circle and ring leave them out (``inference.input_mask``), as the file beside a real
+    prediction says through its PADTOP/PADLEFT."""
+    from onnx_graphs import exposure_aware
+    from test_inference import make_image
+
+    from xmm_enhance import detector, inference
+
+    img, _ = make_image(tmp_path / "obs.fits", bkg=30.0)
+    model = exposure_aware(tmp_path / "sr2.onnx", "SR", point_share=0.9,
+                           aperture_interval_scale="0.6")
+    res = inference.enhance_file(img, "SR", model=inference.load_model("SR", model))
+    counts = fits.getdata(img).astype(np.float64)
+    given = inference.input_mask(counts)
+    live = inference.output_mask(counts, given)
+    top, left = res["result"].pad
+    # a network's maps are positive on every live pixel (the stand-in copies its input, which
+    # is 0 on the emptied columns): HI68 as a real prediction has it
+    on = inference._place(live, (416, 416), top, left)
+    with fits.open(res["predict"]) as h:
+        h["HI68"].data = np.repeat(np.repeat(on, 2, 0), 2, 1).astype(np.float32) * 1e-3
+        h.writeto(res["predict"], overwrite=True, checksum=True)
+    pred = apertures.load_prediction(res["predict"])
+    empty = live & ~given                   # the columns the maps fill and the input lacks
+    ys, xs = np.nonzero(empty & detector.fov_mask())
+    assert len(ys) > 100
+    y, x = ys[len(ys) // 2], xs[len(xs) // 2]    # a position on such a column
+    ra, dec = pred.wcs.all_pix2world([[2 * (x + left) + 0.5, 2 * (y + top) + 0.5]], 0)[0]
+    e = apertures.input_excess(pred, ra, dec, (30.0, 60.0))
+    # the expected areas: input pixels with centres in the circle / ring that the model got
+    inp = fits.getheader(apertures.input_path_of(res["predict"]))
+    w = WCS(inp).celestial
+    yy, xx = np.mgrid[:416, :416]
+    a, d = w.all_pix2world(xx.ravel(), yy.ravel(), 0)
+    sep = apertures._angle_arcsec(ra, dec, a, d).reshape(416, 416)
+    got = inference._place(given, (416, 416), top, left)
+    assert e.npix == int(((sep <= 20.0) & got).sum())
+    assert e.npix_ring == int(((sep > 30.0) & (sep <= 60.0) & got).sum())
+    assert int(((sep <= 20.0) & on).sum()) > e.npix   # HI68 alone would count more
+    assert e.counts == int(counts[given][(sep <= 20.0)[top:top + 411, left:left + 403][given]].sum())
+
+
 def test_the_ring_test_refuses_what_it_cannot_trust(tmp_path, capsys):
     p = prediction(tmp_path / "obs_predict_wcs_SR.fits.gz")
     ra, dec = radec(49.5, 49.5)

@@ -520,7 +520,36 @@ def _load_input(pred: _Prediction, input_path=None) -> _Input:
     # an input pixel has data when every output pixel on it has (CCD gaps are 0 in all maps)
     data = (hi.reshape(rate.shape[0], f, rate.shape[1], f) > 0).all(axis=(1, 3))
     counts = np.where(data & np.isfinite(rate), np.rint(rate * exposure), 0.0)
+    # ... and when the model was given it: the maps also fill the CCD-edge and flagged columns
+    # that FLAG == 0 empties in the input (photons land there in other exposures), but this
+    # input holds no photon there, and counting them as area biases the ring test
+    given = _given_pixels(counts, hdr)
+    if given is not None:
+        data &= given
+        counts = np.where(data, counts, 0.0)
     return _Input(ipath, counts, data, wcs)
+
+
+def _given_pixels(counts, hdr):
+    """The pixels of a padded pn-grid input file that the model was given
+    (``inference.input_mask`` of the unpadded counts, padded back), or None when the file is
+    not a pn-grid input (``PADTOP``/``PADLEFT`` missing or not those of the pn grid's centred
+    pad, or counts outside the pn grid's place)."""
+    from . import detector
+    from .inference import _place, input_mask
+
+    top, left = hdr.get("PADTOP"), hdr.get("PADLEFT")
+    ny, nx = detector.PN_SHAPE
+    H, W = counts.shape
+    if not (isinstance(top, int) and isinstance(left, int)) or isinstance(top, bool) \
+            or (top, left) != ((H - ny) // 2, (W - nx) // 2) or top < 0 or left < 0:
+        return None
+    inside = np.zeros(counts.shape, bool)
+    inside[top:top + ny, left:left + nx] = True
+    if counts[~inside].any():
+        return None
+    mask = input_mask(counts[top:top + ny, left:left + nx])
+    return _place(mask, counts.shape, top, left)
 
 
 def _check_ring(ring_arcsec, radius_arcsec):
@@ -568,8 +597,9 @@ def input_excess(path, ra: float, dec: float, ring_arcsec: tuple,
     ``ring_arcsec`` = (inner, outer) around it, from the input file beside prediction
     ``path`` (or a :func:`load_prediction` result; :func:`input_path_of`, or ``input_path``),
     over the pixels with data (those the
-    prediction's ``HI68`` marks). Does a knot stand above its surroundings in the photons
-    themselves?
+    prediction's ``HI68`` marks that the model was given: on the pn grid, not the CCD-edge and
+    flagged columns that the input's FLAG == 0 empties). Does a knot stand above its
+    surroundings in the photons themselves?
 
     InputError when the input file is missing or not the one the prediction was made from
     (its ``INSHA``, or without one its grid or ``INEXPO``, differs), or when the circle or the
