@@ -732,7 +732,9 @@ def test_outputs_open_without_any_warning(tmp_path, models, name_length, recipe)
     name = ("pn_cleaned_" + "x" * name_length)[:name_length] + ".fits"
     img, _ = make_image(tmp_path / name, extra={
         "DATE-OBS": "2019-07-11T11:42:31", "DATE-END": "2019-07-12T07:09:25",
-        "MJDREF": 50814.0, "TIMESYS": "TT", "BUNIT": "count", "BINSIZE": 80.0})
+        "MJDREF": 50814.0, "TIMESYS": "TT", "BUNIT": "count", "BINSIZE": 80.0,
+        "TIMEUNIT": "s", "TIMEREF": "LOCAL", "TASSIGN": "SATELLITE", "TIMEZERO": 0.0,
+        "CLOCKAPP": True, "OBS_MODE": "POINTING"})
     sr = models["SR"] if recipe == 1 else exposure_aware(tmp_path / "sr2.onnx", "SR",
                                                           point_share=0.9)
     with warnings.catch_warnings():
@@ -752,6 +754,9 @@ def test_outputs_open_without_any_warning(tmp_path, models, name_length, recipe)
                                            abs=1e-8)
     assert hdr["DATEREF"].startswith("1998-01-01")
     assert hdr["INFILE"] == name
+    # TSTART/TSTOP's time convention and the observation mode come along
+    assert (hdr["TIMEUNIT"], hdr["TIMEREF"], hdr["TASSIGN"], hdr["TIMEZERO"], hdr["CLOCKAPP"],
+            hdr["OBS_MODE"]) == ("s", "LOCAL", "SATELLITE", 0.0, True, "POINTING")
 
 
 def test_det_image_outputs_open_without_warning(tmp_path, models):

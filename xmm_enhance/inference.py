@@ -64,7 +64,10 @@ EXTRA_OUTPUTS = {"points": "POINTS", "diffuse": "DIFFUSE", "lo68": "LO68", "hi68
 OBS_KEYS = ("TELESCOP", "INSTRUME", "OBS_ID", "EXP_ID", "EXPIDSTR", "OBJECT", "OBSERVER",
             "DATE-OBS", "DATE-END", "DATAMODE", "SUBMODE", "FILTER", "FRMTIME", "RA_OBJ",
             "DEC_OBJ", "RA_NOM", "DEC_NOM", "RA_PNT", "DEC_PNT", "PA_PNT", "TIMESYS", "MJDREF",
-            "TSTART", "TSTOP", "SLCTEXPR", "REVOLUT"
+            "TSTART", "TSTOP", "SLCTEXPR", "REVOLUT", "OBS_MODE", "PPSVERS",
+            # the time convention of TSTART and TSTOP (OGIP): without them the times are
+            # ambiguous
+            "TIMEUNIT", "TIMEREF", "TASSIGN", "TIMEZERO", "CLOCKAPP"
             ) + tuple(f"ONTIME{n:02d}" for n in range(1, 13))
 #: Per-CCD good times (``ONTIMEnn``) that differ from ``EXPOSURE`` by more than this fraction
 #: are reported (:func:`ccd_ontime_note`).
