@@ -1664,6 +1664,12 @@ def test_a_report_folder_gets_the_report_inside_it(tmp_path, pps_root, models):
     assert len(names) == 2 and all(re.fullmatch(r"batch_\d{8}T\d{6}Z_\d+\.(csv|json)", n)
                                    for n in names), names
     assert not (tmp_path / "reps.csv").exists()
+    # a folder that does not exist yet, named with a trailing slash (which Path drops): made,
+    # and the report inside it, not new.csv beside it
+    assert main(_args(out, models, OBSIDS[0], "--which", "none", "--report",
+                      f"{tmp_path / 'new'}/", pps_root=pps_root)) == 0
+    assert (tmp_path / "new").is_dir() and not (tmp_path / "new.csv").exists()
+    assert len(list((tmp_path / "new").glob("batch_*.csv"))) == 1
 
 
 def test_library_use_keeps_the_users_logging_and_checks_its_arguments(tmp_path, pps_root,

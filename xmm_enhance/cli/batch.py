@@ -84,9 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dask-scheduler", metavar="ADDRESS",
                    help="submit to a running dask.distributed scheduler (tcp://host:8786); "
                         "SAVE_DIR must be shared with its workers")
-    r.add_argument("--report", type=Path,
+    r.add_argument("--report", type=str,
                    help="report path; FILE.csv and FILE.json are written, folders created "
-                        "as needed; an existing folder gets batch_<UTC>_<pid>.csv/.json "
+                        "as needed; an existing folder, or a path ending in /, gets "
+                        "batch_<UTC>_<pid>.csv/.json "
                         "(default SAVE_DIR/reports/batch_<UTC>_<pid>, copied to "
                         f"latest.csv/.json; only the newest {REPORTS_KEPT} runs' are kept)")
     r.add_argument("--dry-run", action="store_true", help="list what would run, do nothing")
@@ -282,10 +283,12 @@ def _main(argv=None) -> int:
         t_start = time.time()
         # compact in the report's file name, ISO 8601 (as the rows' times) in its meta
         started = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(t_start))
-        report = args.report or default_report_path(cfg.save_dir, started)
-        if args.report is not None and args.report.is_dir():
-            # a folder: the run's own report inside it, named as the default ones
-            report = args.report / default_report_path(args.report, started).name
+        asked = None if args.report is None else Path(args.report)
+        report = asked or default_report_path(cfg.save_dir, started)
+        if asked is not None and (asked.is_dir() or args.report.endswith(("/", os.sep))):
+            # a folder (an existing one, or one named with a trailing slash, which Path drops):
+            # the run's own report inside it, named as the default ones
+            report = asked / default_report_path(asked, started).name
         # the report is written at the end: find out now if it cannot be
         _check_folder(report.parent, "--report" if args.report else "--save_dir")
     except XmmEnhanceError as exc:
