@@ -1672,6 +1672,19 @@ def test_a_report_folder_gets_the_report_inside_it(tmp_path, pps_root, models):
     assert len(list((tmp_path / "new").glob("batch_*.csv"))) == 1
 
 
+def test_an_empty_report_path_that_cannot_be_written_names_report(tmp_path, pps_root, models,
+                                                                   monkeypatch, capsys):
+    """--report '' is the current folder: where that cannot be written, the error names
+    --report, not the (writable) --save_dir."""
+    if not Path("/proc").is_dir():
+        pytest.skip("needs a folder that cannot be written, /proc")
+    monkeypatch.chdir("/proc")
+    code = main(_args(tmp_path / "out", models, OBSIDS[0], "--which", "none", "--report", "",
+                      pps_root=pps_root))
+    err = capsys.readouterr().err
+    assert code == 2 and "--report" in err and "--save_dir" not in err.split("pass")[0]
+
+
 def test_library_use_keeps_the_users_logging_and_checks_its_arguments(tmp_path, pps_root,
                                                                       models):
     """run_batch from a notebook: the observation's INFO lines go to its log file only, not

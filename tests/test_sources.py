@@ -202,7 +202,12 @@ def test_a_source_beside_a_ccd_gap_is_listed_with_its_whole_flux(with_diffuse):
     yy, xx = np.mgrid[:192, :192]
     disc = np.hypot(yy - d["y2"], xx - d["x2"]) <= sources.NET_RADIUS_2X
     assert points2[disc].sum() < 0.95 * unmasked[disc].sum()
-    # pixels the maps fill are live though the input mask empties them (the CCD-edge columns)
+    # pixels the map fills are live though the input mask empties them (the CCD-edge
+    # columns), with or without a diffuse map: the share then is the whole disc's
+    full = np.zeros((192, 192))
+    full[y2 - 64:y2 + 65, x2 - 64:x2 + 65] = truth[2] / 20e3 * k
+    d1 = sources.detect_sources(counts, mask, 20e3, full)[0]
+    assert d1["counts"] == pytest.approx(whole, rel=0.02)
     if with_diffuse:
         full = np.zeros((192, 192))
         full[y2 - 64:y2 + 65, x2 - 64:x2 + 65] = truth[2] / 20e3 * k

@@ -103,8 +103,6 @@ NEIGHBOUR_MAX_COUNTS = 1e4
 #: 1x pixel size (arcsec).
 PIXEL_ARCSEC = 4.0
 
-#: (name, unit, description) of the SOURCES / CANDIDATES columns; the description is the
-#: TTYPEn comment, which holds 46 characters beside an 8-character name.
 #: Fractional error of a listed source's whole-PSF counts beyond the fit's Poisson error, added
 #: in quadrature in ``COUNTS_ERR`` and ``RATE_ERR`` (header ``FLUXSYS``): the counts are the
 #: ``points`` map's within 20" over the King model's share of the halved PSF there, and an
@@ -115,6 +113,8 @@ PIXEL_ARCSEC = 4.0
 #: below 200 counts, where the Poisson error dominates). Session 29.
 FLUX_SYSTEMATIC = 0.09
 
+#: (name, unit, description) of the SOURCES / CANDIDATES columns; the description is the
+#: TTYPEn comment, which holds 46 characters beside an 8-character name.
 SOURCE_COLUMNS = (
     ("RA", "deg", "right ascension (frame: RADESYS)"),
     ("DEC", "deg", "declination (frame: RADESYS)"),
@@ -563,8 +563,11 @@ def detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None,
     -------
     list of dict
         Keys ``y``, ``x`` (1x pixels, fractional), ``y2``, ``x2`` (2x grid), ``counts`` (the
-        points map's counts over the whole PSF at ``exposure``, with ``coverage`` as if every
-        pixel were fully covered; the fit's where the map holds none), ``counts_err`` (the fit's 1-sigma error), ``rate``, ``rate_err``, ``fit_counts``
+        points map's counts within 20" over the halved PSF's share on the disc's live pixels,
+        so over the whole PSF at ``exposure`` as if every pixel were live, and with
+        ``coverage`` fully covered; the fit's where the map holds none), ``counts_err`` (the
+        fit's 1-sigma Poisson error; the table adds :data:`FLUX_SYSTEMATIC`, see
+        :func:`flux_error`), ``rate``, ``rate_err``, ``fit_counts``
         (maximum-likelihood PSF fit on the input counts), ``signif``, ``bkg`` (counts per 1x
         pixel), ``radec_err`` (arcsec), ``ext_dc`` (the likelihood-ratio gain of the King
         profile ``EXTENT_RC_FACTOR`` times wider over the PSF: above ``EXTENT_C`` the candidate
@@ -764,7 +767,7 @@ def detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None,
     # the 2x pixels that can hold the source's flux: those of the input mask, and any the maps
     # fill (the CCD-edge columns the input's FLAG == 0 empties); CCD gaps and the grid's
     # outside hold none, so the disc's flux there is missing from the map
-    live2 = np.repeat(np.repeat(mask, 2, 0), 2, 1)
+    live2 = np.repeat(np.repeat(mask, 2, 0), 2, 1) | (pts > 0)
     if diffuse2 is not None:
         live2 = live2 | ((pts + np.asarray(diffuse2, np.float64)) > 0)
     sub4 = (np.arange(4) - 1.5) / 4.0

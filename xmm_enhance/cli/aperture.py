@@ -25,9 +25,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "aperture rule (its scale follows the aperture's rate; calibrated on "
                     "apertures of radius 20\"), in count/s and in counts at the input's "
                     "exposure. SR rates are the sky's, background removed; DN rates include "
-                    "the background. For a listed source, SOURCES RATE_ERR is the sharper "
-                    "error; docs/outputs.md gives the rule's coverage by brightness. Give RA "
-                    "and Dec for one circle, or --regions for a table of many.")
+                    "the background. A listed source's SOURCES RATE is over its whole PSF, "
+                    "and its RATE_ERR holds the PSF model's error (FLUXSYS); a 20\" sum does "
+                    "not depend on that model. docs/outputs.md gives the rule's coverage by "
+                    "brightness. Give RA and Dec for one circle, or --regions for a table of "
+                    "many.")
     p.add_argument("prediction", type=Path, help="a *_predict_wcs_SR/DN.fits.gz file")
     p.add_argument("ra", type=float, nargs="?", help="RA of the centre (deg, the file's frame)")
     p.add_argument("dec", type=float, nargs="?", help="Dec of the centre (deg)")

@@ -290,7 +290,7 @@ def _main(argv=None) -> int:
             # the run's own report inside it, named as the default ones
             report = asked / default_report_path(asked, started).name
         # the report is written at the end: find out now if it cannot be
-        _check_folder(report.parent, "--report" if args.report else "--save_dir")
+        _check_folder(report.parent, "--report" if args.report is not None else "--save_dir")
     except XmmEnhanceError as exc:
         return report_error(exc)
 
