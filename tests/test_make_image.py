@@ -408,6 +408,60 @@ def test_corrupt_event_list(small_pps, tmp_path, how, capsys):
     assert code == 1 and len(err) == 1 and "corrupt" in err[0]
 
 
+@pytest.mark.parametrize("how", ["empty", "mos", "timing"])
+def test_an_event_list_this_tool_cannot_image_is_refused(small_pps, tmp_path, how, capsys):
+    """No events at all, or a header that says another instrument or mode (the file name alone
+    said pn imaging): one line naming the file, exit 1, nothing written."""
+    folder = _copy(small_pps, tmp_path / "pps")
+    ev = next(folder.glob("*PIEVLI*"))
+
+    def edit(h):
+        if how == "empty":
+            h["EVENTS"] = fits.BinTableHDU(h["EVENTS"].data[:0], h["EVENTS"].header,
+                                           name="EVENTS")
+        for x in h:
+            if how == "mos":
+                x.header["INSTRUME"] = "EMOS1"
+            elif how == "timing":
+                x.header["DATAMODE"] = "TIMING"
+        return h
+
+    _rewrite_events(ev, edit)
+    code, err = _run_bad([OBSID, "--pps_dir", str(folder)], folder, capsys)
+    assert code == 1 and len(err) == 1 and ev.name in err[0], err
+    assert {"empty": "no events at all", "mos": "EMOS1", "timing": "TIMING"}[how] in err[0]
+
+
+def test_an_event_list_of_another_obsid_is_imaged_with_a_warning(small_pps, tmp_path, capsys):
+    folder = _copy(small_pps, tmp_path / "pps")
+    ev = next(folder.glob("*PIEVLI*"))
+
+    def edit(h):
+        for x in h:
+            x.header["OBS_ID"] = "0999999999"
+        return h
+
+    _rewrite_events(ev, edit)
+    with pytest.warns(UserWarning, match="OBS_ID 0999999999"):
+        make_image(OBSID, pps_dir=folder, save_dir=tmp_path / "out")
+
+
+def test_a_failed_write_leaves_no_folder_behind(small_pps, tmp_path, monkeypatch, capsys):
+    """The image's folder is made when the image is written: a write that fails (a full disk)
+    removes the folders it made."""
+    import xmm_enhance.pipeline as pl
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pl, "atomic_write_hdul", full)
+    out = tmp_path / "new" / "deeper"
+    code = main([OBSID, "--pps_dir", str(small_pps), "--save_dir", str(out), "-q"])
+    err = capsys.readouterr().err
+    assert code == 1 and "No space left" in err
+    assert not (tmp_path / "new").exists()
+
+
 def test_sas_backend_without_sas_is_a_clear_error(small_pps, monkeypatch, capsys):
     monkeypatch.delenv("SAS_DIR", raising=False)
     code, err = _run_bad([OBSID, "--pps_dir", str(small_pps), "--backend", "sas"], small_pps,

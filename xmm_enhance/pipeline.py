@@ -195,6 +195,34 @@ def gti_plot_path(image: Path) -> Path:
     return image.with_name(image.name.removesuffix(".gz").removesuffix(".fits") + "_gti.png")
 
 
+#: Event-list header values this tool images; others are refused (the models know the pn in
+#: imaging mode only). The file name says the same, but a renamed or rewritten file may not.
+EVENT_LIST_INSTRUMENT = "EPN"
+EVENT_LIST_DATAMODE = "IMAGING"
+
+
+def _check_event_list(path, ev, obsid: str) -> None:
+    """PPSError for an event list this tool cannot image (no events at all, another instrument
+    or a non-imaging mode, said by its header); a warning when its header names another
+    OBS_ID than the one asked for."""
+    name = Path(path).name
+    if ev.n_rows == 0:
+        raise PPSError(f"{name}: the event list holds no events at all; download the PPS "
+                       "again (delete the PPS folder, or use --pps_dir with a complete copy)")
+    for key, want, what in (("INSTRUME", EVENT_LIST_INSTRUMENT, "instrument"),
+                            ("DATAMODE", EVENT_LIST_DATAMODE, "mode")):
+        got = str(ev.header.get(key, ev.primary.get(key, want))).strip()
+        if got.upper() != want:
+            raise PPSError(f"{name}: {key} = {got!r}, not {want!r}: this tool images the pn "
+                           f"in imaging mode only; give the observation's pn imaging event "
+                           "list (PIEVLI)")
+    other = str(ev.header.get("OBS_ID", ev.primary.get("OBS_ID", obsid))).strip()
+    if other and other != obsid:
+        warnings.warn(f"{name}: its header says OBS_ID {other}, not {obsid}: the image is "
+                      f"named and labelled {obsid}; check that --pps_dir holds this "
+                      "observation's products", UserWarning, stacklevel=3)
+
+
 def make_image(obsid: str, *, low_pi: int = 500, high_pi: int = 2000,
                expo_time_ks: float = 20.0, binsize: float = 80, save_dir=None, pps_dir=None,
                backend: str = "auto", overwrite: bool = False, gti_plot: bool = False,
@@ -308,6 +336,7 @@ def make_image(obsid: str, *, low_pi: int = 500, high_pi: int = 2000,
         t0 = mark("flare_gti", t0)
         ev = events.read_events(files.events, low_pi=low_pi, high_pi=high_pi)
         t0 = mark("read_events", t0)
+        _check_event_list(files.events, ev, obsid)
         own = ev.own_gti()
         good = gti.intersect(flare_gti, own)
         if len(good) or not files.others:
@@ -400,10 +429,16 @@ def make_image(obsid: str, *, low_pi: int = 500, high_pi: int = 2000,
     hdul = imaging.make_image_hdul(image, header, kept, gti_extra={
         "METHOD": ("pps", "Method used to derive the rate threshold"),
         "RLIM": (curve.threshold, "The PPS derived threshold")})
+    made = [d for d in (out_path.parent, *out_path.parent.parents) if not d.exists()]
     try:
         out_path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_hdul(hdul, out_path, overwrite=overwrite)
     except OSError as err:
+        for d in made:  # the folders this write made, deepest first: a failed run leaves none
+            try:
+                d.rmdir()
+            except OSError:
+                break
         raise OutputError(f"{out_path}: cannot write ({_one_line(err)}); free disk space or "
                           "fix the folder's permissions, or choose another --save_dir") \
             from err
