@@ -1727,6 +1727,38 @@ def _dask_client(Client, address: str):
                           "dashboard's) and that the scheduler runs") from None
 
 
+def _bounded(fn, timeout: float, default=None):
+    """``fn()`` in a daemon thread: its result, or ``default`` when it raises or does not return
+    within ``timeout`` s. A frozen scheduler (stopped, or a network split that keeps the
+    connection open) never answers the client's synchronous calls, and the batch must still
+    end with its report."""
+    box: dict = {}
+
+    def run():
+        try:
+            box["v"] = fn()
+        except Exception:  # noqa: BLE001 - any failure is "no answer"
+            pass
+
+    t = threading.Thread(target=run, name="xmm-enhance-dask-call", daemon=True)
+    t.start()
+    t.join(timeout)
+    return box.get("v", default)
+
+
+def _close_quietly(client) -> None:
+    """Close a Dask client within a bounded time. When the scheduler is gone, closing cancels
+    distributed's reconnect, which logs a traceback through ``distributed.client``: a batch
+    has said what happened in one line, so that logger is muted for the close."""
+    lg = logging.getLogger("distributed.client")
+    level = lg.level
+    lg.setLevel(logging.CRITICAL + 1)
+    try:
+        _bounded(lambda: client.close(timeout=DASK_CONNECT_S), DASK_CONNECT_S + 5.0)
+    finally:
+        lg.setLevel(level)
+
+
 def _run_dask(obsids, cfg, address, record, task) -> None:
     try:
         from distributed import Client, wait
@@ -1735,7 +1767,14 @@ def _run_dask(obsids, cfg, address, record, task) -> None:
                          "pip install 'xmm-enhance[batch]'") from None
     client = _dask_client(Client, address)
     futures = []
+    lost = False
     try:
+        # workers live longer than one run: a new run starts afresh with the archive on them
+        # too (archive.archive_answers_again, as run_batch does here), not with an outage an
+        # earlier run met there
+        from . import archive as _archive
+
+        _bounded(lambda: client.run(_archive.archive_answers_again), DASK_CONNECT_S)
         token = f"{os.getpid()}-{time.time_ns()}"
         futures = [client.submit(task, o, cfg, key=f"xmm-enhance-{o}-{token}",
                                  pure=False, retries=0) for o in obsids]
@@ -1751,6 +1790,7 @@ def _run_dask(obsids, cfg, address, record, task) -> None:
                     done, pending = wait(pending, timeout=min(60.0, DASK_NO_WORKER_S),
                                          return_when="FIRST_COMPLETED")
             except Exception as exc:  # the scheduler is gone: FuturesCancelledError, ...
+                lost = True
                 why = _one_line(exc)
                 log.warning("warning: lost the Dask scheduler %s (%s); the %d unfinished "
                             "observation(s) are marked failed", address, why, len(pending))
@@ -1771,10 +1811,9 @@ def _run_dask(obsids, cfg, address, record, task) -> None:
             if not pending or done:
                 no_worker_since = None
                 continue
-            try:
-                n_workers = len(client.scheduler_info().get("workers", {}))
-            except Exception:  # the scheduler itself is gone
-                n_workers = 0
+            # a scheduler that does not answer (gone, or frozen) has no worker for this run
+            info = _bounded(client.scheduler_info, DASK_CONNECT_S, default={})
+            n_workers = len(info.get("workers", {})) if isinstance(info, dict) else 0
             if n_workers:
                 no_worker_since = None
                 continue
@@ -1786,16 +1825,16 @@ def _run_dask(obsids, cfg, address, record, task) -> None:
                 for f in pending:
                     record(_failed(by_key[f.key], f"no Dask worker for {DASK_NO_WORKER_S:.0f}"
                                    " s; start workers (dask worker ADDRESS) and rerun"))
-                with contextlib.suppress(Exception):
-                    client.cancel(list(pending))
+                _bounded(lambda: client.cancel(list(pending)), DASK_CONNECT_S)
                 pending = set()
     except BaseException:
-        with contextlib.suppress(Exception):
-            client.cancel(futures)
+        _bounded(lambda: client.cancel(futures), DASK_CONNECT_S)
         raise
     finally:
-        with contextlib.suppress(Exception):
-            client.close()
+        if lost:
+            _close_quietly(client)
+        else:
+            _bounded(lambda: client.close(timeout=DASK_CONNECT_S), DASK_CONNECT_S + 5.0)
 
 
 # --------------------------------------------------------------------------------------------
