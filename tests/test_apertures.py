@@ -375,6 +375,28 @@ def test_the_ring_test_counts_the_inputs_photons(tmp_path, capsys):
     assert f"excess 60, {k.signif:.1f} sigma" in out
 
 
+def test_a_ring_crossed_by_bright_emission_draws_a_warning(tmp_path, caplog):
+    """A bright blob in one side of the ring (a cluster core beside a source) makes its mean no
+    level for the circle: the sectors' chi-square says so, and the command warns. A flat ring
+    does not."""
+    import logging
+
+    p = prediction(tmp_path / "obs_predict_wcs_SR.fits.gz")
+    ra, dec = radec(49.5, 49.5)
+    flat = np.full((N // 2, N // 2), 2.0)
+    input_beside(p, flat)
+    assert apertures.input_excess(p, ra, dec, (30.0, 60.0)).ring_uneven is None
+    core = flat.copy()
+    core[22:28, 35:39] += 40.0                  # 40-50" east of the centre, in the ring
+    input_beside(p, core)
+    e = apertures.input_excess(p, ra, dec, (30.0, 60.0))
+    assert e.ring_uneven is not None and e.ring_uneven[0] > 3 and e.ring_uneven[1] < 1e-3
+    assert e.signif < -3                         # the misleading deficit it explains
+    with caplog.at_level(logging.WARNING):
+        assert main(["aperture", str(p), f"{ra:.9f}", f"{dec:.9f}", "--ring", "30", "60"]) == 0
+    assert "the ring is not flat" in caplog.text
+
+
 def test_the_ring_test_skips_pixels_without_data(tmp_path):
     """A CCD gap (0 in the prediction's maps) takes its input pixels out of the circle and the
     ring, whatever the input file holds there."""

@@ -391,6 +391,12 @@ class InputExcess:
         outside the circle whose PSF wings reach the circle or the ring (within the ring's
         outer radius + 30"), when the prediction has a source list: its wings then take part
         in the test.
+    ring_uneven : tuple or None
+        (highest over lowest sector level, chi-square probability) when the ring's
+        :data:`RING_SECTORS` azimuthal sectors differ by more than Poisson noise allows
+        (probability below :data:`RING_UNEVEN_P`): a gradient or bright emission (a cluster
+        core, a source not in ``SOURCES``) crosses the ring, and its mean is not the circle's
+        level. None when the ring is even, or too faint to tell.
     """
 
     counts: int
@@ -400,6 +406,7 @@ class InputExcess:
     expected: float
     signif: float
     near_source: tuple | None = None
+    ring_uneven: tuple | None = None
 
     @property
     def excess(self) -> float:
@@ -561,10 +568,41 @@ def _check_ring(ring_arcsec, radius_arcsec):
     return inner, outer
 
 
+#: The ring test's flatness check: azimuthal sectors of the ring, the chi-square probability
+#: below which their levels differ by more than Poisson noise, and the fewest counts per sector
+#: for the check to be made.
+RING_SECTORS = 8
+RING_UNEVEN_P = 1e-3
+RING_SECTOR_MIN_COUNTS = 5.0
+
+
+def _ring_uneven(counts, ring, origin, centre):
+    """(highest / lowest sector level, probability) of a ring whose azimuthal sectors differ
+    by more than Poisson noise (chi-square against one level), else None."""
+    from scipy.stats import chi2
+
+    ys, xs = np.nonzero(ring)
+    ang = np.arctan2(ys - centre[1], xs - centre[0])
+    k = np.minimum(((ang + np.pi) / (2 * np.pi) * RING_SECTORS).astype(int), RING_SECTORS - 1)
+    n = np.bincount(k, weights=counts[ys, xs], minlength=RING_SECTORS)
+    a = np.bincount(k, minlength=RING_SECTORS).astype(np.float64)
+    use = a > 0
+    level = n[use].sum() / a[use].sum()
+    expect = level * a[use]
+    if use.sum() < 3 or expect.min() < RING_SECTOR_MIN_COUNTS:
+        return None
+    stat = float((((n[use] - expect) ** 2) / expect).sum())
+    prob = float(chi2.sf(stat, int(use.sum()) - 1))
+    if prob >= RING_UNEVEN_P:
+        return None
+    rates = n[use] / a[use]
+    return float(rates.max() / max(rates.min(), 1e-9 * level)), prob
+
+
 def _excess(pred: _Prediction, inp: _Input, ra, dec, ring_arcsec, radius_arcsec):
     inner, outer = _check_ring(ring_arcsec, radius_arcsec)
     shape = inp.counts.shape
-    sep, origin, _, _ = _separations(inp.wcs, shape, ra, dec, outer, inp.path)
+    sep, origin, _, centre = _separations(inp.wcs, shape, ra, dec, outer, inp.path)
     circle = _on_image(sep <= radius_arcsec, origin, shape) & inp.data
     ring = _on_image((sep > inner) & (sep <= outer), origin, shape) & inp.data
     if not circle.any():
@@ -587,7 +625,8 @@ def _excess(pred: _Prediction, inp: _Input, ra, dec, ring_arcsec, radius_arcsec)
             i = np.flatnonzero(k)[np.argmax(scounts[k])]
             near = (float(dist[i]), float(scounts[i]))
     return InputExcess(n_on, n_off, a_on, a_off, n_off * a_on / a_off,
-                       _signif(n_on, n_off, a_on / (a_on + a_off)), near)
+                       _signif(n_on, n_off, a_on / (a_on + a_off)), near,
+                       _ring_uneven(inp.counts, ring, origin, centre))
 
 
 def input_excess(path, ra: float, dec: float, ring_arcsec: tuple,

@@ -64,11 +64,17 @@ def _sigma(v: float) -> str:
     return f"{v:.1f}"
 
 
-def _wings(name, near, label=""):
+def _wings(name, near, label="", uneven=None):
     if near is not None:
         log.warning("%s:%s a SOURCES entry of %.0f counts lies %.0f\" from the centre: its PSF "
                     "wings fall in the circle or the ring, so the excess is partly its own",
                     name, label, near[1], near[0])
+    if uneven is not None:
+        chance = f"{uneven[1]:.1g}" if uneven[1] >= 1e-12 else "< 1e-12"
+        log.warning("%s:%s the ring is not flat (its brightest sector is %.1fx its faintest; "
+                    "chance %s): a gradient or bright emission crosses it, so its level is "
+                    "not the circle's; try a ring closer in or farther out",
+                    name, label, uneven[0], chance)
 
 
 def _check(args):
@@ -139,7 +145,7 @@ def _one(args, radius) -> int:
           f"{e.expected:.4g} at the level of the {args.ring[0]:g}-{args.ring[1]:g}\" ring "
           f"({e.ring_counts} counts, {e.npix_ring} pixels): excess {e.excess:.4g}, "
           f"{_sigma(e.signif)} sigma (Poisson, one-sided, at this one position)")
-    _wings(args.prediction.name, e.near_source)
+    _wings(args.prediction.name, e.near_source, uneven=e.ring_uneven)
     return 0
 
 
@@ -192,7 +198,7 @@ def _print_table(args, circles, rows):
             row += f"  ring: {e}"
         elif e is not None:
             row += f" {e.counts:7d} {e.expected:9.4g} {_sigma(e.signif):>6}"
-            _wings(args.regions.name, e.near_source, f" line {c.line}:")
+            _wings(args.regions.name, e.near_source, f" line {c.line}:", e.ring_uneven)
         print(row + (f"  {c.text}" if c.text else ""))
 
 
@@ -221,10 +227,13 @@ def _print_csv(args, circles, rows):
                     note = f"ring: {e}"
                 else:
                     row += [e.counts, e.ring_counts, f"{e.expected:.6g}", f"{e.signif:.3f}"]
-                    _wings(args.regions.name, e.near_source, f" line {c.line}:")
+                    _wings(args.regions.name, e.near_source, f" line {c.line}:", e.ring_uneven)
                     if e.near_source is not None:
                         note = (f"wings of a SOURCES entry of {e.near_source[1]:.0f} counts "
                                 f"{e.near_source[0]:.0f}\" away")
+                    if e.ring_uneven is not None:
+                        note = "; ".join(x for x in (note, f"ring not flat (sectors "
+                                                     f"{e.ring_uneven[0]:.1f}x)") if x)
         w.writerow(row + [c.text, note])
 
 
