@@ -397,6 +397,20 @@ def test_a_ring_crossed_by_bright_emission_draws_a_warning(tmp_path, caplog):
     assert "the ring is not flat" in caplog.text
 
 
+def test_an_interrupted_aperture_exits_130_in_one_line(tmp_path, monkeypatch, capsys):
+    """Ctrl-C or SIGTERM: 'interrupted' and exit 130, as every other command (it printed a
+    traceback, or died with 143)."""
+    p = prediction(tmp_path / "obs_predict_wcs_SR.fits.gz")
+
+    def stop(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(apertures, "aperture_interval", stop)
+    assert main(["aperture", str(p), *(f"{v:.9f}" for v in radec(49.5, 49.5))]) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "interrupted"
+
+
 def test_the_ring_test_skips_pixels_without_data(tmp_path):
     """A CCD gap (0 in the prediction's maps) takes its input pixels out of the circle and the
     ring, whatever the input file holds there."""

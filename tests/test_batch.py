@@ -1083,6 +1083,18 @@ def test_dask_addresses_that_are_no_scheduler_fail_in_one_line(tmp_path, monkeyp
     assert time.monotonic() - t0 < 15
 
 
+@pytest.mark.parametrize("extra", [["--dask-scheduler", "foo"], ["--which", ""]])
+def test_malformed_dask_address_or_empty_which_is_a_usage_error_before_anything(tmp_path,
+                                                                                 extra, capsys):
+    """A malformed --dask-scheduler wrote a report with a failed row and replaced latest.csv
+    before exiting 2; --which '' quietly meant images only."""
+    save = tmp_path / "save"
+    assert main(["0123456789", "--save_dir", str(save), *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and extra[0] in err[0], err
+    assert not save.exists()
+
+
 def test_a_run_whose_scheduler_is_out_of_reach_still_writes_its_report(tmp_path, monkeypatch,
                                                                        capsys):
     """The run printed one error and wrote no report, so latest.csv kept showing the previous

@@ -155,9 +155,14 @@ def test_demo_writes_what_the_readme_promises(tmp_path, capsys):
     assert capsys.readouterr().out == ""  # -q: warnings and errors only
 
 
-def test_demo_usage_error_exits_2(capsys):
+def test_demo_usage_error_exits_2(tmp_path, capsys):
     assert main(["demo", "--seed", "x"]) == 2
     assert "usage: xmm-enhance demo" in capsys.readouterr().err
+    # a negative seed is a usage error too (numpy refused it with a traceback, exit 1, after
+    # making the output folder)
+    assert main(["demo", "--seed", "-1", "--outdir", str(tmp_path / "d")]) == 2
+    assert "--seed: must be >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
 
 
 def test_sigterm_as_interrupt_raises_keyboardinterrupt_and_restores_the_handler():

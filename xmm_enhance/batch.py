@@ -1685,6 +1685,16 @@ async def _dask_identity(address: str, timeout: float) -> dict:
         await comm.close()
 
 
+def check_dask_address(address: str) -> str:
+    """The scheduler address, stripped; UsageError when it is not one (``tcp://host:port``):
+    the command line checks it before any observation starts."""
+    address = str(address).strip().rstrip("/")
+    if not _DASK_ADDRESS.match(address):
+        raise UsageError(f"--dask-scheduler (scheduler=) {address}: not a scheduler address; "
+                         "pass one like tcp://host:8786")
+    return address
+
+
 def _dask_client(Client, address: str):
     """A ``distributed.Client`` of the scheduler at ``address``, or a one-line error within
     about ``DASK_CONNECT_S``.
@@ -1694,10 +1704,7 @@ def _dask_client(Client, address: str):
     handshake past its own timeout, and a Client that fails half-built blocks the exit for a
     minute in its ``__del__``. Only a scheduler gets a Client.
     """
-    address = str(address).strip().rstrip("/")
-    if not _DASK_ADDRESS.match(address):
-        raise UsageError(f"--dask-scheduler (scheduler=) {address}: not a scheduler address; "
-                         "pass one like tcp://host:8786")
+    address = check_dask_address(address)
     box: dict = {}
 
     def probe():

@@ -66,12 +66,26 @@ def build_parser() -> argparse.ArgumentParser:
                          f"OUTDIR/{DEMO_OBSID}/pps, the image, predictions and PNGs in "
                          "OUTDIR (created if missing; existing demo files are replaced); "
                          "default demo_output")
-    ap.add_argument("--seed", type=int, default=7,
+    ap.add_argument("--seed", type=_seed, default=7,
                     help="random seed of the simulated observation (same seed, same files); "
                          "default 7")
     add_verbosity(ap)
     add_version(ap)
     return ap
+
+
+def _seed(text: str) -> int:
+    """A seed for numpy's generator: an integer >= 0 (argparse makes anything else a usage
+    error, exit 2)."""
+    import argparse
+
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
 
 
 def main(argv=None) -> int:

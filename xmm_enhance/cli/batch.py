@@ -105,7 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _which(text: str) -> tuple:
-    if text.strip().lower() in ("none", ""):
+    if not text.strip():
+        raise UsageError("--which '': empty; use SR, DN, SR,DN or none (images only)")
+    if text.strip().lower() == "none":
         return ()
     items = [w.strip().upper() for w in text.split(",") if w.strip()]
     bad = [w for w in items if w not in ("SR", "DN")]
@@ -136,6 +138,9 @@ def _config(args):
                          "<OBS_ID>/pps trees")
     from ..archive import check_archive_url
     check_archive_url(args.archive_url)
+    if args.dask_scheduler:
+        from ..batch import check_dask_address
+        check_dask_address(args.dask_scheduler)
     for opt, path in (("--sr-model", args.sr_model), ("--dn-model", args.dn_model),
                       ("--credentials_file", args.credentials_file)):
         if path is not None and not path.is_file():
