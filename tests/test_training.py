@@ -216,7 +216,7 @@ def test_train_resume_and_warm_start_into_a_refined_network(tmp_path):
     wb = torch.load(b / "SR_last.pt", weights_only=False)
     assert wb["step"] == 1 and "ref.0.weight" in wb["model"]
     assert (tmp_path / "ob" / "XMM-SuperRes.onnx").exists()
-    with pytest.raises(ValueError, match="do not fit"):  # a DN checkpoint is no SR start
+    with pytest.raises(T.CheckpointError, match="do not fit"):  # a DN checkpoint is no SR start
         c = tmp_path / "c"
         T.train("DN", ckpt_dir=c, steps=1, sim="toy", log_dir=tmp_path, cfg_overrides=tiny,
                 export=False)
@@ -589,8 +589,12 @@ _REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
      "would replace the committed DN checkpoints"),
     (["--export-only", "--ckpt-dir", str(_REPO / "models" / "checkpoints"), "--which", "foo"],
      "--which foo: no"),
+    (["--ckpt-dir", str(_REPO / "models" / "checkpoints"), "--steps", "10",
+      "--overwrite-checkpoints"], "is at step 8208 already"),
+    # a resume in the committed folder rewrote DN_best.pt, the bundled model's weights (the
+    # --steps below the checkpoint's keeps a regression from training there: it is refused)
     (["--ckpt-dir", str(_REPO / "models" / "checkpoints"), "--steps", "10"],
-     "is at step 8208 already"),
+     "would rewrite the committed DN checkpoints"),
     (["--threads", "0", "--fresh", "--ckpt-dir", "{tmp}/x"], "--threads 0"),
     (["--fresh", "--init-from", "{tmp}/nope.pt", "--ckpt-dir", "{tmp}/x"],
      "--init-from {tmp}/nope.pt: no such file"),
@@ -608,6 +612,31 @@ def test_training_command_refuses_what_would_lose_work(tmp_path, capsys, args, s
     assert says.replace("{tmp}", str(tmp_path)) in capsys.readouterr().err
     assert sorted(p.name for p in (_REPO / "models" / "checkpoints").glob("DN_*.pt")) == \
         ["DN_best.pt", "DN_last.pt"]
+
+
+@pytest.mark.parametrize("case", ["best_as_last", "init_from_other_task"])
+def test_a_checkpoint_that_cannot_start_this_run_is_one_line(tmp_path, capsys, case):
+    """EMA weights alone (a *_best.pt) put where a resume reads <task>_last.pt ended in a
+    KeyError; the other task's checkpoint given to --init-from in a ValueError traceback."""
+    import shutil
+
+    from xmm_enhance.training.train import main
+
+    d = tmp_path / "ck"
+    d.mkdir()
+    if case == "best_as_last":
+        shutil.copy(_REPO / "models/checkpoints/DN_best.pt", d / "DN_last.pt")
+        args = ["--total-steps", "9000"]
+        says = "holds EMA weights only"
+    else:
+        args = ["--fresh", "--init-from", str(_REPO / "models/checkpoints/SR_best.pt")]
+        says = "is it the other task's checkpoint?"
+    code = main(["--task", "DN", "--ckpt-dir", str(d), "--log-dir", str(tmp_path / "logs"),
+                 "--no-export", "--threads", "1", "--steps", "99999", *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and err[-1].startswith("error: ") and says in err[-1], err[-3:]
+    assert sorted(p.name for p in d.iterdir()) == (["DN_last.pt"] if case == "best_as_last"
+                                                   else [])
 
 
 @pytest.mark.parametrize("damage", ["truncated", "other_task"])

@@ -390,13 +390,21 @@ def train(task, *, out="models", ckpt_dir="models/checkpoints", minutes=None, st
     st = None
     if last_path.exists() and not fresh:
         st = load_checkpoint(last_path)
+        if not all(k in st for k in ("model", "opt", "step")):
+            raise CheckpointError(f"{last_path}: holds EMA weights only (a *_best.pt or "
+                                  "*_ema<step>.pt), no model and optimiser state to resume; to "
+                                  "start a run from it, pass --fresh --init-from FILE")
         # the checkpoint's recipe wins, except what the caller overrides explicitly
         cfg = {**checkpoint_cfg(st), **(cfg_overrides or {})}
         # recipe changes after the checkpoint was written: today's defaults unless overridden
         for k in ("source_crop_prob", "sr_shape_weight", "empty_frame_prob",
                   "faint_source_share", "decompose_point_weight", "sr_shape_expo_power",
                   "flat_bkg_prob", "flat_bkg_edge"):
-            cfg[k] = DEFAULTS[k] if k not in (cfg_overrides or {}) else cfg[k]
+            new = DEFAULTS[k] if k not in (cfg_overrides or {}) else cfg[k]
+            if k in checkpoint_cfg(st) and checkpoint_cfg(st)[k] != new:
+                log.warning("resume: %s is %s (the checkpoint's run had %s); repeat its flag "
+                            "to keep the run's recipe", k, new, checkpoint_cfg(st)[k])
+            cfg[k] = new
     net = make_net(task, cfg)
     ema = copy.deepcopy(net)
     for p in ema.parameters():
@@ -420,7 +428,11 @@ def train(task, *, out="models", ckpt_dir="models/checkpoints", minutes=None, st
     elif init_from:
         # warm start: another run's EMA weights; layers it lacks keep their (zero-output) init
         src = load_checkpoint(init_from, "checkpoint (--init-from)")
-        missing = load_widened(net, src["ema"], init_from)
+        try:
+            missing = load_widened(net, src["ema"], init_from)
+        except ValueError as exc:
+            raise CheckpointError(f"{exc}; is it the other task's checkpoint? pass one of "
+                                  f"--task {task}") from None
         ema.load_state_dict(net.state_dict())
         log.info("warm start from %s (step %d); new layers: %s", init_from,
                  int(src.get("step", 0)), sorted({k.split(".")[0] for k in missing}))
@@ -627,7 +639,8 @@ def main(argv=None):
     ap.add_argument("--export-only", action="store_true",
                     help="export the checkpoint --which names and exit")
     ap.add_argument("--overwrite-checkpoints", action="store_true",
-                    help="let --fresh replace the committed checkpoints in models/checkpoints")
+                    help="let a run (--fresh or a resume) write the committed checkpoints "
+                         "in models/checkpoints")
     a = ap.parse_args(argv)
     if a.threads < 1:
         ap.error(f"--threads {a.threads}: must be >= 1")
@@ -643,6 +656,12 @@ def main(argv=None):
                 (ckpt / f"{a.task}_{w}.pt").exists() for w in ("last", "best")):
             ap.error(f"--fresh would replace the committed {a.task} checkpoints in {ckpt}; pass "
                      "another --ckpt-dir (e.g. runs/checkpoints), or --overwrite-checkpoints")
+    elif ckpt.resolve() == (Path(__file__).resolve().parents[2] / "models" / "checkpoints") \
+            and not a.overwrite_checkpoints:
+        ap.error(f"resuming in {ckpt} would rewrite the committed {a.task} checkpoints (its "
+                 f"{a.task}_best.pt is the bundled model's weights); copy the folder "
+                 "(cp -r models/checkpoints runs/checkpoints) and pass --ckpt-dir "
+                 "runs/checkpoints, or --overwrite-checkpoints")
     elif not last.is_file() and a.init_from is None:
         ap.error(f"--ckpt-dir {ckpt}: no {a.task}_last.pt to resume; pass --fresh to start a "
                  "new run there, or --init-from CHECKPOINT")
