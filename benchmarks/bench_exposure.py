@@ -197,10 +197,10 @@ def _check_sources(found, ref, held, th, mask, detail=None, flux_sys=0.0, list_e
                                                    coverage=cov)
             var = want + bk + 1.0 + (flux_sys * want) ** 2
             if list_err and d.get("rate_err") is not None and d["rate"] > 0:
-                rel = d["rate_err"] / d["rate"]
+                err = d["rate_err"]
                 if "counts_err" in d:  # a SOURCES row: its table's error holds FLUXSYS too
-                    rel = float(np.hypot(rel, S.FLUX_SYSTEMATIC))
-                var += (want * rel) ** 2
+                    err = S.flux_error(err, d["rate"])
+                var += (want * err / d["rate"]) ** 2
             limit = want - 3 * np.sqrt(var)
             out = obs_n < limit
             if r_ap == 2.5:

@@ -524,17 +524,16 @@ def _load_input(pred: _Prediction, input_path=None) -> _Input:
         exposure = float("nan")
     if not (math.isfinite(exposure) and exposure > 0):
         raise not_input("no INEXPO or EXPOSURE, so its counts are not known")
+    counts = np.where(np.isfinite(rate), np.rint(rate * exposure), 0.0)
     # an input pixel has data when every output pixel on it has (CCD gaps are 0 in all maps)
     data = (hi.reshape(rate.shape[0], f, rate.shape[1], f) > 0).all(axis=(1, 3))
-    counts = np.where(data & np.isfinite(rate), np.rint(rate * exposure), 0.0)
     # ... and when the model was given it: the maps also fill the CCD-edge and flagged columns
     # that FLAG == 0 empties in the input (photons land there in other exposures), but this
     # input holds no photon there, and counting them as area biases the ring test
     given = _given_pixels(counts, hdr)
     if given is not None:
         data &= given
-        counts = np.where(data, counts, 0.0)
-    return _Input(ipath, counts, data, wcs)
+    return _Input(ipath, np.where(data, counts, 0.0), data, wcs)
 
 
 def _given_pixels(counts, hdr):
@@ -576,7 +575,7 @@ RING_UNEVEN_P = 1e-3
 RING_SECTOR_MIN_COUNTS = 5.0
 
 
-def _ring_uneven(counts, ring, origin, centre):
+def _ring_uneven(counts, ring, centre):
     """(highest / lowest sector level, probability) of a ring whose azimuthal sectors differ
     by more than Poisson noise (chi-square against one level), else None."""
     from scipy.stats import chi2
@@ -626,7 +625,7 @@ def _excess(pred: _Prediction, inp: _Input, ra, dec, ring_arcsec, radius_arcsec)
             near = (float(dist[i]), float(scounts[i]))
     return InputExcess(n_on, n_off, a_on, a_off, n_off * a_on / a_off,
                        _signif(n_on, n_off, a_on / (a_on + a_off)), near,
-                       _ring_uneven(inp.counts, ring, origin, centre))
+                       _ring_uneven(inp.counts, ring, centre))
 
 
 def input_excess(path, ra: float, dec: float, ring_arcsec: tuple,

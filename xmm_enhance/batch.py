@@ -1753,13 +1753,15 @@ def _bounded(fn, timeout: float, default=None):
     return box.get("v", default)
 
 
-def _close_quietly(client) -> None:
-    """Close a Dask client within a bounded time. When the scheduler is gone, closing cancels
-    distributed's reconnect, which logs a traceback through ``distributed.client``: a batch
-    has said what happened in one line, so that logger is muted for the close."""
+def _close_client(client, lost: bool) -> None:
+    """Close a Dask client within a bounded time. When the scheduler is gone (``lost``),
+    closing cancels distributed's reconnect, which logs a traceback through
+    ``distributed.client``: a batch has said what happened in one line, so that logger is
+    muted for the close."""
     lg = logging.getLogger("distributed.client")
     level = lg.level
-    lg.setLevel(logging.CRITICAL + 1)
+    if lost:
+        lg.setLevel(logging.CRITICAL + 1)
     try:
         _bounded(lambda: client.close(timeout=DASK_CONNECT_S), DASK_CONNECT_S + 5.0)
     finally:
@@ -1838,10 +1840,7 @@ def _run_dask(obsids, cfg, address, record, task) -> None:
         _bounded(lambda: client.cancel(futures), DASK_CONNECT_S)
         raise
     finally:
-        if lost:
-            _close_quietly(client)
-        else:
-            _bounded(lambda: client.close(timeout=DASK_CONNECT_S), DASK_CONNECT_S + 5.0)
+        _close_client(client, lost)
 
 
 # --------------------------------------------------------------------------------------------

@@ -2061,14 +2061,14 @@ def sources_hdu(sources, exposure: float, name: str = "SOURCES", *,
     ``name="CANDIDATES"`` the same columns for :func:`candidates_of`. ``list_signif`` and
     ``support_signif``: the thresholds used (default: the package's); ``coverage``: whether
     the fits used the pn coverage map (header ``COVMAP``; none written when None)."""
-    from .sources import SOURCE_COLUMNS
+    from .sources import (BKG_SYSTEMATIC, DEFAULT_MIN_SIGNIF, FLUX_SYSTEMATIC,
+                          POINTS_SUPPORT_SIGNIF, SOURCE_COLUMNS, SYSTEMATIC_POS_ERR_ARCSEC,
+                          flux_error)
 
     keys = {"RA": "ra", "DEC": "dec", "X": "x2", "Y": "y2", "RATE": "rate",
             "RATE_ERR": "rate_err", "COUNTS": "counts", "COUNTS_ERR": "counts_err",
             "FIT_COUNTS": "fit_counts",
             "SIGNIF": "signif", "BKG": "bkg", "RADEC_ERR": "radec_err", "EXT_DC": "ext_dc"}
-    from .sources import FLUX_SYSTEMATIC, flux_error
-
     # the errors: the fit's Poisson error and the PSF model's share, in quadrature
     err = np.array([flux_error(d["counts_err"], d["counts"]) for d in sources], np.float64)
     cols = []
@@ -2086,8 +2086,6 @@ def sources_hdu(sources, exposure: float, name: str = "SOURCES", *,
         hdu.header.comments[f"TTYPE{i}"] = text[:46]
     hdu.header["EXPOSURE"] = (exposure, "[s] input exposure (COUNTS = RATE x EXPOSURE)")
     hdu.header["XYREF"] = ("0-based", "X, Y: 0-based pixel on the primary grid")
-    from .sources import (BKG_SYSTEMATIC, DEFAULT_MIN_SIGNIF, POINTS_SUPPORT_SIGNIF,
-                          SYSTEMATIC_POS_ERR_ARCSEC)
     list_signif = DEFAULT_MIN_SIGNIF if list_signif is None else list_signif
     support_signif = POINTS_SUPPORT_SIGNIF if support_signif is None else support_signif
     hdu.header["SYSERR"] = (SYSTEMATIC_POS_ERR_ARCSEC,

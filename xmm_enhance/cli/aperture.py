@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import UsageError, XmmEnhanceError
 from .common import (add_verbosity, add_version, command_prog, ensure_std_streams,
-                     report_error, setup_logging, sigterm_as_interrupt)
+                     interruptible, report_error, setup_logging)
 
 log = logging.getLogger("xmm_enhance")
 
@@ -239,12 +239,7 @@ def _print_csv(args, circles, rows):
 
 def main(argv=None) -> int:
     ensure_std_streams()
-    with sigterm_as_interrupt():
-        try:
-            return _main(argv)
-        except KeyboardInterrupt:   # Ctrl-C or SIGTERM: it writes no file
-            print("interrupted", file=sys.stderr)
-            return 130
+    return interruptible(lambda: _main(argv))
 
 
 def _main(argv=None) -> int:

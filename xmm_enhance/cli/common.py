@@ -194,6 +194,18 @@ def report_error(exc: BaseException) -> int:
     return 1
 
 
+def interruptible(call, message: str = "interrupted") -> int:
+    """``call()`` (a command's body, returning its exit code) under :func:`sigterm_as_interrupt`:
+    Ctrl-C or SIGTERM prints ``message`` on stderr and gives 130 (the temporaries are gone by
+    then, and no final file is half-written)."""
+    with sigterm_as_interrupt():
+        try:
+            return call()
+        except KeyboardInterrupt:
+            print(message, file=sys.stderr)
+            return 130
+
+
 @contextlib.contextmanager
 def sigterm_as_interrupt():
     """While inside: SIGTERM (``kill``, cron and batch systems stopping a job) raises

@@ -14,7 +14,7 @@ from pathlib import Path
 from ..errors import OutputError, UsageError, XmmEnhanceError
 from .common import (MIN_SIGNIF_HELP, add_verbosity, add_version, check_min_signif,
                      command_prog, cwd_gone_is_one_line, ensure_std_streams, report_error,
-                     setup_logging, sigterm_as_interrupt)
+                     interruptible, setup_logging)
 
 log = logging.getLogger("xmm_enhance")
 
@@ -61,13 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     ensure_std_streams()
-    with sigterm_as_interrupt():
-        try:
-            with cwd_gone_is_one_line(command_prog("run_inference_on_real.py")):
-                return _main(argv)
-        except KeyboardInterrupt:   # Ctrl-C or SIGTERM: temporaries are gone, finals whole
-            print("interrupted", file=sys.stderr)
-            return 130
+
+    def body():
+        with cwd_gone_is_one_line(command_prog("run_inference_on_real.py")):
+            return _main(argv)
+
+    return interruptible(body)
 
 
 def _main(argv=None) -> int:

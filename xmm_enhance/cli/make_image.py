@@ -15,7 +15,7 @@ import sys
 import warnings
 
 from .common import (add_verbosity, add_version, command_prog, cwd_gone_is_one_line,
-                     ensure_std_streams, setup_logging, sigterm_as_interrupt)
+                     ensure_std_streams, interruptible, setup_logging)
 
 __all__ = ["main", "build_parser"]
 
@@ -75,13 +75,13 @@ def main(argv=None) -> int:
     """Run the command; returns the exit code (130 when Ctrl-C or SIGTERM stops it: the
     temporary files are then removed, and no final file is left half-written)."""
     ensure_std_streams()
-    with sigterm_as_interrupt():
-        try:
-            with cwd_gone_is_one_line(build_parser().prog):
-                return _main(argv)
-        except KeyboardInterrupt:
-            print(f"{build_parser().prog}: interrupted", file=sys.stderr)
-            return 130
+    prog = build_parser().prog
+
+    def body():
+        with cwd_gone_is_one_line(prog):
+            return _main(argv)
+
+    return interruptible(body, f"{prog}: interrupted")
 
 
 def _main(argv=None) -> int:

@@ -395,15 +395,16 @@ def train(task, *, out="models", ckpt_dir="models/checkpoints", minutes=None, st
                                   "*_ema<step>.pt), no model and optimiser state to resume; to "
                                   "start a run from it, pass --fresh --init-from FILE")
         # the checkpoint's recipe wins, except what the caller overrides explicitly
-        cfg = {**checkpoint_cfg(st), **(cfg_overrides or {})}
+        was = checkpoint_cfg(st)
+        cfg = {**was, **(cfg_overrides or {})}
         # recipe changes after the checkpoint was written: today's defaults unless overridden
         for k in ("source_crop_prob", "sr_shape_weight", "empty_frame_prob",
                   "faint_source_share", "decompose_point_weight", "sr_shape_expo_power",
                   "flat_bkg_prob", "flat_bkg_edge"):
             new = DEFAULTS[k] if k not in (cfg_overrides or {}) else cfg[k]
-            if k in checkpoint_cfg(st) and checkpoint_cfg(st)[k] != new:
+            if k in was and was[k] != new:
                 log.warning("resume: %s is %s (the checkpoint's run had %s); repeat its flag "
-                            "to keep the run's recipe", k, new, checkpoint_cfg(st)[k])
+                            "to keep the run's recipe", k, new, was[k])
             cfg[k] = new
     net = make_net(task, cfg)
     ema = copy.deepcopy(net)
