@@ -1003,3 +1003,25 @@ def test_submode_in_the_primary_header_of_an_extension_image_warns(tmp_path):
     assert "SUBMODE" not in fits.getheader(img, 1)
     with pytest.warns(inference.InputWarning, match="sw_ext.fits: SUBMODE 'PrimeSmallWindow'"):
         inference.read_input(img)
+
+
+def test_an_unknown_mplbackend_does_not_fail_the_png(tmp_path):
+    """MPLBACKEND=bogus with --png: the uncertainty panel imported matplotlib before
+    prepare_matplotlib() could drop the backend, so the PNG failed ("unexpected ValueError",
+    exit 1) after the FITS outputs were written. Now one warning and the PNG is drawn. A fresh
+    process: pytest's own has matplotlib loaded already."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("matplotlib")
+    model = exposure_aware(tmp_path / "sr.onnx", "SR")
+    a, _ = make_image(tmp_path / "a.fits")
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, MPLBACKEND="bogus", PYTHONPATH=str(repo))
+    out = subprocess.run([sys.executable, str(repo / "run_inference_on_real.py"), str(a),
+                          "--which", "SR", "--model", str(model), "--png"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "MPLBACKEND='bogus' is not a matplotlib backend; ignored" in out.stderr
+    png = inference.png_path(inference.output_paths(a, "SR")[1])
+    assert png.read_bytes()[:4] == b"\x89PNG"

@@ -354,6 +354,8 @@ def test_malformed_obsid(small_pps, obsid, capsys):
     (["--low_pi", "1000", "--high_pi", "1000"], "--low_pi"),
     (["--binSize", "2"], "--binSize"),
     (["--expo_time", "1e-5"], "in ks"),
+    # checked up front with --pps_dir too (it imaged with exit 0; batch refused it)
+    (["--credentials_file", "/nonexistent/xsa.ini"], "--credentials_file"),
 ])
 def test_usage_errors(small_pps, extra, word, capsys):
     code, err = _run_bad([OBSID, "--pps_dir", str(small_pps)] + extra, small_pps, capsys)
@@ -1029,3 +1031,21 @@ def test_returned_paths_are_absolute(small_pps, tmp_path, monkeypatch):
     assert res.path.is_absolute() and res.path.parent == tmp_path
     monkeypatch.chdir("/")
     assert res.path.is_file()
+
+
+def test_find_image_reads_a_cut_full_image_without_astropys_warning(tmp_path):
+    """--skip-existing on an observation shorter than asked: find_image read the header of a
+    cut all-good-time image, and astropy printed "File may have been truncated" to stderr,
+    even with -q (the caller redoes the cut image)."""
+    from xmm_enhance.pipeline import find_image
+
+    h = fits.Header()
+    h["EXPOSURE"] = 15e3
+    h["GOODTIME"] = 15e3
+    full = tmp_path / output_name(0, 500, 2000, 80)
+    fits.PrimaryHDU(np.zeros((411, 403), np.int32), h).writeto(full)
+    full.write_bytes(full.read_bytes()[:300000])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert find_image(tmp_path, 20.0, 500, 2000, 80) == full
+    assert not caught, [str(w.message) for w in caught]

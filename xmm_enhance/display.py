@@ -677,6 +677,9 @@ def uncertainty_panel(res):
     per disc of :data:`UNCERTAINTY_DISC_ARCSEC` radius at the input's exposure; DN's rate holds
     the background, so none of its sky is empty. The panel's values are ``log10`` of the
     relative uncertainty. None when the result has no percentile maps."""
+    from .fsmode import prepare_matplotlib
+
+    prepare_matplotlib()  # before matplotlib's first import (a bad MPLBACKEND, cron's HOME)
     from matplotlib.colors import Normalize
 
     from .detector import pixel_size_arcsec

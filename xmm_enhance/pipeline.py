@@ -123,7 +123,11 @@ def find_image(folder, expo_time_ks: float, low_pi: int, high_pi: int, binsize) 
         from astropy.io import fits
 
         try:
-            h = fits.getheader(full)
+            with warnings.catch_warnings():
+                # a cut file (redone by the caller) read only for its header: astropy's
+                # "may have been truncated" line would reach stderr even with -q
+                warnings.simplefilter("ignore")
+                h = fits.getheader(full)
             have = float(h.get("GOODTIME", h["EXPOSURE"]))
         except (OSError, KeyError, TypeError, ValueError):
             return wanted

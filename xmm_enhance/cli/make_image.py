@@ -13,6 +13,7 @@ import logging
 import math
 import sys
 import warnings
+from pathlib import Path
 
 from .common import (add_verbosity, add_version, command_prog, cwd_gone_is_one_line,
                      ensure_std_streams, interruptible, setup_logging)
@@ -111,6 +112,12 @@ def _main(argv=None) -> int:
     except UsageError as err:
         parser.print_usage(sys.stderr)
         print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    cred = args.credentials_file  # checked up front as batch does, also with --pps_dir
+    if cred is not None and not Path(cred).is_file():
+        what = "a folder" if Path(cred).is_dir() else "no such file"
+        print(f"{prog}: error: --credentials_file {cred}: {what}; pass the credentials file's "
+              "path", file=sys.stderr)
         return 2
 
     overwrite = args.overwrite
