@@ -1507,3 +1507,102 @@ def test_detect_sources_refuses_inputs_that_would_give_a_wrong_list(bad, match):
         counts[3, 3] = -1
     with pytest.raises(UsageError, match=match):
         sources.detect_sources(counts, mask, exposure, points2)
+
+
+def _halved_points(shape2, srcs, exposure):
+    """A points map (count/s per 2" pixel) of point sources ``(y, x, counts)`` (1x pixels)
+    drawn with the halved on-axis King PSF, as the SR target draws them."""
+    rc, alpha = psf.king_params(0.0)
+    k = psf.king_kernel(rc / 2.0 / 2.0, alpha, 64)
+    out = np.zeros(shape2)
+    for y, x, n in srcs:
+        y2, x2 = int(2 * y + 0.5), int(2 * x + 0.5)
+        out[y2 - 64:y2 + 65, x2 - 64:x2 + 65] += n / exposure * k
+    return out
+
+
+@pytest.mark.parametrize("sep_px", [3.5, 4.0, 5.0, 7.0])
+def test_a_pairs_counts_are_shared_not_counted_twice(sep_px):
+    """Two equal sources 14-28" apart: each one's 20" disc of the points map holds part of
+    the other, and each was listed with 1.1-1.5x its counts (the pair's sum above the map's
+    whole flux). Now each pixel of the discs is shared by the two PSFs."""
+    rng = np.random.default_rng(11)
+    srcs = [(48.125, 40.125, 1000.0), (48.125, 40.125 + sep_px, 1000.0)]
+    counts, _ = king_image((96, 96), srcs, 0.3, rng)
+    points2 = _halved_points((192, 192), srcs, 20e3)
+    found = sources.detect_sources(counts, np.ones((96, 96), bool), 20e3, points2)
+    assert len(found) == 2
+    got = [d["counts"] for d in found]
+    assert sum(got) == pytest.approx(2000.0, rel=0.03), got   # the map's whole flux, once
+    for d in found:
+        assert d["counts"] == pytest.approx(1000.0, rel=0.1), got
+        assert d["disc_shared"]
+    # an isolated source keeps its whole disc, as before
+    counts1, _ = king_image((96, 96), srcs[:1], 0.3, rng)
+    one = sources.detect_sources(counts1, np.ones((96, 96), bool), 20e3,
+                                 _halved_points((192, 192), srcs[:1], 20e3))
+    assert len(one) == 1 and not one[0]["disc_shared"]
+    assert one[0]["counts"] == pytest.approx(1000.0, rel=0.04)
+
+
+def test_claim_excess_adds_a_shared_sources_own_claim_only():
+    """A pair whose discs meet: each source's counts grow by its own claimed bump, not by the
+    neighbour's that also falls in its 20" disc."""
+    srcs = [{"y2": 96.5, "x2": 80.5, "counts": 1000.0, "rate": 0.05, "disc_rate": 0.05,
+             "disc_shared": True},
+            {"y2": 96.5, "x2": 94.5, "counts": 1000.0, "rate": 0.05, "disc_rate": 0.05,
+             "disc_shared": True}]
+    points2 = np.zeros((192, 192))
+    diffuse2 = np.full((192, 192), 1e-6)
+    diffuse2[96, 80] += 0.005   # a bump under the first source only
+    _, _, moved = sources.claim_excess(points2, diffuse2, srcs)
+    assert moved == pytest.approx(0.005, rel=0.01)
+    assert srcs[0]["counts"] == pytest.approx(1000.0 * (0.055 / 0.05), rel=0.01)
+    assert srcs[1]["counts"] == pytest.approx(1000.0)
+
+
+@pytest.mark.parametrize("width", [2, 3, 4])
+def test_a_source_centred_on_a_dead_stripe_is_one_entry_at_its_place(width):
+    """The network draws nothing on dead pixels, so a source centred on a CCD gap shows as two
+    wings either side (two candidates 8-11" off, each with a fraction of the counts). A
+    candidate at the stripe's centre competes with them, and the fit keeps the one place."""
+    rng = np.random.default_rng(5)
+    x0 = 48.0 + (width - 1) / 2.0   # the stripe's centre: columns 48 .. 48 + width - 1
+    truth = (40.125, x0 + 0.125, 1500.0)
+    lam = king_image((96, 96), [truth], 0.3, rng)[1]
+    mask = np.ones((96, 96), bool)
+    mask[:, 48:48 + width] = False
+    counts = rng.poisson(lam * mask).astype(float)
+    live2 = np.repeat(np.repeat(mask, 2, 0), 2, 1)
+    points2 = _halved_points((192, 192), [truth], 20e3) * live2
+    found = sources.detect_sources(counts, mask, 20e3, points2)
+    near = [d for d in found if np.hypot(d["y"] - truth[0], d["x"] - truth[1]) <= 4]
+    assert len(near) == 1, [(d["y"], d["x"], d["counts"]) for d in found]
+    assert np.hypot(near[0]["y"] - truth[0], near[0]["x"] - truth[1]) <= 1.0
+    assert near[0]["counts"] == pytest.approx(truth[2], rel=0.15)
+    # without the stripe candidates: the wings' candidates, off the source
+    old = sources.GAP_CANDIDATES
+    try:
+        sources.GAP_CANDIDATES = False
+        before = sources.detect_sources(counts, mask, 20e3, points2)
+    finally:
+        sources.GAP_CANDIDATES = old
+    near0 = [d for d in before if np.hypot(d["y"] - truth[0], d["x"] - truth[1]) <= 4]
+    assert not near0 or min(np.hypot(d["y"] - truth[0], d["x"] - truth[1])
+                            for d in near0) > 1.0
+
+
+def test_a_source_beside_a_dead_stripe_stays_where_it_is():
+    """The stripe candidate loses against a source that lies beside the stripe."""
+    rng = np.random.default_rng(6)
+    truth = (40.125, 44.125, 1500.0)   # 3 pixels (12") left of the stripe's edge
+    lam = king_image((96, 96), [truth], 0.3, rng)[1]
+    mask = np.ones((96, 96), bool)
+    mask[:, 47:49] = False
+    counts = rng.poisson(lam * mask).astype(float)
+    live2 = np.repeat(np.repeat(mask, 2, 0), 2, 1)
+    points2 = _halved_points((192, 192), [truth], 20e3) * live2
+    found = sources.detect_sources(counts, mask, 20e3, points2)
+    near = [d for d in found if np.hypot(d["y"] - truth[0], d["x"] - truth[1]) <= 4]
+    assert len(near) == 1
+    assert np.hypot(near[0]["y"] - truth[0], near[0]["x"] - truth[1]) <= 0.5

@@ -98,6 +98,24 @@ POSITION_ERR_FLOOR_ARCSEC = 0.3
 POSITION_STEPS = 4
 #: Candidates closer than this (1x pixels) are one source.
 MERGE_PX = 2.5
+#: Iterations of :func:`_apportion_discs` (the shares of neighbouring sources' discs converge to
+#: 1e-4 within ~10-20 for sources 8-40" apart).
+APPORTION_ITERS = 50
+_SUB4 = (np.arange(4) - 1.5) / 4.0  # a 2x pixel's 4 x 4 sub-grid, in 2x pixels
+#: Candidates beside a dead stripe (CCD gap, bad column) get one more at the stripe's centre
+#: (:func:`_gap_candidates`): stripes of at most ``GAP_MAX_WIDTH`` 1x pixels within
+#: ``GAP_REACH`` of a candidate with at least ``GAP_MIN_COUNTS`` points counts in 3 x 3 2x
+#: pixels. Such a candidate is fitted when ``GAP_MIN_LIVE`` of the 1x pixels within
+#: ``GAP_CORE_PX`` of it are live (instead of 3 of the central 3 x 3).
+GAP_CANDIDATES = True
+GAP_MAX_WIDTH = 8
+GAP_REACH = 6
+GAP_MIN_COUNTS = 5.0
+GAP_CORE_PX = 4
+GAP_MIN_LIVE = 15
+#: Candidates within this many 1x pixels of a gap candidate compete with it
+#: (:func:`_resolve_gap_candidates`).
+GAP_SIDE_PX = 4.5
 #: Neighbours brighter than this (whole-PSF counts) are not modelled in a fit's background.
 NEIGHBOUR_MAX_COUNTS = 1e4
 #: 1x pixel size (arcsec).
@@ -565,7 +583,10 @@ def detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None,
         Keys ``y``, ``x`` (1x pixels, fractional), ``y2``, ``x2`` (2x grid), ``counts`` (the
         points map's counts within 20" over the halved PSF's share on the disc's live pixels,
         so over the whole PSF at ``exposure`` as if every pixel were live, and with
-        ``coverage`` fully covered; the fit's where the map holds none), ``counts_err`` (the
+        ``coverage`` fully covered; where the discs of kept sources meet, each pixel shared
+        between them by :func:`_apportion_discs`; the fit's where the map holds none),
+        ``disc_rate`` (the map's count/s in the disc that are this source's) and
+        ``disc_shared`` (whether neighbours shared its disc), ``counts_err`` (the
         fit's 1-sigma Poisson error; the table adds :data:`FLUX_SYSTEMATIC`, see
         :func:`flux_error`), ``rate``, ``rate_err``, ``fit_counts``
         (maximum-likelihood PSF fit on the input counts), ``signif``, ``bkg`` (counts per 1x
@@ -580,6 +601,38 @@ def detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None,
         counts that are not finite and non-negative, or an exposure that is not a positive
         number of seconds.
     """
+    sup = [] if support is not None else None
+    cands = [] if candidates is not None else None
+    won = []
+    args = (counts, mask, exposure, points2)
+    kw = dict(diffuse2=diffuse2, axis=axis, sky=sky, min_signif=min_signif,
+              min_counts=min_counts, max_candidates=max_candidates,
+              support_signif=support_signif, coverage=coverage,
+              bkg_systematic=bkg_systematic)
+    out = _detect_sources(*args, support=sup, candidates=cands, gap_won=won, **kw)
+    # a gap candidate that took its side candidates' place but is not listed in the end (the
+    # fit over the diffuse background found it extended or too weak): the detection again
+    # without it, so that the sides are as before
+    lost = [p for p in won if not any(math.hypot(d["y"] - p[0], d["x"] - p[1]) <= MERGE_PX
+                                      for d in out)]
+    if lost:
+        sup = [] if support is not None else None
+        cands = [] if candidates is not None else None
+        out = _detect_sources(*args, support=sup, candidates=cands, gap_skip=lost, **kw)
+    if support is not None:
+        support.extend(sup)
+    if candidates is not None:
+        candidates.extend(cands)
+    return out
+
+
+def _detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None, sky=None,
+                    min_signif=DEFAULT_MIN_SIGNIF, min_counts=2.0, max_candidates=400,
+                    support=None, support_signif=None, coverage=None, candidates=None,
+                    bkg_systematic=None, gap_skip=(), gap_won=None):
+    """:func:`detect_sources`; ``gap_skip``: 1x positions near which (``MERGE_PX``) no gap
+    candidate is made,
+    ``gap_won``: gets the 1x positions of the gap candidates that replaced their sides."""
     counts = np.asarray(counts, np.float64)
     mask = np.asarray(mask, bool)
     _check_inputs(counts, mask, exposure, points2, diffuse2, sky, coverage)
@@ -607,12 +660,42 @@ def detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None,
         yy, xx = np.mgrid[y0:y1, x0:x1]
         yc2[i] = (win * yy).sum() / tot if tot > 0 else y2
         xc2[i] = (win * xx).sum() / tot if tot > 0 else x2
+    # a source centred on a CCD gap or bad column: the network draws its wings either side
+    # (it draws nothing on dead pixels), so its candidates sit beside the gap; one more
+    # candidate at the gap's centre lets the fit, which knows the dead pixels, find it there
+    ngap = 0
+    if GAP_CANDIDATES and len(py):
+        gy, gx = _gap_candidates(mask, (yc2 - 0.5) / 2.0, (xc2 - 0.5) / 2.0,
+                                 box[py, px] >= GAP_MIN_COUNTS)
+        if len(gap_skip) and len(gy):
+            skip = np.array(gap_skip, np.float64).reshape(-1, 2)
+            far = np.hypot(gy[:, None] - skip[None, :, 0],
+                           gx[:, None] - skip[None, :, 1]).min(1) > MERGE_PX
+            gy, gx = gy[far], gx[far]
+        ngap = len(gy)
+        if ngap:
+            yc2 = np.concatenate([yc2, 2.0 * gy + 0.5])
+            xc2 = np.concatenate([xc2, 2.0 * gx + 0.5])
+            py = np.concatenate([py, np.rint(2.0 * gy + 0.5).astype(int)])
+            px = np.concatenate([px, np.rint(2.0 * gx + 0.5).astype(int)])
+    from_gap = np.arange(len(py)) >= len(py) - ngap
+    if ngap:
+        # each gap candidate against the candidates hugging its stripe: one source, placed
+        # where the PSF fits the counts best (a fit in the gap candidate's window)
+        cov_ = np.ones((h, w)) if coverage is None else np.asarray(coverage, np.float64)
+        stay, replaced = _resolve_gap_candidates(counts, mask, cov_, (yc2 - 0.5) / 2.0,
+                                                 (xc2 - 0.5) / 2.0, from_gap, axis)
+        if gap_won is not None:
+            gap_won.extend(zip(((yc2[replaced] - 0.5) / 2.0).tolist(),
+                               ((xc2[replaced] - 0.5) / 2.0).tolist()))
+        py, px, yc2, xc2, from_gap = py[stay], px[stay], yc2[stay], xc2[stay], from_gap[stay]
     cy = np.rint((yc2 - 0.5) / 2.0).astype(int)
     cx = np.rint((xc2 - 0.5) / 2.0).astype(int)
     inside = (cy - R >= 0) & (cx - R >= 0) & (cy + R < h) & (cx + R < w)
     if sky is not None:
         inside &= np.asarray(sky, bool)[cy, cx]
     py, px, cy, cx = py[inside], px[inside], cy[inside], cx[inside]
+    from_gap = from_gap[inside]
     yc2, xc2 = yc2[inside], xc2[inside]
     if not len(py):
         return []
@@ -672,6 +755,9 @@ def detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None,
 
     good = (m.reshape(-1, 2 * R + 1, 2 * R + 1)[:, R - 1:R + 2, R - 1:R + 2]
                          .sum((1, 2)) >= 3)
+    # a candidate on a gap: enough live pixels in its PSF's core region instead
+    good |= from_gap & ((m * (wy * wy + wx * wx <= GAP_CORE_PX ** 2)).sum(1)
+                        >= GAP_MIN_LIVE)
     # off-axis angle and azimuth bins of the PSF
     tb, ab = _psf_bins(cy, cx, axis)
     # positions, in quarter 1x pixels from the window's centre pixel: the centroid, and within
@@ -770,7 +856,6 @@ def detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None,
     live2 = np.repeat(np.repeat(mask, 2, 0), 2, 1) | (pts > 0)
     if diffuse2 is not None:
         live2 = live2 | ((pts + np.asarray(diffuse2, np.float64)) > 0)
-    sub4 = (np.arange(4) - 1.5) / 4.0
     # the position between the quarter pixels: the vertex of a parabola through the likelihood
     # ratios of the best offset and its two neighbours along each axis (none at the grid's edge)
     side = 2 * SEARCH_Q + 1
@@ -803,10 +888,11 @@ def detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None,
         ok_ = (ja > 0) & (ja < side - 1) & (den < 0)
         sub[ok_] = np.clip(0.5 * (cm - cp)[ok_] / den[ok_], -0.5, 0.5)
     pos_err = _position_errors(K, j, side, f, bfit, m)
-    for i in np.flatnonzero(keep):
+    kept = np.flatnonzero(keep)
+    discs = []  # per kept candidate: its disc's pixels, the points there, the PSF weights
+    for i in kept:
         y1 = cy[i] + (qy[i, j[i]] + sub_y[i]) / 4.0
         x1 = cx[i] + (qx[i, j[i]] + sub_x[i]) / 4.0
-        err = float(np.sqrt(var[i]))
         ys = int(round(2 * y1 + 0.5)) + ry
         xs = int(round(2 * x1 + 0.5)) + rx
         on = (ys >= 0) & (ys < H2) & (xs >= 0) & (xs < W2)
@@ -814,20 +900,34 @@ def detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None,
         rc, alpha = _psf.king_params(float(tb[i]))
         frac = (_psf.king_eef(NET_RADIUS_2X * PIXEL_ARCSEC / 2, rc / 2, alpha)
                 / _psf.king_eef(PSF_TOTAL_RADIUS_ARCSEC, rc / 2, alpha))
-        net = float(pts[ysc, xsc][on].sum()) * T / frac
         # the source's own counts are the map's over the halved PSF's share of the disc that
         # the map can hold: its live pixels, each times its coverage where the map holds that
         # (the SR target does; ``coverage``), with the King profile integrated over each 2"
         # pixel on a 4 x 4 sub-grid. Without it, a source beside a CCD gap or the field's edge
         # lost the share of its disc on dead pixels (simulations: listed counts 0.91 of the
         # truth within 30" of a gap, against 0.99 elsewhere)
-        dy = (ys - (2 * y1 + 0.5))[:, None, None] + sub4[None, :, None]
-        dx = (xs - (2 * x1 + 0.5))[:, None, None] + sub4[None, None, :]
+        dy = (ys - (2 * y1 + 0.5))[:, None, None] + _SUB4[None, :, None]
+        dx = (xs - (2 * x1 + 0.5))[:, None, None] + _SUB4[None, None, :]
         r_as = np.hypot(dy, dx) * PIXEL_ARCSEC / 2
         wk = ((1.0 + (r_as / (rc / 2)) ** 2) ** (-alpha)).sum((1, 2))
         held = on & live2[ysc, xsc]
         share = float((wk * np.where(held, cov_map[ysc // 2, xsc // 2], 0.0)).sum() / wk.sum())
-        net /= max(share, 0.05)
+        vals = np.where(on, pts[ysc, xsc], 0.0)
+        discs.append({"y1": y1, "x1": x1, "ys": ys, "xs": xs, "vals": vals, "frac": frac,
+                      "share": share, "rc": rc / 2, "alpha": alpha,
+                      "own": np.ones(len(ys))})
+    _apportion_discs(discs, sig[kept])
+    for i, dd in zip(kept, discs):
+        y1, x1 = dd["y1"], dd["x1"]
+        err = float(np.sqrt(var[i]))
+        shared = bool((dd["own"] < 1.0).any())
+        # count/s of the map within the disc that is this source's (its neighbours' share of
+        # the disc left out: a pair 14" apart listed each with ~1.3x its counts)
+        own = float((dd["vals"] * dd["own"]).sum()) if shared else float(
+            pts[np.clip(dd["ys"], 0, H2 - 1), np.clip(dd["xs"], 0, W2 - 1)][
+                (dd["ys"] >= 0) & (dd["ys"] < H2) & (dd["xs"] >= 0) & (dd["xs"] < W2)].sum())
+        net = own * T / dd["frac"]
+        net /= max(dd["share"], 0.05)
         n_src = net if net > 0 else float(f[i])
         found.append({"y": y1, "x": x1, "y2": 2 * y1 + 0.5, "x2": 2 * x1 + 0.5,
                       "counts": n_src, "counts_err": err, "rate": n_src / T,
@@ -836,7 +936,8 @@ def detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None,
                       "listed": bool(listed[i]),
                       "bkg": float(bkg[i, centre]),
                       "radec_err": float(pos_err[i]),
-                      "ext_dc": float(ext_dc[i])})
+                      "ext_dc": float(ext_dc[i]),
+                      "disc_rate": own, "disc_shared": shared})
     found.sort(key=lambda d: -d["signif"])
     out = []
     for d in found:
@@ -845,6 +946,149 @@ def detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None,
         elif all(math.hypot(d["y"] - e_["y"], d["x"] - e_["x"]) >= MERGE_PX for e_ in out):
             out.append(d)
     return out
+
+
+def _gap_candidates(mask, y, x, use):
+    """1x positions ``(gy, gx)`` of extra candidates at the centres of the dead stripes (CCD
+    gaps, bad columns: a run of 1 to ``GAP_MAX_WIDTH`` dead pixels with live ones on both
+    sides, along the row or the column) within ``GAP_REACH`` 1x pixels of the candidates
+    ``y``, ``x`` (1x, fractional) where ``use``; each position once."""
+    h, w = mask.shape
+    out = set()
+    for yy, xx in zip(np.asarray(y)[use], np.asarray(x)[use]):
+        r, c = int(round(yy)), int(round(xx))
+        for along_x in (True, False):
+            if along_x:
+                lo, hi = max(c - GAP_REACH, 0), min(c + GAP_REACH + 1, w)
+                line = mask[min(max(r, 0), h - 1), lo:hi] if 0 <= r < h else None
+            else:
+                lo, hi = max(r - GAP_REACH, 0), min(r + GAP_REACH + 1, h)
+                line = mask[lo:hi, min(max(c, 0), w - 1)] if 0 <= c < w else None
+            if line is None or line.all() or not line.any():
+                continue
+            k = 0
+            n = len(line)
+            while k < n:
+                if line[k]:
+                    k += 1
+                    continue
+                e = k
+                while e < n and not line[e]:
+                    e += 1
+                if 0 < k and e < n and e - k <= GAP_MAX_WIDTH:  # live on both sides
+                    centre = lo + 0.5 * (k + e - 1)
+                    pos = (float(yy), centre) if along_x else (centre, float(xx))
+                    out.add((round(pos[0] * 4) / 4, round(pos[1] * 4) / 4))
+                k = e
+    if not out:
+        return np.zeros(0), np.zeros(0)
+    g = np.array(sorted(out))
+    return g[:, 0], g[:, 1]
+
+
+def _resolve_gap_candidates(counts, mask, cov, y, x, from_gap, axis):
+    """bool [N]: which candidates stay. Each gap candidate (``from_gap``; 1x positions ``y``,
+    ``x``) and the other candidates within ``GAP_SIDE_PX`` of it (the wings the network drew
+    either side of a stripe) are one source: each is fitted as a PSF in the gap candidate's
+    window over the flat level of its 8-16 pixel annulus, and only the best fit stays (the
+    gap candidate goes when a side fits better: a source beside the gap). Also returns
+    bool [N]: the gap candidates that replaced at least one side."""
+    h, w = counts.shape
+    R = FIT_RADIUS
+    stay = np.ones(len(y), bool)
+    replaced = np.zeros(len(y), bool)
+    wy, wx = np.mgrid[-R:R + 1, -R:R + 1]
+    ay, ax = np.mgrid[-16:17, -16:17]
+    ring = (ay * ay + ax * ax >= 64) & (ay * ay + ax * ax <= 256)
+    for g in np.flatnonzero(from_gap):
+        if not stay[g]:
+            continue
+        d = np.hypot(y - y[g], x - x[g])
+        sides = np.flatnonzero(~from_gap & stay & (d <= GAP_SIDE_PX))
+        if not len(sides):
+            continue
+        cy, cx = int(round(y[g])), int(round(x[g]))
+        if cy - R < 0 or cx - R < 0 or cy + R >= h or cx + R >= w:
+            continue
+        ys, xs = np.clip(cy + ay[ring], 0, h - 1), np.clip(cx + ax[ring], 0, w - 1)
+        live = mask[ys, xs] & (cy + ay[ring] >= 0) & (cy + ay[ring] < h) & (
+            cx + ax[ring] >= 0) & (cx + ax[ring] < w)
+        level = (float(counts[ys, xs][live].sum()) / max(float(cov[ys, xs][live].sum()), 1.0)
+                 if live.any() else 0.0)
+        c = counts[cy + wy, cx + wx].ravel().astype(np.float64)
+        m = mask[cy + wy, cx + wx].ravel().astype(np.float64)
+        cw = cov[cy + wy, cx + wx].ravel()
+        b = np.maximum(level, 1e-3) * cw
+        tb, ab = _psf_bins(np.array([cy]), np.array([cx]), axis)
+        who = [g] + list(sides)
+        keys = [(tb[0], ab[0], int(round((y[k] - cy) * 4)), int(round((x[k] - cx) * 4)), 0)
+                for k in who]
+        K = _kernels(keys) * cw
+        cst = _fit_flux(c[None, None, :], b[None, None, :], K[None], m[None, None, :])[1][0]
+        best = int(np.argmax(cst))
+        for a, k in enumerate(who):
+            if a != best:
+                stay[k] = False
+        replaced[g] = best == 0
+    return stay, replaced
+
+
+def _apportion_discs(discs, signif, iters=APPORTION_ITERS):
+    """Share the points map between neighbouring sources, in place: each disc's ``own``
+    [pixels] becomes the share of each of its pixels that is this source's, ``a_i p_i /
+    sum_k a_k p_k`` over the sources whose discs hold the pixel (``p`` each source's halved
+    King profile per unit flux there, ``a`` its flux in the map, found by iterating; an EM
+    for the fluxes of a sum of known profiles). A source whose disc meets no other keeps 1
+    everywhere, as before. Two entries within ``MERGE_PX`` 1x pixels are one source (the list
+    keeps the more significant, ``signif``): the less significant takes no share from it."""
+    n = len(discs)
+    if n < 2:
+        return
+    y = np.array([d["y1"] for d in discs])
+    x = np.array([d["x1"] for d in discs])
+    dist = np.hypot(y[:, None] - y[None], x[:, None] - x[None])
+    reach = NET_RADIUS_2X + 1.0  # 1x pixels: discs of radius NET_RADIUS_2X / 2 that may meet
+    order = np.argsort(-np.asarray(signif, np.float64), kind="stable")
+    alive = np.ones(n, bool)  # not within MERGE_PX of a more significant entry
+    for a_, i in enumerate(order):
+        if any(alive[k] and dist[i, k] < MERGE_PX for k in order[:a_]):
+            alive[i] = False
+    groups = [np.flatnonzero(alive & (dist[i] <= reach) & (np.arange(n) != i))
+              for i in range(n)]
+    todo = [i for i in range(n) if alive[i] and len(groups[i])]
+    if not todo:
+        return
+
+    def profile(d, ys, xs):  # the source's halved King per unit flux (to 128") at 2x pixels
+        dy = (ys - (2 * d["y1"] + 0.5))[:, None, None] + _SUB4[None, :, None]
+        dx = (xs - (2 * d["x1"] + 0.5))[:, None, None] + _SUB4[None, None, :]
+        r_as = np.hypot(dy, dx) * PIXEL_ARCSEC / 2
+        rc, al = d["rc"], d["alpha"]
+        dens = ((1.0 + (r_as / rc) ** 2) ** (-al)).sum((1, 2)) * (PIXEL_ARCSEC / 2 / 4) ** 2
+        tot = math.pi * rc * rc / (al - 1.0) * (1.0 - (1.0 + (PSF_TOTAL_RADIUS_ARCSEC / rc)
+                                                        ** 2) ** (1.0 - al))
+        return dens / tot
+
+    # each disc's profiles of itself and of its neighbours, at its pixels
+    prof = {i: [profile(discs[i], discs[i]["ys"], discs[i]["xs"])]
+            + [profile(discs[k], discs[i]["ys"], discs[i]["xs"]) for k in groups[i]]
+            for i in todo}
+    # start: each source's whole disc (what the list took before), over its profile's sum
+    flux = np.array([max(float(d["vals"].sum()), 0.0) / max(d["frac"], 1e-9) for d in discs])
+    for _ in range(iters):
+        new = flux.copy()
+        for i in todo:
+            ks = groups[i]
+            mine = flux[i] * prof[i][0]
+            tot = mine + sum(flux[k] * p for k, p in zip(ks, prof[i][1:]))
+            own = np.where(tot > 0, mine / np.where(tot > 0, tot, 1.0), 1.0)
+            discs[i]["own"] = own
+            new[i] = max(float((discs[i]["vals"] * own).sum()), 0.0) / max(discs[i]["frac"],
+                                                                            1e-9)
+        if np.allclose(new, flux, rtol=1e-4, atol=0.0):
+            flux = new
+            break
+        flux = new
 
 
 class _FitState:
@@ -1379,7 +1623,9 @@ def claim_excess(points2, diffuse2, sources, *, live2=None, radius=CLAIM_RADIUS_
     added to ``points`` in the same pixels, so ``points + diffuse`` is unchanged pixel by pixel.
     Smooth emission (a flat or gently sloping diffuse map) has no excess and stays. Each
     source's listed ``counts`` and ``rate`` (the points map within 20", scaled to the whole PSF)
-    follow the points map (updated in place).
+    follow the points map (updated in place); a source whose disc
+    :func:`detect_sources` shared with neighbours (``disc_shared``) gains its own claim only,
+    over its own part of the disc (``disc_rate``).
 
     Parameters
     ----------
@@ -1419,6 +1665,7 @@ def claim_excess(points2, diffuse2, sources, *, live2=None, radius=CLAIM_RADIUS_
         return np.array(out)
 
     before = flux20(P)
+    gained = np.zeros(len(pos))  # each source's own claim (count/s)
     for i, (y2, x2) in enumerate(pos):
         iy, ix = int(round(y2)), int(round(x2))
         if iy - R < 0 or ix - R < 0 or iy + R >= H2 or ix + R >= W2:
@@ -1449,8 +1696,13 @@ def claim_excess(points2, diffuse2, sources, *, live2=None, radius=CLAIM_RADIUS_
         d -= take
         P[sl] += take
         moved += excess
+        gained[i] = excess
     if moved > 0:
-        for d, b, a in zip(sources, before, flux20(P)):
+        for d, b, a, g in zip(sources, before, flux20(P), gained):
+            if d.get("disc_shared") and d.get("disc_rate", 0.0) > 0:
+                # its own part of the disc (detect_sources shared it with its neighbours) and
+                # its own claim: the neighbours' claims in its 20" are theirs
+                b, a = d["disc_rate"], d["disc_rate"] + g
             if b > 0 and a != b:
                 d["counts"] *= a / b
                 d["rate"] *= a / b
