@@ -116,6 +116,10 @@ GAP_MIN_LIVE = 15
 #: Candidates within this many 1x pixels of a gap candidate compete with it
 #: (:func:`_resolve_gap_candidates`).
 GAP_SIDE_PX = 4.5
+#: A side candidate this significant (sigma, in the stripe candidate's window over a flat
+#: level) could be listed or keep its points: only then does :func:`detect_sources` detect
+#: again without a stripe candidate that replaced it and was not listed.
+GAP_SIDE_SIGNIF = 5.0
 #: Neighbours brighter than this (whole-PSF counts) are not modelled in a fit's background.
 NEIGHBOUR_MAX_COUNTS = 1e4
 #: 1x pixel size (arcsec).
@@ -682,8 +686,7 @@ def _detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None
     if ngap:
         # each gap candidate against the candidates hugging its stripe: one source, placed
         # where the PSF fits the counts best (a fit in the gap candidate's window)
-        cov_ = np.ones((h, w)) if coverage is None else np.asarray(coverage, np.float64)
-        stay, replaced = _resolve_gap_candidates(counts, mask, cov_, (yc2 - 0.5) / 2.0,
+        stay, replaced = _resolve_gap_candidates(counts, mask, cov_map, (yc2 - 0.5) / 2.0,
                                                  (xc2 - 0.5) / 2.0, from_gap, axis)
         if gap_won is not None:
             gap_won.extend(zip(((yc2[replaced] - 0.5) / 2.0).tolist(),
@@ -837,10 +840,12 @@ def _detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None
         for i in np.flatnonzero(good & (nb >= 10) & (f > 0) & fits_psf):
             candidates.append({"y2": 2 * float(pos_y[i]) + 0.5, "x2": 2 * float(pos_x[i]) + 0.5,
                                "signif": float(sig[i])})
-    keep = listed
-    if support is not None:
-        lo = POINTS_SUPPORT_SIGNIF if support_signif is None else support_signif
-        keep = listed | (good & (nb >= 10) & (f > 0) & (sig >= lo))
+    lo = POINTS_SUPPORT_SIGNIF if support_signif is None else support_signif
+    # the entries the points map is shared among (_apportion_discs): the listed ones and the
+    # support candidates, whether or not the caller asked for the latter, so that a listed
+    # source's counts do not depend on it
+    shared_by = listed | (good & (nb >= 10) & (f > 0) & (sig >= lo))
+    keep = listed if support is None else shared_by
     found = []
     # the flux listed: the points map's (a posterior mean given every photon, so not biased
     # upwards near the threshold the way a fit selected by its own significance is), within
@@ -888,7 +893,7 @@ def _detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None
         ok_ = (ja > 0) & (ja < side - 1) & (den < 0)
         sub[ok_] = np.clip(0.5 * (cm - cp)[ok_] / den[ok_], -0.5, 0.5)
     pos_err = _position_errors(K, j, side, f, bfit, m)
-    kept = np.flatnonzero(keep)
+    kept = np.flatnonzero(shared_by)
     discs = []  # per kept candidate: its disc's pixels, the points there, the PSF weights
     for i in kept:
         y1 = cy[i] + (qy[i, j[i]] + sub_y[i]) / 4.0
@@ -918,6 +923,8 @@ def _detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None
                       "own": np.ones(len(ys))})
     _apportion_discs(discs, sig[kept])
     for i, dd in zip(kept, discs):
+        if not keep[i]:
+            continue
         y1, x1 = dd["y1"], dd["x1"]
         err = float(np.sqrt(var[i]))
         shared = bool((dd["own"] < 1.0).any())
@@ -989,10 +996,14 @@ def _gap_candidates(mask, y, x, use):
 def _resolve_gap_candidates(counts, mask, cov, y, x, from_gap, axis):
     """bool [N]: which candidates stay. Each gap candidate (``from_gap``; 1x positions ``y``,
     ``x``) and the other candidates within ``GAP_SIDE_PX`` of it (the wings the network drew
-    either side of a stripe) are one source: each is fitted as a PSF in the gap candidate's
-    window over the flat level of its 8-16 pixel annulus, and only the best fit stays (the
-    gap candidate goes when a side fits better: a source beside the gap). Also returns
-    bool [N]: the gap candidates that replaced at least one side."""
+    either side of a stripe) may be one source: each is fitted as a PSF in the gap candidate's
+    window over the flat level of its 8-16 pixel annulus. The gap candidate goes when a side,
+    or another candidate within ``FIT_RADIUS`` + 3 (a brighter source whose wings reach the
+    stripe), fits better (a source beside the stripe: the sides stay); else the sides go. Two
+    sources straddling a stripe within ``GAP_SIDE_PX`` are taken for one on it (their sides
+    fitted together beat one PSF on the stripe by about as much as the wings of one bright
+    source on it do, where the PSF model is a few per cent off). Also returns bool [N]: the
+    gap candidates that replaced a side of at least ``GAP_SIDE_SIGNIF``."""
     h, w = counts.shape
     R = FIT_RADIUS
     stay = np.ones(len(y), bool)
@@ -1007,6 +1018,9 @@ def _resolve_gap_candidates(counts, mask, cov, y, x, from_gap, axis):
         sides = np.flatnonzero(~from_gap & stay & (d <= GAP_SIDE_PX))
         if not len(sides):
             continue
+        # brighter sources a little farther (their wings beside the stripe can make both the
+        # stripe's candidate and the peaks there): in the comparison too, never removed
+        others = np.flatnonzero(~from_gap & stay & (d > GAP_SIDE_PX) & (d <= FIT_RADIUS + 3))
         cy, cx = int(round(y[g])), int(round(x[g]))
         if cy - R < 0 or cx - R < 0 or cy + R >= h or cx + R >= w:
             continue
@@ -1020,16 +1034,19 @@ def _resolve_gap_candidates(counts, mask, cov, y, x, from_gap, axis):
         cw = cov[cy + wy, cx + wx].ravel()
         b = np.maximum(level, 1e-3) * cw
         tb, ab = _psf_bins(np.array([cy]), np.array([cx]), axis)
-        who = [g] + list(sides)
+        who = [g] + list(sides) + list(others)
         keys = [(tb[0], ab[0], int(round((y[k] - cy) * 4)), int(round((x[k] - cx) * 4)), 0)
                 for k in who]
         K = _kernels(keys) * cw
         cst = _fit_flux(c[None, None, :], b[None, None, :], K[None], m[None, None, :])[1][0]
         best = int(np.argmax(cst))
-        for a, k in enumerate(who):
-            if a != best:
-                stay[k] = False
-        replaced[g] = best == 0
+        if best != 0:  # a source beside the stripe: only the stripe's candidate goes
+            stay[g] = False
+            continue
+        cst = cst[:1 + len(sides)]
+        stay[sides] = False
+        # a rerun is worth it only if a side could have been listed or kept its points
+        replaced[g] = bool(_signif(cst[1:]).max() >= GAP_SIDE_SIGNIF)
     return stay, replaced
 
 
