@@ -869,7 +869,7 @@ def _detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None
     # significance and so the list are those of the search around the network's centroid)
     for _ in range(POSITION_STEPS):
         jy_, jx_ = j // side, j % side
-        edge = np.flatnonzero(keep & ((jy_ == 0) | (jy_ == side - 1) | (jx_ == 0)
+        edge = np.flatnonzero(shared_by & ((jy_ == 0) | (jy_ == side - 1) | (jx_ == 0)
                                       | (jx_ == side - 1)))
         if not len(edge):
             break
