@@ -47,10 +47,10 @@ def _spy_crowd_refits(monkeypatch):
             seen.extend((float(st.pos_y[i]), float(st.pos_x[i])) for i in idx)
         return real_refit(st, idx, b_new, **kw)
 
-    def crowds(*args):
+    def crowds(*args, **kw):
         inside[0] = True
         try:
-            return real_crowds(*args)
+            return real_crowds(*args, **kw)
         finally:
             inside[0] = False
 
