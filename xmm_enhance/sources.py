@@ -717,10 +717,7 @@ def _detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None
         dif = np.asarray(diffuse2, np.float64)[:2 * h, :2 * w]
         dif1 = _binomial_blur(dif.reshape(h, 2, w, 2).sum((1, 3)) * T, mask)
     ann_counts = counts[ysc, xsc] - dif1[ysc, xsc]
-    # the diffuse map's level in each annulus (its median: no compact structure)
-    dif_ann = np.where(live, dif1[ysc, xsc], np.nan)
-    dif_level = np.where(live.any(1), np.nanmedian(np.where(live.any(1)[:, None], dif_ann, 0.0),
-                                                   axis=1), 0.0)
+    ann_at = (ysc, xsc, live)  # the annuli (the names are reused below)
     ann_cov = cov_map[ysc, xsc]
 
     # windows [N, P]
@@ -837,8 +834,12 @@ def _detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None
         # the crowd's own test over a diffuse level without compact structure: the network
         # puts part of a close bright pair into its diffuse map, a bump that takes most of the
         # pair's light as background and leaves two "extended" remainders
-        smooth = (bkg - dif_filled) + dif_level[:, None] * (covw > 0)
-        _refit_crowds(st, bkg, good, bkg_level=np.minimum(bkg, smooth))
+        def crowd_bkg(i):
+            ys_, xs_, lv = (a[i] for a in ann_at)
+            level = float(np.median(dif1[ys_[lv], xs_[lv]])) if lv.any() else 0.0
+            return np.minimum(bkg[i], (bkg[i] - dif_filled[i]) + level * (covw[i] > 0))
+
+        _refit_crowds(st, bkg, good, bkg_level=crowd_bkg)
     # fits_psf: the extent test of each candidate's last fit, over that fit's background
     frac = BKG_SYSTEMATIC if bkg_systematic is None else float(bkg_systematic)
     sig = _signif(_with_systematic(cst, var, _background_systematic(bfit, f, K[n, j], m), frac)
@@ -1289,7 +1290,9 @@ def _blob_shapes(gy, gx, ang, excess, m, wy, wx):
 
 def _refit_crowds(st, bkg, good, bkg_level=None):
     """Crowds, in place in ``st`` (:class:`_FitState`; ``bkg``: each candidate's background
-    without neighbours, ``good``: candidates with enough live pixels). A likely candidate
+    without neighbours, ``good``: candidates with enough live pixels; ``bkg_level``: a
+    function of the candidate giving the background its group is tested and refitted over,
+    default ``bkg[i]``). A likely candidate
     (>= 3 sigma, ``good``, at most ``NEIGHBOUR_MAX_COUNTS``) that the extent test calls
     extended while likely neighbours are near is refitted with the neighbours' PSFs at their
     joint fluxes in its background, as ``emldetect`` fits neighbours together, when the counts
@@ -1333,7 +1336,7 @@ def _refit_crowds(st, bkg, good, bkg_level=None):
         outer = [k for k in near[i] if k not in inner]
         if not inner:
             continue
-        base = bkg[i] if bkg_level is None else bkg_level[i]
+        base = bkg[i] if bkg_level is None else bkg_level(i)
         if outer:
             base = base + f[outer] @ (_kernels([st.key(i, k, 0) for k in outer]) * covw[i])
         # the candidate itself is the first member (st.key(i, i, .) is its own grid offset)
