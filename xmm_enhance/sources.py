@@ -1328,15 +1328,17 @@ def _refit_crowds(st, bkg, good, bkg_level=None):
         todo = todo[:CROWD_MAX_REFITS]
     wy, wx = np.mgrid[-R:R + 1, -R:R + 1]
     smooth = _smooth_basis()
-    for i in todo:
+    def try_group(i, level):
+        """The crowd test and refit of candidate ``i`` over the background ``level``;
+        whether the PSF then fits it."""
         dist = {k: math.hypot(st.pos_y[k] - cy[i], st.pos_x[k] - cx[i]) for k in near[i]}
         # (two members on one source: the pruning below drops the one the counts need less)
         inner = sorted((k for k in near[i] if dist[k] <= CROWD_INNER_PX),
                        key=lambda k: dist[k])[:CROWD_MAX_MEMBERS]
         outer = [k for k in near[i] if k not in inner]
         if not inner:
-            continue
-        base = bkg[i] if bkg_level is None else bkg_level(i)
+            return False
+        base = level
         if outer:
             base = base + f[outer] @ (_kernels([st.key(i, k, 0) for k in outer]) * covw[i])
         # the candidate itself is the first member (st.key(i, i, .) is its own grid offset)
@@ -1351,14 +1353,14 @@ def _refit_crowds(st, bkg, good, bkg_level=None):
             KP, fP, LP = without[a], fw[a], float(Lw[a])
             inner = inner[:a] + inner[a + 1:]
         if not inner:
-            continue
+            return False
         b_i = base + fP[1:] @ KP[1:]
         pk = int(np.argmax(KP[0]))
         if fP[0] * KP[0, pk] < CROWD_MIN_CONTRAST * b_i[pk]:
-            continue
+            return False
         KE = _kernels([st.key(i, k, 1) for k in [i] + inner]) * covw[i]
         if _fit_joint(c[i], base, KE, m[i])[1] > LP:
-            continue
+            return False
         # one elliptical Gaussian where the group is, over the same smooth level
         sm = smooth * covw[i]
         L_pts = _fit_joint(c[i], base, np.vstack([KP, sm]), m[i])[1]
@@ -1373,8 +1375,16 @@ def _refit_crowds(st, bkg, good, bkg_level=None):
                              axis=1)
         need = CROWD_GROUP_C + CROWD_MEMBER_PENALTY * (len(inner) - 1)
         if L_pts - _fit_joint_many(c[i], base, alt, m[i])[1].max() < need:
-            continue
+            return False
         _refit(st, [i], b_i[None], only_psf=True)
+        return bool(st.fits_psf[i])
+
+    for i in todo:
+        # the usual background first; the diffuse map's annulus level only where that fails
+        # (a group on a peaked diffuse core needs the core in its background, a close pair
+        # that the network drew partly in DIFFUSE needs it out)
+        if not try_group(i, bkg[i]) and bkg_level is not None:
+            try_group(i, bkg_level(i))
 
 
 def _position_errors(K, j, side, f, b, m):
