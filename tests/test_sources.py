@@ -42,6 +42,18 @@ def _points_map(counts, exposure):
     return np.repeat(np.repeat(counts, 2, 0), 2, 1) / 4.0 / exposure
 
 
+def _halved_points(shape2, srcs, exposure):
+    """A points map (count/s per 2" pixel) of point sources ``(y, x, counts)`` (1x pixels)
+    drawn with the halved on-axis King PSF, as the SR target draws them."""
+    rc, alpha = psf.king_params(0.0)
+    k = psf.king_kernel(rc / 2.0 / 2.0, alpha, 64)
+    out = np.zeros(shape2)
+    for y, x, n in srcs:
+        y2, x2 = int(round(2 * y + 0.5)), int(round(2 * x + 0.5))
+        out[y2 - 64:y2 + 65, x2 - 64:x2 + 65] += n / exposure * k
+    return out
+
+
 def test_a_point_source_is_found_where_it_is_with_its_counts():
     rng = np.random.default_rng(3)
     truth = (40.3, 52.8, 400.0)
@@ -124,12 +136,9 @@ def test_listed_flux_is_the_points_maps_over_the_whole_psf():
     rng = np.random.default_rng(4)
     truth = (40.0, 52.0, 250.0)
     counts, _ = king_image((96, 96), [truth], 0.3, rng)
-    # a points map holding exactly the source with the half-width PSF (simulator kernel)
-    rc, alpha = psf.king_params(0.0)
-    k = psf.king_kernel(rc / 2.0 / 2.0, alpha, 64)  # 2" pixels, truncated at 128"
-    points2 = np.zeros((192, 192))
-    y2, x2 = int(2 * truth[0] + 0.5), int(2 * truth[1] + 0.5)
-    points2[y2 - 64:y2 + 65, x2 - 64:x2 + 65] = 180.0 / 20e3 * k[:, :]
+    # a points map holding exactly 180 counts of the source with the half-width PSF
+    # (simulator kernel on 2" pixels, truncated at 128")
+    points2 = _halved_points((192, 192), [(truth[0], truth[1], 180.0)], 20e3)
     found = sources.detect_sources(counts, np.ones(counts.shape, bool), 20e3, points2)
     assert len(found) == 1
     assert found[0]["counts"] == pytest.approx(180.0, rel=0.03)  # the map's, not the fit's
@@ -144,13 +153,8 @@ def test_listed_flux_and_redraw_follow_the_coverage_of_a_partly_covered_column()
     lam = king_image((96, 96), [truth], 0.3, rng)[1]
     counts = rng.poisson(lam * cov).astype(float)
     # the network's points map holds the coverage, as the SR target does
-    rc, alpha = psf.king_params(0.0)
-    k = psf.king_kernel(rc / 2.0 / 2.0, alpha, 64)
     cov2 = np.repeat(np.repeat(cov, 2, 0), 2, 1)
-    points2 = np.zeros((192, 192))
-    y2, x2 = int(2 * truth[0] + 0.5), int(2 * truth[1] + 0.5)
-    points2[y2 - 64:y2 + 65, x2 - 64:x2 + 65] = truth[2] / 20e3 * k
-    points2 *= cov2
+    points2 = _halved_points((192, 192), [truth], 20e3) * cov2
     mask = np.ones(counts.shape, bool)
     d = sources.detect_sources(counts, mask, 20e3, points2, coverage=cov)[0]
     # the source's own counts, as if fully covered (the map alone holds 65 % of them); the
@@ -185,12 +189,8 @@ def test_a_source_beside_a_ccd_gap_is_listed_with_its_whole_flux(with_diffuse):
     mask = np.ones((96, 96), bool)
     mask[:, 54:59] = False  # a gap 7-27" from the source
     counts = rng.poisson(lam * mask).astype(float)
-    rc, alpha = psf.king_params(0.0)
-    k = psf.king_kernel(rc / 2.0 / 2.0, alpha, 64)
     live2 = np.repeat(np.repeat(mask, 2, 0), 2, 1)
-    points2 = np.zeros((192, 192))
-    y2, x2 = int(2 * truth[0] + 0.5), int(2 * truth[1] + 0.5)
-    points2[y2 - 64:y2 + 65, x2 - 64:x2 + 65] = truth[2] / 20e3 * k
+    points2 = _halved_points((192, 192), [truth], 20e3)
     whole = sources.detect_sources(counts, np.ones((96, 96), bool), 20e3, points2)[0]["counts"]
     unmasked = points2.copy()
     points2 *= live2
@@ -204,14 +204,11 @@ def test_a_source_beside_a_ccd_gap_is_listed_with_its_whole_flux(with_diffuse):
     assert points2[disc].sum() < 0.95 * unmasked[disc].sum()
     # pixels the map fills are live though the input mask empties them (the CCD-edge
     # columns), with or without a diffuse map: the share then is the whole disc's
-    full = np.zeros((192, 192))
-    full[y2 - 64:y2 + 65, x2 - 64:x2 + 65] = truth[2] / 20e3 * k
-    d1 = sources.detect_sources(counts, mask, 20e3, full)[0]
+    d1 = sources.detect_sources(counts, mask, 20e3, unmasked)[0]
     assert d1["counts"] == pytest.approx(whole, rel=0.02)
     if with_diffuse:
-        full = np.zeros((192, 192))
-        full[y2 - 64:y2 + 65, x2 - 64:x2 + 65] = truth[2] / 20e3 * k
-        d2 = sources.detect_sources(counts, mask, 20e3, full, diffuse2=np.full((192, 192), 1e-7))[0]
+        d2 = sources.detect_sources(counts, mask, 20e3, unmasked,
+                                    diffuse2=np.full((192, 192), 1e-7))[0]
         assert d2["counts"] == pytest.approx(whole, rel=0.02)
 
 
@@ -1512,17 +1509,6 @@ def test_detect_sources_refuses_inputs_that_would_give_a_wrong_list(bad, match):
     with pytest.raises(UsageError, match=match):
         sources.detect_sources(counts, mask, exposure, points2)
 
-
-def _halved_points(shape2, srcs, exposure):
-    """A points map (count/s per 2" pixel) of point sources ``(y, x, counts)`` (1x pixels)
-    drawn with the halved on-axis King PSF, as the SR target draws them."""
-    rc, alpha = psf.king_params(0.0)
-    k = psf.king_kernel(rc / 2.0 / 2.0, alpha, 64)
-    out = np.zeros(shape2)
-    for y, x, n in srcs:
-        y2, x2 = int(round(2 * y + 0.5)), int(round(2 * x + 0.5))
-        out[y2 - 64:y2 + 65, x2 - 64:x2 + 65] += n / exposure * k
-    return out
 
 
 @pytest.mark.parametrize("sep_px", [3.5, 4.0, 5.0, 7.0])

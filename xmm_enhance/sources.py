@@ -605,24 +605,25 @@ def detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None,
         counts that are not finite and non-negative, or an exposure that is not a positive
         number of seconds.
     """
-    sup = [] if support is not None else None
-    cands = [] if candidates is not None else None
+    def run(**extra):  # one detection, with lists of its own for the caller's
+        sup = [] if support is not None else None
+        cands = [] if candidates is not None else None
+        found = _detect_sources(counts, mask, exposure, points2, diffuse2=diffuse2, axis=axis,
+                                sky=sky, min_signif=min_signif, min_counts=min_counts,
+                                max_candidates=max_candidates, support=sup,
+                                support_signif=support_signif, coverage=coverage,
+                                candidates=cands, bkg_systematic=bkg_systematic, **extra)
+        return found, sup, cands
+
     won = []
-    args = (counts, mask, exposure, points2)
-    kw = dict(diffuse2=diffuse2, axis=axis, sky=sky, min_signif=min_signif,
-              min_counts=min_counts, max_candidates=max_candidates,
-              support_signif=support_signif, coverage=coverage,
-              bkg_systematic=bkg_systematic)
-    out = _detect_sources(*args, support=sup, candidates=cands, gap_won=won, **kw)
+    out, sup, cands = run(gap_won=won)
     # a gap candidate that took its side candidates' place but is not listed in the end (the
     # fit over the diffuse background found it extended or too weak): the detection again
     # without it, so that the sides are as before
     lost = [p for p in won if not any(math.hypot(d["y"] - p[0], d["x"] - p[1]) <= MERGE_PX
                                       for d in out)]
     if lost:
-        sup = [] if support is not None else None
-        cands = [] if candidates is not None else None
-        out = _detect_sources(*args, support=sup, candidates=cands, gap_skip=lost, **kw)
+        out, sup, cands = run(gap_skip=lost)
     if support is not None:
         support.extend(sup)
     if candidates is not None:
@@ -920,15 +921,12 @@ def _detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None
         # pixel on a 4 x 4 sub-grid. Without it, a source beside a CCD gap or the field's edge
         # lost the share of its disc on dead pixels (simulations: listed counts 0.91 of the
         # truth within 30" of a gap, against 0.99 elsewhere)
-        dy = (ys - (2 * y1 + 0.5))[:, None, None] + _SUB4[None, :, None]
-        dx = (xs - (2 * x1 + 0.5))[:, None, None] + _SUB4[None, None, :]
-        r_as = np.hypot(dy, dx) * PIXEL_ARCSEC / 2
-        wk = ((1.0 + (r_as / (rc / 2)) ** 2) ** (-alpha)).sum((1, 2))
+        wk = _king_subgrid(ys, xs, y1, x1, rc / 2, alpha)
         held = on & live2[ysc, xsc]
         share = float((wk * np.where(held, cov_map[ysc // 2, xsc // 2], 0.0)).sum() / wk.sum())
         vals = np.where(on, pts[ysc, xsc], 0.0)
-        discs.append({"y1": y1, "x1": x1, "ys": ys, "xs": xs, "vals": vals, "frac": frac,
-                      "share": share, "rc": rc / 2, "alpha": alpha,
+        discs.append({"y1": y1, "x1": x1, "ys": ys, "xs": xs, "on": on, "vals": vals,
+                      "frac": frac, "share": share, "rc": rc / 2, "alpha": alpha,
                       "own": np.ones(len(ys))})
     _apportion_discs(discs, sig[kept])
     for i, dd in zip(kept, discs):
@@ -939,9 +937,7 @@ def _detect_sources(counts, mask, exposure, points2, *, diffuse2=None, axis=None
         shared = bool((dd["own"] < 1.0).any())
         # count/s of the map within the disc that is this source's (its neighbours' share of
         # the disc left out: a pair 14" apart listed each with ~1.3x its counts)
-        own = float((dd["vals"] * dd["own"]).sum()) if shared else float(
-            pts[np.clip(dd["ys"], 0, H2 - 1), np.clip(dd["xs"], 0, W2 - 1)][
-                (dd["ys"] >= 0) & (dd["ys"] < H2) & (dd["xs"] >= 0) & (dd["xs"] < W2)].sum())
+        own = float((dd["vals"] * dd["own"] if shared else dd["vals"][dd["on"]]).sum())
         net = own * T / dd["frac"]
         net /= max(dd["share"], 0.05)
         n_src = net if net > 0 else float(f[i])
@@ -1059,6 +1055,16 @@ def _resolve_gap_candidates(counts, mask, cov, y, x, from_gap, axis):
     return stay, replaced
 
 
+def _king_subgrid(ys, xs, y1, x1, rc, alpha):
+    """The circular King profile ``(1 + (r / rc)^2)^-alpha`` (``rc`` in arcsec) of a source at
+    1x position ``(y1, x1)``, summed over the 4 x 4 sub-grid of each 2x pixel ``(ys, xs)``
+    (arrays [P])."""
+    dy = (ys - (2 * y1 + 0.5))[:, None, None] + _SUB4[None, :, None]
+    dx = (xs - (2 * x1 + 0.5))[:, None, None] + _SUB4[None, None, :]
+    r_as = np.hypot(dy, dx) * PIXEL_ARCSEC / 2
+    return ((1.0 + (r_as / rc) ** 2) ** (-alpha)).sum((1, 2))
+
+
 def _apportion_discs(discs, signif, iters=APPORTION_ITERS):
     """Share the points map between neighbouring sources, in place: each disc's ``own``
     [pixels] becomes the share of each of its pixels that is this source's, ``a_i p_i /
@@ -1086,11 +1092,8 @@ def _apportion_discs(discs, signif, iters=APPORTION_ITERS):
         return
 
     def profile(d, ys, xs):  # the source's halved King per unit flux (to 128") at 2x pixels
-        dy = (ys - (2 * d["y1"] + 0.5))[:, None, None] + _SUB4[None, :, None]
-        dx = (xs - (2 * d["x1"] + 0.5))[:, None, None] + _SUB4[None, None, :]
-        r_as = np.hypot(dy, dx) * PIXEL_ARCSEC / 2
         rc, al = d["rc"], d["alpha"]
-        dens = ((1.0 + (r_as / rc) ** 2) ** (-al)).sum((1, 2)) * (PIXEL_ARCSEC / 2 / 4) ** 2
+        dens = _king_subgrid(ys, xs, d["y1"], d["x1"], rc, al) * (PIXEL_ARCSEC / 2 / 4) ** 2
         tot = math.pi * rc * rc / (al - 1.0) * (1.0 - (1.0 + (PSF_TOTAL_RADIUS_ARCSEC / rc)
                                                         ** 2) ** (1.0 - al))
         return dens / tot

@@ -26,7 +26,7 @@ from .. import __version__
 from ..errors import UsageError, XmmEnhanceError
 from ..imageargs import BAND_TOLERANCE_PI, MODEL_BAND_PI, is_model_band  # noqa: F401
 from .common import (MIN_SIGNIF_HELP, add_verbosity, add_version, check_min_signif,
-                     cwd_gone_is_one_line, ensure_std_streams, report_error,
+                     cwd_gone_is_one_line, ensure_std_streams, file_option_error, report_error,
                      setup_logging)
 
 log = logging.getLogger(__name__)
@@ -143,11 +143,11 @@ def _config(args):
         check_dask_address(args.dask_scheduler)
     for opt, path in (("--sr-model", args.sr_model), ("--dn-model", args.dn_model),
                       ("--credentials_file", args.credentials_file)):
-        if path is not None and not path.is_file():
-            what = "a folder" if path.is_dir() else "no such file"
-            fix = ("pass an .onnx model file, or leave the option out for the bundled model"
-                   if opt != "--credentials_file" else "pass the credentials file's path")
-            raise UsageError(f"{opt} {path}: {what}; {fix}")
+        fix = ("pass an .onnx model file, or leave the option out for the bundled model"
+               if opt != "--credentials_file" else "pass the credentials file's path")
+        problem = None if path is None else file_option_error(opt, path, fix)
+        if problem:
+            raise UsageError(problem)
     threads = args.threads
     if threads is None:
         # Locally the CPUs are shared by the --jobs workers; on Dask, one core per task

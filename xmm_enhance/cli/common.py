@@ -194,6 +194,17 @@ def report_error(exc: BaseException) -> int:
     return 1
 
 
+def file_option_error(opt: str, path, fix: str) -> str | None:
+    """The one-line problem of a command-line option that should name a file (``{opt} {path}:
+    a folder|no such file; {fix}``), or None when it does."""
+    from pathlib import Path
+
+    p = Path(path)
+    if p.is_file():
+        return None
+    return f"{opt} {p}: {'a folder' if p.is_dir() else 'no such file'}; {fix}"
+
+
 def interruptible(call, message: str = "interrupted") -> int:
     """``call()`` (a command's body, returning its exit code) under :func:`sigterm_as_interrupt`:
     Ctrl-C or SIGTERM prints ``message`` on stderr and gives 130 (the temporaries are gone by

@@ -13,10 +13,9 @@ import logging
 import math
 import sys
 import warnings
-from pathlib import Path
 
 from .common import (add_verbosity, add_version, command_prog, cwd_gone_is_one_line,
-                     ensure_std_streams, interruptible, setup_logging)
+                     ensure_std_streams, file_option_error, interruptible, setup_logging)
 
 __all__ = ["main", "build_parser"]
 
@@ -113,11 +112,11 @@ def _main(argv=None) -> int:
         parser.print_usage(sys.stderr)
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
-    cred = args.credentials_file  # checked up front as batch does, also with --pps_dir
-    if cred is not None and not Path(cred).is_file():
-        what = "a folder" if Path(cred).is_dir() else "no such file"
-        print(f"{prog}: error: --credentials_file {cred}: {what}; pass the credentials file's "
-              "path", file=sys.stderr)
+    # checked up front as batch does, also with --pps_dir
+    problem = None if args.credentials_file is None else file_option_error(
+        "--credentials_file", args.credentials_file, "pass the credentials file's path")
+    if problem:
+        print(f"{prog}: error: {problem}", file=sys.stderr)
         return 2
 
     overwrite = args.overwrite
